@@ -1,0 +1,9 @@
+//! The Quorum agent: a small daemon on every etcd / PostgreSQL host that pulls typed tasks
+//! from the coordinator over mutual TLS, runs them against paths and units fixed in its own
+//! config, journals their outcomes, and reports back.
+
+pub mod config;
+pub mod enroll;
+pub mod executor;
+pub mod local;
+pub mod pull;

@@ -1,0 +1,638 @@
+//! The `quorum` command line: the coordinator daemon (`serve`) and the operator's commands.
+//! Errors become one message and a documented exit code here, at the edge.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use quorum_proto::pb;
+
+use crate::client;
+use crate::pki::{self, LeafKind};
+
+/// Exit codes of `quorum` (README "Exit codes").
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The operation ran and failed (a failed task or step).
+    pub const FAILED: u8 = 1;
+    /// Bad flags, config, inventory or other input; nothing was changed.
+    pub const USAGE: u8 = 2;
+    /// Refused by a safety rule (safeguard, quorum guard, permission); nothing was changed.
+    pub const REFUSED: u8 = 3;
+    /// The coordinator could not be reached or refused our certificate.
+    pub const UNREACHABLE: u8 = 4;
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    /// Human-readable table.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "quorum",
+    version,
+    about = "Quorum: Pigsty's etcd SOPs without SSH. `quorum serve` runs the coordinator; the other commands drive it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How the CLI reaches the coordinator (flags, then environment, then --cli-config).
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Coordinator URL, https://IP:PORT.
+    #[arg(long, env = "QUORUM_COORDINATOR", global = true)]
+    coordinator: Option<String>,
+    /// Admin certificate (`quorum pki issue admin`).
+    #[arg(long, env = "QUORUM_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// Admin private key.
+    #[arg(long, env = "QUORUM_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// The Pigsty CA certificate.
+    #[arg(long, env = "QUORUM_CACERT", global = true)]
+    cacert: Option<PathBuf>,
+    /// CLI config file with coordinator/cert/key/cacert keys.
+    #[arg(long, env = "QUORUM_CLI_CONFIG", global = true)]
+    cli_config: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    fn resolve(&self) -> anyhow::Result<client::Connection> {
+        client::resolve(
+            self.coordinator.clone(),
+            self.cert.clone(),
+            self.key.clone(),
+            self.cacert.clone(),
+            self.cli_config.as_deref(),
+        )
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator daemon.
+    Serve {
+        /// The coordinator config file.
+        #[arg(long, short = 'c', default_value = "/etc/quorum/coordinator.yml")]
+        config: PathBuf,
+    },
+    /// Certificates from the Pigsty CA.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// List agents: IP, version, last seen, state.
+    Agents {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Read and check a Pigsty inventory.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+    /// Print the files Pigsty's templates would render for a host.
+    #[command(subcommand)]
+    Render(RenderCommand),
+    /// Run one ad-hoc task on one agent (SOPs are the guarded way to change a cluster).
+    Task {
+        /// The agent's host IP.
+        #[arg(long)]
+        host: IpAddr,
+        /// Seconds to wait for the report.
+        #[arg(long, default_value_t = 120)]
+        timeout: u32,
+        /// Confirm a task that stops, restarts or wipes something.
+        #[arg(long)]
+        yes: bool,
+        #[command(subcommand)]
+        task: TaskCommand,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create the CA (ca.crt, ca.key) unless one exists; an existing Pigsty CA is used as is.
+    Init {
+        /// CA directory.
+        #[arg(long, default_value = pki::DEFAULT_CA_DIR)]
+        dir: PathBuf,
+        /// Trust domain of the role URIs.
+        #[arg(long, default_value = quorum_proto::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+    /// Issue a leaf certificate and key signed by the CA.
+    Issue {
+        /// What the certificate is for.
+        #[arg(value_enum)]
+        kind: LeafKind,
+        /// IP SAN(s): the agent's host, the coordinator's addresses, the etcd member's IP.
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        /// Admin name, or etcd member name (etcd-N).
+        #[arg(long)]
+        name: Option<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = pki::DEFAULT_LEAF_DAYS)]
+        days: u32,
+        /// CA directory.
+        #[arg(long, default_value = pki::DEFAULT_CA_DIR)]
+        dir: PathBuf,
+        /// Output directory: <kind>.crt and <kind>.key (etcd: server.crt/server.key), plus ca.crt.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing certificate and key in --out.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Mint a one-time, short-lived bootstrap token for `quorum-agent enroll` on one host.
+    Token {
+        /// The host's IP: the only IP the enrolled certificate will name.
+        #[arg(long)]
+        host: IpAddr,
+        /// Time to live: 90s, 15m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// CA directory.
+        #[arg(long, default_value = pki::DEFAULT_CA_DIR)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum InventoryCommand {
+    /// Print the resolved clusters, or every problem found.
+    Check {
+        /// The Pigsty inventory.
+        #[arg(short = 'i', long, default_value = "pigsty.yml")]
+        inventory: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum RenderCommand {
+    /// /etc/etcd/etcd.conf of one member.
+    EtcdConf {
+        /// The member's IP.
+        #[arg(long)]
+        host: IpAddr,
+        /// The Pigsty inventory.
+        #[arg(short = 'i', long, default_value = "pigsty.yml")]
+        inventory: PathBuf,
+        /// Override etcd_init (new | existing).
+        #[arg(long)]
+        init: Option<String>,
+    },
+    /// /etc/profile.d/etcdctl.sh of one host.
+    EtcdctlEnv {
+        /// The host's IP.
+        #[arg(long)]
+        host: IpAddr,
+        /// The Pigsty inventory.
+        #[arg(short = 'i', long, default_value = "pigsty.yml")]
+        inventory: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ServiceArg {
+    Etcd,
+    Patroni,
+    VipManager,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ActionArg {
+    Start,
+    Stop,
+    Restart,
+    Reload,
+    Status,
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Report the host's facts.
+    Facts,
+    /// Write etcd.conf from a file.
+    WriteEtcdConf {
+        /// File with the content.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Place ca.crt, server.crt and server.key.
+    WriteEtcdCerts {
+        /// CA certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Server certificate.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Server key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Write the etcdctl profile from a file.
+    WriteEtcdctlProfile {
+        /// File with the content.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Start, stop, restart, reload or query a managed service.
+    Service {
+        /// The service.
+        #[arg(value_enum)]
+        service: ServiceArg,
+        /// The action.
+        #[arg(value_enum)]
+        action: ActionArg,
+    },
+    /// Replace the etcd hosts in patroni.yml, then reload (or restart) Patroni.
+    SetPatroniDcsHosts {
+        /// ip:port entries, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+        /// Restart Patroni instead of reloading (a reload does not apply new etcd hosts).
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Replace the DCS endpoints in vip-manager's config, then restart it.
+    SetVipEndpoints {
+        /// https://ip:port entries, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+    },
+    /// Wipe the etcd data dir (refused while etcd runs unless --purge; always under the local safeguard).
+    WipeEtcdData {
+        /// Stop etcd first if it runs.
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m, 1h or 2d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    if n == 0 {
+        return Err("a token must live at least one second".into());
+    }
+    Ok(n * mult)
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn run(cli: Cli) -> u8 {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("error: {} ({:?})", status.message(), status.code()),
+                None => eprintln!("error: {e:#}"),
+            }
+            classify(&e)
+        }
+    }
+}
+
+fn classify(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<client::Unreachable>().is_some() {
+        return exit::UNREACHABLE;
+    }
+    if let Some(status) = e.downcast_ref::<tonic::Status>() {
+        return match status.code() {
+            tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition => exit::REFUSED,
+            tonic::Code::Unauthenticated | tonic::Code::Unavailable => exit::UNREACHABLE,
+            tonic::Code::InvalidArgument | tonic::Code::NotFound => exit::USAGE,
+            _ => exit::FAILED,
+        };
+    }
+    if let Some(pki::PkiError::Generate(_)) = e.downcast_ref::<pki::PkiError>() {
+        return exit::FAILED;
+    }
+    exit::USAGE
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = crate::config::CoordinatorConfig::load(&config)?;
+            crate::server::serve(cfg).await?;
+            Ok(exit::OK)
+        }
+        Command::Pki(cmd) => pki_command(cmd),
+        Command::Agents { output, conn } => agents(output, &conn).await,
+        Command::Inventory(InventoryCommand::Check { inventory, output }) => {
+            let code = crate::inventory_cli::inventory_check(&inventory, output == Format::Json)?;
+            Ok(u8::try_from(code).unwrap_or(exit::FAILED))
+        }
+        Command::Render(RenderCommand::EtcdConf {
+            host,
+            inventory,
+            init,
+        }) => {
+            let code = crate::inventory_cli::render_etcd_conf_cmd(&inventory, host, init.as_deref())?;
+            Ok(u8::try_from(code).unwrap_or(exit::FAILED))
+        }
+        Command::Render(RenderCommand::EtcdctlEnv { host, inventory }) => {
+            let code = crate::inventory_cli::render_etcdctl_env_cmd(&inventory, host)?;
+            Ok(u8::try_from(code).unwrap_or(exit::FAILED))
+        }
+        Command::Task {
+            host,
+            timeout,
+            yes,
+            task,
+            conn,
+        } => ad_hoc_task(host, timeout, yes, task, &conn).await,
+    }
+}
+
+fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
+    match cmd {
+        PkiCommand::Init { dir, trust_domain } => {
+            match pki::init_ca(&dir, &trust_domain)? {
+                pki::InitOutcome::Created => {
+                    println!("created CA {}/ca.crt (key ca.key, 0600)", dir.display())
+                }
+                pki::InitOutcome::Existing(alg) => println!(
+                    "using the existing CA in {} ({alg}); nothing changed",
+                    dir.display()
+                ),
+            }
+            Ok(exit::OK)
+        }
+        PkiCommand::Issue {
+            kind,
+            ips,
+            name,
+            days,
+            dir,
+            out,
+            force,
+        } => {
+            let ca = pki::Ca::load(&dir, None)?;
+            let base = match kind {
+                LeafKind::Agent => "agent",
+                LeafKind::Admin => "admin",
+                LeafKind::Coordinator => "coordinator",
+                LeafKind::Etcd => "server",
+            };
+            let crt = out.join(format!("{base}.crt"));
+            let key = out.join(format!("{base}.key"));
+            if !force && (crt.exists() || key.exists()) {
+                anyhow::bail!(
+                    "{} or {} already exists; pass --force to replace them",
+                    crt.display(),
+                    key.display()
+                );
+            }
+            let (cert_pem, key_pem) = ca.issue(kind, &ips, name.as_deref(), days)?;
+            std::fs::create_dir_all(&out)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+            pki::write_replace(&key, key_pem.as_bytes(), 0o600)?;
+            pki::write_replace(&crt, cert_pem.as_bytes(), 0o644)?;
+            let ca_out = out.join("ca.crt");
+            if !ca_out.exists() {
+                pki::write_replace(&ca_out, ca.cert_pem().as_bytes(), 0o644)?;
+            }
+            println!("wrote {} and {}", crt.display(), key.display());
+            Ok(exit::OK)
+        }
+        PkiCommand::Token { host, ttl, dir } => {
+            let ca = pki::Ca::load(&dir, None)?;
+            println!("{}", ca.mint_token(host, ttl));
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn facts_json(f: &pb::Facts) -> serde_json::Value {
+    let services: serde_json::Map<String, serde_json::Value> = f
+        .services
+        .iter()
+        .map(|(k, v)| {
+            let state = pb::ServiceState::try_from(*v)
+                .map(service_state_word)
+                .unwrap_or("unknown");
+            (k.clone(), serde_json::Value::from(state))
+        })
+        .collect();
+    let files: serde_json::Map<String, serde_json::Value> = f
+        .files
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::json!({"exists": v.exists, "sha256": v.sha256}),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "agent_version": f.agent_version,
+        "host_ip": f.host_ip,
+        "hostname": f.hostname,
+        "safeguard": f.safeguard,
+        "services": services,
+        "files": files,
+        "data_dir": f.data_dir.as_ref().map(|d| serde_json::json!({
+            "path": d.path, "has_member": d.has_member, "member_id": d.member_id
+        })),
+    })
+}
+
+/// The word for a service state.
+pub fn service_state_word(s: pb::ServiceState) -> &'static str {
+    match s {
+        pb::ServiceState::Active => "active",
+        pb::ServiceState::Inactive => "inactive",
+        pb::ServiceState::Failed => "failed",
+        pb::ServiceState::Unknown | pb::ServiceState::Unspecified => "unknown",
+    }
+}
+
+async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
+    let mut client = client::admin_client(&conn.resolve()?).await?;
+    let agents = client
+        .list_agents(pb::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    match output {
+        Format::Json => {
+            let v: Vec<serde_json::Value> = agents
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "agent_id": a.agent_id,
+                        "version": a.version,
+                        "state": a.state,
+                        "last_seen_unix": a.last_seen_unix,
+                        "facts": a.facts.as_ref().map(facts_json),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Table => {
+            let now = quorum_proto::tls::unix_now();
+            println!(
+                "{:<16} {:<10} {:<10} {:>10}  {:<9} ETCD",
+                "AGENT", "VERSION", "STATE", "LAST SEEN", "SAFEGUARD"
+            );
+            for a in &agents {
+                let etcd = a
+                    .facts
+                    .as_ref()
+                    .and_then(|f| f.services.get("etcd"))
+                    .and_then(|s| pb::ServiceState::try_from(*s).ok())
+                    .map(service_state_word)
+                    .unwrap_or("-");
+                let safeguard = a.facts.as_ref().map(|f| f.safeguard).unwrap_or(false);
+                println!(
+                    "{:<16} {:<10} {:<10} {:>9}s  {:<9} {}",
+                    a.agent_id,
+                    a.version,
+                    a.state,
+                    (now - a.last_seen_unix).max(0),
+                    if safeguard { "on" } else { "off" },
+                    etcd
+                );
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// The word for an outcome.
+pub fn outcome_word(o: pb::Outcome) -> &'static str {
+    match o {
+        pb::Outcome::Changed => "changed",
+        pb::Outcome::Unchanged => "unchanged",
+        pb::Outcome::Skipped => "skipped",
+        pb::Outcome::Refused => "refused",
+        pb::Outcome::Failed => "failed",
+        pb::Outcome::Ok => "ok",
+        pb::Outcome::Unspecified => "unspecified",
+    }
+}
+
+fn read_arg_file(path: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+async fn ad_hoc_task(
+    host: IpAddr,
+    timeout: u32,
+    yes: bool,
+    task: TaskCommand,
+    conn: &ConnArgs,
+) -> anyhow::Result<u8> {
+    use pb::task::Kind;
+    let (kind, destructive) = match task {
+        TaskCommand::Facts => (Kind::CollectFacts(pb::CollectFacts {}), false),
+        TaskCommand::WriteEtcdConf { file } => (
+            Kind::WriteEtcdConf(pb::WriteEtcdConf {
+                content: read_arg_file(&file)?,
+            }),
+            false,
+        ),
+        TaskCommand::WriteEtcdCerts { ca, cert, key } => (
+            Kind::WriteEtcdCerts(pb::WriteEtcdCerts {
+                ca_crt: read_arg_file(&ca)?,
+                server_crt: read_arg_file(&cert)?,
+                server_key: read_arg_file(&key)?,
+            }),
+            false,
+        ),
+        TaskCommand::WriteEtcdctlProfile { file } => (
+            Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
+                content: read_arg_file(&file)?,
+            }),
+            false,
+        ),
+        TaskCommand::Service { service, action } => {
+            let service = match service {
+                ServiceArg::Etcd => pb::Service::Etcd,
+                ServiceArg::Patroni => pb::Service::Patroni,
+                ServiceArg::VipManager => pb::Service::VipManager,
+            };
+            let (action, destructive) = match action {
+                ActionArg::Start => (pb::Action::Start, false),
+                ActionArg::Stop => (pb::Action::Stop, true),
+                ActionArg::Restart => (pb::Action::Restart, true),
+                ActionArg::Reload => (pb::Action::Reload, false),
+                ActionArg::Status => (pb::Action::Status, false),
+            };
+            (
+                Kind::ServiceAction(pb::ServiceAction {
+                    service: service as i32,
+                    action: action as i32,
+                    if_changed: vec![],
+                    force: true,
+                }),
+                destructive,
+            )
+        }
+        TaskCommand::SetPatroniDcsHosts { hosts, restart } => (
+            Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts { hosts, restart }),
+            restart,
+        ),
+        TaskCommand::SetVipEndpoints { endpoints } => (
+            Kind::SetVipEndpoints(pb::SetVipEndpoints { endpoints }),
+            true,
+        ),
+        TaskCommand::WipeEtcdData { purge } => (Kind::WipeEtcdData(pb::WipeEtcdData { purge }), true),
+    };
+    if destructive && !yes {
+        eprintln!(
+            "refused: this task stops, restarts or wipes something on {host} outside any SOP, without the quorum guard; \
+             pass --yes if you mean it (prefer the SOP commands)"
+        );
+        return Ok(exit::REFUSED);
+    }
+    let mut client = client::admin_client(&conn.resolve()?).await?;
+    let req = pb::RunTaskRequest {
+        agent_id: host.to_string(),
+        task: Some(pb::Task {
+            id: String::new(),
+            kind: Some(kind),
+        }),
+        timeout_secs: timeout,
+    };
+    let mut request = tonic::Request::new(req);
+    request.set_timeout(Duration::from_secs(u64::from(timeout) + 10));
+    let result = client.run_task(request).await?.into_inner();
+    let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Unspecified);
+    println!("{} {} {}", host, result.task_id, outcome_word(outcome));
+    if !result.output.is_empty() {
+        println!("{}", result.output.trim_end());
+    }
+    Ok(match outcome {
+        pb::Outcome::Refused => exit::REFUSED,
+        pb::Outcome::Failed | pb::Outcome::Unspecified => exit::FAILED,
+        _ => exit::OK,
+    })
+}

@@ -1,0 +1,113 @@
+//! How the operator CLI reaches the coordinator: connection settings from flags, then the
+//! environment (`QUORUM_COORDINATOR`, `QUORUM_CERT`, `QUORUM_KEY`, `QUORUM_CACERT`), then a
+//! config file, in that order; and the admin gRPC client built from them.
+
+use std::path::{Path, PathBuf};
+
+use quorum_proto::pb::admin_service_client::AdminServiceClient;
+use quorum_proto::tls::TlsMaterial;
+use serde::Deserialize;
+use tonic::transport::Channel;
+
+/// Default CLI config file.
+pub const DEFAULT_CLI_CONFIG: &str = "/etc/quorum/cli.yml";
+
+/// The CLI config file's keys (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliFile {
+    /// Coordinator URL.
+    pub coordinator: Option<String>,
+    /// Admin certificate.
+    pub cert: Option<PathBuf>,
+    /// Admin key.
+    pub key: Option<PathBuf>,
+    /// CA certificate.
+    pub cacert: Option<PathBuf>,
+}
+
+/// Resolved connection settings.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Coordinator URL.
+    pub coordinator: String,
+    /// Admin certificate.
+    pub cert: PathBuf,
+    /// Admin key.
+    pub key: PathBuf,
+    /// CA certificate.
+    pub cacert: PathBuf,
+}
+
+/// Fills what flags/env left empty from the config file, and names what is still missing.
+pub fn resolve(
+    coordinator: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    cacert: Option<PathBuf>,
+    config: Option<&Path>,
+) -> anyhow::Result<Connection> {
+    let path = config.unwrap_or(Path::new(DEFAULT_CLI_CONFIG));
+    let file: CliFile = match std::fs::read_to_string(path) {
+        Ok(text) => quorum_proto::yaml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("CLI config {} is invalid: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.is_none() => CliFile::default(),
+        Err(e) => anyhow::bail!("cannot read CLI config {}: {e}", path.display()),
+    };
+    let missing = |what: &str, flag: &str, env: &str| {
+        anyhow::anyhow!(
+            "no {what} given: pass {flag}, set {env}, or put it in {}",
+            path.display()
+        )
+    };
+    Ok(Connection {
+        coordinator: coordinator
+            .or(file.coordinator)
+            .ok_or_else(|| missing("coordinator URL", "--coordinator", "QUORUM_COORDINATOR"))?,
+        cert: cert
+            .or(file.cert)
+            .ok_or_else(|| missing("admin certificate", "--cert", "QUORUM_CERT"))?,
+        key: key
+            .or(file.key)
+            .ok_or_else(|| missing("admin key", "--key", "QUORUM_KEY"))?,
+        cacert: cacert
+            .or(file.cacert)
+            .ok_or_else(|| missing("CA certificate", "--cacert", "QUORUM_CACERT"))?,
+    })
+}
+
+/// Connects as admin.
+pub async fn admin_client(conn: &Connection) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let tls = TlsMaterial::load(&conn.cacert, &conn.cert, &conn.key)?;
+    let channel = quorum_proto::tls::endpoint(&conn.coordinator, tls.client_config())?
+        .connect()
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(Unreachable(format!(
+                "cannot reach the coordinator at {}: {}; is `quorum serve` running there, and is the CA right?",
+                conn.coordinator,
+                error_chain(&e)
+            )))
+        })?;
+    Ok(AdminServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
+}
+
+/// The coordinator could not be reached (its own exit code).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,109 @@
+//! The coordinator daemon's config file (`quorum serve --config coordinator.yml`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors reading the coordinator config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read coordinator config {path}: {source}; check the path given to --config")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file does not match the schema (unknown keys included).
+    #[error("coordinator config {path} is invalid: {message}; see packaging/coordinator.yml for every key")]
+    Parse {
+        /// The path.
+        path: PathBuf,
+        /// The problem, with line and column.
+        message: String,
+    },
+}
+
+/// TLS files of the coordinator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorTls {
+    /// The Pigsty CA certificate.
+    pub ca_cert: PathBuf,
+    /// The coordinator's certificate (`quorum pki issue coordinator`).
+    pub cert: PathBuf,
+    /// The coordinator's key.
+    pub key: PathBuf,
+    /// The CA key, needed to sign enrollment CSRs. Without it, `Enroll` is refused.
+    #[serde(default)]
+    pub ca_key: Option<PathBuf>,
+}
+
+/// The coordinator's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// TLS files.
+    pub tls: CoordinatorTls,
+    /// Trust domain of the role URIs (`spiffe://<trust_domain>/...`).
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// The Pigsty inventory.
+    #[serde(default = "default_inventory")]
+    pub inventory: PathBuf,
+    /// Where runs, used tokens and other state live.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long a poll is held open when there is nothing to do, seconds.
+    #[serde(default = "default_poll_hold")]
+    pub poll_hold_secs: u64,
+    /// An agent not seen for this long (and not in a poll) is stale, seconds.
+    #[serde(default = "default_stale_after")]
+    pub stale_after_secs: u64,
+    /// Validity of certificates signed at enrollment, days.
+    #[serde(default = "default_enroll_days")]
+    pub enroll_cert_days: u32,
+    /// How long an ad-hoc or SOP task may take before its step fails, seconds.
+    #[serde(default = "default_task_timeout")]
+    pub task_timeout_secs: u64,
+}
+
+fn default_trust_domain() -> String {
+    quorum_proto::identity::DEFAULT_TRUST_DOMAIN.to_string()
+}
+fn default_inventory() -> PathBuf {
+    PathBuf::from("pigsty.yml")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/quorum")
+}
+fn default_poll_hold() -> u64 {
+    30
+}
+fn default_stale_after() -> u64 {
+    90
+}
+fn default_enroll_days() -> u32 {
+    crate::pki::DEFAULT_LEAF_DAYS
+}
+fn default_task_timeout() -> u64 {
+    120
+}
+
+impl CoordinatorConfig {
+    /// Reads the config at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        quorum_proto::yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! The Quorum coordinator: PKI, the gRPC server agents pull from, the inventory and renderers,
+//! the SOP planner and runner, and the operator CLI that drives them.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod inventory;
+pub mod inventory_cli;
+pub mod pki;
+pub mod registry;
+pub mod render;
+pub mod server;

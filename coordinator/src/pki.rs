@@ -1,0 +1,605 @@
+//! The Pigsty CA and everything signed with it: `quorum pki init` (create a CA, or adopt an
+//! existing Pigsty CA as is), leaf certificates for agents, admins, the coordinator and etcd
+//! members, enrollment CSRs, and the one-time bootstrap tokens that authorize them.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use quorum_proto::identity::Peer;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use ring::hmac;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
+
+/// Default CA directory, as Pigsty lays it out on the admin node.
+pub const DEFAULT_CA_DIR: &str = "files/pki/ca";
+/// Pigsty's leaf certificate validity (`cert_validity: 7300d`).
+pub const DEFAULT_LEAF_DAYS: u32 = 7300;
+/// Validity of a CA Quorum creates (Pigsty's CA: 100 years).
+const CA_DAYS: i64 = 36500;
+/// Name of the file beside the CA that records the trust domain.
+const TRUST_DOMAIN_FILE: &str = "trust-domain";
+
+/// PKI errors; each names the file or the rule and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// File I/O failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("cannot read", "cannot write").
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The CA directory has a certificate without a key or the other way round.
+    #[error("{dir} holds {present} but not {missing}; restore the missing file from backup, or move the directory away to create a new CA (Quorum never overwrites a CA)")]
+    HalfCa {
+        /// The CA dir.
+        dir: PathBuf,
+        /// The file present.
+        present: &'static str,
+        /// The file missing.
+        missing: &'static str,
+    },
+    /// No CA in the directory.
+    #[error("no CA in {dir} (ca.crt and ca.key); run `quorum pki init --dir {dir}` first")]
+    NoCa {
+        /// The CA dir.
+        dir: PathBuf,
+    },
+    /// The CA key or certificate is unusable.
+    #[error("CA {path} is unusable: {why}")]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Certificate generation failed.
+    #[error("cannot generate the certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// Bad arguments to `pki issue`.
+    #[error("{0}")]
+    Usage(String),
+    /// The CSR was refused.
+    #[error("certificate request refused: {0}")]
+    CsrRefused(String),
+    /// The token was refused.
+    #[error("enrollment token refused: {0}")]
+    TokenRefused(String),
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PkiError + 'a {
+    move |source| PkiError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What `pki init` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InitOutcome {
+    /// A new CA was created.
+    Created,
+    /// An existing CA was found and left as is; its key algorithm.
+    Existing(String),
+}
+
+/// The kinds of leaf certificate `pki issue` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LeafKind {
+    /// An agent's client certificate: `spiffe://<td>/agent/<ip>` + IP SAN.
+    Agent,
+    /// An operator's client certificate: `spiffe://<td>/admin/<name>`.
+    Admin,
+    /// The coordinator's server + client certificate: `spiffe://<td>/coordinator` + IP SANs.
+    Coordinator,
+    /// An etcd member's server/peer certificate, as Pigsty makes it (CN etcd-N, O pigsty,
+    /// OU etcd; SANs 127.0.0.1, localhost, the member IP(s), etcd-N).
+    Etcd,
+}
+
+/// Creates a CA in `dir` unless one exists; an existing one (RSA or ECDSA) is used unchanged.
+pub fn init_ca(dir: &Path, trust_domain: &str) -> Result<InitOutcome, PkiError> {
+    let crt = dir.join("ca.crt");
+    let key = dir.join("ca.key");
+    let outcome = match (crt.exists(), key.exists()) {
+        (true, true) => {
+            let ca = Ca::load(dir, Some(trust_domain))?;
+            InitOutcome::Existing(ca.key_algorithm())
+        }
+        (true, false) => {
+            return Err(PkiError::HalfCa {
+                dir: dir.to_path_buf(),
+                present: "ca.crt",
+                missing: "ca.key",
+            })
+        }
+        (false, true) => {
+            return Err(PkiError::HalfCa {
+                dir: dir.to_path_buf(),
+                present: "ca.key",
+                missing: "ca.crt",
+            })
+        }
+        (false, false) => {
+            fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+            let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let mut params = CertificateParams::default();
+            params.distinguished_name = dn(&[
+                (DnType::CommonName, "pigsty-ca"),
+                (DnType::OrganizationName, "pigsty"),
+                (DnType::OrganizationalUnitName, "ca"),
+            ]);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::minutes(5);
+            params.not_after = now + time::Duration::days(CA_DAYS);
+            params.serial_number = Some(random_serial());
+            let cert = params.self_signed(&key_pair)?;
+            // Key first with O_EXCL: a CA key is never overwritten, even by a racing init.
+            write_new(&key, key_pair.serialize_pem().as_bytes(), 0o600)?;
+            write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+            InitOutcome::Created
+        }
+    };
+    let td_path = dir.join(TRUST_DOMAIN_FILE);
+    if !td_path.exists() {
+        write_new(&td_path, format!("{trust_domain}\n").as_bytes(), 0o644)?;
+    }
+    Ok(outcome)
+}
+
+/// Writes a file that must not exist yet, with `mode`.
+pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err("cannot create", path))?;
+    f.write_all(data).map_err(io_err("cannot write", path))?;
+    f.sync_all().map_err(io_err("cannot sync", path))?;
+    Ok(())
+}
+
+/// Writes (or replaces) a file with `mode`, atomically.
+pub fn write_replace(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, data, mode)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+        .map_err(io_err("cannot chmod", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("cannot rename into", path))?;
+    Ok(())
+}
+
+fn dn(parts: &[(DnType, &str)]) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    for (t, v) in parts {
+        dn.push(t.clone(), *v);
+    }
+    dn
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // a positive INTEGER
+    bytes[0] |= 0x01; // and never a short one
+    SerialNumber::from_slice(&bytes)
+}
+
+/// A loaded CA that can sign.
+pub struct Ca {
+    dir: PathBuf,
+    cert_pem: String,
+    key: KeyPair,
+    pkcs8: Vec<u8>,
+    trust_domain: String,
+}
+
+impl Ca {
+    /// Loads the CA in `dir`; the trust domain is `trust_domain` if given, else the one
+    /// recorded beside the CA, else Pigsty's.
+    pub fn load(dir: &Path, trust_domain: Option<&str>) -> Result<Self, PkiError> {
+        let crt = dir.join("ca.crt");
+        let key_path = dir.join("ca.key");
+        if !crt.exists() && !key_path.exists() {
+            return Err(PkiError::NoCa {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let cert_pem = fs::read_to_string(&crt).map_err(io_err("cannot read", &crt))?;
+        let key_pem = fs::read(&key_path).map_err(io_err("cannot read", &key_path))?;
+        let pkcs8 = to_pkcs8(&key_pem).map_err(|why| PkiError::BadCa {
+            path: key_path.clone(),
+            why,
+        })?;
+        let key = KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8.clone())).map_err(|e| {
+            PkiError::BadCa {
+                path: key_path.clone(),
+                why: format!("the key cannot sign ({e}); Quorum supports RSA and ECDSA P-256/P-384 CA keys"),
+            }
+        })?;
+        // Parse once now so a broken ca.crt is reported at load, not at the first signature.
+        Issuer::from_ca_cert_pem(&cert_pem, &key).map_err(|e| PkiError::BadCa {
+            path: crt.clone(),
+            why: format!("not a usable CA certificate ({e})"),
+        })?;
+        let trust_domain = match trust_domain {
+            Some(td) => td.to_string(),
+            None => fs::read_to_string(dir.join(TRUST_DOMAIN_FILE))
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.to_string()),
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cert_pem,
+            key,
+            pkcs8,
+            trust_domain,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The trust domain role URIs are checked against.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// A short name of the CA key's algorithm.
+    pub fn key_algorithm(&self) -> String {
+        let alg = self.key.algorithm();
+        if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
+            "ECDSA P-256".into()
+        } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
+            "ECDSA P-384".into()
+        } else if alg == &rcgen::PKCS_RSA_SHA256 {
+            "RSA".into()
+        } else {
+            format!("{alg:?}")
+        }
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, PkiError> {
+        Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(|e| PkiError::BadCa {
+            path: self.dir.join("ca.crt"),
+            why: e.to_string(),
+        })
+    }
+
+    /// Issues a leaf certificate with a fresh ECDSA P-256 key; returns (cert PEM, key PEM).
+    pub fn issue(
+        &self,
+        kind: LeafKind,
+        ips: &[IpAddr],
+        name: Option<&str>,
+        days: u32,
+    ) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let params = self.leaf_params(kind, ips, name, days)?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    fn leaf_params(
+        &self,
+        kind: LeafKind,
+        ips: &[IpAddr],
+        name: Option<&str>,
+        days: u32,
+    ) -> Result<CertificateParams, PkiError> {
+        let td = &self.trust_domain;
+        let mut p = CertificateParams::default();
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::days(i64::from(days));
+        p.serial_number = Some(random_serial());
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let uri = |peer: Peer| -> Result<SanType, PkiError> {
+            Ok(SanType::URI(peer.uri(td).try_into()?))
+        };
+        let dns = |s: &str| -> Result<SanType, PkiError> { Ok(SanType::DnsName(s.try_into()?)) };
+        match kind {
+            LeafKind::Agent => {
+                let [ip] = ips else {
+                    return Err(PkiError::Usage(
+                        "an agent certificate names exactly one host: give --ip once".into(),
+                    ));
+                };
+                p.distinguished_name = dn(&[
+                    (DnType::CommonName, &format!("quorum-agent-{ip}")),
+                    (DnType::OrganizationName, "pigsty"),
+                    (DnType::OrganizationalUnitName, "quorum"),
+                ]);
+                p.subject_alt_names = vec![uri(Peer::Agent(*ip))?, SanType::IpAddress(*ip)];
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            LeafKind::Admin => {
+                let name = name.filter(|n| !n.is_empty() && !n.contains('/')).ok_or_else(|| {
+                    PkiError::Usage(
+                        "an admin certificate needs --name NAME (no '/'), the operator it identifies".into(),
+                    )
+                })?;
+                p.distinguished_name = dn(&[
+                    (DnType::CommonName, name),
+                    (DnType::OrganizationName, "pigsty"),
+                    (DnType::OrganizationalUnitName, "quorum-admin"),
+                ]);
+                p.subject_alt_names = vec![uri(Peer::Admin(name.to_string()))?];
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            LeafKind::Coordinator => {
+                if ips.is_empty() {
+                    return Err(PkiError::Usage(
+                        "a coordinator certificate needs --ip for each address agents dial".into(),
+                    ));
+                }
+                p.distinguished_name = dn(&[
+                    (DnType::CommonName, "quorum-coordinator"),
+                    (DnType::OrganizationName, "pigsty"),
+                    (DnType::OrganizationalUnitName, "quorum"),
+                ]);
+                p.subject_alt_names = vec![uri(Peer::Coordinator)?, dns("localhost")?];
+                p.subject_alt_names
+                    .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+                // Server for agents and the CLI; client towards etcd.
+                p.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+            }
+            LeafKind::Etcd => {
+                if ips.is_empty() {
+                    return Err(PkiError::Usage(
+                        "an etcd certificate needs --ip with the member's address".into(),
+                    ));
+                }
+                let name = name.ok_or_else(|| {
+                    PkiError::Usage("an etcd certificate needs --name etcd-N (the member name)".into())
+                })?;
+                p.distinguished_name = dn(&[
+                    (DnType::CommonName, name),
+                    (DnType::OrganizationName, "pigsty"),
+                    (DnType::OrganizationalUnitName, "etcd"),
+                ]);
+                let loopback: IpAddr = IpAddr::from([127, 0, 0, 1]);
+                p.subject_alt_names = vec![SanType::IpAddress(loopback), dns("localhost")?];
+                for ip in ips {
+                    if *ip != loopback {
+                        p.subject_alt_names.push(SanType::IpAddress(*ip));
+                    }
+                }
+                p.subject_alt_names.push(dns(name)?);
+                // The same certificate serves etcd's client and peer ports.
+                p.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+            }
+        }
+        Ok(p)
+    }
+
+    /// Signs an agent's CSR for exactly `ip`: the CSR may ask only for the IP SAN `ip` and the
+    /// URI `spiffe://<td>/agent/<ip>`; the certificate is built from Quorum's own template.
+    pub fn sign_agent_csr(&self, csr_pem: &str, ip: IpAddr, days: u32) -> Result<String, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::CsrRefused(format!("it is not a valid, self-signed PKCS#10 request ({e})"))
+        })?;
+        let allowed_uri = Peer::Agent(ip).uri(&self.trust_domain);
+        for san in &csr.params.subject_alt_names {
+            let ok = match san {
+                SanType::IpAddress(a) => *a == ip,
+                SanType::URI(u) => u.as_str() == allowed_uri,
+                _ => false,
+            };
+            if !ok {
+                return Err(PkiError::CsrRefused(format!(
+                    "it asks for {san:?}, but the token allows only IP {ip} and {allowed_uri}"
+                )));
+            }
+        }
+        if !matches!(csr.params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa) {
+            return Err(PkiError::CsrRefused("it asks to be a CA".into()));
+        }
+        let params = self.leaf_params(LeafKind::Agent, &[ip], None, days)?;
+        let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
+        Ok(cert.pem())
+    }
+
+    fn token_key(&self) -> hmac::Key {
+        // Derived from the CA key, so only holders of the CA key can mint tokens and no
+        // second secret has to be distributed to the coordinator.
+        let mut material = b"quorum enrollment token v1\0".to_vec();
+        material.extend_from_slice(&self.pkcs8);
+        let digest = ring::digest::digest(&ring::digest::SHA256, &material);
+        hmac::Key::new(hmac::HMAC_SHA256, digest.as_ref())
+    }
+
+    /// Mints a one-time enrollment token for `host`, valid `ttl_secs`.
+    pub fn mint_token(&self, host: IpAddr, ttl_secs: u64) -> String {
+        let nonce: [u8; 16] = rand::random();
+        let claims = TokenClaims {
+            host,
+            exp: quorum_proto::tls::unix_now() + ttl_secs as i64,
+            nonce: hex::encode(nonce),
+        };
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = b64.encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let tag = hmac::sign(&self.token_key(), payload.as_bytes());
+        format!("qt1.{payload}.{}", b64.encode(tag.as_ref()))
+    }
+
+    /// Checks a token's signature and expiry (not its one-time use: the caller records that).
+    pub fn verify_token(&self, token: &str) -> Result<TokenClaims, PkiError> {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let refused = |why: &str| PkiError::TokenRefused(why.to_string());
+        let mut parts = token.trim().split('.');
+        let (Some("qt1"), Some(payload), Some(tag), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(refused(
+                "it is not a Quorum token (qt1.<payload>.<tag>); mint one with `quorum pki token --host IP`",
+            ));
+        };
+        let tag = b64
+            .decode(tag)
+            .map_err(|_| refused("its signature is not base64"))?;
+        hmac::verify(&self.token_key(), payload.as_bytes(), &tag).map_err(|_| {
+            refused("its signature does not match this CA (forged, altered, or minted by another CA)")
+        })?;
+        let claims: TokenClaims = b64
+            .decode(payload)
+            .ok()
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or_else(|| refused("its payload is malformed"))?;
+        if quorum_proto::tls::unix_now() > claims.exp {
+            return Err(PkiError::TokenRefused(format!(
+                "it expired at {} (Unix seconds); mint a new one with `quorum pki token --host {}`",
+                claims.exp, claims.host
+            )));
+        }
+        Ok(claims)
+    }
+}
+
+/// What an enrollment token says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenClaims {
+    /// The only host IP the token may enroll.
+    pub host: IpAddr,
+    /// Expiry, Unix seconds.
+    pub exp: i64,
+    /// Unique id, recorded when used so the token works once.
+    pub nonce: String,
+}
+
+/// Converts a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC, as openssl writes them) to
+/// PKCS#8 DER, which is what the signing library takes.
+pub fn to_pkcs8(pem: &[u8]) -> Result<Vec<u8>, String> {
+    let key = PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|_| "no PEM private key in the file (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)".to_string())?;
+    match key {
+        PrivateKeyDer::Pkcs8(k) => Ok(k.secret_pkcs8_der().to_vec()),
+        PrivateKeyDer::Pkcs1(k) => {
+            // AlgorithmIdentifier { rsaEncryption, NULL }
+            let alg = der_seq(&[
+                &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01][..],
+                &[0x05, 0x00][..],
+            ]);
+            Ok(pkcs8_wrap(&alg, k.secret_pkcs1_der()))
+        }
+        PrivateKeyDer::Sec1(k) => {
+            let der = k.secret_sec1_der();
+            const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+            const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+            let curve = if contains(der, P256) {
+                P256
+            } else if contains(der, P384) {
+                P384
+            } else {
+                return Err("EC key on an unsupported curve (P-256 and P-384 are supported)".into());
+            };
+            // AlgorithmIdentifier { id-ecPublicKey, curve }
+            let alg = der_seq(&[&[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01][..], curve]);
+            Ok(pkcs8_wrap(&alg, der))
+        }
+        _ => Err("unsupported private key format".into()),
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn der_len(len: usize) -> Vec<u8> {
+    if len < 0x80 {
+        vec![len as u8]
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .iter()
+            .copied()
+            .skip_while(|b| *b == 0)
+            .collect();
+        let mut out = vec![0x80 | bytes.len() as u8];
+        out.extend(bytes);
+        out
+    }
+}
+
+fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend(der_len(body.len()));
+    out.extend_from_slice(body);
+    out
+}
+
+fn der_seq(items: &[&[u8]]) -> Vec<u8> {
+    der_tlv(0x30, &items.concat())
+}
+
+fn pkcs8_wrap(alg: &[u8], key: &[u8]) -> Vec<u8> {
+    // PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING }
+    der_seq(&[&[0x02, 0x01, 0x00][..], alg, &der_tlv(0x04, key)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_length_forms() {
+        assert_eq!(der_len(5), vec![5]);
+        assert_eq!(der_len(0x80), vec![0x81, 0x80]);
+        assert_eq!(der_len(0x1234), vec![0x82, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn token_round_trip_and_forgery() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        init_ca(dir.path(), "pigsty")?;
+        let ca = Ca::load(dir.path(), None)?;
+        let ip: IpAddr = "10.10.10.12".parse()?;
+        let t = ca.mint_token(ip, 60);
+        assert_eq!(ca.verify_token(&t)?.host, ip);
+        let mut forged = t.clone();
+        forged.pop();
+        forged.push(if t.ends_with('A') { 'B' } else { 'A' });
+        assert!(matches!(ca.verify_token(&forged), Err(PkiError::TokenRefused(_))));
+        let other = tempfile::tempdir()?;
+        init_ca(other.path(), "pigsty")?;
+        let other = Ca::load(other.path(), None)?;
+        assert!(other.verify_token(&t).is_err());
+        Ok(())
+    }
+}

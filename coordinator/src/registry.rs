@@ -1,0 +1,259 @@
+//! The agents the coordinator knows, and the task queue of each: what is waiting to be
+//! delivered, what was delivered and not yet reported (redelivered on the next poll, since
+//! delivery is at least once), and who is waiting for each report.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quorum_proto::pb;
+use tokio::sync::{oneshot, Notify};
+
+/// How an agent looks from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    /// In a long poll right now.
+    Connected,
+    /// Seen recently, between polls.
+    Idle,
+    /// Not seen for longer than the stale threshold.
+    Stale,
+}
+
+impl AgentState {
+    /// The word the CLI prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Connected => "connected",
+            AgentState::Idle => "idle",
+            AgentState::Stale => "stale",
+        }
+    }
+}
+
+struct Entry {
+    facts: pb::Facts,
+    last_seen: SystemTime,
+    polls_open: u32,
+    queue: VecDeque<pb::Task>,
+    inflight: Vec<pb::Task>,
+    notify: Arc<Notify>,
+}
+
+impl Entry {
+    fn new() -> Self {
+        Self {
+            facts: pb::Facts::default(),
+            last_seen: SystemTime::now(),
+            polls_open: 0,
+            queue: VecDeque::new(),
+            inflight: Vec::new(),
+            notify: Arc::new(Notify::new()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    agents: HashMap<IpAddr, Entry>,
+    waiters: HashMap<String, Vec<oneshot::Sender<pb::TaskResult>>>,
+}
+
+/// The registry, shared by the gRPC services and the runner.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+    stale_after: Duration,
+}
+
+/// Marks a poll closed when dropped, also when the agent's connection dies mid-poll.
+struct PollGuard {
+    registry: Registry,
+    agent: IpAddr,
+}
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        self.registry.with(|inner| {
+            if let Some(e) = inner.agents.get_mut(&self.agent) {
+                e.polls_open = e.polls_open.saturating_sub(1);
+                e.last_seen = SystemTime::now();
+            }
+        });
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// A registry that calls an agent stale after `stale_after` without a poll.
+    pub fn new(stale_after: Duration) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            stale_after,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        // A poisoned lock only means another thread panicked mid-update of plain data;
+        // the data is still the best we have.
+        let mut guard = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    fn state_of(&self, e: &Entry, now: SystemTime) -> AgentState {
+        if e.polls_open > 0 {
+            AgentState::Connected
+        } else if now.duration_since(e.last_seen).unwrap_or_default() > self.stale_after {
+            AgentState::Stale
+        } else {
+            AgentState::Idle
+        }
+    }
+
+    /// Records facts an agent sent (with a poll or a report).
+    pub fn observe(&self, agent: IpAddr, facts: Option<pb::Facts>) {
+        self.with(|inner| {
+            let e = inner.agents.entry(agent).or_insert_with(Entry::new);
+            e.last_seen = SystemTime::now();
+            if let Some(f) = facts {
+                e.facts = f;
+            }
+        });
+    }
+
+    /// A long poll: returns the agent's undelivered and unreported tasks at once if there are
+    /// any, else waits up to `hold` for one to be queued.
+    pub async fn poll(&self, agent: IpAddr, facts: Option<pb::Facts>, hold: Duration) -> Vec<pb::Task> {
+        self.observe(agent, facts);
+        let notify = self.with(|inner| {
+            let e = inner.agents.entry(agent).or_insert_with(Entry::new);
+            e.polls_open += 1;
+            e.notify.clone()
+        });
+        let _guard = PollGuard {
+            registry: self.clone(),
+            agent,
+        };
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            // Register interest before looking, so a task queued in between is not missed.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let tasks = self.with(|inner| {
+                let Some(e) = inner.agents.get_mut(&agent) else {
+                    return Vec::new();
+                };
+                while let Some(t) = e.queue.pop_front() {
+                    e.inflight.push(t);
+                }
+                e.inflight.clone()
+            });
+            if !tasks.is_empty() {
+                return tasks;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+
+    /// Queues `task` for `agent`; the receiver gets the report. The agent need not be known yet.
+    pub fn queue(&self, agent: IpAddr, task: pb::Task) -> oneshot::Receiver<pb::TaskResult> {
+        let (tx, rx) = oneshot::channel();
+        self.with(|inner| {
+            inner.waiters.entry(task.id.clone()).or_default().push(tx);
+            let e = inner.agents.entry(agent).or_insert_with(|| {
+                let mut e = Entry::new();
+                // Known only because a task waits for it: not seen, so stale until it polls.
+                e.last_seen = UNIX_EPOCH;
+                e
+            });
+            let dup = e.queue.iter().chain(e.inflight.iter()).any(|t| t.id == task.id);
+            if !dup {
+                e.queue.push_back(task);
+            }
+            e.notify.notify_one();
+        });
+        rx
+    }
+
+    /// Closes a task with its report. Returns false when the agent had no such task
+    /// (a late duplicate report, or a task id it was never given).
+    pub fn report(&self, agent: IpAddr, result: pb::TaskResult, facts: Option<pb::Facts>) -> bool {
+        self.observe(agent, facts);
+        self.with(|inner| {
+            let Some(e) = inner.agents.get_mut(&agent) else {
+                return false;
+            };
+            let before = e.inflight.len();
+            e.inflight.retain(|t| t.id != result.task_id);
+            let known = e.inflight.len() != before;
+            if known {
+                if let Some(waiters) = inner.waiters.remove(&result.task_id) {
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            }
+            known
+        })
+    }
+
+    /// Drops a queued or in-flight task nobody waits for any more (a timed-out step).
+    pub fn cancel(&self, agent: IpAddr, task_id: &str) {
+        self.with(|inner| {
+            inner.waiters.remove(task_id);
+            if let Some(e) = inner.agents.get_mut(&agent) {
+                e.queue.retain(|t| t.id != task_id);
+                e.inflight.retain(|t| t.id != task_id);
+            }
+        });
+    }
+
+    /// The state of one agent, `None` if never seen.
+    pub fn state(&self, agent: IpAddr) -> Option<AgentState> {
+        let now = SystemTime::now();
+        self.with(|inner| inner.agents.get(&agent).map(|e| self.state_of(e, now)))
+    }
+
+    /// The last facts of one agent.
+    pub fn facts(&self, agent: IpAddr) -> Option<pb::Facts> {
+        self.with(|inner| inner.agents.get(&agent).map(|e| e.facts.clone()))
+    }
+
+    /// Every agent, sorted by IP.
+    pub fn list(&self) -> Vec<pb::AgentView> {
+        let now = SystemTime::now();
+        let mut out: Vec<(IpAddr, pb::AgentView)> = self.with(|inner| {
+            inner
+                .agents
+                .iter()
+                .filter(|(_, e)| e.last_seen != UNIX_EPOCH || e.polls_open > 0)
+                .map(|(ip, e)| {
+                    (
+                        *ip,
+                        pb::AgentView {
+                            agent_id: ip.to_string(),
+                            version: e.facts.agent_version.clone(),
+                            last_seen_unix: unix(e.last_seen),
+                            state: self.state_of(e, now).as_str().to_string(),
+                            facts: Some(e.facts.clone()),
+                        },
+                    )
+                })
+                .collect()
+        });
+        out.sort_by_key(|(ip, _)| *ip);
+        out.into_iter().map(|(_, v)| v).collect()
+    }
+}

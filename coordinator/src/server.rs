@@ -1,0 +1,365 @@
+//! The coordinator daemon: the gRPC services agents and operators call, over mutual TLS, with
+//! authorization by the role in the peer certificate's URI SAN and nothing else.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quorum_proto::identity::{peer_from_der, Peer};
+use quorum_proto::pb;
+use quorum_proto::pb::admin_service_server::{AdminService, AdminServiceServer};
+use quorum_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
+use quorum_proto::tls::TlsMaterial;
+use tonic::{Request, Response, Status};
+
+use crate::config::CoordinatorConfig;
+use crate::pki::Ca;
+use crate::registry::{AgentState, Registry};
+
+/// Reads the caller's role from its TLS client certificate.
+pub fn authenticate<T>(req: &Request<T>, trust_domain: &str) -> Result<Peer, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated(
+            "no client certificate was presented; this call needs a certificate from the Pigsty CA (see `quorum pki issue`)",
+        )
+    })?;
+    let first = certs.first().ok_or_else(|| {
+        Status::unauthenticated("no client certificate was presented; this call needs one")
+    })?;
+    peer_from_der(first.as_ref(), trust_domain).map_err(|e| Status::permission_denied(e.to_string()))
+}
+
+/// Demands that the caller is the agent named `agent_id`.
+fn authorize_agent<T>(req: &Request<T>, td: &str, agent_id: &str) -> Result<IpAddr, Status> {
+    match authenticate(req, td)? {
+        Peer::Agent(ip) => {
+            let claimed: IpAddr = agent_id.parse().map_err(|_| {
+                Status::invalid_argument(format!("agent_id {agent_id:?} is not an IP address"))
+            })?;
+            if claimed != ip {
+                return Err(Status::permission_denied(format!(
+                    "the certificate of agent {ip} cannot act as agent {claimed}; an agent polls and reports only its own tasks"
+                )));
+            }
+            Ok(ip)
+        }
+        other => Err(Status::permission_denied(format!(
+            "{other} may not call the agent service; only agent certificates may"
+        ))),
+    }
+}
+
+/// Demands an admin caller; returns the admin's name for the audit trail.
+fn authorize_admin<T>(req: &Request<T>, td: &str) -> Result<String, Status> {
+    match authenticate(req, td)? {
+        Peer::Admin(name) => Ok(name),
+        other => Err(Status::permission_denied(format!(
+            "{other} may not call the admin service; use an admin certificate (`quorum pki issue admin --name NAME`)"
+        ))),
+    }
+}
+
+/// Enrollment tokens already used, kept in the state dir so a restart does not forget them.
+struct UsedTokens {
+    path: PathBuf,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl UsedTokens {
+    fn open(path: PathBuf) -> std::io::Result<Self> {
+        let seen = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            path,
+            seen: Mutex::new(seen),
+        })
+    }
+
+    fn is_used(&self, nonce: &str) -> bool {
+        self.seen.lock().map(|s| s.contains(nonce)).unwrap_or(true)
+    }
+
+    /// Records a nonce durably; false if it was already there.
+    fn mark(&self, nonce: &str, exp: i64) -> std::io::Result<bool> {
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| std::io::Error::other("used-token set poisoned"))?;
+        if !seen.insert(nonce.to_string()) {
+            return Ok(false);
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        writeln!(f, "{nonce} {exp}")?;
+        f.sync_all()?;
+        Ok(true)
+    }
+}
+
+/// Shared state of the services.
+pub struct Coordinator {
+    /// The config it was started with.
+    pub config: CoordinatorConfig,
+    /// Agents and their task queues.
+    pub registry: Registry,
+    ca: Option<Ca>,
+    used_tokens: UsedTokens,
+}
+
+impl Coordinator {
+    /// Builds the coordinator state from its config (the state dir is created if missing).
+    pub fn new(config: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create state dir {}: {e}; set state_dir in the config to a writable directory",
+                config.state_dir.display()
+            )
+        })?;
+        let ca = match &config.tls.ca_key {
+            Some(key) => {
+                let dir = key.parent().map(PathBuf::from).unwrap_or_default();
+                Some(Ca::load(&dir, Some(&config.trust_domain))?)
+            }
+            None => None,
+        };
+        let used_tokens = UsedTokens::open(config.state_dir.join("used-tokens")).map_err(|e| {
+            anyhow::anyhow!("cannot read {}: {e}", config.state_dir.join("used-tokens").display())
+        })?;
+        Ok(Arc::new(Self {
+            registry: Registry::new(Duration::from_secs(config.stale_after_secs)),
+            ca,
+            used_tokens,
+            config,
+        }))
+    }
+
+    fn td(&self) -> &str {
+        &self.config.trust_domain
+    }
+}
+
+/// The agent-facing service.
+#[derive(Clone)]
+pub struct AgentSvc(pub Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl AgentService for AgentSvc {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let c = &self.0;
+        let ca = c.ca.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this coordinator has no CA key configured (tls.ca_key), so it cannot enroll hosts; issue the agent certificate with `quorum pki issue agent` instead",
+            )
+        })?;
+        let body = req.into_inner();
+        let claims = ca
+            .verify_token(&body.token)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        if c.used_tokens.is_used(&claims.nonce) {
+            return Err(Status::permission_denied(
+                "enrollment token refused: it was already used (tokens work once); mint a new one with `quorum pki token --host IP`",
+            ));
+        }
+        let cert_pem = ca
+            .sign_agent_csr(&body.csr_pem, claims.host, c.config.enroll_cert_days)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        match c.used_tokens.mark(&claims.nonce, claims.exp) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Status::permission_denied(
+                    "enrollment token refused: it was already used (tokens work once)",
+                ))
+            }
+            Err(e) => {
+                return Err(Status::internal(format!(
+                    "cannot record the used token in the state dir: {e}"
+                )))
+            }
+        }
+        tracing::info!(host = %claims.host, "enrolled agent");
+        Ok(Response::new(pb::EnrollResponse {
+            cert_pem,
+            ca_pem: ca.cert_pem().to_string(),
+        }))
+    }
+
+    async fn poll(&self, req: Request<pb::PollRequest>) -> Result<Response<pb::PollResponse>, Status> {
+        let ip = authorize_agent(&req, self.0.td(), &req.get_ref().agent_id)?;
+        let facts = req.into_inner().facts;
+        let hold = Duration::from_secs(self.0.config.poll_hold_secs);
+        let tasks = self.0.registry.poll(ip, facts, hold).await;
+        Ok(Response::new(pb::PollResponse { tasks }))
+    }
+
+    async fn report(
+        &self,
+        req: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let ip = authorize_agent(&req, self.0.td(), &req.get_ref().agent_id)?;
+        let r = req.into_inner();
+        let result = pb::TaskResult {
+            task_id: r.task_id,
+            outcome: r.outcome,
+            output: r.output,
+        };
+        if !self.0.registry.report(ip, result.clone(), r.facts) {
+            // A duplicate report of a closed task is harmless: acknowledge it.
+            tracing::debug!(agent = %ip, task = %result.task_id, "report for a task not in flight");
+        }
+        Ok(Response::new(pb::ReportResponse {}))
+    }
+}
+
+/// The operator-facing service.
+#[derive(Clone)]
+pub struct AdminSvc(pub Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl AdminService for AdminSvc {
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        authorize_admin(&req, self.0.td())?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: self.0.registry.list(),
+        }))
+    }
+
+    async fn run_task(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::TaskResult>, Status> {
+        let admin = authorize_admin(&req, self.0.td())?;
+        let r = req.into_inner();
+        let ip: IpAddr = r.agent_id.parse().map_err(|_| {
+            Status::invalid_argument(format!("agent_id {:?} is not an IP address", r.agent_id))
+        })?;
+        let mut task = r
+            .task
+            .ok_or_else(|| Status::invalid_argument("no task given"))?;
+        if task.kind.is_none() {
+            return Err(Status::invalid_argument("the task has no kind from the closed task set"));
+        }
+        match self.0.registry.state(ip) {
+            None => {
+                return Err(Status::not_found(format!(
+                    "no agent {ip} has connected; start quorum-agent on that host (see `quorum agents`)"
+                )))
+            }
+            Some(AgentState::Stale) => {
+                return Err(Status::failed_precondition(format!(
+                    "agent {ip} is stale (no poll for over {} s); check quorum-agent on that host",
+                    self.0.config.stale_after_secs
+                )))
+            }
+            Some(_) => {}
+        }
+        if task.id.is_empty() {
+            task.id = new_task_id();
+        }
+        let id = task.id.clone();
+        tracing::info!(%admin, agent = %ip, task = %id, "ad-hoc task");
+        let rx = self.0.registry.queue(ip, task);
+        let secs = if r.timeout_secs == 0 {
+            self.0.config.task_timeout_secs
+        } else {
+            u64::from(r.timeout_secs)
+        };
+        match tokio::time::timeout(Duration::from_secs(secs), rx).await {
+            Ok(Ok(result)) => Ok(Response::new(result)),
+            Ok(Err(_)) => Err(Status::aborted(format!("task {id} was cancelled"))),
+            Err(_) => {
+                self.0.registry.cancel(ip, &id);
+                Err(Status::deadline_exceeded(format!(
+                    "agent {ip} did not report task {id} within {secs} s; check the agent's log"
+                )))
+            }
+        }
+    }
+
+    async fn start_run(&self, req: Request<pb::StartRunRequest>) -> Result<Response<pb::RunView>, Status> {
+        authorize_admin(&req, self.0.td())?;
+        Err(Status::unimplemented("SOP runs are not available in this build"))
+    }
+
+    async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunView>, Status> {
+        authorize_admin(&req, self.0.td())?;
+        Err(Status::unimplemented("SOP runs are not available in this build"))
+    }
+
+    async fn list_runs(
+        &self,
+        req: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        authorize_admin(&req, self.0.td())?;
+        Err(Status::unimplemented("SOP runs are not available in this build"))
+    }
+
+    async fn resume_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunView>, Status> {
+        authorize_admin(&req, self.0.td())?;
+        Err(Status::unimplemented("SOP runs are not available in this build"))
+    }
+
+    async fn abort_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunView>, Status> {
+        authorize_admin(&req, self.0.td())?;
+        Err(Status::unimplemented("SOP runs are not available in this build"))
+    }
+}
+
+/// A new unique task id.
+pub fn new_task_id() -> String {
+    let r: [u8; 8] = rand::random();
+    format!("t-{}", hex::encode(r))
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C.
+pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
+    let tls = TlsMaterial::load(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
+    let listen = config.listen;
+    let coordinator = Coordinator::new(config)?;
+    let agent = AgentServiceServer::new(AgentSvc(coordinator.clone()))
+        .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
+    let admin = AdminServiceServer::new(AdminSvc(coordinator.clone()))
+        .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
+    tracing::info!(%listen, "coordinator listening");
+    tonic::transport::Server::builder()
+        .tls_config(tls.server_config())?
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(agent)
+        .add_service(admin)
+        .serve_with_shutdown(listen, shutdown_signal())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve on {listen}: {e}; is the address in use or not local?"))?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT: the one shutdown path of the daemon.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Peer identity: who is on the other end of a TLS session, read once from the URI SAN of its
+//! certificate (`spiffe://<trust-domain>/<role>[/<arg>]`) into a [`Peer`] that authorization
+//! matches on. The CN is never looked at.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The trust domain Quorum uses when none is configured (Pigsty's name).
+pub const DEFAULT_TRUST_DOMAIN: &str = "pigsty";
+
+/// A peer's role, as its certificate names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// The agent of the host with this IP.
+    Agent(IpAddr),
+    /// An operator (the CLI), by name.
+    Admin(String),
+    /// The coordinator itself.
+    Coordinator,
+}
+
+impl Peer {
+    /// The URI SAN that names this peer in `trust_domain`.
+    pub fn uri(&self, trust_domain: &str) -> String {
+        match self {
+            Peer::Agent(ip) => format!("spiffe://{trust_domain}/agent/{ip}"),
+            Peer::Admin(name) => format!("spiffe://{trust_domain}/admin/{name}"),
+            Peer::Coordinator => format!("spiffe://{trust_domain}/coordinator"),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Agent(ip) => write!(f, "agent {ip}"),
+            Peer::Admin(name) => write!(f, "admin {name}"),
+            Peer::Coordinator => write!(f, "coordinator"),
+        }
+    }
+}
+
+/// Why a certificate does not name a usable role.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The DER is not an X.509 certificate.
+    #[error("the peer certificate could not be parsed: {0}")]
+    Unparseable(String),
+    /// No `spiffe://<trust-domain>/...` URI SAN with a known role.
+    #[error("the certificate (subject {subject}) names no Quorum role: it needs a URI SAN spiffe://{trust_domain}/agent/<ip>, /admin/<name> or /coordinator; issue one with `quorum pki issue`")]
+    NoRole {
+        /// The certificate's subject, for the operator.
+        subject: String,
+        /// The trust domain expected.
+        trust_domain: String,
+    },
+    /// More than one role URI: ambiguous, so refused.
+    #[error("the certificate (subject {subject}) names more than one Quorum role ({uris}); issue a certificate with exactly one")]
+    Ambiguous {
+        /// The certificate's subject.
+        subject: String,
+        /// The role URIs found.
+        uris: String,
+    },
+    /// A role URI whose argument is malformed.
+    #[error("the certificate's role URI {uri} is malformed: {why}")]
+    Malformed {
+        /// The URI.
+        uri: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// An agent URI whose IP is not also an IP SAN of the certificate.
+    #[error("the certificate names agent {ip} but has no IP SAN {ip}; re-enroll the host")]
+    AgentIpMismatch {
+        /// The IP in the URI.
+        ip: IpAddr,
+    },
+}
+
+/// Reads the role of a DER certificate in `trust_domain`.
+pub fn peer_from_der(der: &[u8], trust_domain: &str) -> Result<Peer, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+    let subject = cert.subject().to_string();
+    let mut uris = Vec::new();
+    let mut ips = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::URI(u) => uris.push(u.to_string()),
+                    GeneralName::IPAddress(bytes) => {
+                        if let Some(ip) = ip_from_bytes(bytes) {
+                            ips.push(ip);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let prefix = format!("spiffe://{trust_domain}/");
+    let roles: Vec<&String> = uris.iter().filter(|u| u.starts_with(&prefix)).collect();
+    let uri = match roles.as_slice() {
+        [] => {
+            return Err(IdentityError::NoRole {
+                subject,
+                trust_domain: trust_domain.to_string(),
+            })
+        }
+        [one] => *one,
+        many => {
+            return Err(IdentityError::Ambiguous {
+                subject,
+                uris: many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            })
+        }
+    };
+    let rest = &uri[prefix.len()..];
+    let malformed = |why: &str| IdentityError::Malformed {
+        uri: uri.clone(),
+        why: why.to_string(),
+    };
+    let mut parts = rest.splitn(2, '/');
+    match (parts.next(), parts.next()) {
+        (Some("coordinator"), None) => Ok(Peer::Coordinator),
+        (Some("admin"), Some(name)) if !name.is_empty() && !name.contains('/') => {
+            Ok(Peer::Admin(name.to_string()))
+        }
+        (Some("admin"), _) => Err(malformed("an admin URI ends in /admin/<name>")),
+        (Some("agent"), Some(ip)) => {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| malformed("an agent URI ends in /agent/<host ip>"))?;
+            if ips.contains(&ip) {
+                Ok(Peer::Agent(ip))
+            } else {
+                Err(IdentityError::AgentIpMismatch { ip })
+            }
+        }
+        _ => Err(IdentityError::NoRole {
+            subject,
+            trust_domain: trust_domain.to_string(),
+        }),
+    }
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => {
+            let b: [u8; 4] = bytes.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        16 => {
+            let b: [u8; 16] = bytes.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+/// A certificate's validity window, as Unix seconds (not before, not after).
+pub fn validity_from_der(der: &[u8]) -> Result<(i64, i64), IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}

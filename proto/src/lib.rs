@@ -1,0 +1,17 @@
+//! Everything both sides of Quorum share: the `quorum.v1` wire protocol, the peer identity
+//! read from a certificate, the TLS configuration built from PEM files, the YAML library, and
+//! the in-place patchers for Patroni's and vip-manager's configs (the coordinator plans with
+//! them, the agent applies them).
+
+pub mod identity;
+pub mod tls;
+pub mod yaml;
+
+/// Generated protobuf and gRPC code for package `quorum.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("quorum.v1");
+}
+
+/// Largest gRPC message either side accepts (certificates and configs are a few KiB).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
