@@ -309,6 +309,13 @@ pub async fn run(cli: Cli) -> u8 {
         Ok(code) => code,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
+                Some(status) if is_transport_failure(status) => eprintln!(
+                    "error: the coordinator closed the connection ({}: {}); if it is running, it refused \
+                     our TLS client certificate: check that --cert was issued by the coordinator's CA, \
+                     names a role, and has not expired (see the coordinator's log)",
+                    status.code(),
+                    status.message()
+                ),
                 Some(status) => eprintln!("error: {} ({:?})", status.message(), status.code()),
                 None => eprintln!("error: {e:#}"),
             }
@@ -317,11 +324,22 @@ pub async fn run(cli: Cli) -> u8 {
     }
 }
 
+/// A call that failed below gRPC (connection closed, handshake refused), not by the server's word.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown
+    ) && status.metadata().is_empty()
+}
+
 fn classify(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<client::Unreachable>().is_some() {
         return exit::UNREACHABLE;
     }
     if let Some(status) = e.downcast_ref::<tonic::Status>() {
+        if is_transport_failure(status) {
+            return exit::UNREACHABLE;
+        }
         return match status.code() {
             tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition => exit::REFUSED,
             tonic::Code::Unauthenticated | tonic::Code::Unavailable => exit::UNREACHABLE,

@@ -1,1 +1,367 @@
+//! End-to-end harness: a temp dir per test, real `quorum` and `quorum-agent` processes over
+//! mTLS on loopback addresses (127.0.0.11, .12, ...), and later real etcd. Every process a
+//! test starts is killed by pid when its handle drops.
 
+pub mod etcd;
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Where the workspace's binaries are: `QUORUM_BIN_DIR`, else next to the test executable.
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("QUORUM_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/<test> -> target/debug
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target dir from the test executable")?
+        .to_path_buf();
+    for bin in ["quorum", "quorum-agent"] {
+        if !dir.join(bin).exists() {
+            bail!(
+                "{} is missing: build the binaries first (`cargo build --workspace --bins`, or run scripts/test)",
+                dir.join(bin).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// Path of one of the workspace's binaries.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    Ok(bin_dir()?.join(name))
+}
+
+/// A free TCP port on `ip` (bound and released; good enough for tests on loopback).
+pub fn free_port(ip: IpAddr) -> Result<u16> {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process the test owns; killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// What it is, for messages.
+    pub name: String,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout and stderr to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self> {
+        let out = std::fs::File::create(log)?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Self {
+            child,
+            name: name.to_string(),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)?;
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for it to exit (bounded); returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let name = self.name.clone();
+        let status = wait_for(&format!("{name} to exit"), timeout, || {
+            self.child.try_wait().ok().flatten()
+        })?;
+        Ok(status.code())
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Result of a CLI call.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for CliOutput {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl CliOutput {
+    /// Fails unless the exit code is 0.
+    pub fn ok(self) -> Result<Self> {
+        if self.code != 0 {
+            bail!(
+                "command failed with exit code {}\nstdout:\n{}\nstderr:\n{}",
+                self.code,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// Runs a binary of the workspace with arguments and extra environment.
+pub fn run(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Result<CliOutput> {
+    let mut cmd = Command::new(bin(binary)?);
+    cmd.args(args).stdin(Stdio::null());
+    for var in [
+        "QUORUM_COORDINATOR",
+        "QUORUM_CERT",
+        "QUORUM_KEY",
+        "QUORUM_CACERT",
+        "QUORUM_CLI_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd.output()?.into())
+}
+
+/// One test's world: a temp dir with a CA, a coordinator and agents.
+pub struct World {
+    /// The temp dir (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The coordinator's address.
+    pub listen: SocketAddr,
+    /// The coordinator process, once started.
+    pub coordinator: Option<Proc>,
+    /// Agent processes by IP.
+    pub agents: Vec<(IpAddr, Proc)>,
+    /// Extra lines for coordinator.yml.
+    pub coordinator_extra: String,
+}
+
+impl World {
+    /// A new world with a CA, a coordinator certificate and an admin certificate.
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("quorum-test-").tempdir()?;
+        let listen = SocketAddr::new("127.0.0.1".parse()?, free_port("127.0.0.1".parse()?)?);
+        let w = Self {
+            dir,
+            listen,
+            coordinator: None,
+            agents: Vec::new(),
+            coordinator_extra: String::new(),
+        };
+        w.quorum(&["pki", "init", "--dir", &w.p("ca")])?.ok()?;
+        w.quorum(&[
+            "pki", "issue", "coordinator", "--ip", "127.0.0.1", "--dir", &w.p("ca"), "--out",
+            &w.p("coordinator"),
+        ])?
+        .ok()?;
+        w.quorum(&[
+            "pki", "issue", "admin", "--name", "tester", "--dir", &w.p("ca"), "--out", &w.p("admin"),
+        ])?
+        .ok()?;
+        Ok(w)
+    }
+
+    /// A path inside the world's dir, as a string.
+    pub fn p(&self, rel: &str) -> String {
+        self.dir.path().join(rel).display().to_string()
+    }
+
+    /// The coordinator URL.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.listen)
+    }
+
+    /// Runs `quorum` without admin credentials.
+    pub fn quorum(&self, args: &[&str]) -> Result<CliOutput> {
+        run("quorum", args, &[])
+    }
+
+    /// Runs `quorum` as the admin.
+    pub fn admin(&self, args: &[&str]) -> Result<CliOutput> {
+        let url = self.url();
+        let cert = self.p("admin/admin.crt");
+        let key = self.p("admin/admin.key");
+        let ca = self.p("ca/ca.crt");
+        run(
+            "quorum",
+            args,
+            &[
+                ("QUORUM_COORDINATOR", &url),
+                ("QUORUM_CERT", &cert),
+                ("QUORUM_KEY", &key),
+                ("QUORUM_CACERT", &ca),
+            ],
+        )
+    }
+
+    /// Writes coordinator.yml and starts the coordinator; waits until it accepts connections.
+    pub fn start_coordinator(&mut self) -> Result<()> {
+        let cfg = format!(
+            "listen: {listen}\ntls:\n  ca_cert: {ca}\n  cert: {crt}\n  key: {key}\n  ca_key: {cakey}\nstate_dir: {state}\ninventory: {inv}\n{extra}",
+            listen = self.listen,
+            ca = self.p("ca/ca.crt"),
+            crt = self.p("coordinator/coordinator.crt"),
+            key = self.p("coordinator/coordinator.key"),
+            cakey = self.p("ca/ca.key"),
+            state = self.p("state"),
+            inv = self.p("pigsty.yml"),
+            extra = self.coordinator_extra,
+        );
+        std::fs::write(self.dir.path().join("coordinator.yml"), cfg)?;
+        let mut cmd = Command::new(bin("quorum")?);
+        cmd.args(["serve", "--config", &self.p("coordinator.yml")]);
+        let log = self.dir.path().join("coordinator.log");
+        let mut proc = Proc::spawn("coordinator", cmd, &log)?;
+        let addr = self.listen;
+        wait_for("the coordinator to listen", Duration::from_secs(20), || {
+            if !proc.running() {
+                return Some(false);
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+                .ok()
+                .map(|_| true)
+        })
+        .and_then(|up| {
+            if up {
+                Ok(())
+            } else {
+                bail!("the coordinator exited at start:\n{}", proc.log_text())
+            }
+        })?;
+        self.coordinator = Some(proc);
+        Ok(())
+    }
+
+    /// Stops the coordinator with SIGKILL.
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            c.kill();
+        }
+    }
+
+    /// Issues an agent certificate for `ip` into `agent-<ip>/`.
+    pub fn issue_agent_cert(&self, ip: &str) -> Result<()> {
+        self.quorum(&[
+            "pki", "issue", "agent", "--ip", ip, "--dir", &self.p("ca"), "--out",
+            &self.p(&format!("agent-{ip}")),
+        ])?
+        .ok()?;
+        Ok(())
+    }
+
+    /// The agent config path for `ip`; `extra` is appended (paths, backend, safeguard, ...).
+    pub fn write_agent_config(&self, ip: &str, extra: &str) -> Result<String> {
+        let d = format!("agent-{ip}");
+        let cfg = format!(
+            "coordinator: {url}\nhost_ip: {ip}\ntls:\n  ca_cert: {ca}\n  cert: {crt}\n  key: {key}\n{extra}",
+            url = self.url(),
+            ca = self.p("ca/ca.crt"),
+            crt = self.p(&format!("{d}/agent.crt")),
+            key = self.p(&format!("{d}/agent.key")),
+        );
+        let path = self.p(&format!("{d}/agent.yml"));
+        std::fs::create_dir_all(self.dir.path().join(&d))?;
+        std::fs::write(&path, cfg)?;
+        Ok(path)
+    }
+
+    /// Starts an agent for `ip` with a certificate (issued if missing) and `extra` config.
+    pub fn start_agent(&mut self, ip: &str, extra: &str) -> Result<()> {
+        if !self.dir.path().join(format!("agent-{ip}/agent.crt")).exists() {
+            self.issue_agent_cert(ip)?;
+        }
+        let cfg = self.write_agent_config(ip, extra)?;
+        let mut cmd = Command::new(bin("quorum-agent")?);
+        cmd.args(["run", "--config", &cfg]);
+        let log = self.dir.path().join(format!("agent-{ip}.log"));
+        let proc = Proc::spawn(&format!("agent {ip}"), cmd, &log)?;
+        self.agents.push((ip.parse()?, proc));
+        Ok(())
+    }
+
+    /// The agent process for `ip`.
+    pub fn agent(&mut self, ip: &str) -> Option<&mut Proc> {
+        let ip: IpAddr = ip.parse().ok()?;
+        self.agents.iter_mut().find(|(a, _)| *a == ip).map(|(_, p)| p)
+    }
+
+    /// `quorum agents -o json`, parsed.
+    pub fn agents_json(&self) -> Result<Vec<serde_json::Value>> {
+        let out = self.admin(&["agents", "-o", "json"])?.ok()?;
+        Ok(serde_json::from_str(&out.stdout)?)
+    }
+
+    /// Waits until the agent `ip` is in `state` ("connected", "idle", "stale").
+    pub fn wait_agent_state(&self, ip: &str, states: &[&str], timeout: Duration) -> Result<()> {
+        wait_for(&format!("agent {ip} to be {states:?}"), timeout, || {
+            let agents = self.agents_json().ok()?;
+            agents
+                .iter()
+                .find(|a| a["agent_id"] == ip && states.iter().any(|s| a["state"] == *s))
+                .map(|_| ())
+        })
+    }
+}

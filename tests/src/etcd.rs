@@ -1,0 +1,1 @@
+//! Real etcd processes for tests (filled by the SOP work).
