@@ -1,6 +1,7 @@
 //! The `quorum` command line: the coordinator daemon (`serve`) and the operator's commands.
 //! Errors become one message and a documented exit code here, at the edge.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,6 +104,35 @@ enum Command {
     /// Print the files Pigsty's templates would render for a host.
     #[command(subcommand)]
     Render(RenderCommand),
+    /// etcd cluster SOPs: create (`./etcd.yml`), remove (`-t etcd_clean`), purge (`-t etcd_purge`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Refresh /etc/etcd/etcd.conf on every member, one at a time (`-t etcd_conf` + restart).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Refresh the etcdctl profile on every host (`-t etcd_env`).
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Start, stop, restart or reload a service on hosts (`ansible -f N -b -a 'systemctl ...'`).
+    Service {
+        /// The action.
+        #[arg(value_enum)]
+        action: ActionArg,
+        /// The service.
+        #[arg(value_enum)]
+        service: ServiceArg,
+        /// IPs or inventory group names, comma-separated (default: the service's hosts).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// How many hosts at once (etcd stops and restarts are always one at a time).
+        #[arg(long, default_value_t = 1)]
+        forks: usize,
+        #[command(flatten)]
+        sop: SopArgs,
+    },
+    /// Runs: list, show, resume, abort.
+    #[command(subcommand)]
+    Run(RunCommand),
     /// Run one ad-hoc task on one agent (SOPs are the guarded way to change a cluster).
     Task {
         /// The agent's host IP.
@@ -116,6 +146,93 @@ enum Command {
         yes: bool,
         #[command(subcommand)]
         task: TaskCommand,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// Flags every SOP takes.
+#[derive(Args, Debug, Clone)]
+pub struct SopArgs {
+    /// The etcd cluster (default: the only one in the inventory).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Print the plan and the diff of every file it would change; change nothing.
+    #[arg(long)]
+    plan: bool,
+    /// Do not ask before wiping members' data.
+    #[arg(long)]
+    yes: bool,
+    /// Output format of the plan or the final run.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    output: Format,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create the cluster (`./etcd.yml`); honors etcd_clean and etcd_safeguard.
+    Create(SopArgs),
+    /// Stop and wipe every member (`-t etcd_clean`); refused while etcd_safeguard is set.
+    Remove(SopArgs),
+    /// Stop and wipe every member ignoring etcd_safeguard (`-t etcd_purge`); a host's local
+    /// agent safeguard still refuses.
+    Purge(SopArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Write etcd.conf on every member one at a time; restart a member if its config changed.
+    Reload {
+        /// Restart every member, changed or not (Pigsty's `systemctl restart etcd -f 1`).
+        #[arg(long, conflicts_with = "no_restart")]
+        restart: bool,
+        /// Write only; restart nobody.
+        #[arg(long)]
+        no_restart: bool,
+        #[command(flatten)]
+        sop: SopArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// Write /etc/profile.d/etcdctl.sh on every host.
+    Refresh(SopArgs),
+}
+
+#[derive(Subcommand)]
+enum RunCommand {
+    /// Runs, newest first.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// One run with every step, its outcome and output.
+    Show {
+        /// Run id.
+        id: String,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Continue a failed or interrupted run from its first unfinished step, and follow it.
+    Resume {
+        /// Run id.
+        id: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Stop a run after its current step and release the cluster.
+    Abort {
+        /// Run id.
+        id: String,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -215,6 +332,16 @@ enum ServiceArg {
     VipManager,
 }
 
+impl ServiceArg {
+    fn word(self) -> &'static str {
+        match self {
+            ServiceArg::Etcd => "etcd",
+            ServiceArg::Patroni => "patroni",
+            ServiceArg::VipManager => "vip-manager",
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum ActionArg {
     Start,
@@ -222,6 +349,18 @@ enum ActionArg {
     Restart,
     Reload,
     Status,
+}
+
+impl ActionArg {
+    fn word(self) -> &'static str {
+        match self {
+            ActionArg::Start => "start",
+            ActionArg::Stop => "stop",
+            ActionArg::Restart => "restart",
+            ActionArg::Reload => "reload",
+            ActionArg::Status => "status",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -385,6 +524,93 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             task,
             conn,
         } => ad_hoc_task(host, timeout, yes, task, &conn).await,
+        Command::Cluster(cmd) => {
+            let (sop, args) = match cmd {
+                ClusterCommand::Create(a) => (crate::sop::sop_name::CLUSTER_CREATE, a),
+                ClusterCommand::Remove(a) => (crate::sop::sop_name::CLUSTER_REMOVE, a),
+                ClusterCommand::Purge(a) => (crate::sop::sop_name::CLUSTER_PURGE, a),
+            };
+            sop_command(sop, args, HashMap::new()).await
+        }
+        Command::Config(ConfigCommand::Reload {
+            restart,
+            no_restart,
+            sop,
+        }) => {
+            let policy = if restart {
+                "always"
+            } else if no_restart {
+                "never"
+            } else {
+                "if-changed"
+            };
+            let args = HashMap::from([("restart".to_string(), policy.to_string())]);
+            sop_command(crate::sop::sop_name::CONFIG_RELOAD, sop, args).await
+        }
+        Command::Env(EnvCommand::Refresh(sop)) => {
+            sop_command(crate::sop::sop_name::ENV_REFRESH, sop, HashMap::new()).await
+        }
+        Command::Service {
+            action,
+            service,
+            hosts,
+            forks,
+            sop,
+        } => {
+            let args = HashMap::from([
+                ("service".to_string(), service.word().to_string()),
+                ("action".to_string(), action.word().to_string()),
+                ("hosts".to_string(), hosts.join(",")),
+                ("forks".to_string(), forks.to_string()),
+            ]);
+            sop_command(crate::sop::sop_name::SERVICE, sop, args).await
+        }
+        Command::Run(cmd) => run_command(cmd).await,
+    }
+}
+
+async fn sop_command(sop: &str, a: SopArgs, args: HashMap<String, String>) -> anyhow::Result<u8> {
+    let mut client = client::admin_client(&a.conn.resolve()?).await?;
+    crate::cli_runs::start_sop(
+        &mut client,
+        sop,
+        a.cluster,
+        args,
+        a.plan,
+        a.yes,
+        a.output == Format::Json,
+    )
+    .await
+}
+
+async fn run_command(cmd: RunCommand) -> anyhow::Result<u8> {
+    match cmd {
+        RunCommand::List { output, conn } => {
+            let mut client = client::admin_client(&conn.resolve()?).await?;
+            crate::cli_runs::list(&mut client, output == Format::Json).await
+        }
+        RunCommand::Show { id, output, conn } => {
+            let mut client = client::admin_client(&conn.resolve()?).await?;
+            crate::cli_runs::show(&mut client, &id, output == Format::Json).await
+        }
+        RunCommand::Resume { id, conn } => {
+            let mut client = client::admin_client(&conn.resolve()?).await?;
+            let run = client
+                .resume_run(pb::GetRunRequest { run_id: id.clone() })
+                .await?
+                .into_inner();
+            eprintln!("run {} resumed", run.run_id);
+            crate::cli_runs::follow(&mut client, &id, false).await
+        }
+        RunCommand::Abort { id, conn } => {
+            let mut client = client::admin_client(&conn.resolve()?).await?;
+            let run = client
+                .abort_run(pb::GetRunRequest { run_id: id })
+                .await?
+                .into_inner();
+            println!("run {} aborted; cluster {} released", run.run_id, run.cluster);
+            Ok(exit::OK)
+        }
     }
 }
 

@@ -70,6 +70,9 @@ pub struct CoordinatorConfig {
     /// How long an ad-hoc or SOP task may take before its step fails, seconds.
     #[serde(default = "default_task_timeout")]
     pub task_timeout_secs: u64,
+    /// How long a health gate waits for the member and the cluster to be healthy, seconds.
+    #[serde(default = "default_gate_timeout")]
+    pub gate_timeout_secs: u64,
 }
 
 fn default_trust_domain() -> String {
@@ -92,6 +95,9 @@ fn default_enroll_days() -> u32 {
 }
 fn default_task_timeout() -> u64 {
     120
+}
+fn default_gate_timeout() -> u64 {
+    60
 }
 
 impl CoordinatorConfig {

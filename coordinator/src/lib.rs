@@ -2,11 +2,17 @@
 //! the SOP planner and runner, and the operator CLI that drives them.
 
 pub mod cli;
+pub mod cli_runs;
 pub mod client;
 pub mod config;
+pub mod etcd;
 pub mod inventory;
 pub mod inventory_cli;
 pub mod pki;
+pub mod plan;
 pub mod registry;
 pub mod render;
+pub mod runner;
 pub mod server;
+pub mod sop;
+pub mod store;

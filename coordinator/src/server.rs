@@ -16,6 +16,10 @@ use quorum_proto::tls::TlsMaterial;
 use tonic::{Request, Response, Status};
 
 use crate::config::CoordinatorConfig;
+use crate::etcd::EtcdAccess;
+use crate::runner::{Runner, Timeouts};
+use crate::sop;
+use crate::store::{run_state, Store, StoreError};
 use crate::pki::Ca;
 use crate::registry::{AgentState, Registry};
 
@@ -114,33 +118,67 @@ pub struct Coordinator {
     pub config: CoordinatorConfig,
     /// Agents and their task queues.
     pub registry: Registry,
-    ca: Option<Ca>,
+    ca: Option<Arc<Ca>>,
     used_tokens: UsedTokens,
+    etcd: EtcdAccess,
+    runner: Arc<Runner>,
 }
 
 impl Coordinator {
     /// Builds the coordinator state from its config (the state dir is created if missing).
-    pub fn new(config: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
+    pub fn new(config: CoordinatorConfig, tls: TlsMaterial) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create state dir {}: {e}; set state_dir in the config to a writable directory",
                 config.state_dir.display()
             )
         })?;
-        let ca = match &config.tls.ca_key {
-            Some(key) => {
-                let dir = key.parent().map(PathBuf::from).unwrap_or_default();
-                Some(Ca::load(&dir, Some(&config.trust_domain))?)
-            }
+        let ca_dir = config
+            .tls
+            .ca_key
+            .as_ref()
+            .and_then(|k| k.parent())
+            .map(PathBuf::from);
+        let ca = match &ca_dir {
+            Some(dir) => Some(Arc::new(Ca::load(dir, Some(&config.trust_domain))?)),
             None => None,
         };
+        // Member certificates live beside the CA, as Pigsty keeps files/pki/etcd/.
+        let member_cert_dir = ca_dir
+            .as_ref()
+            .and_then(|d| d.parent())
+            .map(|p| p.join("etcd"))
+            .unwrap_or_else(|| config.state_dir.join("pki-etcd"));
+        std::fs::create_dir_all(&member_cert_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create {}: {e}", member_cert_dir.display())
+        })?;
+        let store = Arc::new(Store::open(&config.state_dir.join("runs.sqlite"))?);
+        for id in store.mark_interrupted()? {
+            tracing::warn!(run = %id, "run was interrupted by a coordinator stop; continue it with `quorum run resume {id}`");
+        }
+        let registry = Registry::new(Duration::from_secs(config.stale_after_secs));
+        let etcd = EtcdAccess::new(tls);
+        let runner = Runner::new(
+            store,
+            registry.clone(),
+            etcd.clone(),
+            ca.clone(),
+            member_cert_dir,
+            Timeouts {
+                task: Duration::from_secs(config.task_timeout_secs),
+                gate: Duration::from_secs(config.gate_timeout_secs),
+                stale: Duration::from_secs(config.stale_after_secs),
+            },
+        );
         let used_tokens = UsedTokens::open(config.state_dir.join("used-tokens")).map_err(|e| {
             anyhow::anyhow!("cannot read {}: {e}", config.state_dir.join("used-tokens").display())
         })?;
         Ok(Arc::new(Self {
-            registry: Registry::new(Duration::from_secs(config.stale_after_secs)),
+            registry,
             ca,
             used_tokens,
+            etcd,
+            runner,
             config,
         }))
     }
@@ -291,13 +329,32 @@ impl AdminService for AdminSvc {
     }
 
     async fn start_run(&self, req: Request<pb::StartRunRequest>) -> Result<Response<pb::RunView>, Status> {
-        authorize_admin(&req, self.0.td())?;
-        Err(Status::unimplemented("SOP runs are not available in this build"))
+        let admin = authorize_admin(&req, self.0.td())?;
+        let r = req.into_inner();
+        let c = &self.0;
+        let planned = sop::plan_request(&c.config.inventory, &c.registry, &c.etcd, &r).await?;
+        if r.plan_only {
+            return Ok(Response::new(sop::plan_view(&r.sop, &planned)));
+        }
+        if !planned.plan.wipes.is_empty() && r.args.get("confirmed").map(String::as_str) != Some("true") {
+            return Err(Status::failed_precondition(format!(
+                "this run wipes {}; confirm it (the CLI asks, or pass --yes)",
+                planned.plan.wipes.join(", ")
+            )));
+        }
+        let id = sop::new_run_id();
+        let record = sop::run_record(&id, &r.sop, &admin, &planned)?;
+        c.runner.store.create_run(&record).map_err(store_status)?;
+        tracing::info!(run = %id, sop = %r.sop, cluster = %record.cluster, %admin, "run started");
+        c.runner.start(id.clone());
+        let run = c.runner.store.get_run(&id).map_err(store_status)?;
+        Ok(Response::new(sop::run_view(&run)))
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunView>, Status> {
         authorize_admin(&req, self.0.td())?;
-        Err(Status::unimplemented("SOP runs are not available in this build"))
+        let run = self.0.runner.store.get_run(&req.get_ref().run_id).map_err(store_status)?;
+        Ok(Response::new(sop::run_view(&run)))
     }
 
     async fn list_runs(
@@ -305,17 +362,62 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         authorize_admin(&req, self.0.td())?;
-        Err(Status::unimplemented("SOP runs are not available in this build"))
+        let limit = match req.get_ref().limit {
+            0 => 50,
+            n => n as usize,
+        };
+        let store = &self.0.runner.store;
+        let mut runs = Vec::new();
+        for id in store.list_runs(limit).map_err(store_status)? {
+            runs.push(sop::run_view(&store.get_run(&id).map_err(store_status)?));
+        }
+        Ok(Response::new(pb::ListRunsResponse { runs }))
     }
 
     async fn resume_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunView>, Status> {
-        authorize_admin(&req, self.0.td())?;
-        Err(Status::unimplemented("SOP runs are not available in this build"))
+        let admin = authorize_admin(&req, self.0.td())?;
+        let id = req.into_inner().run_id;
+        let runner = &self.0.runner;
+        let run = runner.store.get_run(&id).map_err(store_status)?;
+        if runner.is_active(&id) {
+            return Err(Status::failed_precondition(format!("run {id} is running already")));
+        }
+        match run.state.as_str() {
+            run_state::FAILED | run_state::INTERRUPTED | run_state::RUNNING => {}
+            other => {
+                return Err(Status::failed_precondition(format!(
+                    "run {id} is {other}; only a failed or interrupted run can be resumed"
+                )))
+            }
+        }
+        tracing::info!(run = %id, %admin, "run resumed");
+        runner.store.set_run_state(&id, run_state::RUNNING, "").map_err(store_status)?;
+        runner.start(id.clone());
+        let run = runner.store.get_run(&id).map_err(store_status)?;
+        Ok(Response::new(sop::run_view(&run)))
     }
 
     async fn abort_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunView>, Status> {
-        authorize_admin(&req, self.0.td())?;
-        Err(Status::unimplemented("SOP runs are not available in this build"))
+        let admin = authorize_admin(&req, self.0.td())?;
+        let id = req.into_inner().run_id;
+        let store = &self.0.runner.store;
+        let run = store.get_run(&id).map_err(store_status)?;
+        if matches!(run.state.as_str(), run_state::SUCCEEDED | run_state::ABORTED) {
+            return Err(Status::failed_precondition(format!("run {id} is {} already", run.state)));
+        }
+        tracing::info!(run = %id, %admin, "run aborted");
+        store
+            .set_run_state(&id, run_state::ABORTED, &format!("aborted by {admin}"))
+            .map_err(store_status)?;
+        Ok(Response::new(sop::run_view(&store.get_run(&id).map_err(store_status)?)))
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Locked { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::NoRun(_) => Status::not_found(e.to_string()),
+        other => Status::internal(other.to_string()),
     }
 }
 
@@ -329,7 +431,7 @@ pub fn new_task_id() -> String {
 pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
     let listen = config.listen;
-    let coordinator = Coordinator::new(config)?;
+    let coordinator = Coordinator::new(config, tls.clone())?;
     let agent = AgentServiceServer::new(AgentSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminSvc(coordinator.clone()))

@@ -1,0 +1,191 @@
+//! What the coordinator asks etcd itself, over mTLS with its own client certificate: the live
+//! member list, each member's health, and the membership changes (learner add, promote,
+//! remove, move-leader) that only the cluster can make.
+
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions};
+use quorum_proto::tls::TlsMaterial;
+
+/// How long one health probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A member as the cluster lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberInfo {
+    /// Member id.
+    pub id: u64,
+    /// Name; empty while an added member has not started.
+    pub name: String,
+    /// Peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Client URLs; empty while an added member has not started.
+    pub client_urls: Vec<String>,
+    /// A learner (non-voting).
+    pub is_learner: bool,
+}
+
+/// etcd errors, with the endpoints asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint answered.
+    #[error("no etcd endpoint answered ({endpoints}): {message}")]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The last error.
+        message: String,
+    },
+    /// etcd answered with an error.
+    #[error("etcd refused {op}: {message}")]
+    Refused {
+        /// The operation.
+        op: &'static str,
+        /// etcd's message.
+        message: String,
+    },
+}
+
+/// Client access to etcd with the coordinator's certificate.
+#[derive(Clone)]
+pub struct EtcdAccess {
+    tls: TlsMaterial,
+}
+
+impl EtcdAccess {
+    /// Access with this TLS material (the coordinator's certificate has clientAuth).
+    pub fn new(tls: TlsMaterial) -> Self {
+        Self { tls }
+    }
+
+    fn options(&self, timeout: Duration) -> ConnectOptions {
+        ConnectOptions::new()
+            .with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
+                    .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem)),
+            )
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+    }
+
+    /// A client for `endpoints`.
+    pub async fn client(&self, endpoints: &[String], timeout: Duration) -> Result<Client, EtcdError> {
+        Client::connect(endpoints, Some(self.options(timeout)))
+            .await
+            .map_err(|e| EtcdError::Unreachable {
+                endpoints: endpoints.join(","),
+                message: e.to_string(),
+            })
+    }
+
+    /// Whether the member at `endpoint` is a healthy voting member: it answers, knows a
+    /// leader, is not a learner, and serves a linearizable read (which needs the leader).
+    pub async fn member_health(&self, endpoint: &str) -> Result<(), String> {
+        let eps = [endpoint.to_string()];
+        let probe = async {
+            let mut c = self
+                .client(&eps, PROBE_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            let st = c.status().await.map_err(|e| format!("status failed: {e}"))?;
+            if st.is_learner() {
+                return Err("it is a learner (not yet promoted)".to_string());
+            }
+            if st.leader() == 0 {
+                return Err("it has no leader".to_string());
+            }
+            if !st.errors().is_empty() {
+                return Err(format!("it reports errors: {}", st.errors().join("; ")));
+            }
+            c.get("health", None)
+                .await
+                .map_err(|e| format!("a quorum read failed: {e}"))?;
+            Ok(())
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT * 2, probe).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", PROBE_TIMEOUT * 2)),
+        }
+    }
+
+    /// The live member list, asked of any of `endpoints`.
+    pub async fn member_list(&self, endpoints: &[String]) -> Result<Vec<MemberInfo>, EtcdError> {
+        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
+        let resp = c.member_list().await.map_err(|e| EtcdError::Unreachable {
+            endpoints: endpoints.join(","),
+            message: e.to_string(),
+        })?;
+        Ok(resp
+            .members()
+            .iter()
+            .map(|m| MemberInfo {
+                id: m.id(),
+                name: m.name().to_string(),
+                peer_urls: m.peer_urls().to_vec(),
+                client_urls: m.client_urls().to_vec(),
+                is_learner: m.is_learner(),
+            })
+            .collect())
+    }
+
+    /// Adds a learner with `peer_url`; returns its id.
+    pub async fn add_learner(&self, endpoints: &[String], peer_url: &str) -> Result<u64, EtcdError> {
+        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
+        let resp = c
+            .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
+            .await
+            .map_err(|e| EtcdError::Refused {
+                op: "member add --learner",
+                message: e.to_string(),
+            })?;
+        resp.member()
+            .map(|m| m.id())
+            .ok_or(EtcdError::Refused {
+                op: "member add --learner",
+                message: "no member in the answer".into(),
+            })
+    }
+
+    /// Promotes learner `id`.
+    pub async fn promote(&self, endpoints: &[String], id: u64) -> Result<(), EtcdError> {
+        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
+        c.member_promote(id).await.map_err(|e| EtcdError::Refused {
+            op: "member promote",
+            message: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// Removes member `id`.
+    pub async fn remove(&self, endpoints: &[String], id: u64) -> Result<(), EtcdError> {
+        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
+        c.member_remove(id).await.map_err(|e| EtcdError::Refused {
+            op: "member remove",
+            message: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// The current leader's id, asked of any of `endpoints`.
+    pub async fn leader(&self, endpoints: &[String]) -> Result<u64, EtcdError> {
+        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
+        let st = c.status().await.map_err(|e| EtcdError::Unreachable {
+            endpoints: endpoints.join(","),
+            message: e.to_string(),
+        })?;
+        Ok(st.leader())
+    }
+
+    /// Moves leadership to `target`; must be asked of the current leader's endpoint.
+    pub async fn move_leader(&self, leader_endpoint: &str, target: u64) -> Result<(), EtcdError> {
+        let mut c = self
+            .client(&[leader_endpoint.to_string()], PROBE_TIMEOUT * 2)
+            .await?;
+        c.move_leader(target).await.map_err(|e| EtcdError::Refused {
+            op: "move-leader",
+            message: e.to_string(),
+        })?;
+        Ok(())
+    }
+}

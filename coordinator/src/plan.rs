@@ -1,0 +1,1039 @@
+//! The planner: an SOP, the cluster as the inventory describes it, the files Pigsty's
+//! templates render for it, the agents' facts and etcd's live state in; an ordered list of
+//! steps out. Pure: no I/O, so every plan is tested with plain values. A plan is data: the
+//! CLI prints it, the store keeps it, the runner only executes it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use quorum_proto::pb;
+use serde::{Deserialize, Serialize};
+
+use crate::etcd::MemberInfo;
+
+/// One etcd member as planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSpec {
+    /// Host IP.
+    pub ip: IpAddr,
+    /// Member name, `<cluster>-<seq>`.
+    pub name: String,
+    /// `https://ip:port`.
+    pub client_url: String,
+    /// `https://ip:peer_port`.
+    pub peer_url: String,
+}
+
+/// One etcd cluster as planned, with the files rendered for each member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    /// Cluster name.
+    pub name: String,
+    /// Members, in Pigsty's order (IPs sorted as strings).
+    pub members: Vec<MemberSpec>,
+    /// `etcd_safeguard`.
+    pub safeguard: bool,
+    /// `etcd_clean`.
+    pub clean: bool,
+    /// Rendered `etcd.conf` per member (for a new cluster).
+    pub etcd_conf: HashMap<IpAddr, String>,
+    /// Rendered etcdctl profile per host.
+    pub profile: HashMap<IpAddr, String>,
+}
+
+impl ClusterSpec {
+    /// The member on `ip`.
+    pub fn member(&self, ip: IpAddr) -> Option<&MemberSpec> {
+        self.members.iter().find(|m| m.ip == ip)
+    }
+
+    /// Client URLs of every member.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+}
+
+/// A managed service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceName {
+    /// etcd.
+    Etcd,
+    /// Patroni.
+    Patroni,
+    /// vip-manager.
+    VipManager,
+}
+
+impl ServiceName {
+    /// The wire value.
+    pub fn pb(self) -> pb::Service {
+        match self {
+            ServiceName::Etcd => pb::Service::Etcd,
+            ServiceName::Patroni => pb::Service::Patroni,
+            ServiceName::VipManager => pb::Service::VipManager,
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceName::Etcd => "etcd",
+            ServiceName::Patroni => "patroni",
+            ServiceName::VipManager => "vip-manager",
+        })
+    }
+}
+
+/// A service action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionName {
+    /// Start.
+    Start,
+    /// Stop.
+    Stop,
+    /// Restart.
+    Restart,
+    /// Reload.
+    Reload,
+    /// Status.
+    Status,
+}
+
+impl ActionName {
+    /// The wire value.
+    pub fn pb(self) -> pb::Action {
+        match self {
+            ActionName::Start => pb::Action::Start,
+            ActionName::Stop => pb::Action::Stop,
+            ActionName::Restart => pb::Action::Restart,
+            ActionName::Reload => pb::Action::Reload,
+            ActionName::Status => pb::Action::Status,
+        }
+    }
+}
+
+impl fmt::Display for ActionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ActionName::Start => "start",
+            ActionName::Stop => "stop",
+            ActionName::Restart => "restart",
+            ActionName::Reload => "reload",
+            ActionName::Status => "status",
+        })
+    }
+}
+
+/// What a step does. Named after what it does for the operator; the same words appear in the
+/// CLI output, the store and the tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepKind {
+    /// Refuse if an etcd instance exists on one of `hosts` while `etcd_safeguard` is set or
+    /// `etcd_clean` is off (unless `ignore_safeguard`, a purge); re-checked live at run time.
+    SafeguardCheck {
+        /// Hosts to check.
+        hosts: Vec<IpAddr>,
+        /// `etcd_safeguard`.
+        safeguard: bool,
+        /// `etcd_clean`.
+        clean: bool,
+        /// A purge ignores both.
+        ignore_safeguard: bool,
+    },
+    /// Place ca.crt, server.crt, server.key for `member`.
+    WriteEtcdCerts {
+        /// Host.
+        host: IpAddr,
+        /// Member name (its certificate's CN).
+        member: String,
+    },
+    /// Write etcd.conf.
+    WriteEtcdConf {
+        /// Host.
+        host: IpAddr,
+        /// Content.
+        content: String,
+    },
+    /// Write the etcdctl profile.
+    WriteEtcdctlProfile {
+        /// Host.
+        host: IpAddr,
+        /// Content.
+        content: String,
+    },
+    /// Start etcd on all `hosts` at once (a new cluster needs its members up together).
+    StartEtcd {
+        /// Hosts.
+        hosts: Vec<IpAddr>,
+    },
+    /// Stop etcd.
+    StopEtcd {
+        /// Host.
+        host: IpAddr,
+    },
+    /// Restart etcd; skipped unless a step in `if_changed` changed something, or `force`.
+    RestartEtcd {
+        /// Host.
+        host: IpAddr,
+        /// Indexes of earlier write steps on this host.
+        if_changed: Vec<usize>,
+        /// Restart even if nothing changed.
+        force: bool,
+    },
+    /// Remove the contents of the etcd data dir (a purge stops etcd first).
+    WipeEtcdData {
+        /// Host.
+        host: IpAddr,
+        /// Purge.
+        purge: bool,
+    },
+    /// Refuse unless every other voting member is healthy.
+    QuorumGuard {
+        /// The member about to go down.
+        host: IpAddr,
+    },
+    /// Wait until this member and the whole cluster are healthy (bounded).
+    HealthGate {
+        /// The member just restarted.
+        host: IpAddr,
+    },
+    /// Wait until every member is healthy (bounded).
+    ClusterHealthGate,
+    /// A service action on one or more hosts at once (Patroni, vip-manager, or etcd status).
+    ServiceAction {
+        /// Hosts (more than one only when forks > 1).
+        hosts: Vec<IpAddr>,
+        /// Service.
+        service: ServiceName,
+        /// Action.
+        action: ActionName,
+    },
+}
+
+impl StepKind {
+    /// The host a step acts on, if one.
+    pub fn host(&self) -> Option<IpAddr> {
+        match self {
+            StepKind::WriteEtcdCerts { host, .. }
+            | StepKind::WriteEtcdConf { host, .. }
+            | StepKind::WriteEtcdctlProfile { host, .. }
+            | StepKind::StopEtcd { host }
+            | StepKind::RestartEtcd { host, .. }
+            | StepKind::WipeEtcdData { host, .. }
+            | StepKind::QuorumGuard { host }
+            | StepKind::HealthGate { host } => Some(*host),
+            StepKind::StartEtcd { hosts } | StepKind::ServiceAction { hosts, .. } if hosts.len() == 1 => {
+                hosts.first().copied()
+            }
+            _ => None,
+        }
+    }
+
+    /// The hosts shown for a step.
+    pub fn hosts_label(&self) -> String {
+        match self {
+            StepKind::StartEtcd { hosts }
+            | StepKind::ServiceAction { hosts, .. }
+            | StepKind::SafeguardCheck { hosts, .. } => hosts
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.host().map(|h| h.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// The step's name, as the operator reads it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::SafeguardCheck { .. } => "SafeguardCheck",
+            StepKind::WriteEtcdCerts { .. } => "WriteEtcdCerts",
+            StepKind::WriteEtcdConf { .. } => "WriteEtcdConf",
+            StepKind::WriteEtcdctlProfile { .. } => "WriteEtcdctlProfile",
+            StepKind::StartEtcd { .. } => "StartEtcd",
+            StepKind::StopEtcd { .. } => "StopEtcd",
+            StepKind::RestartEtcd { .. } => "RestartEtcd",
+            StepKind::WipeEtcdData { .. } => "WipeEtcdData",
+            StepKind::QuorumGuard { .. } => "QuorumGuard",
+            StepKind::HealthGate { .. } => "HealthGate",
+            StepKind::ClusterHealthGate => "ClusterHealthGate",
+            StepKind::ServiceAction { .. } => "ServiceAction",
+        }
+    }
+
+    /// A one-line description for the operator.
+    pub fn describe(&self) -> String {
+        match self {
+            StepKind::SafeguardCheck {
+                ignore_safeguard, ..
+            } => {
+                if *ignore_safeguard {
+                    "check no host's local safeguard forbids the purge".into()
+                } else {
+                    "check etcd_safeguard / etcd_clean allow touching existing instances".into()
+                }
+            }
+            StepKind::WriteEtcdCerts { member, .. } => format!("write ca.crt, server.crt, server.key of {member}"),
+            StepKind::WriteEtcdConf { .. } => "write /etc/etcd/etcd.conf".into(),
+            StepKind::WriteEtcdctlProfile { .. } => "write /etc/profile.d/etcdctl.sh".into(),
+            StepKind::StartEtcd { hosts } => format!("start etcd on {} host(s) together", hosts.len()),
+            StepKind::StopEtcd { .. } => "stop etcd".into(),
+            StepKind::RestartEtcd { force, .. } => {
+                if *force {
+                    "restart etcd".into()
+                } else {
+                    "restart etcd if its config changed".into()
+                }
+            }
+            StepKind::WipeEtcdData { purge, .. } => {
+                if *purge {
+                    "purge: stop etcd and wipe its data dir".into()
+                } else {
+                    "wipe the etcd data dir".into()
+                }
+            }
+            StepKind::QuorumGuard { .. } => "quorum guard: every other voting member healthy".into(),
+            StepKind::HealthGate { .. } => "gate: this member and the cluster healthy".into(),
+            StepKind::ClusterHealthGate => "gate: every member healthy".into(),
+            StepKind::ServiceAction {
+                service, action, ..
+            } => format!("{action} {service}"),
+        }
+    }
+}
+
+/// A planned step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// What it does.
+    pub kind: StepKind,
+    /// Unified diff of the file it writes (plans only; empty when unchanged or unknown).
+    pub diff: String,
+}
+
+/// A plan: steps in order, and notes for the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The steps.
+    pub steps: Vec<Step>,
+    /// What the operator should know (e.g. "nothing to change").
+    pub notes: Vec<String>,
+    /// Members whose data the plan wipes (the CLI asks before going on).
+    pub wipes: Vec<String>,
+}
+
+impl Plan {
+    fn push(&mut self, kind: StepKind) -> usize {
+        self.steps.push(Step {
+            kind,
+            diff: String::new(),
+        });
+        self.steps.len() - 1
+    }
+
+    fn push_with_diff(&mut self, kind: StepKind, diff: String) -> usize {
+        self.steps.push(Step { kind, diff });
+        self.steps.len() - 1
+    }
+}
+
+/// Why a plan is refused; each says what to do. Nothing has been changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// An agent the plan needs has never connected or is stale.
+    #[error("the agent on {host} is {state}: every host of the SOP needs a connected quorum-agent (see `quorum agents`)")]
+    AgentMissing {
+        /// Host.
+        host: IpAddr,
+        /// "not connected" or "stale".
+        state: String,
+    },
+    /// Pigsty's etcd_check abort, word for word where it can be.
+    #[error("Abort because etcd instance {member} @ {host} exists. {reason}")]
+    InstanceExists {
+        /// Member name.
+        member: String,
+        /// Host.
+        host: IpAddr,
+        /// Which rule.
+        reason: String,
+    },
+    /// A host's local agent safeguard forbids a wipe the plan needs.
+    #[error("the local safeguard of the agent on {host} is set: it refuses to wipe etcd data there, whatever the coordinator says; unset `safeguard` in that host's agent.yml if you mean it")]
+    LocalSafeguard {
+        /// Host.
+        host: IpAddr,
+    },
+    /// A healthy running cluster whose files differ from the inventory.
+    #[error("cluster {cluster} is running and healthy, but its files differ from the inventory on {hosts}; roll the change out one member at a time with `quorum config reload --restart` (and `quorum env refresh`)")]
+    RunningClusterDiffers {
+        /// Cluster.
+        cluster: String,
+        /// Hosts.
+        hosts: String,
+    },
+    /// An unsafe request.
+    #[error("{0}")]
+    Unsafe(String),
+    /// A bad request.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What the planner knows about the hosts and the cluster right now.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// Facts of each connected, non-stale agent.
+    pub facts: HashMap<IpAddr, pb::Facts>,
+    /// Hosts whose agent is known but stale.
+    pub stale: Vec<IpAddr>,
+    /// etcd's member list, if any member answered.
+    pub members: Option<Vec<MemberInfo>>,
+    /// Health of each inventory member (Ok, or why not).
+    pub health: HashMap<IpAddr, Result<(), String>>,
+}
+
+impl Live {
+    fn require_agents(&self, hosts: &[IpAddr]) -> Result<(), PlanError> {
+        for h in hosts {
+            if !self.facts.contains_key(h) {
+                let state = if self.stale.contains(h) {
+                    "stale"
+                } else {
+                    "not connected"
+                };
+                return Err(PlanError::AgentMissing {
+                    host: *h,
+                    state: state.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn etcd_active(&self, host: IpAddr) -> bool {
+        self.facts
+            .get(&host)
+            .and_then(|f| f.services.get("etcd"))
+            .is_some_and(|s| *s == pb::ServiceState::Active as i32)
+    }
+
+    fn has_data(&self, host: IpAddr) -> bool {
+        self.facts
+            .get(&host)
+            .and_then(|f| f.data_dir.as_ref())
+            .is_some_and(|d| d.has_member)
+    }
+
+    fn local_safeguard(&self, host: IpAddr) -> bool {
+        self.facts.get(&host).is_some_and(|f| f.safeguard)
+    }
+
+    fn file<'a>(&'a self, host: IpAddr, key: &str) -> Option<&'a pb::FileFact> {
+        self.facts.get(&host).and_then(|f| f.files.get(key))
+    }
+
+    /// Whether every inventory member is healthy and etcd lists exactly them, all voting.
+    fn cluster_matches(&self, spec: &ClusterSpec) -> bool {
+        let Some(members) = &self.members else {
+            return false;
+        };
+        let mut live: Vec<&str> = members
+            .iter()
+            .filter(|m| !m.is_learner)
+            .flat_map(|m| m.peer_urls.iter().map(String::as_str))
+            .collect();
+        let mut want: Vec<&str> = spec.members.iter().map(|m| m.peer_url.as_str()).collect();
+        live.sort_unstable();
+        want.sort_unstable();
+        members.len() == spec.members.len()
+            && live == want
+            && spec
+                .members
+                .iter()
+                .all(|m| matches!(self.health.get(&m.ip), Some(Ok(()))))
+    }
+}
+
+/// sha256 hex of `content`.
+pub fn sha256_hex(content: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(content.as_bytes()))
+}
+
+/// The unified diff a write would make, given what the agent reported ("" when unchanged).
+pub fn file_diff(path: &str, current: Option<&pb::FileFact>, new: &str) -> String {
+    match current {
+        Some(f) if f.exists && f.sha256 == sha256_hex(new) => String::new(),
+        Some(f) if f.exists && f.content.is_empty() => format!(
+            "--- {path} (current content not reported, sha256 {})\n+++ {path}\n{}",
+            f.sha256,
+            new.lines().map(|l| format!("+{l}\n")).collect::<String>()
+        ),
+        Some(f) if f.exists => similar::TextDiff::from_lines(f.content.as_str(), new)
+            .unified_diff()
+            .context_radius(2)
+            .header(path, path)
+            .to_string(),
+        _ => similar::TextDiff::from_lines("", new)
+            .unified_diff()
+            .header("/dev/null", path)
+            .to_string(),
+    }
+}
+
+fn conf_of(spec: &ClusterSpec, host: IpAddr) -> Result<&String, PlanError> {
+    spec.etcd_conf
+        .get(&host)
+        .ok_or_else(|| PlanError::Usage(format!("no etcd.conf rendered for {host}")))
+}
+
+fn profile_of(spec: &ClusterSpec, host: IpAddr) -> Result<&String, PlanError> {
+    spec.profile
+        .get(&host)
+        .ok_or_else(|| PlanError::Usage(format!("no etcdctl profile rendered for {host}")))
+}
+
+fn hosts(spec: &ClusterSpec) -> Vec<IpAddr> {
+    spec.members.iter().map(|m| m.ip).collect()
+}
+
+fn instance_exists_error(spec: &ClusterSpec, host: IpAddr) -> PlanError {
+    let member = spec
+        .member(host)
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| host.to_string());
+    let reason = if spec.safeguard {
+        "etcd_safeguard enabled, please disable it before purging.".to_string()
+    } else {
+        "etcd_clean = false, use -e etcd_clean=true to override.".to_string()
+    };
+    PlanError::InstanceExists {
+        member,
+        host,
+        reason,
+    }
+}
+
+/// `quorum cluster create` (Pigsty's `./etcd.yml`).
+///
+/// A cluster that is already healthy and matches the inventory is left alone (nothing to
+/// change). Otherwise existing instances (etcd active, or a data dir holding a member) abort
+/// the plan when `etcd_safeguard` is set or `etcd_clean` is off, exactly as Pigsty's
+/// `etcd_check`; when allowed they are purged first, then every member gets its certs,
+/// config (`initial-cluster-state: new`) and profile, all start together, and the run gates
+/// on cluster health.
+pub fn plan_cluster_create(spec: &ClusterSpec, live: &Live) -> Result<Plan, PlanError> {
+    let hs = hosts(spec);
+    live.require_agents(&hs)?;
+    let mut plan = Plan::default();
+    if live.cluster_matches(spec) {
+        let differ: Vec<String> = hs
+            .iter()
+            .filter(|h| {
+                let conf_same = conf_of(spec, **h)
+                    .map(|c| file_diff("", live.file(**h, "etcd_conf"), c).is_empty())
+                    .unwrap_or(false);
+                let prof_same = profile_of(spec, **h)
+                    .map(|c| file_diff("", live.file(**h, "etcdctl_profile"), c).is_empty())
+                    .unwrap_or(false);
+                !(conf_same && prof_same)
+            })
+            .map(|h| h.to_string())
+            .collect();
+        if !differ.is_empty() {
+            return Err(PlanError::RunningClusterDiffers {
+                cluster: spec.name.clone(),
+                hosts: differ.join(", "),
+            });
+        }
+        plan.push(StepKind::ClusterHealthGate);
+        plan.notes.push(format!(
+            "cluster {} is already running, healthy, and matches the inventory: nothing to change",
+            spec.name
+        ));
+        return Ok(plan);
+    }
+    let existing: Vec<IpAddr> = hs
+        .iter()
+        .copied()
+        .filter(|h| live.etcd_active(*h) || live.has_data(*h))
+        .collect();
+    if let Some(h) = existing.first() {
+        if spec.safeguard || !spec.clean {
+            return Err(instance_exists_error(spec, *h));
+        }
+    }
+    for h in &existing {
+        if live.local_safeguard(*h) {
+            return Err(PlanError::LocalSafeguard { host: *h });
+        }
+    }
+    plan.push(StepKind::SafeguardCheck {
+        hosts: hs.clone(),
+        safeguard: spec.safeguard,
+        clean: spec.clean,
+        ignore_safeguard: false,
+    });
+    for h in &existing {
+        plan.push(StepKind::WipeEtcdData {
+            host: *h,
+            purge: true,
+        });
+        if let Some(m) = spec.member(*h) {
+            plan.wipes.push(format!("{} @ {}", m.name, h));
+        }
+    }
+    for m in &spec.members {
+        plan.push(StepKind::WriteEtcdCerts {
+            host: m.ip,
+            member: m.name.clone(),
+        });
+        let conf = conf_of(spec, m.ip)?;
+        plan.push_with_diff(
+            StepKind::WriteEtcdConf {
+                host: m.ip,
+                content: conf.clone(),
+            },
+            file_diff("/etc/etcd/etcd.conf", live.file(m.ip, "etcd_conf"), conf),
+        );
+        let profile = profile_of(spec, m.ip)?;
+        plan.push_with_diff(
+            StepKind::WriteEtcdctlProfile {
+                host: m.ip,
+                content: profile.clone(),
+            },
+            file_diff(
+                "/etc/profile.d/etcdctl.sh",
+                live.file(m.ip, "etcdctl_profile"),
+                profile,
+            ),
+        );
+    }
+    plan.push(StepKind::StartEtcd { hosts: hs });
+    plan.push(StepKind::ClusterHealthGate);
+    Ok(plan)
+}
+
+/// `quorum cluster remove` (`-t etcd_clean`, honors the safeguard) and `quorum cluster purge`
+/// (`-t etcd_purge`, ignores it). The host's local agent safeguard is honored by both.
+pub fn plan_cluster_remove(spec: &ClusterSpec, live: &Live, purge: bool) -> Result<Plan, PlanError> {
+    let hs = hosts(spec);
+    live.require_agents(&hs)?;
+    if !purge {
+        if let Some(h) = hs.iter().find(|h| live.etcd_active(**h)) {
+            if spec.safeguard || !spec.clean {
+                return Err(instance_exists_error(spec, *h));
+            }
+        }
+    }
+    for h in &hs {
+        if live.local_safeguard(*h) {
+            return Err(PlanError::LocalSafeguard { host: *h });
+        }
+    }
+    let mut plan = Plan::default();
+    plan.push(StepKind::SafeguardCheck {
+        hosts: hs.clone(),
+        safeguard: spec.safeguard,
+        clean: spec.clean,
+        ignore_safeguard: purge,
+    });
+    for m in &spec.members {
+        if purge {
+            plan.push(StepKind::WipeEtcdData {
+                host: m.ip,
+                purge: true,
+            });
+        } else {
+            plan.push(StepKind::StopEtcd { host: m.ip });
+            plan.push(StepKind::WipeEtcdData {
+                host: m.ip,
+                purge: false,
+            });
+        }
+        plan.wipes.push(format!("{} @ {}", m.name, m.ip));
+    }
+    Ok(plan)
+}
+
+/// How `config reload` restarts members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Write only.
+    Never,
+    /// Restart a member only if its etcd.conf changed (the default).
+    IfChanged,
+    /// Restart every member (Pigsty's `systemctl restart etcd -f 1`).
+    Always,
+}
+
+/// `quorum config reload` (`-t etcd_conf`, then restart one member at a time): per member,
+/// quorum guard, write, restart, gate on that member and the cluster healthy.
+pub fn plan_config_reload(spec: &ClusterSpec, live: &Live, restart: RestartPolicy) -> Result<Plan, PlanError> {
+    let hs = hosts(spec);
+    live.require_agents(&hs)?;
+    let mut plan = Plan::default();
+    for m in &spec.members {
+        if restart != RestartPolicy::Never {
+            plan.push(StepKind::QuorumGuard { host: m.ip });
+        }
+        let conf = conf_of(spec, m.ip)?;
+        let diff = file_diff("/etc/etcd/etcd.conf", live.file(m.ip, "etcd_conf"), conf);
+        let write = plan.push_with_diff(
+            StepKind::WriteEtcdConf {
+                host: m.ip,
+                content: conf.clone(),
+            },
+            diff,
+        );
+        if restart != RestartPolicy::Never {
+            plan.push(StepKind::RestartEtcd {
+                host: m.ip,
+                if_changed: vec![write],
+                force: restart == RestartPolicy::Always,
+            });
+            plan.push(StepKind::HealthGate { host: m.ip });
+        }
+    }
+    Ok(plan)
+}
+
+/// `quorum env refresh` (`-t etcd_env`): the etcdctl profile on every host.
+pub fn plan_env_refresh(spec: &ClusterSpec, live: &Live) -> Result<Plan, PlanError> {
+    let hs = hosts(spec);
+    live.require_agents(&hs)?;
+    let mut plan = Plan::default();
+    for h in hs {
+        let profile = profile_of(spec, h)?;
+        plan.push_with_diff(
+            StepKind::WriteEtcdctlProfile {
+                host: h,
+                content: profile.clone(),
+            },
+            file_diff("/etc/profile.d/etcdctl.sh", live.file(h, "etcdctl_profile"), profile),
+        );
+    }
+    Ok(plan)
+}
+
+/// `quorum service ACTION SERVICE --hosts ... --forks N` (the SOPs' `ansible -f N -a
+/// 'systemctl ...'`). etcd stops and restarts go one host at a time behind the quorum guard
+/// and a health gate, whatever `forks` says would be refused.
+pub fn plan_service(
+    spec: &ClusterSpec,
+    live: &Live,
+    service: ServiceName,
+    action: ActionName,
+    targets: &[IpAddr],
+    forks: usize,
+) -> Result<Plan, PlanError> {
+    if targets.is_empty() {
+        return Err(PlanError::Usage("no hosts to act on".into()));
+    }
+    if forks == 0 {
+        return Err(PlanError::Usage("--forks must be at least 1".into()));
+    }
+    live.require_agents(targets)?;
+    let mut plan = Plan::default();
+    let disruptive_etcd =
+        service == ServiceName::Etcd && matches!(action, ActionName::Stop | ActionName::Restart);
+    if disruptive_etcd {
+        if forks > 1 {
+            return Err(PlanError::Unsafe(format!(
+                "refusing to {action} etcd on {forks} hosts at once: that can cost the cluster its quorum; etcd goes one member at a time (--forks 1)"
+            )));
+        }
+        for h in targets {
+            if spec.member(*h).is_none() {
+                return Err(PlanError::Usage(format!(
+                    "{h} is not a member of etcd cluster {}; check --hosts",
+                    spec.name
+                )));
+            }
+            plan.push(StepKind::QuorumGuard { host: *h });
+            if action == ActionName::Stop {
+                plan.push(StepKind::StopEtcd { host: *h });
+            } else {
+                plan.push(StepKind::RestartEtcd {
+                    host: *h,
+                    if_changed: vec![],
+                    force: true,
+                });
+                plan.push(StepKind::HealthGate { host: *h });
+            }
+        }
+        return Ok(plan);
+    }
+    for batch in targets.chunks(forks) {
+        plan.push(StepKind::ServiceAction {
+            hosts: batch.to_vec(),
+            service,
+            action,
+        });
+        if service == ServiceName::Etcd && action == ActionName::Start {
+            for h in batch {
+                plan.push(StepKind::HealthGate { host: *h });
+            }
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    fn spec(n: u8) -> ClusterSpec {
+        let mut s = ClusterSpec {
+            name: "etcd".into(),
+            members: Vec::new(),
+            safeguard: false,
+            clean: true,
+            etcd_conf: HashMap::new(),
+            profile: HashMap::new(),
+        };
+        for i in 1..=n {
+            let a = ip(&format!("10.10.10.{}", 9 + i));
+            s.members.push(MemberSpec {
+                ip: a,
+                name: format!("etcd-{i}"),
+                client_url: format!("https://{a}:2379"),
+                peer_url: format!("https://{a}:2380"),
+            });
+            s.etcd_conf.insert(a, format!("name: etcd-{i}\n"));
+            s.profile.insert(a, "export ETCDCTL_ENDPOINTS=x\n".into());
+        }
+        s
+    }
+
+    fn facts(active: bool, data: bool, safeguard: bool) -> pb::Facts {
+        let mut f = pb::Facts {
+            safeguard,
+            data_dir: Some(pb::DataDirFact {
+                path: "/data/etcd".into(),
+                has_member: data,
+                member_id: String::new(),
+            }),
+            ..Default::default()
+        };
+        let st = if active {
+            pb::ServiceState::Active
+        } else {
+            pb::ServiceState::Inactive
+        };
+        f.services.insert("etcd".into(), st as i32);
+        f
+    }
+
+    fn live(spec: &ClusterSpec, active: bool, data: bool) -> Live {
+        let mut l = Live::default();
+        for m in &spec.members {
+            l.facts.insert(m.ip, facts(active, data, false));
+        }
+        l
+    }
+
+    fn healthy(spec: &ClusterSpec) -> Live {
+        let mut l = live(spec, true, true);
+        l.members = Some(
+            spec.members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| MemberInfo {
+                    id: i as u64 + 1,
+                    name: m.name.clone(),
+                    peer_urls: vec![m.peer_url.clone()],
+                    client_urls: vec![m.client_url.clone()],
+                    is_learner: false,
+                })
+                .collect(),
+        );
+        for m in &spec.members {
+            l.health.insert(m.ip, Ok(()));
+            let f = l.facts.entry(m.ip).or_default();
+            for (key, content) in [
+                ("etcd_conf", &spec.etcd_conf[&m.ip]),
+                ("etcdctl_profile", &spec.profile[&m.ip]),
+            ] {
+                f.files.insert(
+                    key.into(),
+                    pb::FileFact {
+                        exists: true,
+                        sha256: sha256_hex(content),
+                        content: content.clone(),
+                    },
+                );
+            }
+        }
+        l
+    }
+
+    fn names(plan: &Plan) -> Vec<String> {
+        plan.steps
+            .iter()
+            .map(|s| format!("{} {}", s.kind.name(), s.kind.hosts_label()))
+            .collect()
+    }
+
+    #[test]
+    fn create_on_fresh_hosts_writes_everything_then_starts_all_together() {
+        let s = spec(3);
+        let plan = plan_cluster_create(&s, &live(&s, false, false)).expect("plan");
+        assert_eq!(
+            names(&plan),
+            vec![
+                "SafeguardCheck 10.10.10.10,10.10.10.11,10.10.10.12",
+                "WriteEtcdCerts 10.10.10.10",
+                "WriteEtcdConf 10.10.10.10",
+                "WriteEtcdctlProfile 10.10.10.10",
+                "WriteEtcdCerts 10.10.10.11",
+                "WriteEtcdConf 10.10.10.11",
+                "WriteEtcdctlProfile 10.10.10.11",
+                "WriteEtcdCerts 10.10.10.12",
+                "WriteEtcdConf 10.10.10.12",
+                "WriteEtcdctlProfile 10.10.10.12",
+                "StartEtcd 10.10.10.10,10.10.10.11,10.10.10.12",
+                "ClusterHealthGate ",
+            ]
+        );
+        assert!(plan.wipes.is_empty());
+        assert!(plan.steps[2].diff.contains("+name: etcd-1"), "{}", plan.steps[2].diff);
+    }
+
+    #[test]
+    fn create_on_the_healthy_cluster_it_made_changes_nothing() {
+        let s = spec(3);
+        let plan = plan_cluster_create(&s, &healthy(&s)).expect("plan");
+        assert_eq!(names(&plan), vec!["ClusterHealthGate "]);
+        assert!(plan.notes[0].contains("nothing to change"), "{:?}", plan.notes);
+    }
+
+    #[test]
+    fn create_on_a_healthy_cluster_with_other_files_refuses_and_points_to_reload() {
+        let s = spec(3);
+        let mut l = healthy(&s);
+        if let Some(f) = l.facts.get_mut(&ip("10.10.10.11")) {
+            f.files.insert("etcd_conf".into(), pb::FileFact { exists: true, sha256: "00".into(), content: "old".into() });
+        }
+        let err = plan_cluster_create(&s, &l).expect_err("must refuse");
+        assert_eq!(
+            err.to_string(),
+            "cluster etcd is running and healthy, but its files differ from the inventory on 10.10.10.11; roll the change out one member at a time with `quorum config reload --restart` (and `quorum env refresh`)"
+        );
+    }
+
+    #[test]
+    fn create_over_existing_instances_honors_safeguard_and_clean_like_pigsty() {
+        let mut s = spec(3);
+        let l = live(&s, true, true);
+        s.safeguard = true;
+        assert_eq!(
+            plan_cluster_create(&s, &l).expect_err("safeguard").to_string(),
+            "Abort because etcd instance etcd-1 @ 10.10.10.10 exists. etcd_safeguard enabled, please disable it before purging."
+        );
+        s.safeguard = false;
+        s.clean = false;
+        assert_eq!(
+            plan_cluster_create(&s, &l).expect_err("clean").to_string(),
+            "Abort because etcd instance etcd-1 @ 10.10.10.10 exists. etcd_clean = false, use -e etcd_clean=true to override."
+        );
+        s.clean = true;
+        let plan = plan_cluster_create(&s, &l).expect("purge and recreate");
+        assert_eq!(plan.wipes.len(), 3);
+        assert!(matches!(plan.steps[1].kind, StepKind::WipeEtcdData { purge: true, .. }));
+    }
+
+    #[test]
+    fn a_stopped_member_with_data_counts_as_an_instance() {
+        let mut s = spec(1);
+        s.safeguard = true;
+        let err = plan_cluster_create(&s, &live(&s, false, true)).expect_err("data dir holds a member");
+        assert!(matches!(err, PlanError::InstanceExists { .. }));
+    }
+
+    #[test]
+    fn every_plan_needs_every_agent() {
+        let s = spec(3);
+        let mut l = live(&s, false, false);
+        l.facts.remove(&ip("10.10.10.12"));
+        l.stale.push(ip("10.10.10.12"));
+        let err = plan_config_reload(&s, &l, RestartPolicy::Always).expect_err("stale agent");
+        assert_eq!(
+            err.to_string(),
+            "the agent on 10.10.10.12 is stale: every host of the SOP needs a connected quorum-agent (see `quorum agents`)"
+        );
+    }
+
+    #[test]
+    fn remove_honors_the_safeguard_purge_ignores_it_local_safeguard_beats_both() {
+        let mut s = spec(3);
+        s.safeguard = true;
+        let l = live(&s, true, true);
+        assert!(matches!(plan_cluster_remove(&s, &l, false), Err(PlanError::InstanceExists { .. })));
+        let purge = plan_cluster_remove(&s, &l, true).expect("purge ignores etcd_safeguard");
+        assert_eq!(purge.wipes, vec!["etcd-1 @ 10.10.10.10", "etcd-2 @ 10.10.10.11", "etcd-3 @ 10.10.10.12"]);
+        let mut l2 = l.clone();
+        if let Some(f) = l2.facts.get_mut(&ip("10.10.10.11")) {
+            f.safeguard = true;
+        }
+        assert_eq!(
+            plan_cluster_remove(&s, &l2, true).expect_err("local safeguard"),
+            PlanError::LocalSafeguard { host: ip("10.10.10.11") }
+        );
+        s.safeguard = false;
+        let remove = plan_cluster_remove(&s, &l, false).expect("remove");
+        assert_eq!(names(&remove)[1..3], ["StopEtcd 10.10.10.10".to_string(), "WipeEtcdData 10.10.10.10".to_string()]);
+    }
+
+    #[test]
+    fn config_reload_goes_one_member_at_a_time_behind_the_guard() {
+        let s = spec(3);
+        let plan = plan_config_reload(&s, &healthy(&s), RestartPolicy::Always).expect("plan");
+        let n = names(&plan);
+        assert_eq!(n.len(), 12);
+        for (i, m) in s.members.iter().enumerate() {
+            let h = m.ip.to_string();
+            assert_eq!(n[i * 4..i * 4 + 4], [
+                format!("QuorumGuard {h}"),
+                format!("WriteEtcdConf {h}"),
+                format!("RestartEtcd {h}"),
+                format!("HealthGate {h}"),
+            ]);
+        }
+        assert!(matches!(plan.steps[2].kind, StepKind::RestartEtcd { force: true, ref if_changed, .. } if if_changed == &vec![1]));
+        let plain = plan_config_reload(&s, &healthy(&s), RestartPolicy::Never).expect("plan");
+        assert!(plain.steps.iter().all(|st| matches!(st.kind, StepKind::WriteEtcdConf { .. })));
+        assert!(plain.steps.iter().all(|st| st.diff.is_empty()), "unchanged files show no diff");
+    }
+
+    #[test]
+    fn etcd_restarts_never_fan_out() {
+        let s = spec(3);
+        let hosts: Vec<IpAddr> = s.members.iter().map(|m| m.ip).collect();
+        let err = plan_service(&s, &live(&s, true, true), ServiceName::Etcd, ActionName::Restart, &hosts, 2)
+            .expect_err("forks 2");
+        assert!(err.to_string().contains("one member at a time"), "{err}");
+        let ok = plan_service(&s, &live(&s, true, true), ServiceName::Patroni, ActionName::Reload, &hosts, 2)
+            .expect("patroni may fan out");
+        assert_eq!(ok.steps.len(), 2);
+    }
+
+    #[test]
+    fn diffs_show_old_and_new_lines() {
+        let cur = pb::FileFact { exists: true, sha256: sha256_hex("a\nb\n"), content: "a\nb\n".into() };
+        let d = file_diff("/etc/etcd/etcd.conf", Some(&cur), "a\nc\n");
+        assert!(d.contains("-b") && d.contains("+c"), "{d}");
+        assert!(file_diff("/x", Some(&cur), "a\nb\n").is_empty());
+    }
+}

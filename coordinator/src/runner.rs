@@ -1,0 +1,575 @@
+//! The runner: walks a stored run one step at a time, writing each step's record before and
+//! after it, so a coordinator killed at any point resumes with neither a repeated nor a
+//! skipped step. Agent steps reuse their task ids on resume, so an agent that already ran
+//! one answers from its journal instead of running it again. The first failed step halts
+//! the run.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quorum_proto::pb;
+use serde::{Deserialize, Serialize};
+
+use crate::etcd::{EtcdAccess, MemberInfo};
+use crate::pki::{Ca, LeafKind};
+use crate::plan::StepKind;
+use crate::registry::{AgentState, Registry};
+use crate::store::{now_ms, run_state, step_state, RunRecord, StepRecord, Store};
+
+/// What the runner needs beyond the steps, stored with the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunContext {
+    /// Client URLs of the cluster's members when the run was planned.
+    pub endpoints: Vec<String>,
+    /// The SOP's arguments, for the audit trail.
+    pub args: std::collections::BTreeMap<String, String>,
+    /// Notes the planner left.
+    pub notes: Vec<String>,
+}
+
+/// Timeouts of the runner.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// An agent step waits this long for the report.
+    pub task: Duration,
+    /// A health gate waits this long.
+    pub gate: Duration,
+    /// An agent not seen for this long fails its step.
+    pub stale: Duration,
+}
+
+/// How a step ended.
+struct StepEnd {
+    ok: bool,
+    outcome: String,
+    output: String,
+}
+
+impl StepEnd {
+    fn ok(outcome: &str, output: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            outcome: outcome.into(),
+            output: output.into(),
+        }
+    }
+    fn failed(output: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            outcome: "failed".into(),
+            output: output.into(),
+        }
+    }
+    fn refused(output: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            outcome: "refused".into(),
+            output: output.into(),
+        }
+    }
+}
+
+/// The runner, shared by the admin service.
+pub struct Runner {
+    /// The run store.
+    pub store: Arc<Store>,
+    registry: Registry,
+    etcd: EtcdAccess,
+    ca: Option<Arc<Ca>>,
+    member_cert_dir: PathBuf,
+    timeouts: Timeouts,
+    active: Mutex<HashSet<String>>,
+}
+
+/// Deterministic task id of a step's dispatch to `host` in `attempt`: the same on a resume of
+/// an interrupted step (so the agent's journal recognizes it), new on a retry of a failed one.
+pub fn task_id(run_id: &str, index: usize, attempt: u32, host: IpAddr) -> String {
+    format!("{run_id}-s{index}-a{attempt}-{host}")
+}
+
+fn outcome_word(o: pb::Outcome) -> &'static str {
+    crate::cli::outcome_word(o)
+}
+
+fn host_of_url(url: &str) -> Option<IpAddr> {
+    let rest = url.split("://").nth(1)?;
+    let hostport = rest.split('/').next()?;
+    let host = match hostport.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => hostport,
+    };
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+impl Runner {
+    /// A runner over `store`.
+    pub fn new(
+        store: Arc<Store>,
+        registry: Registry,
+        etcd: EtcdAccess,
+        ca: Option<Arc<Ca>>,
+        member_cert_dir: PathBuf,
+        timeouts: Timeouts,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            registry,
+            etcd,
+            ca,
+            member_cert_dir,
+            timeouts,
+            active: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Whether this process is walking `run_id` now.
+    pub fn is_active(&self, run_id: &str) -> bool {
+        self.active.lock().map(|a| a.contains(run_id)).unwrap_or(false)
+    }
+
+    /// Starts walking `run_id` in the background (no-op if already walking it).
+    pub fn start(self: &Arc<Self>, run_id: String) {
+        {
+            let Ok(mut active) = self.active.lock() else {
+                return;
+            };
+            if !active.insert(run_id.clone()) {
+                return;
+            }
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.walk(&run_id).await {
+                tracing::error!(run = %run_id, "run stopped: {e}");
+            }
+            if let Ok(mut active) = me.active.lock() {
+                active.remove(&run_id);
+            }
+        });
+    }
+
+    async fn walk(&self, run_id: &str) -> anyhow::Result<()> {
+        let mut run = self.store.get_run(run_id)?;
+        let ctx: RunContext = serde_json::from_str(&run.context).unwrap_or_default();
+        self.store.set_run_state(run_id, run_state::RUNNING, "")?;
+        tracing::info!(run = %run_id, sop = %run.sop, "run walking");
+        for i in 0..run.steps.len() {
+            if run.steps[i].state == step_state::DONE {
+                continue;
+            }
+            if self.store.get_run(run_id)?.state == run_state::ABORTED {
+                tracing::info!(run = %run_id, "run aborted by an operator");
+                return Ok(());
+            }
+            let mut step = run.steps[i].clone();
+            // A step interrupted while running keeps its attempt (and so its task ids);
+            // a failed or never-started step gets a new attempt.
+            if step.state != step_state::RUNNING {
+                step.attempt += 1;
+            }
+            step.task_ids = step_hosts(&step.kind)
+                .into_iter()
+                .map(|h| task_id(run_id, i, step.attempt, h))
+                .collect();
+            step.state = step_state::RUNNING.into();
+            step.started_ms = now_ms();
+            step.finished_ms = 0;
+            self.store.put_step(run_id, &step)?;
+            let end = self.exec_step(&run, &ctx, &step).await;
+            step.state = if end.ok {
+                step_state::DONE.into()
+            } else {
+                step_state::FAILED.into()
+            };
+            step.outcome = end.outcome;
+            step.output = end.output;
+            step.finished_ms = now_ms();
+            self.store.put_step(run_id, &step)?;
+            tracing::info!(run = %run_id, step = i, kind = step.kind.name(), host = %step.host, outcome = %step.outcome, "step finished");
+            run.steps[i] = step.clone();
+            if !end.ok {
+                let error = format!(
+                    "step {} of {} ({} {}) {}: {}",
+                    i + 1,
+                    run.steps.len(),
+                    step.kind.name(),
+                    step.host,
+                    step.outcome,
+                    step.output.trim()
+                );
+                self.store.set_run_state(run_id, run_state::FAILED, &error)?;
+                return Ok(());
+            }
+        }
+        self.store.set_run_state(run_id, run_state::SUCCEEDED, "")?;
+        Ok(())
+    }
+
+    async fn exec_step(&self, run: &RunRecord, ctx: &RunContext, step: &StepRecord) -> StepEnd {
+        use pb::task::Kind;
+        let id = |n: usize| step.task_ids.get(n).cloned().unwrap_or_default();
+        match &step.kind {
+            StepKind::SafeguardCheck {
+                hosts,
+                safeguard,
+                clean,
+                ignore_safeguard,
+            } => self.safeguard_check(hosts, *safeguard, *clean, *ignore_safeguard),
+            StepKind::WriteEtcdCerts { host, member } => match self.member_cert(*host, member) {
+                Ok((ca_crt, server_crt, server_key)) => {
+                    self.agent_task(
+                        *host,
+                        id(0),
+                        Kind::WriteEtcdCerts(pb::WriteEtcdCerts {
+                            ca_crt,
+                            server_crt,
+                            server_key,
+                        }),
+                    )
+                    .await
+                }
+                Err(e) => StepEnd::failed(e),
+            },
+            StepKind::WriteEtcdConf { host, content } => {
+                self.agent_task(
+                    *host,
+                    id(0),
+                    Kind::WriteEtcdConf(pb::WriteEtcdConf {
+                        content: content.clone(),
+                    }),
+                )
+                .await
+            }
+            StepKind::WriteEtcdctlProfile { host, content } => {
+                self.agent_task(
+                    *host,
+                    id(0),
+                    Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
+                        content: content.clone(),
+                    }),
+                )
+                .await
+            }
+            StepKind::StartEtcd { hosts } => {
+                let tasks = hosts.iter().enumerate().map(|(n, h)| {
+                    self.agent_task(*h, id(n), service_kind(pb::Service::Etcd, pb::Action::Start))
+                });
+                join_ends(hosts, futures_join(tasks).await)
+            }
+            StepKind::StopEtcd { host } => {
+                self.agent_task(*host, id(0), service_kind(pb::Service::Etcd, pb::Action::Stop))
+                    .await
+            }
+            StepKind::RestartEtcd {
+                host,
+                if_changed,
+                force,
+            } => {
+                let prior: Vec<&StepRecord> =
+                    if_changed.iter().filter_map(|i| run.steps.get(*i)).collect();
+                if !force && !prior.is_empty() && prior.iter().all(|s| s.outcome != "changed") {
+                    return StepEnd::ok("skipped", "etcd.conf unchanged: no restart needed");
+                }
+                let kind = Kind::ServiceAction(pb::ServiceAction {
+                    service: pb::Service::Etcd as i32,
+                    action: pb::Action::Restart as i32,
+                    if_changed: prior.iter().flat_map(|s| s.task_ids.clone()).collect(),
+                    force: *force,
+                });
+                self.agent_task(*host, id(0), kind).await
+            }
+            StepKind::WipeEtcdData { host, purge } => {
+                self.agent_task(*host, id(0), Kind::WipeEtcdData(pb::WipeEtcdData { purge: *purge }))
+                    .await
+            }
+            StepKind::QuorumGuard { host } => self.quorum_guard(ctx, *host).await,
+            StepKind::HealthGate { host } => self.health_gate(ctx, Some(*host)).await,
+            StepKind::ClusterHealthGate => self.health_gate(ctx, None).await,
+            StepKind::ServiceAction {
+                hosts,
+                service,
+                action,
+            } => {
+                let tasks = hosts
+                    .iter()
+                    .enumerate()
+                    .map(|(n, h)| self.agent_task(*h, id(n), service_kind(service.pb(), action.pb())));
+                join_ends(hosts, futures_join(tasks).await)
+            }
+        }
+    }
+
+    fn safeguard_check(&self, hosts: &[IpAddr], safeguard: bool, clean: bool, ignore: bool) -> StepEnd {
+        for h in hosts {
+            let Some(facts) = self.registry.facts(*h) else {
+                return StepEnd::failed(format!("no facts from the agent on {h}; is it connected?"));
+            };
+            let active = facts.services.get("etcd").copied() == Some(pb::ServiceState::Active as i32);
+            if !ignore && active && (safeguard || !clean) {
+                let why = if safeguard {
+                    "etcd_safeguard enabled, please disable it before purging."
+                } else {
+                    "etcd_clean = false, use -e etcd_clean=true to override."
+                };
+                return StepEnd::refused(format!("Abort because etcd instance @ {h} exists. {why}"));
+            }
+            if ignore && facts.safeguard {
+                return StepEnd::refused(format!(
+                    "the local safeguard of the agent on {h} is set: it refuses every wipe there; unset `safeguard` in that host's agent.yml to purge it"
+                ));
+            }
+        }
+        StepEnd::ok("ok", "no safeguard stands in the way")
+    }
+
+    fn member_cert(&self, host: IpAddr, member: &str) -> Result<(String, String, String), String> {
+        let ca = self.ca.as_ref().ok_or_else(|| {
+            "the coordinator has no CA key (tls.ca_key in its config), so it cannot issue etcd member certificates".to_string()
+        })?;
+        let crt = self.member_cert_dir.join(format!("{member}.crt"));
+        let key = self.member_cert_dir.join(format!("{member}.key"));
+        // Issued once and kept, as Pigsty keeps files/pki/etcd/etcd-N.*: a re-run writes the
+        // same bytes, so it changes nothing on the host.
+        if !(crt.exists() && key.exists()) {
+            let (c, k) = ca
+                .issue(LeafKind::Etcd, &[host], Some(member), crate::pki::DEFAULT_LEAF_DAYS)
+                .map_err(|e| e.to_string())?;
+            crate::pki::write_replace(&key, k.as_bytes(), 0o600).map_err(|e| e.to_string())?;
+            crate::pki::write_replace(&crt, c.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        }
+        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        Ok((ca.cert_pem().to_string(), read(&crt)?, read(&key)?))
+    }
+
+    /// Queues one task and waits for its report; a stale agent or a timeout fails the step.
+    async fn agent_task(&self, host: IpAddr, id: String, kind: pb::task::Kind) -> StepEnd {
+        let task = pb::Task {
+            id: id.clone(),
+            kind: Some(kind),
+        };
+        let mut rx = self.registry.queue(host, task);
+        let start = Instant::now();
+        loop {
+            tokio::select! {
+                r = &mut rx => {
+                    return match r {
+                        Ok(result) => {
+                            let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Unspecified);
+                            let word = outcome_word(outcome);
+                            match outcome {
+                                pb::Outcome::Refused => StepEnd::refused(result.output),
+                                pb::Outcome::Failed | pb::Outcome::Unspecified => StepEnd {
+                                    ok: false,
+                                    outcome: word.into(),
+                                    output: result.output,
+                                },
+                                _ => StepEnd::ok(word, result.output),
+                            }
+                        }
+                        Err(_) => StepEnd::failed(format!("task {id} on {host} was cancelled")),
+                    };
+                }
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let elapsed = start.elapsed();
+                    let state = self.registry.state(host);
+                    // Right after a coordinator restart agents are still reconnecting: give them
+                    // the stale window before calling them stale.
+                    if elapsed > self.timeouts.stale && !matches!(state, Some(AgentState::Connected | AgentState::Idle)) {
+                        self.registry.cancel(host, &id);
+                        return StepEnd::failed(format!(
+                            "the agent on {host} is stale (no poll for over {:?}); check quorum-agent there, then `quorum run resume`",
+                            self.timeouts.stale
+                        ));
+                    }
+                    if elapsed > self.timeouts.task {
+                        self.registry.cancel(host, &id);
+                        return StepEnd::failed(format!(
+                            "the agent on {host} did not report task {id} within {:?}; check its log, then `quorum run resume`",
+                            self.timeouts.task
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn members(&self, ctx: &RunContext) -> Result<Vec<MemberInfo>, String> {
+        self.etcd
+            .member_list(&ctx.endpoints)
+            .await
+            .map_err(|e| format!("cannot read the member list: {e}"))
+    }
+
+    /// Health of every voting member, as (member label, host, result).
+    async fn voting_health(&self, members: &[MemberInfo]) -> Vec<(String, Option<IpAddr>, Result<(), String>)> {
+        let mut out = Vec::new();
+        for m in members.iter().filter(|m| !m.is_learner) {
+            let host = m.peer_urls.first().and_then(|u| host_of_url(u));
+            let label = if m.name.is_empty() {
+                format!("{:x}", m.id)
+            } else {
+                m.name.clone()
+            };
+            let r = match m.client_urls.first() {
+                Some(url) => self.etcd.member_health(url).await,
+                None => Err("it has not started (no client URL)".to_string()),
+            };
+            out.push((label, host, r));
+        }
+        out
+    }
+
+    async fn quorum_guard(&self, ctx: &RunContext, host: IpAddr) -> StepEnd {
+        let members = match self.members(ctx).await {
+            Ok(m) => m,
+            Err(e) => return StepEnd::refused(format!("{e}; quorum cannot be verified, so nothing is taken down")),
+        };
+        for (label, h, r) in self.voting_health(&members).await {
+            if h == Some(host) {
+                continue;
+            }
+            if let Err(why) = r {
+                return StepEnd::refused(format!(
+                    "member {label} ({}) is unhealthy: {why}; taking down {host} now could lose quorum. Fix {label} first, then `quorum run resume`",
+                    h.map(|h| h.to_string()).unwrap_or_default()
+                ));
+            }
+        }
+        StepEnd::ok("ok", "every other voting member is healthy")
+    }
+
+    async fn health_gate(&self, ctx: &RunContext, host: Option<IpAddr>) -> StepEnd {
+        let deadline = Instant::now() + self.timeouts.gate;
+        let mut last: String;
+        loop {
+            match self.members(ctx).await {
+                Ok(members) => {
+                    let health = self.voting_health(&members).await;
+                    let host_listed = host.is_none_or(|h| health.iter().any(|(_, mh, _)| *mh == Some(h)));
+                    let bad: Vec<String> = health
+                        .iter()
+                        .filter_map(|(l, _, r)| r.as_ref().err().map(|e| format!("{l}: {e}")))
+                        .collect();
+                    if host_listed && bad.is_empty() && !health.is_empty() {
+                        let start = Instant::now() + self.timeouts.gate - deadline;
+                        return StepEnd::ok("ok", format!("{} voting member(s) healthy after {:.1}s", health.len(), start.as_secs_f64()));
+                    }
+                    last = if host_listed {
+                        bad.join("; ")
+                    } else {
+                        format!("{} is not a voting member", host.map(|h| h.to_string()).unwrap_or_default())
+                    };
+                }
+                Err(e) => last = e,
+            }
+            if Instant::now() > deadline {
+                return StepEnd::failed(format!(
+                    "the cluster was not healthy within {:?}: {last}; the run halts here and touches no other host",
+                    self.timeouts.gate
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn service_kind(service: pb::Service, action: pb::Action) -> pb::task::Kind {
+    pb::task::Kind::ServiceAction(pb::ServiceAction {
+        service: service as i32,
+        action: action as i32,
+        if_changed: vec![],
+        force: true,
+    })
+}
+
+/// The hosts a step dispatches agent tasks to, in order.
+pub fn step_hosts(kind: &StepKind) -> Vec<IpAddr> {
+    match kind {
+        StepKind::StartEtcd { hosts } | StepKind::ServiceAction { hosts, .. } => hosts.clone(),
+        StepKind::WriteEtcdCerts { host, .. }
+        | StepKind::WriteEtcdConf { host, .. }
+        | StepKind::WriteEtcdctlProfile { host, .. }
+        | StepKind::StopEtcd { host }
+        | StepKind::RestartEtcd { host, .. }
+        | StepKind::WipeEtcdData { host, .. } => vec![*host],
+        _ => vec![],
+    }
+}
+
+async fn futures_join<F: std::future::Future<Output = StepEnd>>(futs: impl Iterator<Item = F>) -> Vec<StepEnd> {
+    let handles: Vec<_> = futs.collect();
+    let mut out = Vec::with_capacity(handles.len());
+    // Poll all at once: each waits on its own agent.
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = handles.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<StepEnd>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => done[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    for d in done.into_iter().flatten() {
+        out.push(d);
+    }
+    out
+}
+
+fn join_ends(hosts: &[IpAddr], ends: Vec<StepEnd>) -> StepEnd {
+    let ok = ends.iter().all(|e| e.ok);
+    let refused = ends.iter().any(|e| e.outcome == "refused");
+    let output = hosts
+        .iter()
+        .zip(&ends)
+        .map(|(h, e)| format!("{h}: {} {}", e.outcome, e.output.trim()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let outcome = if ok {
+        if ends.iter().any(|e| e.outcome == "changed") {
+            "changed"
+        } else {
+            "ok"
+        }
+    } else if refused {
+        "refused"
+    } else {
+        "failed"
+    };
+    StepEnd {
+        ok,
+        outcome: outcome.into(),
+        output,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_read_from_urls() {
+        assert_eq!(host_of_url("https://10.10.10.10:2380"), "10.10.10.10".parse().ok());
+        assert_eq!(host_of_url("https://[::1]:2379"), "::1".parse().ok());
+        assert_eq!(host_of_url("nonsense"), None);
+    }
+
+    #[test]
+    fn task_ids_are_stable_per_attempt() {
+        let ip: IpAddr = "127.0.0.11".parse().unwrap_or(IpAddr::from([127, 0, 0, 11]));
+        assert_eq!(task_id("r-1", 3, 1, ip), task_id("r-1", 3, 1, ip));
+        assert_ne!(task_id("r-1", 3, 1, ip), task_id("r-1", 3, 2, ip));
+    }
+}

@@ -1,0 +1,340 @@
+//! From an operator's request to a stored run: read the inventory, gather what the agents
+//! and etcd say right now, plan the SOP, and (unless only a plan was asked for) store the run
+//! under the cluster's lock and hand it to the runner.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use quorum_proto::pb;
+use tonic::Status;
+
+use crate::inventory::{EtcdCluster, EtcdInit, Inventory};
+use crate::plan::{self, ActionName, ClusterSpec, Live, MemberSpec, Plan, PlanError, RestartPolicy, ServiceName};
+use crate::registry::{AgentState, Registry};
+use crate::runner::RunContext;
+use crate::store::{now_ms, step_state, RunRecord, StepRecord};
+
+/// The SOPs, by the name the CLI and the store use.
+pub mod sop_name {
+    /// `quorum cluster create`.
+    pub const CLUSTER_CREATE: &str = "cluster-create";
+    /// `quorum cluster remove`.
+    pub const CLUSTER_REMOVE: &str = "cluster-remove";
+    /// `quorum cluster purge`.
+    pub const CLUSTER_PURGE: &str = "cluster-purge";
+    /// `quorum config reload`.
+    pub const CONFIG_RELOAD: &str = "config-reload";
+    /// `quorum env refresh`.
+    pub const ENV_REFRESH: &str = "env-refresh";
+    /// `quorum service ...`.
+    pub const SERVICE: &str = "service";
+}
+
+/// Builds the planner's view of `cluster`: members and the files rendered for each.
+pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
+    let mut spec = ClusterSpec {
+        name: cluster.name.clone(),
+        members: Vec::new(),
+        safeguard: cluster.params.safeguard,
+        clean: cluster.params.clean,
+        etcd_conf: HashMap::new(),
+        profile: HashMap::new(),
+    };
+    for m in &cluster.members {
+        spec.members.push(MemberSpec {
+            ip: m.ip,
+            name: m.name.clone(),
+            client_url: crate::render::client_url(m),
+            peer_url: crate::render::peer_url(m),
+        });
+        spec.etcd_conf
+            .insert(m.ip, crate::render::render_etcd_conf(cluster, m.ip, init));
+        spec.profile
+            .insert(m.ip, crate::render::render_etcdctl_profile(cluster, m.ip));
+    }
+    spec
+}
+
+/// What the planner needs to know now: facts of the SOP's hosts, and etcd's view.
+pub async fn gather_live(
+    registry: &Registry,
+    etcd: &crate::etcd::EtcdAccess,
+    spec: &ClusterSpec,
+    hosts: &[IpAddr],
+) -> Live {
+    let mut live = Live::default();
+    for h in hosts {
+        match registry.state(*h) {
+            Some(AgentState::Connected | AgentState::Idle) => {
+                if let Some(f) = registry.facts(*h) {
+                    live.facts.insert(*h, f);
+                }
+            }
+            Some(AgentState::Stale) => live.stale.push(*h),
+            None => {}
+        }
+    }
+    live.members = etcd.member_list(&spec.client_urls()).await.ok();
+    for m in &spec.members {
+        live.health.insert(m.ip, etcd.member_health(&m.client_url).await);
+    }
+    live
+}
+
+fn arg<'a>(args: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
+    args.get(key).map(String::as_str).filter(|s| !s.is_empty())
+}
+
+/// Maps a plan refusal to a gRPC status: usage errors are INVALID_ARGUMENT, safety refusals
+/// FAILED_PRECONDITION (the CLI's exit codes 2 and 3).
+pub fn plan_status(e: PlanError) -> Status {
+    match e {
+        PlanError::Usage(m) => Status::invalid_argument(m),
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
+/// Resolves `--hosts` (IPs or inventory group names, comma-separated) to IPs.
+fn resolve_hosts(inv: &Inventory, cluster: &EtcdCluster, service: ServiceName, spec: Option<&str>) -> Result<Vec<IpAddr>, Status> {
+    let Some(spec) = spec else {
+        return Ok(match service {
+            ServiceName::Etcd => cluster.members.iter().map(|m| m.ip).collect(),
+            ServiceName::Patroni => inv
+                .pg_clusters_using(&cluster.name)
+                .iter()
+                .flat_map(|p| p.patroni_hosts())
+                .collect(),
+            ServiceName::VipManager => inv
+                .pg_clusters_using(&cluster.name)
+                .iter()
+                .flat_map(|p| p.vip_hosts())
+                .collect(),
+        });
+    };
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Ok(ip) = item.parse::<IpAddr>() {
+            out.push(ip);
+            continue;
+        }
+        let from_etcd: Vec<IpAddr> = inv
+            .etcd_clusters()
+            .iter()
+            .filter(|c| c.group == item || c.name == item)
+            .flat_map(|c| c.members.iter().map(|m| m.ip))
+            .collect();
+        let from_pg: Vec<IpAddr> = inv
+            .pg_clusters()
+            .iter()
+            .filter(|p| p.name == item)
+            .flat_map(|p| p.patroni_hosts())
+            .collect();
+        if from_etcd.is_empty() && from_pg.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "--hosts {item}: not an IP address nor an etcd or PostgreSQL group of the inventory"
+            )));
+        }
+        out.extend(from_etcd);
+        out.extend(from_pg);
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// A planned SOP, ready to store.
+pub struct Planned {
+    /// The plan.
+    pub plan: Plan,
+    /// The cluster's name.
+    pub cluster: String,
+    /// The runner's context.
+    pub context: RunContext,
+    /// The inventory digest.
+    pub digest: String,
+}
+
+/// Plans `req` against the inventory at `inventory_path` and the live state.
+pub async fn plan_request(
+    inventory_path: &std::path::Path,
+    registry: &Registry,
+    etcd: &crate::etcd::EtcdAccess,
+    req: &pb::StartRunRequest,
+) -> Result<Planned, Status> {
+    let inv = Inventory::load(inventory_path).map_err(|e| {
+        Status::invalid_argument(format!("the coordinator's inventory is invalid, nothing was planned:\n{e}"))
+    })?;
+    let cluster_name = (!req.cluster.is_empty()).then_some(req.cluster.as_str());
+    let cluster = inv
+        .etcd_cluster(cluster_name)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let args: BTreeMap<String, String> = req.args.clone().into_iter().collect();
+    let spec = cluster_spec(cluster, cluster.params.init);
+    let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
+    let service_target = if req.sop == sop_name::SERVICE {
+        let service: ServiceName = parse_enum(arg(&args, "service").unwrap_or(""), "service")?;
+        let action: ActionName = parse_enum(arg(&args, "action").unwrap_or(""), "action")?;
+        let targets = resolve_hosts(&inv, cluster, service, arg(&args, "hosts"))?;
+        hosts.extend(targets.iter().copied());
+        Some((service, action, targets))
+    } else {
+        None
+    };
+    hosts.sort();
+    hosts.dedup();
+    let live = gather_live(registry, etcd, &spec, &hosts).await;
+    let plan = match req.sop.as_str() {
+        sop_name::CLUSTER_CREATE => plan::plan_cluster_create(&spec, &live),
+        sop_name::CLUSTER_REMOVE => plan::plan_cluster_remove(&spec, &live, false),
+        sop_name::CLUSTER_PURGE => plan::plan_cluster_remove(&spec, &live, true),
+        sop_name::CONFIG_RELOAD => {
+            let policy = match arg(&args, "restart").unwrap_or("if-changed") {
+                "always" => RestartPolicy::Always,
+                "never" => RestartPolicy::Never,
+                "if-changed" => RestartPolicy::IfChanged,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "restart={other}: use always, if-changed or never"
+                    )))
+                }
+            };
+            plan::plan_config_reload(&spec, &live, policy)
+        }
+        sop_name::ENV_REFRESH => plan::plan_env_refresh(&spec, &live),
+        sop_name::SERVICE => {
+            let Some((service, action, targets)) = service_target else {
+                return Err(Status::internal("service target lost"));
+            };
+            let forks = arg(&args, "forks")
+                .unwrap_or("1")
+                .parse::<usize>()
+                .map_err(|_| Status::invalid_argument("--forks takes a whole number"))?;
+            plan::plan_service(&spec, &live, service, action, &targets, forks)
+        }
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown SOP {other:?}; see `quorum --help`"
+            )))
+        }
+    }
+    .map_err(plan_status)?;
+    Ok(Planned {
+        context: RunContext {
+            endpoints: spec.client_urls(),
+            args,
+            notes: plan.notes.clone(),
+        },
+        plan,
+        cluster: spec.name.clone(),
+        digest: inv.digest().to_string(),
+    })
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, Status> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| Status::invalid_argument(format!("unknown {what} {s:?}")))
+}
+
+/// A new run id: time-ordered, unique.
+pub fn new_run_id() -> String {
+    let r: [u8; 3] = rand::random();
+    format!("r{}-{}", now_ms(), hex::encode(r))
+}
+
+/// The stored form of a planned SOP.
+pub fn run_record(id: &str, sop: &str, started_by: &str, planned: &Planned) -> Result<RunRecord, Status> {
+    Ok(RunRecord {
+        id: id.to_string(),
+        sop: sop.to_string(),
+        cluster: planned.cluster.clone(),
+        context: serde_json::to_string(&planned.context).map_err(|e| Status::internal(e.to_string()))?,
+        state: crate::store::run_state::RUNNING.into(),
+        started_by: started_by.to_string(),
+        inventory_digest: planned.digest.clone(),
+        created_ms: now_ms(),
+        error: String::new(),
+        steps: planned
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepRecord {
+                index: i,
+                kind: s.kind.clone(),
+                description: s.kind.describe(),
+                host: s.kind.hosts_label(),
+                state: step_state::PENDING.into(),
+                task_ids: Vec::new(),
+                attempt: 0,
+                outcome: String::new(),
+                output: String::new(),
+                started_ms: 0,
+                finished_ms: 0,
+            })
+            .collect(),
+    })
+}
+
+/// The wire view of a stored run.
+pub fn run_view(run: &RunRecord) -> pb::RunView {
+    pb::RunView {
+        run_id: run.id.clone(),
+        sop: run.sop.clone(),
+        cluster: run.cluster.clone(),
+        state: run.state.clone(),
+        started_by: run.started_by.clone(),
+        inventory_digest: run.inventory_digest.clone(),
+        created_unix_ms: run.created_ms,
+        error: run.error.clone(),
+        notes: serde_json::from_str::<RunContext>(&run.context)
+            .map(|c| c.notes)
+            .unwrap_or_default(),
+        wipes: Vec::new(),
+        steps: run
+            .steps
+            .iter()
+            .map(|s| pb::StepView {
+                index: s.index as u32,
+                kind: s.kind.name().into(),
+                host: s.host.clone(),
+                description: s.description.clone(),
+                state: s.state.clone(),
+                outcome: s.outcome.clone(),
+                output: s.output.clone(),
+                started_unix_ms: s.started_ms,
+                finished_unix_ms: s.finished_ms,
+                diff: String::new(),
+            })
+            .collect(),
+    }
+}
+
+/// The wire view of a plan that is not stored.
+pub fn plan_view(sop: &str, planned: &Planned) -> pb::RunView {
+    pb::RunView {
+        run_id: String::new(),
+        sop: sop.to_string(),
+        cluster: planned.cluster.clone(),
+        state: "planned".into(),
+        started_by: String::new(),
+        inventory_digest: planned.digest.clone(),
+        created_unix_ms: now_ms(),
+        error: String::new(),
+        notes: planned.plan.notes.clone(),
+        wipes: planned.plan.wipes.clone(),
+        steps: planned
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| pb::StepView {
+                index: i as u32,
+                kind: s.kind.name().into(),
+                host: s.kind.hosts_label(),
+                description: s.kind.describe(),
+                state: "planned".into(),
+                diff: s.diff.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,294 @@
+//! The run store: every run and each of its steps, in an embedded SQLite file in the state
+//! dir, written before and after every step so a coordinator killed at any point resumes
+//! without repeating a finished step or skipping one. Also the per-cluster lock.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::StepKind;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("run store: {0}; check the state dir's disk and permissions")]
+    Sql(#[from] rusqlite::Error),
+    /// A step could not be encoded or decoded.
+    #[error("run store: a step record is unreadable: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// Another run holds the cluster.
+    #[error("cluster {cluster} is locked by run {holder} ({state}); wait for it, or `quorum run resume {holder}` / `quorum run abort {holder}`")]
+    Locked {
+        /// The cluster.
+        cluster: String,
+        /// The run holding it.
+        holder: String,
+        /// Its state.
+        state: String,
+    },
+    /// No such run.
+    #[error("no run {0}; see `quorum run list`")]
+    NoRun(String),
+}
+
+/// The state of a run.
+pub mod run_state {
+    /// Being walked now.
+    pub const RUNNING: &str = "running";
+    /// The coordinator stopped while it was running; `quorum run resume` continues it.
+    pub const INTERRUPTED: &str = "interrupted";
+    /// Every step done.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// Halted at a failed step; resume or abort.
+    pub const FAILED: &str = "failed";
+    /// Stopped by an operator.
+    pub const ABORTED: &str = "aborted";
+}
+
+/// The state of a step.
+pub mod step_state {
+    /// Not started.
+    pub const PENDING: &str = "pending";
+    /// Started, not finished (the record written before the step).
+    pub const RUNNING: &str = "running";
+    /// Finished well.
+    pub const DONE: &str = "done";
+    /// Failed (or refused); the run halted here.
+    pub const FAILED: &str = "failed";
+}
+
+/// One step as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Position in the run, from 0.
+    pub index: usize,
+    /// What the step does.
+    pub kind: StepKind,
+    /// For the operator.
+    pub description: String,
+    /// The host it acts on ("" for a cluster-wide coordinator action).
+    pub host: String,
+    /// Pending, running, done, failed.
+    pub state: String,
+    /// Task ids given to agents for this step (fixed before dispatch, so a redelivery after a
+    /// crash is recognized by the agent's journal).
+    pub task_ids: Vec<String>,
+    /// How often the step was started.
+    pub attempt: u32,
+    /// Outcome word ("changed", "unchanged", "skipped", "ok", "refused", "failed").
+    pub outcome: String,
+    /// What the step said.
+    pub output: String,
+    /// Start time, Unix ms.
+    pub started_ms: i64,
+    /// End time, Unix ms.
+    pub finished_ms: i64,
+}
+
+/// One run as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub id: String,
+    /// The SOP.
+    pub sop: String,
+    /// The etcd cluster.
+    pub cluster: String,
+    /// SOP arguments and the context the runner needs (member endpoints), as JSON.
+    pub context: String,
+    /// Run state.
+    pub state: String,
+    /// The admin who started it.
+    pub started_by: String,
+    /// sha256 of the inventory it was planned from.
+    pub inventory_digest: String,
+    /// Creation time, Unix ms.
+    pub created_ms: i64,
+    /// Why it failed, if it did.
+    pub error: String,
+    /// The steps.
+    pub steps: Vec<StepRecord>,
+}
+
+/// The SQLite store.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+/// Now, Unix ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS runs (
+                id TEXT PRIMARY KEY, sop TEXT NOT NULL, cluster TEXT NOT NULL, context TEXT NOT NULL,
+                state TEXT NOT NULL, started_by TEXT NOT NULL, inventory_digest TEXT NOT NULL,
+                created_ms INTEGER NOT NULL, error TEXT NOT NULL DEFAULT '');
+             CREATE TABLE IF NOT EXISTS steps (
+                run_id TEXT NOT NULL, idx INTEGER NOT NULL, record TEXT NOT NULL,
+                PRIMARY KEY (run_id, idx));
+             CREATE TABLE IF NOT EXISTS locks (cluster TEXT PRIMARY KEY, run_id TEXT NOT NULL);",
+        )?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let mut guard = match self.conn.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Marks runs that were running when the coordinator stopped as interrupted.
+    pub fn mark_interrupted(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id FROM runs WHERE state = ?1")?;
+            let ids: Vec<String> = stmt
+                .query_map([run_state::RUNNING], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            c.execute(
+                "UPDATE runs SET state = ?1 WHERE state = ?2",
+                params![run_state::INTERRUPTED, run_state::RUNNING],
+            )?;
+            Ok(ids)
+        })
+    }
+
+    /// Stores a new run and takes its cluster's lock, in one transaction; refused when another
+    /// unfinished run holds the lock.
+    pub fn create_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let holder: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT l.run_id, r.state FROM locks l JOIN runs r ON r.id = l.run_id WHERE l.cluster = ?1",
+                    [&run.cluster],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((holder, state)) = holder {
+                return Err(StoreError::Locked {
+                    cluster: run.cluster.clone(),
+                    holder,
+                    state,
+                });
+            }
+            tx.execute(
+                "INSERT INTO runs (id, sop, cluster, context, state, started_by, inventory_digest, created_ms, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    run.id,
+                    run.sop,
+                    run.cluster,
+                    run.context,
+                    run.state,
+                    run.started_by,
+                    run.inventory_digest,
+                    run.created_ms,
+                    run.error
+                ],
+            )?;
+            for s in &run.steps {
+                tx.execute(
+                    "INSERT INTO steps (run_id, idx, record) VALUES (?1, ?2, ?3)",
+                    params![run.id, s.index as i64, serde_json::to_string(s)?],
+                )?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO locks (cluster, run_id) VALUES (?1, ?2)",
+                params![run.cluster, run.id],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Writes one step's record (durably, before the runner goes on).
+    pub fn put_step(&self, run_id: &str, step: &StepRecord) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE steps SET record = ?3 WHERE run_id = ?1 AND idx = ?2",
+                params![run_id, step.index as i64, serde_json::to_string(step)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Sets a run's state (and error); a terminal success or abort releases the lock.
+    pub fn set_run_state(&self, run_id: &str, state: &str, error: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE runs SET state = ?2, error = ?3 WHERE id = ?1",
+                params![run_id, state, error],
+            )?;
+            if state == run_state::SUCCEEDED || state == run_state::ABORTED {
+                tx.execute("DELETE FROM locks WHERE run_id = ?1", [run_id])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// A run with its steps.
+    pub fn get_run(&self, run_id: &str) -> Result<RunRecord, StoreError> {
+        self.with(|c| {
+            let mut run = c
+                .query_row(
+                    "SELECT id, sop, cluster, context, state, started_by, inventory_digest, created_ms, error FROM runs WHERE id = ?1",
+                    [run_id],
+                    |r| {
+                        Ok(RunRecord {
+                            id: r.get(0)?,
+                            sop: r.get(1)?,
+                            cluster: r.get(2)?,
+                            context: r.get(3)?,
+                            state: r.get(4)?,
+                            started_by: r.get(5)?,
+                            inventory_digest: r.get(6)?,
+                            created_ms: r.get(7)?,
+                            error: r.get(8)?,
+                            steps: Vec::new(),
+                        })
+                    },
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NoRun(run_id.to_string()))?;
+            let mut stmt = c.prepare("SELECT record FROM steps WHERE run_id = ?1 ORDER BY idx")?;
+            let records: Vec<String> = stmt
+                .query_map([run_id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for rec in records {
+                run.steps.push(serde_json::from_str(&rec)?);
+            }
+            Ok(run)
+        })
+    }
+
+    /// Run ids, newest first.
+    pub fn list_runs(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id FROM runs ORDER BY created_ms DESC, id DESC LIMIT ?1")?;
+            let ids = stmt
+                .query_map([limit as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+    }
+}
