@@ -4,6 +4,7 @@
 //! them, the agent applies them).
 
 pub mod identity;
+pub mod patch;
 pub mod tls;
 pub mod yaml;
 

@@ -1,0 +1,7 @@
+# managed by Quorum from the Pigsty inventory: local edits are overwritten
+alias e="etcdctl"
+alias em="etcdctl member"
+export ETCDCTL_ENDPOINTS="https://10.10.10.1:2379,https://10.10.10.200:2379,https://10.10.10.21:2379,https://10.10.10.22:2379,https://10.10.10.3:2379"
+export ETCDCTL_CACERT=/etc/pki/ca.crt
+export ETCDCTL_CERT=/etc/etcd/server.crt
+export ETCDCTL_KEY=/etc/etcd/server.key
