@@ -446,6 +446,9 @@ fn patch_lists<P: AsRef<[&'static str]>>(
     for path in paths {
         let path = path.as_ref();
         let dotted = path.join(".");
+        // Refuse what the readers refuse (an empty `hosts:`, a number, a mapping) before
+        // planning an edit: an empty value has no token to replace.
+        list_of(config, &dotted, doc_get(doc, path).unwrap_or(&Value::Null))?;
         let Some((key_node, node)) = node_at(&root, path) else {
             // The value parser found the key, the span parser did not: refuse rather than guess.
             return Err(PatchError::Verify {

@@ -153,6 +153,10 @@ fn patroni_errors_name_what_is_missing() {
             "patroni.yml: `etcd3.hosts` at line 2 is a block scalar (`|` or `>`); write it as a plain list or a comma string (`'a:2379,b:2379'`), as Pigsty renders it",
         ),
         (
+            "etcd3:\n  hosts:\n  protocol: https\n",
+            "patroni.yml: `etcd3.hosts` is null rather than a list or a comma string; write it as a list of endpoints or as `'a:2379,b:2379'`",
+        ),
+        (
             "x: &h [a:1]\netcd3:\n  hosts: *h\n",
             "patroni.yml: `etcd3.hosts` at line 3 is an alias (`*name`); write it as a plain list or a comma string (`'a:2379,b:2379'`), as Pigsty renders it",
         ),

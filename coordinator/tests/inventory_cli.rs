@@ -1,0 +1,155 @@
+//! The inventory-only commands: exit codes of the library functions, and what the `quorum`
+//! binary prints for them (goldens from `tests/golden/`, written by hand).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use quorum_coordinator::inventory_cli::{
+    inventory_check, render_etcd_conf_cmd, render_etcdctl_env_cmd, EXIT_BAD_INPUT,
+};
+
+fn golden(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(rel)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn bad_inventory(dir: &Path) -> PathBuf {
+    let p = dir.join("pigsty.yml");
+    std::fs::write(
+        &p,
+        "all:\n  children:\n    etcd:\n      hosts:\n        10.10.10.10: { etcd_seq: 1 }\n        10.10.10.11: { etcd_seq: 1 }\n",
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn exit_codes() {
+    let seed = golden("seed/pigsty.yml");
+    assert_eq!(inventory_check(&seed, false).unwrap(), 0);
+    assert_eq!(inventory_check(&seed, true).unwrap(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = bad_inventory(dir.path());
+    assert_eq!(inventory_check(&bad, false).unwrap(), EXIT_BAD_INPUT);
+    assert_eq!(inventory_check(&bad, true).unwrap(), EXIT_BAD_INPUT);
+    assert_eq!(
+        inventory_check(&dir.path().join("missing.yml"), false).unwrap(),
+        EXIT_BAD_INPUT
+    );
+
+    assert_eq!(
+        render_etcd_conf_cmd(&seed, ip("10.10.10.10"), None).unwrap(),
+        0
+    );
+    assert_eq!(
+        render_etcd_conf_cmd(&seed, ip("10.10.10.10"), Some("learner")).unwrap(),
+        0
+    );
+    assert_eq!(
+        render_etcd_conf_cmd(&seed, ip("10.10.10.10"), Some("join")).unwrap(),
+        EXIT_BAD_INPUT
+    );
+    assert_eq!(
+        render_etcd_conf_cmd(&seed, ip("10.10.10.13"), None).unwrap(),
+        EXIT_BAD_INPUT
+    );
+    assert_eq!(
+        render_etcd_conf_cmd(&bad, ip("10.10.10.10"), None).unwrap(),
+        EXIT_BAD_INPUT
+    );
+    assert_eq!(render_etcdctl_env_cmd(&seed, ip("10.10.10.12")).unwrap(), 0);
+    assert_eq!(
+        render_etcdctl_env_cmd(&seed, ip("10.10.10.13")).unwrap(),
+        EXIT_BAD_INPUT
+    );
+}
+
+fn quorum(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn binary_prints_the_rendered_files() {
+    let seed = golden("seed/pigsty.yml");
+    let seed = seed.to_str().unwrap();
+    let out = quorum(&["render", "etcd-conf", "-i", seed, "--host", "10.10.10.11"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(golden("seed/etcd-2.conf")).unwrap()
+    );
+    let out = quorum(&["render", "etcdctl-env", "-i", seed, "--host", "10.10.10.11"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(golden("seed/etcdctl.sh")).unwrap()
+    );
+    let out = quorum(&["render", "etcd-conf", "-i", seed, "--host", "10.10.10.13"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("10.10.10.13 is not a member of any etcd cluster")
+            && err.contains("10.10.10.13: { etcd_seq: <n> }"),
+        "{err}"
+    );
+}
+
+#[test]
+fn binary_check_reports_problems_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = bad_inventory(dir.path());
+    let out = quorum(&[
+        "inventory",
+        "check",
+        "-i",
+        bad.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"][0]["line"], 6);
+    assert_eq!(v["errors"][0]["hosts"][0], "10.10.10.11");
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("etcd_seq 1 is already used by 10.10.10.10 (line 5)"));
+
+    let seed = golden("seed/pigsty.yml");
+    let out = quorum(&[
+        "inventory",
+        "check",
+        "-i",
+        seed.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["etcd_clusters"][0]["members"][2]["name"], "etcd-3");
+    assert_eq!(v["pg_clusters"][0]["members"][0]["vip"]["prefix"], 24);
+    // The Patroni REST password is never printed.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Patroni.API"));
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+
+    let out = quorum(&["inventory", "check", "-i", seed.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("etcd          etcd-1  10.10.10.10  2379    2380  /data/etcd"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pg-meta     pg-meta-1  10.10.10.10  primary  :8008"),
+        "{text}"
+    );
+}
