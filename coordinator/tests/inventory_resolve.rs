@@ -281,7 +281,7 @@ fn vip_defaults_follow_pigsty() {
     let vip = inv.pg_clusters()[0].members[0].vip.clone().unwrap();
     assert_eq!(
         (vip.address, vip.prefix, vip.interface.as_str()),
-        (ip("127.0.0.1"), 24, "eth1")
+        (ip("127.0.0.1"), 24, "eth0")
     );
 }
 

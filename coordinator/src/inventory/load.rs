@@ -20,8 +20,9 @@ pub(super) struct Resolved {
     pub pg: Vec<PgCluster>,
 }
 
-/// Pigsty's `pg_vip_interface` default as Quorum uses it.
-const DEFAULT_VIP_INTERFACE: &str = "eth1";
+/// Pigsty's `pg_vip_interface` default (roles/pgsql/defaults: "eth0 by default"; its
+/// sample inventories set eth1 explicitly).
+const DEFAULT_VIP_INTERFACE: &str = "eth0";
 /// Pigsty's `pg_vip_address` default (only used when a VIP is enabled without an address).
 const DEFAULT_VIP_ADDRESS: &str = "127.0.0.1/24";
 

@@ -243,7 +243,7 @@ pub struct Vip {
     pub address: IpAddr,
     /// The prefix length (`netmask:`).
     pub prefix: u8,
-    /// `pg_vip_interface` (default `eth1`).
+    /// `pg_vip_interface` (default `eth0`, as Pigsty's role defaults).
     pub interface: String,
 }
 
