@@ -130,6 +130,9 @@ enum Command {
         #[command(flatten)]
         sop: SopArgs,
     },
+    /// Membership: add a member as a learner and promote it; remove a member.
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Runs: list, show, resume, abort.
     #[command(subcommand)]
     Run(RunCommand),
@@ -191,6 +194,29 @@ enum ConfigCommand {
         /// Write only; restart nobody.
         #[arg(long)]
         no_restart: bool,
+        #[command(flatten)]
+        sop: SopArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Add IP as a learner, start it with `initial-cluster-state: existing`, promote it once
+    /// in sync, then refresh every member's etcd.conf and profile.
+    Add {
+        /// The new member's host IP (in the inventory's etcd group, or give --seq).
+        ip: IpAddr,
+        /// etcd_seq for a host not yet in the inventory.
+        #[arg(long)]
+        seq: Option<u32>,
+        #[command(flatten)]
+        sop: SopArgs,
+    },
+    /// Refresh the others' etcd.conf without IP, remove it (moving leadership away first if it
+    /// leads), stop and wipe it, refresh profiles.
+    Remove {
+        /// The member's host IP.
+        ip: IpAddr,
         #[command(flatten)]
         sop: SopArgs,
     },
@@ -566,6 +592,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             sop_command(crate::sop::sop_name::SERVICE, sop, args).await
         }
         Command::Run(cmd) => run_command(cmd).await,
+        Command::Member(MemberCommand::Add { ip, seq, sop }) => {
+            let mut args = HashMap::from([("host".to_string(), ip.to_string())]);
+            if let Some(seq) = seq {
+                args.insert("seq".into(), seq.to_string());
+            }
+            sop_command(crate::sop::sop_name::MEMBER_ADD, sop, args).await
+        }
+        Command::Member(MemberCommand::Remove { ip, sop }) => {
+            let args = HashMap::from([("host".to_string(), ip.to_string())]);
+            sop_command(crate::sop::sop_name::MEMBER_REMOVE, sop, args).await
+        }
     }
 }
 

@@ -204,6 +204,60 @@ pub enum StepKind {
     },
     /// Wait until every member is healthy (bounded).
     ClusterHealthGate,
+    /// Refuse unless the cluster is healthy and has no other learner (re-checked live).
+    MemberAddCheck {
+        /// The joining host.
+        host: IpAddr,
+        /// Its peer URL.
+        peer_url: String,
+    },
+    /// `member add --learner` (a learner with this peer URL already there counts as done).
+    AddLearner {
+        /// The joining host.
+        host: IpAddr,
+        /// Its peer URL.
+        peer_url: String,
+    },
+    /// `member promote`, retried while etcd says the learner is not in sync yet (bounded).
+    PromoteLearner {
+        /// The joining host.
+        host: IpAddr,
+        /// Its peer URL.
+        peer_url: String,
+    },
+    /// Refuse unless every other voting member is healthy (re-checked live).
+    MemberRemoveCheck {
+        /// The leaving host.
+        host: IpAddr,
+        /// Its peer URL.
+        peer_url: String,
+    },
+    /// If the leaving member leads, hand leadership to a healthy voter first.
+    MoveLeaderAway {
+        /// The leaving host.
+        host: IpAddr,
+        /// Its peer URL.
+        peer_url: String,
+    },
+    /// `member remove` by the id read live (already gone counts as done).
+    RemoveMember {
+        /// The leaving host.
+        host: IpAddr,
+        /// Its peer URL.
+        peer_url: String,
+    },
+    /// Wipe the data of a member that has left; refused while etcd still lists it.
+    WipeRemovedMember {
+        /// The host.
+        host: IpAddr,
+        /// Its peer URL.
+        peer_url: String,
+    },
+    /// A step this build cannot do yet; recorded as skipped so the operator sees it.
+    Pending {
+        /// What is pending and how to do it by hand.
+        what: String,
+    },
     /// A service action on one or more hosts at once (Patroni, vip-manager, or etcd status).
     ServiceAction {
         /// Hosts (more than one only when forks > 1).
@@ -226,7 +280,14 @@ impl StepKind {
             | StepKind::RestartEtcd { host, .. }
             | StepKind::WipeEtcdData { host, .. }
             | StepKind::QuorumGuard { host }
-            | StepKind::HealthGate { host } => Some(*host),
+            | StepKind::HealthGate { host }
+            | StepKind::MemberAddCheck { host, .. }
+            | StepKind::AddLearner { host, .. }
+            | StepKind::PromoteLearner { host, .. }
+            | StepKind::MemberRemoveCheck { host, .. }
+            | StepKind::MoveLeaderAway { host, .. }
+            | StepKind::RemoveMember { host, .. }
+            | StepKind::WipeRemovedMember { host, .. } => Some(*host),
             StepKind::StartEtcd { hosts } | StepKind::ServiceAction { hosts, .. } if hosts.len() == 1 => {
                 hosts.first().copied()
             }
@@ -262,6 +323,14 @@ impl StepKind {
             StepKind::QuorumGuard { .. } => "QuorumGuard",
             StepKind::HealthGate { .. } => "HealthGate",
             StepKind::ClusterHealthGate => "ClusterHealthGate",
+            StepKind::MemberAddCheck { .. } => "MemberAddCheck",
+            StepKind::AddLearner { .. } => "AddLearner",
+            StepKind::PromoteLearner { .. } => "PromoteLearner",
+            StepKind::MemberRemoveCheck { .. } => "MemberRemoveCheck",
+            StepKind::MoveLeaderAway { .. } => "MoveLeaderAway",
+            StepKind::RemoveMember { .. } => "RemoveMember",
+            StepKind::WipeRemovedMember { .. } => "WipeRemovedMember",
+            StepKind::Pending { .. } => "Pending",
             StepKind::ServiceAction { .. } => "ServiceAction",
         }
     }
@@ -300,6 +369,14 @@ impl StepKind {
             StepKind::QuorumGuard { .. } => "quorum guard: every other voting member healthy".into(),
             StepKind::HealthGate { .. } => "gate: this member and the cluster healthy".into(),
             StepKind::ClusterHealthGate => "gate: every member healthy".into(),
+            StepKind::MemberAddCheck { .. } => "check: cluster healthy, no other learner".into(),
+            StepKind::AddLearner { peer_url, .. } => format!("member add --learner --peer-urls={peer_url}"),
+            StepKind::PromoteLearner { .. } => "member promote, once the learner is in sync".into(),
+            StepKind::MemberRemoveCheck { .. } => "check: every other voting member healthy".into(),
+            StepKind::MoveLeaderAway { .. } => "move leadership away if this member leads".into(),
+            StepKind::RemoveMember { .. } => "member remove (id read live)".into(),
+            StepKind::WipeRemovedMember { .. } => "wipe the removed member's data dir".into(),
+            StepKind::Pending { what } => format!("pending: {what}"),
             StepKind::ServiceAction {
                 service, action, ..
             } => format!("{action} {service}"),
@@ -783,6 +860,243 @@ pub fn plan_service(
             }
         }
     }
+    Ok(plan)
+}
+
+/// The pending Patroni / vip-manager refresh of membership SOPs (the Patroni issue adds it).
+pub const PENDING_PG_REFRESH: &str = "Patroni DCS hosts and vip-manager endpoints on the PostgreSQL hosts are not refreshed by this build; run `./pgsql.yml -t pg_conf,pg_vip_config` and restart Patroni and vip-manager";
+
+fn live_member<'a>(live: &'a Live, peer_url: &str) -> Option<&'a MemberInfo> {
+    live.members
+        .as_ref()?
+        .iter()
+        .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+}
+
+fn require_member_list(live: &Live, cluster: &str) -> Result<(), PlanError> {
+    if live.members.is_none() {
+        return Err(PlanError::Unsafe(format!(
+            "cannot read the member list of cluster {cluster}: no member answered; a membership change needs a running cluster"
+        )));
+    }
+    Ok(())
+}
+
+fn unhealthy_others(spec: &ClusterSpec, live: &Live, except: IpAddr) -> Option<String> {
+    spec.members
+        .iter()
+        .filter(|m| m.ip != except)
+        .find_map(|m| match live.health.get(&m.ip) {
+            Some(Ok(())) => None,
+            Some(Err(why)) => Some(format!("member {} ({}) is unhealthy: {why}", m.name, m.ip)),
+            None => Some(format!("member {} ({}) was not checked", m.name, m.ip)),
+        })
+}
+
+/// `quorum member add IP`: learner add, the new member's certs and config
+/// (`initial-cluster-state: existing`), start, promote once in sync, then every other member's
+/// etcd.conf and every profile list it. `spec` is the cluster with the new member in it.
+pub fn plan_member_add(spec: &ClusterSpec, new: IpAddr, live: &Live) -> Result<Plan, PlanError> {
+    let joining = spec
+        .member(new)
+        .cloned()
+        .ok_or_else(|| PlanError::Usage(format!("{new} is not in the planned cluster")))?;
+    let hs = hosts(spec);
+    live.require_agents(&hs)?;
+    require_member_list(live, &spec.name)?;
+    let listed = live_member(live, &joining.peer_url);
+    let mut plan = Plan::default();
+    if let Some(other) = live
+        .members
+        .iter()
+        .flatten()
+        .find(|m| m.is_learner && !m.peer_urls.contains(&joining.peer_url))
+    {
+        return Err(PlanError::Unsafe(format!(
+            "cluster {} already has a learner ({} {}); promote or remove it before adding another member (at most one learner at a time)",
+            spec.name,
+            if other.name.is_empty() { format!("{:x}", other.id) } else { other.name.clone() },
+            other.peer_urls.join(",")
+        )));
+    }
+    if let Some(why) = unhealthy_others(spec, live, new) {
+        return Err(PlanError::Unsafe(format!(
+            "cluster {} is unhealthy: {why}; fix it before adding a member",
+            spec.name
+        )));
+    }
+    let already_voting = listed.is_some_and(|m| !m.is_learner);
+    if already_voting {
+        plan.notes.push(format!(
+            "{} ({new}) is already a voting member: only the config and profile refresh remain",
+            joining.name
+        ));
+    } else {
+        let learner_listed = listed.is_some();
+        // Data on the joining host that is not a running learner of this cluster is a removed
+        // member's (etcd would refuse it) or another cluster's: it must go before the join.
+        let stale_data = (live.has_data(new) || live.etcd_active(new)) && !learner_listed;
+        if stale_data && live.etcd_active(new) {
+            return Err(PlanError::Unsafe(format!(
+                "etcd is running on {new} with its own data, and it is not a member of cluster {}; stop it and wipe it first (it may serve another cluster)",
+                spec.name
+            )));
+        }
+        if stale_data && live.local_safeguard(new) {
+            return Err(PlanError::LocalSafeguard { host: new });
+        }
+        plan.push(StepKind::MemberAddCheck {
+            host: new,
+            peer_url: joining.peer_url.clone(),
+        });
+        if stale_data {
+            plan.push(StepKind::WipeEtcdData {
+                host: new,
+                purge: true,
+            });
+            plan.wipes.push(format!("{new} (old data, not a member of {})", spec.name));
+            plan.notes.push(format!(
+                "{new} holds etcd data but is not a member of cluster {}: it is wiped before it joins",
+                spec.name
+            ));
+        }
+        plan.push(StepKind::AddLearner {
+            host: new,
+            peer_url: joining.peer_url.clone(),
+        });
+        plan.push(StepKind::WriteEtcdCerts {
+            host: new,
+            member: joining.name.clone(),
+        });
+        let conf = conf_of(spec, new)?;
+        plan.push_with_diff(
+            StepKind::WriteEtcdConf {
+                host: new,
+                content: conf.clone(),
+            },
+            file_diff("/etc/etcd/etcd.conf", live.file(new, "etcd_conf"), conf),
+        );
+        plan.push(StepKind::StartEtcd { hosts: vec![new] });
+        plan.push(StepKind::PromoteLearner {
+            host: new,
+            peer_url: joining.peer_url.clone(),
+        });
+        plan.push(StepKind::HealthGate { host: new });
+    }
+    refresh_members(&mut plan, spec, live, Some(new))?;
+    Ok(plan)
+}
+
+/// Every member's etcd.conf (write only: running members ignore `initial-cluster`, so no
+/// restart is needed) and every host's profile.
+fn refresh_members(plan: &mut Plan, spec: &ClusterSpec, live: &Live, skip_conf: Option<IpAddr>) -> Result<(), PlanError> {
+    for m in &spec.members {
+        if Some(m.ip) == skip_conf {
+            continue;
+        }
+        let conf = conf_of(spec, m.ip)?;
+        plan.push_with_diff(
+            StepKind::WriteEtcdConf {
+                host: m.ip,
+                content: conf.clone(),
+            },
+            file_diff("/etc/etcd/etcd.conf", live.file(m.ip, "etcd_conf"), conf),
+        );
+    }
+    for m in &spec.members {
+        let profile = profile_of(spec, m.ip)?;
+        plan.push_with_diff(
+            StepKind::WriteEtcdctlProfile {
+                host: m.ip,
+                content: profile.clone(),
+            },
+            file_diff("/etc/profile.d/etcdctl.sh", live.file(m.ip, "etcdctl_profile"), profile),
+        );
+    }
+    plan.push(StepKind::Pending {
+        what: PENDING_PG_REFRESH.into(),
+    });
+    Ok(())
+}
+
+/// `quorum member remove IP`: the remaining members' etcd.conf without it, leadership moved
+/// away if it leads, `member remove` by the live id, then stop and wipe it, then profiles.
+/// `spec` is the cluster without the leaving member.
+pub fn plan_member_remove(spec: &ClusterSpec, gone: &MemberSpec, live: &Live) -> Result<Plan, PlanError> {
+    let mut hs = hosts(spec);
+    hs.push(gone.ip);
+    live.require_agents(&hs)?;
+    require_member_list(live, &spec.name)?;
+    let listed = live_member(live, &gone.peer_url);
+    let voting = live
+        .members
+        .iter()
+        .flatten()
+        .filter(|m| !m.is_learner)
+        .count();
+    if spec.members.is_empty() || (listed.is_some_and(|m| !m.is_learner) && voting <= 1) {
+        return Err(PlanError::Unsafe(format!(
+            "{} is the last member of cluster {}: removing it would destroy the cluster; use `quorum cluster remove` for that",
+            gone.name, spec.name
+        )));
+    }
+    if let Some(why) = unhealthy_others(spec, live, gone.ip) {
+        return Err(PlanError::Unsafe(format!(
+            "{why}; removing {} now would put quorum at risk. Fix it first",
+            gone.name
+        )));
+    }
+    if live.local_safeguard(gone.ip) {
+        return Err(PlanError::LocalSafeguard { host: gone.ip });
+    }
+    let mut plan = Plan::default();
+    if listed.is_none() {
+        plan.notes.push(format!(
+            "{} ({}) is no longer a member: only the cleanup and refresh remain",
+            gone.name, gone.ip
+        ));
+    }
+    plan.push(StepKind::MemberRemoveCheck {
+        host: gone.ip,
+        peer_url: gone.peer_url.clone(),
+    });
+    for m in &spec.members {
+        let conf = conf_of(spec, m.ip)?;
+        plan.push_with_diff(
+            StepKind::WriteEtcdConf {
+                host: m.ip,
+                content: conf.clone(),
+            },
+            file_diff("/etc/etcd/etcd.conf", live.file(m.ip, "etcd_conf"), conf),
+        );
+    }
+    plan.push(StepKind::MoveLeaderAway {
+        host: gone.ip,
+        peer_url: gone.peer_url.clone(),
+    });
+    plan.push(StepKind::RemoveMember {
+        host: gone.ip,
+        peer_url: gone.peer_url.clone(),
+    });
+    plan.push(StepKind::StopEtcd { host: gone.ip });
+    plan.push(StepKind::WipeRemovedMember {
+        host: gone.ip,
+        peer_url: gone.peer_url.clone(),
+    });
+    plan.wipes.push(format!("{} @ {}", gone.name, gone.ip));
+    for m in &spec.members {
+        let profile = profile_of(spec, m.ip)?;
+        plan.push_with_diff(
+            StepKind::WriteEtcdctlProfile {
+                host: m.ip,
+                content: profile.clone(),
+            },
+            file_diff("/etc/profile.d/etcdctl.sh", live.file(m.ip, "etcdctl_profile"), profile),
+        );
+    }
+    plan.push(StepKind::Pending {
+        what: PENDING_PG_REFRESH.into(),
+    });
     Ok(plan)
 }
 

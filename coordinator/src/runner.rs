@@ -288,6 +288,38 @@ impl Runner {
             StepKind::QuorumGuard { host } => self.quorum_guard(ctx, *host).await,
             StepKind::HealthGate { host } => self.health_gate(ctx, Some(*host)).await,
             StepKind::ClusterHealthGate => self.health_gate(ctx, None).await,
+            StepKind::MemberAddCheck { host, peer_url } => self.member_add_check(ctx, *host, peer_url).await,
+            StepKind::AddLearner { peer_url, .. } => self.add_learner(ctx, peer_url).await,
+            StepKind::PromoteLearner { peer_url, .. } => self.promote_learner(ctx, peer_url).await,
+            StepKind::MemberRemoveCheck { host, peer_url } => {
+                match self.members(ctx).await {
+                    Err(e) => StepEnd::refused(e),
+                    Ok(members) => {
+                        if !members.iter().any(|m| m.peer_urls.contains(peer_url)) {
+                            return StepEnd::ok("ok", format!("{host} is no longer a member"));
+                        }
+                        match self.others_healthy(&members, *host).await {
+                            Ok(()) => StepEnd::ok("ok", "every other voting member is healthy"),
+                            Err(why) => StepEnd::refused(format!("{why}; removing {host} now would put quorum at risk")),
+                        }
+                    }
+                }
+            }
+            StepKind::MoveLeaderAway { host, peer_url } => self.move_leader_away(ctx, *host, peer_url).await,
+            StepKind::RemoveMember { host, peer_url } => self.remove_member(ctx, *host, peer_url).await,
+            StepKind::WipeRemovedMember { host, peer_url } => {
+                match self.members(ctx).await {
+                    Err(e) => StepEnd::refused(format!("{e}; cannot prove {host} left, so its data stays")),
+                    Ok(members) if members.iter().any(|m| m.peer_urls.contains(peer_url)) => StepEnd::refused(format!(
+                        "{host} is still listed as a member: refusing to wipe a live member's data"
+                    )),
+                    Ok(_) => {
+                        self.agent_task(*host, id(0), Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }))
+                            .await
+                    }
+                }
+            }
+            StepKind::Pending { what } => StepEnd::ok("skipped", format!("pending: {what}")),
             StepKind::ServiceAction {
                 hosts,
                 service,
@@ -439,6 +471,153 @@ impl Runner {
             }
         }
         StepEnd::ok("ok", "every other voting member is healthy")
+    }
+
+    /// Ok when every voting member but `host` is healthy, else why not.
+    async fn others_healthy(&self, members: &[MemberInfo], host: IpAddr) -> Result<(), String> {
+        for (label, h, r) in self.voting_health(members).await {
+            if h == Some(host) {
+                continue;
+            }
+            if let Err(why) = r {
+                return Err(format!(
+                    "member {label} ({}) is unhealthy: {why}",
+                    h.map(|h| h.to_string()).unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn member_add_check(&self, ctx: &RunContext, host: IpAddr, peer_url: &str) -> StepEnd {
+        let members = match self.members(ctx).await {
+            Ok(m) => m,
+            Err(e) => return StepEnd::refused(e),
+        };
+        if let Some(l) = members
+            .iter()
+            .find(|m| m.is_learner && !m.peer_urls.iter().any(|u| u == peer_url))
+        {
+            return StepEnd::refused(format!(
+                "a learner already exists ({} {}); at most one learner at a time",
+                l.name,
+                l.peer_urls.join(",")
+            ));
+        }
+        match self.others_healthy(&members, host).await {
+            Ok(()) => StepEnd::ok("ok", "cluster healthy, no other learner"),
+            Err(why) => StepEnd::refused(format!("{why}; fix it before adding a member")),
+        }
+    }
+
+    async fn add_learner(&self, ctx: &RunContext, peer_url: &str) -> StepEnd {
+        let members = match self.members(ctx).await {
+            Ok(m) => m,
+            Err(e) => return StepEnd::failed(e),
+        };
+        if let Some(m) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) {
+            return StepEnd::ok(
+                "unchanged",
+                format!("{peer_url} is already a {} (id {:x})", if m.is_learner { "learner" } else { "voting member" }, m.id),
+            );
+        }
+        // Re-checked right before the change: never a second learner.
+        if let Some(l) = members.iter().find(|m| m.is_learner) {
+            return StepEnd::refused(format!("a learner already exists ({}); at most one learner at a time", l.peer_urls.join(",")));
+        }
+        match self.etcd.add_learner(&ctx.endpoints, peer_url).await {
+            Ok(id) => StepEnd::ok("changed", format!("added learner {id:x} with peer URL {peer_url}")),
+            Err(e) => StepEnd::failed(e.to_string()),
+        }
+    }
+
+    async fn promote_learner(&self, ctx: &RunContext, peer_url: &str) -> StepEnd {
+        let deadline = Instant::now() + self.timeouts.gate;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let members = match self.members(ctx).await {
+                Ok(m) => m,
+                Err(e) => return StepEnd::failed(e),
+            };
+            let Some(m) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) else {
+                return StepEnd::failed(format!("no member with peer URL {peer_url}: the learner is gone; resume re-adds it"));
+            };
+            if !m.is_learner {
+                return StepEnd::ok("unchanged", format!("{:x} is already a voting member", m.id));
+            }
+            match self.etcd.promote(&ctx.endpoints, m.id).await {
+                Ok(()) => return StepEnd::ok("changed", format!("promoted {:x}", m.id)),
+                Err(e) => {
+                    let msg = e.to_string();
+                    // etcd's word for a learner still catching up; anything else is final.
+                    if !msg.contains("in sync") {
+                        return StepEnd::failed(msg);
+                    }
+                    if Instant::now() > deadline {
+                        return StepEnd::failed(format!(
+                            "the learner did not catch up within {:?} ({msg}); check its log, then `quorum run resume`",
+                            self.timeouts.gate
+                        ));
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn move_leader_away(&self, ctx: &RunContext, host: IpAddr, peer_url: &str) -> StepEnd {
+        let members = match self.members(ctx).await {
+            Ok(m) => m,
+            Err(e) => return StepEnd::failed(e),
+        };
+        let Some(gone) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) else {
+            return StepEnd::ok("skipped", format!("{host} is no longer a member"));
+        };
+        let leader = match self.etcd.leader(&ctx.endpoints).await {
+            Ok(l) => l,
+            Err(e) => return StepEnd::failed(e.to_string()),
+        };
+        if leader != gone.id {
+            return StepEnd::ok("skipped", format!("{host} does not lead (leader {leader:x})"));
+        }
+        let mut target = None;
+        for m in members.iter().filter(|m| !m.is_learner && m.id != gone.id) {
+            if let Some(url) = m.client_urls.first() {
+                if self.etcd.member_health(url).await.is_ok() {
+                    target = Some(m.id);
+                    break;
+                }
+            }
+        }
+        let Some(target) = target else {
+            return StepEnd::refused("no healthy voting member to hand leadership to");
+        };
+        let Some(url) = gone.client_urls.first() else {
+            return StepEnd::failed(format!("{host} has no client URL to ask for the leadership move"));
+        };
+        match self.etcd.move_leader(url, target).await {
+            Ok(()) => StepEnd::ok("changed", format!("leadership moved from {:x} to {target:x}", gone.id)),
+            Err(e) => StepEnd::failed(e.to_string()),
+        }
+    }
+
+    async fn remove_member(&self, ctx: &RunContext, host: IpAddr, peer_url: &str) -> StepEnd {
+        let members = match self.members(ctx).await {
+            Ok(m) => m,
+            Err(e) => return StepEnd::failed(e),
+        };
+        let Some(gone) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) else {
+            return StepEnd::ok("unchanged", format!("{host} is already removed"));
+        };
+        // Re-checked right before the change: the remaining members must hold quorum.
+        if let Err(why) = self.others_healthy(&members, host).await {
+            return StepEnd::refused(format!("{why}; removing {host} now would put quorum at risk"));
+        }
+        match self.etcd.remove(&ctx.endpoints, gone.id).await {
+            Ok(()) => StepEnd::ok("changed", format!("removed member {:x} ({host})", gone.id)),
+            Err(e) => StepEnd::failed(e.to_string()),
+        }
     }
 
     async fn health_gate(&self, ctx: &RunContext, host: Option<IpAddr>) -> StepEnd {

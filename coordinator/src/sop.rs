@@ -28,6 +28,10 @@ pub mod sop_name {
     pub const ENV_REFRESH: &str = "env-refresh";
     /// `quorum service ...`.
     pub const SERVICE: &str = "service";
+    /// `quorum member add`.
+    pub const MEMBER_ADD: &str = "member-add";
+    /// `quorum member remove`.
+    pub const MEMBER_REMOVE: &str = "member-remove";
 }
 
 /// Builds the planner's view of `cluster`: members and the files rendered for each.
@@ -168,6 +172,9 @@ pub async fn plan_request(
         .etcd_cluster(cluster_name)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let args: BTreeMap<String, String> = req.args.clone().into_iter().collect();
+    if req.sop == sop_name::MEMBER_ADD || req.sop == sop_name::MEMBER_REMOVE {
+        return plan_membership(&inv, cluster, req, args, registry, etcd).await;
+    }
     let spec = cluster_spec(cluster, cluster.params.init);
     let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
     let service_target = if req.sop == sop_name::SERVICE {
@@ -225,6 +232,91 @@ pub async fn plan_request(
         },
         plan,
         cluster: spec.name.clone(),
+        digest: inv.digest().to_string(),
+    })
+}
+
+/// Plans `member add` / `member remove`: the cluster with one member more or less than now.
+async fn plan_membership(
+    inv: &Inventory,
+    cluster: &EtcdCluster,
+    req: &pb::StartRunRequest,
+    args: BTreeMap<String, String>,
+    registry: &Registry,
+    etcd: &crate::etcd::EtcdAccess,
+) -> Result<Planned, Status> {
+    let host: IpAddr = arg(&args, "host")
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| Status::invalid_argument("give the member's host as an IP address"))?;
+    let seq = arg(&args, "seq")
+        .map(|s| s.parse::<u32>())
+        .transpose()
+        .map_err(|_| Status::invalid_argument("--seq takes a whole number >= 0"))?;
+    let in_inventory = cluster.member(host).cloned();
+    let (planned_cluster, all_endpoints, plan) = if req.sop == sop_name::MEMBER_ADD {
+        let target = match (&in_inventory, seq) {
+            (Some(_), _) => cluster.clone(),
+            (None, Some(seq)) => {
+                if let Some(m) = cluster.members.iter().find(|m| m.seq == seq) {
+                    return Err(Status::invalid_argument(format!(
+                        "--seq {seq} is taken by {} ({}); pick a free one",
+                        m.name, m.ip
+                    )));
+                }
+                let mut members = cluster.members.clone();
+                members.push(cluster.new_member(host, seq));
+                cluster.with_members(members)
+            }
+            (None, None) => {
+                let next = cluster.members.iter().map(|m| m.seq + 1).max().unwrap_or(1);
+                return Err(Status::invalid_argument(format!(
+                    "{host} is not in the etcd group of cluster {} in {}: add `{host}: {{ etcd_seq: {next} }}` under all.children.{}.hosts (Pigsty's SOP step 2), or pass --seq {next}",
+                    cluster.name,
+                    inv.file(),
+                    cluster.group
+                )));
+            }
+        };
+        let mut spec = cluster_spec(&target, target.params.init);
+        // The joining member starts against a running cluster.
+        spec.etcd_conf.insert(
+            host,
+            crate::render::render_etcd_conf(&target, host, EtcdInit::Existing),
+        );
+        let hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
+        let live = gather_live(registry, etcd, &spec, &hosts).await;
+        let plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
+        (spec.name.clone(), spec.client_urls(), plan)
+    } else {
+        let gone_member = in_inventory.unwrap_or_else(|| cluster.new_member(host, seq.unwrap_or(0)));
+        let remaining = cluster.without_member(host);
+        let spec = cluster_spec(&remaining, remaining.params.init);
+        let gone = MemberSpec {
+            ip: host,
+            name: gone_member.name.clone(),
+            client_url: crate::render::client_url(&gone_member),
+            peer_url: crate::render::peer_url(&gone_member),
+        };
+        let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
+        hosts.push(host);
+        let mut live = gather_live(registry, etcd, &spec, &hosts).await;
+        if live.members.is_none() {
+            live.members = etcd.member_list(&[gone.client_url.clone()]).await.ok();
+        }
+        let plan = plan::plan_member_remove(&spec, &gone, &live).map_err(plan_status)?;
+        let mut endpoints = spec.client_urls();
+        endpoints.push(gone.client_url.clone());
+        (spec.name.clone(), endpoints, plan)
+    };
+    Ok(Planned {
+        context: RunContext {
+            endpoints: all_endpoints,
+            args,
+            notes: plan.notes.clone(),
+        },
+        plan,
+        cluster: planned_cluster,
         digest: inv.digest().to_string(),
     })
 }

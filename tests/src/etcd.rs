@@ -1,1 +1,412 @@
-//! Real etcd processes for tests (filled by the SOP work).
+//! Real etcd for the end-to-end tests: a host layout per loopback IP (the paths the agent's
+//! config points at instead of /etc and /data), a Pigsty inventory for those hosts, the
+//! agent's `exec` backend driving `start-stop-daemon` around `/usr/bin/etcd`, and clients
+//! that sample health and write in the background while an SOP runs.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::World;
+
+/// A port free on every one of `ips` (client and peer ports must be the same on every member).
+pub fn free_port_on(ips: &[IpAddr]) -> Result<u16> {
+    for _ in 0..200 {
+        let first = TcpListener::bind(SocketAddr::new(ips[0], 0))?;
+        let port = first.local_addr()?.port();
+        let all_free = ips[1..]
+            .iter()
+            .all(|ip| TcpListener::bind(SocketAddr::new(*ip, port)).is_ok())
+            && TcpListener::bind(SocketAddr::new(ips[0], port + 1)).is_ok();
+        drop(first);
+        if all_free && port < 65000 {
+            return Ok(port);
+        }
+    }
+    bail!("no port free on all of {ips:?}")
+}
+
+/// The paths of one simulated host inside a test's dir.
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    /// The host's IP.
+    pub ip: IpAddr,
+    /// Its root inside the test dir.
+    pub root: PathBuf,
+}
+
+impl HostPaths {
+    /// Layout for `ip` under `dir/hosts/<ip>`.
+    pub fn new(dir: &Path, ip: IpAddr) -> Self {
+        Self {
+            ip,
+            root: dir.join("hosts").join(ip.to_string()),
+        }
+    }
+    /// `/etc/etcd` of this host.
+    pub fn etc_etcd(&self) -> PathBuf {
+        self.root.join("etc/etcd")
+    }
+    /// etcd.conf.
+    pub fn etcd_conf(&self) -> PathBuf {
+        self.etc_etcd().join("etcd.conf")
+    }
+    /// The etcdctl profile.
+    pub fn profile(&self) -> PathBuf {
+        self.root.join("etc/profile.d/etcdctl.sh")
+    }
+    /// The etcd data dir.
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data/etcd")
+    }
+    /// The agent's journal dir.
+    pub fn journal(&self) -> PathBuf {
+        self.root.join("var/lib/quorum")
+    }
+    /// etcd's pid file (written by start-stop-daemon).
+    pub fn pidfile(&self) -> PathBuf {
+        self.root.join("run/etcd.pid")
+    }
+    /// etcd's log.
+    pub fn etcd_log(&self) -> PathBuf {
+        self.root.join("log/etcd.log")
+    }
+    /// A file the restart command appends a line to, so tests can count restarts.
+    pub fn restarts(&self) -> PathBuf {
+        self.root.join("log/restarts")
+    }
+    /// The pid of this host's etcd, if it runs.
+    pub fn etcd_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pidfile()).ok()?.trim().parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Zombies linger here (PID 1 reaps late); they are not running.
+        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+        (state != "Z").then_some(pid)
+    }
+    /// How many restarts the exec backend ran.
+    pub fn restart_count(&self) -> usize {
+        std::fs::read_to_string(self.restarts())
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+    /// Makes the host's directories.
+    pub fn create(&self) -> Result<()> {
+        for d in ["etc/etcd", "etc/profile.d", "data/etcd", "var/lib/quorum", "run", "log"] {
+            std::fs::create_dir_all(self.root.join(d))?;
+        }
+        Ok(())
+    }
+    /// The agent config lines (after coordinator/host_ip/tls) for this host: its paths, root
+    /// owners (tests run as root), and the exec backend around start-stop-daemon.
+    pub fn agent_config(&self, safeguard: bool) -> String {
+        let r = |p: PathBuf| p.display().to_string();
+        let pid = r(self.pidfile());
+        let log = r(self.etcd_log());
+        let conf = r(self.etcd_conf());
+        let start = format!(
+            "[start-stop-daemon, --start, --background, --oknodo, --make-pidfile, --pidfile, {pid}, --output, {log}, --exec, /usr/bin/etcd, --, --config-file, {conf}]"
+        );
+        let stop = format!(
+            "[start-stop-daemon, --stop, --oknodo, --pidfile, {pid}, --retry, TERM/30/KILL/5, --remove-pidfile]"
+        );
+        let restart = format!(
+            "[/bin/sh, -c, 'echo restart >> {restarts} && start-stop-daemon --stop --oknodo --pidfile {pid} --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --oknodo --make-pidfile --pidfile {pid} --output {log} --exec /usr/bin/etcd -- --config-file {conf}']",
+            restarts = r(self.restarts())
+        );
+        let status = format!("[start-stop-daemon, --status, --pidfile, {pid}]");
+        format!(
+            "paths:\n  etcd_conf: {conf}\n  etcd_ca: {ca}\n  etcd_cert: {cert}\n  etcd_key: {key}\n  etcdctl_profile: {profile}\n  etcd_data: {data}\n  journal_dir: {journal}\n\
+             allowed_prefixes: [{root}]\n\
+             owners:\n  etcd: {{ user: root, group: root }}\n  profile: {{ user: root, group: root }}\n\
+             service_backend: exec\n\
+             exec:\n  etcd:\n    start: {start}\n    stop: {stop}\n    restart: {restart}\n    status: {status}\n\
+             safeguard: {safeguard}\n",
+            ca = r(self.etc_etcd().join("ca.crt")),
+            cert = r(self.etc_etcd().join("server.crt")),
+            key = r(self.etc_etcd().join("server.key")),
+            profile = r(self.profile()),
+            data = r(self.data()),
+            journal = r(self.journal()),
+            root = r(self.root.clone()),
+        )
+    }
+}
+
+/// An etcd "fleet" of a test: hosts, ports, and the inventory that names them.
+pub struct Fleet {
+    /// The hosts, in inventory order.
+    pub hosts: Vec<HostPaths>,
+    /// Client port (same on every member).
+    pub port: u16,
+    /// Peer port.
+    pub peer_port: u16,
+}
+
+impl Fleet {
+    /// Hosts `ips` inside `world`, with free ports.
+    pub fn new(world: &World, ips: &[&str]) -> Result<Self> {
+        let ips: Vec<IpAddr> = ips.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+        let port = free_port_on(&ips)?;
+        let hosts: Vec<HostPaths> = ips.iter().map(|ip| HostPaths::new(world.dir.path(), *ip)).collect();
+        for h in &hosts {
+            h.create()?;
+        }
+        Ok(Self {
+            hosts,
+            port,
+            peer_port: port + 1,
+        })
+    }
+
+    /// The host on `ip`.
+    pub fn host(&self, ip: &str) -> Result<&HostPaths> {
+        let ip: IpAddr = ip.parse()?;
+        self.hosts.iter().find(|h| h.ip == ip).context("no such host")
+    }
+
+    /// Client URL of a host.
+    pub fn client_url(&self, ip: IpAddr) -> String {
+        format!("https://{ip}:{}", self.port)
+    }
+
+    /// Writes `pigsty.yml` naming `members` (ip, seq) in the etcd group, with `vars` added to
+    /// the group's vars (e.g. "etcd_safeguard: true").
+    pub fn write_inventory(&self, world: &World, members: &[(&str, u32)], vars: &str) -> Result<()> {
+        let mut hosts = String::new();
+        for (ip, seq) in members {
+            let h = HostPaths::new(world.dir.path(), ip.parse()?);
+            hosts.push_str(&format!(
+                "        {ip}: {{ etcd_seq: {seq}, etcd_data: {data}, quorum_etcd_conf_dir: {conf}, quorum_etcdctl_cacert: {conf}/ca.crt }}\n",
+                data = h.data().display(),
+                conf = h.etc_etcd().display(),
+            ));
+        }
+        let text = format!(
+            "all:\n  children:\n    etcd:\n      hosts:\n{hosts}      vars:\n        etcd_cluster: etcd\n        etcd_port: {port}\n        etcd_peer_port: {peer}\n        quorum_etcd_listen_localhost: false\n        quorum_etcd_client_cert_auth: true\n        quorum_etcd_grpc_gateway: true\n{vars}",
+            port = self.port,
+            peer = self.peer_port,
+            vars = vars
+                .lines()
+                .map(|l| format!("        {l}\n"))
+                .collect::<String>(),
+        );
+        std::fs::write(world.dir.path().join("pigsty.yml"), text)?;
+        Ok(())
+    }
+
+    /// Starts an agent for every host with its exec backend.
+    pub fn start_agents(&self, world: &mut World) -> Result<()> {
+        for h in &self.hosts {
+            world.start_agent(&h.ip.to_string(), &h.agent_config(false))?;
+        }
+        for h in &self.hosts {
+            world.wait_agent_state(&h.ip.to_string(), &["connected", "idle"], Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// Kills every etcd this fleet started (by pid).
+    pub fn kill_etcd(&self) {
+        for h in &self.hosts {
+            if let Some(pid) = h.etcd_pid() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Runs etcdctl through a host's profile (the file the agent wrote), as an operator would.
+    pub fn etcdctl_via_profile(&self, ip: &str, args: &str) -> Result<crate::CliOutput> {
+        let h = self.host(ip)?;
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(". {} && etcdctl --dial-timeout=2s {args}", h.profile().display()))
+            .output()?;
+        Ok(out.into())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.kill_etcd();
+    }
+}
+
+/// An etcd client with the world's admin-side certificate (the coordinator's, which has
+/// clientAuth), for sampling and writing from the test.
+pub async fn client(world: &World, endpoints: &[String]) -> Result<etcd_client::Client> {
+    let ca = std::fs::read_to_string(world.p("ca/ca.crt"))?;
+    let crt = std::fs::read_to_string(world.p("coordinator/coordinator.crt"))?;
+    let key = std::fs::read_to_string(world.p("coordinator/coordinator.key"))?;
+    let opts = etcd_client::ConnectOptions::new()
+        .with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(ca))
+                .identity(etcd_client::Identity::from_pem(crt, key)),
+        )
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_timeout(Duration::from_secs(2));
+    Ok(etcd_client::Client::connect(endpoints, Some(opts)).await?)
+}
+
+/// Whether one member answers a linearizable read through its own endpoint.
+pub async fn member_up(world: &World, endpoint: &str) -> bool {
+    match client(world, &[endpoint.to_string()]).await {
+        Ok(mut c) => tokio::time::timeout(Duration::from_secs(1), c.get("health", None))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Samples every member's health in the background; records the most members seen down at
+/// one moment.
+pub struct HealthSampler {
+    stop: Arc<AtomicBool>,
+    /// Most members down in one sample.
+    pub max_down: Arc<AtomicU64>,
+    /// Samples taken.
+    pub samples: Arc<AtomicU64>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl HealthSampler {
+    /// Starts sampling `endpoints` (checked concurrently each round).
+    pub fn start(world: &World, endpoints: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_down = Arc::new(AtomicU64::new(0));
+        let samples = Arc::new(AtomicU64::new(0));
+        let (s, m, n) = (stop.clone(), max_down.clone(), samples.clone());
+        let ca = world.p("ca/ca.crt");
+        let crt = world.p("coordinator/coordinator.crt");
+        let key = world.p("coordinator/coordinator.key");
+        let handle = tokio::spawn(async move {
+            let tls = match (
+                std::fs::read_to_string(&ca),
+                std::fs::read_to_string(&crt),
+                std::fs::read_to_string(&key),
+            ) {
+                (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+                _ => return,
+            };
+            while !s.load(Ordering::SeqCst) {
+                let mut checks = Vec::new();
+                for ep in &endpoints {
+                    let (ca, crt, key) = tls.clone();
+                    let ep = ep.clone();
+                    checks.push(tokio::spawn(async move {
+                        let opts = etcd_client::ConnectOptions::new()
+                            .with_tls(
+                                etcd_client::TlsOptions::new()
+                                    .ca_certificate(etcd_client::Certificate::from_pem(ca))
+                                    .identity(etcd_client::Identity::from_pem(crt, key)),
+                            )
+                            .with_connect_timeout(Duration::from_millis(400))
+                            .with_timeout(Duration::from_millis(800));
+                        let Ok(mut c) = etcd_client::Client::connect([ep], Some(opts)).await else {
+                            return false;
+                        };
+                        matches!(c.status().await, Ok(st) if st.leader() != 0)
+                    }));
+                }
+                let mut down = 0;
+                for c in checks {
+                    if !c.await.unwrap_or(false) {
+                        down += 1;
+                    }
+                }
+                m.fetch_max(down, Ordering::SeqCst);
+                n.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Self {
+            stop,
+            max_down,
+            samples,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops; returns (max down, samples).
+    pub async fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+        (self.max_down.load(Ordering::SeqCst), self.samples.load(Ordering::SeqCst))
+    }
+}
+
+/// Writes sequential keys in the background with retries; every acknowledged write is
+/// checked at the end.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    /// Writes that failed even after retries.
+    pub lost: Arc<AtomicU64>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts writing `/quorum-test/<n>` through `endpoints`.
+    pub async fn start(world: &World, endpoints: Vec<String>) -> Result<Self> {
+        let mut c = client(world, &endpoints).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let lost = Arc::new(AtomicU64::new(0));
+        let (s, a, l) = (stop.clone(), acked.clone(), lost.clone());
+        let handle = tokio::spawn(async move {
+            let mut n = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                let key = format!("/quorum-test/{n:08}");
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    if c.put(key.as_str(), "v", None).await.is_ok() {
+                        if let Ok(mut v) = a.lock() {
+                            v.push(key.clone());
+                        }
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        l.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Ok(Self {
+            stop,
+            acked,
+            lost,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops, then checks every acknowledged key is readable; returns (acked, missing, lost).
+    pub async fn finish(mut self, world: &World, endpoints: Vec<String>) -> Result<(usize, usize, u64)> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+        let acked = self.acked.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut c = client(world, &endpoints).await?;
+        let resp = c
+            .get("/quorum-test/", Some(etcd_client::GetOptions::new().with_prefix()))
+            .await?;
+        let present: std::collections::HashSet<String> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok().map(str::to_string))
+            .collect();
+        let missing = acked.iter().filter(|k| !present.contains(*k)).count();
+        Ok((acked.len(), missing, self.lost.load(Ordering::SeqCst)))
+    }
+}

@@ -1,0 +1,273 @@
+//! The SOP engine end to end: a real 3-member etcd cluster on 127.0.0.11-13 created and
+//! rolled through real agents (exec backend around start-stop-daemon and /usr/bin/etcd) by a
+//! real coordinator, checked against etcd itself.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use quorum_tests::etcd::{Fleet, HealthSampler, Writer};
+use quorum_tests::{bin, wait_for, World};
+
+const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+
+/// A world with a coordinator, three agents and an inventory naming them; no cluster yet.
+fn setup(vars: &str) -> Result<(World, Fleet)> {
+    let mut w = World::new()?;
+    w.coordinator_extra = "gate_timeout_secs: 20\nstale_after_secs: 10\ntask_timeout_secs: 60\n".into();
+    let fleet = Fleet::new(&w, &IPS)?;
+    fleet.write_inventory(&w, &[(IPS[0], 1), (IPS[1], 2), (IPS[2], 3)], vars)?;
+    w.start_coordinator()?;
+    fleet.start_agents(&mut w)?;
+    Ok((w, fleet))
+}
+
+fn create(w: &World) -> Result<()> {
+    let out = w.admin(&["cluster", "create", "--yes"])?;
+    anyhow::ensure!(out.code == 0, "create failed: {out:?}");
+    Ok(())
+}
+
+fn endpoints(f: &Fleet) -> Vec<String> {
+    f.hosts.iter().map(|h| f.client_url(h.ip)).collect()
+}
+
+async fn voting_members(w: &World, f: &Fleet) -> Result<Vec<String>> {
+    let mut c = quorum_tests::etcd::client(w, &endpoints(f)).await?;
+    let list = c.member_list().await?;
+    let mut names: Vec<String> = list
+        .members()
+        .iter()
+        .filter(|m| !m.is_learner())
+        .map(|m| m.name().to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_makes_a_healthy_cluster_and_again_changes_nothing() -> Result<()> {
+    let (w, f) = setup("")?;
+    let plan = w.admin(&["cluster", "create", "--plan"])?.ok()?;
+    assert!(plan.stdout.contains("nothing has been changed"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("+initial-cluster-state: \"new\""), "the plan shows the new etcd.conf:\n{}", plan.stdout);
+    assert!(f.host(IPS[0])?.etcd_pid().is_none(), "--plan started something");
+    create(&w)?;
+    assert_eq!(voting_members(&w, &f).await?, vec!["etcd-1", "etcd-2", "etcd-3"]);
+    let again = w.admin(&["cluster", "create"])?;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stderr.contains("nothing to change"), "{}", again.stderr);
+    assert!(again.stderr.contains("nothing changed"), "{}", again.stderr);
+    // The profiles the agents wrote work for etcdctl.
+    w.admin(&["env", "refresh"])?.ok()?;
+    for ip in IPS {
+        let health = f.etcdctl_via_profile(ip, "endpoint health")?;
+        assert_eq!(health.code, 0, "{health:?}");
+        assert_eq!(health.stdout.matches("is healthy").count() + health.stderr.matches("is healthy").count(), 3, "{health:?}");
+    }
+    let put = f.etcdctl_via_profile(IPS[1], "put a 10")?;
+    assert_eq!(put.code, 0, "{put:?}");
+    let get = f.etcdctl_via_profile(IPS[2], "get a")?;
+    assert!(get.stdout.contains("10"), "{get:?}");
+    // Audit: who ran what, with every step.
+    let runs = w.admin(&["run", "list", "-o", "json"])?.ok()?;
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&runs.stdout)?;
+    assert!(runs.len() >= 3);
+    assert!(runs.iter().all(|r| r["started_by"] == "tester" && r["inventory_digest"].as_str().is_some_and(|d| d.len() == 64)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_reload_keeps_quorum_and_loses_no_write() -> Result<()> {
+    let (w, f) = setup("")?;
+    create(&w)?;
+    let sampler = HealthSampler::start(&w, endpoints(&f));
+    let writer = Writer::start(&w, endpoints(&f)).await?;
+    let out = w.admin(&["config", "reload", "--restart"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (max_down, samples) = sampler.stop().await;
+    let (acked, missing, lost) = writer.finish(&w, endpoints(&f)).await?;
+    assert!(samples > 10, "too few health samples ({samples})");
+    assert!(max_down <= 1, "{max_down} members were down at one moment");
+    assert!(acked > 0, "the writer wrote nothing");
+    assert_eq!((missing, lost), (0, 0), "{acked} acked, {missing} missing, {lost} failed after retries");
+    for h in &f.hosts {
+        assert_eq!(h.restart_count(), 1, "{} restarted {} times", h.ip, h.restart_count());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()> {
+    let (w, f) = setup("")?;
+    create(&w)?;
+    let h3 = f.host(IPS[2])?;
+    let pid = h3.etcd_pid().context("etcd-3 runs")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+    wait_for("etcd-3 to die", Duration::from_secs(10), || h3.etcd_pid().is_none().then_some(()))?;
+    let out = w.admin(&["config", "reload", "--restart"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("QuorumGuard"), "{}", out.stderr);
+    assert!(out.stderr.contains("member etcd-3 (127.0.0.13) is unhealthy"), "{}", out.stderr);
+    for h in &f.hosts {
+        assert_eq!(h.restart_count(), 0, "{} was restarted", h.ip);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Result<()> {
+    let (mut w, f) = setup("")?;
+    create(&w)?;
+    // etcd-2's restart command stops etcd and never starts it again.
+    let h2 = f.host(IPS[1])?.clone();
+    if let Some(a) = w.agent(IPS[1]) {
+        a.kill();
+    }
+    let broken = h2.agent_config(false).replace(
+        "&& start-stop-daemon --start --background --oknodo --make-pidfile",
+        "&& true --start --background --oknodo --make-pidfile",
+    );
+    w.start_agent(IPS[1], &broken)?;
+    w.wait_agent_state(IPS[1], &["connected", "idle"], Duration::from_secs(30))?;
+    let out = w.admin(&["config", "reload", "--restart"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("HealthGate 127.0.0.12"), "{}", out.stderr);
+    assert_eq!(f.host(IPS[0])?.restart_count(), 1);
+    assert_eq!(h2.restart_count(), 1);
+    assert_eq!(f.host(IPS[2])?.restart_count(), 0, "the run went on past the failed gate");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_honors_the_safeguard_and_purge_wipes_everything() -> Result<()> {
+    let (w, f) = setup("etcd_safeguard: true")?;
+    // A fresh create is allowed under the safeguard: nothing exists yet.
+    create(&w)?;
+    let out = w.admin(&["cluster", "remove", "--yes"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("Abort because etcd instance etcd-1 @ 127.0.0.11 exists. etcd_safeguard enabled, please disable it before purging."),
+        "{}",
+        out.stderr
+    );
+    for h in &f.hosts {
+        assert!(h.etcd_pid().is_some(), "{} was stopped", h.ip);
+        assert!(h.data().join("member").exists(), "{} was wiped", h.ip);
+    }
+    // Without --yes and without a terminal, nothing is wiped.
+    let out = w.admin(&["cluster", "purge"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("etcd-1 @ 127.0.0.11"), "{}", out.stderr);
+    assert!(f.host(IPS[0])?.data().join("member").exists());
+    let out = w.admin(&["cluster", "purge", "--yes"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    for h in &f.hosts {
+        assert!(h.etcd_pid().is_none(), "{} still runs etcd", h.ip);
+        assert!(h.data().exists(), "the data dir itself must stay");
+        assert_eq!(std::fs::read_dir(h.data())?.count(), 0, "{} data dir not empty", h.ip);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_agent_safeguard_blocks_even_a_purge() -> Result<()> {
+    let (mut w, f) = setup("")?;
+    create(&w)?;
+    let h2 = f.host(IPS[1])?.clone();
+    if let Some(a) = w.agent(IPS[1]) {
+        a.kill();
+    }
+    w.start_agent(IPS[1], &h2.agent_config(true))?;
+    w.wait_agent_state(IPS[1], &["connected", "idle"], Duration::from_secs(30))?;
+    let out = w.admin(&["cluster", "purge", "--yes"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("local safeguard of the agent on 127.0.0.12"), "{}", out.stderr);
+    for h in &f.hosts {
+        assert!(h.data().join("member").exists(), "{} was wiped", h.ip);
+        assert!(h.etcd_pid().is_some(), "{} was stopped", h.ip);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sop_on_a_locked_cluster_is_refused_with_the_holder() -> Result<()> {
+    let (w, _f) = setup("")?;
+    create(&w)?;
+    let mut first = Command::new(bin("quorum")?);
+    first
+        .args(["config", "reload", "--restart"])
+        .env("QUORUM_COORDINATOR", w.url())
+        .env("QUORUM_CERT", w.p("admin/admin.crt"))
+        .env("QUORUM_KEY", w.p("admin/admin.key"))
+        .env("QUORUM_CACERT", w.p("ca/ca.crt"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = first.spawn()?;
+    let holder = wait_for("the reload to be running", Duration::from_secs(20), || {
+        let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
+        let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+        runs.iter()
+            .find(|r| r["sop"] == "config-reload" && r["state"] == "running")
+            .and_then(|r| r["run_id"].as_str().map(str::to_string))
+    })?;
+    let second = w.admin(&["env", "refresh"])?;
+    let _ = child.wait();
+    assert_eq!(second.code, 3, "{second:?}");
+    assert!(second.stderr.contains(&format!("locked by run {holder}")), "{}", second.stderr);
+    Ok(())
+}
+
+/// kill -9 of the coordinator at every step boundary of a rolling reload (and inside steps),
+/// then restart and resume: the run completes and every member is restarted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() -> Result<()> {
+    let (mut w, f) = setup("")?;
+    create(&w)?;
+    let steps = 12; // 3 members x (guard, write, restart, gate)
+    for boundary in 0..steps {
+        let before: Vec<usize> = f.hosts.iter().map(|h| h.restart_count()).collect();
+        let mut child = Command::new(bin("quorum")?)
+            .args(["config", "reload", "--restart"])
+            .env("QUORUM_COORDINATOR", w.url())
+            .env("QUORUM_CERT", w.p("admin/admin.crt"))
+            .env("QUORUM_KEY", w.p("admin/admin.key"))
+            .env("QUORUM_CACERT", w.p("ca/ca.crt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        // Wait until `boundary` steps are done (the kill lands at that boundary or just inside
+        // the next step: both are crash points the design must survive).
+        let run_id = wait_for(&format!("{boundary} steps done"), Duration::from_secs(60), || {
+            let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
+            let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+            let r = runs.first()?;
+            let done = r["steps"].as_array()?.iter().filter(|s| s["state"] == "done").count();
+            (r["sop"] == "config-reload" && r["state"] == "running" && done >= boundary)
+                .then(|| r["run_id"].as_str().map(str::to_string))
+                .flatten()
+        })?;
+        w.kill_coordinator();
+        let _ = child.wait();
+        w.start_coordinator()?;
+        for ip in IPS {
+            w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(60))?;
+        }
+        let resumed = w.admin(&["run", "resume", &run_id])?;
+        assert_eq!(resumed.code, 0, "boundary {boundary}: {resumed:?}");
+        let show = w.admin(&["run", "show", &run_id, "-o", "json"])?.ok()?;
+        let run: serde_json::Value = serde_json::from_str(&show.stdout)?;
+        assert_eq!(run["state"], "succeeded", "boundary {boundary}: {run}");
+        for (h, b) in f.hosts.iter().zip(&before) {
+            assert_eq!(
+                h.restart_count(),
+                b + 1,
+                "boundary {boundary}: {} restarted {} times in one run",
+                h.ip,
+                h.restart_count() - b
+            );
+        }
+    }
+    assert_eq!(voting_members(&w, &f).await?, vec!["etcd-1", "etcd-2", "etcd-3"]);
+    Ok(())
+}
