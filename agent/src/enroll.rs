@@ -45,7 +45,10 @@ pub fn make_csr(host_ip: IpAddr) -> anyhow::Result<(String, String)> {
 }
 
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let tmp = path.with_extension(format!("enroll-tmp.{}", std::process::id()));

@@ -11,7 +11,11 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "quorum-agent", version, about = "Quorum agent: pulls etcd/Patroni/vip-manager tasks from the coordinator over mTLS")]
+#[command(
+    name = "quorum-agent",
+    version,
+    about = "Quorum agent: pulls etcd/Patroni/vip-manager tasks from the coordinator over mTLS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -100,7 +104,9 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::RunTask { config, task } => quorum_agent::local::run_task_file(&config, &task).await,
+            Command::RunTask { config, task } => {
+                quorum_agent::local::run_task_file(&config, &task).await
+            }
         }
     });
     match result {

@@ -77,7 +77,8 @@ fn check_own_identity(cfg: &AgentConfig, tls: &TlsMaterial) -> anyhow::Result<()
     let der = quorum_proto::tls::first_cert_der(&tls.cert_pem)
         .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", cfg.tls.cert.display()))?;
     // The trust domain is the coordinator's business; read the role from any spiffe URI.
-    let td = trust_domain_of(&der).unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.into());
+    let td = trust_domain_of(&der)
+        .unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.into());
     match peer_from_der(&der, &td) {
         Ok(Peer::Agent(ip)) if ip == cfg.host_ip => Ok(()),
         Ok(other) => anyhow::bail!(
@@ -166,11 +167,13 @@ pub async fn run(
                 connected = false;
                 let delay = backoff.next_delay();
                 match status.code() {
-                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => tracing::error!(
-                        "the coordinator refused this agent: {}; retrying in {:?}",
-                        status.message(),
-                        delay
-                    ),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                        tracing::error!(
+                            "the coordinator refused this agent: {}; retrying in {:?}",
+                            status.message(),
+                            delay
+                        )
+                    }
                     _ => tracing::warn!(
                         "poll failed ({:?}: {}); retrying in {:?}",
                         status.code(),
@@ -218,7 +221,10 @@ mod tests {
             assert!(d <= Duration::from_secs(2), "{d:?} over the cap");
         }
         let late = b.next_delay();
-        assert!(late >= Duration::from_secs(1), "{late:?}: should sit near the cap");
+        assert!(
+            late >= Duration::from_secs(1),
+            "{late:?}: should sit near the cap"
+        );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }

@@ -536,7 +536,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             inventory,
             init,
         }) => {
-            let code = crate::inventory_cli::render_etcd_conf_cmd(&inventory, host, init.as_deref())?;
+            let code =
+                crate::inventory_cli::render_etcd_conf_cmd(&inventory, host, init.as_deref())?;
             Ok(u8::try_from(code).unwrap_or(exit::FAILED))
         }
         Command::Render(RenderCommand::EtcdctlEnv { host, inventory }) => {
@@ -645,7 +646,10 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<u8> {
                 .abort_run(pb::GetRunRequest { run_id: id })
                 .await?
                 .into_inner();
-            println!("run {} aborted; cluster {} released", run.run_id, run.cluster);
+            println!(
+                "run {} aborted; cluster {} released",
+                run.run_id, run.cluster
+            );
             Ok(exit::OK)
         }
     }
@@ -821,7 +825,8 @@ pub fn outcome_word(o: pb::Outcome) -> &'static str {
 }
 
 fn read_arg_file(path: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
 }
 
 async fn ad_hoc_task(
@@ -885,7 +890,9 @@ async fn ad_hoc_task(
             Kind::SetVipEndpoints(pb::SetVipEndpoints { endpoints }),
             true,
         ),
-        TaskCommand::WipeEtcdData { purge } => (Kind::WipeEtcdData(pb::WipeEtcdData { purge }), true),
+        TaskCommand::WipeEtcdData { purge } => {
+            (Kind::WipeEtcdData(pb::WipeEtcdData { purge }), true)
+        }
     };
     if destructive && !yes {
         eprintln!(

@@ -55,7 +55,10 @@ pub async fn start_sop(
     for note in &run.notes {
         eprintln!("{note}");
     }
-    eprintln!("run {} started: {} on cluster {}", run.run_id, run.sop, run.cluster);
+    eprintln!(
+        "run {} started: {} on cluster {}",
+        run.run_id, run.sop, run.cluster
+    );
     follow(client, &run.run_id, json).await
 }
 
@@ -77,7 +80,12 @@ pub fn print_plan(plan: &pb::RunView, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&run_json(plan))?);
         return Ok(());
     }
-    println!("plan: {} on cluster {} ({} steps; nothing has been changed)", plan.sop, plan.cluster, plan.steps.len());
+    println!(
+        "plan: {} on cluster {} ({} steps; nothing has been changed)",
+        plan.sop,
+        plan.cluster,
+        plan.steps.len()
+    );
     for n in &plan.notes {
         println!("note: {n}");
     }
@@ -85,7 +93,13 @@ pub fn print_plan(plan: &pb::RunView, json: bool) -> anyhow::Result<()> {
         println!("wipes: {w}");
     }
     for s in &plan.steps {
-        println!("{:>3}. {:<20} {:<16} {}", s.index + 1, s.kind, s.host, s.description);
+        println!(
+            "{:>3}. {:<20} {:<16} {}",
+            s.index + 1,
+            s.kind,
+            s.host,
+            s.description
+        );
         for line in s.diff.lines() {
             println!("       {line}");
         }
@@ -130,7 +144,11 @@ pub fn run_exit_code(run: &pb::RunView) -> u8 {
     match run.state.as_str() {
         "succeeded" => exit::OK,
         "failed" => {
-            if run.steps.iter().any(|s| s.state == "failed" && s.outcome == "refused") {
+            if run
+                .steps
+                .iter()
+                .any(|s| s.state == "failed" && s.outcome == "refused")
+            {
                 exit::REFUSED
             } else {
                 exit::FAILED
@@ -141,7 +159,11 @@ pub fn run_exit_code(run: &pb::RunView) -> u8 {
 }
 
 /// Follows a run until it ends; prints progress; returns the exit code.
-pub async fn follow(client: &mut AdminServiceClient<Channel>, run_id: &str, json: bool) -> anyhow::Result<u8> {
+pub async fn follow(
+    client: &mut AdminServiceClient<Channel>,
+    run_id: &str,
+    json: bool,
+) -> anyhow::Result<u8> {
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut reported: HashMap<u32, String> = HashMap::new();
@@ -170,7 +192,14 @@ pub async fn follow(client: &mut AdminServiceClient<Channel>, run_id: &str, json
                             started.elapsed().as_secs_f64()
                         );
                     } else {
-                        eprintln!("[{}/{}] {} {} {}: started", s.index + 1, n, s.kind, s.host, s.description);
+                        eprintln!(
+                            "[{}/{}] {} {} {}: started",
+                            s.index + 1,
+                            n,
+                            s.kind,
+                            s.host,
+                            s.description
+                        );
                     }
                 }
                 "done" | "failed" => {
@@ -249,7 +278,10 @@ pub async fn list(client: &mut AdminServiceClient<Channel>, json: bool) -> anyho
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(exit::OK);
     }
-    println!("{:<26} {:<14} {:<10} {:<12} {:<10} STEPS", "RUN", "SOP", "CLUSTER", "STATE", "BY");
+    println!(
+        "{:<26} {:<14} {:<10} {:<12} {:<10} STEPS",
+        "RUN", "SOP", "CLUSTER", "STATE", "BY"
+    );
     for r in &runs {
         let done = r.steps.iter().filter(|s| s.state == "done").count();
         println!(
@@ -267,7 +299,11 @@ pub async fn list(client: &mut AdminServiceClient<Channel>, json: bool) -> anyho
 }
 
 /// `quorum run show ID`.
-pub async fn show(client: &mut AdminServiceClient<Channel>, run_id: &str, json: bool) -> anyhow::Result<u8> {
+pub async fn show(
+    client: &mut AdminServiceClient<Channel>,
+    run_id: &str,
+    json: bool,
+) -> anyhow::Result<u8> {
     let run = client
         .get_run(pb::GetRunRequest {
             run_id: run_id.to_string(),
@@ -278,14 +314,20 @@ pub async fn show(client: &mut AdminServiceClient<Channel>, run_id: &str, json: 
         println!("{}", serde_json::to_string_pretty(&run_json(&run))?);
         return Ok(exit::OK);
     }
-    println!("run {}: {} on cluster {} by {}, {}", run.run_id, run.sop, run.cluster, run.started_by, run.state);
+    println!(
+        "run {}: {} on cluster {} by {}, {}",
+        run.run_id, run.sop, run.cluster, run.started_by, run.state
+    );
     println!("inventory sha256 {}", run.inventory_digest);
     if !run.error.is_empty() {
         println!("error: {}", run.error);
     }
     for s in &run.steps {
         let took = if s.finished_unix_ms > 0 {
-            format!("{:.1}s", (s.finished_unix_ms - s.started_unix_ms).max(0) as f64 / 1000.0)
+            format!(
+                "{:.1}s",
+                (s.finished_unix_ms - s.started_unix_ms).max(0) as f64 / 1000.0
+            )
         } else {
             String::new()
         };

@@ -51,7 +51,9 @@ pub fn resolve(
     let file: CliFile = match std::fs::read_to_string(path) {
         Ok(text) => quorum_proto::yaml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("CLI config {} is invalid: {e}", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.is_none() => CliFile::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.is_none() => {
+            CliFile::default()
+        }
         Err(e) => anyhow::bail!("cannot read CLI config {}: {e}", path.display()),
     };
     let missing = |what: &str, flag: &str, env: &str| {

@@ -70,7 +70,11 @@ impl EtcdAccess {
     }
 
     /// A client for `endpoints`.
-    pub async fn client(&self, endpoints: &[String], timeout: Duration) -> Result<Client, EtcdError> {
+    pub async fn client(
+        &self,
+        endpoints: &[String],
+        timeout: Duration,
+    ) -> Result<Client, EtcdError> {
         Client::connect(endpoints, Some(self.options(timeout)))
             .await
             .map_err(|e| EtcdError::Unreachable {
@@ -88,7 +92,10 @@ impl EtcdAccess {
                 .client(&eps, PROBE_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())?;
-            let st = c.status().await.map_err(|e| format!("status failed: {e}"))?;
+            let st = c
+                .status()
+                .await
+                .map_err(|e| format!("status failed: {e}"))?;
             if st.is_learner() {
                 return Err("it is a learner (not yet promoted)".to_string());
             }
@@ -130,7 +137,11 @@ impl EtcdAccess {
     }
 
     /// Adds a learner with `peer_url`; returns its id.
-    pub async fn add_learner(&self, endpoints: &[String], peer_url: &str) -> Result<u64, EtcdError> {
+    pub async fn add_learner(
+        &self,
+        endpoints: &[String],
+        peer_url: &str,
+    ) -> Result<u64, EtcdError> {
         let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
         let resp = c
             .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
@@ -139,12 +150,10 @@ impl EtcdAccess {
                 op: "member add --learner",
                 message: e.to_string(),
             })?;
-        resp.member()
-            .map(|m| m.id())
-            .ok_or(EtcdError::Refused {
-                op: "member add --learner",
-                message: "no member in the answer".into(),
-            })
+        resp.member().map(|m| m.id()).ok_or(EtcdError::Refused {
+            op: "member add --learner",
+            message: "no member in the answer".into(),
+        })
     }
 
     /// Promotes learner `id`.
@@ -182,10 +191,12 @@ impl EtcdAccess {
         let mut c = self
             .client(&[leader_endpoint.to_string()], PROBE_TIMEOUT * 2)
             .await?;
-        c.move_leader(target).await.map_err(|e| EtcdError::Refused {
-            op: "move-leader",
-            message: e.to_string(),
-        })?;
+        c.move_leader(target)
+            .await
+            .map_err(|e| EtcdError::Refused {
+                op: "move-leader",
+                message: e.to_string(),
+            })?;
         Ok(())
     }
 }

@@ -12,8 +12,7 @@ use base64::Engine;
 use quorum_proto::identity::Peer;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::hmac;
 use rustls_pki_types::pem::PemObject;
@@ -80,7 +79,10 @@ pub enum PkiError {
     TokenRefused(String),
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PkiError + 'a {
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> PkiError + 'a {
     move |source| PkiError::Io {
         action,
         path: path.to_path_buf(),
@@ -237,7 +239,9 @@ impl Ca {
         let key = KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8.clone())).map_err(|e| {
             PkiError::BadCa {
                 path: key_path.clone(),
-                why: format!("the key cannot sign ({e}); Quorum supports RSA and ECDSA P-256/P-384 CA keys"),
+                why: format!(
+                    "the key cannot sign ({e}); Quorum supports RSA and ECDSA P-256/P-384 CA keys"
+                ),
             }
         })?;
         // Parse once now so a broken ca.crt is reported at load, not at the first signature.
@@ -384,7 +388,9 @@ impl Ca {
                     ));
                 }
                 let name = name.ok_or_else(|| {
-                    PkiError::Usage("an etcd certificate needs --name etcd-N (the member name)".into())
+                    PkiError::Usage(
+                        "an etcd certificate needs --name etcd-N (the member name)".into(),
+                    )
                 })?;
                 p.distinguished_name = dn(&[
                     (DnType::CommonName, name),
@@ -413,7 +419,9 @@ impl Ca {
     /// URI `spiffe://<td>/agent/<ip>`; the certificate is built from Quorum's own template.
     pub fn sign_agent_csr(&self, csr_pem: &str, ip: IpAddr, days: u32) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-            PkiError::CsrRefused(format!("it is not a valid, self-signed PKCS#10 request ({e})"))
+            PkiError::CsrRefused(format!(
+                "it is not a valid, self-signed PKCS#10 request ({e})"
+            ))
         })?;
         let allowed_uri = Peer::Agent(ip).uri(&self.trust_domain);
         for san in &csr.params.subject_alt_names {
@@ -475,7 +483,9 @@ impl Ca {
             .decode(tag)
             .map_err(|_| refused("its signature is not base64"))?;
         hmac::verify(&self.token_key(), payload.as_bytes(), &tag).map_err(|_| {
-            refused("its signature does not match this CA (forged, altered, or minted by another CA)")
+            refused(
+                "its signature does not match this CA (forged, altered, or minted by another CA)",
+            )
         })?;
         let claims: TokenClaims = b64
             .decode(payload)
@@ -513,7 +523,9 @@ pub fn to_pkcs8(pem: &[u8]) -> Result<Vec<u8>, String> {
         PrivateKeyDer::Pkcs1(k) => {
             // AlgorithmIdentifier { rsaEncryption, NULL }
             let alg = der_seq(&[
-                &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01][..],
+                &[
+                    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+                ][..],
                 &[0x05, 0x00][..],
             ]);
             Ok(pkcs8_wrap(&alg, k.secret_pkcs1_der()))
@@ -527,10 +539,15 @@ pub fn to_pkcs8(pem: &[u8]) -> Result<Vec<u8>, String> {
             } else if contains(der, P384) {
                 P384
             } else {
-                return Err("EC key on an unsupported curve (P-256 and P-384 are supported)".into());
+                return Err(
+                    "EC key on an unsupported curve (P-256 and P-384 are supported)".into(),
+                );
             };
             // AlgorithmIdentifier { id-ecPublicKey, curve }
-            let alg = der_seq(&[&[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01][..], curve]);
+            let alg = der_seq(&[
+                &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01][..],
+                curve,
+            ]);
             Ok(pkcs8_wrap(&alg, der))
         }
         _ => Err("unsupported private key format".into()),
@@ -595,7 +612,10 @@ mod tests {
         let mut forged = t.clone();
         forged.pop();
         forged.push(if t.ends_with('A') { 'B' } else { 'A' });
-        assert!(matches!(ca.verify_token(&forged), Err(PkiError::TokenRefused(_))));
+        assert!(matches!(
+            ca.verify_token(&forged),
+            Err(PkiError::TokenRefused(_))
+        ));
         let other = tempfile::tempdir()?;
         init_ca(other.path(), "pigsty")?;
         let other = Ca::load(other.path(), None)?;

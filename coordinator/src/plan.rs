@@ -288,7 +288,9 @@ impl StepKind {
             | StepKind::MoveLeaderAway { host, .. }
             | StepKind::RemoveMember { host, .. }
             | StepKind::WipeRemovedMember { host, .. } => Some(*host),
-            StepKind::StartEtcd { hosts } | StepKind::ServiceAction { hosts, .. } if hosts.len() == 1 => {
+            StepKind::StartEtcd { hosts } | StepKind::ServiceAction { hosts, .. }
+                if hosts.len() == 1 =>
+            {
                 hosts.first().copied()
             }
             _ => None,
@@ -347,10 +349,14 @@ impl StepKind {
                     "check etcd_safeguard / etcd_clean allow touching existing instances".into()
                 }
             }
-            StepKind::WriteEtcdCerts { member, .. } => format!("write ca.crt, server.crt, server.key of {member}"),
+            StepKind::WriteEtcdCerts { member, .. } => {
+                format!("write ca.crt, server.crt, server.key of {member}")
+            }
             StepKind::WriteEtcdConf { .. } => "write /etc/etcd/etcd.conf".into(),
             StepKind::WriteEtcdctlProfile { .. } => "write /etc/profile.d/etcdctl.sh".into(),
-            StepKind::StartEtcd { hosts } => format!("start etcd on {} host(s) together", hosts.len()),
+            StepKind::StartEtcd { hosts } => {
+                format!("start etcd on {} host(s) together", hosts.len())
+            }
             StepKind::StopEtcd { .. } => "stop etcd".into(),
             StepKind::RestartEtcd { force, .. } => {
                 if *force {
@@ -366,11 +372,15 @@ impl StepKind {
                     "wipe the etcd data dir".into()
                 }
             }
-            StepKind::QuorumGuard { .. } => "quorum guard: every other voting member healthy".into(),
+            StepKind::QuorumGuard { .. } => {
+                "quorum guard: every other voting member healthy".into()
+            }
             StepKind::HealthGate { .. } => "gate: this member and the cluster healthy".into(),
             StepKind::ClusterHealthGate => "gate: every member healthy".into(),
             StepKind::MemberAddCheck { .. } => "check: cluster healthy, no other learner".into(),
-            StepKind::AddLearner { peer_url, .. } => format!("member add --learner --peer-urls={peer_url}"),
+            StepKind::AddLearner { peer_url, .. } => {
+                format!("member add --learner --peer-urls={peer_url}")
+            }
             StepKind::PromoteLearner { .. } => "member promote, once the learner is in sync".into(),
             StepKind::MemberRemoveCheck { .. } => "check: every other voting member healthy".into(),
             StepKind::MoveLeaderAway { .. } => "move leadership away if this member leads".into(),
@@ -699,7 +709,11 @@ pub fn plan_cluster_create(spec: &ClusterSpec, live: &Live) -> Result<Plan, Plan
 
 /// `quorum cluster remove` (`-t etcd_clean`, honors the safeguard) and `quorum cluster purge`
 /// (`-t etcd_purge`, ignores it). The host's local agent safeguard is honored by both.
-pub fn plan_cluster_remove(spec: &ClusterSpec, live: &Live, purge: bool) -> Result<Plan, PlanError> {
+pub fn plan_cluster_remove(
+    spec: &ClusterSpec,
+    live: &Live,
+    purge: bool,
+) -> Result<Plan, PlanError> {
     let hs = hosts(spec);
     live.require_agents(&hs)?;
     if !purge {
@@ -753,7 +767,11 @@ pub enum RestartPolicy {
 
 /// `quorum config reload` (`-t etcd_conf`, then restart one member at a time): per member,
 /// quorum guard, write, restart, gate on that member and the cluster healthy.
-pub fn plan_config_reload(spec: &ClusterSpec, live: &Live, restart: RestartPolicy) -> Result<Plan, PlanError> {
+pub fn plan_config_reload(
+    spec: &ClusterSpec,
+    live: &Live,
+    restart: RestartPolicy,
+) -> Result<Plan, PlanError> {
     let hs = hosts(spec);
     live.require_agents(&hs)?;
     let mut plan = Plan::default();
@@ -794,7 +812,11 @@ pub fn plan_env_refresh(spec: &ClusterSpec, live: &Live) -> Result<Plan, PlanErr
                 host: h,
                 content: profile.clone(),
             },
-            file_diff("/etc/profile.d/etcdctl.sh", live.file(h, "etcdctl_profile"), profile),
+            file_diff(
+                "/etc/profile.d/etcdctl.sh",
+                live.file(h, "etcdctl_profile"),
+                profile,
+            ),
         );
     }
     Ok(plan)
@@ -954,7 +976,8 @@ pub fn plan_member_add(spec: &ClusterSpec, new: IpAddr, live: &Live) -> Result<P
                 host: new,
                 purge: true,
             });
-            plan.wipes.push(format!("{new} (old data, not a member of {})", spec.name));
+            plan.wipes
+                .push(format!("{new} (old data, not a member of {})", spec.name));
             plan.notes.push(format!(
                 "{new} holds etcd data but is not a member of cluster {}: it is wiped before it joins",
                 spec.name
@@ -989,7 +1012,12 @@ pub fn plan_member_add(spec: &ClusterSpec, new: IpAddr, live: &Live) -> Result<P
 
 /// Every member's etcd.conf (write only: running members ignore `initial-cluster`, so no
 /// restart is needed) and every host's profile.
-fn refresh_members(plan: &mut Plan, spec: &ClusterSpec, live: &Live, skip_conf: Option<IpAddr>) -> Result<(), PlanError> {
+fn refresh_members(
+    plan: &mut Plan,
+    spec: &ClusterSpec,
+    live: &Live,
+    skip_conf: Option<IpAddr>,
+) -> Result<(), PlanError> {
     for m in &spec.members {
         if Some(m.ip) == skip_conf {
             continue;
@@ -1010,7 +1038,11 @@ fn refresh_members(plan: &mut Plan, spec: &ClusterSpec, live: &Live, skip_conf: 
                 host: m.ip,
                 content: profile.clone(),
             },
-            file_diff("/etc/profile.d/etcdctl.sh", live.file(m.ip, "etcdctl_profile"), profile),
+            file_diff(
+                "/etc/profile.d/etcdctl.sh",
+                live.file(m.ip, "etcdctl_profile"),
+                profile,
+            ),
         );
     }
     plan.push(StepKind::Pending {
@@ -1022,7 +1054,11 @@ fn refresh_members(plan: &mut Plan, spec: &ClusterSpec, live: &Live, skip_conf: 
 /// `quorum member remove IP`: the remaining members' etcd.conf without it, leadership moved
 /// away if it leads, `member remove` by the live id, then stop and wipe it, then profiles.
 /// `spec` is the cluster without the leaving member.
-pub fn plan_member_remove(spec: &ClusterSpec, gone: &MemberSpec, live: &Live) -> Result<Plan, PlanError> {
+pub fn plan_member_remove(
+    spec: &ClusterSpec,
+    gone: &MemberSpec,
+    live: &Live,
+) -> Result<Plan, PlanError> {
     let mut hs = hosts(spec);
     hs.push(gone.ip);
     live.require_agents(&hs)?;
@@ -1091,7 +1127,11 @@ pub fn plan_member_remove(spec: &ClusterSpec, gone: &MemberSpec, live: &Live) ->
                 host: m.ip,
                 content: profile.clone(),
             },
-            file_diff("/etc/profile.d/etcdctl.sh", live.file(m.ip, "etcdctl_profile"), profile),
+            file_diff(
+                "/etc/profile.d/etcdctl.sh",
+                live.file(m.ip, "etcdctl_profile"),
+                profile,
+            ),
         );
     }
     plan.push(StepKind::Pending {
@@ -1222,7 +1262,11 @@ mod tests {
             ]
         );
         assert!(plan.wipes.is_empty());
-        assert!(plan.steps[2].diff.contains("+name: etcd-1"), "{}", plan.steps[2].diff);
+        assert!(
+            plan.steps[2].diff.contains("+name: etcd-1"),
+            "{}",
+            plan.steps[2].diff
+        );
     }
 
     #[test]
@@ -1230,7 +1274,11 @@ mod tests {
         let s = spec(3);
         let plan = plan_cluster_create(&s, &healthy(&s)).expect("plan");
         assert_eq!(names(&plan), vec!["ClusterHealthGate "]);
-        assert!(plan.notes[0].contains("nothing to change"), "{:?}", plan.notes);
+        assert!(
+            plan.notes[0].contains("nothing to change"),
+            "{:?}",
+            plan.notes
+        );
     }
 
     #[test]
@@ -1238,7 +1286,14 @@ mod tests {
         let s = spec(3);
         let mut l = healthy(&s);
         if let Some(f) = l.facts.get_mut(&ip("10.10.10.11")) {
-            f.files.insert("etcd_conf".into(), pb::FileFact { exists: true, sha256: "00".into(), content: "old".into() });
+            f.files.insert(
+                "etcd_conf".into(),
+                pb::FileFact {
+                    exists: true,
+                    sha256: "00".into(),
+                    content: "old".into(),
+                },
+            );
         }
         let err = plan_cluster_create(&s, &l).expect_err("must refuse");
         assert_eq!(
@@ -1265,14 +1320,18 @@ mod tests {
         s.clean = true;
         let plan = plan_cluster_create(&s, &l).expect("purge and recreate");
         assert_eq!(plan.wipes.len(), 3);
-        assert!(matches!(plan.steps[1].kind, StepKind::WipeEtcdData { purge: true, .. }));
+        assert!(matches!(
+            plan.steps[1].kind,
+            StepKind::WipeEtcdData { purge: true, .. }
+        ));
     }
 
     #[test]
     fn a_stopped_member_with_data_counts_as_an_instance() {
         let mut s = spec(1);
         s.safeguard = true;
-        let err = plan_cluster_create(&s, &live(&s, false, true)).expect_err("data dir holds a member");
+        let err =
+            plan_cluster_create(&s, &live(&s, false, true)).expect_err("data dir holds a member");
         assert!(matches!(err, PlanError::InstanceExists { .. }));
     }
 
@@ -1294,20 +1353,38 @@ mod tests {
         let mut s = spec(3);
         s.safeguard = true;
         let l = live(&s, true, true);
-        assert!(matches!(plan_cluster_remove(&s, &l, false), Err(PlanError::InstanceExists { .. })));
+        assert!(matches!(
+            plan_cluster_remove(&s, &l, false),
+            Err(PlanError::InstanceExists { .. })
+        ));
         let purge = plan_cluster_remove(&s, &l, true).expect("purge ignores etcd_safeguard");
-        assert_eq!(purge.wipes, vec!["etcd-1 @ 10.10.10.10", "etcd-2 @ 10.10.10.11", "etcd-3 @ 10.10.10.12"]);
+        assert_eq!(
+            purge.wipes,
+            vec![
+                "etcd-1 @ 10.10.10.10",
+                "etcd-2 @ 10.10.10.11",
+                "etcd-3 @ 10.10.10.12"
+            ]
+        );
         let mut l2 = l.clone();
         if let Some(f) = l2.facts.get_mut(&ip("10.10.10.11")) {
             f.safeguard = true;
         }
         assert_eq!(
             plan_cluster_remove(&s, &l2, true).expect_err("local safeguard"),
-            PlanError::LocalSafeguard { host: ip("10.10.10.11") }
+            PlanError::LocalSafeguard {
+                host: ip("10.10.10.11")
+            }
         );
         s.safeguard = false;
         let remove = plan_cluster_remove(&s, &l, false).expect("remove");
-        assert_eq!(names(&remove)[1..3], ["StopEtcd 10.10.10.10".to_string(), "WipeEtcdData 10.10.10.10".to_string()]);
+        assert_eq!(
+            names(&remove)[1..3],
+            [
+                "StopEtcd 10.10.10.10".to_string(),
+                "WipeEtcdData 10.10.10.10".to_string()
+            ]
+        );
     }
 
     #[test]
@@ -1318,34 +1395,63 @@ mod tests {
         assert_eq!(n.len(), 12);
         for (i, m) in s.members.iter().enumerate() {
             let h = m.ip.to_string();
-            assert_eq!(n[i * 4..i * 4 + 4], [
-                format!("QuorumGuard {h}"),
-                format!("WriteEtcdConf {h}"),
-                format!("RestartEtcd {h}"),
-                format!("HealthGate {h}"),
-            ]);
+            assert_eq!(
+                n[i * 4..i * 4 + 4],
+                [
+                    format!("QuorumGuard {h}"),
+                    format!("WriteEtcdConf {h}"),
+                    format!("RestartEtcd {h}"),
+                    format!("HealthGate {h}"),
+                ]
+            );
         }
-        assert!(matches!(plan.steps[2].kind, StepKind::RestartEtcd { force: true, ref if_changed, .. } if if_changed == &vec![1]));
+        assert!(
+            matches!(plan.steps[2].kind, StepKind::RestartEtcd { force: true, ref if_changed, .. } if if_changed == &vec![1])
+        );
         let plain = plan_config_reload(&s, &healthy(&s), RestartPolicy::Never).expect("plan");
-        assert!(plain.steps.iter().all(|st| matches!(st.kind, StepKind::WriteEtcdConf { .. })));
-        assert!(plain.steps.iter().all(|st| st.diff.is_empty()), "unchanged files show no diff");
+        assert!(plain
+            .steps
+            .iter()
+            .all(|st| matches!(st.kind, StepKind::WriteEtcdConf { .. })));
+        assert!(
+            plain.steps.iter().all(|st| st.diff.is_empty()),
+            "unchanged files show no diff"
+        );
     }
 
     #[test]
     fn etcd_restarts_never_fan_out() {
         let s = spec(3);
         let hosts: Vec<IpAddr> = s.members.iter().map(|m| m.ip).collect();
-        let err = plan_service(&s, &live(&s, true, true), ServiceName::Etcd, ActionName::Restart, &hosts, 2)
-            .expect_err("forks 2");
+        let err = plan_service(
+            &s,
+            &live(&s, true, true),
+            ServiceName::Etcd,
+            ActionName::Restart,
+            &hosts,
+            2,
+        )
+        .expect_err("forks 2");
         assert!(err.to_string().contains("one member at a time"), "{err}");
-        let ok = plan_service(&s, &live(&s, true, true), ServiceName::Patroni, ActionName::Reload, &hosts, 2)
-            .expect("patroni may fan out");
+        let ok = plan_service(
+            &s,
+            &live(&s, true, true),
+            ServiceName::Patroni,
+            ActionName::Reload,
+            &hosts,
+            2,
+        )
+        .expect("patroni may fan out");
         assert_eq!(ok.steps.len(), 2);
     }
 
     #[test]
     fn diffs_show_old_and_new_lines() {
-        let cur = pb::FileFact { exists: true, sha256: sha256_hex("a\nb\n"), content: "a\nb\n".into() };
+        let cur = pb::FileFact {
+            exists: true,
+            sha256: sha256_hex("a\nb\n"),
+            content: "a\nb\n".into(),
+        };
         let d = file_diff("/etc/etcd/etcd.conf", Some(&cur), "a\nc\n");
         assert!(d.contains("-b") && d.contains("+c"), "{d}");
         assert!(file_diff("/x", Some(&cur), "a\nb\n").is_empty());

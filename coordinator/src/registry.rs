@@ -132,7 +132,12 @@ impl Registry {
 
     /// A long poll: returns the agent's undelivered and unreported tasks at once if there are
     /// any, else waits up to `hold` for one to be queued.
-    pub async fn poll(&self, agent: IpAddr, facts: Option<pb::Facts>, hold: Duration) -> Vec<pb::Task> {
+    pub async fn poll(
+        &self,
+        agent: IpAddr,
+        facts: Option<pb::Facts>,
+        hold: Duration,
+    ) -> Vec<pb::Task> {
         self.observe(agent, facts);
         let notify = self.with(|inner| {
             let e = inner.agents.entry(agent).or_insert_with(Entry::new);
@@ -178,7 +183,11 @@ impl Registry {
                 e.last_seen = UNIX_EPOCH;
                 e
             });
-            let dup = e.queue.iter().chain(e.inflight.iter()).any(|t| t.id == task.id);
+            let dup = e
+                .queue
+                .iter()
+                .chain(e.inflight.iter())
+                .any(|t| t.id == task.id);
             if !dup {
                 e.queue.push_back(task);
             }

@@ -101,7 +101,10 @@ fn host_of_url(url: &str) -> Option<IpAddr> {
         Some((h, _)) => h,
         None => hostport,
     };
-    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 impl Runner {
@@ -127,7 +130,10 @@ impl Runner {
 
     /// Whether this process is walking `run_id` now.
     pub fn is_active(&self, run_id: &str) -> bool {
-        self.active.lock().map(|a| a.contains(run_id)).unwrap_or(false)
+        self.active
+            .lock()
+            .map(|a| a.contains(run_id))
+            .unwrap_or(false)
     }
 
     /// Starts walking `run_id` in the background (no-op if already walking it).
@@ -200,7 +206,8 @@ impl Runner {
                     step.outcome,
                     step.output.trim()
                 );
-                self.store.set_run_state(run_id, run_state::FAILED, &error)?;
+                self.store
+                    .set_run_state(run_id, run_state::FAILED, &error)?;
                 return Ok(());
             }
         }
@@ -255,21 +262,31 @@ impl Runner {
             }
             StepKind::StartEtcd { hosts } => {
                 let tasks = hosts.iter().enumerate().map(|(n, h)| {
-                    self.agent_task(*h, id(n), service_kind(pb::Service::Etcd, pb::Action::Start))
+                    self.agent_task(
+                        *h,
+                        id(n),
+                        service_kind(pb::Service::Etcd, pb::Action::Start),
+                    )
                 });
                 join_ends(hosts, futures_join(tasks).await)
             }
             StepKind::StopEtcd { host } => {
-                self.agent_task(*host, id(0), service_kind(pb::Service::Etcd, pb::Action::Stop))
-                    .await
+                self.agent_task(
+                    *host,
+                    id(0),
+                    service_kind(pb::Service::Etcd, pb::Action::Stop),
+                )
+                .await
             }
             StepKind::RestartEtcd {
                 host,
                 if_changed,
                 force,
             } => {
-                let prior: Vec<&StepRecord> =
-                    if_changed.iter().filter_map(|i| run.steps.get(*i)).collect();
+                let prior: Vec<&StepRecord> = if_changed
+                    .iter()
+                    .filter_map(|i| run.steps.get(*i))
+                    .collect();
                 if !force && !prior.is_empty() && prior.iter().all(|s| s.outcome != "changed") {
                     return StepEnd::ok("skipped", "etcd.conf unchanged: no restart needed");
                 }
@@ -282,71 +299,97 @@ impl Runner {
                 self.agent_task(*host, id(0), kind).await
             }
             StepKind::WipeEtcdData { host, purge } => {
-                self.agent_task(*host, id(0), Kind::WipeEtcdData(pb::WipeEtcdData { purge: *purge }))
-                    .await
+                self.agent_task(
+                    *host,
+                    id(0),
+                    Kind::WipeEtcdData(pb::WipeEtcdData { purge: *purge }),
+                )
+                .await
             }
             StepKind::QuorumGuard { host } => self.quorum_guard(ctx, *host).await,
             StepKind::HealthGate { host } => self.health_gate(ctx, Some(*host)).await,
             StepKind::ClusterHealthGate => self.health_gate(ctx, None).await,
-            StepKind::MemberAddCheck { host, peer_url } => self.member_add_check(ctx, *host, peer_url).await,
+            StepKind::MemberAddCheck { host, peer_url } => {
+                self.member_add_check(ctx, *host, peer_url).await
+            }
             StepKind::AddLearner { peer_url, .. } => self.add_learner(ctx, peer_url).await,
             StepKind::PromoteLearner { peer_url, .. } => self.promote_learner(ctx, peer_url).await,
-            StepKind::MemberRemoveCheck { host, peer_url } => {
-                match self.members(ctx).await {
-                    Err(e) => StepEnd::refused(e),
-                    Ok(members) => {
-                        if !members.iter().any(|m| m.peer_urls.contains(peer_url)) {
-                            return StepEnd::ok("ok", format!("{host} is no longer a member"));
-                        }
-                        match self.others_healthy(&members, *host).await {
-                            Ok(()) => StepEnd::ok("ok", "every other voting member is healthy"),
-                            Err(why) => StepEnd::refused(format!("{why}; removing {host} now would put quorum at risk")),
-                        }
+            StepKind::MemberRemoveCheck { host, peer_url } => match self.members(ctx).await {
+                Err(e) => StepEnd::refused(e),
+                Ok(members) => {
+                    if !members.iter().any(|m| m.peer_urls.contains(peer_url)) {
+                        return StepEnd::ok("ok", format!("{host} is no longer a member"));
+                    }
+                    match self.others_healthy(&members, *host).await {
+                        Ok(()) => StepEnd::ok("ok", "every other voting member is healthy"),
+                        Err(why) => StepEnd::refused(format!(
+                            "{why}; removing {host} now would put quorum at risk"
+                        )),
                     }
                 }
+            },
+            StepKind::MoveLeaderAway { host, peer_url } => {
+                self.move_leader_away(ctx, *host, peer_url).await
             }
-            StepKind::MoveLeaderAway { host, peer_url } => self.move_leader_away(ctx, *host, peer_url).await,
-            StepKind::RemoveMember { host, peer_url } => self.remove_member(ctx, *host, peer_url).await,
-            StepKind::WipeRemovedMember { host, peer_url } => {
-                match self.members(ctx).await {
-                    Err(e) => StepEnd::refused(format!("{e}; cannot prove {host} left, so its data stays")),
-                    Ok(members) if members.iter().any(|m| m.peer_urls.contains(peer_url)) => StepEnd::refused(format!(
+            StepKind::RemoveMember { host, peer_url } => {
+                self.remove_member(ctx, *host, peer_url).await
+            }
+            StepKind::WipeRemovedMember { host, peer_url } => match self.members(ctx).await {
+                Err(e) => {
+                    StepEnd::refused(format!("{e}; cannot prove {host} left, so its data stays"))
+                }
+                Ok(members) if members.iter().any(|m| m.peer_urls.contains(peer_url)) => {
+                    StepEnd::refused(format!(
                         "{host} is still listed as a member: refusing to wipe a live member's data"
-                    )),
-                    Ok(_) => {
-                        self.agent_task(*host, id(0), Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }))
-                            .await
-                    }
+                    ))
                 }
-            }
+                Ok(_) => {
+                    self.agent_task(
+                        *host,
+                        id(0),
+                        Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
+                    )
+                    .await
+                }
+            },
             StepKind::Pending { what } => StepEnd::ok("skipped", format!("pending: {what}")),
             StepKind::ServiceAction {
                 hosts,
                 service,
                 action,
             } => {
-                let tasks = hosts
-                    .iter()
-                    .enumerate()
-                    .map(|(n, h)| self.agent_task(*h, id(n), service_kind(service.pb(), action.pb())));
+                let tasks = hosts.iter().enumerate().map(|(n, h)| {
+                    self.agent_task(*h, id(n), service_kind(service.pb(), action.pb()))
+                });
                 join_ends(hosts, futures_join(tasks).await)
             }
         }
     }
 
-    fn safeguard_check(&self, hosts: &[IpAddr], safeguard: bool, clean: bool, ignore: bool) -> StepEnd {
+    fn safeguard_check(
+        &self,
+        hosts: &[IpAddr],
+        safeguard: bool,
+        clean: bool,
+        ignore: bool,
+    ) -> StepEnd {
         for h in hosts {
             let Some(facts) = self.registry.facts(*h) else {
-                return StepEnd::failed(format!("no facts from the agent on {h}; is it connected?"));
+                return StepEnd::failed(format!(
+                    "no facts from the agent on {h}; is it connected?"
+                ));
             };
-            let active = facts.services.get("etcd").copied() == Some(pb::ServiceState::Active as i32);
+            let active =
+                facts.services.get("etcd").copied() == Some(pb::ServiceState::Active as i32);
             if !ignore && active && (safeguard || !clean) {
                 let why = if safeguard {
                     "etcd_safeguard enabled, please disable it before purging."
                 } else {
                     "etcd_clean = false, use -e etcd_clean=true to override."
                 };
-                return StepEnd::refused(format!("Abort because etcd instance @ {h} exists. {why}"));
+                return StepEnd::refused(format!(
+                    "Abort because etcd instance @ {h} exists. {why}"
+                ));
             }
             if ignore && facts.safeguard {
                 return StepEnd::refused(format!(
@@ -367,12 +410,19 @@ impl Runner {
         // same bytes, so it changes nothing on the host.
         if !(crt.exists() && key.exists()) {
             let (c, k) = ca
-                .issue(LeafKind::Etcd, &[host], Some(member), crate::pki::DEFAULT_LEAF_DAYS)
+                .issue(
+                    LeafKind::Etcd,
+                    &[host],
+                    Some(member),
+                    crate::pki::DEFAULT_LEAF_DAYS,
+                )
                 .map_err(|e| e.to_string())?;
             crate::pki::write_replace(&key, k.as_bytes(), 0o600).map_err(|e| e.to_string())?;
             crate::pki::write_replace(&crt, c.as_bytes(), 0o644).map_err(|e| e.to_string())?;
         }
-        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
         Ok((ca.cert_pem().to_string(), read(&crt)?, read(&key)?))
     }
 
@@ -436,7 +486,10 @@ impl Runner {
     }
 
     /// Health of every voting member, as (member label, host, result).
-    async fn voting_health(&self, members: &[MemberInfo]) -> Vec<(String, Option<IpAddr>, Result<(), String>)> {
+    async fn voting_health(
+        &self,
+        members: &[MemberInfo],
+    ) -> Vec<(String, Option<IpAddr>, Result<(), String>)> {
         let mut out = Vec::new();
         for m in members.iter().filter(|m| !m.is_learner) {
             let host = m.peer_urls.first().and_then(|u| host_of_url(u));
@@ -457,7 +510,11 @@ impl Runner {
     async fn quorum_guard(&self, ctx: &RunContext, host: IpAddr) -> StepEnd {
         let members = match self.members(ctx).await {
             Ok(m) => m,
-            Err(e) => return StepEnd::refused(format!("{e}; quorum cannot be verified, so nothing is taken down")),
+            Err(e) => {
+                return StepEnd::refused(format!(
+                    "{e}; quorum cannot be verified, so nothing is taken down"
+                ))
+            }
         };
         for (label, h, r) in self.voting_health(&members).await {
             if h == Some(host) {
@@ -515,18 +572,35 @@ impl Runner {
             Ok(m) => m,
             Err(e) => return StepEnd::failed(e),
         };
-        if let Some(m) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) {
+        if let Some(m) = members
+            .iter()
+            .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+        {
             return StepEnd::ok(
                 "unchanged",
-                format!("{peer_url} is already a {} (id {:x})", if m.is_learner { "learner" } else { "voting member" }, m.id),
+                format!(
+                    "{peer_url} is already a {} (id {:x})",
+                    if m.is_learner {
+                        "learner"
+                    } else {
+                        "voting member"
+                    },
+                    m.id
+                ),
             );
         }
         // Re-checked right before the change: never a second learner.
         if let Some(l) = members.iter().find(|m| m.is_learner) {
-            return StepEnd::refused(format!("a learner already exists ({}); at most one learner at a time", l.peer_urls.join(",")));
+            return StepEnd::refused(format!(
+                "a learner already exists ({}); at most one learner at a time",
+                l.peer_urls.join(",")
+            ));
         }
         match self.etcd.add_learner(&ctx.endpoints, peer_url).await {
-            Ok(id) => StepEnd::ok("changed", format!("added learner {id:x} with peer URL {peer_url}")),
+            Ok(id) => StepEnd::ok(
+                "changed",
+                format!("added learner {id:x} with peer URL {peer_url}"),
+            ),
             Err(e) => StepEnd::failed(e.to_string()),
         }
     }
@@ -539,11 +613,19 @@ impl Runner {
                 Ok(m) => m,
                 Err(e) => return StepEnd::failed(e),
             };
-            let Some(m) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) else {
-                return StepEnd::failed(format!("no member with peer URL {peer_url}: the learner is gone; resume re-adds it"));
+            let Some(m) = members
+                .iter()
+                .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+            else {
+                return StepEnd::failed(format!(
+                    "no member with peer URL {peer_url}: the learner is gone; resume re-adds it"
+                ));
             };
             if !m.is_learner {
-                return StepEnd::ok("unchanged", format!("{:x} is already a voting member", m.id));
+                return StepEnd::ok(
+                    "unchanged",
+                    format!("{:x} is already a voting member", m.id),
+                );
             }
             match self.etcd.promote(&ctx.endpoints, m.id).await {
                 Ok(()) => return StepEnd::ok("changed", format!("promoted {:x}", m.id)),
@@ -571,7 +653,10 @@ impl Runner {
             Ok(m) => m,
             Err(e) => return StepEnd::failed(e),
         };
-        let Some(gone) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) else {
+        let Some(gone) = members
+            .iter()
+            .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+        else {
             return StepEnd::ok("skipped", format!("{host} is no longer a member"));
         };
         let leader = match self.etcd.leader(&ctx.endpoints).await {
@@ -579,7 +664,10 @@ impl Runner {
             Err(e) => return StepEnd::failed(e.to_string()),
         };
         if leader != gone.id {
-            return StepEnd::ok("skipped", format!("{host} does not lead (leader {leader:x})"));
+            return StepEnd::ok(
+                "skipped",
+                format!("{host} does not lead (leader {leader:x})"),
+            );
         }
         let mut target = None;
         for m in members.iter().filter(|m| !m.is_learner && m.id != gone.id) {
@@ -594,10 +682,15 @@ impl Runner {
             return StepEnd::refused("no healthy voting member to hand leadership to");
         };
         let Some(url) = gone.client_urls.first() else {
-            return StepEnd::failed(format!("{host} has no client URL to ask for the leadership move"));
+            return StepEnd::failed(format!(
+                "{host} has no client URL to ask for the leadership move"
+            ));
         };
         match self.etcd.move_leader(url, target).await {
-            Ok(()) => StepEnd::ok("changed", format!("leadership moved from {:x} to {target:x}", gone.id)),
+            Ok(()) => StepEnd::ok(
+                "changed",
+                format!("leadership moved from {:x} to {target:x}", gone.id),
+            ),
             Err(e) => StepEnd::failed(e.to_string()),
         }
     }
@@ -607,12 +700,17 @@ impl Runner {
             Ok(m) => m,
             Err(e) => return StepEnd::failed(e),
         };
-        let Some(gone) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) else {
+        let Some(gone) = members
+            .iter()
+            .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+        else {
             return StepEnd::ok("unchanged", format!("{host} is already removed"));
         };
         // Re-checked right before the change: the remaining members must hold quorum.
         if let Err(why) = self.others_healthy(&members, host).await {
-            return StepEnd::refused(format!("{why}; removing {host} now would put quorum at risk"));
+            return StepEnd::refused(format!(
+                "{why}; removing {host} now would put quorum at risk"
+            ));
         }
         match self.etcd.remove(&ctx.endpoints, gone.id).await {
             Ok(()) => StepEnd::ok("changed", format!("removed member {:x} ({host})", gone.id)),
@@ -627,19 +725,30 @@ impl Runner {
             match self.members(ctx).await {
                 Ok(members) => {
                     let health = self.voting_health(&members).await;
-                    let host_listed = host.is_none_or(|h| health.iter().any(|(_, mh, _)| *mh == Some(h)));
+                    let host_listed =
+                        host.is_none_or(|h| health.iter().any(|(_, mh, _)| *mh == Some(h)));
                     let bad: Vec<String> = health
                         .iter()
                         .filter_map(|(l, _, r)| r.as_ref().err().map(|e| format!("{l}: {e}")))
                         .collect();
                     if host_listed && bad.is_empty() && !health.is_empty() {
                         let start = Instant::now() + self.timeouts.gate - deadline;
-                        return StepEnd::ok("ok", format!("{} voting member(s) healthy after {:.1}s", health.len(), start.as_secs_f64()));
+                        return StepEnd::ok(
+                            "ok",
+                            format!(
+                                "{} voting member(s) healthy after {:.1}s",
+                                health.len(),
+                                start.as_secs_f64()
+                            ),
+                        );
                     }
                     last = if host_listed {
                         bad.join("; ")
                     } else {
-                        format!("{} is not a voting member", host.map(|h| h.to_string()).unwrap_or_default())
+                        format!(
+                            "{} is not a voting member",
+                            host.map(|h| h.to_string()).unwrap_or_default()
+                        )
                     };
                 }
                 Err(e) => last = e,
@@ -678,7 +787,9 @@ pub fn step_hosts(kind: &StepKind) -> Vec<IpAddr> {
     }
 }
 
-async fn futures_join<F: std::future::Future<Output = StepEnd>>(futs: impl Iterator<Item = F>) -> Vec<StepEnd> {
+async fn futures_join<F: std::future::Future<Output = StepEnd>>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<StepEnd> {
     let handles: Vec<_> = futs.collect();
     let mut out = Vec::with_capacity(handles.len());
     // Poll all at once: each waits on its own agent.
@@ -740,14 +851,19 @@ mod tests {
 
     #[test]
     fn hosts_are_read_from_urls() {
-        assert_eq!(host_of_url("https://10.10.10.10:2380"), "10.10.10.10".parse().ok());
+        assert_eq!(
+            host_of_url("https://10.10.10.10:2380"),
+            "10.10.10.10".parse().ok()
+        );
         assert_eq!(host_of_url("https://[::1]:2379"), "::1".parse().ok());
         assert_eq!(host_of_url("nonsense"), None);
     }
 
     #[test]
     fn task_ids_are_stable_per_attempt() {
-        let ip: IpAddr = "127.0.0.11".parse().unwrap_or(IpAddr::from([127, 0, 0, 11]));
+        let ip: IpAddr = "127.0.0.11"
+            .parse()
+            .unwrap_or(IpAddr::from([127, 0, 0, 11]));
         assert_eq!(task_id("r-1", 3, 1, ip), task_id("r-1", 3, 1, ip));
         assert_ne!(task_id("r-1", 3, 1, ip), task_id("r-1", 3, 2, ip));
     }

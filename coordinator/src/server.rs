@@ -17,11 +17,11 @@ use tonic::{Request, Response, Status};
 
 use crate::config::CoordinatorConfig;
 use crate::etcd::EtcdAccess;
+use crate::pki::Ca;
+use crate::registry::{AgentState, Registry};
 use crate::runner::{Runner, Timeouts};
 use crate::sop;
 use crate::store::{run_state, Store, StoreError};
-use crate::pki::Ca;
-use crate::registry::{AgentState, Registry};
 
 /// Reads the caller's role from its TLS client certificate.
 pub fn authenticate<T>(req: &Request<T>, trust_domain: &str) -> Result<Peer, Status> {
@@ -33,7 +33,8 @@ pub fn authenticate<T>(req: &Request<T>, trust_domain: &str) -> Result<Peer, Sta
     let first = certs.first().ok_or_else(|| {
         Status::unauthenticated("no client certificate was presented; this call needs one")
     })?;
-    peer_from_der(first.as_ref(), trust_domain).map_err(|e| Status::permission_denied(e.to_string()))
+    peer_from_der(first.as_ref(), trust_domain)
+        .map_err(|e| Status::permission_denied(e.to_string()))
 }
 
 /// Demands that the caller is the agent named `agent_id`.
@@ -149,9 +150,8 @@ impl Coordinator {
             .and_then(|d| d.parent())
             .map(|p| p.join("etcd"))
             .unwrap_or_else(|| config.state_dir.join("pki-etcd"));
-        std::fs::create_dir_all(&member_cert_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create {}: {e}", member_cert_dir.display())
-        })?;
+        std::fs::create_dir_all(&member_cert_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", member_cert_dir.display()))?;
         let store = Arc::new(Store::open(&config.state_dir.join("runs.sqlite"))?);
         for id in store.mark_interrupted()? {
             tracing::warn!(run = %id, "run was interrupted by a coordinator stop; continue it with `quorum run resume {id}`");
@@ -171,7 +171,10 @@ impl Coordinator {
             },
         );
         let used_tokens = UsedTokens::open(config.state_dir.join("used-tokens")).map_err(|e| {
-            anyhow::anyhow!("cannot read {}: {e}", config.state_dir.join("used-tokens").display())
+            anyhow::anyhow!(
+                "cannot read {}: {e}",
+                config.state_dir.join("used-tokens").display()
+            )
         })?;
         Ok(Arc::new(Self {
             registry,
@@ -236,7 +239,10 @@ impl AgentService for AgentSvc {
         }))
     }
 
-    async fn poll(&self, req: Request<pb::PollRequest>) -> Result<Response<pb::PollResponse>, Status> {
+    async fn poll(
+        &self,
+        req: Request<pb::PollRequest>,
+    ) -> Result<Response<pb::PollResponse>, Status> {
         let ip = authorize_agent(&req, self.0.td(), &req.get_ref().agent_id)?;
         let facts = req.into_inner().facts;
         let hold = Duration::from_secs(self.0.config.poll_hold_secs);
@@ -279,7 +285,10 @@ impl AdminService for AdminSvc {
         }))
     }
 
-    async fn run_task(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::TaskResult>, Status> {
+    async fn run_task(
+        &self,
+        req: Request<pb::RunTaskRequest>,
+    ) -> Result<Response<pb::TaskResult>, Status> {
         let admin = authorize_admin(&req, self.0.td())?;
         let r = req.into_inner();
         let ip: IpAddr = r.agent_id.parse().map_err(|_| {
@@ -289,7 +298,9 @@ impl AdminService for AdminSvc {
             .task
             .ok_or_else(|| Status::invalid_argument("no task given"))?;
         if task.kind.is_none() {
-            return Err(Status::invalid_argument("the task has no kind from the closed task set"));
+            return Err(Status::invalid_argument(
+                "the task has no kind from the closed task set",
+            ));
         }
         match self.0.registry.state(ip) {
             None => {
@@ -328,7 +339,10 @@ impl AdminService for AdminSvc {
         }
     }
 
-    async fn start_run(&self, req: Request<pb::StartRunRequest>) -> Result<Response<pb::RunView>, Status> {
+    async fn start_run(
+        &self,
+        req: Request<pb::StartRunRequest>,
+    ) -> Result<Response<pb::RunView>, Status> {
         let admin = authorize_admin(&req, self.0.td())?;
         let r = req.into_inner();
         let c = &self.0;
@@ -336,7 +350,9 @@ impl AdminService for AdminSvc {
         if r.plan_only {
             return Ok(Response::new(sop::plan_view(&r.sop, &planned)));
         }
-        if !planned.plan.wipes.is_empty() && r.args.get("confirmed").map(String::as_str) != Some("true") {
+        if !planned.plan.wipes.is_empty()
+            && r.args.get("confirmed").map(String::as_str) != Some("true")
+        {
             return Err(Status::failed_precondition(format!(
                 "this run wipes {}; confirm it (the CLI asks, or pass --yes)",
                 planned.plan.wipes.join(", ")
@@ -351,9 +367,17 @@ impl AdminService for AdminSvc {
         Ok(Response::new(sop::run_view(&run)))
     }
 
-    async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunView>, Status> {
+    async fn get_run(
+        &self,
+        req: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::RunView>, Status> {
         authorize_admin(&req, self.0.td())?;
-        let run = self.0.runner.store.get_run(&req.get_ref().run_id).map_err(store_status)?;
+        let run = self
+            .0
+            .runner
+            .store
+            .get_run(&req.get_ref().run_id)
+            .map_err(store_status)?;
         Ok(Response::new(sop::run_view(&run)))
     }
 
@@ -374,13 +398,18 @@ impl AdminService for AdminSvc {
         Ok(Response::new(pb::ListRunsResponse { runs }))
     }
 
-    async fn resume_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunView>, Status> {
+    async fn resume_run(
+        &self,
+        req: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::RunView>, Status> {
         let admin = authorize_admin(&req, self.0.td())?;
         let id = req.into_inner().run_id;
         let runner = &self.0.runner;
         let run = runner.store.get_run(&id).map_err(store_status)?;
         if runner.is_active(&id) {
-            return Err(Status::failed_precondition(format!("run {id} is running already")));
+            return Err(Status::failed_precondition(format!(
+                "run {id} is running already"
+            )));
         }
         match run.state.as_str() {
             run_state::FAILED | run_state::INTERRUPTED | run_state::RUNNING => {}
@@ -391,25 +420,39 @@ impl AdminService for AdminSvc {
             }
         }
         tracing::info!(run = %id, %admin, "run resumed");
-        runner.store.set_run_state(&id, run_state::RUNNING, "").map_err(store_status)?;
+        runner
+            .store
+            .set_run_state(&id, run_state::RUNNING, "")
+            .map_err(store_status)?;
         runner.start(id.clone());
         let run = runner.store.get_run(&id).map_err(store_status)?;
         Ok(Response::new(sop::run_view(&run)))
     }
 
-    async fn abort_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::RunView>, Status> {
+    async fn abort_run(
+        &self,
+        req: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::RunView>, Status> {
         let admin = authorize_admin(&req, self.0.td())?;
         let id = req.into_inner().run_id;
         let store = &self.0.runner.store;
         let run = store.get_run(&id).map_err(store_status)?;
-        if matches!(run.state.as_str(), run_state::SUCCEEDED | run_state::ABORTED) {
-            return Err(Status::failed_precondition(format!("run {id} is {} already", run.state)));
+        if matches!(
+            run.state.as_str(),
+            run_state::SUCCEEDED | run_state::ABORTED
+        ) {
+            return Err(Status::failed_precondition(format!(
+                "run {id} is {} already",
+                run.state
+            )));
         }
         tracing::info!(run = %id, %admin, "run aborted");
         store
             .set_run_state(&id, run_state::ABORTED, &format!("aborted by {admin}"))
             .map_err(store_status)?;
-        Ok(Response::new(sop::run_view(&store.get_run(&id).map_err(store_status)?)))
+        Ok(Response::new(sop::run_view(
+            &store.get_run(&id).map_err(store_status)?,
+        )))
     }
 }
 
@@ -445,7 +488,9 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         .add_service(admin)
         .serve_with_shutdown(listen, shutdown_signal())
         .await
-        .map_err(|e| anyhow::anyhow!("cannot serve on {listen}: {e}; is the address in use or not local?"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot serve on {listen}: {e}; is the address in use or not local?")
+        })?;
     tracing::info!("coordinator stopped");
     Ok(())
 }

@@ -9,7 +9,9 @@ use quorum_proto::pb;
 use tonic::Status;
 
 use crate::inventory::{EtcdCluster, EtcdInit, Inventory};
-use crate::plan::{self, ActionName, ClusterSpec, Live, MemberSpec, Plan, PlanError, RestartPolicy, ServiceName};
+use crate::plan::{
+    self, ActionName, ClusterSpec, Live, MemberSpec, Plan, PlanError, RestartPolicy, ServiceName,
+};
 use crate::registry::{AgentState, Registry};
 use crate::runner::RunContext;
 use crate::store::{now_ms, step_state, RunRecord, StepRecord};
@@ -80,7 +82,8 @@ pub async fn gather_live(
     }
     live.members = etcd.member_list(&spec.client_urls()).await.ok();
     for m in &spec.members {
-        live.health.insert(m.ip, etcd.member_health(&m.client_url).await);
+        live.health
+            .insert(m.ip, etcd.member_health(&m.client_url).await);
     }
     live
 }
@@ -99,7 +102,12 @@ pub fn plan_status(e: PlanError) -> Status {
 }
 
 /// Resolves `--hosts` (IPs or inventory group names, comma-separated) to IPs.
-fn resolve_hosts(inv: &Inventory, cluster: &EtcdCluster, service: ServiceName, spec: Option<&str>) -> Result<Vec<IpAddr>, Status> {
+fn resolve_hosts(
+    inv: &Inventory,
+    cluster: &EtcdCluster,
+    service: ServiceName,
+    spec: Option<&str>,
+) -> Result<Vec<IpAddr>, Status> {
     let Some(spec) = spec else {
         return Ok(match service {
             ServiceName::Etcd => cluster.members.iter().map(|m| m.ip).collect(),
@@ -165,7 +173,9 @@ pub async fn plan_request(
     req: &pb::StartRunRequest,
 ) -> Result<Planned, Status> {
     let inv = Inventory::load(inventory_path).map_err(|e| {
-        Status::invalid_argument(format!("the coordinator's inventory is invalid, nothing was planned:\n{e}"))
+        Status::invalid_argument(format!(
+            "the coordinator's inventory is invalid, nothing was planned:\n{e}"
+        ))
     })?;
     let cluster_name = (!req.cluster.is_empty()).then_some(req.cluster.as_str());
     let cluster = inv
@@ -289,7 +299,8 @@ async fn plan_membership(
         let plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
         (spec.name.clone(), spec.client_urls(), plan)
     } else {
-        let gone_member = in_inventory.unwrap_or_else(|| cluster.new_member(host, seq.unwrap_or(0)));
+        let gone_member =
+            in_inventory.unwrap_or_else(|| cluster.new_member(host, seq.unwrap_or(0)));
         let remaining = cluster.without_member(host);
         let spec = cluster_spec(&remaining, remaining.params.init);
         let gone = MemberSpec {
@@ -302,7 +313,10 @@ async fn plan_membership(
         hosts.push(host);
         let mut live = gather_live(registry, etcd, &spec, &hosts).await;
         if live.members.is_none() {
-            live.members = etcd.member_list(&[gone.client_url.clone()]).await.ok();
+            live.members = etcd
+                .member_list(std::slice::from_ref(&gone.client_url))
+                .await
+                .ok();
         }
         let plan = plan::plan_member_remove(&spec, &gone, &live).map_err(plan_status)?;
         let mut endpoints = spec.client_urls();
@@ -333,12 +347,18 @@ pub fn new_run_id() -> String {
 }
 
 /// The stored form of a planned SOP.
-pub fn run_record(id: &str, sop: &str, started_by: &str, planned: &Planned) -> Result<RunRecord, Status> {
+pub fn run_record(
+    id: &str,
+    sop: &str,
+    started_by: &str,
+    planned: &Planned,
+) -> Result<RunRecord, Status> {
     Ok(RunRecord {
         id: id.to_string(),
         sop: sop.to_string(),
         cluster: planned.cluster.clone(),
-        context: serde_json::to_string(&planned.context).map_err(|e| Status::internal(e.to_string()))?,
+        context: serde_json::to_string(&planned.context)
+            .map_err(|e| Status::internal(e.to_string()))?,
         state: crate::store::run_state::RUNNING.into(),
         started_by: started_by.to_string(),
         inventory_digest: planned.digest.clone(),

@@ -147,7 +147,10 @@ impl Store {
         })
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let mut guard = match self.conn.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -284,7 +287,8 @@ impl Store {
     /// Run ids, newest first.
     pub fn list_runs(&self, limit: usize) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT id FROM runs ORDER BY created_ms DESC, id DESC LIMIT ?1")?;
+            let mut stmt =
+                c.prepare("SELECT id FROM runs ORDER BY created_ms DESC, id DESC LIMIT ?1")?;
             let ids = stmt
                 .query_map([limit as i64], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;

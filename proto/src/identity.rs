@@ -116,7 +116,11 @@ pub fn peer_from_der(der: &[u8], trust_domain: &str) -> Result<Peer, IdentityErr
         many => {
             return Err(IdentityError::Ambiguous {
                 subject,
-                uris: many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                uris: many
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
         }
     };

@@ -129,13 +129,12 @@ pub fn check_validity(path: &Path, pem: &[u8]) -> Result<(), TlsError> {
         path: path.to_path_buf(),
         expected: "CERTIFICATE",
     })?;
-    let (not_before, not_after) = crate::identity::validity_from_der(&der).map_err(|_| {
-        TlsError::NotPem {
+    let (not_before, not_after) =
+        crate::identity::validity_from_der(&der).map_err(|_| TlsError::NotPem {
             what: "certificate",
             path: path.to_path_buf(),
             expected: "CERTIFICATE",
-        }
-    })?;
+        })?;
     let now = unix_now();
     let state = if now > not_after {
         "expired"

@@ -81,7 +81,11 @@ impl HostPaths {
     }
     /// The pid of this host's etcd, if it runs.
     pub fn etcd_pid(&self) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(self.pidfile()).ok()?.trim().parse().ok()?;
+        let pid: i32 = std::fs::read_to_string(self.pidfile())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Zombies linger here (PID 1 reaps late); they are not running.
         let state = stat.rsplit(')').next()?.split_whitespace().next()?;
@@ -95,7 +99,14 @@ impl HostPaths {
     }
     /// Makes the host's directories.
     pub fn create(&self) -> Result<()> {
-        for d in ["etc/etcd", "etc/profile.d", "data/etcd", "var/lib/quorum", "run", "log"] {
+        for d in [
+            "etc/etcd",
+            "etc/profile.d",
+            "data/etcd",
+            "var/lib/quorum",
+            "run",
+            "log",
+        ] {
             std::fs::create_dir_all(self.root.join(d))?;
         }
         Ok(())
@@ -151,7 +162,10 @@ impl Fleet {
     pub fn new(world: &World, ips: &[&str]) -> Result<Self> {
         let ips: Vec<IpAddr> = ips.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
         let port = free_port_on(&ips)?;
-        let hosts: Vec<HostPaths> = ips.iter().map(|ip| HostPaths::new(world.dir.path(), *ip)).collect();
+        let hosts: Vec<HostPaths> = ips
+            .iter()
+            .map(|ip| HostPaths::new(world.dir.path(), *ip))
+            .collect();
         for h in &hosts {
             h.create()?;
         }
@@ -165,7 +179,10 @@ impl Fleet {
     /// The host on `ip`.
     pub fn host(&self, ip: &str) -> Result<&HostPaths> {
         let ip: IpAddr = ip.parse()?;
-        self.hosts.iter().find(|h| h.ip == ip).context("no such host")
+        self.hosts
+            .iter()
+            .find(|h| h.ip == ip)
+            .context("no such host")
     }
 
     /// Client URL of a host.
@@ -175,7 +192,12 @@ impl Fleet {
 
     /// Writes `pigsty.yml` naming `members` (ip, seq) in the etcd group, with `vars` added to
     /// the group's vars (e.g. "etcd_safeguard: true").
-    pub fn write_inventory(&self, world: &World, members: &[(&str, u32)], vars: &str) -> Result<()> {
+    pub fn write_inventory(
+        &self,
+        world: &World,
+        members: &[(&str, u32)],
+        vars: &str,
+    ) -> Result<()> {
         let mut hosts = String::new();
         for (ip, seq) in members {
             let h = HostPaths::new(world.dir.path(), ip.parse()?);
@@ -204,7 +226,11 @@ impl Fleet {
             world.start_agent(&h.ip.to_string(), &h.agent_config(false))?;
         }
         for h in &self.hosts {
-            world.wait_agent_state(&h.ip.to_string(), &["connected", "idle"], Duration::from_secs(30))?;
+            world.wait_agent_state(
+                &h.ip.to_string(),
+                &["connected", "idle"],
+                Duration::from_secs(30),
+            )?;
         }
         Ok(())
     }
@@ -213,7 +239,10 @@ impl Fleet {
     pub fn kill_etcd(&self) {
         for h in &self.hosts {
             if let Some(pid) = h.etcd_pid() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -223,7 +252,10 @@ impl Fleet {
         let h = self.host(ip)?;
         let out = std::process::Command::new("bash")
             .arg("-c")
-            .arg(format!(". {} && etcdctl --dial-timeout=2s {args}", h.profile().display()))
+            .arg(format!(
+                ". {} && etcdctl --dial-timeout=2s {args}",
+                h.profile().display()
+            ))
             .output()?;
         Ok(out.into())
     }
@@ -338,7 +370,10 @@ impl HealthSampler {
         if let Some(h) = self.handle.take() {
             let _ = h.await;
         }
-        (self.max_down.load(Ordering::SeqCst), self.samples.load(Ordering::SeqCst))
+        (
+            self.max_down.load(Ordering::SeqCst),
+            self.samples.load(Ordering::SeqCst),
+        )
     }
 }
 
@@ -391,7 +426,11 @@ impl Writer {
     }
 
     /// Stops, then checks every acknowledged key is readable; returns (acked, missing, lost).
-    pub async fn finish(mut self, world: &World, endpoints: Vec<String>) -> Result<(usize, usize, u64)> {
+    pub async fn finish(
+        mut self,
+        world: &World,
+        endpoints: Vec<String>,
+    ) -> Result<(usize, usize, u64)> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
             let _ = h.await;
@@ -399,7 +438,10 @@ impl Writer {
         let acked = self.acked.lock().map(|v| v.clone()).unwrap_or_default();
         let mut c = client(world, &endpoints).await?;
         let resp = c
-            .get("/quorum-test/", Some(etcd_client::GetOptions::new().with_prefix()))
+            .get(
+                "/quorum-test/",
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
             .await?;
         let present: std::collections::HashSet<String> = resp
             .kvs()

@@ -213,12 +213,27 @@ impl World {
         };
         w.quorum(&["pki", "init", "--dir", &w.p("ca")])?.ok()?;
         w.quorum(&[
-            "pki", "issue", "coordinator", "--ip", "127.0.0.1", "--dir", &w.p("ca"), "--out",
+            "pki",
+            "issue",
+            "coordinator",
+            "--ip",
+            "127.0.0.1",
+            "--dir",
+            &w.p("ca"),
+            "--out",
             &w.p("coordinator"),
         ])?
         .ok()?;
         w.quorum(&[
-            "pki", "issue", "admin", "--name", "tester", "--dir", &w.p("ca"), "--out", &w.p("admin"),
+            "pki",
+            "issue",
+            "admin",
+            "--name",
+            "tester",
+            "--dir",
+            &w.p("ca"),
+            "--out",
+            &w.p("admin"),
         ])?
         .ok()?;
         Ok(w)
@@ -305,7 +320,14 @@ impl World {
     /// Issues an agent certificate for `ip` into `agent-<ip>/`.
     pub fn issue_agent_cert(&self, ip: &str) -> Result<()> {
         self.quorum(&[
-            "pki", "issue", "agent", "--ip", ip, "--dir", &self.p("ca"), "--out",
+            "pki",
+            "issue",
+            "agent",
+            "--ip",
+            ip,
+            "--dir",
+            &self.p("ca"),
+            "--out",
             &self.p(&format!("agent-{ip}")),
         ])?
         .ok()?;
@@ -330,7 +352,12 @@ impl World {
 
     /// Starts an agent for `ip` with a certificate (issued if missing) and `extra` config.
     pub fn start_agent(&mut self, ip: &str, extra: &str) -> Result<()> {
-        if !self.dir.path().join(format!("agent-{ip}/agent.crt")).exists() {
+        if !self
+            .dir
+            .path()
+            .join(format!("agent-{ip}/agent.crt"))
+            .exists()
+        {
             self.issue_agent_cert(ip)?;
         }
         let cfg = self.write_agent_config(ip, extra)?;
@@ -345,7 +372,10 @@ impl World {
     /// The agent process for `ip`.
     pub fn agent(&mut self, ip: &str) -> Option<&mut Proc> {
         let ip: IpAddr = ip.parse().ok()?;
-        self.agents.iter_mut().find(|(a, _)| *a == ip).map(|(_, p)| p)
+        self.agents
+            .iter_mut()
+            .find(|(a, _)| *a == ip)
+            .map(|(_, p)| p)
     }
 
     /// `quorum agents -o json`, parsed.

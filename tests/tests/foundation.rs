@@ -80,7 +80,10 @@ fn agents_are_listed_then_one_goes_stale_after_it_is_killed() -> Result<()> {
     assert_ne!(a11["state"], "stale", "{a11}");
     // The table form names both.
     let table = w.admin(&["agents"])?.ok()?.stdout;
-    assert!(table.contains("127.0.0.11") && table.contains("127.0.0.12") && table.contains("stale"), "{table}");
+    assert!(
+        table.contains("127.0.0.11") && table.contains("127.0.0.12") && table.contains("stale"),
+        "{table}"
+    );
     Ok(())
 }
 
@@ -106,10 +109,25 @@ async fn refusals_each_say_why() -> Result<()> {
     // A client certificate from another CA: refused at the handshake.
     let other = tempfile::tempdir()?;
     let od = other.path().display().to_string();
-    run("quorum", &["pki", "init", "--dir", &format!("{od}/ca")], &[])?.ok()?;
     run(
         "quorum",
-        &["pki", "issue", "admin", "--name", "mallory", "--dir", &format!("{od}/ca"), "--out", &format!("{od}/admin")],
+        &["pki", "init", "--dir", &format!("{od}/ca")],
+        &[],
+    )?
+    .ok()?;
+    run(
+        "quorum",
+        &[
+            "pki",
+            "issue",
+            "admin",
+            "--name",
+            "mallory",
+            "--dir",
+            &format!("{od}/ca"),
+            "--out",
+            &format!("{od}/admin"),
+        ],
         &[],
     )?
     .ok()?;
@@ -142,15 +160,16 @@ async fn refusals_each_say_why() -> Result<()> {
             .await
             .is_err(),
     };
-    assert!(refused_at_handshake, "a certificate from another CA was accepted");
+    assert!(
+        refused_at_handshake,
+        "a certificate from another CA was accepted"
+    );
 
     // An expired certificate: the CLI says so before dialing, and the server refuses it.
     let ip11: std::net::IpAddr = "127.0.0.11".parse()?;
     let (crt, key) = craft(
         &w,
-        vec![
-            SanType::URI("spiffe://pigsty/admin/old".try_into()?),
-        ],
+        vec![SanType::URI("spiffe://pigsty/admin/old".try_into()?)],
         true,
     )?;
     std::fs::write(w.p("expired.crt"), &crt)?;
@@ -184,7 +203,11 @@ async fn refusals_each_say_why() -> Result<()> {
         .err()
         .context("a cert without a role was accepted")?;
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert!(err.message().contains("names no Quorum role"), "{}", err.message());
+    assert!(
+        err.message().contains("names no Quorum role"),
+        "{}",
+        err.message()
+    );
 
     // An agent certificate calling the admin service.
     let agent_crt = read(&w, "agent-127.0.0.11/agent.crt")?;
@@ -195,7 +218,11 @@ async fn refusals_each_say_why() -> Result<()> {
         .err()
         .context("an agent cert called the admin service")?;
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert!(err.message().contains("may not call the admin service"), "{}", err.message());
+    assert!(
+        err.message().contains("may not call the admin service"),
+        "{}",
+        err.message()
+    );
     let out = run(
         "quorum",
         &["agents"],
@@ -219,7 +246,11 @@ async fn refusals_each_say_why() -> Result<()> {
         .err()
         .context("agent .11 polled as .12")?;
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert!(err.message().contains("cannot act as agent 127.0.0.12"), "{}", err.message());
+    assert!(
+        err.message().contains("cannot act as agent 127.0.0.12"),
+        "{}",
+        err.message()
+    );
     let err = a
         .report(pb::ReportRequest {
             agent_id: "127.0.0.12".into(),
@@ -246,7 +277,11 @@ async fn refusals_each_say_why() -> Result<()> {
         .err()
         .context("a poll without a certificate was accepted")?;
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    assert!(err.message().contains("no client certificate"), "{}", err.message());
+    assert!(
+        err.message().contains("no client certificate"),
+        "{}",
+        err.message()
+    );
 
     // Plain TCP without TLS: the server never speaks gRPC in plain text.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", w.listen))?
@@ -277,7 +312,10 @@ async fn refusals_each_say_why() -> Result<()> {
         .err()
         .context("a malformed message was accepted")?;
     assert!(
-        matches!(bad.code(), tonic::Code::Internal | tonic::Code::InvalidArgument),
+        matches!(
+            bad.code(),
+            tonic::Code::Internal | tonic::Code::InvalidArgument
+        ),
         "{bad:?}"
     );
 
@@ -296,7 +334,10 @@ async fn refusals_each_say_why() -> Result<()> {
         .err()
         .context("an oversized message was accepted")?;
     assert!(
-        matches!(err.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
         "{err:?}"
     );
     assert!(err.message().contains("too large"), "{}", err.message());
@@ -326,9 +367,19 @@ fn enrollment_token_works_once_and_only_for_its_host() -> Result<()> {
         run(
             "quorum-agent",
             &[
-                "enroll", "--coordinator", &url, "--token", token, "--ca-cert", &ca, "--cert",
-                &w.p(&format!("{out}/agent.crt")), "--key", &w.p(&format!("{out}/agent.key")),
-                "--host-ip", ip,
+                "enroll",
+                "--coordinator",
+                &url,
+                "--token",
+                token,
+                "--ca-cert",
+                &ca,
+                "--cert",
+                &w.p(&format!("{out}/agent.crt")),
+                "--key",
+                &w.p(&format!("{out}/agent.key")),
+                "--host-ip",
+                ip,
             ],
             &[],
         )
@@ -336,7 +387,11 @@ fn enrollment_token_works_once_and_only_for_its_host() -> Result<()> {
     // A CSR for another IP than the token names: refused, and the token is not burned.
     let out = enroll(&token, "127.0.0.13", "wrong-ip")?;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("the token allows only IP 127.0.0.12"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the token allows only IP 127.0.0.12"),
+        "{}",
+        out.stderr
+    );
     // The right host: works.
     enroll(&token, "127.0.0.12", "agent-127.0.0.12")?.ok()?;
     let mode = std::fs::metadata(w.p("agent-127.0.0.12/agent.key"))?;
@@ -360,13 +415,26 @@ fn enrollment_token_works_once_and_only_for_its_host() -> Result<()> {
     let forged = format!("qt1.{forged_payload}.{}", parts[2]);
     let out = enroll(&forged, "127.0.0.13", "forged")?;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("signature does not match"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("signature does not match"),
+        "{}",
+        out.stderr
+    );
     let out = enroll("not-a-token", "127.0.0.13", "garbage")?;
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("not a Quorum token"), "{}", out.stderr);
     // Expired.
     let short = w
-        .quorum(&["pki", "token", "--host", "127.0.0.14", "--ttl", "1s", "--dir", &w.p("ca")])?
+        .quorum(&[
+            "pki",
+            "token",
+            "--host",
+            "127.0.0.14",
+            "--ttl",
+            "1s",
+            "--dir",
+            &w.p("ca"),
+        ])?
         .ok()?
         .stdout
         .trim()
@@ -377,7 +445,11 @@ fn enrollment_token_works_once_and_only_for_its_host() -> Result<()> {
     assert!(out.stderr.contains("expired"), "{}", out.stderr);
     // The enrolled certificate works: the agent connects and is listed.
     w.start_agent("127.0.0.12", "")?;
-    w.wait_agent_state("127.0.0.12", &["connected", "idle"], Duration::from_secs(20))?;
+    w.wait_agent_state(
+        "127.0.0.12",
+        &["connected", "idle"],
+        Duration::from_secs(20),
+    )?;
     Ok(())
 }
 
@@ -403,7 +475,10 @@ fn a_task_queued_during_a_long_poll_is_delivered_at_once() -> Result<()> {
 fn bad_coordinator_config_is_refused_with_the_key_named() -> Result<()> {
     let w = World::new()?;
     let path = w.p("bad.yml");
-    std::fs::write(&path, format!("listen: 127.0.0.1:1\ntls: {{ ca_cert: a, cert: b, key: c }}\nlisen_typo: 1\n"))?;
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:1\ntls: { ca_cert: a, cert: b, key: c }\nlisen_typo: 1\n",
+    )?;
     let out = w.quorum(&["serve", "--config", &path])?;
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("lisen_typo"), "{}", out.stderr);
@@ -414,6 +489,9 @@ fn bad_coordinator_config_is_refused_with_the_key_named() -> Result<()> {
 fn binaries_print_their_version() -> Result<()> {
     let v = env!("CARGO_PKG_VERSION");
     assert!(run("quorum", &["--version"], &[])?.ok()?.stdout.contains(v));
-    assert!(run("quorum-agent", &["--version"], &[])?.ok()?.stdout.contains(v));
+    assert!(run("quorum-agent", &["--version"], &[])?
+        .ok()?
+        .stdout
+        .contains(v));
     Ok(())
 }

@@ -9,12 +9,19 @@ use anyhow::{Context, Result};
 use quorum_tests::etcd::{Fleet, HostPaths, Writer};
 use quorum_tests::{bin, wait_for, World};
 
-const IPS: [&str; 5] = ["127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24", "127.0.0.25"];
+const IPS: [&str; 5] = [
+    "127.0.0.21",
+    "127.0.0.22",
+    "127.0.0.23",
+    "127.0.0.24",
+    "127.0.0.25",
+];
 
 /// Three members created, agents on all five hosts; the inventory names `members`.
 fn setup(inventory: &[(&str, u32)]) -> Result<(World, Fleet)> {
     let mut w = World::new()?;
-    w.coordinator_extra = "gate_timeout_secs: 30\nstale_after_secs: 10\ntask_timeout_secs: 60\n".into();
+    w.coordinator_extra =
+        "gate_timeout_secs: 30\nstale_after_secs: 10\ntask_timeout_secs: 60\n".into();
     let fleet = Fleet::new(&w, &IPS)?;
     fleet.write_inventory(&w, &[(IPS[0], 1), (IPS[1], 2), (IPS[2], 3)], "")?;
     w.start_coordinator()?;
@@ -75,7 +82,11 @@ fn confs_list_exactly(f: &Fleet, live: &[usize]) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_to_five_and_shrink_to_three_losing_no_write() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS.iter().enumerate().map(|(i, ip)| (*ip, i as u32 + 1)).collect();
+    let all: Vec<(&str, u32)> = IPS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (*ip, i as u32 + 1))
+        .collect();
     let (w, f) = setup(&all[..3])?;
     let writer = Writer::start(&w, eps(&f, 3)).await?;
     // 3 -> 4: the host is in the inventory (Pigsty's step 2 first).
@@ -94,7 +105,11 @@ async fn grow_to_five_and_shrink_to_three_losing_no_write() -> Result<()> {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(members(&w, &f).await?, names(&[1, 2, 3, 4]));
     confs_list_exactly(&f, &[0, 1, 2, 3])?;
-    assert_eq!(std::fs::read_dir(f.hosts[4].data())?.count(), 0, "the removed member was not wiped");
+    assert_eq!(
+        std::fs::read_dir(f.hosts[4].data())?.count(),
+        0,
+        "the removed member was not wiped"
+    );
     f.write_inventory(&w, &all[..4], "")?;
     let out = w.admin(&["member", "remove", IPS[3], "--yes"])?;
     assert_eq!(out.code, 0, "{out:?}");
@@ -111,7 +126,11 @@ async fn grow_to_five_and_shrink_to_three_losing_no_write() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_host_rejoins_only_with_its_old_data_wiped() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS.iter().enumerate().map(|(i, ip)| (*ip, i as u32 + 1)).collect();
+    let all: Vec<(&str, u32)> = IPS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (*ip, i as u32 + 1))
+        .collect();
     let (w, f) = setup(&all[..4])?;
     w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
     // Remove it, then put old data back as if the wipe never happened (a restored backup).
@@ -121,13 +140,23 @@ async fn a_removed_host_rejoins_only_with_its_old_data_wiped() -> Result<()> {
     w.admin(&["member", "remove", IPS[3], "--yes"])?.ok()?;
     copy_dir(&saved, &h4.data())?;
     // Started with its old data, the removed member is not counted as a member...
-    let out = w.admin(&["task", "--host", IPS[3], "--yes", "service", "etcd", "start"])?;
+    let out = w.admin(&[
+        "task", "--host", IPS[3], "--yes", "service", "etcd", "start",
+    ])?;
     assert_eq!(out.code, 0, "{out:?}");
-    wait_for("the removed member to exit by itself", Duration::from_secs(20), || h4.etcd_pid().is_none().then_some(()))?;
+    wait_for(
+        "the removed member to exit by itself",
+        Duration::from_secs(20),
+        || h4.etcd_pid().is_none().then_some(()),
+    )?;
     assert_eq!(members(&w, &f).await?, names(&[1, 2, 3]));
     // ...and re-adding it wipes the old data first, says so, and then it joins.
     let plan = w.admin(&["member", "add", IPS[3], "--plan"])?.ok()?;
-    assert!(plan.stdout.contains("holds etcd data but is not a member"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("holds etcd data but is not a member"),
+        "{}",
+        plan.stdout
+    );
     w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
     assert_eq!(members(&w, &f).await?, names(&[1, 2, 3, 4]));
     Ok(())
@@ -144,41 +173,78 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
             }
         }
     }
-    let st = Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).status()?;
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()?;
     anyhow::ensure!(st.success(), "cp failed");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_refusals_name_the_problem() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS.iter().enumerate().map(|(i, ip)| (*ip, i as u32 + 1)).collect();
+    let all: Vec<(&str, u32)> = IPS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (*ip, i as u32 + 1))
+        .collect();
     let (w, f) = setup(&all[..3])?;
     // A host not in the inventory, without --seq.
     let out = w.admin(&["member", "add", IPS[3]])?;
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains(&format!("add `{}: {{ etcd_seq: 4 }}` under all.children.etcd.hosts", IPS[3])), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "add `{}: {{ etcd_seq: 4 }}` under all.children.etcd.hosts",
+            IPS[3]
+        )),
+        "{}",
+        out.stderr
+    );
     // A learner already there.
     let mut c = quorum_tests::etcd::client(&w, &eps(&f, 3)).await?;
     let added = c
-        .member_add([format!("https://{}:{}", IPS[4], f.peer_port)], Some(etcd_client::MemberAddOptions::new().with_is_learner()))
+        .member_add(
+            [format!("https://{}:{}", IPS[4], f.peer_port)],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
         .await?;
     let learner_id = added.member().context("learner")?.id();
     f.write_inventory(&w, &all[..4], "")?;
     let out = w.admin(&["member", "add", IPS[3], "--yes"])?;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("already has a learner"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("already has a learner"),
+        "{}",
+        out.stderr
+    );
     c.member_remove(learner_id).await?;
     // An unhealthy cluster: refused for add, and for removing another member.
     let h3 = &f.hosts[2];
     let pid = h3.etcd_pid().context("etcd-3 runs")?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
-    wait_for("etcd-3 to die", Duration::from_secs(10), || h3.etcd_pid().is_none().then_some(()))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    wait_for("etcd-3 to die", Duration::from_secs(10), || {
+        h3.etcd_pid().is_none().then_some(())
+    })?;
     let out = w.admin(&["member", "add", IPS[3], "--yes"])?;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("cluster etcd is unhealthy: member etcd-3 (127.0.0.23) is unhealthy"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cluster etcd is unhealthy: member etcd-3 (127.0.0.23) is unhealthy"),
+        "{}",
+        out.stderr
+    );
     let out = w.admin(&["member", "remove", IPS[1], "--yes"])?;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("removing etcd-2 now would put quorum at risk"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("removing etcd-2 now would put quorum at risk"),
+        "{}",
+        out.stderr
+    );
     Ok(())
 }
 
@@ -192,7 +258,11 @@ async fn the_last_member_cannot_be_removed() -> Result<()> {
     w.admin(&["cluster", "create", "--yes"])?.ok()?;
     let out = w.admin(&["member", "remove", IPS[0], "--yes"])?;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("is the last member of cluster etcd"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is the last member of cluster etcd"),
+        "{}",
+        out.stderr
+    );
     Ok(())
 }
 
@@ -210,24 +280,47 @@ fn spawn_cli(w: &World, args: &[&str]) -> Result<std::process::Child> {
 
 /// Kills the coordinator once `boundary` steps of the newest run are done, restarts it,
 /// resumes the run to success. Also samples the learner count while it runs.
-async fn crash_and_resume(w: &mut World, f: &Fleet, args: &[&str], sop: &str, boundary: usize) -> Result<()> {
+async fn crash_and_resume(
+    w: &mut World,
+    f: &Fleet,
+    args: &[&str],
+    sop: &str,
+    boundary: usize,
+) -> Result<()> {
     let mut child = spawn_cli(w, args)?;
-    let run_id = wait_for(&format!("{boundary} steps of {sop} done"), Duration::from_secs(90), || {
-        let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
-        let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
-        let r = runs.first()?;
-        let done = r["steps"].as_array()?.iter().filter(|s| s["state"] == "done").count();
-        (r["sop"] == sop && (r["state"] == "running" || r["state"] == "succeeded") && done >= boundary)
-            .then(|| r["run_id"].as_str().map(str::to_string))
-            .flatten()
-    })?;
-    let learners = members(w, f).await.map(|m| m.iter().filter(|(_, l)| *l).count()).unwrap_or(0);
+    let run_id = wait_for(
+        &format!("{boundary} steps of {sop} done"),
+        Duration::from_secs(90),
+        || {
+            let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
+            let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+            let r = runs.first()?;
+            let done = r["steps"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["state"] == "done")
+                .count();
+            (r["sop"] == sop
+                && (r["state"] == "running" || r["state"] == "succeeded")
+                && done >= boundary)
+                .then(|| r["run_id"].as_str().map(str::to_string))
+                .flatten()
+        },
+    )?;
+    let learners = members(w, f)
+        .await
+        .map(|m| m.iter().filter(|(_, l)| *l).count())
+        .unwrap_or(0);
     assert!(learners <= 1, "{learners} learners at boundary {boundary}");
     w.kill_coordinator();
     let _ = child.wait();
     w.start_coordinator()?;
     for h in &f.hosts {
-        w.wait_agent_state(&h.ip.to_string(), &["connected", "idle"], Duration::from_secs(60))?;
+        w.wait_agent_state(
+            &h.ip.to_string(),
+            &["connected", "idle"],
+            Duration::from_secs(60),
+        )?;
     }
     let show = w.admin(&["run", "show", &run_id, "-o", "json"])?.ok()?;
     let run: serde_json::Value = serde_json::from_str(&show.stdout)?;
@@ -240,18 +333,35 @@ async fn crash_and_resume(w: &mut World, f: &Fleet, args: &[&str], sop: &str, bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_at_every_step_of_add_and_remove_resumes_right() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS.iter().enumerate().map(|(i, ip)| (*ip, i as u32 + 1)).collect();
+    let all: Vec<(&str, u32)> = IPS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (*ip, i as u32 + 1))
+        .collect();
     let (mut w, f) = setup(&all[..4])?;
     let add_steps = {
-        let plan = w.admin(&["member", "add", IPS[3], "--plan", "-o", "json"])?.ok()?;
+        let plan = w
+            .admin(&["member", "add", IPS[3], "--plan", "-o", "json"])?
+            .ok()?;
         let v: serde_json::Value = serde_json::from_str(&plan.stdout)?;
         v["steps"].as_array().map(|s| s.len()).unwrap_or(0)
     };
     assert!(add_steps >= 10, "add plan has {add_steps} steps");
     for boundary in 0..add_steps {
         f.write_inventory(&w, &all[..4], "")?;
-        crash_and_resume(&mut w, &f, &["member", "add", IPS[3], "--yes"], "member-add", boundary).await?;
-        assert_eq!(members(&w, &f).await?, names(&[1, 2, 3, 4]), "after add, boundary {boundary}");
+        crash_and_resume(
+            &mut w,
+            &f,
+            &["member", "add", IPS[3], "--yes"],
+            "member-add",
+            boundary,
+        )
+        .await?;
+        assert_eq!(
+            members(&w, &f).await?,
+            names(&[1, 2, 3, 4]),
+            "after add, boundary {boundary}"
+        );
         let h: &HostPaths = &f.hosts[3];
         assert!(h.etcd_pid().is_some());
         f.write_inventory(&w, &all[..3], "")?;
@@ -263,15 +373,32 @@ async fn coordinator_killed_at_every_step_of_add_and_remove_resumes_right() -> R
         f.write_inventory(&w, &all[..4], "")?;
         w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
         f.write_inventory(&w, &all[..3], "")?;
-        let plan = w.admin(&["member", "remove", IPS[3], "--plan", "-o", "json"])?.ok()?;
+        let plan = w
+            .admin(&["member", "remove", IPS[3], "--plan", "-o", "json"])?
+            .ok()?;
         let v: serde_json::Value = serde_json::from_str(&plan.stdout)?;
         v["steps"].as_array().map(|s| s.len()).unwrap_or(0)
     };
     for boundary in 0..remove_steps {
         f.write_inventory(&w, &all[..3], "")?;
-        crash_and_resume(&mut w, &f, &["member", "remove", IPS[3], "--yes"], "member-remove", boundary).await?;
-        assert_eq!(members(&w, &f).await?, names(&[1, 2, 3]), "after remove, boundary {boundary}");
-        assert_eq!(std::fs::read_dir(f.hosts[3].data())?.count(), 0, "boundary {boundary}: not wiped");
+        crash_and_resume(
+            &mut w,
+            &f,
+            &["member", "remove", IPS[3], "--yes"],
+            "member-remove",
+            boundary,
+        )
+        .await?;
+        assert_eq!(
+            members(&w, &f).await?,
+            names(&[1, 2, 3]),
+            "after remove, boundary {boundary}"
+        );
+        assert_eq!(
+            std::fs::read_dir(f.hosts[3].data())?.count(),
+            0,
+            "boundary {boundary}: not wiped"
+        );
         f.write_inventory(&w, &all[..4], "")?;
         let out = w.admin(&["member", "add", IPS[3], "--yes"])?;
         assert_eq!(out.code, 0, "{out:?}");

@@ -14,7 +14,8 @@ const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
 /// A world with a coordinator, three agents and an inventory naming them; no cluster yet.
 fn setup(vars: &str) -> Result<(World, Fleet)> {
     let mut w = World::new()?;
-    w.coordinator_extra = "gate_timeout_secs: 20\nstale_after_secs: 10\ntask_timeout_secs: 60\n".into();
+    w.coordinator_extra =
+        "gate_timeout_secs: 20\nstale_after_secs: 10\ntask_timeout_secs: 60\n".into();
     let fleet = Fleet::new(&w, &IPS)?;
     fleet.write_inventory(&w, &[(IPS[0], 1), (IPS[1], 2), (IPS[2], 3)], vars)?;
     w.start_coordinator()?;
@@ -49,21 +50,44 @@ async fn voting_members(w: &World, f: &Fleet) -> Result<Vec<String>> {
 async fn create_makes_a_healthy_cluster_and_again_changes_nothing() -> Result<()> {
     let (w, f) = setup("")?;
     let plan = w.admin(&["cluster", "create", "--plan"])?.ok()?;
-    assert!(plan.stdout.contains("nothing has been changed"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("+initial-cluster-state: \"new\""), "the plan shows the new etcd.conf:\n{}", plan.stdout);
-    assert!(f.host(IPS[0])?.etcd_pid().is_none(), "--plan started something");
+    assert!(
+        plan.stdout.contains("nothing has been changed"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("+initial-cluster-state: \"new\""),
+        "the plan shows the new etcd.conf:\n{}",
+        plan.stdout
+    );
+    assert!(
+        f.host(IPS[0])?.etcd_pid().is_none(),
+        "--plan started something"
+    );
     create(&w)?;
-    assert_eq!(voting_members(&w, &f).await?, vec!["etcd-1", "etcd-2", "etcd-3"]);
+    assert_eq!(
+        voting_members(&w, &f).await?,
+        vec!["etcd-1", "etcd-2", "etcd-3"]
+    );
     let again = w.admin(&["cluster", "create"])?;
     assert_eq!(again.code, 0, "{again:?}");
-    assert!(again.stderr.contains("nothing to change"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("nothing to change"),
+        "{}",
+        again.stderr
+    );
     assert!(again.stderr.contains("nothing changed"), "{}", again.stderr);
     // The profiles the agents wrote work for etcdctl.
     w.admin(&["env", "refresh"])?.ok()?;
     for ip in IPS {
         let health = f.etcdctl_via_profile(ip, "endpoint health")?;
         assert_eq!(health.code, 0, "{health:?}");
-        assert_eq!(health.stdout.matches("is healthy").count() + health.stderr.matches("is healthy").count(), 3, "{health:?}");
+        assert_eq!(
+            health.stdout.matches("is healthy").count()
+                + health.stderr.matches("is healthy").count(),
+            3,
+            "{health:?}"
+        );
     }
     let put = f.etcdctl_via_profile(IPS[1], "put a 10")?;
     assert_eq!(put.code, 0, "{put:?}");
@@ -73,7 +97,10 @@ async fn create_makes_a_healthy_cluster_and_again_changes_nothing() -> Result<()
     let runs = w.admin(&["run", "list", "-o", "json"])?.ok()?;
     let runs: Vec<serde_json::Value> = serde_json::from_str(&runs.stdout)?;
     assert!(runs.len() >= 3);
-    assert!(runs.iter().all(|r| r["started_by"] == "tester" && r["inventory_digest"].as_str().is_some_and(|d| d.len() == 64)));
+    assert!(runs.iter().all(|r| r["started_by"] == "tester"
+        && r["inventory_digest"]
+            .as_str()
+            .is_some_and(|d| d.len() == 64)));
     Ok(())
 }
 
@@ -90,9 +117,19 @@ async fn rolling_reload_keeps_quorum_and_loses_no_write() -> Result<()> {
     assert!(samples > 10, "too few health samples ({samples})");
     assert!(max_down <= 1, "{max_down} members were down at one moment");
     assert!(acked > 0, "the writer wrote nothing");
-    assert_eq!((missing, lost), (0, 0), "{acked} acked, {missing} missing, {lost} failed after retries");
+    assert_eq!(
+        (missing, lost),
+        (0, 0),
+        "{acked} acked, {missing} missing, {lost} failed after retries"
+    );
     for h in &f.hosts {
-        assert_eq!(h.restart_count(), 1, "{} restarted {} times", h.ip, h.restart_count());
+        assert_eq!(
+            h.restart_count(),
+            1,
+            "{} restarted {} times",
+            h.ip,
+            h.restart_count()
+        );
     }
     Ok(())
 }
@@ -103,12 +140,22 @@ async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()
     create(&w)?;
     let h3 = f.host(IPS[2])?;
     let pid = h3.etcd_pid().context("etcd-3 runs")?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
-    wait_for("etcd-3 to die", Duration::from_secs(10), || h3.etcd_pid().is_none().then_some(()))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    wait_for("etcd-3 to die", Duration::from_secs(10), || {
+        h3.etcd_pid().is_none().then_some(())
+    })?;
     let out = w.admin(&["config", "reload", "--restart"])?;
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("QuorumGuard"), "{}", out.stderr);
-    assert!(out.stderr.contains("member etcd-3 (127.0.0.13) is unhealthy"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("member etcd-3 (127.0.0.13) is unhealthy"),
+        "{}",
+        out.stderr
+    );
     for h in &f.hosts {
         assert_eq!(h.restart_count(), 0, "{} was restarted", h.ip);
     }
@@ -132,10 +179,18 @@ async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Resul
     w.wait_agent_state(IPS[1], &["connected", "idle"], Duration::from_secs(30))?;
     let out = w.admin(&["config", "reload", "--restart"])?;
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("HealthGate 127.0.0.12"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("HealthGate 127.0.0.12"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(f.host(IPS[0])?.restart_count(), 1);
     assert_eq!(h2.restart_count(), 1);
-    assert_eq!(f.host(IPS[2])?.restart_count(), 0, "the run went on past the failed gate");
+    assert_eq!(
+        f.host(IPS[2])?.restart_count(),
+        0,
+        "the run went on past the failed gate"
+    );
     Ok(())
 }
 
@@ -165,7 +220,12 @@ async fn remove_honors_the_safeguard_and_purge_wipes_everything() -> Result<()> 
     for h in &f.hosts {
         assert!(h.etcd_pid().is_none(), "{} still runs etcd", h.ip);
         assert!(h.data().exists(), "the data dir itself must stay");
-        assert_eq!(std::fs::read_dir(h.data())?.count(), 0, "{} data dir not empty", h.ip);
+        assert_eq!(
+            std::fs::read_dir(h.data())?.count(),
+            0,
+            "{} data dir not empty",
+            h.ip
+        );
     }
     Ok(())
 }
@@ -182,7 +242,12 @@ async fn a_local_agent_safeguard_blocks_even_a_purge() -> Result<()> {
     w.wait_agent_state(IPS[1], &["connected", "idle"], Duration::from_secs(30))?;
     let out = w.admin(&["cluster", "purge", "--yes"])?;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("local safeguard of the agent on 127.0.0.12"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("local safeguard of the agent on 127.0.0.12"),
+        "{}",
+        out.stderr
+    );
     for h in &f.hosts {
         assert!(h.data().join("member").exists(), "{} was wiped", h.ip);
         assert!(h.etcd_pid().is_some(), "{} was stopped", h.ip);
@@ -214,7 +279,11 @@ async fn a_second_sop_on_a_locked_cluster_is_refused_with_the_holder() -> Result
     let second = w.admin(&["env", "refresh"])?;
     let _ = child.wait();
     assert_eq!(second.code, 3, "{second:?}");
-    assert!(second.stderr.contains(&format!("locked by run {holder}")), "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!("locked by run {holder}")),
+        "{}",
+        second.stderr
+    );
     Ok(())
 }
 
@@ -238,15 +307,23 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
             .spawn()?;
         // Wait until `boundary` steps are done (the kill lands at that boundary or just inside
         // the next step: both are crash points the design must survive).
-        let run_id = wait_for(&format!("{boundary} steps done"), Duration::from_secs(60), || {
-            let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
-            let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
-            let r = runs.first()?;
-            let done = r["steps"].as_array()?.iter().filter(|s| s["state"] == "done").count();
-            (r["sop"] == "config-reload" && r["state"] == "running" && done >= boundary)
-                .then(|| r["run_id"].as_str().map(str::to_string))
-                .flatten()
-        })?;
+        let run_id = wait_for(
+            &format!("{boundary} steps done"),
+            Duration::from_secs(60),
+            || {
+                let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
+                let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+                let r = runs.first()?;
+                let done = r["steps"]
+                    .as_array()?
+                    .iter()
+                    .filter(|s| s["state"] == "done")
+                    .count();
+                (r["sop"] == "config-reload" && r["state"] == "running" && done >= boundary)
+                    .then(|| r["run_id"].as_str().map(str::to_string))
+                    .flatten()
+            },
+        )?;
         w.kill_coordinator();
         let _ = child.wait();
         w.start_coordinator()?;
@@ -268,6 +345,9 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
             );
         }
     }
-    assert_eq!(voting_members(&w, &f).await?, vec!["etcd-1", "etcd-2", "etcd-3"]);
+    assert_eq!(
+        voting_members(&w, &f).await?,
+        vec!["etcd-1", "etcd-2", "etcd-3"]
+    );
     Ok(())
 }
