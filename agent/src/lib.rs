@@ -2,8 +2,11 @@
 //! from the coordinator over mutual TLS, runs them against paths and units fixed in its own
 //! config, journals their outcomes, and reports back.
 
+pub mod backend;
 pub mod config;
 pub mod enroll;
 pub mod executor;
+pub mod files;
+pub mod journal;
 pub mod local;
 pub mod pull;

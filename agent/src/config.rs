@@ -1,0 +1,396 @@
+//! The agent's own config file (`/etc/quorum/agent.yml`): who it is, where the coordinator
+//! is, and every path and unit a task may touch. The coordinator can never name a path or a
+//! command: it names a task, and this file says what that task touches on this host.
+//! Every key is documented in `packaging/agent.yml`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default location of the agent's config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/quorum/agent.yml";
+
+/// Errors reading or validating the agent config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read agent config {path}: {source}; check the path given to --config")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema (unknown keys included).
+    #[error("agent config {path} is invalid: {message}; fix the file (every key is documented in packaging/agent.yml)")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// What is wrong, with line and column where known.
+        message: String,
+    },
+    /// A value is unsafe or inconsistent.
+    #[error("agent config {path}: {key}: {message}")]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// The offending key.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// TLS material of the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The Pigsty CA certificate.
+    #[serde(default = "default_ca")]
+    pub ca_cert: PathBuf,
+    /// The agent's certificate (made by `quorum-agent enroll`).
+    #[serde(default = "default_cert")]
+    pub cert: PathBuf,
+    /// The agent's private key (made locally by `quorum-agent enroll`).
+    #[serde(default = "default_key")]
+    pub key: PathBuf,
+}
+
+impl Default for TlsPaths {
+    fn default() -> Self {
+        Self {
+            ca_cert: default_ca(),
+            cert: default_cert(),
+            key: default_key(),
+        }
+    }
+}
+
+fn default_ca() -> PathBuf {
+    PathBuf::from("/etc/quorum/ca.crt")
+}
+fn default_cert() -> PathBuf {
+    PathBuf::from("/etc/quorum/agent.crt")
+}
+fn default_key() -> PathBuf {
+    PathBuf::from("/etc/quorum/agent.key")
+}
+
+/// Every path a task may touch (Pigsty's locations by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    /// etcd's config.
+    pub etcd_conf: PathBuf,
+    /// The CA certificate etcd trusts.
+    pub etcd_ca: PathBuf,
+    /// etcd's server (and peer) certificate.
+    pub etcd_cert: PathBuf,
+    /// etcd's server key.
+    pub etcd_key: PathBuf,
+    /// The etcdctl profile.
+    pub etcdctl_profile: PathBuf,
+    /// Patroni's config.
+    pub patroni_conf: PathBuf,
+    /// vip-manager's config.
+    pub vip_conf: PathBuf,
+    /// etcd's data dir (only its contents are ever wiped).
+    pub etcd_data: PathBuf,
+    /// Where the agent keeps its journal of finished tasks.
+    pub journal_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            etcd_conf: "/etc/etcd/etcd.conf".into(),
+            etcd_ca: "/etc/etcd/ca.crt".into(),
+            etcd_cert: "/etc/etcd/server.crt".into(),
+            etcd_key: "/etc/etcd/server.key".into(),
+            etcdctl_profile: "/etc/profile.d/etcdctl.sh".into(),
+            patroni_conf: "/etc/patroni/patroni.yml".into(),
+            vip_conf: "/etc/default/vip-manager.yml".into(),
+            etcd_data: "/data/etcd".into(),
+            journal_dir: "/var/lib/quorum".into(),
+        }
+    }
+}
+
+/// Owner of written files.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    /// User name.
+    pub user: String,
+    /// Group name.
+    pub group: String,
+}
+
+/// Owners of the files the agent writes (modes are Pigsty's: 0644, keys 0600).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Owners {
+    /// etcd.conf and the etcd certificates (Pigsty: etcd:etcd).
+    pub etcd: Owner,
+    /// The etcdctl profile (Pigsty: root:root).
+    pub profile: Owner,
+}
+
+impl Default for Owners {
+    fn default() -> Self {
+        Self {
+            etcd: Owner {
+                user: "etcd".into(),
+                group: "etcd".into(),
+            },
+            profile: Owner {
+                user: "root".into(),
+                group: "root".into(),
+            },
+        }
+    }
+}
+
+/// Unit names of the managed services (systemd backend).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Services {
+    /// etcd's unit.
+    pub etcd: String,
+    /// Patroni's unit.
+    pub patroni: String,
+    /// vip-manager's unit.
+    pub vip_manager: String,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self {
+            etcd: "etcd".into(),
+            patroni: "patroni".into(),
+            vip_manager: "vip-manager".into(),
+        }
+    }
+}
+
+/// How services are driven.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// `systemctl ACTION UNIT`; status from `systemctl is-active`.
+    #[default]
+    Systemd,
+    /// One argv per action from `exec:` (run without a shell); status from the exit code.
+    Exec,
+}
+
+/// Commands of one service for the `exec` backend: action -> argv.
+pub type ExecCommands = BTreeMap<String, Vec<String>>;
+
+/// The agent's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The coordinator's URL, `https://IP:PORT`.
+    pub coordinator: String,
+    /// This host's IP: the agent id, and the IP its certificate names.
+    pub host_ip: IpAddr,
+    /// TLS material.
+    #[serde(default)]
+    pub tls: TlsPaths,
+    /// Managed paths.
+    #[serde(default)]
+    pub paths: Paths,
+    /// Every managed path must be under one of these.
+    #[serde(default = "default_prefixes")]
+    pub allowed_prefixes: Vec<PathBuf>,
+    /// Owners of written files.
+    #[serde(default)]
+    pub owners: Owners,
+    /// Unit names.
+    #[serde(default)]
+    pub services: Services,
+    /// systemd (default) or exec.
+    #[serde(default)]
+    pub service_backend: BackendKind,
+    /// exec backend: service ("etcd", "patroni", "vip_manager") -> action -> argv.
+    #[serde(default)]
+    pub exec: BTreeMap<String, ExecCommands>,
+    /// How long one service command may run, seconds.
+    #[serde(default = "default_exec_timeout")]
+    pub exec_timeout_secs: u64,
+    /// The host-local lock: when true, every wipe is refused, whatever the coordinator says.
+    #[serde(default)]
+    pub safeguard: bool,
+    /// The file this config was read from (set at load, for messages).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+fn default_prefixes() -> Vec<PathBuf> {
+    ["/etc", "/data", "/var/lib", "/pg"]
+        .iter()
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn default_exec_timeout() -> u64 {
+    120
+}
+
+/// Paths a data dir may never be: wiping their contents would wreck the host.
+const FORBIDDEN_DATA_DIRS: &[&str] = &["/", "/etc", "/data", "/var", "/var/lib", "/usr", "/home", "/root", "/boot", "/tmp", "/pg"];
+
+impl AgentConfig {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is used only in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut cfg: AgentConfig =
+            quorum_proto::yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        cfg.source = path.to_path_buf();
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        if !cfg.coordinator.starts_with("https://") {
+            return Err(invalid(
+                "coordinator",
+                format!(
+                    "{:?} is not an https:// URL; give the coordinator as https://IP:PORT",
+                    cfg.coordinator
+                ),
+            ));
+        }
+        for p in &cfg.allowed_prefixes {
+            if !p.is_absolute() || p == Path::new("/") {
+                return Err(invalid(
+                    "allowed_prefixes",
+                    format!("{} must be an absolute directory other than /", p.display()),
+                ));
+            }
+        }
+        let p = &cfg.paths;
+        for (key, path) in [
+            ("paths.etcd_conf", &p.etcd_conf),
+            ("paths.etcd_ca", &p.etcd_ca),
+            ("paths.etcd_cert", &p.etcd_cert),
+            ("paths.etcd_key", &p.etcd_key),
+            ("paths.etcdctl_profile", &p.etcdctl_profile),
+            ("paths.patroni_conf", &p.patroni_conf),
+            ("paths.vip_conf", &p.vip_conf),
+            ("paths.etcd_data", &p.etcd_data),
+            ("paths.journal_dir", &p.journal_dir),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(key, format!("{} is a relative path; give an absolute one", path.display())));
+            }
+            if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                return Err(invalid(key, format!("{} contains '..'; give a plain absolute path", path.display())));
+            }
+            if !cfg.allowed_prefixes.iter().any(|pre| path.starts_with(pre) && path != pre) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} is outside every allowed prefix ({}); move it or add its parent to allowed_prefixes",
+                        path.display(),
+                        cfg.allowed_prefixes
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        let data = &p.etcd_data;
+        if FORBIDDEN_DATA_DIRS.iter().any(|f| data == Path::new(f))
+            || cfg.allowed_prefixes.iter().any(|pre| data == pre)
+        {
+            return Err(invalid(
+                "paths.etcd_data",
+                format!("{} would let a wipe empty a system directory; use a dedicated directory such as /data/etcd", data.display()),
+            ));
+        }
+        for (service, cmds) in &cfg.exec {
+            if !matches!(service.as_str(), "etcd" | "patroni" | "vip_manager") {
+                return Err(invalid(
+                    "exec",
+                    format!("unknown service {service:?}; use etcd, patroni or vip_manager"),
+                ));
+            }
+            for (action, argv) in cmds {
+                if !matches!(action.as_str(), "start" | "stop" | "restart" | "reload" | "status") {
+                    return Err(invalid(
+                        &format!("exec.{service}"),
+                        format!("unknown action {action:?}; use start, stop, restart, reload or status"),
+                    ));
+                }
+                if argv.is_empty() || argv[0].is_empty() {
+                    return Err(invalid(&format!("exec.{service}.{action}"), "the command is empty".into()));
+                }
+            }
+        }
+        if cfg.exec_timeout_secs == 0 {
+            return Err(invalid("exec_timeout_secs", "must be at least 1".into()));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(
+            Path::new("agent.yml"),
+            &format!("coordinator: https://10.10.10.10:7443\nhost_ip: 10.10.10.11\n{extra}"),
+        )
+    }
+
+    #[test]
+    fn pigsty_defaults() -> Result<(), ConfigError> {
+        let c = parse("")?;
+        assert_eq!(c.paths.etcd_conf, PathBuf::from("/etc/etcd/etcd.conf"));
+        assert_eq!(c.paths.etcd_data, PathBuf::from("/data/etcd"));
+        assert_eq!(c.service_backend, BackendKind::Systemd);
+        assert!(!c.safeguard);
+        Ok(())
+    }
+
+    #[test]
+    fn unsafe_values_are_refused_with_the_key_named() {
+        for (extra, key) in [
+            ("paths: { etcd_data: / }", "paths.etcd_data"),
+            ("paths: { etcd_data: /etc }", "paths.etcd_data"),
+            ("paths: { etcd_data: data/etcd }", "paths.etcd_data"),
+            ("paths: { etcd_conf: /usr/etcd.conf }", "paths.etcd_conf"),
+            ("paths: { etcd_data: /data/../etc }", "paths.etcd_data"),
+            ("exec: { etcd: { restart: [] } }", "exec.etcd.restart"),
+            ("exec: { postgres: { start: [x] } }", "exec"),
+        ] {
+            match parse(extra) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        match parse("typo_key: 1") {
+            Err(ConfigError::Parse { message, .. }) => assert!(message.contains("typo_key"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The executors of the agent's closed task set. Each task maps to a path or unit fixed in
+//! the agent's own config; every task is journaled, so a redelivered one is answered from the
+//! journal instead of running twice; and the safety rules (local safeguard, no wipe of a
+//! running etcd) are checked here, on the host, whatever the coordinator asked.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use quorum_proto::pb;
+use quorum_proto::pb::task::Kind;
+
+use crate::backend::{Backend, Svc};
+use crate::config::AgentConfig;
+use crate::files::{self, Ids, Written};
+use crate::journal::{Journal, Seen};
+
+/// Largest content a write task may carry.
+pub const MAX_CONTENT: usize = 4 * 1024 * 1024;
+/// Largest file content reported in facts (non-secret files only).
+const FACT_CONTENT_CAP: usize = 64 * 1024;
+
+/// A task's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskReport {
+    /// The outcome.
+    pub outcome: pb::Outcome,
+    /// What happened, for the operator.
+    pub output: String,
+}
+
+impl TaskReport {
+    fn new(outcome: pb::Outcome, output: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            output: output.into(),
+        }
+    }
+    fn refused(output: impl Into<String>) -> Self {
+        Self::new(pb::Outcome::Refused, output)
+    }
+    fn failed(output: impl Into<String>) -> Self {
+        Self::new(pb::Outcome::Failed, output)
+    }
+}
+
+/// Start-up errors of the executor.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    /// An owner in the config does not resolve.
+    #[error("agent config {config}: owners: {message}")]
+    Owner {
+        /// Config path.
+        config: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Runs tasks on this host.
+pub struct Executor {
+    cfg: Arc<AgentConfig>,
+    journal: Journal,
+    backend: Backend,
+    etcd_owner: Ids,
+    profile_owner: Ids,
+}
+
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::WriteEtcdConf(_) => "WriteEtcdConf",
+        Kind::WriteEtcdCerts(_) => "WriteEtcdCerts",
+        Kind::WriteEtcdctlProfile(_) => "WriteEtcdctlProfile",
+        Kind::ServiceAction(_) => "ServiceAction",
+        Kind::SetPatroniDcsHosts(_) => "SetPatroniDcsHosts",
+        Kind::SetVipEndpoints(_) => "SetVipEndpoints",
+        Kind::WipeEtcdData(_) => "WipeEtcdData",
+        Kind::CollectFacts(_) => "CollectFacts",
+    }
+}
+
+/// Tasks that must not run again after the agent died inside them: repeating them could
+/// restart or wipe something a second time.
+fn repeat_is_unsafe(kind: &Kind) -> bool {
+    match kind {
+        Kind::WipeEtcdData(_) | Kind::SetVipEndpoints(_) => true,
+        Kind::SetPatroniDcsHosts(t) => t.restart,
+        Kind::ServiceAction(a) => a.action == pb::Action::Restart as i32 || a.action == pb::Action::Stop as i32,
+        _ => false,
+    }
+}
+
+impl Executor {
+    /// An executor for `cfg`; opens the journal and resolves the configured owners.
+    pub fn new(cfg: Arc<AgentConfig>) -> Result<Self, ExecError> {
+        let journal = Journal::open(&cfg.paths.journal_dir)?;
+        let owner = |o: &crate::config::Owner| {
+            files::resolve_owner(&o.user, &o.group).map_err(|message| ExecError::Owner {
+                config: cfg.source.display().to_string(),
+                message,
+            })
+        };
+        let etcd_owner = owner(&cfg.owners.etcd)?;
+        let profile_owner = owner(&cfg.owners.profile)?;
+        let backend = Backend::new(cfg.clone(), cfg.paths.journal_dir.clone());
+        Ok(Self {
+            cfg,
+            journal,
+            backend,
+            etcd_owner,
+            profile_owner,
+        })
+    }
+
+    /// Runs `task` once: a task id already finished is answered from the journal.
+    pub async fn execute(&self, task: &pb::Task) -> TaskReport {
+        if task.id.is_empty() || task.id.len() > 256 {
+            return TaskReport::refused("the task has no valid id (1-256 characters); nothing was done");
+        }
+        let Some(kind) = &task.kind else {
+            return TaskReport::refused(format!(
+                "task {} is of a kind this agent (version {}) does not know; nothing was done. Upgrade the agent, or check the coordinator's version",
+                task.id,
+                env!("CARGO_PKG_VERSION")
+            ));
+        };
+        match self.journal.seen(&task.id) {
+            Seen::Finished(outcome, output) => {
+                return TaskReport::new(outcome, format!("{output}\n(answered from the journal: task {} already ran)", task.id).trim().to_string());
+            }
+            Seen::Interrupted if repeat_is_unsafe(kind) => {
+                let report = TaskReport::failed(format!(
+                    "task {} ({}) was interrupted by an agent stop while running; it is not run again because that could repeat a restart or a wipe. Check the service on this host, then resume the run",
+                    task.id,
+                    kind_name(kind)
+                ));
+                let _ = self.journal.finish(&task.id, report.outcome, &report.output);
+                return report;
+            }
+            _ => {}
+        }
+        if let Err(e) = self.journal.start(&task.id) {
+            return TaskReport::failed(format!("{e}; the task was not run"));
+        }
+        let report = self.run(kind).await;
+        if let Err(e) = self.journal.finish(&task.id, report.outcome, &report.output) {
+            tracing::error!("{e}");
+        }
+        report
+    }
+
+    async fn run(&self, kind: &Kind) -> TaskReport {
+        let p = &self.cfg.paths;
+        match kind {
+            Kind::WriteEtcdConf(t) => self.write(&p.etcd_conf, &t.content, 0o644, self.etcd_owner),
+            Kind::WriteEtcdctlProfile(t) => self.write(&p.etcdctl_profile, &t.content, 0o644, self.profile_owner),
+            Kind::WriteEtcdCerts(t) => self.write_certs(t),
+            Kind::ServiceAction(a) => self.service_action(a).await,
+            Kind::SetPatroniDcsHosts(t) => self.set_patroni_hosts(t).await,
+            Kind::SetVipEndpoints(t) => self.set_vip_endpoints(t).await,
+            Kind::WipeEtcdData(t) => self.wipe(t.purge).await,
+            Kind::CollectFacts(_) => TaskReport::new(pb::Outcome::Ok, "facts collected"),
+        }
+    }
+
+    fn write(&self, path: &Path, content: &str, mode: u32, owner: Ids) -> TaskReport {
+        if content.len() > MAX_CONTENT {
+            return TaskReport::refused(format!(
+                "content of {} bytes is over the {MAX_CONTENT}-byte limit; {} was not touched",
+                content.len(),
+                path.display()
+            ));
+        }
+        match files::write_managed(path, content.as_bytes(), mode, Some(owner)) {
+            Ok(Written::Changed) => TaskReport::new(pb::Outcome::Changed, format!("wrote {}", path.display())),
+            Ok(Written::Unchanged) => TaskReport::new(pb::Outcome::Unchanged, format!("{} already up to date", path.display())),
+            Err(e) => TaskReport::failed(e.to_string()),
+        }
+    }
+
+    fn write_certs(&self, t: &pb::WriteEtcdCerts) -> TaskReport {
+        let is_cert = |s: &str| s.contains("-----BEGIN CERTIFICATE-----") && s.contains("-----END CERTIFICATE-----");
+        let is_key = |s: &str| s.contains("PRIVATE KEY-----") && s.contains("-----BEGIN");
+        // All three are checked before any is touched.
+        for (what, ok) in [
+            ("ca_crt", is_cert(&t.ca_crt)),
+            ("server_crt", is_cert(&t.server_crt)),
+            ("server_key", is_key(&t.server_key)),
+        ] {
+            if !ok {
+                return TaskReport::refused(format!("{what} is not a PEM {}; no certificate file was touched", if what == "server_key" { "private key" } else { "certificate" }));
+            }
+        }
+        let p = &self.cfg.paths;
+        let mut changed = Vec::new();
+        for (path, content, mode) in [
+            (&p.etcd_ca, &t.ca_crt, 0o644),
+            (&p.etcd_cert, &t.server_crt, 0o644),
+            (&p.etcd_key, &t.server_key, 0o600),
+        ] {
+            let r = self.write(path, content, mode, self.etcd_owner);
+            match r.outcome {
+                pb::Outcome::Changed => changed.push(path.display().to_string()),
+                pb::Outcome::Unchanged => {}
+                _ => return r,
+            }
+        }
+        if changed.is_empty() {
+            TaskReport::new(pb::Outcome::Unchanged, "ca.crt, server.crt and server.key already up to date")
+        } else {
+            TaskReport::new(pb::Outcome::Changed, format!("wrote {}", changed.join(", ")))
+        }
+    }
+
+    async fn service_action(&self, a: &pb::ServiceAction) -> TaskReport {
+        let Some(svc) = pb::Service::try_from(a.service).ok().and_then(Svc::from_pb) else {
+            return TaskReport::refused(format!("service {} is not one this agent manages (etcd, patroni, vip-manager)", a.service));
+        };
+        let action = match pb::Action::try_from(a.action) {
+            Ok(pb::Action::Start) => "start",
+            Ok(pb::Action::Stop) => "stop",
+            Ok(pb::Action::Restart) => "restart",
+            Ok(pb::Action::Reload) => "reload",
+            Ok(pb::Action::Status) => "status",
+            _ => return TaskReport::refused(format!("action {} is not start, stop, restart, reload or status", a.action)),
+        };
+        if action == "status" {
+            let st = self.backend.status(svc).await;
+            return TaskReport::new(pb::Outcome::Ok, format!("{} {}", svc.fact_key(), state_word(st)));
+        }
+        if !a.force && !a.if_changed.is_empty() {
+            let changed = a
+                .if_changed
+                .iter()
+                .any(|id| self.journal.outcome(id) == Some(pb::Outcome::Changed));
+            if !changed {
+                return TaskReport::new(
+                    pb::Outcome::Skipped,
+                    format!("{action} {} skipped: nothing it follows changed", svc.fact_key()),
+                );
+            }
+        }
+        match self.backend.run(svc, action).await {
+            Ok(out) => TaskReport::new(pb::Outcome::Changed, format!("{action} {}: ok\n{out}", svc.fact_key()).trim().to_string()),
+            Err(e) => TaskReport::failed(e.to_string()),
+        }
+    }
+
+    async fn set_patroni_hosts(&self, t: &pb::SetPatroniDcsHosts) -> TaskReport {
+        for h in &t.hosts {
+            let ok = h.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return TaskReport::refused(format!("{h:?} is not host:port; patroni.yml was not touched"));
+            }
+        }
+        let path = &self.cfg.paths.patroni_conf;
+        let written = match self.patch_file(path, |text| quorum_proto::patch::patch_patroni_hosts(text, &t.hosts).map_err(|e| e.to_string())) {
+            Ok(w) => w,
+            Err(r) => return r,
+        };
+        if written == Written::Unchanged && !t.restart {
+            return TaskReport::new(pb::Outcome::Unchanged, format!("{} already lists {}", path.display(), t.hosts.join(",")));
+        }
+        let action = if t.restart { "restart" } else { "reload" };
+        match self.backend.run(Svc::Patroni, action).await {
+            Ok(_) if t.restart => TaskReport::new(pb::Outcome::Changed, format!("updated the etcd hosts in {} and restarted Patroni: it now uses {}", path.display(), t.hosts.join(","))),
+            Ok(_) => TaskReport::new(
+                pb::Outcome::Changed,
+                format!(
+                    "updated the etcd hosts in {} and reloaded Patroni; note: Patroni applies a changed etcd host list only when it restarts, so it still uses its old list until then",
+                    path.display()
+                ),
+            ),
+            Err(e) => TaskReport::failed(format!("{} was updated, but {action} of Patroni failed: {e}", path.display())),
+        }
+    }
+
+    async fn set_vip_endpoints(&self, t: &pb::SetVipEndpoints) -> TaskReport {
+        for e in &t.endpoints {
+            if !(e.starts_with("https://") || e.starts_with("http://")) {
+                return TaskReport::refused(format!("{e:?} is not an http(s):// URL; the vip-manager config was not touched"));
+            }
+        }
+        let path = &self.cfg.paths.vip_conf;
+        let written = match self.patch_file(path, |text| quorum_proto::patch::patch_vip_endpoints(text, &t.endpoints).map_err(|e| e.to_string())) {
+            Ok(w) => w,
+            Err(r) => return r,
+        };
+        if written == Written::Unchanged {
+            return TaskReport::new(pb::Outcome::Unchanged, format!("{} already lists {}", path.display(), t.endpoints.join(",")));
+        }
+        match self.backend.run(Svc::VipManager, "restart").await {
+            Ok(_) => TaskReport::new(pb::Outcome::Changed, format!("updated the endpoints in {} and restarted vip-manager", path.display())),
+            Err(e) => TaskReport::failed(format!("{} was updated, but the restart of vip-manager failed: {e}", path.display())),
+        }
+    }
+
+    /// Patches a host-owned file in place, keeping its owner and mode.
+    fn patch_file(&self, path: &Path, patch: impl FnOnce(&str) -> Result<String, String>) -> Result<Written, TaskReport> {
+        use std::os::unix::fs::MetadataExt;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TaskReport::failed(format!("cannot read {}: {e}; it must exist (Pigsty's pgsql playbook writes it)", path.display())))?;
+        let meta = std::fs::metadata(path).map_err(|e| TaskReport::failed(format!("cannot stat {}: {e}", path.display())))?;
+        let patched = patch(&text).map_err(|e| TaskReport::refused(format!("{}: {e}; nothing was written", path.display())))?;
+        let owner = (nix::unistd::Uid::from_raw(meta.uid()), nix::unistd::Gid::from_raw(meta.gid()));
+        files::write_managed(path, patched.as_bytes(), meta.mode() & 0o7777, Some(owner))
+            .map_err(|e| TaskReport::failed(e.to_string()))
+    }
+
+    async fn wipe(&self, purge: bool) -> TaskReport {
+        let data = &self.cfg.paths.etcd_data;
+        if self.cfg.safeguard {
+            return TaskReport::refused(format!(
+                "the local safeguard is set (safeguard: true in {}): this agent never wipes {}, whatever the coordinator asks; set it to false there if you mean it",
+                self.cfg.source.display(),
+                data.display()
+            ));
+        }
+        let state = self.backend.status(Svc::Etcd).await;
+        if state == pb::ServiceState::Active {
+            if !purge {
+                return TaskReport::refused(format!(
+                    "etcd is active on this host: a wipe never touches a running member; stop etcd first, or purge. {} was not touched",
+                    data.display()
+                ));
+            }
+            if let Err(e) = self.backend.run(Svc::Etcd, "stop").await {
+                return TaskReport::failed(format!("purge: cannot stop etcd ({e}); {} was not touched", data.display()));
+            }
+            if self.backend.status(Svc::Etcd).await == pb::ServiceState::Active {
+                return TaskReport::failed(format!("purge: etcd is still active after stop; {} was not touched", data.display()));
+            }
+        }
+        let entries = match std::fs::read_dir(data) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return TaskReport::new(pb::Outcome::Unchanged, format!("{} does not exist: nothing to wipe", data.display()))
+            }
+            Err(e) => return TaskReport::failed(format!("cannot read {}: {e}", data.display())),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => return TaskReport::failed(format!("cannot read {}: {e}", data.display())),
+            };
+            let path = entry.path();
+            // symlink_metadata: a link is removed as a link, never followed out of the dir.
+            let r = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+                Ok(_) => std::fs::remove_file(&path),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                return TaskReport::failed(format!("cannot remove {}: {e} ({removed} entries removed before)", path.display()));
+            }
+            removed += 1;
+        }
+        if removed == 0 {
+            TaskReport::new(pb::Outcome::Unchanged, format!("{} is already empty", data.display()))
+        } else {
+            TaskReport::new(pb::Outcome::Changed, format!("wiped {} ({removed} entries)", data.display()))
+        }
+    }
+
+    /// The facts the coordinator plans with.
+    pub async fn facts(&self) -> pb::Facts {
+        let p = &self.cfg.paths;
+        let mut f = pb::Facts {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            host_ip: self.cfg.host_ip.to_string(),
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            safeguard: self.cfg.safeguard,
+            ..Default::default()
+        };
+        for svc in Svc::ALL {
+            if self.backend.manages(svc) {
+                f.services.insert(svc.fact_key().into(), self.backend.status(svc).await as i32);
+            }
+        }
+        for (key, path, public) in [
+            ("etcd_conf", &p.etcd_conf, true),
+            ("etcd_ca", &p.etcd_ca, false),
+            ("etcd_cert", &p.etcd_cert, false),
+            ("etcd_key", &p.etcd_key, false),
+            ("etcdctl_profile", &p.etcdctl_profile, true),
+            ("patroni_conf", &p.patroni_conf, false),
+            ("vip_conf", &p.vip_conf, false),
+        ] {
+            let fact = match files::sha256_file(path) {
+                Some((sha, data)) => pb::FileFact {
+                    exists: true,
+                    sha256: sha,
+                    content: if public && data.len() <= FACT_CONTENT_CAP {
+                        String::from_utf8(data).unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                },
+                None => pb::FileFact::default(),
+            };
+            f.files.insert(key.into(), fact);
+        }
+        let member = p.etcd_data.join("member");
+        f.data_dir = Some(pb::DataDirFact {
+            path: p.etcd_data.display().to_string(),
+            has_member: member.join("wal").exists() || member.join("snap").exists(),
+            member_id: String::new(),
+        });
+        f
+    }
+}
+
+fn state_word(s: pb::ServiceState) -> &'static str {
+    match s {
+        pb::ServiceState::Active => "active",
+        pb::ServiceState::Inactive => "inactive",
+        pb::ServiceState::Failed => "failed",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,274 @@
+//! The journal: which task ids this host has started and finished, with their outcomes, on
+//! disk and fsynced. Delivery is at least once, so a redelivered task is answered from here
+//! instead of running twice; a task started but never finished (the agent died inside it)
+//! is recognized, so a restart or wipe is never repeated by accident.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use quorum_proto::pb;
+use serde::{Deserialize, Serialize};
+
+/// How many finished tasks are kept (older ones are dropped at compaction).
+pub const KEEP: usize = 1000;
+/// Largest output kept per task (the tail).
+pub const OUTPUT_CAP: usize = 16 * 1024;
+
+/// One journal line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Line {
+    id: String,
+    /// "started" or "finished".
+    state: String,
+    #[serde(default)]
+    outcome: i32,
+    #[serde(default)]
+    output: String,
+}
+
+/// What the journal knows of a task id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Never seen.
+    New,
+    /// Started and never finished: the agent stopped inside it.
+    Interrupted,
+    /// Finished with this outcome and output.
+    Finished(pb::Outcome, String),
+}
+
+struct Inner {
+    finished: HashMap<String, (i32, String)>,
+    order: VecDeque<String>,
+    started: HashMap<String, ()>,
+    lines: usize,
+}
+
+/// The journal file.
+pub struct Journal {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// Journal I/O errors.
+#[derive(Debug, thiserror::Error)]
+#[error("journal {path}: {source}; check journal_dir in the agent config")]
+pub struct JournalError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+/// Keeps the last `cap` bytes of `s`, on a char boundary.
+pub fn tail(s: &str, cap: usize) -> String {
+    if s.len() <= cap {
+        return s.to_string();
+    }
+    let mut start = s.len() - cap;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[... {} bytes cut]\n{}", start, &s[start..])
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        let path = dir.join("journal.jsonl");
+        let err = |source| JournalError {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(err(e)),
+        };
+        let mut inner = Inner {
+            finished: HashMap::new(),
+            order: VecDeque::new(),
+            started: HashMap::new(),
+            lines: 0,
+        };
+        for l in text.lines() {
+            // A torn last line (crash mid-append) is skipped: that task counts as unfinished.
+            let Ok(line) = serde_json::from_str::<Line>(l) else {
+                continue;
+            };
+            inner.lines += 1;
+            if line.state == "finished" {
+                inner.started.remove(&line.id);
+                if inner.finished.insert(line.id.clone(), (line.outcome, line.output)).is_none() {
+                    inner.order.push_back(line.id);
+                }
+            } else {
+                inner.started.insert(line.id, ());
+            }
+        }
+        Ok(Self {
+            path,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// What is known of `id`.
+    pub fn seen(&self, id: &str) -> Seen {
+        let inner = self.lock();
+        if let Some((o, out)) = inner.finished.get(id) {
+            return Seen::Finished(pb::Outcome::try_from(*o).unwrap_or(pb::Outcome::Unspecified), out.clone());
+        }
+        if inner.started.contains_key(id) {
+            return Seen::Interrupted;
+        }
+        Seen::New
+    }
+
+    /// The outcome of a finished task, if known.
+    pub fn outcome(&self, id: &str) -> Option<pb::Outcome> {
+        match self.seen(id) {
+            Seen::Finished(o, _) => Some(o),
+            _ => None,
+        }
+    }
+
+    fn append(&self, inner: &mut Inner, line: &Line) -> Result<(), JournalError> {
+        let err = |source| JournalError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(err)?;
+        let mut text = serde_json::to_string(line).map_err(|e| err(std::io::Error::other(e)))?;
+        text.push('\n');
+        f.write_all(text.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        inner.lines += 1;
+        Ok(())
+    }
+
+    /// Records that `id` starts now (durably, before it runs).
+    pub fn start(&self, id: &str) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        inner.started.insert(id.to_string(), ());
+        self.append(
+            &mut inner,
+            &Line {
+                id: id.into(),
+                state: "started".into(),
+                outcome: 0,
+                output: String::new(),
+            },
+        )
+    }
+
+    /// Records that `id` finished.
+    pub fn finish(&self, id: &str, outcome: pb::Outcome, output: &str) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        let output = tail(output, OUTPUT_CAP);
+        inner.started.remove(id);
+        if inner
+            .finished
+            .insert(id.to_string(), (outcome as i32, output.clone()))
+            .is_none()
+        {
+            inner.order.push_back(id.to_string());
+        }
+        self.append(
+            &mut inner,
+            &Line {
+                id: id.into(),
+                state: "finished".into(),
+                outcome: outcome as i32,
+                output,
+            },
+        )?;
+        if inner.lines > 2 * KEEP + 100 {
+            self.compact(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the file with the last `KEEP` finished tasks and any unfinished ones.
+    fn compact(&self, inner: &mut Inner) -> Result<(), JournalError> {
+        let err = |source| JournalError {
+            path: self.path.clone(),
+            source,
+        };
+        while inner.order.len() > KEEP {
+            if let Some(old) = inner.order.pop_front() {
+                inner.finished.remove(&old);
+            }
+        }
+        let mut text = String::new();
+        for id in inner.started.keys() {
+            let l = Line { id: id.clone(), state: "started".into(), outcome: 0, output: String::new() };
+            text.push_str(&serde_json::to_string(&l).map_err(|e| err(std::io::Error::other(e)))?);
+            text.push('\n');
+        }
+        for id in &inner.order {
+            if let Some((o, out)) = inner.finished.get(id) {
+                let l = Line { id: id.clone(), state: "finished".into(), outcome: *o, output: out.clone() };
+                text.push_str(&serde_json::to_string(&l).map_err(|e| err(std::io::Error::other(e)))?);
+                text.push('\n');
+            }
+        }
+        crate::files::replace_atomically(&self.path, text.as_bytes(), 0o600, None).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        inner.lines = inner.started.len() + inner.order.len();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen_and_knows_interrupted_tasks() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let j = Journal::open(dir.path())?;
+        j.start("a")?;
+        j.finish("a", pb::Outcome::Changed, "did it")?;
+        j.start("b")?;
+        drop(j);
+        let j = Journal::open(dir.path())?;
+        assert_eq!(j.seen("a"), Seen::Finished(pb::Outcome::Changed, "did it".into()));
+        assert_eq!(j.seen("b"), Seen::Interrupted);
+        assert_eq!(j.seen("c"), Seen::New);
+        Ok(())
+    }
+
+    #[test]
+    fn stays_bounded() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let j = Journal::open(dir.path())?;
+        for i in 0..(3 * KEEP) {
+            let id = format!("t{i}");
+            j.start(&id)?;
+            j.finish(&id, pb::Outcome::Ok, "")?;
+        }
+        let lines = std::fs::read_to_string(dir.path().join("journal.jsonl"))?.lines().count();
+        assert!(lines <= 2 * KEEP + 100, "{lines} lines");
+        assert_eq!(j.seen("t0"), Seen::New, "the oldest are dropped");
+        assert!(matches!(j.seen(&format!("t{}", 3 * KEEP - 1)), Seen::Finished(..)));
+        Ok(())
+    }
+
+    #[test]
+    fn output_keeps_the_tail() {
+        let s = "x".repeat(100) + "END";
+        let t = tail(&s, 10);
+        assert!(t.ends_with("END") && t.contains("cut"), "{t}");
+    }
+}
