@@ -88,10 +88,9 @@ impl EtcdAccess {
     pub async fn member_health(&self, endpoint: &str) -> Result<(), String> {
         let eps = [endpoint.to_string()];
         let probe = async {
-            let mut c = self
-                .client(&eps, PROBE_TIMEOUT)
+            let mut c = Client::connect(&eps, Some(self.options(PROBE_TIMEOUT)))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("cannot connect: {e}"))?;
             let st = c
                 .status()
                 .await

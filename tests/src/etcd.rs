@@ -130,7 +130,7 @@ impl HostPaths {
         );
         let status = format!("[start-stop-daemon, --status, --pidfile, {pid}]");
         format!(
-            "paths:\n  etcd_conf: {conf}\n  etcd_ca: {ca}\n  etcd_cert: {cert}\n  etcd_key: {key}\n  etcdctl_profile: {profile}\n  etcd_data: {data}\n  journal_dir: {journal}\n\
+            "paths:\n  etcd_conf: {conf}\n  etcd_ca: {ca}\n  etcd_cert: {cert}\n  etcd_key: {key}\n  etcdctl_profile: {profile}\n  patroni_conf: {root}/etc/patroni/patroni.yml\n  vip_conf: {root}/etc/default/vip-manager.yml\n  etcd_data: {data}\n  journal_dir: {journal}\n\
              allowed_prefixes: [{root}]\n\
              owners:\n  etcd: {{ user: root, group: root }}\n  profile: {{ user: root, group: root }}\n\
              service_backend: exec\n\

@@ -202,7 +202,15 @@ pub struct World {
 impl World {
     /// A new world with a CA, a coordinator certificate and an admin certificate.
     pub fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("quorum-test-").tempdir()?;
+        // QUORUM_KEEP=1 keeps the dir (logs, configs) for a look after a failure.
+        let keep = std::env::var_os("QUORUM_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("quorum-test-")
+            .disable_cleanup(keep)
+            .tempdir()?;
+        if keep {
+            eprintln!("test dir kept: {}", dir.path().display());
+        }
         let listen = SocketAddr::new("127.0.0.1".parse()?, free_port("127.0.0.1".parse()?)?);
         let w = Self {
             dir,
