@@ -69,18 +69,57 @@ impl EtcdAccess {
             .with_timeout(timeout)
     }
 
-    /// A client for `endpoints`.
-    pub async fn client(
+    /// Runs `op` against each of `endpoints` in turn until one answers. One endpoint at a
+    /// time, because a client over several fails when any one of them is down, which is
+    /// exactly when the coordinator needs to ask the others. A refusal by etcd itself (not a
+    /// connection problem) is final and returned at once.
+    async fn on_any<T, F, Fut>(
         &self,
         endpoints: &[String],
-        timeout: Duration,
-    ) -> Result<Client, EtcdError> {
-        Client::connect(endpoints, Some(self.options(timeout)))
-            .await
-            .map_err(|e| EtcdError::Unreachable {
-                endpoints: endpoints.join(","),
-                message: e.to_string(),
-            })
+        op_name: &'static str,
+        op: F,
+    ) -> Result<T, EtcdError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut errors = Vec::new();
+        for ep in endpoints {
+            let client =
+                match Client::connect([ep.as_str()], Some(self.options(PROBE_TIMEOUT * 2))).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        errors.push(format!("{ep}: {e}"));
+                        continue;
+                    }
+                };
+            match op(client).await {
+                Ok(v) => return Ok(v),
+                Err(etcd_client::Error::GRpcStatus(st))
+                    if !matches!(
+                        st.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
+                            | tonic::Code::Unknown
+                    ) =>
+                {
+                    return Err(EtcdError::Refused {
+                        op: op_name,
+                        message: st.message().to_string(),
+                    })
+                }
+                Err(e) => errors.push(format!("{ep}: {e}")),
+            }
+        }
+        Err(EtcdError::Unreachable {
+            endpoints: endpoints.join(","),
+            message: if errors.is_empty() {
+                "no endpoint given".into()
+            } else {
+                errors.join("; ")
+            },
+        })
     }
 
     /// Whether the member at `endpoint` is a healthy voting member: it answers, knows a
@@ -109,6 +148,38 @@ impl EtcdAccess {
                 .map_err(|e| format!("a quorum read failed: {e}"))?;
             Ok(())
         };
+        let first = match tokio::time::timeout(PROBE_TIMEOUT * 2, probe).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", PROBE_TIMEOUT * 2)),
+        };
+        match first {
+            // An election in progress is not a sick member: ask once more after it.
+            Err(e) if e.contains("leader changed") => {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                Box::pin(self.member_health_once(endpoint)).await
+            }
+            other => other,
+        }
+    }
+
+    async fn member_health_once(&self, endpoint: &str) -> Result<(), String> {
+        let eps = [endpoint.to_string()];
+        let probe = async {
+            let mut c = Client::connect(&eps, Some(self.options(PROBE_TIMEOUT)))
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            let st = c.status().await.map_err(|e| format!("status failed: {e}"))?;
+            if st.is_learner() {
+                return Err("it is a learner (not yet promoted)".to_string());
+            }
+            if st.leader() == 0 {
+                return Err("it has no leader".to_string());
+            }
+            c.get("health", None)
+                .await
+                .map_err(|e| format!("a quorum read failed: {e}"))?;
+            Ok(())
+        };
         match tokio::time::timeout(PROBE_TIMEOUT * 2, probe).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", PROBE_TIMEOUT * 2)),
@@ -117,11 +188,11 @@ impl EtcdAccess {
 
     /// The live member list, asked of any of `endpoints`.
     pub async fn member_list(&self, endpoints: &[String]) -> Result<Vec<MemberInfo>, EtcdError> {
-        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
-        let resp = c.member_list().await.map_err(|e| EtcdError::Unreachable {
-            endpoints: endpoints.join(","),
-            message: e.to_string(),
-        })?;
+        let resp = self
+            .on_any(endpoints, "member list", |mut c| async move {
+                c.member_list().await
+            })
+            .await?;
         Ok(resp
             .members()
             .iter()
@@ -136,19 +207,13 @@ impl EtcdAccess {
     }
 
     /// Adds a learner with `peer_url`; returns its id.
-    pub async fn add_learner(
-        &self,
-        endpoints: &[String],
-        peer_url: &str,
-    ) -> Result<u64, EtcdError> {
-        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
-        let resp = c
-            .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
-            .await
-            .map_err(|e| EtcdError::Refused {
-                op: "member add --learner",
-                message: e.to_string(),
-            })?;
+    pub async fn add_learner(&self, endpoints: &[String], peer_url: &str) -> Result<u64, EtcdError> {
+        let resp = self
+            .on_any(endpoints, "member add --learner", |mut c| async move {
+                c.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
+                    .await
+            })
+            .await?;
         resp.member().map(|m| m.id()).ok_or(EtcdError::Refused {
             op: "member add --learner",
             message: "no member in the answer".into(),
@@ -157,45 +222,35 @@ impl EtcdAccess {
 
     /// Promotes learner `id`.
     pub async fn promote(&self, endpoints: &[String], id: u64) -> Result<(), EtcdError> {
-        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
-        c.member_promote(id).await.map_err(|e| EtcdError::Refused {
-            op: "member promote",
-            message: e.to_string(),
-        })?;
-        Ok(())
+        self.on_any(endpoints, "member promote", |mut c| async move {
+            c.member_promote(id).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Removes member `id`.
     pub async fn remove(&self, endpoints: &[String], id: u64) -> Result<(), EtcdError> {
-        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
-        c.member_remove(id).await.map_err(|e| EtcdError::Refused {
-            op: "member remove",
-            message: e.to_string(),
-        })?;
-        Ok(())
+        self.on_any(endpoints, "member remove", |mut c| async move {
+            c.member_remove(id).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The current leader's id, asked of any of `endpoints`.
     pub async fn leader(&self, endpoints: &[String]) -> Result<u64, EtcdError> {
-        let mut c = self.client(endpoints, PROBE_TIMEOUT * 2).await?;
-        let st = c.status().await.map_err(|e| EtcdError::Unreachable {
-            endpoints: endpoints.join(","),
-            message: e.to_string(),
-        })?;
-        Ok(st.leader())
+        self.on_any(endpoints, "status", |mut c| async move { c.status().await })
+            .await
+            .map(|st| st.leader())
     }
 
     /// Moves leadership to `target`; must be asked of the current leader's endpoint.
     pub async fn move_leader(&self, leader_endpoint: &str, target: u64) -> Result<(), EtcdError> {
-        let mut c = self
-            .client(&[leader_endpoint.to_string()], PROBE_TIMEOUT * 2)
-            .await?;
-        c.move_leader(target)
-            .await
-            .map_err(|e| EtcdError::Refused {
-                op: "move-leader",
-                message: e.to_string(),
-            })?;
-        Ok(())
+        self.on_any(&[leader_endpoint.to_string()], "move-leader", |mut c| async move {
+            c.move_leader(target).await
+        })
+        .await
+        .map(|_| ())
     }
 }

@@ -481,6 +481,8 @@ pub struct Live {
     pub stale: Vec<IpAddr>,
     /// etcd's member list, if any member answered.
     pub members: Option<Vec<MemberInfo>>,
+    /// Why there is no member list, when there is none.
+    pub members_error: String,
     /// Health of each inventory member (Ok, or why not).
     pub health: HashMap<IpAddr, Result<(), String>>,
 }
@@ -898,7 +900,8 @@ fn live_member<'a>(live: &'a Live, peer_url: &str) -> Option<&'a MemberInfo> {
 fn require_member_list(live: &Live, cluster: &str) -> Result<(), PlanError> {
     if live.members.is_none() {
         return Err(PlanError::Unsafe(format!(
-            "cannot read the member list of cluster {cluster}: no member answered; a membership change needs a running cluster"
+            "cannot read the member list of cluster {cluster}: {}; a membership change needs a running cluster",
+            live.members_error
         )));
     }
     Ok(())

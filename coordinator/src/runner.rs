@@ -546,6 +546,29 @@ impl Runner {
         Ok(())
     }
 
+    /// Retries a membership change while etcd calls the cluster "unhealthy": with its strict
+    /// reconfiguration check, etcd refuses a change until the leader has seen a quorum for
+    /// five seconds (right after a start or a restart). Bounded by the gate timeout.
+    async fn retry_unhealthy<T, F, Fut>(&self, op: F) -> Result<T, String>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::etcd::EtcdError>>,
+    {
+        let deadline = Instant::now() + self.timeouts.gate;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let msg = e.to_string();
+                    if !msg.contains("unhealthy cluster") || Instant::now() > deadline {
+                        return Err(msg);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     async fn member_add_check(&self, ctx: &RunContext, host: IpAddr, peer_url: &str) -> StepEnd {
         let members = match self.members(ctx).await {
             Ok(m) => m,
@@ -596,12 +619,15 @@ impl Runner {
                 l.peer_urls.join(",")
             ));
         }
-        match self.etcd.add_learner(&ctx.endpoints, peer_url).await {
+        let r = self
+            .retry_unhealthy(|| self.etcd.add_learner(&ctx.endpoints, peer_url))
+            .await;
+        match r {
             Ok(id) => StepEnd::ok(
                 "changed",
                 format!("added learner {id:x} with peer URL {peer_url}"),
             ),
-            Err(e) => StepEnd::failed(e.to_string()),
+            Err(e) => StepEnd::failed(e),
         }
     }
 
@@ -712,9 +738,10 @@ impl Runner {
                 "{why}; removing {host} now would put quorum at risk"
             ));
         }
-        match self.etcd.remove(&ctx.endpoints, gone.id).await {
-            Ok(()) => StepEnd::ok("changed", format!("removed member {:x} ({host})", gone.id)),
-            Err(e) => StepEnd::failed(e.to_string()),
+        let id = gone.id;
+        match self.retry_unhealthy(|| self.etcd.remove(&ctx.endpoints, id)).await {
+            Ok(()) => StepEnd::ok("changed", format!("removed member {id:x} ({host})")),
+            Err(e) => StepEnd::failed(e),
         }
     }
 
@@ -782,7 +809,8 @@ pub fn step_hosts(kind: &StepKind) -> Vec<IpAddr> {
         | StepKind::WriteEtcdctlProfile { host, .. }
         | StepKind::StopEtcd { host }
         | StepKind::RestartEtcd { host, .. }
-        | StepKind::WipeEtcdData { host, .. } => vec![*host],
+        | StepKind::WipeEtcdData { host, .. }
+        | StepKind::WipeRemovedMember { host, .. } => vec![*host],
         _ => vec![],
     }
 }

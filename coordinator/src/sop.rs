@@ -68,6 +68,7 @@ pub async fn gather_live(
     spec: &ClusterSpec,
     hosts: &[IpAddr],
 ) -> Live {
+    refresh_facts(registry, hosts).await;
     let mut live = Live::default();
     for h in hosts {
         match registry.state(*h) {
@@ -80,12 +81,41 @@ pub async fn gather_live(
             None => {}
         }
     }
-    live.members = etcd.member_list(&spec.client_urls()).await.ok();
+    match etcd.member_list(&spec.client_urls()).await {
+        Ok(m) => live.members = Some(m),
+        Err(e) => live.members_error = e.to_string(),
+    }
     for m in &spec.members {
         live.health
             .insert(m.ip, etcd.member_health(&m.client_url).await);
     }
     live
+}
+
+/// Asks every connected agent of `hosts` for fresh facts and waits (briefly) for them: facts
+/// that ride on polls can be half a minute old, and a plan must not rest on a stale "etcd is
+/// stopped". An agent that does not answer in time keeps its last facts.
+async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) {
+    let mut waits = Vec::new();
+    for h in hosts {
+        if matches!(registry.state(*h), Some(AgentState::Connected | AgentState::Idle)) {
+            let id = format!("facts-{}", crate::server::new_task_id());
+            let rx = registry.queue(
+                *h,
+                pb::Task {
+                    id: id.clone(),
+                    kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
+                },
+            );
+            waits.push((*h, id, rx));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    for (h, id, rx) in waits {
+        if tokio::time::timeout_at(deadline, rx).await.is_err() {
+            registry.cancel(h, &id);
+        }
+    }
 }
 
 fn arg<'a>(args: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {

@@ -128,7 +128,11 @@ impl HostPaths {
             "[/bin/sh, -c, 'echo restart >> {restarts} && start-stop-daemon --stop --oknodo --pidfile {pid} --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --oknodo --make-pidfile --pidfile {pid} --output {log} --exec /usr/bin/etcd -- --config-file {conf}']",
             restarts = r(self.restarts())
         );
-        let status = format!("[start-stop-daemon, --status, --pidfile, {pid}]");
+        // Not `start-stop-daemon --status`: PID 1 here reaps orphans late, and a zombie etcd
+        // (a removed member exits by itself) must not count as running.
+        let status = format!(
+            "[/bin/sh, -c, 'p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && grep -q \"^State:[[:space:]]*[RSDI]\" /proc/$p/status']"
+        );
         format!(
             "paths:\n  etcd_conf: {conf}\n  etcd_ca: {ca}\n  etcd_cert: {cert}\n  etcd_key: {key}\n  etcdctl_profile: {profile}\n  patroni_conf: {root}/etc/patroni/patroni.yml\n  vip_conf: {root}/etc/default/vip-manager.yml\n  etcd_data: {data}\n  journal_dir: {journal}\n\
              allowed_prefixes: [{root}]\n\

@@ -38,8 +38,17 @@ fn eps(f: &Fleet, n: usize) -> Vec<String> {
 
 /// (name, is_learner) of every member, sorted.
 async fn members(w: &World, f: &Fleet) -> Result<Vec<(String, bool)>> {
-    let mut c = quorum_tests::etcd::client(w, &eps(f, 5)).await?;
-    let list = c.member_list().await?;
+    // One endpoint at a time: a client over several fails if any one is down.
+    let mut list = None;
+    for ep in eps(f, 5) {
+        if let Ok(mut c) = quorum_tests::etcd::client(w, &[ep]).await {
+            if let Ok(l) = c.member_list().await {
+                list = Some(l);
+                break;
+            }
+        }
+    }
+    let list = list.context("no member answered the member list")?;
     let mut v: Vec<(String, bool)> = list
         .members()
         .iter()
@@ -95,12 +104,12 @@ async fn grow_to_five_and_shrink_to_three_losing_no_write() -> Result<()> {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(members(&w, &f).await?, names(&[1, 2, 3, 4]));
     confs_list_exactly(&f, &[0, 1, 2, 3])?;
-    // 4 -> 5: not in the inventory, --seq given.
-    let out = w.admin(&["member", "add", IPS[4], "--seq", "5", "--yes"])?;
+    // 4 -> 5.
+    f.write_inventory(&w, &all, "")?;
+    let out = w.admin(&["member", "add", IPS[4], "--yes"])?;
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(members(&w, &f).await?, names(&[1, 2, 3, 4, 5]));
     // 5 -> 4 -> 3.
-    f.write_inventory(&w, &all, "")?;
     let out = w.admin(&["member", "remove", IPS[4], "--yes"])?;
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(members(&w, &f).await?, names(&[1, 2, 3, 4]));
@@ -201,14 +210,32 @@ async fn membership_refusals_name_the_problem() -> Result<()> {
         "{}",
         out.stderr
     );
+    // With --seq a host outside the inventory is planned with the group's parameters.
+    let plan = w.admin(&["member", "add", IPS[3], "--seq", "9", "--plan"])?.ok()?;
+    assert!(plan.stdout.contains("etcd-9"), "{}", plan.stdout);
+    let out = w.admin(&["member", "add", IPS[3], "--seq", "2", "--plan"])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--seq 2 is taken by etcd-2"), "{}", out.stderr);
     // A learner already there.
     let mut c = quorum_tests::etcd::client(&w, &eps(&f, 3)).await?;
-    let added = c
-        .member_add(
-            [format!("https://{}:{}", IPS[4], f.peer_port)],
-            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
-        )
-        .await?;
+    // etcd refuses membership changes for ~5 s after a start ("unhealthy cluster").
+    let mut tries = 0;
+    let added = loop {
+        let r = c
+            .member_add(
+                [format!("https://{}:{}", IPS[4], f.peer_port)],
+                Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+            )
+            .await;
+        match r {
+            Ok(a) => break a,
+            Err(_) if tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let learner_id = added.member().context("learner")?.id();
     f.write_inventory(&w, &all[..4], "")?;
     let out = w.admin(&["member", "add", IPS[3], "--yes"])?;
