@@ -403,13 +403,13 @@ enum TaskCommand {
     WriteEtcdCerts {
         /// CA certificate.
         #[arg(long)]
-        ca: PathBuf,
+        ca_file: PathBuf,
         /// Server certificate.
         #[arg(long)]
-        cert: PathBuf,
+        cert_file: PathBuf,
         /// Server key.
         #[arg(long)]
-        key: PathBuf,
+        key_file: PathBuf,
     },
     /// Write the etcdctl profile from a file.
     WriteEtcdctlProfile {
@@ -845,11 +845,15 @@ async fn ad_hoc_task(
             }),
             false,
         ),
-        TaskCommand::WriteEtcdCerts { ca, cert, key } => (
+        TaskCommand::WriteEtcdCerts {
+            ca_file,
+            cert_file,
+            key_file,
+        } => (
             Kind::WriteEtcdCerts(pb::WriteEtcdCerts {
-                ca_crt: read_arg_file(&ca)?,
-                server_crt: read_arg_file(&cert)?,
-                server_key: read_arg_file(&key)?,
+                ca_crt: read_arg_file(&ca_file)?,
+                server_crt: read_arg_file(&cert_file)?,
+                server_key: read_arg_file(&key_file)?,
             }),
             false,
         ),
