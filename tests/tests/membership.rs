@@ -432,3 +432,33 @@ async fn coordinator_killed_at_every_step_of_add_and_remove_resumes_right() -> R
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_leadership_over_first() -> Result<()> {
+    let all: Vec<(&str, u32)> = IPS.iter().enumerate().map(|(i, ip)| (*ip, i as u32 + 1)).collect();
+    let (w, f) = setup(&all[..3])?;
+    // Find the leader's host.
+    let mut c = quorum_tests::etcd::client(&w, &eps(&f, 1)).await?;
+    let leader = c.status().await?.leader();
+    let list = c.member_list().await?;
+    let lead = list.members().iter().find(|m| m.id() == leader).context("leader listed")?;
+    let url = lead.peer_urls().first().context("peer url")?.clone();
+    let ip = IPS[..3]
+        .iter()
+        .find(|ip| url.contains(&format!("//{ip}:")))
+        .context("leader host")?
+        .to_string();
+    let remaining: Vec<(&str, u32)> = all[..3].iter().filter(|(i, _)| *i != ip).copied().collect();
+    f.write_inventory(&w, &remaining, "")?;
+    let out = w.admin(&["member", "remove", &ip, "--yes", "-o", "json"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let run: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let step = run["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["kind"] == "MoveLeaderAway"))
+        .context("MoveLeaderAway step")?;
+    assert_eq!(step["outcome"], "changed", "{step}");
+    assert!(step["output"].as_str().is_some_and(|o| o.contains("leadership moved")), "{step}");
+    assert_eq!(members(&w, &f).await?.len(), 2);
+    Ok(())
+}
