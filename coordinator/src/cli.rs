@@ -47,6 +47,13 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Whether this invocation is the long-running daemon (as opposed to a one-shot command).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Serve { .. })
+    }
+}
+
 /// How the CLI reaches the coordinator (flags, then environment, then --cli-config).
 #[derive(Args, Debug, Clone)]
 pub struct ConnArgs {
