@@ -116,7 +116,11 @@ impl Backend {
                     Svc::Patroni => &self.cfg.services.patroni,
                     Svc::VipManager => &self.cfg.services.vip_manager,
                 };
-                let verb = if action == "status" { "is-active" } else { action };
+                let verb = if action == "status" {
+                    "is-active"
+                } else {
+                    action
+                };
                 Some(vec!["systemctl".into(), verb.into(), unit.clone()])
             }
             BackendKind::Exec => self.cfg.exec.get(svc.exec_key())?.get(action).cloned(),
@@ -133,18 +137,22 @@ impl Backend {
 
     /// Runs `action` on `svc`; returns the command's output.
     pub async fn run(&self, svc: Svc, action: &str) -> Result<String, BackendError> {
-        let argv = self.argv(svc, action).ok_or_else(|| BackendError::NotConfigured {
-            service: svc.fact_key(),
-            action: action.to_string(),
-            config: self.cfg.source.display().to_string(),
-        })?;
+        let argv = self
+            .argv(svc, action)
+            .ok_or_else(|| BackendError::NotConfigured {
+                service: svc.fact_key(),
+                action: action.to_string(),
+                config: self.cfg.source.display().to_string(),
+            })?;
         let (code, output) = self.exec(&argv).await?;
         if code == Some(0) {
             Ok(output)
         } else {
             Err(BackendError::Failed {
                 argv: argv.join(" "),
-                status: code.map(|c| format!("status {c}")).unwrap_or_else(|| "a signal".into()),
+                status: code
+                    .map(|c| format!("status {c}"))
+                    .unwrap_or_else(|| "a signal".into()),
                 output,
             })
         }
@@ -207,11 +215,17 @@ impl Backend {
             })?;
         let secs = self.cfg.exec_timeout_secs;
         let waited = tokio::time::timeout(Duration::from_secs(secs), child.wait()).await;
-        let output = tail(&std::fs::read_to_string(&out_path).unwrap_or_default(), OUTPUT_CAP);
+        let output = tail(
+            &std::fs::read_to_string(&out_path).unwrap_or_default(),
+            OUTPUT_CAP,
+        );
         let _ = std::fs::remove_file(&out_path);
         match waited {
             Ok(Ok(status)) => Ok((status.code(), output)),
-            Ok(Err(source)) => Err(BackendError::Spawn { argv: joined, source }),
+            Ok(Err(source)) => Err(BackendError::Spawn {
+                argv: joined,
+                source,
+            }),
             Err(_) => {
                 let _ = child.kill().await;
                 Err(BackendError::Timeout {

@@ -241,7 +241,9 @@ fn default_exec_timeout() -> u64 {
 }
 
 /// Paths a data dir may never be: wiping their contents would wreck the host.
-const FORBIDDEN_DATA_DIRS: &[&str] = &["/", "/etc", "/data", "/var", "/var/lib", "/usr", "/home", "/root", "/boot", "/tmp", "/pg"];
+const FORBIDDEN_DATA_DIRS: &[&str] = &[
+    "/", "/etc", "/data", "/var", "/var/lib", "/usr", "/home", "/root", "/boot", "/tmp", "/pg",
+];
 
 impl AgentConfig {
     /// Reads and validates the config at `path`.
@@ -296,12 +298,31 @@ impl AgentConfig {
             ("paths.journal_dir", &p.journal_dir),
         ] {
             if !path.is_absolute() {
-                return Err(invalid(key, format!("{} is a relative path; give an absolute one", path.display())));
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} is a relative path; give an absolute one",
+                        path.display()
+                    ),
+                ));
             }
-            if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Err(invalid(key, format!("{} contains '..'; give a plain absolute path", path.display())));
+            if path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} contains '..'; give a plain absolute path",
+                        path.display()
+                    ),
+                ));
             }
-            if !cfg.allowed_prefixes.iter().any(|pre| path.starts_with(pre) && path != pre) {
+            if !cfg
+                .allowed_prefixes
+                .iter()
+                .any(|pre| path.starts_with(pre) && path != pre)
+            {
                 return Err(invalid(
                     key,
                     format!(
@@ -333,14 +354,22 @@ impl AgentConfig {
                 ));
             }
             for (action, argv) in cmds {
-                if !matches!(action.as_str(), "start" | "stop" | "restart" | "reload" | "status") {
+                if !matches!(
+                    action.as_str(),
+                    "start" | "stop" | "restart" | "reload" | "status"
+                ) {
                     return Err(invalid(
                         &format!("exec.{service}"),
-                        format!("unknown action {action:?}; use start, stop, restart, reload or status"),
+                        format!(
+                            "unknown action {action:?}; use start, stop, restart, reload or status"
+                        ),
                     ));
                 }
                 if argv.is_empty() || argv[0].is_empty() {
-                    return Err(invalid(&format!("exec.{service}.{action}"), "the command is empty".into()));
+                    return Err(invalid(
+                        &format!("exec.{service}.{action}"),
+                        "the command is empty".into(),
+                    ));
                 }
             }
         }
@@ -389,7 +418,9 @@ mod tests {
             }
         }
         match parse("typo_key: 1") {
-            Err(ConfigError::Parse { message, .. }) => assert!(message.contains("typo_key"), "{message}"),
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains("typo_key"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
     }

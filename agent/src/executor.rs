@@ -87,7 +87,9 @@ fn repeat_is_unsafe(kind: &Kind) -> bool {
     match kind {
         Kind::WipeEtcdData(_) | Kind::SetVipEndpoints(_) => true,
         Kind::SetPatroniDcsHosts(t) => t.restart,
-        Kind::ServiceAction(a) => a.action == pb::Action::Restart as i32 || a.action == pb::Action::Stop as i32,
+        Kind::ServiceAction(a) => {
+            a.action == pb::Action::Restart as i32 || a.action == pb::Action::Stop as i32
+        }
         _ => false,
     }
 }
@@ -117,7 +119,9 @@ impl Executor {
     /// Runs `task` once: a task id already finished is answered from the journal.
     pub async fn execute(&self, task: &pb::Task) -> TaskReport {
         if task.id.is_empty() || task.id.len() > 256 {
-            return TaskReport::refused("the task has no valid id (1-256 characters); nothing was done");
+            return TaskReport::refused(
+                "the task has no valid id (1-256 characters); nothing was done",
+            );
         }
         let Some(kind) = &task.kind else {
             return TaskReport::refused(format!(
@@ -128,7 +132,15 @@ impl Executor {
         };
         match self.journal.seen(&task.id) {
             Seen::Finished(outcome, output) => {
-                return TaskReport::new(outcome, format!("{output}\n(answered from the journal: task {} already ran)", task.id).trim().to_string());
+                return TaskReport::new(
+                    outcome,
+                    format!(
+                        "{output}\n(answered from the journal: task {} already ran)",
+                        task.id
+                    )
+                    .trim()
+                    .to_string(),
+                );
             }
             Seen::Interrupted if repeat_is_unsafe(kind) => {
                 let report = TaskReport::failed(format!(
@@ -136,7 +148,9 @@ impl Executor {
                     task.id,
                     kind_name(kind)
                 ));
-                let _ = self.journal.finish(&task.id, report.outcome, &report.output);
+                let _ = self
+                    .journal
+                    .finish(&task.id, report.outcome, &report.output);
                 return report;
             }
             _ => {}
@@ -145,7 +159,10 @@ impl Executor {
             return TaskReport::failed(format!("{e}; the task was not run"));
         }
         let report = self.run(kind).await;
-        if let Err(e) = self.journal.finish(&task.id, report.outcome, &report.output) {
+        if let Err(e) = self
+            .journal
+            .finish(&task.id, report.outcome, &report.output)
+        {
             tracing::error!("{e}");
         }
         report
@@ -155,7 +172,9 @@ impl Executor {
         let p = &self.cfg.paths;
         match kind {
             Kind::WriteEtcdConf(t) => self.write(&p.etcd_conf, &t.content, 0o644, self.etcd_owner),
-            Kind::WriteEtcdctlProfile(t) => self.write(&p.etcdctl_profile, &t.content, 0o644, self.profile_owner),
+            Kind::WriteEtcdctlProfile(t) => {
+                self.write(&p.etcdctl_profile, &t.content, 0o644, self.profile_owner)
+            }
             Kind::WriteEtcdCerts(t) => self.write_certs(t),
             Kind::ServiceAction(a) => self.service_action(a).await,
             Kind::SetPatroniDcsHosts(t) => self.set_patroni_hosts(t).await,
@@ -174,14 +193,21 @@ impl Executor {
             ));
         }
         match files::write_managed(path, content.as_bytes(), mode, Some(owner)) {
-            Ok(Written::Changed) => TaskReport::new(pb::Outcome::Changed, format!("wrote {}", path.display())),
-            Ok(Written::Unchanged) => TaskReport::new(pb::Outcome::Unchanged, format!("{} already up to date", path.display())),
+            Ok(Written::Changed) => {
+                TaskReport::new(pb::Outcome::Changed, format!("wrote {}", path.display()))
+            }
+            Ok(Written::Unchanged) => TaskReport::new(
+                pb::Outcome::Unchanged,
+                format!("{} already up to date", path.display()),
+            ),
             Err(e) => TaskReport::failed(e.to_string()),
         }
     }
 
     fn write_certs(&self, t: &pb::WriteEtcdCerts) -> TaskReport {
-        let is_cert = |s: &str| s.contains("-----BEGIN CERTIFICATE-----") && s.contains("-----END CERTIFICATE-----");
+        let is_cert = |s: &str| {
+            s.contains("-----BEGIN CERTIFICATE-----") && s.contains("-----END CERTIFICATE-----")
+        };
         let is_key = |s: &str| s.contains("PRIVATE KEY-----") && s.contains("-----BEGIN");
         // All three are checked before any is touched.
         for (what, ok) in [
@@ -190,7 +216,14 @@ impl Executor {
             ("server_key", is_key(&t.server_key)),
         ] {
             if !ok {
-                return TaskReport::refused(format!("{what} is not a PEM {}; no certificate file was touched", if what == "server_key" { "private key" } else { "certificate" }));
+                return TaskReport::refused(format!(
+                    "{what} is not a PEM {}; no certificate file was touched",
+                    if what == "server_key" {
+                        "private key"
+                    } else {
+                        "certificate"
+                    }
+                ));
             }
         }
         let p = &self.cfg.paths;
@@ -208,15 +241,24 @@ impl Executor {
             }
         }
         if changed.is_empty() {
-            TaskReport::new(pb::Outcome::Unchanged, "ca.crt, server.crt and server.key already up to date")
+            TaskReport::new(
+                pb::Outcome::Unchanged,
+                "ca.crt, server.crt and server.key already up to date",
+            )
         } else {
-            TaskReport::new(pb::Outcome::Changed, format!("wrote {}", changed.join(", ")))
+            TaskReport::new(
+                pb::Outcome::Changed,
+                format!("wrote {}", changed.join(", ")),
+            )
         }
     }
 
     async fn service_action(&self, a: &pb::ServiceAction) -> TaskReport {
         let Some(svc) = pb::Service::try_from(a.service).ok().and_then(Svc::from_pb) else {
-            return TaskReport::refused(format!("service {} is not one this agent manages (etcd, patroni, vip-manager)", a.service));
+            return TaskReport::refused(format!(
+                "service {} is not one this agent manages (etcd, patroni, vip-manager)",
+                a.service
+            ));
         };
         let action = match pb::Action::try_from(a.action) {
             Ok(pb::Action::Start) => "start",
@@ -224,11 +266,19 @@ impl Executor {
             Ok(pb::Action::Restart) => "restart",
             Ok(pb::Action::Reload) => "reload",
             Ok(pb::Action::Status) => "status",
-            _ => return TaskReport::refused(format!("action {} is not start, stop, restart, reload or status", a.action)),
+            _ => {
+                return TaskReport::refused(format!(
+                    "action {} is not start, stop, restart, reload or status",
+                    a.action
+                ))
+            }
         };
         if action == "status" {
             let st = self.backend.status(svc).await;
-            return TaskReport::new(pb::Outcome::Ok, format!("{} {}", svc.fact_key(), state_word(st)));
+            return TaskReport::new(
+                pb::Outcome::Ok,
+                format!("{} {}", svc.fact_key(), state_word(st)),
+            );
         }
         if !a.force && !a.if_changed.is_empty() {
             let changed = a
@@ -238,30 +288,47 @@ impl Executor {
             if !changed {
                 return TaskReport::new(
                     pb::Outcome::Skipped,
-                    format!("{action} {} skipped: nothing it follows changed", svc.fact_key()),
+                    format!(
+                        "{action} {} skipped: nothing it follows changed",
+                        svc.fact_key()
+                    ),
                 );
             }
         }
         match self.backend.run(svc, action).await {
-            Ok(out) => TaskReport::new(pb::Outcome::Changed, format!("{action} {}: ok\n{out}", svc.fact_key()).trim().to_string()),
+            Ok(out) => TaskReport::new(
+                pb::Outcome::Changed,
+                format!("{action} {}: ok\n{out}", svc.fact_key())
+                    .trim()
+                    .to_string(),
+            ),
             Err(e) => TaskReport::failed(e.to_string()),
         }
     }
 
     async fn set_patroni_hosts(&self, t: &pb::SetPatroniDcsHosts) -> TaskReport {
         for h in &t.hosts {
-            let ok = h.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            let ok = h
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !ok {
-                return TaskReport::refused(format!("{h:?} is not host:port; patroni.yml was not touched"));
+                return TaskReport::refused(format!(
+                    "{h:?} is not host:port; patroni.yml was not touched"
+                ));
             }
         }
         let path = &self.cfg.paths.patroni_conf;
-        let written = match self.patch_file(path, |text| quorum_proto::patch::patch_patroni_hosts(text, &t.hosts).map_err(|e| e.to_string())) {
+        let written = match self.patch_file(path, |text| {
+            quorum_proto::patch::patch_patroni_hosts(text, &t.hosts).map_err(|e| e.to_string())
+        }) {
             Ok(w) => w,
             Err(r) => return r,
         };
         if written == Written::Unchanged && !t.restart {
-            return TaskReport::new(pb::Outcome::Unchanged, format!("{} already lists {}", path.display(), t.hosts.join(",")));
+            return TaskReport::new(
+                pb::Outcome::Unchanged,
+                format!("{} already lists {}", path.display(), t.hosts.join(",")),
+            );
         }
         let action = if t.restart { "restart" } else { "reload" };
         match self.backend.run(Svc::Patroni, action).await {
@@ -280,31 +347,61 @@ impl Executor {
     async fn set_vip_endpoints(&self, t: &pb::SetVipEndpoints) -> TaskReport {
         for e in &t.endpoints {
             if !(e.starts_with("https://") || e.starts_with("http://")) {
-                return TaskReport::refused(format!("{e:?} is not an http(s):// URL; the vip-manager config was not touched"));
+                return TaskReport::refused(format!(
+                    "{e:?} is not an http(s):// URL; the vip-manager config was not touched"
+                ));
             }
         }
         let path = &self.cfg.paths.vip_conf;
-        let written = match self.patch_file(path, |text| quorum_proto::patch::patch_vip_endpoints(text, &t.endpoints).map_err(|e| e.to_string())) {
+        let written = match self.patch_file(path, |text| {
+            quorum_proto::patch::patch_vip_endpoints(text, &t.endpoints).map_err(|e| e.to_string())
+        }) {
             Ok(w) => w,
             Err(r) => return r,
         };
         if written == Written::Unchanged {
-            return TaskReport::new(pb::Outcome::Unchanged, format!("{} already lists {}", path.display(), t.endpoints.join(",")));
+            return TaskReport::new(
+                pb::Outcome::Unchanged,
+                format!("{} already lists {}", path.display(), t.endpoints.join(",")),
+            );
         }
         match self.backend.run(Svc::VipManager, "restart").await {
-            Ok(_) => TaskReport::new(pb::Outcome::Changed, format!("updated the endpoints in {} and restarted vip-manager", path.display())),
-            Err(e) => TaskReport::failed(format!("{} was updated, but the restart of vip-manager failed: {e}", path.display())),
+            Ok(_) => TaskReport::new(
+                pb::Outcome::Changed,
+                format!(
+                    "updated the endpoints in {} and restarted vip-manager",
+                    path.display()
+                ),
+            ),
+            Err(e) => TaskReport::failed(format!(
+                "{} was updated, but the restart of vip-manager failed: {e}",
+                path.display()
+            )),
         }
     }
 
     /// Patches a host-owned file in place, keeping its owner and mode.
-    fn patch_file(&self, path: &Path, patch: impl FnOnce(&str) -> Result<String, String>) -> Result<Written, TaskReport> {
+    fn patch_file(
+        &self,
+        path: &Path,
+        patch: impl FnOnce(&str) -> Result<String, String>,
+    ) -> Result<Written, TaskReport> {
         use std::os::unix::fs::MetadataExt;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TaskReport::failed(format!("cannot read {}: {e}; it must exist (Pigsty's pgsql playbook writes it)", path.display())))?;
-        let meta = std::fs::metadata(path).map_err(|e| TaskReport::failed(format!("cannot stat {}: {e}", path.display())))?;
-        let patched = patch(&text).map_err(|e| TaskReport::refused(format!("{}: {e}; nothing was written", path.display())))?;
-        let owner = (nix::unistd::Uid::from_raw(meta.uid()), nix::unistd::Gid::from_raw(meta.gid()));
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            TaskReport::failed(format!(
+                "cannot read {}: {e}; it must exist (Pigsty's pgsql playbook writes it)",
+                path.display()
+            ))
+        })?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| TaskReport::failed(format!("cannot stat {}: {e}", path.display())))?;
+        let patched = patch(&text).map_err(|e| {
+            TaskReport::refused(format!("{}: {e}; nothing was written", path.display()))
+        })?;
+        let owner = (
+            nix::unistd::Uid::from_raw(meta.uid()),
+            nix::unistd::Gid::from_raw(meta.gid()),
+        );
         files::write_managed(path, patched.as_bytes(), meta.mode() & 0o7777, Some(owner))
             .map_err(|e| TaskReport::failed(e.to_string()))
     }
@@ -327,16 +424,25 @@ impl Executor {
                 ));
             }
             if let Err(e) = self.backend.run(Svc::Etcd, "stop").await {
-                return TaskReport::failed(format!("purge: cannot stop etcd ({e}); {} was not touched", data.display()));
+                return TaskReport::failed(format!(
+                    "purge: cannot stop etcd ({e}); {} was not touched",
+                    data.display()
+                ));
             }
             if self.backend.status(Svc::Etcd).await == pb::ServiceState::Active {
-                return TaskReport::failed(format!("purge: etcd is still active after stop; {} was not touched", data.display()));
+                return TaskReport::failed(format!(
+                    "purge: etcd is still active after stop; {} was not touched",
+                    data.display()
+                ));
             }
         }
         let entries = match std::fs::read_dir(data) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return TaskReport::new(pb::Outcome::Unchanged, format!("{} does not exist: nothing to wipe", data.display()))
+                return TaskReport::new(
+                    pb::Outcome::Unchanged,
+                    format!("{} does not exist: nothing to wipe", data.display()),
+                )
             }
             Err(e) => return TaskReport::failed(format!("cannot read {}: {e}", data.display())),
         };
@@ -344,7 +450,9 @@ impl Executor {
         for entry in entries {
             let entry = match entry {
                 Ok(e) => e,
-                Err(e) => return TaskReport::failed(format!("cannot read {}: {e}", data.display())),
+                Err(e) => {
+                    return TaskReport::failed(format!("cannot read {}: {e}", data.display()))
+                }
             };
             let path = entry.path();
             // symlink_metadata: a link is removed as a link, never followed out of the dir.
@@ -354,14 +462,23 @@ impl Executor {
                 Err(e) => Err(e),
             };
             if let Err(e) = r {
-                return TaskReport::failed(format!("cannot remove {}: {e} ({removed} entries removed before)", path.display()));
+                return TaskReport::failed(format!(
+                    "cannot remove {}: {e} ({removed} entries removed before)",
+                    path.display()
+                ));
             }
             removed += 1;
         }
         if removed == 0 {
-            TaskReport::new(pb::Outcome::Unchanged, format!("{} is already empty", data.display()))
+            TaskReport::new(
+                pb::Outcome::Unchanged,
+                format!("{} is already empty", data.display()),
+            )
         } else {
-            TaskReport::new(pb::Outcome::Changed, format!("wiped {} ({removed} entries)", data.display()))
+            TaskReport::new(
+                pb::Outcome::Changed,
+                format!("wiped {} ({removed} entries)", data.display()),
+            )
         }
     }
 
@@ -379,7 +496,8 @@ impl Executor {
         };
         for svc in Svc::ALL {
             if self.backend.manages(svc) {
-                f.services.insert(svc.fact_key().into(), self.backend.status(svc).await as i32);
+                f.services
+                    .insert(svc.fact_key().into(), self.backend.status(svc).await as i32);
             }
         }
         for (key, path, public) in [

@@ -33,17 +33,31 @@ pub type Ids = (nix::unistd::Uid, nix::unistd::Gid);
 pub fn resolve_owner(user: &str, group: &str) -> Result<Ids, String> {
     let u = nix::unistd::User::from_name(user)
         .map_err(|e| format!("cannot look up user {user}: {e}"))?
-        .ok_or_else(|| format!("user {user} does not exist on this host; create it or set owners in agent.yml"))?;
+        .ok_or_else(|| {
+            format!("user {user} does not exist on this host; create it or set owners in agent.yml")
+        })?;
     let g = nix::unistd::Group::from_name(group)
         .map_err(|e| format!("cannot look up group {group}: {e}"))?
-        .ok_or_else(|| format!("group {group} does not exist on this host; create it or set owners in agent.yml"))?;
+        .ok_or_else(|| {
+            format!(
+                "group {group} does not exist on this host; create it or set owners in agent.yml"
+            )
+        })?;
     Ok((u.uid, g.gid))
 }
 
 /// Writes `data` to `path` atomically (no `.bak`); used for the agent's own files.
-pub fn replace_atomically(path: &Path, data: &[u8], mode: u32, owner: Option<Ids>) -> Result<(), FileError> {
+pub fn replace_atomically(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<Ids>,
+) -> Result<(), FileError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.quorum-tmp.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     {
@@ -54,10 +68,14 @@ pub fn replace_atomically(path: &Path, data: &[u8], mode: u32, owner: Option<Ids
             .open(&tmp)
             .map_err(ferr("cannot create", &tmp))?;
         f.write_all(data).map_err(ferr("cannot write", &tmp))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(ferr("cannot chmod", &tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+            .map_err(ferr("cannot chmod", &tmp))?;
         if let Some((uid, gid)) = owner {
-            nix::unistd::fchown(&f, Some(uid), Some(gid))
-                .map_err(|e| FileError { action: "cannot chown", path: tmp.clone(), source: e.into() })?;
+            nix::unistd::fchown(&f, Some(uid), Some(gid)).map_err(|e| FileError {
+                action: "cannot chown",
+                path: tmp.clone(),
+                source: e.into(),
+            })?;
         }
         f.sync_all().map_err(ferr("cannot fsync", &tmp))?;
     }
@@ -88,7 +106,12 @@ pub fn backup_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `data` to `path` unless it is already there; keeps the previous version as `.bak`.
-pub fn write_managed(path: &Path, data: &[u8], mode: u32, owner: Option<Ids>) -> Result<Written, FileError> {
+pub fn write_managed(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<Ids>,
+) -> Result<Written, FileError> {
     let current = match fs::read(path) {
         Ok(c) => Some(c),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -101,7 +124,9 @@ pub fn write_managed(path: &Path, data: &[u8], mode: u32, owner: Option<Ids>) ->
         fs::create_dir_all(dir).map_err(ferr("cannot create", dir))?;
     }
     if let Some(old) = &current {
-        let old_mode = fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(mode);
+        let old_mode = fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(mode);
         replace_atomically(&backup_path(path), old, old_mode, owner)?;
     }
     replace_atomically(path, data, mode, owner)?;
@@ -119,12 +144,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writes_keep_the_previous_version_and_skip_identical_content() -> Result<(), Box<dyn std::error::Error>> {
+    fn writes_keep_the_previous_version_and_skip_identical_content(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("etcd.conf");
         assert_eq!(write_managed(&p, b"one", 0o644, None)?, Written::Changed);
         assert_eq!(write_managed(&p, b"one", 0o644, None)?, Written::Unchanged);
-        assert!(!backup_path(&p).exists(), "an unchanged write touches nothing");
+        assert!(
+            !backup_path(&p).exists(),
+            "an unchanged write touches nothing"
+        );
         assert_eq!(write_managed(&p, b"two", 0o600, None)?, Written::Changed);
         assert_eq!(fs::read(&p)?, b"two");
         assert_eq!(fs::read(backup_path(&p))?, b"one");

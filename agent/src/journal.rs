@@ -100,7 +100,11 @@ impl Journal {
             inner.lines += 1;
             if line.state == "finished" {
                 inner.started.remove(&line.id);
-                if inner.finished.insert(line.id.clone(), (line.outcome, line.output)).is_none() {
+                if inner
+                    .finished
+                    .insert(line.id.clone(), (line.outcome, line.output))
+                    .is_none()
+                {
                     inner.order.push_back(line.id);
                 }
             } else {
@@ -124,7 +128,10 @@ impl Journal {
     pub fn seen(&self, id: &str) -> Seen {
         let inner = self.lock();
         if let Some((o, out)) = inner.finished.get(id) {
-            return Seen::Finished(pb::Outcome::try_from(*o).unwrap_or(pb::Outcome::Unspecified), out.clone());
+            return Seen::Finished(
+                pb::Outcome::try_from(*o).unwrap_or(pb::Outcome::Unspecified),
+                out.clone(),
+            );
         }
         if inner.started.contains_key(id) {
             return Seen::Interrupted;
@@ -213,18 +220,31 @@ impl Journal {
         }
         let mut text = String::new();
         for id in inner.started.keys() {
-            let l = Line { id: id.clone(), state: "started".into(), outcome: 0, output: String::new() };
+            let l = Line {
+                id: id.clone(),
+                state: "started".into(),
+                outcome: 0,
+                output: String::new(),
+            };
             text.push_str(&serde_json::to_string(&l).map_err(|e| err(std::io::Error::other(e)))?);
             text.push('\n');
         }
         for id in &inner.order {
             if let Some((o, out)) = inner.finished.get(id) {
-                let l = Line { id: id.clone(), state: "finished".into(), outcome: *o, output: out.clone() };
-                text.push_str(&serde_json::to_string(&l).map_err(|e| err(std::io::Error::other(e)))?);
+                let l = Line {
+                    id: id.clone(),
+                    state: "finished".into(),
+                    outcome: *o,
+                    output: out.clone(),
+                };
+                text.push_str(
+                    &serde_json::to_string(&l).map_err(|e| err(std::io::Error::other(e)))?,
+                );
                 text.push('\n');
             }
         }
-        crate::files::replace_atomically(&self.path, text.as_bytes(), 0o600, None).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        crate::files::replace_atomically(&self.path, text.as_bytes(), 0o600, None)
+            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
         inner.lines = inner.started.len() + inner.order.len();
         Ok(())
     }
@@ -243,7 +263,10 @@ mod tests {
         j.start("b")?;
         drop(j);
         let j = Journal::open(dir.path())?;
-        assert_eq!(j.seen("a"), Seen::Finished(pb::Outcome::Changed, "did it".into()));
+        assert_eq!(
+            j.seen("a"),
+            Seen::Finished(pb::Outcome::Changed, "did it".into())
+        );
         assert_eq!(j.seen("b"), Seen::Interrupted);
         assert_eq!(j.seen("c"), Seen::New);
         Ok(())
@@ -258,10 +281,15 @@ mod tests {
             j.start(&id)?;
             j.finish(&id, pb::Outcome::Ok, "")?;
         }
-        let lines = std::fs::read_to_string(dir.path().join("journal.jsonl"))?.lines().count();
+        let lines = std::fs::read_to_string(dir.path().join("journal.jsonl"))?
+            .lines()
+            .count();
         assert!(lines <= 2 * KEEP + 100, "{lines} lines");
         assert_eq!(j.seen("t0"), Seen::New, "the oldest are dropped");
-        assert!(matches!(j.seen(&format!("t{}", 3 * KEEP - 1)), Seen::Finished(..)));
+        assert!(matches!(
+            j.seen(&format!("t{}", 3 * KEEP - 1)),
+            Seen::Finished(..)
+        ));
         Ok(())
     }
 

@@ -17,7 +17,10 @@ pub async fn run_task_file(config: &Path, task_file: &Path) -> anyhow::Result<u8
     let bytes = std::fs::read(task_file)
         .map_err(|e| anyhow::anyhow!("cannot read task file {}: {e}", task_file.display()))?;
     let task = pb::Task::decode(bytes.as_slice()).map_err(|e| {
-        anyhow::anyhow!("task file {} is not a quorum.v1.Task: {e}", task_file.display())
+        anyhow::anyhow!(
+            "task file {} is not a quorum.v1.Task: {e}",
+            task_file.display()
+        )
     })?;
     let executor = Executor::new(cfg)?;
     let report = executor.execute(&task).await;

@@ -21,8 +21,19 @@ struct Host {
 
 impl Host {
     fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("quorum-agent-test-").tempdir()?;
-        for d in ["etc/etcd", "etc/profile.d", "etc/patroni", "etc/default", "data/etcd", "var/lib/quorum", "run", "log"] {
+        let dir = tempfile::Builder::new()
+            .prefix("quorum-agent-test-")
+            .tempdir()?;
+        for d in [
+            "etc/etcd",
+            "etc/profile.d",
+            "etc/patroni",
+            "etc/default",
+            "data/etcd",
+            "var/lib/quorum",
+            "run",
+            "log",
+        ] {
             std::fs::create_dir_all(dir.path().join(d))?;
         }
         Ok(Self { dir })
@@ -99,10 +110,21 @@ async fn writes_are_atomic_idempotent_and_keep_the_previous_version() -> Result<
     assert!(!h.p("etc/etcd/etcd.conf.bak").exists());
     let r = ex.execute(&task("t3", conf("name: etcd-2\n"))).await;
     assert_eq!(r.outcome, pb::Outcome::Changed);
-    assert_eq!(std::fs::read_to_string(h.p("etc/etcd/etcd.conf"))?, "name: etcd-2\n");
-    assert_eq!(std::fs::read_to_string(h.p("etc/etcd/etcd.conf.bak"))?, "name: etcd-1\n");
-    let profile = Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile { content: "export A=1\n".into() });
-    assert_eq!(ex.execute(&task("t4", profile)).await.outcome, pb::Outcome::Changed);
+    assert_eq!(
+        std::fs::read_to_string(h.p("etc/etcd/etcd.conf"))?,
+        "name: etcd-2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.p("etc/etcd/etcd.conf.bak"))?,
+        "name: etcd-1\n"
+    );
+    let profile = Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
+        content: "export A=1\n".into(),
+    });
+    assert_eq!(
+        ex.execute(&task("t4", profile)).await.outcome,
+        pb::Outcome::Changed
+    );
     // A restart that follows unchanged writes is skipped; after a changed one it runs.
     let restart_if = |ids: &[&str]| {
         Kind::ServiceAction(pb::ServiceAction {
@@ -140,18 +162,43 @@ async fn certs_are_checked_before_anything_is_touched() -> Result<()> {
     });
     let r = ex.execute(&task("c1", bad)).await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
-    assert!(r.output.contains("server_key is not a PEM private key"), "{}", r.output);
-    assert!(!h.p("etc/etcd/ca.crt").exists(), "a refused cert task touched ca.crt");
+    assert!(
+        r.output.contains("server_key is not a PEM private key"),
+        "{}",
+        r.output
+    );
+    assert!(
+        !h.p("etc/etcd/ca.crt").exists(),
+        "a refused cert task touched ca.crt"
+    );
     let good = Kind::WriteEtcdCerts(pb::WriteEtcdCerts {
         ca_crt: cert.into(),
         server_crt: cert.into(),
         server_key: key.into(),
     });
-    assert_eq!(ex.execute(&task("c2", good.clone())).await.outcome, pb::Outcome::Changed);
+    assert_eq!(
+        ex.execute(&task("c2", good.clone())).await.outcome,
+        pb::Outcome::Changed
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(h.p("etc/etcd/server.key"))?.permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(h.p("etc/etcd/server.crt"))?.permissions().mode() & 0o777, 0o644);
-    assert_eq!(ex.execute(&task("c3", good)).await.outcome, pb::Outcome::Unchanged);
+    assert_eq!(
+        std::fs::metadata(h.p("etc/etcd/server.key"))?
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(h.p("etc/etcd/server.crt"))?
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+    assert_eq!(
+        ex.execute(&task("c3", good)).await.outcome,
+        pb::Outcome::Unchanged
+    );
     Ok(())
 }
 
@@ -161,33 +208,73 @@ async fn patroni_and_vip_edits_change_only_the_endpoints() -> Result<()> {
     let ex = h.executor(false, &h.marker_exec())?;
     let patroni = "scope: pg-meta\n# keep me\netcd3:\n  hosts: '10.10.10.10:2379'\n  protocol: https\nrestapi:\n  listen: 0.0.0.0:8008\n";
     std::fs::write(h.p("etc/patroni/patroni.yml"), patroni)?;
-    let hosts = vec!["10.10.10.10:2379".to_string(), "10.10.10.11:2379".to_string()];
+    let hosts = vec![
+        "10.10.10.10:2379".to_string(),
+        "10.10.10.11:2379".to_string(),
+    ];
     let r = ex
-        .execute(&task("p1", Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts { hosts: hosts.clone(), restart: false })))
+        .execute(&task(
+            "p1",
+            Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts {
+                hosts: hosts.clone(),
+                restart: false,
+            }),
+        ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
-    assert!(r.output.contains("only when it restarts"), "reload must say it did not apply: {}", r.output);
+    assert!(
+        r.output.contains("only when it restarts"),
+        "reload must say it did not apply: {}",
+        r.output
+    );
     let after = std::fs::read_to_string(h.p("etc/patroni/patroni.yml"))?;
-    assert_eq!(after, patroni.replace("'10.10.10.10:2379'", "'10.10.10.10:2379,10.10.10.11:2379'"));
+    assert_eq!(
+        after,
+        patroni.replace("'10.10.10.10:2379'", "'10.10.10.10:2379,10.10.10.11:2379'")
+    );
     assert_eq!(h.marker(), vec!["patroni-reload"]);
     let r = ex
-        .execute(&task("p2", Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts { hosts, restart: false })))
+        .execute(&task(
+            "p2",
+            Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts {
+                hosts,
+                restart: false,
+            }),
+        ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Unchanged);
     // An unparseable file: refused, nothing written.
     std::fs::write(h.p("etc/patroni/patroni.yml"), "etcd3: [unclosed\n")?;
     let r = ex
-        .execute(&task("p3", Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts { hosts: vec!["a:1".into()], restart: false })))
+        .execute(&task(
+            "p3",
+            Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts {
+                hosts: vec!["a:1".into()],
+                restart: false,
+            }),
+        ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
-    assert_eq!(std::fs::read_to_string(h.p("etc/patroni/patroni.yml"))?, "etcd3: [unclosed\n");
-    let vip = "ip: 10.10.10.2\ndcs-type: etcd\ndcs-endpoints:\n  - https://10.10.10.10:2379\n# end\n";
+    assert_eq!(
+        std::fs::read_to_string(h.p("etc/patroni/patroni.yml"))?,
+        "etcd3: [unclosed\n"
+    );
+    let vip =
+        "ip: 10.10.10.2\ndcs-type: etcd\ndcs-endpoints:\n  - https://10.10.10.10:2379\n# end\n";
     std::fs::write(h.p("etc/default/vip-manager.yml"), vip)?;
     let r = ex
-        .execute(&task("v1", Kind::SetVipEndpoints(pb::SetVipEndpoints { endpoints: vec!["https://10.10.10.11:2379".into()] })))
+        .execute(&task(
+            "v1",
+            Kind::SetVipEndpoints(pb::SetVipEndpoints {
+                endpoints: vec!["https://10.10.10.11:2379".into()],
+            }),
+        ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
-    assert_eq!(std::fs::read_to_string(h.p("etc/default/vip-manager.yml"))?, vip.replace("10.10.10.10", "10.10.10.11"));
+    assert_eq!(
+        std::fs::read_to_string(h.p("etc/default/vip-manager.yml"))?,
+        vip.replace("10.10.10.10", "10.10.10.11")
+    );
     assert_eq!(h.marker(), vec!["patroni-reload", "vip-restart"]);
     Ok(())
 }
@@ -196,24 +283,53 @@ async fn patroni_and_vip_edits_change_only_the_endpoints() -> Result<()> {
 async fn bad_tasks_are_refused_and_touch_nothing() -> Result<()> {
     let h = Host::new()?;
     let ex = h.executor(false, &h.marker_exec())?;
-    let r = ex.execute(&pb::Task { id: "b1".into(), kind: None }).await;
+    let r = ex
+        .execute(&pb::Task {
+            id: "b1".into(),
+            kind: None,
+        })
+        .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
     assert!(r.output.contains("of a kind this agent"), "{}", r.output);
     let r = ex
-        .execute(&task("b2", Kind::ServiceAction(pb::ServiceAction { service: 0, action: 3, if_changed: vec![], force: true })))
+        .execute(&task(
+            "b2",
+            Kind::ServiceAction(pb::ServiceAction {
+                service: 0,
+                action: 3,
+                if_changed: vec![],
+                force: true,
+            }),
+        ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
     let r = ex
-        .execute(&task("b3", Kind::ServiceAction(pb::ServiceAction { service: 1, action: 42, if_changed: vec![], force: true })))
+        .execute(&task(
+            "b3",
+            Kind::ServiceAction(pb::ServiceAction {
+                service: 1,
+                action: 42,
+                if_changed: vec![],
+                force: true,
+            }),
+        ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
-    let r = ex.execute(&task("b4", conf(&"x".repeat(5 * 1024 * 1024)))).await;
+    let r = ex
+        .execute(&task("b4", conf(&"x".repeat(5 * 1024 * 1024))))
+        .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
     assert!(r.output.contains("over the"), "{}", r.output);
     let r = ex.execute(&task("", conf("x"))).await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
     let r = ex
-        .execute(&task("b5", Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts { hosts: vec!["no-port".into()], restart: false })))
+        .execute(&task(
+            "b5",
+            Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts {
+                hosts: vec!["no-port".into()],
+                restart: false,
+            }),
+        ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
     assert!(!h.p("etc/etcd/etcd.conf").exists());
@@ -231,12 +347,20 @@ async fn a_redelivered_task_runs_once() -> Result<()> {
     assert_eq!(ex.execute(&t).await.outcome, pb::Outcome::Changed);
     let again = ex.execute(&t).await;
     assert_eq!(again.outcome, pb::Outcome::Changed);
-    assert!(again.output.contains("answered from the journal"), "{}", again.output);
+    assert!(
+        again.output.contains("answered from the journal"),
+        "{}",
+        again.output
+    );
     // Also across an agent restart (a new executor on the same journal).
     drop(ex);
     let ex = h.executor(false, &h.marker_exec())?;
     assert_eq!(ex.execute(&t).await.outcome, pb::Outcome::Changed);
-    assert_eq!(h.marker(), vec!["etcd-restart"], "the restart ran more than once");
+    assert_eq!(
+        h.marker(),
+        vec!["etcd-restart"],
+        "the restart ran more than once"
+    );
     Ok(())
 }
 
@@ -252,21 +376,36 @@ fn etcd_exec(h: &Host) -> Result<String> {
         data = h.s("data/etcd")
     );
     std::fs::write(h.p("etc/etcd/etcd.conf"), conf)?;
-    let (pid, log, cf, m) = (h.s("run/etcd.pid"), h.s("log/etcd.log"), h.s("etc/etcd/etcd.conf"), h.s("log/marker"));
+    let (pid, log, cf, m) = (
+        h.s("run/etcd.pid"),
+        h.s("log/etcd.log"),
+        h.s("etc/etcd/etcd.conf"),
+        h.s("log/marker"),
+    );
     Ok(format!(
         "  etcd:\n    start: [start-stop-daemon, --start, --background, --oknodo, --make-pidfile, --pidfile, {pid}, --output, {log}, --exec, /usr/bin/etcd, --, --config-file, {cf}]\n    stop: [start-stop-daemon, --stop, --oknodo, --pidfile, {pid}, --retry, TERM/30/KILL/5, --remove-pidfile]\n    restart: [/bin/sh, -c, 'echo etcd-restart >> {m} && start-stop-daemon --stop --oknodo --pidfile {pid} --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --make-pidfile --pidfile {pid} --output {log} --exec /usr/bin/etcd -- --config-file {cf}']\n    status: [/bin/sh, -c, 'p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && grep -q \"^State:[[:space:]]*[RSDI]\" /proc/$p/status']\n"
     ))
 }
 
 fn etcd_pid(h: &Host) -> Option<i32> {
-    std::fs::read_to_string(h.p("run/etcd.pid")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(h.p("run/etcd.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 struct KillOnDrop(PathBuf);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.0).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -288,36 +427,69 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     let ex = h.executor(false, &exec)?;
     let status = |id: &str| task(id, service(pb::Service::Etcd, pb::Action::Status));
     assert!(ex.execute(&status("s0")).await.output.ends_with("inactive"));
-    assert_eq!(ex.execute(&task("s1", service(pb::Service::Etcd, pb::Action::Start))).await.outcome, pb::Outcome::Changed);
+    assert_eq!(
+        ex.execute(&task("s1", service(pb::Service::Etcd, pb::Action::Start)))
+            .await
+            .outcome,
+        pb::Outcome::Changed
+    );
     wait_member(&h).await?;
     assert!(ex.execute(&status("s2")).await.output.ends_with("active"));
     let first = etcd_pid(&h).context("pid after start")?;
-    let r = ex.execute(&task("s3", service(pb::Service::Etcd, pb::Action::Restart))).await;
+    let r = ex
+        .execute(&task("s3", service(pb::Service::Etcd, pb::Action::Restart)))
+        .await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
     let second = etcd_pid(&h).context("pid after restart")?;
     assert_ne!(first, second, "restart kept the same process");
     // A plain wipe of a running member is refused.
-    let r = ex.execute(&task("w1", Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }))).await;
+    let r = ex
+        .execute(&task(
+            "w1",
+            Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
+        ))
+        .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
     assert!(r.output.contains("etcd is active"), "{}", r.output);
     assert!(h.p("data/etcd/member").exists());
     // Under the local safeguard even a purge is refused.
     let guarded = h.executor(true, &exec)?;
-    let r = guarded.execute(&task("w2", Kind::WipeEtcdData(pb::WipeEtcdData { purge: true }))).await;
+    let r = guarded
+        .execute(&task(
+            "w2",
+            Kind::WipeEtcdData(pb::WipeEtcdData { purge: true }),
+        ))
+        .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
     assert!(r.output.contains("local safeguard"), "{}", r.output);
     assert!(h.p("data/etcd/member").exists());
     // Stop, then a wipe empties the dir but keeps it.
-    assert_eq!(ex.execute(&task("s4", service(pb::Service::Etcd, pb::Action::Stop))).await.outcome, pb::Outcome::Changed);
+    assert_eq!(
+        ex.execute(&task("s4", service(pb::Service::Etcd, pb::Action::Stop)))
+            .await
+            .outcome,
+        pb::Outcome::Changed
+    );
     assert!(ex.execute(&status("s5")).await.output.ends_with("inactive"));
-    let r = ex.execute(&task("w3", Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }))).await;
+    let r = ex
+        .execute(&task(
+            "w3",
+            Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
+        ))
+        .await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
     assert!(h.p("data/etcd").exists());
     assert_eq!(std::fs::read_dir(h.p("data/etcd"))?.count(), 0);
     // A purge of a running member stops it, then wipes.
-    ex.execute(&task("s6", service(pb::Service::Etcd, pb::Action::Start))).await;
+    ex.execute(&task("s6", service(pb::Service::Etcd, pb::Action::Start)))
+        .await;
     wait_member(&h).await?;
-    let r = ex.execute(&task("w4", Kind::WipeEtcdData(pb::WipeEtcdData { purge: true }))).await;
+    let r = ex
+        .execute(&task(
+            "w4",
+            Kind::WipeEtcdData(pb::WipeEtcdData { purge: true }),
+        ))
+        .await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
     assert!(ex.execute(&status("s7")).await.output.ends_with("inactive"));
     assert_eq!(std::fs::read_dir(h.p("data/etcd"))?.count(), 0);
@@ -351,13 +523,20 @@ fn a_write_killed_at_any_moment_leaves_old_or_new_never_a_mix() -> Result<()> {
         let _ = child.kill();
         let _ = child.wait();
         let now = std::fs::read_to_string(h.p("etc/etcd/etcd.conf"))?;
-        assert!(now == old || now == new, "round {i}: the file is a mix ({} bytes)", now.len());
+        assert!(
+            now == old || now == new,
+            "round {i}: the file is a mix ({} bytes)",
+            now.len()
+        );
         if now == new {
             seen_new += 1;
         }
     }
     // The kills landed at different points: some writes finished, some did not.
-    assert!(seen_new > 0, "no write ever finished; the test proves nothing");
+    assert!(
+        seen_new > 0,
+        "no write ever finished; the test proves nothing"
+    );
     Ok(())
 }
 

@@ -168,7 +168,10 @@ impl EtcdAccess {
             let mut c = Client::connect(&eps, Some(self.options(PROBE_TIMEOUT)))
                 .await
                 .map_err(|e| format!("cannot connect: {e}"))?;
-            let st = c.status().await.map_err(|e| format!("status failed: {e}"))?;
+            let st = c
+                .status()
+                .await
+                .map_err(|e| format!("status failed: {e}"))?;
             if st.is_learner() {
                 return Err("it is a learner (not yet promoted)".to_string());
             }
@@ -207,7 +210,11 @@ impl EtcdAccess {
     }
 
     /// Adds a learner with `peer_url`; returns its id.
-    pub async fn add_learner(&self, endpoints: &[String], peer_url: &str) -> Result<u64, EtcdError> {
+    pub async fn add_learner(
+        &self,
+        endpoints: &[String],
+        peer_url: &str,
+    ) -> Result<u64, EtcdError> {
         let resp = self
             .on_any(endpoints, "member add --learner", |mut c| async move {
                 c.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
@@ -247,9 +254,11 @@ impl EtcdAccess {
 
     /// Moves leadership to `target`; must be asked of the current leader's endpoint.
     pub async fn move_leader(&self, leader_endpoint: &str, target: u64) -> Result<(), EtcdError> {
-        self.on_any(&[leader_endpoint.to_string()], "move-leader", |mut c| async move {
-            c.move_leader(target).await
-        })
+        self.on_any(
+            &[leader_endpoint.to_string()],
+            "move-leader",
+            |mut c| async move { c.move_leader(target).await },
+        )
         .await
         .map(|_| ())
     }

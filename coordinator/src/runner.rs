@@ -739,7 +739,10 @@ impl Runner {
             ));
         }
         let id = gone.id;
-        match self.retry_unhealthy(|| self.etcd.remove(&ctx.endpoints, id)).await {
+        match self
+            .retry_unhealthy(|| self.etcd.remove(&ctx.endpoints, id))
+            .await
+        {
             Ok(()) => StepEnd::ok("changed", format!("removed member {id:x} ({host})")),
             Err(e) => StepEnd::failed(e),
         }

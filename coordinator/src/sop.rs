@@ -98,7 +98,10 @@ pub async fn gather_live(
 async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) {
     let mut waits = Vec::new();
     for h in hosts {
-        if matches!(registry.state(*h), Some(AgentState::Connected | AgentState::Idle)) {
+        if matches!(
+            registry.state(*h),
+            Some(AgentState::Connected | AgentState::Idle)
+        ) {
             let id = format!("facts-{}", crate::server::new_task_id());
             let rx = registry.queue(
                 *h,

@@ -211,11 +211,17 @@ async fn membership_refusals_name_the_problem() -> Result<()> {
         out.stderr
     );
     // With --seq a host outside the inventory is planned with the group's parameters.
-    let plan = w.admin(&["member", "add", IPS[3], "--seq", "9", "--plan"])?.ok()?;
+    let plan = w
+        .admin(&["member", "add", IPS[3], "--seq", "9", "--plan"])?
+        .ok()?;
     assert!(plan.stdout.contains("etcd-9"), "{}", plan.stdout);
     let out = w.admin(&["member", "add", IPS[3], "--seq", "2", "--plan"])?;
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("--seq 2 is taken by etcd-2"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--seq 2 is taken by etcd-2"),
+        "{}",
+        out.stderr
+    );
     // A learner already there.
     let mut c = quorum_tests::etcd::client(&w, &eps(&f, 3)).await?;
     // etcd refuses membership changes for ~5 s after a start ("unhealthy cluster").
@@ -435,13 +441,21 @@ async fn coordinator_killed_at_every_step_of_add_and_remove_resumes_right() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_leader_hands_leadership_over_first() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS.iter().enumerate().map(|(i, ip)| (*ip, i as u32 + 1)).collect();
+    let all: Vec<(&str, u32)> = IPS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (*ip, i as u32 + 1))
+        .collect();
     let (w, f) = setup(&all[..3])?;
     // Find the leader's host.
     let mut c = quorum_tests::etcd::client(&w, &eps(&f, 1)).await?;
     let leader = c.status().await?.leader();
     let list = c.member_list().await?;
-    let lead = list.members().iter().find(|m| m.id() == leader).context("leader listed")?;
+    let lead = list
+        .members()
+        .iter()
+        .find(|m| m.id() == leader)
+        .context("leader listed")?;
     let url = lead.peer_urls().first().context("peer url")?.clone();
     let ip = IPS[..3]
         .iter()
@@ -458,7 +472,12 @@ async fn removing_the_leader_hands_leadership_over_first() -> Result<()> {
         .and_then(|s| s.iter().find(|s| s["kind"] == "MoveLeaderAway"))
         .context("MoveLeaderAway step")?;
     assert_eq!(step["outcome"], "changed", "{step}");
-    assert!(step["output"].as_str().is_some_and(|o| o.contains("leadership moved")), "{step}");
+    assert!(
+        step["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("leadership moved")),
+        "{step}"
+    );
     assert_eq!(members(&w, &f).await?.len(), 2);
     Ok(())
 }

@@ -25,34 +25,91 @@ fn each_task_kind_runs_through_coordinator_and_agent() -> Result<()> {
     );
     std::fs::create_dir_all(h.root.join("etc/patroni"))?;
     std::fs::create_dir_all(h.root.join("etc/default"))?;
-    std::fs::write(h.root.join("etc/patroni/patroni.yml"), "scope: pg\netcd3:\n  hosts: 10.0.0.1:2379\n")?;
-    std::fs::write(h.root.join("etc/default/vip-manager.yml"), "dcs-type: etcd\ndcs-endpoints: [https://10.0.0.1:2379]\n")?;
+    std::fs::write(
+        h.root.join("etc/patroni/patroni.yml"),
+        "scope: pg\netcd3:\n  hosts: 10.0.0.1:2379\n",
+    )?;
+    std::fs::write(
+        h.root.join("etc/default/vip-manager.yml"),
+        "dcs-type: etcd\ndcs-endpoints: [https://10.0.0.1:2379]\n",
+    )?;
     w.start_agent("127.0.0.31", &extra)?;
-    w.wait_agent_state("127.0.0.31", &["connected", "idle"], Duration::from_secs(30))?;
+    w.wait_agent_state(
+        "127.0.0.31",
+        &["connected", "idle"],
+        Duration::from_secs(30),
+    )?;
     let task = |args: &[&str]| {
         let mut a = vec!["task", "--host", "127.0.0.31", "--yes"];
         a.extend_from_slice(args);
         w.admin(&a)
     };
     // Render this host's files from the inventory, then write them through the agent.
-    let conf = w.quorum(&["render", "etcd-conf", "--host", "127.0.0.31", "-i", &w.p("pigsty.yml")])?.ok()?;
+    let conf = w
+        .quorum(&[
+            "render",
+            "etcd-conf",
+            "--host",
+            "127.0.0.31",
+            "-i",
+            &w.p("pigsty.yml"),
+        ])?
+        .ok()?;
     std::fs::write(w.p("etcd.conf"), &conf.stdout)?;
     let out = task(&["write-etcd-conf", "--file", &w.p("etcd.conf")])?.ok()?;
     assert!(out.stdout.contains(" changed"), "{}", out.stdout);
     assert_eq!(std::fs::read_to_string(h.etcd_conf())?, conf.stdout);
     let out = task(&["write-etcd-conf", "--file", &w.p("etcd.conf")])?.ok()?;
     assert!(out.stdout.contains(" unchanged"), "{}", out.stdout);
-    w.quorum(&["pki", "issue", "etcd", "--ip", "127.0.0.31", "--name", "etcd-1", "--dir", &w.p("ca"), "--out", &w.p("etcd-1")])?.ok()?;
-    task(&["write-etcd-certs", "--ca-file", &w.p("ca/ca.crt"), "--cert-file", &w.p("etcd-1/server.crt"), "--key-file", &w.p("etcd-1/server.key")])?.ok()?;
-    let profile = w.quorum(&["render", "etcdctl-env", "--host", "127.0.0.31", "-i", &w.p("pigsty.yml")])?.ok()?;
+    w.quorum(&[
+        "pki",
+        "issue",
+        "etcd",
+        "--ip",
+        "127.0.0.31",
+        "--name",
+        "etcd-1",
+        "--dir",
+        &w.p("ca"),
+        "--out",
+        &w.p("etcd-1"),
+    ])?
+    .ok()?;
+    task(&[
+        "write-etcd-certs",
+        "--ca-file",
+        &w.p("ca/ca.crt"),
+        "--cert-file",
+        &w.p("etcd-1/server.crt"),
+        "--key-file",
+        &w.p("etcd-1/server.key"),
+    ])?
+    .ok()?;
+    let profile = w
+        .quorum(&[
+            "render",
+            "etcdctl-env",
+            "--host",
+            "127.0.0.31",
+            "-i",
+            &w.p("pigsty.yml"),
+        ])?
+        .ok()?;
     std::fs::write(w.p("profile.sh"), &profile.stdout)?;
     task(&["write-etcdctl-profile", "--file", &w.p("profile.sh")])?.ok()?;
     // Services on real etcd.
     let out = task(&["service", "etcd", "start"])?.ok()?;
     assert!(out.stdout.contains(" changed"), "{}", out.stdout);
-    quorum_tests::wait_for("etcd to answer through the profile", Duration::from_secs(30), || {
-        f.etcdctl_via_profile("127.0.0.31", "endpoint health").ok().filter(|o| o.code == 0).map(|_| ())
-    })?;
+    quorum_tests::wait_for(
+        "etcd to answer through the profile",
+        Duration::from_secs(30),
+        || {
+            f.etcdctl_via_profile("127.0.0.31", "endpoint health")
+                .ok()
+                .filter(|o| o.code == 0)
+                .map(|_| ())
+        },
+    )?;
     let out = task(&["service", "etcd", "status"])?.ok()?;
     assert!(out.stdout.contains("etcd active"), "{}", out.stdout);
     let out = task(&["wipe-etcd-data"])?;
@@ -64,14 +121,29 @@ fn each_task_kind_runs_through_coordinator_and_agent() -> Result<()> {
     assert!(out.stdout.contains("wiped"), "{}", out.stdout);
     // Patroni and vip-manager: only the endpoint list changes.
     let out = task(&["set-patroni-dcs-hosts", "--hosts", "127.0.0.31:2379"])?.ok()?;
-    assert!(out.stdout.contains("only when it restarts"), "{}", out.stdout);
-    assert_eq!(std::fs::read_to_string(h.root.join("etc/patroni/patroni.yml"))?, "scope: pg\netcd3:\n  hosts: 127.0.0.31:2379\n");
-    task(&["set-vip-endpoints", "--endpoints", "https://127.0.0.31:2379"])?.ok()?;
+    assert!(
+        out.stdout.contains("only when it restarts"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.root.join("etc/patroni/patroni.yml"))?,
+        "scope: pg\netcd3:\n  hosts: 127.0.0.31:2379\n"
+    );
+    task(&[
+        "set-vip-endpoints",
+        "--endpoints",
+        "https://127.0.0.31:2379",
+    ])?
+    .ok()?;
     assert_eq!(
         std::fs::read_to_string(h.root.join("etc/default/vip-manager.yml"))?,
         "dcs-type: etcd\ndcs-endpoints: [https://127.0.0.31:2379]\n"
     );
-    assert_eq!(std::fs::read_to_string(&marker)?, "patroni-reload\nvip-restart\n");
+    assert_eq!(
+        std::fs::read_to_string(&marker)?,
+        "patroni-reload\nvip-restart\n"
+    );
     task(&["facts"])?.ok()?;
     let agents = w.agents_json()?;
     assert_eq!(agents[0]["facts"]["services"]["etcd"], "inactive");
