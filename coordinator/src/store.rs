@@ -237,9 +237,11 @@ impl Store {
     pub fn set_run_state(&self, run_id: &str, state: &str, error: &str) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
+            // An abort is final: a step that was still running when the operator aborted
+            // must not turn the run back into failed or succeeded when it ends.
             tx.execute(
-                "UPDATE runs SET state = ?2, error = ?3 WHERE id = ?1",
-                params![run_id, state, error],
+                "UPDATE runs SET state = ?2, error = ?3 WHERE id = ?1 AND (state != ?4 OR ?2 = ?4)",
+                params![run_id, state, error, run_state::ABORTED],
             )?;
             if state == run_state::SUCCEEDED || state == run_state::ABORTED {
                 tx.execute("DELETE FROM locks WHERE run_id = ?1", [run_id])?;
@@ -294,5 +296,82 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             Ok(ids)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, cluster: &str) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            sop: "config-reload".into(),
+            cluster: cluster.into(),
+            context: "{}".into(),
+            state: run_state::RUNNING.into(),
+            started_by: "tester".into(),
+            inventory_digest: "00".into(),
+            created_ms: now_ms(),
+            error: String::new(),
+            steps: vec![StepRecord {
+                index: 0,
+                kind: StepKind::ClusterHealthGate,
+                description: "gate".into(),
+                host: String::new(),
+                state: step_state::PENDING.into(),
+                task_ids: vec![],
+                attempt: 0,
+                outcome: String::new(),
+                output: String::new(),
+                started_ms: 0,
+                finished_ms: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn one_run_per_cluster_until_it_succeeds_or_is_aborted(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("runs.sqlite"))?;
+        store.create_run(&run("r1", "etcd"))?;
+        match store.create_run(&run("r2", "etcd")) {
+            Err(StoreError::Locked { holder, .. }) => assert_eq!(holder, "r1"),
+            other => panic!("{other:?}"),
+        }
+        store.create_run(&run("r3", "other"))?;
+        // A failed run keeps the lock: resume or abort it first.
+        store.set_run_state("r1", run_state::FAILED, "boom")?;
+        assert!(store.create_run(&run("r4", "etcd")).is_err());
+        store.set_run_state("r1", run_state::ABORTED, "by tester")?;
+        // An abort is final even if the walker reports its last step afterwards.
+        store.set_run_state("r1", run_state::SUCCEEDED, "")?;
+        assert_eq!(store.get_run("r1")?.state, run_state::ABORTED);
+        store.create_run(&run("r5", "etcd"))?;
+        Ok(())
+    }
+
+    #[test]
+    fn steps_and_interruptions_survive_a_reopen() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("runs.sqlite");
+        {
+            let store = Store::open(&path)?;
+            store.create_run(&run("r1", "etcd"))?;
+            let mut step = store.get_run("r1")?.steps[0].clone();
+            step.state = step_state::RUNNING.into();
+            step.task_ids = vec!["r1-s0-a1-127.0.0.1".into()];
+            store.put_step("r1", &step)?;
+        }
+        let store = Store::open(&path)?;
+        assert_eq!(store.mark_interrupted()?, vec!["r1".to_string()]);
+        let r = store.get_run("r1")?;
+        assert_eq!(r.state, run_state::INTERRUPTED);
+        assert_eq!(r.steps[0].state, step_state::RUNNING);
+        assert_eq!(r.steps[0].task_ids, vec!["r1-s0-a1-127.0.0.1".to_string()]);
+        assert_eq!(store.list_runs(10)?, vec!["r1".to_string()]);
+        assert!(matches!(store.get_run("nope"), Err(StoreError::NoRun(_))));
+        Ok(())
     }
 }
