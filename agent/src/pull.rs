@@ -63,7 +63,7 @@ pub async fn run_from_config(path: &Path) -> anyhow::Result<u8> {
     let executor = Executor::new(cfg.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        quorum_proto::shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
     run(cfg, tls, executor, stop_rx).await?;
@@ -189,22 +189,6 @@ pub async fn run(
         }
     }
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -125,38 +125,11 @@ impl EtcdAccess {
     /// Whether the member at `endpoint` is a healthy voting member: it answers, knows a
     /// leader, is not a learner, and serves a linearizable read (which needs the leader).
     pub async fn member_health(&self, endpoint: &str) -> Result<(), String> {
-        let eps = [endpoint.to_string()];
-        let probe = async {
-            let mut c = Client::connect(&eps, Some(self.options(PROBE_TIMEOUT)))
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            let st = c
-                .status()
-                .await
-                .map_err(|e| format!("status failed: {e}"))?;
-            if st.is_learner() {
-                return Err("it is a learner (not yet promoted)".to_string());
-            }
-            if st.leader() == 0 {
-                return Err("it has no leader".to_string());
-            }
-            if !st.errors().is_empty() {
-                return Err(format!("it reports errors: {}", st.errors().join("; ")));
-            }
-            c.get("health", None)
-                .await
-                .map_err(|e| format!("a quorum read failed: {e}"))?;
-            Ok(())
-        };
-        let first = match tokio::time::timeout(PROBE_TIMEOUT * 2, probe).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", PROBE_TIMEOUT * 2)),
-        };
-        match first {
+        match self.member_health_once(endpoint).await {
             // An election in progress is not a sick member: ask once more after it.
             Err(e) if e.contains("leader changed") => {
                 tokio::time::sleep(Duration::from_millis(1200)).await;
-                Box::pin(self.member_health_once(endpoint)).await
+                self.member_health_once(endpoint).await
             }
             other => other,
         }
@@ -177,6 +150,9 @@ impl EtcdAccess {
             }
             if st.leader() == 0 {
                 return Err("it has no leader".to_string());
+            }
+            if !st.errors().is_empty() {
+                return Err(format!("it reports errors: {}", st.errors().join("; ")));
             }
             c.get("health", None)
                 .await

@@ -415,6 +415,42 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Adds a WriteEtcdConf step for `host` with the diff against what its agent reported.
+    fn write_conf(
+        &mut self,
+        spec: &ClusterSpec,
+        live: &Live,
+        host: IpAddr,
+    ) -> Result<usize, PlanError> {
+        let conf = conf_of(spec, host)?;
+        let diff = file_diff("/etc/etcd/etcd.conf", live.file(host, "etcd_conf"), conf);
+        let kind = StepKind::WriteEtcdConf {
+            host,
+            content: conf.clone(),
+        };
+        Ok(self.push_with_diff(kind, diff))
+    }
+
+    /// Adds a WriteEtcdctlProfile step for `host` with its diff.
+    fn write_profile(
+        &mut self,
+        spec: &ClusterSpec,
+        live: &Live,
+        host: IpAddr,
+    ) -> Result<usize, PlanError> {
+        let profile = profile_of(spec, host)?;
+        let diff = file_diff(
+            "/etc/profile.d/etcdctl.sh",
+            live.file(host, "etcdctl_profile"),
+            profile,
+        );
+        let kind = StepKind::WriteEtcdctlProfile {
+            host,
+            content: profile.clone(),
+        };
+        Ok(self.push_with_diff(kind, diff))
+    }
+
     fn push(&mut self, kind: StepKind) -> usize {
         self.steps.push(Step {
             kind,
@@ -683,26 +719,8 @@ pub fn plan_cluster_create(spec: &ClusterSpec, live: &Live) -> Result<Plan, Plan
             host: m.ip,
             member: m.name.clone(),
         });
-        let conf = conf_of(spec, m.ip)?;
-        plan.push_with_diff(
-            StepKind::WriteEtcdConf {
-                host: m.ip,
-                content: conf.clone(),
-            },
-            file_diff("/etc/etcd/etcd.conf", live.file(m.ip, "etcd_conf"), conf),
-        );
-        let profile = profile_of(spec, m.ip)?;
-        plan.push_with_diff(
-            StepKind::WriteEtcdctlProfile {
-                host: m.ip,
-                content: profile.clone(),
-            },
-            file_diff(
-                "/etc/profile.d/etcdctl.sh",
-                live.file(m.ip, "etcdctl_profile"),
-                profile,
-            ),
-        );
+        plan.write_conf(spec, live, m.ip)?;
+        plan.write_profile(spec, live, m.ip)?;
     }
     plan.push(StepKind::StartEtcd { hosts: hs });
     plan.push(StepKind::ClusterHealthGate);
@@ -781,15 +799,7 @@ pub fn plan_config_reload(
         if restart != RestartPolicy::Never {
             plan.push(StepKind::QuorumGuard { host: m.ip });
         }
-        let conf = conf_of(spec, m.ip)?;
-        let diff = file_diff("/etc/etcd/etcd.conf", live.file(m.ip, "etcd_conf"), conf);
-        let write = plan.push_with_diff(
-            StepKind::WriteEtcdConf {
-                host: m.ip,
-                content: conf.clone(),
-            },
-            diff,
-        );
+        let write = plan.write_conf(spec, live, m.ip)?;
         if restart != RestartPolicy::Never {
             plan.push(StepKind::RestartEtcd {
                 host: m.ip,
@@ -808,18 +818,7 @@ pub fn plan_env_refresh(spec: &ClusterSpec, live: &Live) -> Result<Plan, PlanErr
     live.require_agents(&hs)?;
     let mut plan = Plan::default();
     for h in hs {
-        let profile = profile_of(spec, h)?;
-        plan.push_with_diff(
-            StepKind::WriteEtcdctlProfile {
-                host: h,
-                content: profile.clone(),
-            },
-            file_diff(
-                "/etc/profile.d/etcdctl.sh",
-                live.file(h, "etcdctl_profile"),
-                profile,
-            ),
-        );
+        plan.write_profile(spec, live, h)?;
     }
     Ok(plan)
 }
@@ -994,14 +993,7 @@ pub fn plan_member_add(spec: &ClusterSpec, new: IpAddr, live: &Live) -> Result<P
             host: new,
             member: joining.name.clone(),
         });
-        let conf = conf_of(spec, new)?;
-        plan.push_with_diff(
-            StepKind::WriteEtcdConf {
-                host: new,
-                content: conf.clone(),
-            },
-            file_diff("/etc/etcd/etcd.conf", live.file(new, "etcd_conf"), conf),
-        );
+        plan.write_conf(spec, live, new)?;
         plan.push(StepKind::StartEtcd { hosts: vec![new] });
         plan.push(StepKind::PromoteLearner {
             host: new,
@@ -1025,28 +1017,10 @@ fn refresh_members(
         if Some(m.ip) == skip_conf {
             continue;
         }
-        let conf = conf_of(spec, m.ip)?;
-        plan.push_with_diff(
-            StepKind::WriteEtcdConf {
-                host: m.ip,
-                content: conf.clone(),
-            },
-            file_diff("/etc/etcd/etcd.conf", live.file(m.ip, "etcd_conf"), conf),
-        );
+        plan.write_conf(spec, live, m.ip)?;
     }
     for m in &spec.members {
-        let profile = profile_of(spec, m.ip)?;
-        plan.push_with_diff(
-            StepKind::WriteEtcdctlProfile {
-                host: m.ip,
-                content: profile.clone(),
-            },
-            file_diff(
-                "/etc/profile.d/etcdctl.sh",
-                live.file(m.ip, "etcdctl_profile"),
-                profile,
-            ),
-        );
+        plan.write_profile(spec, live, m.ip)?;
     }
     plan.push(StepKind::Pending {
         what: PENDING_PG_REFRESH.into(),
@@ -1100,14 +1074,7 @@ pub fn plan_member_remove(
         peer_url: gone.peer_url.clone(),
     });
     for m in &spec.members {
-        let conf = conf_of(spec, m.ip)?;
-        plan.push_with_diff(
-            StepKind::WriteEtcdConf {
-                host: m.ip,
-                content: conf.clone(),
-            },
-            file_diff("/etc/etcd/etcd.conf", live.file(m.ip, "etcd_conf"), conf),
-        );
+        plan.write_conf(spec, live, m.ip)?;
     }
     plan.push(StepKind::MoveLeaderAway {
         host: gone.ip,
@@ -1124,18 +1091,7 @@ pub fn plan_member_remove(
     });
     plan.wipes.push(format!("{} @ {}", gone.name, gone.ip));
     for m in &spec.members {
-        let profile = profile_of(spec, m.ip)?;
-        plan.push_with_diff(
-            StepKind::WriteEtcdctlProfile {
-                host: m.ip,
-                content: profile.clone(),
-            },
-            file_diff(
-                "/etc/profile.d/etcdctl.sh",
-                live.file(m.ip, "etcdctl_profile"),
-                profile,
-            ),
-        );
+        plan.write_profile(spec, live, m.ip)?;
     }
     plan.push(StepKind::Pending {
         what: PENDING_PG_REFRESH.into(),

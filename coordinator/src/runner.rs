@@ -595,10 +595,7 @@ impl Runner {
             Ok(m) => m,
             Err(e) => return StepEnd::failed(e),
         };
-        if let Some(m) = members
-            .iter()
-            .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
-        {
+        if let Some(m) = by_peer(&members, peer_url) {
             return StepEnd::ok(
                 "unchanged",
                 format!(
@@ -639,10 +636,7 @@ impl Runner {
                 Ok(m) => m,
                 Err(e) => return StepEnd::failed(e),
             };
-            let Some(m) = members
-                .iter()
-                .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
-            else {
+            let Some(m) = by_peer(&members, peer_url) else {
                 return StepEnd::failed(format!(
                     "no member with peer URL {peer_url}: the learner is gone; resume re-adds it"
                 ));
@@ -679,10 +673,7 @@ impl Runner {
             Ok(m) => m,
             Err(e) => return StepEnd::failed(e),
         };
-        let Some(gone) = members
-            .iter()
-            .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
-        else {
+        let Some(gone) = by_peer(&members, peer_url) else {
             return StepEnd::ok("skipped", format!("{host} is no longer a member"));
         };
         let leader = match self.etcd.leader(&ctx.endpoints).await {
@@ -726,10 +717,7 @@ impl Runner {
             Ok(m) => m,
             Err(e) => return StepEnd::failed(e),
         };
-        let Some(gone) = members
-            .iter()
-            .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
-        else {
+        let Some(gone) = by_peer(&members, peer_url) else {
             return StepEnd::ok("unchanged", format!("{host} is already removed"));
         };
         // Re-checked right before the change: the remaining members must hold quorum.
@@ -792,6 +780,13 @@ impl Runner {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The member with `peer_url`, if listed.
+fn by_peer<'a>(members: &'a [MemberInfo], peer_url: &str) -> Option<&'a MemberInfo> {
+    members
+        .iter()
+        .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
 }
 
 fn service_kind(service: pb::Service, action: pb::Action) -> pb::task::Kind {

@@ -486,27 +486,11 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(agent)
         .add_service(admin)
-        .serve_with_shutdown(listen, shutdown_signal())
+        .serve_with_shutdown(listen, quorum_proto::shutdown::signal())
         .await
         .map_err(|e| {
             anyhow::anyhow!("cannot serve on {listen}: {e}; is the address in use or not local?")
         })?;
     tracing::info!("coordinator stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT: the one shutdown path of the daemon.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

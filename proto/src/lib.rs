@@ -5,6 +5,7 @@
 
 pub mod identity;
 pub mod patch;
+pub mod shutdown;
 pub mod tls;
 pub mod yaml;
 
