@@ -372,8 +372,11 @@ impl World {
         let mut cmd = Command::new(bin("quorum-agent")?);
         cmd.args(["run", "--config", &cfg]);
         let log = self.dir.path().join(format!("agent-{ip}.log"));
+        let ip: IpAddr = ip.parse()?;
+        // A restarted agent replaces the old handle (dropping it kills the old process).
+        self.agents.retain(|(a, _)| *a != ip);
         let proc = Proc::spawn(&format!("agent {ip}"), cmd, &log)?;
-        self.agents.push((ip.parse()?, proc));
+        self.agents.push((ip, proc));
         Ok(())
     }
 

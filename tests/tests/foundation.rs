@@ -495,3 +495,62 @@ fn binaries_print_their_version() -> Result<()> {
         .contains(v));
     Ok(())
 }
+
+#[test]
+fn cli_settings_come_from_flags_then_environment_then_a_config_file() -> Result<()> {
+    let mut w = World::new()?;
+    w.start_coordinator()?;
+    let cfg = w.p("cli.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "coordinator: {}\ncert: {}\nkey: {}\ncacert: {}\n",
+            w.url(),
+            w.p("admin/admin.crt"),
+            w.p("admin/admin.key"),
+            w.p("ca/ca.crt")
+        ),
+    )?;
+    // The file alone is enough.
+    run("quorum", &["agents", "--cli-config", &cfg], &[])?.ok()?;
+    // The environment beats the file: a wrong URL there is used, and fails.
+    let out = run(
+        "quorum",
+        &["agents", "--cli-config", &cfg],
+        &[("QUORUM_COORDINATOR", "https://127.0.0.1:1")],
+    )?;
+    assert_eq!(out.code, 4, "{out:?}");
+    // A flag beats the environment.
+    let url = w.url();
+    run(
+        "quorum",
+        &["agents", "--cli-config", &cfg, "--coordinator", &url],
+        &[("QUORUM_COORDINATOR", "https://127.0.0.1:1")],
+    )?
+    .ok()?;
+    // Nothing anywhere: the message names all three ways.
+    let out = run(
+        "quorum",
+        &["agents", "--cli-config", &w.p("missing.yml")],
+        &[],
+    )?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("cannot read CLI config"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(w.p("empty.yml"), "{}\n")?;
+    let out = run(
+        "quorum",
+        &["agents", "--cli-config", &w.p("empty.yml")],
+        &[],
+    )?;
+    assert!(
+        out.stderr
+            .contains("pass --coordinator, set QUORUM_COORDINATOR, or put it in"),
+        "{}",
+        out.stderr
+    );
+    Ok(())
+}

@@ -351,3 +351,66 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_agent_is_refused_at_plan_time_and_fails_its_step_at_run_time() -> Result<()> {
+    let (mut w, f) = setup("")?;
+    create(&w)?;
+    let h3 = f.host(IPS[2])?.clone();
+    // Dead before the plan: the plan is refused and nothing runs.
+    if let Some(a) = w.agent(IPS[2]) {
+        a.kill();
+    }
+    let out = w.admin(&["env", "refresh"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("the agent on 127.0.0.13 is stale"),
+        "{}",
+        out.stderr
+    );
+    // Dead during the run: the step waiting on it fails as stale and the run halts there.
+    w.start_agent(IPS[2], &h3.agent_config(false))?;
+    w.wait_agent_state(IPS[2], &["connected", "idle"], Duration::from_secs(30))?;
+    let mut child = Command::new(bin("quorum")?)
+        .args(["config", "reload", "--restart"])
+        .env("QUORUM_COORDINATOR", w.url())
+        .env("QUORUM_CERT", w.p("admin/admin.crt"))
+        .env("QUORUM_KEY", w.p("admin/admin.key"))
+        .env("QUORUM_CACERT", w.p("ca/ca.crt"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let id = wait_for("the reload to be running", Duration::from_secs(30), || {
+        let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
+        let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+        runs.iter()
+            .find(|r| r["sop"] == "config-reload" && r["state"] == "running")
+            .and_then(|r| r["run_id"].as_str().map(str::to_string))
+    })?;
+    if let Some(a) = w.agent(IPS[2]) {
+        a.kill();
+    }
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(1));
+    let show = w.admin(&["run", "show", &id, "-o", "json"])?.ok()?;
+    let run: serde_json::Value = serde_json::from_str(&show.stdout)?;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the agent on 127.0.0.13 is stale")),
+        "{run}"
+    );
+    assert_eq!(
+        h3.restart_count(),
+        0,
+        "etcd-3 was restarted without its agent"
+    );
+    // Back, the agent lets a resume finish the run.
+    w.start_agent(IPS[2], &h3.agent_config(false))?;
+    w.wait_agent_state(IPS[2], &["connected", "idle"], Duration::from_secs(30))?;
+    let resumed = w.admin(&["run", "resume", &id])?;
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!(h3.restart_count(), 1);
+    Ok(())
+}
