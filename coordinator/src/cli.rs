@@ -143,6 +143,12 @@ enum Command {
     /// Runs: list, show, resume, abort.
     #[command(subcommand)]
     Run(RunCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run one ad-hoc task on one agent (SOPs are the guarded way to change a cluster).
     Task {
         /// The agent's host IP.
@@ -600,6 +606,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             sop_command(crate::sop::sop_name::SERVICE, sop, args).await
         }
         Command::Run(cmd) => run_command(cmd).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "quorum", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
         Command::Member(MemberCommand::Add { ip, seq, sop }) => {
             let mut args = HashMap::from([("host".to_string(), ip.to_string())]);
             if let Some(seq) = seq {
