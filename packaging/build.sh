@@ -37,8 +37,9 @@ target/release/quorum completions fish > "$gen/quorum.fish"
 
 deb_args=()
 if [ -n "${DEB_VERSION:-}" ]; then deb_args+=(--deb-version "$DEB_VERSION"); fi
-for pkg in quorum-agent quorum-coordinator; do
-  cargo deb -p "$pkg" --no-build --no-strip "${deb_args[@]}" -o "$out/"
-  cargo generate-rpm -p "${pkg/quorum-coordinator/coordinator}" -o "$out/"
+# cargo-deb takes the package name, cargo-generate-rpm the member's directory.
+for pkg in quorum-agent:agent quorum-coordinator:coordinator; do
+  cargo deb -p "${pkg%%:*}" --no-build --no-strip "${deb_args[@]}" -o "$out/"
+  cargo generate-rpm -p "${pkg##*:}" -o "$out/"
 done
 ls -l "$out"
