@@ -414,3 +414,67 @@ async fn a_dead_agent_is_refused_at_plan_time_and_fails_its_step_at_run_time() -
     assert_eq!(h3.restart_count(), 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_actions_go_one_host_at_a_time_and_runs_can_be_aborted() -> Result<()> {
+    let (w, f) = setup("")?;
+    create(&w)?;
+    let out = w.admin(&["service", "restart", "etcd", "--hosts", IPS[1]])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("QuorumGuard 127.0.0.12"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("HealthGate 127.0.0.12"),
+        "{}",
+        out.stderr
+    );
+    let counts: Vec<usize> = f.hosts.iter().map(|h| h.restart_count()).collect();
+    assert_eq!(counts, vec![0, 1, 0]);
+    // Restarting etcd on several hosts at once is refused before anything runs.
+    let out = w.admin(&["service", "restart", "etcd", "--forks", "2"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("one member at a time"),
+        "{}",
+        out.stderr
+    );
+    let out = w.admin(&["service", "status", "etcd", "--hosts", "etcd"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    // A failed run holds the cluster until it is aborted.
+    let h3 = f.host(IPS[2])?;
+    let pid = h3.etcd_pid().context("etcd-3 runs")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    wait_for("etcd-3 to die", Duration::from_secs(10), || {
+        h3.etcd_pid().is_none().then_some(())
+    })?;
+    let out = w.admin(&["config", "reload", "--restart"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    let runs = w.admin(&["run", "list", "-o", "json"])?.ok()?;
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&runs.stdout)?;
+    let id = runs[0]["run_id"].as_str().context("run id")?.to_string();
+    let out = w.admin(&["env", "refresh"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("locked by run {id}")),
+        "{}",
+        out.stderr
+    );
+    w.admin(&["run", "abort", &id])?.ok()?;
+    let show = w.admin(&["run", "show", &id, "-o", "json"])?.ok()?;
+    let run: serde_json::Value = serde_json::from_str(&show.stdout)?;
+    assert_eq!(run["state"], "aborted");
+    assert!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("aborted by tester")),
+        "{run}"
+    );
+    w.admin(&["env", "refresh"])?.ok()?;
+    Ok(())
+}
