@@ -456,3 +456,22 @@ impl Writer {
         Ok((acked.len(), missing, self.lost.load(Ordering::SeqCst)))
     }
 }
+
+/// Waits until every one of `endpoints` serves a quorum read (after a kill, the survivors may
+/// first have to elect a leader).
+pub async fn wait_members_up(world: &World, endpoints: &[String], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut up = true;
+        for ep in endpoints {
+            up &= member_up(world, ep).await;
+        }
+        if up {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{endpoints:?} did not all serve a quorum read within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -147,6 +147,8 @@ async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()
     wait_for("etcd-3 to die", Duration::from_secs(10), || {
         h3.etcd_pid().is_none().then_some(())
     })?;
+    // A new leader first, if etcd-3 led: the refusal must name etcd-3, not an election.
+    quorum_tests::etcd::wait_members_up(&w, &endpoints(&f)[..2], Duration::from_secs(20)).await?;
     let out = w.admin(&["config", "reload", "--restart"])?;
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("QuorumGuard"), "{}", out.stderr);
