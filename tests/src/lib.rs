@@ -280,6 +280,30 @@ impl World {
         )
     }
 
+    /// Starts `quorum ARGS` as the admin in the background (output discarded), for tests that
+    /// act while a run is under way.
+    pub fn spawn_admin(&self, args: &[&str]) -> Result<Child> {
+        Ok(Command::new(bin("quorum")?)
+            .args(args)
+            .env("QUORUM_COORDINATOR", self.url())
+            .env("QUORUM_CERT", self.p("admin/admin.crt"))
+            .env("QUORUM_KEY", self.p("admin/admin.key"))
+            .env("QUORUM_CACERT", self.p("ca/ca.crt"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?)
+    }
+
+    /// The number of steps `quorum ARGS --plan -o json` plans.
+    pub fn plan_len(&self, args: &[&str]) -> Result<usize> {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--plan", "-o", "json"]);
+        let out = self.admin(&a)?.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+        Ok(v["steps"].as_array().map(|s| s.len()).unwrap_or(0))
+    }
+
     /// Writes coordinator.yml and starts the coordinator; waits until it accepts connections.
     pub fn start_coordinator(&mut self) -> Result<()> {
         let cfg = format!(

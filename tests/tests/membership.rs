@@ -2,12 +2,12 @@
 //! back while a writer runs, re-add a removed host, every refusal with its message, and a
 //! coordinator killed at every step boundary of an add and of a remove.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use quorum_tests::etcd::{Fleet, HostPaths, Writer};
-use quorum_tests::{bin, wait_for, World};
+use quorum_tests::{wait_for, World};
 
 const IPS: [&str; 5] = [
     "127.0.0.21",
@@ -302,18 +302,6 @@ async fn the_last_member_cannot_be_removed() -> Result<()> {
     Ok(())
 }
 
-fn spawn_cli(w: &World, args: &[&str]) -> Result<std::process::Child> {
-    Ok(Command::new(bin("quorum")?)
-        .args(args)
-        .env("QUORUM_COORDINATOR", w.url())
-        .env("QUORUM_CERT", w.p("admin/admin.crt"))
-        .env("QUORUM_KEY", w.p("admin/admin.key"))
-        .env("QUORUM_CACERT", w.p("ca/ca.crt"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?)
-}
-
 /// Kills the coordinator once `boundary` steps of the newest run are done, restarts it,
 /// resumes the run to success. Also samples the learner count while it runs.
 async fn crash_and_resume(
@@ -323,7 +311,7 @@ async fn crash_and_resume(
     sop: &str,
     boundary: usize,
 ) -> Result<()> {
-    let mut child = spawn_cli(w, args)?;
+    let mut child = w.spawn_admin(args)?;
     let run_id = wait_for(
         &format!("{boundary} steps of {sop} done"),
         Duration::from_secs(90),
@@ -378,13 +366,7 @@ async fn coordinator_killed_at_every_step_of_member_add_resumes_right() -> Resul
         .map(|(i, ip)| (*ip, i as u32 + 1))
         .collect();
     let (mut w, f) = setup(&all[..4])?;
-    let add_steps = {
-        let plan = w
-            .admin(&["member", "add", IPS[3], "--plan", "-o", "json"])?
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&plan.stdout)?;
-        v["steps"].as_array().map(|s| s.len()).unwrap_or(0)
-    };
+    let add_steps = w.plan_len(&["member", "add", IPS[3]])?;
     assert!(add_steps >= 10, "add plan has {add_steps} steps");
     for boundary in 0..add_steps {
         f.write_inventory(&w, &all[..4], "")?;
@@ -421,13 +403,7 @@ async fn coordinator_killed_at_every_step_of_member_remove_resumes_right() -> Re
     let (mut w, f) = setup(&all[..4])?;
     w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
     f.write_inventory(&w, &all[..3], "")?;
-    let remove_steps = {
-        let plan = w
-            .admin(&["member", "remove", IPS[3], "--plan", "-o", "json"])?
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&plan.stdout)?;
-        v["steps"].as_array().map(|s| s.len()).unwrap_or(0)
-    };
+    let remove_steps = w.plan_len(&["member", "remove", IPS[3]])?;
     assert!(remove_steps >= 8, "remove plan has {remove_steps} steps");
     for boundary in 0..remove_steps {
         f.write_inventory(&w, &all[..3], "")?;

@@ -2,12 +2,11 @@
 //! rolled through real agents (exec backend around start-stop-daemon and /usr/bin/etcd) by a
 //! real coordinator, checked against etcd itself.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use quorum_tests::etcd::{Fleet, HealthSampler, Writer};
-use quorum_tests::{bin, wait_for, World};
+use quorum_tests::{wait_for, World};
 
 const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
 
@@ -261,16 +260,7 @@ async fn a_local_agent_safeguard_blocks_even_a_purge() -> Result<()> {
 async fn a_second_sop_on_a_locked_cluster_is_refused_with_the_holder() -> Result<()> {
     let (w, _f) = setup("")?;
     create(&w)?;
-    let mut first = Command::new(bin("quorum")?);
-    first
-        .args(["config", "reload", "--restart"])
-        .env("QUORUM_COORDINATOR", w.url())
-        .env("QUORUM_CERT", w.p("admin/admin.crt"))
-        .env("QUORUM_KEY", w.p("admin/admin.key"))
-        .env("QUORUM_CACERT", w.p("ca/ca.crt"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = first.spawn()?;
+    let mut child = w.spawn_admin(&["config", "reload", "--restart"])?;
     let holder = wait_for("the reload to be running", Duration::from_secs(20), || {
         let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
         let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
@@ -298,15 +288,7 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
     let steps = 12; // 3 members x (guard, write, restart, gate)
     for boundary in 0..steps {
         let before: Vec<usize> = f.hosts.iter().map(|h| h.restart_count()).collect();
-        let mut child = Command::new(bin("quorum")?)
-            .args(["config", "reload", "--restart"])
-            .env("QUORUM_COORDINATOR", w.url())
-            .env("QUORUM_CERT", w.p("admin/admin.crt"))
-            .env("QUORUM_KEY", w.p("admin/admin.key"))
-            .env("QUORUM_CACERT", w.p("ca/ca.crt"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut child = w.spawn_admin(&["config", "reload", "--restart"])?;
         // Wait until `boundary` steps are done (the kill lands at that boundary or just inside
         // the next step: both are crash points the design must survive).
         let run_id = wait_for(
@@ -373,15 +355,7 @@ async fn a_dead_agent_is_refused_at_plan_time_and_fails_its_step_at_run_time() -
     // Dead during the run: the step waiting on it fails as stale and the run halts there.
     w.start_agent(IPS[2], &h3.agent_config(false))?;
     w.wait_agent_state(IPS[2], &["connected", "idle"], Duration::from_secs(30))?;
-    let mut child = Command::new(bin("quorum")?)
-        .args(["config", "reload", "--restart"])
-        .env("QUORUM_COORDINATOR", w.url())
-        .env("QUORUM_CERT", w.p("admin/admin.crt"))
-        .env("QUORUM_KEY", w.p("admin/admin.key"))
-        .env("QUORUM_CACERT", w.p("ca/ca.crt"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = w.spawn_admin(&["config", "reload", "--restart"])?;
     let id = wait_for("the reload to be running", Duration::from_secs(30), || {
         let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
         let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
