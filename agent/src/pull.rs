@@ -124,8 +124,15 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut connected = false;
     tracing::info!(coordinator = %cfg.coordinator, agent = %agent_id, "agent starting");
+    // Facts sent with the last report, reused by the poll right after it: they are
+    // milliseconds old, and computing them (service status commands, file hashes) again
+    // would double the agent's share of every dispatch.
+    let mut fresh: Option<pb::Facts> = None;
     while !*stop.borrow() {
-        let facts = executor.facts().await;
+        let facts = match fresh.take() {
+            Some(f) => f,
+            None => executor.facts().await,
+        };
         let mut req = tonic::Request::new(pb::PollRequest {
             agent_id: agent_id.clone(),
             facts: Some(facts),
@@ -146,6 +153,7 @@ pub async fn run(
                     let report = executor.execute(&task).await;
                     tracing::info!(task = %task.id, outcome = ?report.outcome, "task done");
                     let facts = executor.facts().await;
+                    fresh = Some(facts.clone());
                     let req = pb::ReportRequest {
                         agent_id: agent_id.clone(),
                         task_id: task.id.clone(),
