@@ -1,0 +1,356 @@
+//! The one Markdown table `bench/run.sh` prints: every figure of the results file next to its
+//! target, with the machine and the versions it was measured on. A figure missing from the
+//! results (a skipped phase) shows as "–".
+
+use std::collections::BTreeMap;
+
+/// How a figure is judged against its target.
+#[derive(Clone, Copy)]
+enum Check {
+    /// No target: informational.
+    None,
+    /// Met when the value is below the bound.
+    Below(f64),
+}
+
+struct Table<'a> {
+    r: &'a BTreeMap<String, String>,
+    rows: Vec<[String; 5]>,
+}
+
+impl<'a> Table<'a> {
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.r.get(key).map(String::as_str)
+    }
+
+    /// The value of `key` with `unit`, or "–".
+    fn val(&self, key: &str, unit: &str) -> String {
+        match self.get(key) {
+            Some(v) if unit.is_empty() => v.to_string(),
+            Some(v) => format!("{v} {unit}"),
+            None => "–".into(),
+        }
+    }
+
+    fn verdict(&self, key: &str, check: Check) -> String {
+        let Some(v) = self.get(key).and_then(|v| v.parse::<f64>().ok()) else {
+            return String::new();
+        };
+        match check {
+            Check::None => String::new(),
+            Check::Below(bound) if v < bound => "yes".into(),
+            Check::Below(_) => "**NO**".into(),
+        }
+    }
+
+    fn row(&mut self, area: &str, what: &str, value: String, target: &str, verdict: String) {
+        self.rows
+            .push([area.into(), what.into(), value, target.into(), verdict]);
+    }
+
+    /// A row for one key.
+    fn figure(&mut self, area: &str, what: &str, key: &str, unit: &str, target: &str, c: Check) {
+        let value = self.val(key, unit);
+        let verdict = self.verdict(key, c);
+        self.row(area, what, value, target, verdict);
+    }
+
+    fn render(&self) -> String {
+        let mut out =
+            String::from("| area | measure | value | target | met |\n|---|---|---|---|---|\n");
+        for r in &self.rows {
+            out.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        out
+    }
+}
+
+/// Renders the table from the results.
+pub fn render(r: &BTreeMap<String, String>) -> String {
+    let mut t = Table {
+        r,
+        rows: Vec::new(),
+    };
+    let machine = format!(
+        "{} cores ({}), {} GiB RAM, Linux {}",
+        t.val("machine.cores", ""),
+        t.val("machine.cpu", ""),
+        t.val("machine.mem_gib", ""),
+        t.val("machine.kernel", ""),
+    );
+    t.row("machine", "where it ran", machine, "", String::new());
+    let load = format!(
+        "{} at the start, {} at the end (other work on the machine skews every figure)",
+        t.val("machine.load_start", ""),
+        t.val("machine.load_end", ""),
+    );
+    t.row("machine", "load average (1 min)", load, "", String::new());
+    let versions = format!(
+        "quorum {} ({}), etcd {}, rustc {}",
+        t.val("version.quorum", ""),
+        t.val("version.git", ""),
+        t.val("version.etcd", ""),
+        t.val("version.rustc", ""),
+    );
+    t.row("versions", "measured build", versions, "", String::new());
+
+    let idle = t.val("agent.idle_secs", "s");
+    t.figure(
+        "1 agent",
+        "VmRSS, connected and idle",
+        "agent.rss_mib",
+        "MiB",
+        "< 10 MiB",
+        Check::Below(10.0),
+    );
+    t.figure(
+        "1 agent",
+        "VmHWM (peak RSS) at that point",
+        "agent.hwm_mib",
+        "MiB",
+        "",
+        Check::None,
+    );
+    let cpu = format!(
+        "{} ({} % of a core); children {}",
+        t.val("agent.idle_cpu_ms", "ms"),
+        t.val("agent.idle_cpu_pct", ""),
+        t.val("agent.children_cpu_ms", "ms"),
+    );
+    let cpu_ok = t.verdict("agent.idle_cpu_pct", Check::Below(0.1));
+    t.row(
+        "1 agent",
+        &format!("CPU (utime+stime) over {idle} idle"),
+        cpu,
+        "~0 (< 0.1 %)",
+        cpu_ok,
+    );
+    t.figure(
+        "1 agent",
+        "quorum-agent binary, stripped release",
+        "bin.quorum_agent_mib",
+        "MiB",
+        "< 15 MiB",
+        Check::Below(15.0),
+    );
+    t.figure(
+        "1 agent",
+        "quorum binary, stripped release",
+        "bin.quorum_mib",
+        "MiB",
+        "",
+        Check::None,
+    );
+
+    let n = t.val("dispatch.count", "");
+    let what = format!("facts task queued → reported, p50 / p99 / max of {n}");
+    let lat = format!(
+        "{} / {} / {} ms",
+        t.val("dispatch.p50_ms", ""),
+        t.val("dispatch.p99_ms", ""),
+        t.val("dispatch.max_ms", "")
+    );
+    let ok = t.verdict("dispatch.p99_ms", Check::Below(10.0));
+    t.row("2 dispatch", &what, lat, "p99 < 10 ms", ok);
+    let lat = format!(
+        "{} / {} / {} ms",
+        t.val("dispatch_sim.p50_ms", ""),
+        t.val("dispatch_sim.p99_ms", ""),
+        t.val("dispatch_sim.max_ms", "")
+    );
+    t.row(
+        "2 dispatch",
+        "same to a simulated agent (coordinator + wire only)",
+        lat,
+        "",
+        String::new(),
+    );
+
+    let fleets: Vec<String> = t
+        .get("fleet.list")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    for n in &fleets {
+        let k = |s: &str| format!("fleet.{n}.{s}");
+        let area = format!("3 fleet N={n}");
+        let rss_target = if n == "10000" {
+            "< 500 MiB at 10,000"
+        } else {
+            ""
+        };
+        let rss_check = if n == "10000" {
+            Check::Below(500.0)
+        } else {
+            Check::None
+        };
+        t.figure(
+            &area,
+            "coordinator VmRSS, all connected",
+            &k("coord_rss_mib"),
+            "MiB",
+            rss_target,
+            rss_check,
+        );
+        t.figure(
+            &area,
+            "coordinator VmHWM after the fan-out",
+            &k("coord_hwm_mib"),
+            "MiB",
+            "",
+            Check::None,
+        );
+        let idle = format!(
+            "{} % of a core ({} over {})",
+            t.val(&k("coord_idle_cpu_pct"), ""),
+            t.val(&k("coord_idle_cpu_ms"), "ms"),
+            t.val(&k("idle_secs"), "s"),
+        );
+        t.row(
+            &area,
+            "coordinator CPU, all idle in held polls",
+            idle,
+            "",
+            String::new(),
+        );
+        let conn = format!(
+            "{} (handshake p50 {} / p99 {} ms; coordinator CPU {})",
+            t.val(&k("connect_s"), "s"),
+            t.val(&k("handshake_p50_ms"), ""),
+            t.val(&k("handshake_p99_ms"), ""),
+            t.val(&k("connect_cpu_ms"), "ms"),
+        );
+        t.row(
+            &area,
+            "time until all N are listed connected",
+            conn,
+            "",
+            String::new(),
+        );
+        let fan = format!(
+            "{} / {} / {} ms, {} errors (CPU: coordinator {}, loadgen {})",
+            t.val(&k("fanout_p50_ms"), ""),
+            t.val(&k("fanout_p99_ms"), ""),
+            t.val(&k("fanout_max_ms"), ""),
+            t.val(&k("fanout_errors"), ""),
+            t.val(&k("fanout_cpu_ms"), "ms"),
+            t.val(&k("fanout_loadgen_cpu_ms"), "ms"),
+        );
+        let ok = t.verdict(&k("fanout_p99_ms"), Check::Below(1000.0));
+        t.row(
+            &area,
+            "fan-out of one task to all N: p50 / p99 / max",
+            fan,
+            "p99 < 1 s",
+            ok,
+        );
+    }
+
+    let members: Vec<String> = r
+        .iter()
+        .filter_map(|(key, v)| {
+            let host = key.strip_prefix("sop.member.")?.strip_suffix("_s")?;
+            Some(format!("{host} {v} s"))
+        })
+        .collect();
+    t.figure(
+        "4 SOP",
+        "`config reload --restart`, 3 members, wall clock",
+        "sop.wall_s",
+        "s",
+        "",
+        Check::None,
+    );
+    let sum = format!(
+        "{} ({})",
+        t.val("sop.member_sum_s", "s"),
+        members.join(", ")
+    );
+    t.row(
+        "4 SOP",
+        "sum of members' RestartEtcd + HealthGate",
+        sum,
+        "",
+        String::new(),
+    );
+    t.figure(
+        "4 SOP",
+        "ratio wall / sum",
+        "sop.ratio",
+        "",
+        "< 1.10",
+        Check::Below(1.10),
+    );
+    let inside = format!(
+        "{} (guards + writes {}, between steps {})",
+        t.val("sop.span_ratio", ""),
+        t.val("sop.other_steps_s", "s"),
+        t.val("sop.gaps_s", "s"),
+    );
+    t.row(
+        "4 SOP",
+        "ratio first step → last step / sum",
+        inside,
+        "",
+        String::new(),
+    );
+
+    t.figure(
+        "5 profile",
+        "coordinator, fan-out: top self frames",
+        "profile.coordinator_top",
+        "",
+        "",
+        Check::None,
+    );
+    t.figure(
+        "5 profile",
+        "coordinator, idle fleet: top self frames",
+        "profile.coordinator_idle_top",
+        "",
+        "",
+        Check::None,
+    );
+    let agent = match t.get("profile.agent_children_pct") {
+        Some(pct) => format!(
+            "{}; {pct} % of all samples in its child processes",
+            t.val("profile.agent_top", "")
+        ),
+        None => t.val("profile.agent_top", ""),
+    };
+    t.row(
+        "5 profile",
+        "agent, dispatch loop: top self frames",
+        agent,
+        "",
+        String::new(),
+    );
+    t.figure(
+        "run",
+        "bench/run.sh wall clock (build included)",
+        "run.total_s",
+        "s",
+        "< 600 s",
+        Check::Below(600.0),
+    );
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judges_figures_and_marks_missing_ones() {
+        let r = crate::results::parse(
+            "agent.rss_mib=6.5\ndispatch.p99_ms=12.0\nfleet.list=100\nfleet.100.fanout_p99_ms=40\n",
+        );
+        let out = render(&r);
+        assert!(out.contains("| 6.5 MiB | < 10 MiB | yes |"), "{out}");
+        assert!(out.contains("p99 < 10 ms | **NO** |"), "{out}");
+        assert!(out.contains("3 fleet N=100"), "{out}");
+        assert!(out.contains("| – |"), "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("|---")).count(), 1);
+    }
+}
