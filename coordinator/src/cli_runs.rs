@@ -158,6 +158,18 @@ pub fn run_exit_code(run: &pb::RunView) -> u8 {
     }
 }
 
+/// Rewrites the terminal's current line with the running step (k of n, host, elapsed).
+fn progress_line(s: &pb::StepView, n: usize, started: Instant) {
+    eprint!(
+        "\r\x1b[K[{}/{}] {:<16} {} ... ({:.1}s)",
+        s.index + 1,
+        n,
+        s.host,
+        s.description,
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// Follows a run until it ends; prints progress; returns the exit code.
 pub async fn follow(
     client: &mut AdminServiceClient<Channel>,
@@ -183,14 +195,7 @@ pub async fn follow(
             match s.state.as_str() {
                 "running" => {
                     if tty {
-                        eprint!(
-                            "\r\x1b[K[{}/{}] {:<16} {} ... ({:.1}s)",
-                            s.index + 1,
-                            n,
-                            s.host,
-                            s.description,
-                            started.elapsed().as_secs_f64()
-                        );
+                        progress_line(s, n, started);
                     } else {
                         eprintln!(
                             "[{}/{}] {} {} {}: started",
@@ -252,14 +257,7 @@ pub async fn follow(
         }
         if tty {
             if let Some(s) = run.steps.iter().find(|s| s.state == "running") {
-                eprint!(
-                    "\r\x1b[K[{}/{}] {:<16} {} ... ({:.1}s)",
-                    s.index + 1,
-                    n,
-                    s.host,
-                    s.description,
-                    started.elapsed().as_secs_f64()
-                );
+                progress_line(s, n, started);
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -17,6 +17,11 @@ const IPS: [&str; 5] = [
     "127.0.0.25",
 ];
 
+/// All five hosts with `etcd_seq` 1..5, for slicing into inventories.
+fn inventory_all() -> Vec<(&'static str, u32)> {
+    IPS.iter().zip(1..).map(|(ip, seq)| (*ip, seq)).collect()
+}
+
 /// Three members created, agents on all five hosts; the inventory names `members`.
 fn setup(inventory: &[(&str, u32)]) -> Result<(World, Fleet)> {
     let mut w = World::new()?;
@@ -91,11 +96,7 @@ fn confs_list_exactly(f: &Fleet, live: &[usize]) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_to_five_and_shrink_to_three_losing_no_write() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| (*ip, i as u32 + 1))
-        .collect();
+    let all = inventory_all();
     let (w, f) = setup(&all[..3])?;
     let writer = Writer::start(&w, eps(&f, 3)).await?;
     // 3 -> 4: the host is in the inventory (Pigsty's step 2 first).
@@ -135,11 +136,7 @@ async fn grow_to_five_and_shrink_to_three_losing_no_write() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_host_rejoins_only_with_its_old_data_wiped() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| (*ip, i as u32 + 1))
-        .collect();
+    let all = inventory_all();
     let (w, f) = setup(&all[..4])?;
     w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
     // Remove it, then put old data back as if the wipe never happened (a restored backup).
@@ -193,11 +190,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_refusals_name_the_problem() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| (*ip, i as u32 + 1))
-        .collect();
+    let all = inventory_all();
     let (w, f) = setup(&all[..3])?;
     // A host not in the inventory, without --seq.
     let out = w.admin(&["member", "add", IPS[3]])?;
@@ -360,11 +353,7 @@ async fn crash_and_resume(
 /// never more than one learner, the removed member wiped. Two tests so they run side by side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_at_every_step_of_member_add_resumes_right() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| (*ip, i as u32 + 1))
-        .collect();
+    let all = inventory_all();
     let (mut w, f) = setup(&all[..4])?;
     let add_steps = w.plan_len(&["member", "add", IPS[3]])?;
     assert!(add_steps >= 10, "add plan has {add_steps} steps");
@@ -395,11 +384,7 @@ async fn coordinator_killed_at_every_step_of_member_add_resumes_right() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_at_every_step_of_member_remove_resumes_right() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| (*ip, i as u32 + 1))
-        .collect();
+    let all = inventory_all();
     let (mut w, f) = setup(&all[..4])?;
     w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
     f.write_inventory(&w, &all[..3], "")?;
@@ -434,11 +419,7 @@ async fn coordinator_killed_at_every_step_of_member_remove_resumes_right() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_leader_hands_leadership_over_first() -> Result<()> {
-    let all: Vec<(&str, u32)> = IPS
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| (*ip, i as u32 + 1))
-        .collect();
+    let all = inventory_all();
     let (w, f) = setup(&all[..3])?;
     // Find the leader's host.
     let mut c = quorum_tests::etcd::client(&w, &eps(&f, 1)).await?;
