@@ -297,12 +297,22 @@ async fn the_last_member_cannot_be_removed() -> Result<()> {
 
 /// Kills the coordinator once `boundary` steps of the newest run are done, restarts it,
 /// resumes the run to success. Also samples the learner count while it runs.
+/// What a chaos test kills at a step boundary.
+#[derive(Clone, Copy)]
+enum Victim {
+    /// The coordinator (restarted after the CLI following the run has ended).
+    Coordinator,
+    /// The joining / leaving host's agent, restarted at once as systemd would.
+    Agent(usize),
+}
+
 async fn crash_and_resume(
     w: &mut World,
     f: &Fleet,
     args: &[&str],
     sop: &str,
     boundary: usize,
+    victim: Victim,
 ) -> Result<()> {
     let mut child = w.spawn_admin(args)?;
     let run_id = wait_for(
@@ -329,9 +339,24 @@ async fn crash_and_resume(
         .map(|m| m.iter().filter(|(_, l)| *l).count())
         .unwrap_or(0);
     assert!(learners <= 1, "{learners} learners at boundary {boundary}");
-    w.kill_coordinator();
-    let _ = child.wait();
-    w.start_coordinator()?;
+    match victim {
+        Victim::Coordinator => {
+            w.kill_coordinator();
+            let _ = child.wait();
+            w.start_coordinator()?;
+        }
+        Victim::Agent(i) => {
+            let h = f.hosts[i].clone();
+            let ip = h.ip.to_string();
+            if let Some(a) = w.agent(&ip) {
+                a.kill();
+            }
+            w.start_agent(&ip, &h.agent_config(false))?;
+            // The run either finishes (redelivered tasks answered from the journal) or halts
+            // at a task the agent died inside; the resume below finishes it.
+            let _ = child.wait();
+        }
+    }
     for h in &f.hosts {
         w.wait_agent_state(
             &h.ip.to_string(),
@@ -365,6 +390,7 @@ async fn coordinator_killed_at_every_step_of_member_add_resumes_right() -> Resul
             &["member", "add", IPS[3], "--yes"],
             "member-add",
             boundary,
+            Victim::Coordinator,
         )
         .await?;
         assert_eq!(
@@ -398,6 +424,7 @@ async fn coordinator_killed_at_every_step_of_member_remove_resumes_right() -> Re
             &["member", "remove", IPS[3], "--yes"],
             "member-remove",
             boundary,
+            Victim::Coordinator,
         )
         .await?;
         assert_eq!(
@@ -453,5 +480,57 @@ async fn removing_the_leader_hands_leadership_over_first() -> Result<()> {
         "{step}"
     );
     assert_eq!(members(&w, &f).await?.len(), 2);
+    Ok(())
+}
+
+/// The joining host's agent killed (and restarted at once) at every step boundary of
+/// `member add`, then the same for the leaving host's agent during `member remove`: each run
+/// finishes, by itself or by a resume, with the right membership and never two learners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_members_agent_killed_at_every_step_still_ends_right() -> Result<()> {
+    let all = inventory_all();
+    let (mut w, f) = setup(&all[..4])?;
+    let add_steps = w.plan_len(&["member", "add", IPS[3]])?;
+    for boundary in 0..add_steps {
+        f.write_inventory(&w, &all[..4], "")?;
+        let args = ["member", "add", IPS[3], "--yes"];
+        crash_and_resume(&mut w, &f, &args, "member-add", boundary, Victim::Agent(3)).await?;
+        assert_eq!(
+            members(&w, &f).await?,
+            names(&[1, 2, 3, 4]),
+            "add, boundary {boundary}"
+        );
+        f.write_inventory(&w, &all[..3], "")?;
+        w.admin(&["member", "remove", IPS[3], "--yes"])?.ok()?;
+    }
+    f.write_inventory(&w, &all[..4], "")?;
+    w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
+    f.write_inventory(&w, &all[..3], "")?;
+    let remove_steps = w.plan_len(&["member", "remove", IPS[3]])?;
+    for boundary in 0..remove_steps {
+        f.write_inventory(&w, &all[..3], "")?;
+        let args = ["member", "remove", IPS[3], "--yes"];
+        crash_and_resume(
+            &mut w,
+            &f,
+            &args,
+            "member-remove",
+            boundary,
+            Victim::Agent(3),
+        )
+        .await?;
+        assert_eq!(
+            members(&w, &f).await?,
+            names(&[1, 2, 3]),
+            "remove, boundary {boundary}"
+        );
+        assert_eq!(
+            std::fs::read_dir(f.hosts[3].data())?.count(),
+            0,
+            "remove, boundary {boundary}: not wiped"
+        );
+        f.write_inventory(&w, &all[..4], "")?;
+        w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
+    }
     Ok(())
 }
