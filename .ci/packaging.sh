@@ -46,13 +46,13 @@ echo "== lintian (errors fail; warnings are listed in packaging/README.md)"
 for deb in "$AGENT_DEB" "$QUORUM_DEB"; do
   out=$(lintian "$deb" 2>&1 || true)
   echo "$out"
-  if echo "$out" | grep -q '^E:'; then fail "lintian errors in $deb"; fi
+  if grep -q '^E:' <<<"$out"; then fail "lintian errors in $deb"; fi
 done
 
 echo "== install, verify, upgrade keeps an edited config, purge removes state"
 verify_log=$(mktemp)
 dpkg -i "$AGENT_DEB"
-quorum-agent --version | grep -q "$V" || fail "quorum-agent --version"
+grep -q "$V" <<<"$(quorum-agent --version)" || fail "quorum-agent --version"
 [ -d /var/lib/quorum ] || fail "/var/lib/quorum not created"
 [ "$(stat -c %a /var/lib/quorum)" = 750 ] || fail "/var/lib/quorum mode"
 if systemd-analyze verify /lib/systemd/system/quorum-agent.service 2>"$verify_log"; then
@@ -61,7 +61,7 @@ else
   cat "$verify_log"
   # Without systemd as PID 1 verify still parses the unit; only complaints about the running
   # manager are tolerated, never about the unit itself.
-  if grep -v -E 'Failed to (connect|create|initialize)|System has not been booted|bus|not running' "$verify_log" | grep -q 'quorum-agent.service'; then
+  if grep -q 'quorum-agent.service' <<<"$(grep -v -E 'Failed to (connect|create|initialize)|System has not been booted|bus|not running' "$verify_log" || true)"; then
     fail "systemd-analyze verify found problems in the unit"
   fi
 fi
@@ -69,7 +69,7 @@ echo "# edited by CI" >> /etc/quorum/agent.yml
 rm -rf target/packages-upgrade && mkdir -p target/packages-upgrade
 cargo deb -p quorum-agent --no-build --no-strip --deb-version "$V-2" -o target/packages-upgrade/ >/dev/null
 dpkg -i --force-confold target/packages-upgrade/quorum-agent_*.deb
-dpkg -s quorum-agent | grep -q "Version: $V-2" || fail "upgrade did not install"
+grep -q "Version: $V-2" <<<"$(dpkg -s quorum-agent)" || fail "upgrade did not install"
 grep -q '# edited by CI' /etc/quorum/agent.yml || fail "upgrade replaced the edited config"
 touch /var/lib/quorum/journal.jsonl
 dpkg --remove quorum-agent

@@ -258,7 +258,7 @@ done
 # top_frames FILE PID: the three hottest functions of process PID by self time.
 top_frames() {
   perf report -i "$1" --pid "$2" --no-children --sort sym -g none --stdio 2>/dev/null \
-    | awk '/^ +[0-9.]+%/ {pct=$1; $1=""; $2=""; sub(/^ +/, ""); s=$0; if (length(s) > 60) s=substr(s, 1, 57) "..."; printf "%s%s %s", (n++ ? "; " : ""), s, pct; if (n == 3) exit}'
+    | awk 'n < 3 && /^ +[0-9.]+%/ {pct=$1; $1=""; $2=""; sub(/^ +/, ""); s=$0; if (length(s) > 60) s=substr(s, 1, 57) "..."; printf "%s%s %s", (n++ ? "; " : ""), s, pct}'
 }
 # report FILE PID: flat (self) and caller-tree reports of process PID next to the data file.
 report() {
