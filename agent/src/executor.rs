@@ -523,6 +523,7 @@ impl Executor {
             };
             f.files.insert(key.into(), fact);
         }
+        f.vip = vip_fact(&p.vip_conf);
         let member = p.etcd_data.join("member");
         f.data_dir = Some(pb::DataDirFact {
             path: p.etcd_data.display().to_string(),
@@ -531,6 +532,53 @@ impl Executor {
         });
         f
     }
+}
+
+/// The VIP of this host's vip-manager config and whether it is on its interface now; `None`
+/// when the host has no vip-manager config.
+fn vip_fact(conf: &Path) -> Option<pb::VipFact> {
+    let text = match std::fs::read_to_string(conf) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            return Some(pb::VipFact {
+                error: format!("cannot read {}: {e}", conf.display()),
+                ..Default::default()
+            })
+        }
+    };
+    let vip = match quorum_proto::patch::read_vip_settings(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(pb::VipFact {
+                error: format!("{}: {e}", conf.display()),
+                ..Default::default()
+            })
+        }
+    };
+    let mut fact = pb::VipFact {
+        address: vip.address.to_string(),
+        prefix: u32::from(vip.prefix),
+        interface: vip.interface.clone(),
+        ..Default::default()
+    };
+    match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => {
+            fact.present = addrs.into_iter().any(|a| {
+                a.interface_name == vip.interface
+                    && a.address.as_ref().is_some_and(|s| {
+                        let ip: Option<std::net::IpAddr> = if let Some(v4) = s.as_sockaddr_in() {
+                            Some(v4.ip().into())
+                        } else {
+                            s.as_sockaddr_in6().map(|v6| v6.ip().into())
+                        };
+                        ip == Some(vip.address)
+                    })
+            })
+        }
+        Err(e) => fact.error = format!("cannot list the host's addresses: {e}"),
+    }
+    Some(fact)
 }
 
 fn state_word(s: pb::ServiceState) -> &'static str {

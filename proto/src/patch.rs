@@ -173,6 +173,75 @@ pub fn read_vip_endpoints(text: &str) -> Result<Vec<String>, PatchError> {
     Ok(found.map(|(_, l)| l).unwrap_or_default())
 }
 
+/// The VIP a vip-manager config manages: `ip`, `netmask` and `interface` (or their pre-1.0
+/// names `mask` and `iface`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipSettings {
+    /// The address.
+    pub address: std::net::IpAddr,
+    /// The prefix length.
+    pub prefix: u8,
+    /// The interface it goes on.
+    pub interface: String,
+}
+
+/// Reads the VIP of a vip-manager config.
+pub fn read_vip_settings(text: &str) -> Result<VipSettings, PatchError> {
+    let doc = parse_values(VIP, text)?;
+    let scalar = |keys: &[&'static str]| -> Option<(&'static str, String)> {
+        keys.iter().find_map(|k| {
+            doc_get(&doc, &[k]).map(|v| {
+                let s = match v {
+                    Value::Number(n) => n.to_string(),
+                    other => other
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| describe(other)),
+                };
+                (*k, s.trim().to_string())
+            })
+        })
+    };
+    let missing = |what: &str| PatchError::Missing {
+        config: VIP,
+        what: format!("`{what}:` key"),
+        hint: "re-render it with `./pgsql.yml -t pg_vip_config`, then retry",
+    };
+    let bad = |key: &str, form: String, hint: &'static str| PatchError::Unsupported {
+        config: VIP,
+        key: key.to_string(),
+        line: None,
+        form,
+        hint,
+    };
+    let (ip_key, ip) = scalar(&["ip"]).ok_or_else(|| missing("ip"))?;
+    let address = ip.parse().map_err(|_| {
+        bad(
+            ip_key,
+            format!("{ip:?}, not an IP address"),
+            "write the VIP as `ip: 10.10.10.2`",
+        )
+    })?;
+    let (mask_key, mask) = scalar(&["netmask", "mask"]).ok_or_else(|| missing("netmask"))?;
+    let prefix = mask
+        .parse::<u8>()
+        .ok()
+        .filter(|p| *p <= 128)
+        .ok_or_else(|| {
+            bad(
+                mask_key,
+                format!("{mask:?}, not a prefix length"),
+                "write it as `netmask: 24`",
+            )
+        })?;
+    let (_, interface) = scalar(&["interface", "iface"]).ok_or_else(|| missing("interface"))?;
+    Ok(VipSettings {
+        address,
+        prefix,
+        interface,
+    })
+}
+
 /// Replaces the etcd endpoints in vip-manager's config with `endpoints` (URLs such as
 /// `https://10.10.10.10:2379`), keeping every other byte. When the file sets both the current
 /// and a pre-1.0 key, both are rewritten, since vip-manager refuses differing values.
@@ -641,6 +710,27 @@ fn first_style(items: &[Node]) -> Result<ScalarStyle, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vip_settings_read_current_and_legacy_names() {
+        let cur =
+            read_vip_settings("ip: 10.10.10.2\nnetmask: 24\ninterface: eth1\ndcs-type: etcd\n")
+                .expect("current names");
+        assert_eq!(cur.address.to_string(), "10.10.10.2");
+        assert_eq!(cur.prefix, 24);
+        assert_eq!(cur.interface, "eth1");
+        let old = read_vip_settings("ip: 10.0.0.9\nmask: 16\niface: eth0\n").expect("old names");
+        assert_eq!((old.prefix, old.interface.as_str()), (16, "eth0"));
+        let e = read_vip_settings("ip: nope\nnetmask: 24\ninterface: eth0\n")
+            .expect_err("bad ip")
+            .to_string();
+        assert!(e.contains("`ip`") && e.contains("not an IP address"), "{e}");
+        let e = read_vip_settings("ip: 10.0.0.9\ninterface: eth0\n")
+            .expect_err("no netmask")
+            .to_string();
+        assert!(e.contains("`netmask:`"), "{e}");
+        assert!(read_vip_settings("ip: [").is_err());
+    }
 
     fn v(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
