@@ -140,6 +140,12 @@ enum Command {
     /// Membership: add a member as a learner and promote it; remove a member.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Patroni: point it at the etcd cluster's members (`./pgsql.yml -t pg_conf` + reload).
+    #[command(subcommand)]
+    Patroni(PatroniCommand),
+    /// vip-manager: point it at the etcd cluster's members (`./pgsql.yml -t pg_vip_config`).
+    #[command(subcommand)]
+    Vip(VipCommand),
     /// Runs: list, show, resume, abort.
     #[command(subcommand)]
     Run(RunCommand),
@@ -184,6 +190,73 @@ pub struct SopArgs {
     output: Format,
     #[command(flatten)]
     conn: ConnArgs,
+}
+
+/// Flags of the PostgreSQL SOPs (`patroni reload`, `vip reload`).
+#[derive(Args, Debug, Clone)]
+pub struct PgSopArgs {
+    /// The PostgreSQL cluster (`pg_cluster`; default: the only one in the inventory).
+    #[arg(long, conflicts_with = "all")]
+    cluster: Option<String>,
+    /// Every PostgreSQL cluster of the inventory.
+    #[arg(long)]
+    all: bool,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    plan: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    /// Output format of the plan or the final run.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    output: Format,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+impl PgSopArgs {
+    /// The SOP flags and arguments: the run locks the etcd cluster the coordinator derives
+    /// from the PostgreSQL cluster, so `cluster` is left for it to find.
+    fn split(self) -> (SopArgs, HashMap<String, String>) {
+        let mut args = HashMap::new();
+        if let Some(c) = self.cluster {
+            args.insert("pg_cluster".to_string(), c);
+        }
+        if self.all {
+            args.insert("all".to_string(), "true".to_string());
+        }
+        let sop = SopArgs {
+            cluster: None,
+            plan: self.plan,
+            yes: self.yes,
+            output: self.output,
+            conn: self.conn,
+        };
+        (sop, args)
+    }
+}
+
+#[derive(Subcommand)]
+enum PatroniCommand {
+    /// Per instance, one at a time, replicas before the primary: write the etcd members into
+    /// patroni.yml, reload Patroni, gate on it running with a leader. Patroni applies a new
+    /// etcd host list only when it restarts: --restart-patroni restarts instead, switching the
+    /// primary over to a replica first (never a failover).
+    Reload {
+        /// Restart Patroni (replicas first; the primary after a switchover) so it uses the new
+        /// etcd host list now.
+        #[arg(long)]
+        restart_patroni: bool,
+        #[command(flatten)]
+        pg: PgSopArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum VipCommand {
+    /// Per instance with a VIP, the primary last: write the etcd members into vip-manager's
+    /// config, restart vip-manager, gate on the VIP being on the primary's host only.
+    Reload(PgSopArgs),
 }
 
 #[derive(Subcommand)]
@@ -586,6 +659,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             };
             let args = HashMap::from([("restart".to_string(), policy.to_string())]);
             sop_command(crate::sop::sop_name::CONFIG_RELOAD, sop, args).await
+        }
+        Command::Patroni(PatroniCommand::Reload {
+            restart_patroni,
+            pg,
+        }) => {
+            let (sop, mut args) = pg.split();
+            if restart_patroni {
+                args.insert("restart".to_string(), "true".to_string());
+            }
+            sop_command(crate::sop::sop_name::PATRONI_RELOAD, sop, args).await
+        }
+        Command::Vip(VipCommand::Reload(pg)) => {
+            let (sop, args) = pg.split();
+            sop_command(crate::sop::sop_name::VIP_RELOAD, sop, args).await
         }
         Command::Env(EnvCommand::Refresh(sop)) => {
             sop_command(crate::sop::sop_name::ENV_REFRESH, sop, HashMap::new()).await

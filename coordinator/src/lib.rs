@@ -8,6 +8,7 @@ pub mod config;
 pub mod etcd;
 pub mod inventory;
 pub mod inventory_cli;
+pub mod patroni;
 pub mod pki;
 pub mod plan;
 pub mod registry;

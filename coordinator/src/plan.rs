@@ -11,6 +11,7 @@ use quorum_proto::pb;
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::MemberInfo;
+use crate::patroni::PgRef;
 
 /// One etcd member as planned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,10 +254,49 @@ pub enum StepKind {
         /// Its peer URL.
         peer_url: String,
     },
-    /// A step this build cannot do yet; recorded as skipped so the operator sees it.
-    Pending {
-        /// What is pending and how to do it by hand.
-        what: String,
+    /// Replace only the etcd hosts in the host's patroni.yml, then reload (or restart) Patroni.
+    SetPatroniHosts {
+        /// Host.
+        host: IpAddr,
+        /// `ip:port` of every etcd member.
+        hosts: Vec<String>,
+        /// Restart Patroni (it applies a new host list only then) instead of reloading it.
+        restart: bool,
+    },
+    /// Before a Patroni restart: the PostgreSQL cluster has a running leader, every instance
+    /// runs, and this host does not lead (re-checked live).
+    PatroniGuard {
+        /// The host about to restart Patroni.
+        host: IpAddr,
+        /// The PostgreSQL cluster.
+        pg: PgRef,
+    },
+    /// Wait until Patroni on the host runs and the cluster has a leader (bounded).
+    PatroniGate {
+        /// Host.
+        host: IpAddr,
+        /// The PostgreSQL cluster.
+        pg: PgRef,
+    },
+    /// Hand leadership from the host to a healthy replica: a switchover, never a failover
+    /// (already done when another instance leads).
+    Switchover {
+        /// The leader to step down.
+        host: IpAddr,
+        /// The PostgreSQL cluster.
+        pg: PgRef,
+    },
+    /// Replace only the DCS endpoints in the host's vip-manager config, then restart it.
+    SetVipEndpoints {
+        /// Host.
+        host: IpAddr,
+        /// `https://ip:port` of every etcd member.
+        endpoints: Vec<String>,
+    },
+    /// Wait until the VIP is on exactly one host, the primary's (bounded).
+    VipGate {
+        /// The PostgreSQL cluster.
+        pg: PgRef,
     },
     /// A service action on one or more hosts at once (Patroni, vip-manager, or etcd status).
     ServiceAction {
@@ -287,7 +327,12 @@ impl StepKind {
             | StepKind::MemberRemoveCheck { host, .. }
             | StepKind::MoveLeaderAway { host, .. }
             | StepKind::RemoveMember { host, .. }
-            | StepKind::WipeRemovedMember { host, .. } => Some(*host),
+            | StepKind::WipeRemovedMember { host, .. }
+            | StepKind::SetPatroniHosts { host, .. }
+            | StepKind::PatroniGuard { host, .. }
+            | StepKind::PatroniGate { host, .. }
+            | StepKind::Switchover { host, .. }
+            | StepKind::SetVipEndpoints { host, .. } => Some(*host),
             StepKind::StartEtcd { hosts } | StepKind::ServiceAction { hosts, .. }
                 if hosts.len() == 1 =>
             {
@@ -332,7 +377,12 @@ impl StepKind {
             StepKind::MoveLeaderAway { .. } => "MoveLeaderAway",
             StepKind::RemoveMember { .. } => "RemoveMember",
             StepKind::WipeRemovedMember { .. } => "WipeRemovedMember",
-            StepKind::Pending { .. } => "Pending",
+            StepKind::SetPatroniHosts { .. } => "SetPatroniHosts",
+            StepKind::PatroniGuard { .. } => "PatroniGuard",
+            StepKind::PatroniGate { .. } => "PatroniGate",
+            StepKind::Switchover { .. } => "Switchover",
+            StepKind::SetVipEndpoints { .. } => "SetVipEndpoints",
+            StepKind::VipGate { .. } => "VipGate",
             StepKind::ServiceAction { .. } => "ServiceAction",
         }
     }
@@ -386,7 +436,29 @@ impl StepKind {
             StepKind::MoveLeaderAway { .. } => "move leadership away if this member leads".into(),
             StepKind::RemoveMember { .. } => "member remove (id read live)".into(),
             StepKind::WipeRemovedMember { .. } => "wipe the removed member's data dir".into(),
-            StepKind::Pending { what } => format!("pending: {what}"),
+            StepKind::SetPatroniHosts { hosts, restart, .. } => format!(
+                "set etcd hosts in patroni.yml to {}, then {} Patroni",
+                hosts.join(","),
+                if *restart { "restart" } else { "reload" }
+            ),
+            StepKind::PatroniGuard { pg, .. } => format!(
+                "guard: {} has a running leader, every instance runs, this one does not lead",
+                pg.name
+            ),
+            StepKind::PatroniGate { pg, .. } => {
+                format!("gate: Patroni here running and {} has a leader", pg.name)
+            }
+            StepKind::Switchover { pg, .. } => format!(
+                "switchover: hand {}'s leadership to a healthy replica (never a failover)",
+                pg.name
+            ),
+            StepKind::SetVipEndpoints { endpoints, .. } => format!(
+                "set vip-manager dcs-endpoints to {}, then restart vip-manager",
+                endpoints.join(",")
+            ),
+            StepKind::VipGate { pg } => {
+                format!("gate: {}'s VIP on exactly one host, the primary's", pg.name)
+            }
             StepKind::ServiceAction {
                 service, action, ..
             } => format!("{action} {service}"),
@@ -886,9 +958,6 @@ pub fn plan_service(
     Ok(plan)
 }
 
-/// The pending Patroni / vip-manager refresh of membership SOPs (the Patroni issue adds it).
-pub const PENDING_PG_REFRESH: &str = "Patroni DCS hosts and vip-manager endpoints on the PostgreSQL hosts are not refreshed by this build; run `./pgsql.yml -t pg_conf,pg_vip_config` and restart Patroni and vip-manager";
-
 fn live_member<'a>(live: &'a Live, peer_url: &str) -> Option<&'a MemberInfo> {
     live.members
         .as_ref()?
@@ -1022,9 +1091,6 @@ fn refresh_members(
     for m in &spec.members {
         plan.write_profile(spec, live, m.ip)?;
     }
-    plan.push(StepKind::Pending {
-        what: PENDING_PG_REFRESH.into(),
-    });
     Ok(())
 }
 
@@ -1093,10 +1159,147 @@ pub fn plan_member_remove(
     for m in &spec.members {
         plan.write_profile(spec, live, m.ip)?;
     }
-    plan.push(StepKind::Pending {
-        what: PENDING_PG_REFRESH.into(),
-    });
     Ok(plan)
+}
+
+/// A PostgreSQL cluster as the Patroni and vip-manager planners see it.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    /// The cluster and how to reach its Patroni instances.
+    pub pg: PgRef,
+    /// The instance that leads now (read live from Patroni), if any.
+    pub leader: Option<IpAddr>,
+    /// `ip:port` of every member of its etcd cluster, for `patroni.yml`.
+    pub dcs_hosts: Vec<String>,
+    /// `https://ip:port` of the same members, for vip-manager.
+    pub dcs_endpoints: Vec<String>,
+}
+
+impl PgTarget {
+    /// Hosts in the order a rolling change visits them: replicas first, the leader last.
+    fn rolling_order(&self, only_vip: bool) -> Vec<IpAddr> {
+        let mut hosts: Vec<IpAddr> = self
+            .pg
+            .members
+            .iter()
+            .filter(|m| !only_vip || m.vip)
+            .map(|m| m.ip)
+            .collect();
+        hosts.sort_by_key(|h| (Some(*h) == self.leader, *h));
+        hosts
+    }
+}
+
+/// `quorum patroni reload` (`./pgsql.yml -t pg_conf` + reload patroni): per instance, one at
+/// a time, replicas before the primary: write the etcd hosts into patroni.yml, reload Patroni,
+/// gate on it running with a leader in the cluster. With `restart`, Patroni restarts instead
+/// (it applies a changed etcd host list only then): each restart is guarded, and the primary
+/// first hands its leadership to a replica by a switchover.
+pub fn plan_patroni_reload(
+    targets: &[PgTarget],
+    live: &Live,
+    restart: bool,
+) -> Result<Plan, PlanError> {
+    let mut plan = Plan::default();
+    push_patroni_refresh(&mut plan, targets, live, restart)?;
+    if restart {
+        plan.notes.push(
+            "Patroni restarts on every instance, replicas first; the primary hands its leadership to a replica by a switchover first, so the cluster ends with another primary (and the VIP follows it)".into(),
+        );
+    } else if !targets.is_empty() {
+        plan.notes.push(
+            "reload rewrites patroni.yml and makes Patroni re-read it, but Patroni applies a changed etcd host list only when it restarts: until then it keeps its old list (and follows etcd's member list from it). Use --restart-patroni to apply the list now".into(),
+        );
+    }
+    Ok(plan)
+}
+
+/// `quorum vip reload` (`./pgsql.yml -t pg_vip_config` + restart vip-manager): per instance with
+/// a VIP, one at a time, the primary last: write the endpoints, restart vip-manager, gate on the
+/// VIP being on exactly one host, the primary's.
+pub fn plan_vip_reload(targets: &[PgTarget], live: &Live) -> Result<Plan, PlanError> {
+    let mut plan = Plan::default();
+    push_vip_refresh(&mut plan, targets, live)?;
+    if plan.steps.is_empty() {
+        plan.notes
+            .push("no PostgreSQL instance has pg_vip_enabled: nothing to do".into());
+    }
+    Ok(plan)
+}
+
+/// The Patroni and vip-manager refresh that ends `member add` and `member remove`: every
+/// PostgreSQL cluster on this etcd cluster gets the new member list (reload, no restart).
+pub fn push_pg_refresh(
+    plan: &mut Plan,
+    targets: &[PgTarget],
+    live: &Live,
+) -> Result<(), PlanError> {
+    push_patroni_refresh(plan, targets, live, false)?;
+    push_vip_refresh(plan, targets, live)?;
+    if !targets.is_empty() {
+        plan.notes.push(
+            "Patroni is reloaded, not restarted: it applies the new etcd host list at its next restart (`quorum patroni reload --restart-patroni` does that now); meanwhile it follows etcd's member list".into(),
+        );
+    }
+    Ok(())
+}
+
+fn push_patroni_refresh(
+    plan: &mut Plan,
+    targets: &[PgTarget],
+    live: &Live,
+    restart: bool,
+) -> Result<(), PlanError> {
+    for t in targets {
+        let order = t.rolling_order(false);
+        live.require_agents(&order)?;
+        if restart && t.pg.members.len() < 2 {
+            return Err(PlanError::Unsafe(format!(
+                "PostgreSQL cluster {} has no replica to switch over to, so restarting its Patroni would stop its primary; restart it yourself when downtime is acceptable (`quorum service restart patroni --hosts {}`), or reload without --restart-patroni",
+                t.pg.name,
+                order.first().map(|h| h.to_string()).unwrap_or_default()
+            )));
+        }
+        for h in order {
+            if restart {
+                if Some(h) == t.leader {
+                    plan.push(StepKind::Switchover {
+                        host: h,
+                        pg: t.pg.clone(),
+                    });
+                }
+                plan.push(StepKind::PatroniGuard {
+                    host: h,
+                    pg: t.pg.clone(),
+                });
+            }
+            plan.push(StepKind::SetPatroniHosts {
+                host: h,
+                hosts: t.dcs_hosts.clone(),
+                restart,
+            });
+            plan.push(StepKind::PatroniGate {
+                host: h,
+                pg: t.pg.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn push_vip_refresh(plan: &mut Plan, targets: &[PgTarget], live: &Live) -> Result<(), PlanError> {
+    for t in targets {
+        let order = t.rolling_order(true);
+        live.require_agents(&order)?;
+        for h in order {
+            plan.push(StepKind::SetVipEndpoints {
+                host: h,
+                endpoints: t.dcs_endpoints.clone(),
+            });
+            plan.push(StepKind::VipGate { pg: t.pg.clone() });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1414,5 +1617,111 @@ mod tests {
         let d = file_diff("/etc/etcd/etcd.conf", Some(&cur), "a\nc\n");
         assert!(d.contains("-b") && d.contains("+c"), "{d}");
         assert!(file_diff("/x", Some(&cur), "a\nb\n").is_empty());
+    }
+
+    fn pg_target(n: u8, leader: u8) -> (PgTarget, Live) {
+        let mut live = Live::default();
+        let members: Vec<crate::patroni::PgNode> = (1..=n)
+            .map(|i| {
+                let a = ip(&format!("10.10.10.{}", 20 + i));
+                live.facts.insert(a, facts(false, false, false));
+                crate::patroni::PgNode {
+                    ip: a,
+                    name: format!("pg-test-{i}"),
+                    api: format!("http://{a}:8008"),
+                    vip: true,
+                }
+            })
+            .collect();
+        let t = PgTarget {
+            leader: Some(ip(&format!("10.10.10.{}", 20 + leader))),
+            pg: PgRef {
+                name: "pg-test".into(),
+                members,
+            },
+            dcs_hosts: vec!["10.10.10.10:2379".into()],
+            dcs_endpoints: vec!["https://10.10.10.10:2379".into()],
+        };
+        (t, live)
+    }
+
+    fn kinds_hosts(p: &Plan) -> Vec<(String, String)> {
+        p.steps
+            .iter()
+            .map(|s| (s.kind.name().to_string(), s.kind.hosts_label()))
+            .collect()
+    }
+
+    #[test]
+    fn patroni_reload_visits_replicas_before_the_leader_and_gates_each() {
+        let (t, live) = pg_target(3, 1);
+        let p = plan_patroni_reload(&[t], &live, false).expect("plans");
+        let want: Vec<(String, String)> = ["10.10.10.22", "10.10.10.23", "10.10.10.21"]
+            .iter()
+            .flat_map(|h| {
+                [
+                    ("SetPatroniHosts".to_string(), h.to_string()),
+                    ("PatroniGate".to_string(), h.to_string()),
+                ]
+            })
+            .collect();
+        assert_eq!(kinds_hosts(&p), want);
+        assert!(p.notes.iter().any(|n| n.contains("only when it restarts")));
+    }
+
+    #[test]
+    fn patroni_restart_switches_the_leader_over_before_restarting_it() {
+        let (t, live) = pg_target(2, 1);
+        let p = plan_patroni_reload(&[t], &live, true).expect("plans");
+        let names: Vec<(String, String)> = kinds_hosts(&p);
+        let s = |k: &str, h: &str| (k.to_string(), h.to_string());
+        assert_eq!(
+            names,
+            vec![
+                s("PatroniGuard", "10.10.10.22"),
+                s("SetPatroniHosts", "10.10.10.22"),
+                s("PatroniGate", "10.10.10.22"),
+                s("Switchover", "10.10.10.21"),
+                s("PatroniGuard", "10.10.10.21"),
+                s("SetPatroniHosts", "10.10.10.21"),
+                s("PatroniGate", "10.10.10.21"),
+            ]
+        );
+        assert!(p.steps.iter().all(|st| match &st.kind {
+            StepKind::SetPatroniHosts { restart, .. } => *restart,
+            _ => true,
+        }));
+    }
+
+    #[test]
+    fn patroni_restart_of_a_lone_primary_is_refused() {
+        let (t, live) = pg_target(1, 1);
+        let e = plan_patroni_reload(&[t], &live, true).expect_err("refused");
+        assert!(matches!(e, PlanError::Unsafe(_)), "{e}");
+        assert!(e.to_string().contains("no replica"), "{e}");
+    }
+
+    #[test]
+    fn pg_refresh_needs_every_agent_and_puts_the_primary_last() {
+        let (t, mut live) = pg_target(2, 2);
+        let mut p = Plan::default();
+        push_pg_refresh(&mut p, std::slice::from_ref(&t), &live).expect("plans");
+        let vip: Vec<String> = p
+            .steps
+            .iter()
+            .filter(|s| s.kind.name() == "SetVipEndpoints")
+            .map(|s| s.kind.hosts_label())
+            .collect();
+        assert_eq!(vip, vec!["10.10.10.21", "10.10.10.22"]);
+        assert_eq!(
+            p.steps
+                .iter()
+                .filter(|s| s.kind.name() == "VipGate")
+                .count(),
+            2
+        );
+        live.facts.remove(&ip("10.10.10.21"));
+        let e = push_pg_refresh(&mut Plan::default(), &[t], &live).expect_err("no agent");
+        assert!(e.to_string().contains("10.10.10.21"), "{e}");
     }
 }

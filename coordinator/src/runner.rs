@@ -14,6 +14,7 @@ use quorum_proto::pb;
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::{EtcdAccess, MemberInfo};
+use crate::patroni::PgRef;
 use crate::pki::{Ca, LeafKind};
 use crate::plan::StepKind;
 use crate::registry::{AgentState, Registry};
@@ -28,6 +29,10 @@ pub struct RunContext {
     pub args: std::collections::BTreeMap<String, String>,
     /// Notes the planner left.
     pub notes: Vec<String>,
+    /// Patroni REST credentials per PostgreSQL cluster (`patroni_username`/`patroni_password`),
+    /// for a switchover. Kept in the coordinator's state dir; never shown.
+    #[serde(default)]
+    pub pg_auth: std::collections::BTreeMap<String, (String, String)>,
 }
 
 /// Timeouts of the runner.
@@ -352,7 +357,35 @@ impl Runner {
                     .await
                 }
             },
-            StepKind::Pending { what } => StepEnd::ok("skipped", format!("pending: {what}")),
+            StepKind::SetPatroniHosts {
+                host,
+                hosts,
+                restart,
+            } => {
+                self.agent_task(
+                    *host,
+                    id(0),
+                    Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts {
+                        hosts: hosts.clone(),
+                        restart: *restart,
+                    }),
+                )
+                .await
+            }
+            StepKind::PatroniGuard { host, pg } => self.patroni_guard(*host, pg).await,
+            StepKind::PatroniGate { host, pg } => self.patroni_gate(*host, pg).await,
+            StepKind::Switchover { host, pg } => self.switchover(ctx, *host, pg).await,
+            StepKind::SetVipEndpoints { host, endpoints } => {
+                self.agent_task(
+                    *host,
+                    id(0),
+                    Kind::SetVipEndpoints(pb::SetVipEndpoints {
+                        endpoints: endpoints.clone(),
+                    }),
+                )
+                .await
+            }
+            StepKind::VipGate { pg } => self.vip_gate(&step.task_ids, pg).await,
             StepKind::ServiceAction {
                 hosts,
                 service,
@@ -782,6 +815,261 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// Ok once every instance of `pg` runs, the cluster has a running leader, and `host` does
+    /// not lead; a host that leads is refused at once (it became the leader after planning).
+    async fn patroni_guard(&self, host: IpAddr, pg: &PgRef) -> StepEnd {
+        let name = pg.node(host).map(|n| n.name.clone()).unwrap_or_default();
+        let deadline = Instant::now() + self.timeouts.gate;
+        loop {
+            let why = match pg.cluster().await {
+                Err(e) => e,
+                Ok(c) => {
+                    let leader = c.leader();
+                    if leader.is_some_and(|l| pg.node_of(l).map(|n| n.ip) == Some(host)) {
+                        return StepEnd::refused(format!(
+                            "{name} ({host}) leads {} now ({}): restarting it would stop the primary; plan the SOP again so it switches over first",
+                            pg.name,
+                            c.summary()
+                        ));
+                    }
+                    match leader {
+                        None => format!("{} has no leader ({})", pg.name, c.summary()),
+                        Some(l) if !l.is_running() => {
+                            format!("the leader {} is {}", l.name, l.state)
+                        }
+                        Some(_) => match c.members.iter().find(|m| !m.is_running()) {
+                            Some(m) => format!("{} is {}", m.name, m.state),
+                            None => {
+                                return StepEnd::ok(
+                                    "ok",
+                                    format!("{} healthy: {}", pg.name, c.summary()),
+                                )
+                            }
+                        },
+                    }
+                }
+            };
+            if Instant::now() > deadline {
+                return StepEnd::refused(format!(
+                    "{why}; restarting Patroni on {host} now could leave {} without a primary. Fix it, then `quorum run resume`",
+                    pg.name
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits until Patroni on `host` runs and `pg` has a running leader.
+    async fn patroni_gate(&self, host: IpAddr, pg: &PgRef) -> StepEnd {
+        let Some(node) = pg.node(host) else {
+            return StepEnd::failed(format!("{host} is not an instance of {}", pg.name));
+        };
+        let deadline = Instant::now() + self.timeouts.gate;
+        loop {
+            let why = match crate::patroni::instance_state(&node.api).await {
+                Err(e) => e,
+                Ok((state, role)) if state == "running" || state == "streaming" => {
+                    match pg.cluster().await {
+                        Err(e) => e,
+                        Ok(c) => match c.leader() {
+                            Some(l) if l.is_running() => {
+                                return StepEnd::ok(
+                                    "ok",
+                                    format!(
+                                        "Patroni on {host} is {state} ({role}); {}",
+                                        c.summary()
+                                    ),
+                                )
+                            }
+                            _ => format!("{} has no running leader ({})", pg.name, c.summary()),
+                        },
+                    }
+                }
+                Ok((state, role)) => format!("Patroni on {host} is {state} ({role})"),
+            };
+            if Instant::now() > deadline {
+                return StepEnd::failed(format!(
+                    "Patroni was not healthy within {:?}: {why}; the run halts here and touches no other host",
+                    self.timeouts.gate
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Hands leadership from `host` to the healthiest replica and waits until the new leader
+    /// runs and the old one runs as a replica. Done already when another instance leads.
+    async fn switchover(&self, ctx: &RunContext, host: IpAddr, pg: &PgRef) -> StepEnd {
+        let c = match pg.cluster().await {
+            Ok(c) => c,
+            Err(e) => {
+                return StepEnd::refused(format!(
+                    "{e}; no switchover without a view of the cluster"
+                ))
+            }
+        };
+        let Some(leader) = c.leader() else {
+            return StepEnd::refused(format!(
+                "{} has no leader ({}); a switchover needs one",
+                pg.name,
+                c.summary()
+            ));
+        };
+        let Some(leader_node) = pg.node_of(leader) else {
+            return StepEnd::refused(format!(
+                "the leader {} is not an instance of {} in the inventory",
+                leader.name, pg.name
+            ));
+        };
+        if leader_node.ip != host {
+            return StepEnd::ok(
+                "ok",
+                format!(
+                    "{} leads already, not {host}: nothing to switch",
+                    leader.name
+                ),
+            );
+        }
+        let mut candidates: Vec<_> = c
+            .members
+            .iter()
+            .filter(|m| !m.is_leader() && m.is_running() && pg.node_of(m).is_some())
+            .collect();
+        candidates.sort_by_key(|m| (m.role != "sync_standby", m.lag.unwrap_or(u64::MAX)));
+        let Some(cand) = candidates.first() else {
+            return StepEnd::refused(format!(
+                "{} has no running replica to take over ({}); its primary is not restarted",
+                pg.name,
+                c.summary()
+            ));
+        };
+        let auth = ctx
+            .pg_auth
+            .get(&pg.name)
+            .map(|(u, p)| (u.as_str(), p.as_str()));
+        let said = match crate::patroni::switchover(
+            &leader_node.api,
+            auth,
+            &leader.name,
+            &cand.name,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                return StepEnd::failed(format!("switchover {} -> {}: {e}", leader.name, cand.name))
+            }
+        };
+        let deadline = Instant::now() + self.timeouts.gate;
+        loop {
+            let why = match pg.cluster().await {
+                Err(e) => e,
+                Ok(now) => {
+                    let new_ok = now
+                        .leader()
+                        .is_some_and(|l| l.name == cand.name && l.is_running());
+                    let old_ok = now
+                        .members
+                        .iter()
+                        .any(|m| m.name == leader.name && !m.is_leader() && m.is_running());
+                    if new_ok && old_ok {
+                        return StepEnd::ok("changed", format!("{said}; {}", now.summary()));
+                    }
+                    now.summary()
+                }
+            };
+            if Instant::now() > deadline {
+                return StepEnd::failed(format!(
+                    "after the switchover ({said}) the cluster did not settle within {:?}: {why}",
+                    self.timeouts.gate
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits until `pg`'s VIP is on exactly one host, the leader's, asking each VIP host's
+    /// agent for fresh facts.
+    async fn vip_gate(&self, ids: &[String], pg: &PgRef) -> StepEnd {
+        let hosts: Vec<IpAddr> = pg.members.iter().filter(|m| m.vip).map(|m| m.ip).collect();
+        let deadline = Instant::now() + self.timeouts.gate;
+        let mut round = 0u32;
+        loop {
+            round += 1;
+            let why = match self.vip_once(ids, pg, &hosts, round).await {
+                Ok(msg) => return StepEnd::ok("ok", msg),
+                Err(why) => why,
+            };
+            if Instant::now() > deadline {
+                return StepEnd::failed(format!(
+                    "the VIP of {} did not settle within {:?}: {why}; the run halts here",
+                    pg.name, self.timeouts.gate
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn vip_once(
+        &self,
+        ids: &[String],
+        pg: &PgRef,
+        hosts: &[IpAddr],
+        round: u32,
+    ) -> Result<String, String> {
+        let c = pg.cluster().await?;
+        let leader = c
+            .leader()
+            .filter(|l| l.is_running())
+            .ok_or_else(|| format!("{} has no running leader ({})", pg.name, c.summary()))?;
+        let leader_ip = pg
+            .node_of(leader)
+            .map(|n| n.ip)
+            .ok_or_else(|| format!("the leader {} is not in the inventory", leader.name))?;
+        let asks = hosts.iter().enumerate().map(|(n, h)| {
+            let id = format!(
+                "{}-p{round}",
+                ids.get(n).cloned().unwrap_or_else(|| format!("vip-{h}"))
+            );
+            self.agent_task(*h, id, pb::task::Kind::CollectFacts(pb::CollectFacts {}))
+        });
+        let ends = futures_join(asks).await;
+        let mut holders = Vec::new();
+        for (h, end) in hosts.iter().zip(ends) {
+            if !end.ok {
+                return Err(format!("no facts from {h}: {}", end.output));
+            }
+            let vip = self.registry.facts(*h).and_then(|f| f.vip);
+            match vip {
+                None => return Err(format!("{h} has no vip-manager config")),
+                Some(v) if !v.error.is_empty() => return Err(format!("{h}: {}", v.error)),
+                Some(v) if v.present => holders.push((*h, v.address)),
+                Some(_) => {}
+            }
+        }
+        let list = holders
+            .iter()
+            .map(|(h, _)| h.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match holders.as_slice() {
+            [(h, addr)] if *h == leader_ip => Ok(format!(
+                "VIP {addr} is on {h} only, the primary {}",
+                leader.name
+            )),
+            [] => Err(format!(
+                "no host holds the VIP (the primary is {} on {leader_ip})",
+                leader.name
+            )),
+            _ => Err(format!(
+                "the VIP is on [{list}], but the primary is {} on {leader_ip}",
+                leader.name
+            )),
+        }
+    }
+}
+
 /// The member with `peer_url`, if listed.
 fn by_peer<'a>(members: &'a [MemberInfo], peer_url: &str) -> Option<&'a MemberInfo> {
     members
@@ -808,7 +1096,10 @@ pub fn step_hosts(kind: &StepKind) -> Vec<IpAddr> {
         | StepKind::StopEtcd { host }
         | StepKind::RestartEtcd { host, .. }
         | StepKind::WipeEtcdData { host, .. }
-        | StepKind::WipeRemovedMember { host, .. } => vec![*host],
+        | StepKind::WipeRemovedMember { host, .. }
+        | StepKind::SetPatroniHosts { host, .. }
+        | StepKind::SetVipEndpoints { host, .. } => vec![*host],
+        StepKind::VipGate { pg } => pg.members.iter().filter(|m| m.vip).map(|m| m.ip).collect(),
         _ => vec![],
     }
 }

@@ -8,9 +8,11 @@ use std::net::IpAddr;
 use quorum_proto::pb;
 use tonic::Status;
 
-use crate::inventory::{EtcdCluster, EtcdInit, Inventory};
+use crate::inventory::{EtcdCluster, EtcdInit, Inventory, PgCluster};
+use crate::patroni::{PgNode, PgRef};
 use crate::plan::{
-    self, ActionName, ClusterSpec, Live, MemberSpec, Plan, PlanError, RestartPolicy, ServiceName,
+    self, ActionName, ClusterSpec, Live, MemberSpec, PgTarget, Plan, PlanError, RestartPolicy,
+    ServiceName,
 };
 use crate::registry::{AgentState, Registry};
 use crate::runner::RunContext;
@@ -34,6 +36,10 @@ pub mod sop_name {
     pub const MEMBER_ADD: &str = "member-add";
     /// `quorum member remove`.
     pub const MEMBER_REMOVE: &str = "member-remove";
+    /// `quorum patroni reload`.
+    pub const PATRONI_RELOAD: &str = "patroni-reload";
+    /// `quorum vip reload`.
+    pub const VIP_RELOAD: &str = "vip-reload";
 }
 
 /// Builds the planner's view of `cluster`: members and the files rendered for each.
@@ -69,6 +75,20 @@ pub async fn gather_live(
     hosts: &[IpAddr],
 ) -> Live {
     refresh_facts(registry, hosts).await;
+    let mut live = agents_live(registry, hosts);
+    match etcd.member_list(&spec.client_urls()).await {
+        Ok(m) => live.members = Some(m),
+        Err(e) => live.members_error = e.to_string(),
+    }
+    for m in &spec.members {
+        live.health
+            .insert(m.ip, etcd.member_health(&m.client_url).await);
+    }
+    live
+}
+
+/// The agents' side of [`Live`]: facts of the connected ones, and which are stale.
+fn agents_live(registry: &Registry, hosts: &[IpAddr]) -> Live {
     let mut live = Live::default();
     for h in hosts {
         match registry.state(*h) {
@@ -80,14 +100,6 @@ pub async fn gather_live(
             Some(AgentState::Stale) => live.stale.push(*h),
             None => {}
         }
-    }
-    match etcd.member_list(&spec.client_urls()).await {
-        Ok(m) => live.members = Some(m),
-        Err(e) => live.members_error = e.to_string(),
-    }
-    for m in &spec.members {
-        live.health
-            .insert(m.ip, etcd.member_health(&m.client_url).await);
     }
     live
 }
@@ -210,11 +222,14 @@ pub async fn plan_request(
             "the coordinator's inventory is invalid, nothing was planned:\n{e}"
         ))
     })?;
+    let args: BTreeMap<String, String> = req.args.clone().into_iter().collect();
+    if req.sop == sop_name::PATRONI_RELOAD || req.sop == sop_name::VIP_RELOAD {
+        return plan_pg(&inv, req, args, registry).await;
+    }
     let cluster_name = (!req.cluster.is_empty()).then_some(req.cluster.as_str());
     let cluster = inv
         .etcd_cluster(cluster_name)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let args: BTreeMap<String, String> = req.args.clone().into_iter().collect();
     if req.sop == sop_name::MEMBER_ADD || req.sop == sop_name::MEMBER_REMOVE {
         return plan_membership(&inv, cluster, req, args, registry, etcd).await;
     }
@@ -272,6 +287,184 @@ pub async fn plan_request(
             endpoints: spec.client_urls(),
             args,
             notes: plan.notes.clone(),
+            pg_auth: BTreeMap::new(),
+        },
+        plan,
+        cluster: spec.name.clone(),
+        digest: inv.digest().to_string(),
+    })
+}
+
+/// The PostgreSQL clusters a `patroni reload` / `vip reload` names: `pg_cluster=NAME`,
+/// `all=true`, or the only one.
+fn select_pg<'a>(
+    inv: &'a Inventory,
+    args: &BTreeMap<String, String>,
+) -> Result<Vec<&'a PgCluster>, Status> {
+    let all = inv.pg_clusters();
+    let names = || {
+        all.iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if all.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{} defines no PostgreSQL cluster (no host with pg_cluster and pg_seq)",
+            inv.file()
+        )));
+    }
+    if let Some(name) = arg(args, "pg_cluster") {
+        return match all.iter().find(|p| p.name == name) {
+            Some(p) => Ok(vec![p]),
+            None => Err(Status::invalid_argument(format!(
+                "--cluster {name}: no such PostgreSQL cluster in {}; it has: {}",
+                inv.file(),
+                names()
+            ))),
+        };
+    }
+    if arg(args, "all") == Some("true") || all.len() == 1 {
+        return Ok(all.iter().collect());
+    }
+    Err(Status::invalid_argument(format!(
+        "{} has several PostgreSQL clusters ({}); name one with --cluster or pass --all",
+        inv.file(),
+        names()
+    )))
+}
+
+/// The planner's view of PostgreSQL clusters on etcd cluster `etcd_spec`: their instances,
+/// who leads now (asked from Patroni), and the etcd member list to write.
+async fn pg_targets(
+    pgs: &[&PgCluster],
+    etcd_spec: &ClusterSpec,
+    strict: bool,
+    notes: &mut Vec<String>,
+) -> Result<Vec<PgTarget>, Status> {
+    let mut out = Vec::new();
+    for p in pgs {
+        if let Some(m) = p.members.iter().find(|m| m.patroni_ssl) {
+            return Err(Status::failed_precondition(format!(
+                "{} ({}) sets patroni_ssl_enabled: Quorum reaches Patroni's REST API over plain HTTP only in this version; refresh its Patroni with `./pgsql.yml -t pg_conf` instead",
+                m.name, m.ip
+            )));
+        }
+        let pg = PgRef {
+            name: p.name.clone(),
+            members: p
+                .members
+                .iter()
+                .map(|m| PgNode {
+                    ip: m.ip,
+                    name: m.name.clone(),
+                    api: format!("http://{}", std::net::SocketAddr::new(m.ip, m.patroni_port)),
+                    vip: m.vip.is_some(),
+                })
+                .collect(),
+        };
+        let leader = match pg.cluster().await {
+            Ok(c) => c.leader().and_then(|l| pg.node_of(l)).map(|n| n.ip),
+            Err(e) if strict => {
+                return Err(Status::failed_precondition(format!(
+                    "{e}; Quorum orders the instances by role (replicas before the primary) and gates on Patroni, so it needs the REST API (patroni_port) reachable from the coordinator"
+                )))
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "{e}: the refresh of {} visits its instances in IP order, and its gates wait for Patroni to answer",
+                    p.name
+                ));
+                None
+            }
+        };
+        out.push(PgTarget {
+            pg,
+            leader,
+            dcs_hosts: etcd_spec
+                .client_urls()
+                .iter()
+                .map(|u| {
+                    u.split("://")
+                        .nth(1)
+                        .unwrap_or(u)
+                        .trim_end_matches('/')
+                        .to_string()
+                })
+                .collect(),
+            dcs_endpoints: etcd_spec.client_urls(),
+        });
+    }
+    Ok(out)
+}
+
+fn pg_auth(pgs: &[&PgCluster]) -> BTreeMap<String, (String, String)> {
+    pgs.iter()
+        .filter_map(|p| {
+            p.members.first().map(|m| {
+                (
+                    p.name.clone(),
+                    (m.patroni_username.clone(), m.patroni_password.clone()),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Plans `patroni reload` and `vip reload`. The run locks the etcd cluster the PostgreSQL
+/// clusters use, so it never overlaps a membership change that refreshes the same files.
+async fn plan_pg(
+    inv: &Inventory,
+    req: &pb::StartRunRequest,
+    args: BTreeMap<String, String>,
+    registry: &Registry,
+) -> Result<Planned, Status> {
+    let pgs = select_pg(inv, &args)?;
+    let mut dcs: Vec<&str> = pgs.iter().filter_map(|p| p.dcs.as_deref()).collect();
+    dcs.sort();
+    dcs.dedup();
+    let etcd_name = match (dcs.as_slice(), pgs.iter().find(|p| p.dcs.is_none())) {
+        (_, Some(p)) => {
+            return Err(Status::invalid_argument(format!(
+                "PostgreSQL cluster {} has no etcd cluster to point at: define the group `etcd` in {}",
+                p.name,
+                inv.file()
+            )))
+        }
+        ([one], None) => *one,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "the chosen PostgreSQL clusters use different etcd clusters ({}); run one --cluster at a time",
+                dcs.join(", ")
+            )))
+        }
+    };
+    let cluster = inv
+        .etcd_cluster(Some(etcd_name))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let spec = cluster_spec(cluster, cluster.params.init);
+    let restart = arg(&args, "restart") == Some("true");
+    let mut notes = Vec::new();
+    let targets = pg_targets(&pgs, &spec, true, &mut notes).await?;
+    let hosts: Vec<IpAddr> = targets
+        .iter()
+        .flat_map(|t| t.pg.members.iter().map(|m| m.ip))
+        .collect();
+    refresh_facts(registry, &hosts).await;
+    let live = agents_live(registry, &hosts);
+    let mut plan = if req.sop == sop_name::PATRONI_RELOAD {
+        plan::plan_patroni_reload(&targets, &live, restart)
+    } else {
+        plan::plan_vip_reload(&targets, &live)
+    }
+    .map_err(plan_status)?;
+    plan.notes.extend(notes);
+    Ok(Planned {
+        context: RunContext {
+            endpoints: spec.client_urls(),
+            args,
+            notes: plan.notes.clone(),
+            pg_auth: pg_auth(&pgs),
         },
         plan,
         cluster: spec.name.clone(),
@@ -297,6 +490,11 @@ async fn plan_membership(
         .transpose()
         .map_err(|_| Status::invalid_argument("--seq takes a whole number >= 0"))?;
     let in_inventory = cluster.member(host).cloned();
+    // Patroni and vip-manager of the PostgreSQL clusters on this etcd cluster follow the change.
+    let pgs = inv.pg_clusters_using(&cluster.name);
+    let mut pg_hosts: Vec<IpAddr> = pgs.iter().flat_map(|p| p.patroni_hosts()).collect();
+    pg_hosts.sort();
+    pg_hosts.dedup();
     let (planned_cluster, all_endpoints, plan) = if req.sop == sop_name::MEMBER_ADD {
         let target = match (&in_inventory, seq) {
             (Some(_), _) => cluster.clone(),
@@ -327,9 +525,14 @@ async fn plan_membership(
             host,
             crate::render::render_etcd_conf(&target, host, EtcdInit::Existing),
         );
-        let hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
+        let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
+        hosts.extend(pg_hosts.iter().copied());
+        hosts.sort();
+        hosts.dedup();
         let live = gather_live(registry, etcd, &spec, &hosts).await;
-        let plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
+        let mut plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
+        let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
+        plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
         (spec.name.clone(), spec.client_urls(), plan)
     } else {
         let gone_member =
@@ -344,6 +547,9 @@ async fn plan_membership(
         };
         let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
         hosts.push(host);
+        hosts.extend(pg_hosts.iter().copied());
+        hosts.sort();
+        hosts.dedup();
         let mut live = gather_live(registry, etcd, &spec, &hosts).await;
         if live.members.is_none() {
             live.members = etcd
@@ -351,7 +557,9 @@ async fn plan_membership(
                 .await
                 .ok();
         }
-        let plan = plan::plan_member_remove(&spec, &gone, &live).map_err(plan_status)?;
+        let mut plan = plan::plan_member_remove(&spec, &gone, &live).map_err(plan_status)?;
+        let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
+        plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
         let mut endpoints = spec.client_urls();
         endpoints.push(gone.client_url.clone());
         (spec.name.clone(), endpoints, plan)
@@ -361,6 +569,7 @@ async fn plan_membership(
             endpoints: all_endpoints,
             args,
             notes: plan.notes.clone(),
+            pg_auth: pg_auth(&pgs),
         },
         plan,
         cluster: planned_cluster,

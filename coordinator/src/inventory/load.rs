@@ -1152,6 +1152,7 @@ fn build_pg(cx: &mut Cx, tree: &Tree, etcd: &[EtcdCluster]) -> Vec<PgCluster> {
         let patroni_port = r.port("patroni_port", 8008);
         let patroni_username = r.text("patroni_username", "postgres");
         let patroni_password = r.text("patroni_password", "Patroni.API");
+        let patroni_ssl = r.bool("patroni_ssl_enabled", false);
         let namespace = r.text("pg_namespace", "/pg");
         let vip = if vip_enabled {
             let (text, vline) = match r.get("pg_vip_address") {
@@ -1212,6 +1213,7 @@ fn build_pg(cx: &mut Cx, tree: &Tree, etcd: &[EtcdCluster]) -> Vec<PgCluster> {
             patroni_port,
             patroni_username,
             patroni_password,
+            patroni_ssl,
             namespace,
             line,
         });

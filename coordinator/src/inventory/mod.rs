@@ -267,6 +267,8 @@ pub struct PgMember {
     /// `patroni_password` (default `Patroni.API`); never printed.
     #[serde(skip)]
     pub patroni_password: String,
+    /// `patroni_ssl_enabled` (default false): the REST API speaks HTTPS.
+    pub patroni_ssl: bool,
     /// `pg_namespace` (default `/pg`): etcd key prefix.
     pub namespace: String,
     /// Line of the host's key, when known.
