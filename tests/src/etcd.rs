@@ -164,8 +164,15 @@ pub struct Fleet {
 impl Fleet {
     /// Hosts `ips` inside `world`, with free ports.
     pub fn new(world: &World, ips: &[&str]) -> Result<Self> {
+        let parsed: Vec<IpAddr> = ips.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+        let port = free_port_on(&parsed)?;
+        Self::with_port(world, ips, port)
+    }
+
+    /// Hosts `ips` with client port `port` and peer port `port + 1` (in network namespaces
+    /// every port is free, and the root namespace cannot bind those addresses to check).
+    pub fn with_port(world: &World, ips: &[&str], port: u16) -> Result<Self> {
         let ips: Vec<IpAddr> = ips.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
-        let port = free_port_on(&ips)?;
         let hosts: Vec<HostPaths> = ips
             .iter()
             .map(|ip| HostPaths::new(world.dir.path(), *ip))
@@ -202,6 +209,18 @@ impl Fleet {
         members: &[(&str, u32)],
         vars: &str,
     ) -> Result<()> {
+        self.write_inventory_with(world, members, vars, "")
+    }
+
+    /// As [`Fleet::write_inventory`], with `groups` (YAML at the indent of `all.children`'s
+    /// entries, 4 spaces) appended: PostgreSQL clusters, for example.
+    pub fn write_inventory_with(
+        &self,
+        world: &World,
+        members: &[(&str, u32)],
+        vars: &str,
+        groups: &str,
+    ) -> Result<()> {
         let mut hosts = String::new();
         for (ip, seq) in members {
             let h = HostPaths::new(world.dir.path(), ip.parse()?);
@@ -219,7 +238,7 @@ impl Fleet {
                 .lines()
                 .map(|l| format!("        {l}\n"))
                 .collect::<String>(),
-        );
+        ) + groups;
         std::fs::write(world.dir.path().join("pigsty.yml"), text)?;
         Ok(())
     }

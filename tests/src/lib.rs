@@ -3,6 +3,7 @@
 //! test starts is killed by pid when its handle drops.
 
 pub mod etcd;
+pub mod pg;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -202,6 +203,12 @@ pub struct World {
 impl World {
     /// A new world with a CA, a coordinator certificate and an admin certificate.
     pub fn new() -> Result<Self> {
+        Self::new_on("127.0.0.1".parse()?)
+    }
+
+    /// A world whose coordinator listens on `ip` (a network namespace lab's bridge address,
+    /// so agents inside the namespaces reach it).
+    pub fn new_on(ip: IpAddr) -> Result<Self> {
         // QUORUM_KEEP=1 keeps the dir (logs, configs) for a look after a failure.
         let keep = std::env::var_os("QUORUM_KEEP").is_some();
         let dir = tempfile::Builder::new()
@@ -211,7 +218,7 @@ impl World {
         if keep {
             eprintln!("test dir kept: {}", dir.path().display());
         }
-        let listen = SocketAddr::new("127.0.0.1".parse()?, free_port("127.0.0.1".parse()?)?);
+        let listen = SocketAddr::new(ip, free_port(ip)?);
         let w = Self {
             dir,
             listen,
@@ -226,6 +233,8 @@ impl World {
             "coordinator",
             "--ip",
             "127.0.0.1",
+            "--ip",
+            &ip.to_string(),
             "--dir",
             &w.p("ca"),
             "--out",
@@ -384,6 +393,12 @@ impl World {
 
     /// Starts an agent for `ip` with a certificate (issued if missing) and `extra` config.
     pub fn start_agent(&mut self, ip: &str, extra: &str) -> Result<()> {
+        self.start_agent_in(ip, extra, None)
+    }
+
+    /// Starts an agent for `ip`, inside network namespace `netns` when given (`ip netns exec`
+    /// execs the agent, so the pid is the agent's); everything it starts runs there too.
+    pub fn start_agent_in(&mut self, ip: &str, extra: &str, netns: Option<&str>) -> Result<()> {
         if !self
             .dir
             .path()
@@ -393,7 +408,15 @@ impl World {
             self.issue_agent_cert(ip)?;
         }
         let cfg = self.write_agent_config(ip, extra)?;
-        let mut cmd = Command::new(bin("quorum-agent")?);
+        let agent = bin("quorum-agent")?;
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&agent);
+                c
+            }
+            None => Command::new(&agent),
+        };
         cmd.args(["run", "--config", &cfg]);
         let log = self.dir.path().join(format!("agent-{ip}.log"));
         let ip: IpAddr = ip.parse()?;
