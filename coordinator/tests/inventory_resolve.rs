@@ -245,7 +245,7 @@ all:
         10.10.10.13: { pg_seq: 3, pg_role: replica }
         10.10.10.11: { pg_seq: 1, pg_role: primary }
         10.10.10.12: { pg_seq: 2, pg_role: replica, patroni_port: 8009 }
-      vars: { pg_cluster: pg-test }
+      vars: { pg_cluster: pg-test, patroni_ssl_enabled: true }
 ",
     );
     let pgs = inv.pg_clusters();
@@ -269,6 +269,8 @@ all:
     );
     assert!(test.vip_hosts().is_empty());
     assert_eq!(test.members[1].patroni_port, 8009);
+    assert!(!meta.members[0].patroni_ssl);
+    assert!(test.members.iter().all(|m| m.patroni_ssl));
     assert_eq!(test.members[2].name, "pg-test-3");
     assert_eq!(inv.pg_clusters_using("etcd").len(), 2);
 }
