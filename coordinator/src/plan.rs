@@ -1252,7 +1252,7 @@ fn push_patroni_refresh(
 ) -> Result<(), PlanError> {
     for t in targets {
         let order = t.rolling_order(false);
-        live.require_agents(&order)?;
+        require_pg_agents(live, t, &order)?;
         if restart && t.pg.members.len() < 2 {
             return Err(PlanError::Unsafe(format!(
                 "PostgreSQL cluster {} has no replica to switch over to, so restarting its Patroni would stop its primary; restart it yourself when downtime is acceptable (`quorum service restart patroni --hosts {}`), or reload without --restart-patroni",
@@ -1287,10 +1287,22 @@ fn push_patroni_refresh(
     Ok(())
 }
 
+/// Every PostgreSQL host of the refresh has a connected agent; the error says why it is needed.
+fn require_pg_agents(live: &Live, t: &PgTarget, hosts: &[IpAddr]) -> Result<(), PlanError> {
+    live.require_agents(hosts).map_err(|e| match e {
+        PlanError::AgentMissing { host, state } => PlanError::Unsafe(format!(
+            "the agent on {host} ({} of PostgreSQL cluster {}) is {state}: this SOP points Patroni and vip-manager there at the etcd members, so every PostgreSQL host needs a connected quorum-agent (see `quorum agents`); nothing was changed",
+            t.pg.node(host).map(|n| n.name.as_str()).unwrap_or("an instance"),
+            t.pg.name
+        )),
+        other => other,
+    })
+}
+
 fn push_vip_refresh(plan: &mut Plan, targets: &[PgTarget], live: &Live) -> Result<(), PlanError> {
     for t in targets {
         let order = t.rolling_order(true);
-        live.require_agents(&order)?;
+        require_pg_agents(live, t, &order)?;
         for h in order {
             plan.push(StepKind::SetVipEndpoints {
                 host: h,

@@ -236,6 +236,16 @@ fn patroni_reload_halts_on_a_broken_patroni_yml_and_restart_switches_over() -> R
         out.stdout
     );
 
+    // A PostgreSQL cluster the inventory does not have is bad input, named as such.
+    let out = s
+        .world
+        .admin(&["patroni", "reload", "--cluster", "pg-nope", "--plan"])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("pg-nope") && out.stderr.contains("pg-test"),
+        "{out:?}"
+    );
+
     // A replica's patroni.yml no longer parses: the run halts there and nothing is written.
     let good = std::fs::read_to_string(replica.patroni_yml())?;
     let broken = format!("{good}\netcd: [unclosed\n");
