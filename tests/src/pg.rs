@@ -213,6 +213,12 @@ impl PgHost {
             .map(|s| s.lines().count())
             .unwrap_or(0)
     }
+    /// How many times the exec backend restarted Patroni.
+    pub fn patroni_restarts(&self) -> usize {
+        std::fs::read_to_string(self.root.join("log/patroni-restarts"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
 
     fn status_cmd(pidfile: &Path) -> String {
         format!(
@@ -239,6 +245,7 @@ impl PgHost {
         let v_stop =
             format!("start-stop-daemon --stop --oknodo --pidfile {vpid} --retry TERM/10/KILL/5 --remove-pidfile");
         let vrestarts = r(self.root.join("log/vip-restarts"));
+        let prestarts = r(self.root.join("log/patroni-restarts"));
         let root = r(self.root.clone());
         let split = |c: &str| format!("[{}]", c.split(' ').collect::<Vec<_>>().join(", "));
         format!(
@@ -246,7 +253,7 @@ impl PgHost {
              allowed_prefixes: [{root}]\n\
              owners:\n  etcd: {{ user: root, group: root }}\n  profile: {{ user: root, group: root }}\n\
              service_backend: exec\n\
-             exec:\n  patroni:\n    start: {ps}\n    stop: {pst}\n    restart: [/bin/sh, -c, '{p_stop} && {p_start}']\n    reload: [start-stop-daemon, --stop, --signal, HUP, --pidfile, {ppid}]\n    status: {pstat}\n  vip_manager:\n    start: {vs}\n    stop: {vst}\n    restart: [/bin/sh, -c, 'echo restart >> {vrestarts} && {v_stop} && {v_start}']\n    status: {vstat}\n",
+             exec:\n  patroni:\n    start: {ps}\n    stop: {pst}\n    restart: [/bin/sh, -c, 'echo restart >> {prestarts} && {p_stop} && {p_start}']\n    reload: [start-stop-daemon, --stop, --signal, HUP, --pidfile, {ppid}]\n    status: {pstat}\n  vip_manager:\n    start: {vs}\n    stop: {vst}\n    restart: [/bin/sh, -c, 'echo restart >> {vrestarts} && {v_stop} && {v_start}']\n    status: {vstat}\n",
             ps = split(&p_start),
             pst = split(&p_stop),
             pstat = Self::status_cmd(&self.patroni_pid_file()),

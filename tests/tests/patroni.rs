@@ -223,7 +223,7 @@ fn member_add_and_remove_refresh_patroni_and_vip_while_writes_go_through_the_vip
 
 #[test]
 fn patroni_reload_halts_on_a_broken_patroni_yml_and_restart_switches_over() -> Result<()> {
-    let s = setup(3)?;
+    let mut s = setup(3)?;
     let (primary, replica) = (&s.pg.hosts[0], &s.pg.hosts[1]);
     let timeline = timeline_of(&s.pg.cluster()?).context("no timeline")?;
 
@@ -339,5 +339,58 @@ fn patroni_reload_halts_on_a_broken_patroni_yml_and_restart_switches_over() -> R
             .is_some_and(|o| o.contains(&format!("on {} only", replica.ip)))),
         "{run}"
     );
+
+    // The coordinator killed inside the switchover, then inside the old primary's restart:
+    // each resumed run finishes, and every Patroni restarted exactly once per run.
+    let w = &mut s.world;
+    for boundary in [3usize, 5] {
+        let before: Vec<usize> = s.pg.hosts.iter().map(|h| h.patroni_restarts()).collect();
+        let leader_before = leader_of(&s.pg.cluster()?);
+        let mut child = w.spawn_admin(&["patroni", "reload", "--restart-patroni", "--yes"])?;
+        let run_id = wait_for(
+            &format!("{boundary} steps done"),
+            Duration::from_secs(120),
+            || {
+                let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
+                let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+                let r = runs.first()?;
+                let done = r["steps"]
+                    .as_array()?
+                    .iter()
+                    .filter(|st| st["state"] == "done")
+                    .count();
+                (r["sop"] == "patroni-reload" && r["state"] == "running" && done >= boundary)
+                    .then(|| r["run_id"].as_str().map(str::to_string))
+                    .flatten()
+            },
+        )?;
+        w.kill_coordinator();
+        let _ = child.wait();
+        w.start_coordinator()?;
+        for h in &s.pg.hosts {
+            w.wait_agent_state(
+                &h.ip.to_string(),
+                &["connected", "idle"],
+                Duration::from_secs(60),
+            )?;
+        }
+        let resumed = w.admin(&["run", "resume", &run_id])?;
+        assert_eq!(resumed.code, 0, "boundary {boundary}: {resumed:?}");
+        for (h, b) in s.pg.hosts.iter().zip(&before) {
+            assert_eq!(
+                h.patroni_restarts(),
+                b + 1,
+                "boundary {boundary}: Patroni on {} restarted {} times in one run",
+                h.ip,
+                h.patroni_restarts() - b
+            );
+        }
+        s.pg.wait_all_running(Duration::from_secs(60))?;
+        let leader_after = leader_of(&s.pg.cluster()?);
+        assert_ne!(
+            leader_after, leader_before,
+            "boundary {boundary}: no switchover"
+        );
+    }
     Ok(())
 }
