@@ -81,15 +81,7 @@ impl HostPaths {
     }
     /// The pid of this host's etcd, if it runs.
     pub fn etcd_pid(&self) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(self.pidfile())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Zombies linger here (PID 1 reaps late); they are not running.
-        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
-        (state != "Z").then_some(pid)
+        crate::live_pid(&self.pidfile())
     }
     /// How many restarts the exec backend ran.
     pub fn restart_count(&self) -> usize {

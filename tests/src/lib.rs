@@ -60,6 +60,15 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// The pid written in `pidfile`, if that process runs: zombies linger here (PID 1 reaps
+/// orphans late) and do not count.
+pub fn live_pid(pidfile: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+    (state != "Z").then_some(pid)
+}
+
 /// A process the test owns; killed (SIGKILL) and reaped when dropped.
 pub struct Proc {
     /// The child.
@@ -434,6 +443,30 @@ impl World {
             .iter_mut()
             .find(|(a, _)| *a == ip)
             .map(|(_, p)| p)
+    }
+
+    /// Waits until the newest run is of `sop`, in one of `states`, with at least `done` steps
+    /// done; returns its id. Chaos tests kill a process at that step boundary.
+    pub fn wait_steps_done(
+        &self,
+        sop: &str,
+        done: usize,
+        states: &[&str],
+        timeout: Duration,
+    ) -> Result<String> {
+        wait_for(&format!("{done} steps of {sop} done"), timeout, || {
+            let out = self.admin(&["run", "list", "-o", "json"]).ok()?;
+            let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+            let r = runs.first()?;
+            let n = r["steps"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["state"] == "done")
+                .count();
+            (r["sop"] == sop && states.iter().any(|st| r["state"] == *st) && n >= done)
+                .then(|| r["run_id"].as_str().map(str::to_string))
+                .flatten()
+        })
     }
 
     /// `quorum agents -o json`, parsed.

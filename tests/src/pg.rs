@@ -196,16 +196,9 @@ impl PgHost {
     pub fn api(&self) -> SocketAddr {
         SocketAddr::new(self.ip, 8008)
     }
-    /// The pid of a running process named in `pidfile` (zombies do not count).
-    pub fn pid_of(pidfile: &Path) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
-        (state != "Z").then_some(pid)
-    }
     /// Patroni's pid, if it runs.
     pub fn patroni_pid(&self) -> Option<i32> {
-        Self::pid_of(&self.patroni_pid_file())
+        crate::live_pid(&self.patroni_pid_file())
     }
     /// How many times the exec backend restarted vip-manager.
     pub fn vip_restarts(&self) -> usize {
@@ -550,8 +543,8 @@ impl PgCluster {
                     );
                 }
             };
-            kill(PgHost::pid_of(&postmaster));
-            kill(PgHost::pid_of(&h.vip_pid_file()));
+            kill(crate::live_pid(&postmaster));
+            kill(crate::live_pid(&h.vip_pid_file()));
         }
     }
 }

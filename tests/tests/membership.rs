@@ -315,24 +315,11 @@ async fn crash_and_resume(
     victim: Victim,
 ) -> Result<()> {
     let mut child = w.spawn_admin(args)?;
-    let run_id = wait_for(
-        &format!("{boundary} steps of {sop} done"),
+    let run_id = w.wait_steps_done(
+        sop,
+        boundary,
+        &["running", "succeeded"],
         Duration::from_secs(90),
-        || {
-            let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
-            let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
-            let r = runs.first()?;
-            let done = r["steps"]
-                .as_array()?
-                .iter()
-                .filter(|s| s["state"] == "done")
-                .count();
-            (r["sop"] == sop
-                && (r["state"] == "running" || r["state"] == "succeeded")
-                && done >= boundary)
-                .then(|| r["run_id"].as_str().map(str::to_string))
-                .flatten()
-        },
     )?;
     let learners = members(w, f)
         .await

@@ -347,22 +347,11 @@ fn patroni_reload_halts_on_a_broken_patroni_yml_and_restart_switches_over() -> R
         let before: Vec<usize> = s.pg.hosts.iter().map(|h| h.patroni_restarts()).collect();
         let leader_before = leader_of(&s.pg.cluster()?);
         let mut child = w.spawn_admin(&["patroni", "reload", "--restart-patroni", "--yes"])?;
-        let run_id = wait_for(
-            &format!("{boundary} steps done"),
+        let run_id = w.wait_steps_done(
+            "patroni-reload",
+            boundary,
+            &["running"],
             Duration::from_secs(120),
-            || {
-                let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
-                let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
-                let r = runs.first()?;
-                let done = r["steps"]
-                    .as_array()?
-                    .iter()
-                    .filter(|st| st["state"] == "done")
-                    .count();
-                (r["sop"] == "patroni-reload" && r["state"] == "running" && done >= boundary)
-                    .then(|| r["run_id"].as_str().map(str::to_string))
-                    .flatten()
-            },
         )?;
         w.kill_coordinator();
         let _ = child.wait();

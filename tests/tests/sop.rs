@@ -296,22 +296,11 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
         let mut child = w.spawn_admin(&["config", "reload", "--restart"])?;
         // Wait until `boundary` steps are done (the kill lands at that boundary or just inside
         // the next step: both are crash points the design must survive).
-        let run_id = wait_for(
-            &format!("{boundary} steps done"),
+        let run_id = w.wait_steps_done(
+            "config-reload",
+            boundary,
+            &["running"],
             Duration::from_secs(60),
-            || {
-                let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
-                let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
-                let r = runs.first()?;
-                let done = r["steps"]
-                    .as_array()?
-                    .iter()
-                    .filter(|s| s["state"] == "done")
-                    .count();
-                (r["sop"] == "config-reload" && r["state"] == "running" && done >= boundary)
-                    .then(|| r["run_id"].as_str().map(str::to_string))
-                    .flatten()
-            },
         )?;
         w.kill_coordinator();
         let _ = child.wait();
