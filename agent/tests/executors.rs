@@ -340,6 +340,27 @@ async fn bad_tasks_are_refused_and_touch_nothing() -> Result<()> {
 }
 
 #[tokio::test]
+async fn read_only_tasks_leave_the_journal_alone() -> Result<()> {
+    let h = Host::new()?;
+    let ex = h.executor(false, &h.marker_exec())?;
+    let journal = h.p("var/lib/quorum/journal.jsonl");
+    let lines = || {
+        std::fs::read_to_string(&journal)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let facts = task("f1", Kind::CollectFacts(pb::CollectFacts {}));
+    assert_eq!(ex.execute(&facts).await.outcome, pb::Outcome::Ok);
+    let status = task("s1", service(pb::Service::Etcd, pb::Action::Status));
+    ex.execute(&status).await;
+    assert_eq!(lines(), 0, "a read-only task wrote to the journal");
+    let write = task("w1", conf("name: etcd-1\n"));
+    assert_eq!(ex.execute(&write).await.outcome, pb::Outcome::Changed);
+    assert_eq!(lines(), 2, "a write is journaled at start and at finish");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_redelivered_task_runs_once() -> Result<()> {
     let h = Host::new()?;
     let ex = h.executor(false, &h.marker_exec())?;
