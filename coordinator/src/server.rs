@@ -286,6 +286,7 @@ impl AgentService for AgentSvc {
             task_id: r.task_id,
             outcome: r.outcome,
             output: r.output,
+            agent_id: ip.to_string(),
         };
         if !self.0.registry.report(ip, result.clone(), r.facts) {
             // A duplicate report of a closed task is harmless: acknowledge it.
@@ -363,6 +364,93 @@ impl AdminService for AdminSvc {
                 )))
             }
         }
+    }
+
+    type RunTasksStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::TaskResult, Status>> + Send + 'static>,
+    >;
+
+    async fn run_tasks(
+        &self,
+        req: Request<pb::RunTasksRequest>,
+    ) -> Result<Response<Self::RunTasksStream>, Status> {
+        let admin = authorize_admin(&req, self.0.td())?;
+        let r = req.into_inner();
+        let task = r
+            .task
+            .ok_or_else(|| Status::invalid_argument("no task given"))?;
+        if task.kind.is_none() {
+            return Err(Status::invalid_argument(
+                "the task has no kind from the closed task set",
+            ));
+        }
+        let mut ips = Vec::with_capacity(r.agent_ids.len());
+        for a in &r.agent_ids {
+            let ip: IpAddr = a.parse().map_err(|_| {
+                Status::invalid_argument(format!("agent_id {a:?} is not an IP address"))
+            })?;
+            match self.0.registry.state(ip) {
+                None => {
+                    return Err(Status::not_found(format!(
+                        "no agent {ip} has connected; start quorum-agent on that host (see `quorum agents`); no task was queued"
+                    )))
+                }
+                Some(AgentState::Stale) => {
+                    return Err(Status::failed_precondition(format!(
+                        "agent {ip} is stale (no poll for over {} s); check quorum-agent on that host; no task was queued",
+                        self.0.config.stale_after_secs
+                    )))
+                }
+                Some(_) => ips.push(ip),
+            }
+        }
+        let base = if task.id.is_empty() {
+            new_task_id()
+        } else {
+            task.id.clone()
+        };
+        tracing::info!(%admin, agents = ips.len(), task = %base, "ad-hoc fan-out");
+        let secs = if r.timeout_secs == 0 {
+            self.0.config.task_timeout_secs
+        } else {
+            u64::from(r.timeout_secs)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let (tx, rx) = tokio::sync::mpsc::channel(ips.len().clamp(1, 1024));
+        for ip in ips {
+            let mut t = task.clone();
+            t.id = format!("{base}-{ip}");
+            let id = t.id.clone();
+            let wait = self.0.registry.queue(ip, t);
+            let registry = self.0.registry.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // One agent's failure is its own result, never the end of the stream.
+                let failed = |output: String| pb::TaskResult {
+                    task_id: id.clone(),
+                    outcome: pb::Outcome::Failed as i32,
+                    output,
+                    agent_id: ip.to_string(),
+                };
+                let answer = match tokio::time::timeout_at(deadline, wait).await {
+                    Ok(Ok(mut result)) => {
+                        result.agent_id = ip.to_string();
+                        result
+                    }
+                    Ok(Err(_)) => failed(format!("task {id} on {ip} was cancelled")),
+                    Err(_) => {
+                        registry.cancel(ip, &id);
+                        failed(format!(
+                            "agent {ip} did not report task {id} within {secs} s; check the agent's log"
+                        ))
+                    }
+                };
+                let _ = tx.send(Ok(answer)).await;
+            });
+        }
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn start_run(

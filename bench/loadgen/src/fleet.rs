@@ -81,46 +81,47 @@ async fn connected(
         .count())
 }
 
-/// One fan-out: a RunTask(CollectFacts) per agent, all at once; pushes each successful
-/// call's latency (from the fan-out's start) onto `lat`, returns the failures.
+/// One fan-out: a single RunTasks(CollectFacts) call naming every agent, as an operator's
+/// fan-out goes; pushes each report's latency (from the call's start to its arrival on the
+/// stream) onto `lat`, returns the failures.
 async fn fan_out(
     pool: &[AdminServiceClient<Channel>],
     ips: &[std::net::IpAddr],
     lat: &mut Vec<Duration>,
 ) -> Result<u64> {
+    let mut c = pool.first().context("no admin client")?.clone();
+    let req = pb::RunTasksRequest {
+        agent_ids: ips.iter().map(|ip| ip.to_string()).collect(),
+        task: Some(pb::Task {
+            id: String::new(),
+            kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
+        }),
+        timeout_secs: 120,
+    };
     let t0 = Instant::now();
-    let mut calls = JoinSet::new();
-    for (i, ip) in ips.iter().enumerate() {
-        let mut c = pool[i % pool.len()].clone();
-        let req = pb::RunTaskRequest {
-            agent_id: ip.to_string(),
-            task: Some(pb::Task {
-                id: String::new(),
-                kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
-            }),
-            timeout_secs: 120,
-        };
-        calls.spawn(async move {
-            let r = c.run_task(req).await;
-            (t0.elapsed(), r.map(|r| r.into_inner().outcome))
-        });
-    }
+    let mut stream = c.run_tasks(req).await.context("RunTasks")?.into_inner();
     let mut errors = 0u64;
+    let mut answered = 0usize;
     let mut first_error = None;
-    while let Some(joined) = calls.join_next().await {
-        let (took, r) = joined.context("a RunTask call panicked")?;
-        match r {
-            Ok(o) if o == pb::Outcome::Ok as i32 => lat.push(took),
-            Ok(o) => {
-                errors += 1;
-                first_error.get_or_insert(format!("outcome {o}"));
+    loop {
+        match stream.message().await {
+            Ok(Some(r)) => {
+                answered += 1;
+                if r.outcome == pb::Outcome::Ok as i32 {
+                    lat.push(t0.elapsed());
+                } else {
+                    errors += 1;
+                    first_error.get_or_insert(format!("{}: {}", r.agent_id, r.output));
+                }
             }
+            Ok(None) => break,
             Err(s) => {
-                errors += 1;
                 first_error.get_or_insert(s.to_string());
+                break;
             }
         }
     }
+    errors += (ips.len() - answered.min(ips.len())) as u64;
     if let Some(e) = first_error {
         eprintln!("fan-out: {errors} failed; first error: {e}");
     }
