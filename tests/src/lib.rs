@@ -469,6 +469,22 @@ impl World {
         })
     }
 
+    /// After a crash at a step boundary: resumes `run_id` unless it had already finished
+    /// before the crash (a kill can land just after the last step), and returns the run.
+    pub fn resume_after_crash(&self, run_id: &str) -> Result<serde_json::Value> {
+        let show = |w: &Self| -> Result<serde_json::Value> {
+            let out = w.admin(&["run", "show", run_id, "-o", "json"])?.ok()?;
+            Ok(serde_json::from_str(&out.stdout)?)
+        };
+        if show(self)?["state"] != "succeeded" {
+            let resumed = self.admin(&["run", "resume", run_id])?;
+            if resumed.code != 0 {
+                bail!("run resume {run_id} failed: {resumed:?}");
+            }
+        }
+        show(self)
+    }
+
     /// `quorum agents -o json`, parsed.
     pub fn agents_json(&self) -> Result<Vec<serde_json::Value>> {
         let out = self.admin(&["agents", "-o", "json"])?.ok()?;

@@ -351,12 +351,13 @@ async fn crash_and_resume(
             Duration::from_secs(60),
         )?;
     }
-    let show = w.admin(&["run", "show", &run_id, "-o", "json"])?.ok()?;
-    let run: serde_json::Value = serde_json::from_str(&show.stdout)?;
-    if run["state"] != "succeeded" {
-        let resumed = w.admin(&["run", "resume", &run_id])?;
-        assert_eq!(resumed.code, 0, "{sop} boundary {boundary}: {resumed:?}");
-    }
+    let run = w
+        .resume_after_crash(&run_id)
+        .with_context(|| format!("{sop} boundary {boundary}"))?;
+    assert_eq!(
+        run["state"], "succeeded",
+        "{sop} boundary {boundary}: {run}"
+    );
     Ok(())
 }
 

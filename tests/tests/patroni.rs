@@ -363,8 +363,10 @@ fn patroni_reload_halts_on_a_broken_patroni_yml_and_restart_switches_over() -> R
                 Duration::from_secs(60),
             )?;
         }
-        let resumed = w.admin(&["run", "resume", &run_id])?;
-        assert_eq!(resumed.code, 0, "boundary {boundary}: {resumed:?}");
+        let run = w
+            .resume_after_crash(&run_id)
+            .with_context(|| format!("boundary {boundary}"))?;
+        assert_eq!(run["state"], "succeeded", "boundary {boundary}: {run}");
         for (h, b) in s.pg.hosts.iter().zip(&before) {
             assert_eq!(
                 h.patroni_restarts(),

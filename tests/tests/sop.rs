@@ -308,10 +308,9 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
         for ip in IPS {
             w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(60))?;
         }
-        let resumed = w.admin(&["run", "resume", &run_id])?;
-        assert_eq!(resumed.code, 0, "boundary {boundary}: {resumed:?}");
-        let show = w.admin(&["run", "show", &run_id, "-o", "json"])?.ok()?;
-        let run: serde_json::Value = serde_json::from_str(&show.stdout)?;
+        let run = w
+            .resume_after_crash(&run_id)
+            .with_context(|| format!("boundary {boundary}"))?;
         assert_eq!(run["state"], "succeeded", "boundary {boundary}: {run}");
         for (h, b) in f.hosts.iter().zip(&before) {
             assert_eq!(
