@@ -27,10 +27,6 @@ use crate::results::Results;
 use crate::sim::{sim_agent, Counters};
 use crate::stats::{ms, summarize};
 
-/// One admin connection per this many fanned-out `RunTask` calls, so no single HTTP/2
-/// connection carries thousands of concurrent streams.
-const CALLS_PER_ADMIN_CONNECTION: usize = 100;
-
 /// What to run.
 pub struct FleetArgs {
     /// Admin connection (also gives the URL and CA).
@@ -85,11 +81,11 @@ async fn connected(
 /// fan-out goes; pushes each report's latency (from the call's start to its arrival on the
 /// stream) onto `lat`, returns the failures.
 async fn fan_out(
-    pool: &[AdminServiceClient<Channel>],
+    client: &AdminServiceClient<Channel>,
     ips: &[std::net::IpAddr],
     lat: &mut Vec<Duration>,
 ) -> Result<u64> {
-    let mut c = pool.first().context("no admin client")?.clone();
+    let mut c = client.clone();
     let req = pb::RunTasksRequest {
         agent_ids: ips.iter().map(|ip| ip.to_string()).collect(),
         task: Some(pb::Task {
@@ -128,13 +124,39 @@ async fn fan_out(
     Ok(errors)
 }
 
-/// `n` admin clients, connected.
-async fn admin_pool(creds: &AdminCreds, n: usize) -> Result<Vec<AdminServiceClient<Channel>>> {
-    let mut pool = Vec::with_capacity(n);
-    for _ in 0..n.max(1) {
-        pool.push(creds.connect().await?);
-    }
-    Ok(pool)
+/// `rounds` fan-outs from a thread and runtime of their own, as the operator's CLI is a
+/// process of its own: the admin client's reads must not queue behind the simulated agents'
+/// work in this process's runtime, or the figure would time the load generator, not the
+/// coordinator. Returns the latencies and the failures.
+async fn fan_outs_apart(
+    creds: &AdminCreds,
+    ips: &[std::net::IpAddr],
+    rounds: usize,
+) -> Result<(Vec<Duration>, u64)> {
+    let creds = creds.clone();
+    let ips = ips.to_vec();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fan-out".into())
+        .spawn(move || {
+            let run = || -> Result<(Vec<Duration>, u64)> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let client = creds.connect().await?;
+                    let mut lat = Vec::with_capacity(ips.len() * rounds);
+                    let mut errors = 0;
+                    for _ in 0..rounds {
+                        errors += fan_out(&client, &ips, &mut lat).await?;
+                    }
+                    Ok((lat, errors))
+                })
+            };
+            let _ = tx.send(run());
+        })
+        .context("cannot start the fan-out thread")?;
+    rx.await.context("the fan-out thread died")?
 }
 
 /// Runs the whole fleet scenario and records its figures under `prefix`.
@@ -242,17 +264,12 @@ pub async fn run(args: FleetArgs, results: &Results) -> Result<()> {
         counters.poll_errors.load(Ordering::Relaxed),
     )?;
 
-    // Fan-out: one CollectFacts task for every agent, all queued at once through concurrent
-    // RunTask calls; each latency runs from the fan-out's start to that agent's answer.
-    let pool = admin_pool(&args.admin, n.div_ceil(CALLS_PER_ADMIN_CONNECTION)).await?;
+    // Fan-out: one CollectFacts task for every agent, all queued at once by one RunTasks
+    // call; each latency runs from the call's start to that agent's answer on the stream.
     let perfs = perf::start_all(&args.perf).await;
     let fan_from = procfs::sample(pid)?;
     let me_from = procfs::sample(std::process::id())?;
-    let mut lat = Vec::with_capacity(n * args.fanout_rounds);
-    let mut errors = 0u64;
-    for _ in 0..args.fanout_rounds.max(1) {
-        errors += fan_out(&pool, &ips, &mut lat).await?;
-    }
+    let (lat, errors) = fan_outs_apart(&args.admin, &ips, args.fanout_rounds.max(1)).await?;
     let fan_to = procfs::sample(pid)?;
     let me_to = procfs::sample(std::process::id())?;
     let fan_wall = fan_to.at.duration_since(fan_from.at);
