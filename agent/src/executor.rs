@@ -507,11 +507,19 @@ impl Executor {
             safeguard: self.cfg.safeguard,
             ..Default::default()
         };
-        for svc in Svc::ALL {
+        // The status commands run side by side: each is a process spawn (`systemctl
+        // is-active`, or the exec backend's command), and facts sit on every dispatch's path.
+        let status = |svc: Svc| async move {
             if self.backend.manages(svc) {
-                f.services
-                    .insert(svc.fact_key().into(), self.backend.status(svc).await as i32);
+                Some((svc, self.backend.status(svc).await))
+            } else {
+                None
             }
+        };
+        let [a, b, c] = Svc::ALL;
+        let (a, b, c) = tokio::join!(status(a), status(b), status(c));
+        for (svc, state) in [a, b, c].into_iter().flatten() {
+            f.services.insert(svc.fact_key().into(), state as i32);
         }
         for (key, path, public) in [
             ("etcd_conf", &p.etcd_conf, true),

@@ -340,6 +340,40 @@ async fn bad_tasks_are_refused_and_touch_nothing() -> Result<()> {
 }
 
 #[tokio::test]
+async fn facts_report_each_managed_service_and_the_vip() -> Result<()> {
+    let h = Host::new()?;
+    let exec = "  etcd:\n    status: ['true']\n  patroni:\n    status: ['false']\n";
+    let ex = h.executor(false, exec)?;
+    let f = ex.facts().await;
+    let state = |k: &str| f.services.get(k).copied();
+    assert_eq!(state("etcd"), Some(pb::ServiceState::Active as i32));
+    assert_eq!(state("patroni"), Some(pb::ServiceState::Inactive as i32));
+    assert_eq!(
+        state("vip-manager"),
+        None,
+        "vip-manager is not managed here"
+    );
+    assert!(f.vip.is_none(), "no vip-manager config, no VIP fact");
+    // 127.0.0.1 is on `lo` on every host; a VIP there reads as present, one elsewhere not.
+    std::fs::write(
+        h.p("etc/default/vip-manager.yml"),
+        "ip: 127.0.0.1\nnetmask: 8\ninterface: lo\ndcs-endpoints: [https://127.0.0.1:2379]\n",
+    )?;
+    let vip = ex.facts().await.vip.context("a VIP fact")?;
+    assert!(vip.present && vip.error.is_empty(), "{vip:?}");
+    std::fs::write(
+        h.p("etc/default/vip-manager.yml"),
+        "ip: 127.0.0.1\nnetmask: 8\ninterface: no-such-if\ndcs-endpoints: [https://127.0.0.1:2379]\n",
+    )?;
+    let vip = ex.facts().await.vip.context("a VIP fact")?;
+    assert!(!vip.present, "{vip:?}");
+    std::fs::write(h.p("etc/default/vip-manager.yml"), "ip: [")?;
+    let vip = ex.facts().await.vip.context("a VIP fact")?;
+    assert!(vip.error.contains("does not parse"), "{vip:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn read_only_tasks_leave_the_journal_alone() -> Result<()> {
     let h = Host::new()?;
     let ex = h.executor(false, &h.marker_exec())?;
