@@ -616,6 +616,12 @@ pub fn psql(host: IpAddr, sql: &str) -> Result<String> {
 /// What the watcher saw while an SOP ran.
 #[derive(Debug, Default, Clone)]
 pub struct Watch {
+    /// Values of the leader key read from etcd's v2 API (deduplicated runs).
+    pub leader_key: Vec<String>,
+    /// Samples where an etcd member answered that the leader key does not exist.
+    pub leader_key_absent: u64,
+    /// Samples where no etcd member answered.
+    pub leader_key_unread: u64,
     /// Writes through the VIP that committed.
     pub writes_ok: u64,
     /// Writes through the VIP that failed, with the error.
@@ -632,6 +638,47 @@ pub struct Watch {
     pub samples: u64,
 }
 
+/// Reads Patroni's leader key from etcd's v2 API (where Patroni's `etcd:` DCS and vip-manager
+/// 1.0 keep it) with `curl`, trying the members in turn.
+#[derive(Debug, Clone)]
+pub struct LeaderKey {
+    /// `https://ip:port` of every etcd host that may be a member during the test.
+    pub endpoints: Vec<String>,
+    /// The key, e.g. `/service/pg-test/leader`.
+    pub key: String,
+    /// CA, client certificate and key (PEM files).
+    pub tls: [PathBuf; 3],
+}
+
+impl LeaderKey {
+    /// `Some(Some(value))`, `Some(None)` when a member says the key does not exist, `None`
+    /// when no member answered.
+    pub fn read(&self) -> Option<Option<String>> {
+        for ep in &self.endpoints {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "2", "--cacert"])
+                .arg(&self.tls[0])
+                .arg("--cert")
+                .arg(&self.tls[1])
+                .arg("--key")
+                .arg(&self.tls[2])
+                .arg(format!("{ep}/v2/keys{}", self.key))
+                .output()
+                .ok()?;
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                continue;
+            };
+            if let Some(value) = v["node"]["value"].as_str() {
+                return Some(Some(value.to_string()));
+            }
+            if v["errorCode"] == 100 {
+                return Some(None);
+            }
+        }
+        None
+    }
+}
+
 /// Writes through the VIP and samples the leader, its timeline and the VIP's holders every
 /// ~300 ms in a background thread, until stopped.
 pub struct Watcher {
@@ -642,7 +689,7 @@ pub struct Watcher {
 
 impl Watcher {
     /// Starts watching `pg`: the VIP must stay on `vip_on`.
-    pub fn start(pg: &PgCluster, vip_on: IpAddr) -> Result<Self> {
+    pub fn start(pg: &PgCluster, vip_on: IpAddr, etcd: LeaderKey) -> Result<Self> {
         psql(
             pg.vip,
             "CREATE TABLE IF NOT EXISTS quorum_w (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())",
@@ -656,6 +703,7 @@ impl Watcher {
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
                 let write = psql(vip, "INSERT INTO quorum_w DEFAULT VALUES");
+                let key = etcd.read();
                 let cluster = apis.iter().find_map(|a| {
                     let (code, body) = http_get(*a, "/cluster").ok()?;
                     (code == 200)
@@ -675,6 +723,15 @@ impl Watcher {
                 }
                 if let Ok(mut w) = sn.lock() {
                     w.samples += 1;
+                    match key {
+                        Some(Some(v)) => {
+                            if w.leader_key.last() != Some(&v) {
+                                w.leader_key.push(v);
+                            }
+                        }
+                        Some(None) => w.leader_key_absent += 1,
+                        None => w.leader_key_unread += 1,
+                    }
                     match write {
                         Ok(_) => w.writes_ok += 1,
                         Err(e) => w.writes_failed.push(e.to_string()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use quorum_tests::etcd::Fleet;
-use quorum_tests::pg::{leader_of, timeline_of, Lab, PgCluster, Watcher};
+use quorum_tests::pg::{leader_of, timeline_of, Lab, LeaderKey, PgCluster, Watcher};
 use quorum_tests::{wait_for, World};
 
 const PORT: u16 = 2379;
@@ -148,7 +148,25 @@ fn member_add_and_remove_refresh_patroni_and_vip_while_writes_go_through_the_vip
     let before = s.pg.cluster()?;
     let timeline = timeline_of(&before).context("no timeline")?;
     let vip_restarts: Vec<usize> = s.pg.hosts.iter().map(|h| h.vip_restarts()).collect();
-    let watcher = Watcher::start(&s.pg, primary)?;
+    let leader_key = LeaderKey {
+        endpoints: s
+            .etcd_ips
+            .iter()
+            .map(|ip| format!("https://{ip}:{PORT}"))
+            .collect(),
+        key: "/service/pg-test/leader".into(),
+        tls: [
+            s.world.dir.path().join("ca/ca.crt"),
+            s.world.dir.path().join("coordinator/coordinator.crt"),
+            s.world.dir.path().join("coordinator/coordinator.key"),
+        ],
+    };
+    anyhow::ensure!(
+        leader_key.read() == Some(Some("pg-test-1".into())),
+        "the leader key is not readable before the SOPs: {:?}",
+        leader_key.read()
+    );
+    let watcher = Watcher::start(&s.pg, primary, leader_key)?;
 
     // Grow 3 -> 4: the new member joins, then both PostgreSQL hosts are pointed at four.
     s.write_inventory(4)?;
@@ -181,11 +199,12 @@ fn member_add_and_remove_refresh_patroni_and_vip_while_writes_go_through_the_vip
     std::thread::sleep(Duration::from_secs(2));
     let seen = watcher.finish();
     eprintln!(
-        "watch: {} samples, {} writes ok, {} failed, leaders {:?}, timelines {:?}, mid-way {} ok",
+        "watch: {} samples, {} writes ok, {} failed, leaders {:?}, leader key {:?}, timelines {:?}, mid-way {} ok",
         seen.samples,
         seen.writes_ok,
         seen.writes_failed.len(),
         seen.leaders,
+        seen.leader_key,
         seen.timelines,
         mid.writes_ok
     );
@@ -204,6 +223,19 @@ fn member_add_and_remove_refresh_patroni_and_vip_while_writes_go_through_the_vip
         "the leader changed: {seen:?}"
     );
     assert_eq!(seen.no_leader, 0, "a sample saw no leader: {seen:?}");
+    assert_eq!(
+        seen.leader_key,
+        vec!["pg-test-1".to_string()],
+        "the leader key changed hands: {seen:?}"
+    );
+    assert_eq!(
+        seen.leader_key_absent, 0,
+        "the leader key was gone: {seen:?}"
+    );
+    assert_eq!(
+        seen.leader_key_unread, 0,
+        "no etcd member answered: {seen:?}"
+    );
     assert_eq!(
         seen.timelines,
         vec![timeline],
