@@ -345,10 +345,22 @@ async fn pg_targets(
     let mut out = Vec::new();
     for p in pgs {
         if let Some(m) = p.members.iter().find(|m| m.patroni_ssl) {
-            return Err(Status::failed_precondition(format!(
-                "{} ({}) sets patroni_ssl_enabled: Quorum reaches Patroni's REST API over plain HTTP only in this version; refresh its Patroni with `./pgsql.yml -t pg_conf` instead",
+            let why = format!(
+                "{} ({}) sets patroni_ssl_enabled: Quorum reaches Patroni's REST API over plain HTTP only in this version",
                 m.name, m.ip
-            )));
+            );
+            if strict {
+                return Err(Status::failed_precondition(format!(
+                    "{why}; refresh its Patroni with `./pgsql.yml -t pg_conf` instead"
+                )));
+            }
+            // A membership change must not be held up by it: it goes on without this
+            // cluster's refresh, and says so.
+            notes.push(format!(
+                "{why}, so this run does not refresh PostgreSQL cluster {}: run `./pgsql.yml -l {} -t pg_conf,pg_vip_config` after it",
+                p.name, p.name
+            ));
+            continue;
         }
         let pg = PgRef {
             name: p.name.clone(),
