@@ -4,19 +4,33 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// A one-shot command piped into `head` should end quietly like any Unix tool. SIGPIPE stays
+/// ignored (Rust's default): with the default disposition a TLS write to a socket the
+/// coordinator had just closed (it refuses a foreign certificate) killed the CLI silently,
+/// since rustls writes with `writev`, which has no MSG_NOSIGNAL. Instead, the panic a write to
+/// a closed stdout raises ends the process with status 0 and no message.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // `println!` says "failed printing to stdout: Broken pipe"; other writers (shell
+        // completions) unwrap an io::Error of kind BrokenPipe.
+        if msg.contains("Broken pipe") || msg.contains("BrokenPipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     let cli = quorum_coordinator::cli::Cli::parse();
     if !cli.is_daemon() {
-        // A one-shot command piped into `head` should end quietly like any Unix tool, not
-        // panic on a closed pipe. The daemon keeps Rust's default (SIGPIPE ignored), so a
-        // peer closing a socket never kills it.
-        // SAFETY: called before any thread is started; restores the default disposition.
-        unsafe {
-            let _ = nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGPIPE,
-                nix::sys::signal::SigHandler::SigDfl,
-            );
-        }
+        quiet_on_closed_stdout();
     }
     tracing_subscriber::fmt()
         .with_env_filter(

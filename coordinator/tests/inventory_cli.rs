@@ -153,3 +153,32 @@ fn binary_check_reports_problems_as_json() {
         "{text}"
     );
 }
+
+/// Output cut short by the reader (`quorum ... | head`) ends the CLI quietly with status 0;
+/// SIGPIPE stays ignored so a socket closed under a TLS write can never kill it silently.
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("quorum starts");
+    // Read one byte, then close the pipe before the script (tens of KiB) is written.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 1];
+    out.read_exact(&mut first).expect("some output");
+    drop(out);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr reads");
+    let status = child.wait().expect("quorum exits");
+    assert_eq!(status.code(), Some(0), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
