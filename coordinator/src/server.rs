@@ -215,6 +215,34 @@ impl Coordinator {
     fn td(&self) -> &str {
         &self.config.trust_domain
     }
+
+    /// The agent `agent_id` names, if it can take an ad-hoc task now (connected or idle).
+    fn live_agent(&self, agent_id: &str) -> Result<IpAddr, Status> {
+        let ip: IpAddr = agent_id.parse().map_err(|_| {
+            Status::invalid_argument(format!("agent_id {agent_id:?} is not an IP address"))
+        })?;
+        match self.registry.state(ip) {
+            None => Err(Status::not_found(format!(
+                "no agent {ip} has connected; start quorum-agent on that host (see `quorum agents`); no task was queued"
+            ))),
+            Some(AgentState::Stale) => Err(Status::failed_precondition(format!(
+                "agent {ip} is stale (no poll for over {} s); check quorum-agent on that host; no task was queued",
+                self.config.stale_after_secs
+            ))),
+            Some(_) => Ok(ip),
+        }
+    }
+}
+
+/// An ad-hoc task as given, if it is one of the closed task set.
+fn given_task(task: Option<pb::Task>) -> Result<pb::Task, Status> {
+    let task = task.ok_or_else(|| Status::invalid_argument("no task given"))?;
+    if task.kind.is_none() {
+        return Err(Status::invalid_argument(
+            "the task has no kind from the closed task set",
+        ));
+    }
+    Ok(task)
 }
 
 /// The agent-facing service.
@@ -318,31 +346,8 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::TaskResult>, Status> {
         let admin = authorize_admin(&req, self.0.td())?;
         let r = req.into_inner();
-        let ip: IpAddr = r.agent_id.parse().map_err(|_| {
-            Status::invalid_argument(format!("agent_id {:?} is not an IP address", r.agent_id))
-        })?;
-        let mut task = r
-            .task
-            .ok_or_else(|| Status::invalid_argument("no task given"))?;
-        if task.kind.is_none() {
-            return Err(Status::invalid_argument(
-                "the task has no kind from the closed task set",
-            ));
-        }
-        match self.0.registry.state(ip) {
-            None => {
-                return Err(Status::not_found(format!(
-                    "no agent {ip} has connected; start quorum-agent on that host (see `quorum agents`)"
-                )))
-            }
-            Some(AgentState::Stale) => {
-                return Err(Status::failed_precondition(format!(
-                    "agent {ip} is stale (no poll for over {} s); check quorum-agent on that host",
-                    self.0.config.stale_after_secs
-                )))
-            }
-            Some(_) => {}
-        }
+        let mut task = given_task(r.task)?;
+        let ip = self.0.live_agent(&r.agent_id)?;
         if task.id.is_empty() {
             task.id = new_task_id();
         }
@@ -376,34 +381,12 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<Self::RunTasksStream>, Status> {
         let admin = authorize_admin(&req, self.0.td())?;
         let r = req.into_inner();
-        let task = r
-            .task
-            .ok_or_else(|| Status::invalid_argument("no task given"))?;
-        if task.kind.is_none() {
-            return Err(Status::invalid_argument(
-                "the task has no kind from the closed task set",
-            ));
-        }
-        let mut ips = Vec::with_capacity(r.agent_ids.len());
-        for a in &r.agent_ids {
-            let ip: IpAddr = a.parse().map_err(|_| {
-                Status::invalid_argument(format!("agent_id {a:?} is not an IP address"))
-            })?;
-            match self.0.registry.state(ip) {
-                None => {
-                    return Err(Status::not_found(format!(
-                        "no agent {ip} has connected; start quorum-agent on that host (see `quorum agents`); no task was queued"
-                    )))
-                }
-                Some(AgentState::Stale) => {
-                    return Err(Status::failed_precondition(format!(
-                        "agent {ip} is stale (no poll for over {} s); check quorum-agent on that host; no task was queued",
-                        self.0.config.stale_after_secs
-                    )))
-                }
-                Some(_) => ips.push(ip),
-            }
-        }
+        let task = given_task(r.task)?;
+        let ips = r
+            .agent_ids
+            .iter()
+            .map(|a| self.0.live_agent(a))
+            .collect::<Result<Vec<_>, _>>()?;
         let base = if task.id.is_empty() {
             new_task_id()
         } else {
