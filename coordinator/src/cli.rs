@@ -179,6 +179,13 @@ pub struct SopArgs {
     /// The etcd cluster (default: the only one in the inventory).
     #[arg(long)]
     cluster: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// How an SOP runs: plan only, confirmation, output, connection.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
     /// Print the plan and the diff of every file it would change; change nothing.
     #[arg(long)]
     plan: bool,
@@ -201,17 +208,8 @@ pub struct PgSopArgs {
     /// Every PostgreSQL cluster of the inventory.
     #[arg(long)]
     all: bool,
-    /// Print the plan; change nothing.
-    #[arg(long)]
-    plan: bool,
-    /// Do not ask for confirmation.
-    #[arg(long)]
-    yes: bool,
-    /// Output format of the plan or the final run.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
-    output: Format,
     #[command(flatten)]
-    conn: ConnArgs,
+    run: RunArgs,
 }
 
 impl PgSopArgs {
@@ -227,10 +225,7 @@ impl PgSopArgs {
         }
         let sop = SopArgs {
             cluster: None,
-            plan: self.plan,
-            yes: self.yes,
-            output: self.output,
-            conn: self.conn,
+            run: self.run,
         };
         (sop, args)
     }
@@ -713,15 +708,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 }
 
 async fn sop_command(sop: &str, a: SopArgs, args: HashMap<String, String>) -> anyhow::Result<u8> {
-    let mut client = client::admin_client(&a.conn.resolve()?).await?;
+    let mut client = client::admin_client(&a.run.conn.resolve()?).await?;
     crate::cli_runs::start_sop(
         &mut client,
         sop,
         a.cluster,
         args,
-        a.plan,
-        a.yes,
-        a.output == Format::Json,
+        a.run.plan,
+        a.run.yes,
+        a.run.output == Format::Json,
     )
     .await
 }
