@@ -65,22 +65,32 @@ fn cached_peer(der: &[u8], trust_domain: &str) -> Result<Peer, Status> {
 
 /// Demands that the caller is the agent named `agent_id`.
 fn authorize_agent<T>(req: &Request<T>, td: &str, agent_id: &str) -> Result<IpAddr, Status> {
+    let ip = agent_peer(req, td)?;
+    same_agent(ip, agent_id)?;
+    Ok(ip)
+}
+
+/// Demands an agent caller; returns the host its certificate names.
+fn agent_peer<T>(req: &Request<T>, td: &str) -> Result<IpAddr, Status> {
     match authenticate(req, td)? {
-        Peer::Agent(ip) => {
-            let claimed: IpAddr = agent_id.parse().map_err(|_| {
-                Status::invalid_argument(format!("agent_id {agent_id:?} is not an IP address"))
-            })?;
-            if claimed != ip {
-                return Err(Status::permission_denied(format!(
-                    "the certificate of agent {ip} cannot act as agent {claimed}; an agent polls and reports only its own tasks"
-                )));
-            }
-            Ok(ip)
-        }
+        Peer::Agent(ip) => Ok(ip),
         other => Err(Status::permission_denied(format!(
             "{other} may not call the agent service; only agent certificates may"
         ))),
     }
+}
+
+/// Demands that `agent_id`, as a message names it, is the agent `ip` of the certificate.
+fn same_agent(ip: IpAddr, agent_id: &str) -> Result<(), Status> {
+    let claimed: IpAddr = agent_id.parse().map_err(|_| {
+        Status::invalid_argument(format!("agent_id {agent_id:?} is not an IP address"))
+    })?;
+    if claimed != ip {
+        return Err(Status::permission_denied(format!(
+            "the certificate of agent {ip} cannot act as agent {claimed}; an agent polls and reports only its own tasks"
+        )));
+    }
+    Ok(())
 }
 
 /// Demands an admin caller; returns the admin's name for the audit trail.
@@ -149,6 +159,8 @@ pub struct Coordinator {
     used_tokens: UsedTokens,
     etcd: EtcdAccess,
     runner: Arc<Runner>,
+    /// Turns true when the daemon is stopping: agent sessions end so the server can drain.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Coordinator {
@@ -209,11 +221,26 @@ impl Coordinator {
             etcd,
             runner,
             config,
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
     }
 
     fn td(&self) -> &str {
         &self.config.trust_domain
+    }
+
+    /// Closes a task with an agent's report (from `Report` or a session).
+    fn take_report(&self, ip: IpAddr, r: pb::ReportRequest) {
+        let result = pb::TaskResult {
+            task_id: r.task_id,
+            outcome: r.outcome,
+            output: r.output,
+            agent_id: ip.to_string(),
+        };
+        if !self.registry.report(ip, result, r.facts) {
+            // A duplicate report of a closed task is harmless: acknowledge it.
+            tracing::debug!(agent = %ip, "report for a task not in flight");
+        }
     }
 
     /// The agent `agent_id` names, if it can take an ad-hoc task now (connected or idle).
@@ -309,19 +336,93 @@ impl AgentService for AgentSvc {
         req: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
         let ip = authorize_agent(&req, self.0.td(), &req.get_ref().agent_id)?;
-        let r = req.into_inner();
-        let result = pb::TaskResult {
-            task_id: r.task_id,
-            outcome: r.outcome,
-            output: r.output,
-            agent_id: ip.to_string(),
-        };
-        if !self.0.registry.report(ip, result.clone(), r.facts) {
-            // A duplicate report of a closed task is harmless: acknowledge it.
-            tracing::debug!(agent = %ip, task = %result.task_id, "report for a task not in flight");
-        }
+        self.0.take_report(ip, req.into_inner());
         Ok(Response::new(pb::ReportResponse {}))
     }
+
+    type SessionStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::PollResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn session(
+        &self,
+        req: Request<tonic::Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let ip = agent_peer(&req, self.0.td())?;
+        // Room for one answer: the agent sends its next poll only after reading the last.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(session_loop(self.0.clone(), ip, req.into_inner(), tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// One agent's session: each poll is held in the registry exactly as a unary `Poll` is and
+/// answered with one `PollResponse`; each report closes its task as a unary `Report` does. The
+/// session ends when the agent closes its side, breaks the protocol, or the coordinator stops.
+async fn session_loop(
+    c: Arc<Coordinator>,
+    ip: IpAddr,
+    mut inbound: tonic::Streaming<pb::AgentMessage>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::PollResponse, Status>>,
+) {
+    use pb::agent_message::Kind;
+    let mut stopping = c.stopping.subscribe();
+    let hold = Duration::from_secs(c.config.poll_hold_secs);
+    let end = |why: Status| {
+        tracing::debug!(agent = %ip, "session ended: {}", why.message());
+        // The agent may be gone already; then nobody reads why.
+        let _ = tx.try_send(Err(why));
+    };
+    loop {
+        let message = tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return end(stopping_status()),
+            m = inbound.message() => m,
+        };
+        let kind = match message {
+            Ok(Some(m)) => m.kind,
+            // The agent closed its side (it is stopping) or the connection broke.
+            Ok(None) | Err(_) => return,
+        };
+        match kind {
+            Some(Kind::Report(r)) => match same_agent(ip, &r.agent_id) {
+                Ok(()) => c.take_report(ip, r),
+                Err(why) => return end(why),
+            },
+            Some(Kind::Poll(p)) => {
+                if let Err(why) = same_agent(ip, &p.agent_id) {
+                    return end(why);
+                }
+                // Hold the poll while watching the stream: a closed stream ends it (the
+                // registry then counts the agent as between polls, then stale).
+                let tasks = tokio::select! {
+                    tasks = c.registry.poll(ip, p.facts, hold) => tasks,
+                    _ = stopping.wait_for(|s| *s) => return end(stopping_status()),
+                    m = inbound.message() => match m {
+                        Ok(Some(_)) => return end(Status::failed_precondition(
+                            "the agent sent a message while its poll was held; a session agent waits for the answer to each poll (is this a Quorum agent?)",
+                        )),
+                        Ok(None) | Err(_) => return,
+                    },
+                };
+                // Tasks handed out here stay in flight until reported: if this send fails,
+                // the agent gets them again on its next poll.
+                if tx.send(Ok(pb::PollResponse { tasks })).await.is_err() {
+                    return;
+                }
+            }
+            None => {
+                return end(Status::invalid_argument(
+                    "a session message with neither a poll nor a report; is this a Quorum agent?",
+                ))
+            }
+        }
+    }
+}
+
+fn stopping_status() -> Status {
+    Status::unavailable("the coordinator is stopping; the agent reconnects by itself")
 }
 
 /// The operator-facing service.
@@ -583,7 +684,11 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(agent)
         .add_service(admin)
-        .serve_with_shutdown(listen, quorum_proto::shutdown::signal())
+        .serve_with_shutdown(listen, async move {
+            quorum_proto::shutdown::signal().await;
+            // Sessions last as long as their agents; end them, or the drain never finishes.
+            coordinator.stopping.send_replace(true);
+        })
         .await
         .map_err(|e| {
             anyhow::anyhow!("cannot serve on {listen}: {e}; is the address in use or not local?")

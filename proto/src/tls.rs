@@ -188,7 +188,7 @@ pub fn anonymous_client_config(ca_pem: &[u8]) -> ClientTlsConfig {
     ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem))
 }
 
-/// An endpoint for `url` with `tls`; keepalives detect a dead peer during a long poll.
+/// An endpoint for `url` with `tls`; keepalives detect a dead peer during a held poll.
 pub fn endpoint(url: &str, tls: ClientTlsConfig) -> Result<Endpoint, TlsError> {
     if !url.starts_with("https://") {
         return Err(TlsError::BadUrl {
