@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Connect to the coordinator, long-poll for tasks, run them, report back (until SIGTERM).
+    /// Hold a session with the coordinator: poll for tasks, run them, report back (until SIGTERM).
     Run {
         /// The agent config file.
         #[arg(long, short = 'c', default_value = quorum_agent::config::DEFAULT_CONFIG_PATH)]

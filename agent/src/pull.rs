@@ -1,6 +1,7 @@
-//! The pull loop: long-poll the coordinator, run each task through the executor, report,
-//! and reconnect with exponential backoff and jitter when anything fails. SIGTERM ends the
-//! loop between tasks (a running task finishes and is reported first).
+//! The pull loop: one `Session` stream to the coordinator, on which the agent polls, runs
+//! each task it is handed through the executor and reports it, then polls again; when the
+//! session ends for any reason it reconnects with exponential backoff and jitter. SIGTERM
+//! ends the loop between tasks (a running task finishes and is reported first).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -117,86 +118,133 @@ pub async fn run(
     let endpoint = quorum_proto::tls::endpoint(&cfg.coordinator, tls.client_config())?;
     // A lazy channel reconnects by itself; the loop only paces the retries.
     let channel: Channel = endpoint.connect_lazy();
-    let mut client = AgentServiceClient::new(channel)
-        .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
-    let agent_id = cfg.host_ip.to_string();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let mut connected = false;
-    tracing::info!(coordinator = %cfg.coordinator, agent = %agent_id, "agent starting");
-    // Facts sent with the last report, reused by the poll right after it: they are
-    // milliseconds old, and computing them (service status commands, file hashes) again
-    // would double the agent's share of every dispatch.
-    let mut fresh: Option<pb::Facts> = None;
+    let mut puller = Puller {
+        client: AgentServiceClient::new(channel)
+            .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(quorum_proto::MAX_MESSAGE_BYTES),
+        agent_id: cfg.host_ip.to_string(),
+        executor,
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+        connected: false,
+    };
+    tracing::info!(coordinator = %cfg.coordinator, agent = %puller.agent_id, "agent starting");
     while !*stop.borrow() {
-        let facts = match fresh.take() {
-            Some(f) => f,
-            None => executor.facts().await,
+        let Err(status) = puller.session(&mut stop).await else {
+            break;
         };
-        let mut req = tonic::Request::new(pb::PollRequest {
-            agent_id: agent_id.clone(),
-            facts: Some(facts),
-        });
-        req.set_timeout(POLL_DEADLINE);
-        let answer = tokio::select! {
+        puller.connected = false;
+        let delay = puller.backoff.next_delay();
+        match status.code() {
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => tracing::error!(
+                "the coordinator refused this agent: {}; retrying in {delay:?}",
+                status.message()
+            ),
+            tonic::Code::Unimplemented => tracing::error!(
+                "the coordinator does not offer the session call ({}); it is older than this agent: upgrade quorum on the coordinator host first; retrying in {delay:?}",
+                status.message()
+            ),
+            _ => tracing::warn!(
+                "session with the coordinator ended ({:?}: {}); retrying in {delay:?}",
+                status.code(),
+                status.message()
+            ),
+        }
+        tokio::select! {
             _ = stop.changed() => break,
-            r = client.poll(req) => r,
-        };
-        match answer {
-            Ok(resp) => {
-                if !connected {
-                    tracing::info!("connected to the coordinator");
-                    connected = true;
-                }
-                backoff.reset();
-                for task in resp.into_inner().tasks {
-                    let report = executor.execute(&task).await;
-                    tracing::info!(task = %task.id, outcome = ?report.outcome, "task done");
-                    let facts = executor.facts().await;
-                    fresh = Some(facts.clone());
-                    let req = pb::ReportRequest {
-                        agent_id: agent_id.clone(),
-                        task_id: task.id.clone(),
-                        outcome: report.outcome as i32,
-                        output: report.output,
-                        facts: Some(facts),
-                    };
-                    // A lost report is redelivered as the task on the next poll, and the
-                    // journal answers it without running it again.
-                    if let Err(status) = client.report(req).await {
-                        tracing::warn!(task = %task.id, "report failed: {}", status.message());
-                    }
-                    if *stop.borrow() {
-                        break;
-                    }
-                }
-            }
-            Err(status) => {
-                connected = false;
-                let delay = backoff.next_delay();
-                match status.code() {
-                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
-                        tracing::error!(
-                            "the coordinator refused this agent: {}; retrying in {:?}",
-                            status.message(),
-                            delay
-                        )
-                    }
-                    _ => tracing::warn!(
-                        "poll failed ({:?}: {}); retrying in {:?}",
-                        status.code(),
-                        status.message(),
-                        delay
-                    ),
-                }
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+            _ = tokio::time::sleep(delay) => {}
         }
     }
     Ok(())
+}
+
+/// The agent's side of the pull protocol.
+struct Puller {
+    client: AgentServiceClient<Channel>,
+    agent_id: String,
+    executor: Executor,
+    backoff: Backoff,
+    connected: bool,
+}
+
+impl Puller {
+    /// One `Session` stream: poll, run each task handed out, report it, poll again. Returns
+    /// Ok when `stop` turns true (between tasks) and the reason when the session ends.
+    async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let gone = || tonic::Status::unavailable("the session closed while the agent was sending");
+        let facts = self.executor.facts().await;
+        tx.send(self.poll(Some(facts))).await.map_err(|_| gone())?;
+        let call = self
+            .client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut inbound = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            r = call => r?.into_inner(),
+        };
+        loop {
+            let answer = tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                r = tokio::time::timeout(POLL_DEADLINE, inbound.message()) => r,
+            };
+            let tasks = match answer {
+                Ok(Ok(Some(resp))) => resp.tasks,
+                Ok(Ok(None)) => {
+                    return Err(tonic::Status::unavailable(
+                        "the coordinator ended the session",
+                    ))
+                }
+                Ok(Err(status)) => return Err(status),
+                Err(_) => {
+                    return Err(tonic::Status::deadline_exceeded(format!(
+                        "no answer to a poll in {POLL_DEADLINE:?}"
+                    )))
+                }
+            };
+            if !self.connected {
+                tracing::info!("connected to the coordinator");
+                self.connected = true;
+            }
+            self.backoff.reset();
+            let ran = !tasks.is_empty();
+            for task in tasks {
+                let report = self.executor.execute(&task).await;
+                tracing::info!(task = %task.id, outcome = ?report.outcome, "task done");
+                let kind = pb::agent_message::Kind::Report(pb::ReportRequest {
+                    agent_id: self.agent_id.clone(),
+                    task_id: task.id.clone(),
+                    outcome: report.outcome as i32,
+                    output: report.output,
+                    facts: Some(self.executor.facts().await),
+                });
+                // A report lost with the session is redelivered as the task on the next one,
+                // and the journal answers it without running it again.
+                tx.send(pb::AgentMessage { kind: Some(kind) })
+                    .await
+                    .map_err(|_| gone())?;
+                if *stop.borrow() {
+                    return Ok(());
+                }
+            }
+            // After reports the coordinator has facts milliseconds old; computing them again
+            // (service status commands, file hashes) would double the agent's share of
+            // every dispatch. After an idle hold, send fresh ones.
+            let facts = if ran {
+                None
+            } else {
+                Some(self.executor.facts().await)
+            };
+            tx.send(self.poll(facts)).await.map_err(|_| gone())?;
+        }
+    }
+
+    fn poll(&self, facts: Option<pb::Facts>) -> pb::AgentMessage {
+        pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Poll(pb::PollRequest {
+                agent_id: self.agent_id.clone(),
+                facts,
+            })),
+        }
+    }
 }
 
 #[cfg(test)]
