@@ -3,6 +3,7 @@
 //! the in-place patchers for Patroni's and vip-manager's configs (the coordinator plans with
 //! them, the agent applies them).
 
+pub mod codec;
 pub mod identity;
 pub mod patch;
 pub mod shutdown;
