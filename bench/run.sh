@@ -5,8 +5,9 @@
 #   1. a connected, idle quorum-agent: VmRSS, VmHWM, CPU over AGENT_IDLE_SECS; binary sizes
 #   2. dispatch latency: DISPATCHES facts tasks, one at a time, queued -> reported
 #   3. fleet scale: for each N in FLEET, N simulated agents (own certificate, own connection,
-#      own 127/8 address) long-polling a fresh coordinator: its RSS, idle CPU, the time until
-#      all N are connected, and one task fanned out to all N
+#      own 127/8 address, one Session stream each as quorum-agent keeps) polling a fresh
+#      coordinator: its RSS, idle CPU, the time until all N are connected, and one task
+#      fanned out to all N
 #   4. SOP overhead: a rolling `quorum config reload --restart` of a real 3-member etcd
 #      cluster on 127.0.0.11-13, against the members' own restart-to-healthy times
 #   5. CPU profiles (perf record) of the coordinator during a fan-out and of the agent during
@@ -18,6 +19,7 @@
 #   PROFILE=1                0 skips step 5       PROFILE_FLEET=2000 fleet size profiled
 #   SOP=1                    0 skips step 4       OUT=bench/out     results, logs, profiles
 #   KEEP=1                   keep the temp dir (configs, logs) instead of removing it
+#   PROTOCOL=session         the simulated agents' calls; `unary` plays 0.1 agents (Poll+Report)
 #
 # Needs: etcd and start-stop-daemon (Debian's etcd-server, dpkg), perf for step 5
 # (linux-perf; skipped with a note when it does not work). Every process it starts is killed
@@ -28,6 +30,7 @@ ROOT=$PWD
 START=$(date +%s)
 
 FLEET=${FLEET-1000 5000 10000}
+PROTOCOL=${PROTOCOL:-session}
 DISPATCHES=${DISPATCHES:-1000}
 AGENT_IDLE_SECS=${AGENT_IDLE_SECS:-60}
 FLEET_IDLE_SECS=${FLEET_IDLE_SECS:-30}
@@ -250,7 +253,8 @@ for n in $FLEET; do
   say "3. fleet of $n simulated agents against a fresh coordinator"
   start_coordinator "fleet-$n" "$Q"
   $L fleet --coordinator "$COORD_URL" "${ADMIN_ARGS[@]}" --ca-key "$CAKEY" --agents "$n" \
-    --coordinator-pid "$COORD_PID" --idle-secs "$FLEET_IDLE_SECS" --out "$RES" >&2
+    --coordinator-pid "$COORD_PID" --idle-secs "$FLEET_IDLE_SECS" --protocol "$PROTOCOL" \
+    --out "$RES" >&2
   stop_pid "$COORD_PID"
 done
 

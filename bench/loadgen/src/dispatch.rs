@@ -58,6 +58,7 @@ fn start_simulated(
         ep,
         Arc::new(Semaphore::new(1)),
         counters.clone(),
+        crate::sim::Protocol::Session,
         stop,
     ));
     Ok(counters)

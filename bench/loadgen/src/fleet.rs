@@ -1,7 +1,8 @@
 //! Fleet scale: one process plays N agents against a real coordinator. Each simulated agent
 //! has its own certificate (so its own mTLS connection, leaving from its own 127/8 address),
-//! long-polls `AgentService.Poll` with realistic facts exactly as `quorum-agent` does, and
-//! answers every task it is handed with an immediate `Report`. Measured on the coordinator's
+//! polls with realistic facts exactly as `quorum-agent` does (one `Session` stream; or the
+//! unary `Poll` and `Report` of 0.1 agents, `--protocol unary`), and answers every task it is
+//! handed with an immediate report. Measured on the coordinator's
 //! pid: memory with all N connected, CPU while all N sit in held polls, the time until it
 //! lists all N as connected, and the latency of one task fanned out to every agent at once.
 
@@ -24,7 +25,7 @@ use crate::client::{endpoint, AdminCreds};
 use crate::perf;
 use crate::procfs;
 use crate::results::Results;
-use crate::sim::{sim_agent, Counters};
+use crate::sim::{sim_agent, Counters, Protocol};
 use crate::stats::{ms, summarize};
 
 /// What to run.
@@ -59,6 +60,8 @@ pub struct FleetArgs {
     pub connect_timeout: Duration,
     /// Override the agents' HTTP/2 keepalive interval (a what-if; default: the real agent's).
     pub keepalive: Option<Duration>,
+    /// The calls the simulated agents make.
+    pub protocol: Protocol,
 }
 
 /// How many of `ours` the coordinator lists as in a poll right now.
@@ -183,6 +186,8 @@ pub async fn run(args: FleetArgs, results: &Results) -> Result<()> {
         format!("{:.1}", at_start.rss_kib as f64 / 1024.0),
     )?;
 
+    results.put(&key("protocol"), args.protocol.name())?;
+
     // Connect the fleet.
     let counters = Arc::new(Counters::default());
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
@@ -205,6 +210,7 @@ pub async fn run(args: FleetArgs, results: &Results) -> Result<()> {
             ep,
             gate.clone(),
             counters.clone(),
+            args.protocol,
             stop_rx.clone(),
         ));
     }

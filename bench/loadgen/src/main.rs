@@ -155,6 +155,9 @@ enum Command {
         /// quorum-agent uses, from quorum_proto::tls::endpoint).
         #[arg(long)]
         keepalive_secs: Option<u64>,
+        /// The calls the simulated agents make.
+        #[arg(long, value_enum, default_value_t = sim::Protocol::Session)]
+        protocol: sim::Protocol,
         /// Seconds to wait for the whole fleet to connect.
         #[arg(long, default_value_t = 180)]
         connect_timeout: u64,
@@ -255,6 +258,7 @@ async fn run(cli: Cli) -> Result<()> {
             connect_concurrency,
             fanout_rounds,
             keepalive_secs,
+            protocol,
             connect_timeout,
             perf,
             perf_idle,
@@ -277,6 +281,7 @@ async fn run(cli: Cli) -> Result<()> {
                 prefix: prefix.unwrap_or_else(|| format!("fleet.{agents}")),
                 connect_timeout: Duration::from_secs(connect_timeout),
                 keepalive: keepalive_secs.map(Duration::from_secs),
+                protocol,
             };
             fleet::run(args, &Results::new(&out)).await
         }

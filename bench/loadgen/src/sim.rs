@@ -1,7 +1,8 @@
 //! A simulated agent: what `quorum-agent run` does on the wire, without the host work. It
-//! connects with its own certificate from its own 127/8 address, long-polls
-//! `AgentService.Poll` with facts the size a real host sends, and answers every task it is
-//! handed with an immediate `Report` (outcome OK), so the time it adds is only the wire's.
+//! connects with its own certificate from its own 127/8 address, polls with facts the size a
+//! real host sends (on a `Session` stream as quorum-agent does, or with the unary `Poll` of
+//! 0.1 agents), and answers every task it is handed with an immediate report (outcome OK), so
+//! the time it adds is only the wire's.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::client::agent_client;
+use quorum_proto::pb::agent_service_client::AgentServiceClient;
 
 /// The real agent's poll deadline (agent/src/pull.rs): the coordinator holds a poll ~30 s.
 const POLL_DEADLINE: Duration = Duration::from_secs(75);
@@ -102,6 +104,7 @@ pub async fn sim_agent(
     ep: Endpoint,
     gate: Arc<Semaphore>,
     counters: Arc<Counters>,
+    protocol: Protocol,
     mut stop: watch::Receiver<bool>,
 ) {
     let channel: Channel = loop {
@@ -129,41 +132,151 @@ pub async fn sim_agent(
             }
         }
     };
-    let mut client = agent_client(channel);
-    let facts = sim_facts(ip);
-    let agent_id = ip.to_string();
-    while !*stop.borrow() {
-        let mut req = tonic::Request::new(pb::PollRequest {
-            agent_id: agent_id.clone(),
-            facts: Some(facts.clone()),
-        });
-        req.set_timeout(POLL_DEADLINE);
-        let answer = tokio::select! {
-            _ = stop.changed() => return,
-            r = client.poll(req) => r,
-        };
-        match answer {
-            Ok(resp) => {
-                for task in resp.into_inner().tasks {
-                    counters.tasks.fetch_add(1, Ordering::Relaxed);
-                    let report = pb::ReportRequest {
-                        agent_id: agent_id.clone(),
-                        task_id: task.id,
-                        outcome: pb::Outcome::Ok as i32,
-                        output: "facts collected".into(),
-                        facts: Some(facts.clone()),
-                    };
-                    if let Err(s) = client.report(report).await {
-                        counters.report_errors.fetch_add(1, Ordering::Relaxed);
-                        counters.note_error(format!("report from {ip}: {s}"));
+    let client = agent_client(channel);
+    let sim = Sim {
+        ip,
+        agent_id: ip.to_string(),
+        facts: sim_facts(ip),
+        counters,
+    };
+    match protocol {
+        Protocol::Session => sim.sessions(client, stop).await,
+        Protocol::Unary => sim.unary(client, stop).await,
+    }
+}
+
+/// Which calls a simulated agent makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// One `Session` stream per agent, as quorum-agent 0.2 does.
+    Session,
+    /// A unary `Poll` and `Report` per task, as quorum-agent 0.1 did.
+    Unary,
+}
+
+impl Protocol {
+    /// The name the results file and the table use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Session => "session",
+            Protocol::Unary => "unary",
+        }
+    }
+}
+
+struct Sim {
+    ip: IpAddr,
+    agent_id: String,
+    facts: pb::Facts,
+    counters: Arc<Counters>,
+}
+
+impl Sim {
+    fn poll_failed(&self, e: String) -> Duration {
+        self.counters.poll_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .note_error(format!("poll from {}: {e}", self.ip));
+        Duration::from_millis(rand::random_range(200..1000))
+    }
+
+    fn report(&self, task: pb::Task, facts: bool) -> pb::ReportRequest {
+        self.counters.tasks.fetch_add(1, Ordering::Relaxed);
+        pb::ReportRequest {
+            agent_id: self.agent_id.clone(),
+            task_id: task.id,
+            outcome: pb::Outcome::Ok as i32,
+            output: "facts collected".into(),
+            facts: facts.then(|| self.facts.clone()),
+        }
+    }
+
+    /// quorum-agent 0.1: a unary poll, a unary report per task.
+    async fn unary(
+        &self,
+        mut client: AgentServiceClient<Channel>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        while !*stop.borrow() {
+            let mut req = tonic::Request::new(pb::PollRequest {
+                agent_id: self.agent_id.clone(),
+                facts: Some(self.facts.clone()),
+            });
+            req.set_timeout(POLL_DEADLINE);
+            let answer = tokio::select! {
+                _ = stop.changed() => return,
+                r = client.poll(req) => r,
+            };
+            match answer {
+                Ok(resp) => {
+                    for task in resp.into_inner().tasks {
+                        if let Err(s) = client.report(self.report(task, true)).await {
+                            self.counters.report_errors.fetch_add(1, Ordering::Relaxed);
+                            self.counters
+                                .note_error(format!("report from {}: {s}", self.ip));
+                        }
                     }
                 }
+                Err(s) => tokio::time::sleep(self.poll_failed(s.to_string())).await,
             }
-            Err(s) => {
-                counters.poll_errors.fetch_add(1, Ordering::Relaxed);
-                counters.note_error(format!("poll from {ip}: {s}"));
-                let pause = Duration::from_millis(rand::random_range(200..1000));
-                tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// quorum-agent 0.2: polls and reports on one `Session` stream (agent/src/pull.rs), a new
+    /// session after a pause when one ends.
+    async fn sessions(
+        &self,
+        mut client: AgentServiceClient<Channel>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        while !*stop.borrow() {
+            let ended = tokio::select! {
+                _ = stop.changed() => return,
+                e = self.session(&mut client) => e,
+            };
+            tokio::time::sleep(self.poll_failed(ended)).await;
+        }
+    }
+
+    /// One session; returns why it ended.
+    async fn session(&self, client: &mut AgentServiceClient<Channel>) -> String {
+        use pb::agent_message::Kind;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let poll = |facts: bool| pb::AgentMessage {
+            kind: Some(Kind::Poll(pb::PollRequest {
+                agent_id: self.agent_id.clone(),
+                facts: facts.then(|| self.facts.clone()),
+            })),
+        };
+        if tx.send(poll(true)).await.is_err() {
+            return "session closed".into();
+        }
+        let mut inbound = match client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return s.to_string(),
+        };
+        loop {
+            let tasks = match tokio::time::timeout(POLL_DEADLINE, inbound.message()).await {
+                Ok(Ok(Some(r))) => r.tasks,
+                Ok(Ok(None)) => return "the coordinator ended the session".into(),
+                Ok(Err(s)) => return s.to_string(),
+                Err(_) => return "no answer to a poll".into(),
+            };
+            let ran = !tasks.is_empty();
+            for task in tasks {
+                let report = Kind::Report(self.report(task, true));
+                if tx
+                    .send(pb::AgentMessage { kind: Some(report) })
+                    .await
+                    .is_err()
+                {
+                    return "session closed".into();
+                }
+            }
+            if tx.send(poll(!ran)).await.is_err() {
+                return "session closed".into();
             }
         }
     }

@@ -229,13 +229,14 @@ pub fn render(r: &BTreeMap<String, String>) -> String {
             String::new(),
         );
         let fan = format!(
-            "{} / {} / {} ms, {} errors (CPU: coordinator {}, loadgen {})",
+            "{} / {} / {} ms, {} errors (CPU: coordinator {}, loadgen {}; agents on {})",
             t.val(&k("fanout_p50_ms"), ""),
             t.val(&k("fanout_p99_ms"), ""),
             t.val(&k("fanout_max_ms"), ""),
             t.val(&k("fanout_errors"), ""),
             t.val(&k("fanout_cpu_ms"), "ms"),
             t.val(&k("fanout_loadgen_cpu_ms"), "ms"),
+            t.val(&k("protocol"), ""),
         );
         let ok = t.verdict(&k("fanout_p99_ms"), Check::Below(1000.0));
         t.row(
