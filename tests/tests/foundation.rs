@@ -1,6 +1,7 @@
 //! Foundation, end to end: a real coordinator and real agents over mTLS on loopback, with
 //! certificates from `quorum pki`; every refusal the trust model promises, each with its
-//! specific error; token enrollment; and long-poll delivery.
+//! specific error; token enrollment; delivery on the agents' sessions, and on the unary calls
+//! of 0.1 agents.
 
 use std::time::Duration;
 
@@ -552,5 +553,243 @@ fn cli_settings_come_from_flags_then_environment_then_a_config_file() -> Result<
         "{}",
         out.stderr
     );
+    Ok(())
+}
+
+/// The first answer on a `Session` stream that carries `messages` (the stream stays open
+/// until the answer is read): a poll's response, or the status the session ended with.
+async fn session_answer(
+    ch: Channel,
+    messages: Vec<pb::AgentMessage>,
+) -> Result<Result<pb::PollResponse, tonic::Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(messages.len().max(1));
+    for m in messages {
+        tx.send(m).await?;
+    }
+    let call = async {
+        let mut inbound = AgentServiceClient::new(ch)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        inbound
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unknown("the session ended without an answer"))
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .context("no answer on the session within 15 s")?;
+    drop(tx);
+    Ok(answer)
+}
+
+fn poll_msg(agent: &str) -> pb::AgentMessage {
+    pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Poll(pb::PollRequest {
+            agent_id: agent.into(),
+            facts: None,
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_held_to_the_protocol() -> Result<()> {
+    let mut w = World::new()?;
+    fast(&mut w);
+    w.start_coordinator()?;
+    w.issue_agent_cert("127.0.0.11")?;
+    let crt = read(&w, "agent-127.0.0.11/agent.crt")?;
+    let key = read(&w, "agent-127.0.0.11/agent.key")?;
+    let expect = |answer: Result<pb::PollResponse, tonic::Status>,
+                  code: tonic::Code,
+                  words: &str|
+     -> Result<()> {
+        let status = answer.err().with_context(|| format!("expected {code:?}"))?;
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(words), "{}", status.message());
+        Ok(())
+    };
+
+    // A poll in order: held (1 s here) and answered with no tasks.
+    let ok = session_answer(channel(&w, &crt, &key).await?, vec![poll_msg("127.0.0.11")]).await?;
+    assert_eq!(ok.map_err(|s| anyhow::anyhow!("{s:?}"))?.tasks.len(), 0);
+
+    // Agent .11 polling or reporting as .12.
+    let answer =
+        session_answer(channel(&w, &crt, &key).await?, vec![poll_msg("127.0.0.12")]).await?;
+    expect(
+        answer,
+        tonic::Code::PermissionDenied,
+        "cannot act as agent 127.0.0.12",
+    )?;
+    let report_as_12 = pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Report(pb::ReportRequest {
+            agent_id: "127.0.0.12".into(),
+            task_id: "t-x".into(),
+            ..Default::default()
+        })),
+    };
+    let answer = session_answer(channel(&w, &crt, &key).await?, vec![report_as_12]).await?;
+    expect(
+        answer,
+        tonic::Code::PermissionDenied,
+        "cannot act as agent 127.0.0.12",
+    )?;
+
+    // An admin certificate opening an agent session.
+    let admin = channel(
+        &w,
+        &read(&w, "admin/admin.crt")?,
+        &read(&w, "admin/admin.key")?,
+    )
+    .await?;
+    let answer = session_answer(admin, vec![poll_msg("127.0.0.11")]).await?;
+    expect(
+        answer,
+        tonic::Code::PermissionDenied,
+        "may not call the agent service",
+    )?;
+
+    // No certificate at all.
+    let anon = tonic::transport::Endpoint::from_shared(w.url())?
+        .tls_config(
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&w, "ca/ca.crt")?)),
+        )?
+        .connect()
+        .await?;
+    let answer = session_answer(anon, vec![poll_msg("127.0.0.11")]).await?;
+    expect(
+        answer,
+        tonic::Code::Unauthenticated,
+        "no client certificate",
+    )?;
+
+    // A message that is neither a poll nor a report, and a second poll while one is held.
+    let answer = session_answer(
+        channel(&w, &crt, &key).await?,
+        vec![pb::AgentMessage { kind: None }],
+    )
+    .await?;
+    expect(
+        answer,
+        tonic::Code::InvalidArgument,
+        "neither a poll nor a report",
+    )?;
+    let answer = session_answer(
+        channel(&w, &crt, &key).await?,
+        vec![poll_msg("127.0.0.11"), poll_msg("127.0.0.11")],
+    )
+    .await?;
+    expect(
+        answer,
+        tonic::Code::FailedPrecondition,
+        "while its poll was held",
+    )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_0_1_still_polls_and_reports_with_unary_calls() -> Result<()> {
+    let mut w = World::new()?;
+    w.start_coordinator()?;
+    w.issue_agent_cert("127.0.0.11")?;
+    let crt = read(&w, "agent-127.0.0.11/agent.crt")?;
+    let key = read(&w, "agent-127.0.0.11/agent.key")?;
+    let mut agent = AgentServiceClient::new(channel(&w, &crt, &key).await?);
+    let facts = pb::Facts {
+        agent_version: "0.1.0".into(),
+        host_ip: "127.0.0.11".into(),
+        ..Default::default()
+    };
+    let poll = pb::PollRequest {
+        agent_id: "127.0.0.11".into(),
+        facts: Some(facts),
+    };
+    // The poll is held until the admin's task arrives.
+    let held = tokio::spawn({
+        let mut agent = agent.clone();
+        let poll = poll.clone();
+        async move { agent.poll(poll).await }
+    });
+    let state = async {
+        let mut admin = AdminServiceClient::new(
+            channel(
+                &w,
+                &read(&w, "admin/admin.crt")?,
+                &read(&w, "admin/admin.key")?,
+            )
+            .await?,
+        );
+        for _ in 0..100 {
+            let agents = admin
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner();
+            if agents.agents.iter().any(|a| a.state == "connected") {
+                return Ok::<_, anyhow::Error>(admin);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the unary poll never showed the agent connected")
+    };
+    let mut admin = state.await?;
+    let run = tokio::spawn(async move {
+        admin
+            .run_task(pb::RunTaskRequest {
+                agent_id: "127.0.0.11".into(),
+                task: Some(pb::Task {
+                    id: "t-unary".into(),
+                    kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
+                }),
+                timeout_secs: 20,
+            })
+            .await
+    });
+    let tasks = tokio::time::timeout(Duration::from_secs(15), held)
+        .await
+        .context("the held poll was not answered")???
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].id, "t-unary");
+    agent
+        .report(pb::ReportRequest {
+            agent_id: "127.0.0.11".into(),
+            task_id: "t-unary".into(),
+            outcome: pb::Outcome::Ok as i32,
+            output: "reported by a unary call".into(),
+            facts: None,
+        })
+        .await?;
+    let result = run.await??.into_inner();
+    assert_eq!(result.outcome, pb::Outcome::Ok as i32, "{result:?}");
+    assert_eq!(result.output, "reported by a unary call");
+    assert_eq!(result.agent_id, "127.0.0.11");
+    Ok(())
+}
+
+#[test]
+fn the_coordinator_stops_at_once_with_sessions_open_and_agents_come_back() -> Result<()> {
+    let mut w = World::new()?;
+    // A poll held for 10 minutes: a drain that waited for the sessions would hang.
+    w.coordinator_extra = "poll_hold_secs: 600\n".into();
+    w.start_coordinator()?;
+    w.start_agent("127.0.0.11", "")?;
+    w.wait_agent_state("127.0.0.11", &["connected"], Duration::from_secs(20))?;
+    let mut coordinator = w.coordinator.take().context("coordinator")?;
+    coordinator.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let code = coordinator.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(code, Some(0), "log:\n{}", coordinator.log_text());
+    let agent = w.agent("127.0.0.11").context("agent")?;
+    assert!(agent.running(), "the agent exited:\n{}", agent.log_text());
+    // The agent reconnects by itself and takes tasks again.
+    w.start_coordinator()?;
+    w.wait_agent_state("127.0.0.11", &["connected"], Duration::from_secs(40))?;
+    let out = w
+        .admin(&["task", "--host", "127.0.0.11", "--timeout", "20", "facts"])?
+        .ok()?;
+    assert!(out.stdout.contains(" ok"), "{}", out.stdout);
+    let log = w.agent("127.0.0.11").context("agent")?.log_text();
+    assert!(log.contains("the coordinator is stopping"), "{log}");
     Ok(())
 }
