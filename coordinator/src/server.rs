@@ -349,73 +349,77 @@ impl AgentService for AgentSvc {
         req: Request<tonic::Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let ip = agent_peer(&req, self.0.td())?;
-        // Room for one answer: the agent sends its next poll only after reading the last.
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(session_loop(self.0.clone(), ip, req.into_inner(), tx));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let session = Session {
+            stopping: self.0.stopping.subscribe(),
+            c: self.0.clone(),
+            ip,
+            inbound: req.into_inner(),
+        };
+        // The response body drives the session: no task or channel of its own per agent
+        // (10,000 sessions live for as long as their agents).
+        let answers = futures_util::stream::unfold(Some(session), |session| async move {
+            let mut session = session?;
+            match session.next_answer().await {
+                Ok(tasks) => Some((Ok(pb::PollResponse { tasks }), Some(session))),
+                Err(Some(why)) => {
+                    tracing::debug!(agent = %session.ip, "session ended: {}", why.message());
+                    Some((Err(why), None))
+                }
+                Err(None) => None,
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 }
 
 /// One agent's session: each poll is held in the registry exactly as a unary `Poll` is and
 /// answered with one `PollResponse`; each report closes its task as a unary `Report` does. The
 /// session ends when the agent closes its side, breaks the protocol, or the coordinator stops.
-async fn session_loop(
+struct Session {
     c: Arc<Coordinator>,
     ip: IpAddr,
-    mut inbound: tonic::Streaming<pb::AgentMessage>,
-    tx: tokio::sync::mpsc::Sender<Result<pb::PollResponse, Status>>,
-) {
-    use pb::agent_message::Kind;
-    let mut stopping = c.stopping.subscribe();
-    let hold = Duration::from_secs(c.config.poll_hold_secs);
-    let end = |why: Status| {
-        tracing::debug!(agent = %ip, "session ended: {}", why.message());
-        // The agent may be gone already; then nobody reads why.
-        let _ = tx.try_send(Err(why));
-    };
-    loop {
-        let message = tokio::select! {
-            _ = stopping.wait_for(|s| *s) => return end(stopping_status()),
-            m = inbound.message() => m,
-        };
-        let kind = match message {
-            Ok(Some(m)) => m.kind,
-            // The agent closed its side (it is stopping) or the connection broke.
-            Ok(None) | Err(_) => return,
-        };
-        match kind {
-            Some(Kind::Report(r)) => match same_agent(ip, &r.agent_id) {
-                Ok(()) => c.take_report(ip, r),
-                Err(why) => return end(why),
-            },
-            Some(Kind::Poll(p)) => {
-                if let Err(why) = same_agent(ip, &p.agent_id) {
-                    return end(why);
+    inbound: tonic::Streaming<pb::AgentMessage>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Session {
+    /// Reads the agent's messages until a poll is answered: its tasks. `Err` ends the session,
+    /// with the status to send, or with none when the agent is gone.
+    async fn next_answer(&mut self) -> Result<Vec<pb::Task>, Option<Status>> {
+        use pb::agent_message::Kind;
+        let hold = Duration::from_secs(self.c.config.poll_hold_secs);
+        loop {
+            let message = tokio::select! {
+                _ = self.stopping.wait_for(|s| *s) => return Err(Some(stopping_status())),
+                m = self.inbound.message() => m,
+            };
+            // None: the agent closed its side (it is stopping) or the connection broke.
+            let kind = message.ok().flatten().ok_or(None)?.kind;
+            match kind {
+                Some(Kind::Report(r)) => {
+                    same_agent(self.ip, &r.agent_id).map_err(Some)?;
+                    self.c.take_report(self.ip, r);
                 }
-                // Hold the poll while watching the stream: a closed stream ends it (the
-                // registry then counts the agent as between polls, then stale).
-                let tasks = tokio::select! {
-                    tasks = c.registry.poll(ip, p.facts, hold) => tasks,
-                    _ = stopping.wait_for(|s| *s) => return end(stopping_status()),
-                    m = inbound.message() => match m {
-                        Ok(Some(_)) => return end(Status::failed_precondition(
-                            "the agent sent a message while its poll was held; a session agent waits for the answer to each poll (is this a Quorum agent?)",
-                        )),
-                        Ok(None) | Err(_) => return,
-                    },
-                };
-                // Tasks handed out here stay in flight until reported: if this send fails,
-                // the agent gets them again on its next poll.
-                if tx.send(Ok(pb::PollResponse { tasks })).await.is_err() {
-                    return;
+                Some(Kind::Poll(p)) => {
+                    same_agent(self.ip, &p.agent_id).map_err(Some)?;
+                    // Hold the poll while watching the stream: a closed stream ends it (the
+                    // registry then counts the agent as between polls, then stale). Tasks
+                    // handed out stay in flight until reported: if the answer never reaches
+                    // the agent, its next poll gets them again.
+                    return tokio::select! {
+                        tasks = self.c.registry.poll(self.ip, p.facts, hold) => Ok(tasks),
+                        _ = self.stopping.wait_for(|s| *s) => Err(Some(stopping_status())),
+                        m = self.inbound.message() => match m {
+                            Ok(Some(_)) => Err(Some(Status::failed_precondition(
+                                "the agent sent a message while its poll was held; a session agent waits for the answer to each poll (is this a Quorum agent?)",
+                            ))),
+                            Ok(None) | Err(_) => Err(None),
+                        },
+                    };
                 }
-            }
-            None => {
-                return end(Status::invalid_argument(
+                None => return Err(Some(Status::invalid_argument(
                     "a session message with neither a poll nor a report; is this a Quorum agent?",
-                ))
+                ))),
             }
         }
     }
