@@ -20,6 +20,9 @@ use crate::executor::Executor;
 /// How long the agent waits for a poll answer: the coordinator holds a poll ~30 s.
 const POLL_DEADLINE: Duration = Duration::from_secs(75);
 
+/// How long a stopping agent waits for the coordinator to take its last reports.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// Exponential backoff with full jitter, so a fleet reconnecting after a coordinator
 /// restart does not arrive in one wave.
 pub struct Backoff {
@@ -157,6 +160,22 @@ pub async fn run(
     Ok(())
 }
 
+/// Ends a session on SIGTERM so that nothing sent is lost: closes the agent's side and waits
+/// (briefly) for the coordinator to end its side, which it does only after it has taken every
+/// report sent before. A report cut off here would not be lost either (its task is handed out
+/// again and the journal answers it), but the operator's call would wait for the next start.
+async fn close(
+    tx: tokio::sync::mpsc::Sender<pb::AgentMessage>,
+    mut inbound: tonic::Streaming<pb::PollResponse>,
+) -> Result<(), tonic::Status> {
+    drop(tx);
+    let drained = async { while let Ok(Some(_)) = inbound.message().await {} };
+    if tokio::time::timeout(CLOSE_WAIT, drained).await.is_err() {
+        tracing::warn!("the coordinator did not close the session within {CLOSE_WAIT:?}");
+    }
+    Ok(())
+}
+
 /// The agent's side of the pull protocol.
 struct Puller {
     client: AgentServiceClient<Channel>,
@@ -183,7 +202,7 @@ impl Puller {
         };
         loop {
             let answer = tokio::select! {
-                _ = stop.changed() => return Ok(()),
+                _ = stop.changed() => return close(tx, inbound).await,
                 r = tokio::time::timeout(POLL_DEADLINE, inbound.message()) => r,
             };
             let tasks = match answer {
@@ -222,7 +241,7 @@ impl Puller {
                     .await
                     .map_err(|_| gone())?;
                 if *stop.borrow() {
-                    return Ok(());
+                    return close(tx, inbound).await;
                 }
             }
             // After reports the coordinator has facts milliseconds old; computing them again

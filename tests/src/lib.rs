@@ -301,16 +301,26 @@ impl World {
     /// Starts `quorum ARGS` as the admin in the background (output discarded), for tests that
     /// act while a run is under way.
     pub fn spawn_admin(&self, args: &[&str]) -> Result<Child> {
-        Ok(Command::new(bin("quorum")?)
-            .args(args)
+        let mut cmd = self.admin_command(args)?;
+        Ok(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
+    }
+
+    /// `quorum ARGS` with the admin's connection settings, stdin closed.
+    fn admin_command(&self, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(bin("quorum")?);
+        cmd.args(args)
             .env("QUORUM_COORDINATOR", self.url())
             .env("QUORUM_CERT", self.p("admin/admin.crt"))
             .env("QUORUM_KEY", self.p("admin/admin.key"))
             .env("QUORUM_CACERT", self.p("ca/ca.crt"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?)
+            .stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Starts `quorum ARGS` as the admin, its output piped for `wait_with_output`.
+    pub fn spawn_admin_output(&self, args: &[&str]) -> Result<Child> {
+        let mut cmd = self.admin_command(args)?;
+        Ok(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
     }
 
     /// The number of steps `quorum ARGS --plan -o json` plans.

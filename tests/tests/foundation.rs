@@ -793,3 +793,41 @@ fn the_coordinator_stops_at_once_with_sessions_open_and_agents_come_back() -> Re
     assert!(log.contains("the coordinator is stopping"), "{log}");
     Ok(())
 }
+
+#[test]
+fn an_agent_stopped_mid_task_reports_it_before_it_exits() -> Result<()> {
+    let mut w = World::new()?;
+    w.start_coordinator()?;
+    // Every path in the world's dir; etcd's status command takes 2 s, so a facts task (and
+    // the facts its report carries) keeps the agent busy for ~4 s.
+    let root = w.p("host-11");
+    std::fs::create_dir_all(&root)?;
+    let extra = format!(
+        "paths:\n  etcd_conf: {root}/etcd.conf\n  etcd_ca: {root}/ca.crt\n  etcd_cert: {root}/server.crt\n  etcd_key: {root}/server.key\n  etcdctl_profile: {root}/etcdctl.sh\n  patroni_conf: {root}/patroni.yml\n  vip_conf: {root}/vip-manager.yml\n  etcd_data: {root}/data\n  journal_dir: {root}/journal\n\
+         allowed_prefixes: [{root}]\n\
+         service_backend: exec\n\
+         exec:\n  etcd:\n    status: [/bin/sh, -c, 'sleep 2; exit 3']\n"
+    );
+    w.start_agent("127.0.0.11", &extra)?;
+    w.wait_agent_state("127.0.0.11", &["connected"], Duration::from_secs(30))?;
+    let task =
+        w.spawn_admin_output(&["task", "--host", "127.0.0.11", "--timeout", "30", "facts"])?;
+    // Inside the task: SIGTERM. The agent finishes it, reports it, and only then exits.
+    std::thread::sleep(Duration::from_millis(1000));
+    let agent = w.agent("127.0.0.11").context("agent")?;
+    agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let code = agent.wait_exit(Duration::from_secs(20))?;
+    let log = agent.log_text();
+    assert_eq!(code, Some(0), "log:\n{log}");
+    assert!(log.contains("task done"), "the task did not finish:\n{log}");
+    let out = task.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}\nagent log:\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" ok"), "{stdout}");
+    Ok(())
+}
