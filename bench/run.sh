@@ -304,7 +304,9 @@ if [ "$PROFILE" = 1 ] && perf_works; then
   report "$OUT/coordinator-dispatch.perf.data" "$COORD_PID"
   report "$OUT/agent-dispatch.perf.data" "$PAGENT"
   put profile.coordinator_top "$(top_frames "$OUT/coordinator-fanout.perf.data" "$COORD_PID")"
-  put profile.coordinator_idle_top "$(top_frames "$OUT/coordinator-idle.perf.data" "$COORD_PID")"
+  idle_top=$(top_frames "$OUT/coordinator-idle.perf.data" "$COORD_PID")
+  # An empty report means perf sampled nothing: no poll hold ran out in the 15 s window.
+  put profile.coordinator_idle_top "${idle_top:-no samples at 999 Hz: the coordinator was idle}"
   put profile.agent_top "$(top_frames "$OUT/agent-dispatch.perf.data" "$PAGENT")"
   put profile.agent_children_pct "$(awk '/^ +[0-9.]+%/ && $2 != "quorum-agent" && $2 != "tokio-rt-worker" {s += $1} END {printf "%.0f", s}' "$OUT/agent-dispatch.comm.txt")"
   stop_pid "$PAGENT"
