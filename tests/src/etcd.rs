@@ -126,12 +126,22 @@ impl HostPaths {
             "[/bin/sh, -c, 'p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && grep -q \"^State:[[:space:]]*[RSDI]\" /proc/$p/status']"
         );
         format!(
-            "paths:\n  etcd_conf: {conf}\n  etcd_ca: {ca}\n  etcd_cert: {cert}\n  etcd_key: {key}\n  etcdctl_profile: {profile}\n  patroni_conf: {root}/etc/patroni/patroni.yml\n  vip_conf: {root}/etc/default/vip-manager.yml\n  etcd_data: {data}\n  journal_dir: {journal}\n\
-             allowed_prefixes: [{root}]\n\
-             owners:\n  etcd: {{ user: root, group: root }}\n  profile: {{ user: root, group: root }}\n\
-             service_backend: exec\n\
+            "{paths}service_backend: exec\n\
              exec:\n  etcd:\n    start: {start}\n    stop: {stop}\n    restart: {restart}\n    status: {status}\n\
              safeguard: {safeguard}\n",
+            paths = self.paths_config(),
+        )
+    }
+
+    /// The agent config lines that put every managed path of this host under its root (and
+    /// allow only that root), with root owners (tests run as root).
+    pub fn paths_config(&self) -> String {
+        let r = |p: PathBuf| p.display().to_string();
+        format!(
+            "paths:\n  etcd_conf: {conf}\n  etcd_ca: {ca}\n  etcd_cert: {cert}\n  etcd_key: {key}\n  etcdctl_profile: {profile}\n  patroni_conf: {root}/etc/patroni/patroni.yml\n  vip_conf: {root}/etc/default/vip-manager.yml\n  etcd_data: {data}\n  journal_dir: {journal}\n\
+             allowed_prefixes: [{root}]\n\
+             owners:\n  etcd: {{ user: root, group: root }}\n  profile: {{ user: root, group: root }}\n",
+            conf = r(self.etcd_conf()),
             ca = r(self.etc_etcd().join("ca.crt")),
             cert = r(self.etc_etcd().join("server.crt")),
             key = r(self.etc_etcd().join("server.key")),

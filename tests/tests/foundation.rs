@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
 use quorum_proto::pb::agent_service_client::AgentServiceClient;
+use quorum_tests::etcd::HostPaths;
 use quorum_tests::{run, World};
 use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -800,13 +801,11 @@ fn an_agent_stopped_mid_task_reports_it_before_it_exits() -> Result<()> {
     w.start_coordinator()?;
     // Every path in the world's dir; etcd's status command takes 2 s, so a facts task (and
     // the facts its report carries) keeps the agent busy for ~4 s.
-    let root = w.p("host-11");
-    std::fs::create_dir_all(&root)?;
+    let host = HostPaths::new(w.dir.path(), "127.0.0.11".parse()?);
+    host.create()?;
     let extra = format!(
-        "paths:\n  etcd_conf: {root}/etcd.conf\n  etcd_ca: {root}/ca.crt\n  etcd_cert: {root}/server.crt\n  etcd_key: {root}/server.key\n  etcdctl_profile: {root}/etcdctl.sh\n  patroni_conf: {root}/patroni.yml\n  vip_conf: {root}/vip-manager.yml\n  etcd_data: {root}/data\n  journal_dir: {root}/journal\n\
-         allowed_prefixes: [{root}]\n\
-         service_backend: exec\n\
-         exec:\n  etcd:\n    status: [/bin/sh, -c, 'sleep 2; exit 3']\n"
+        "{}service_backend: exec\nexec:\n  etcd:\n    status: [/bin/sh, -c, 'sleep 2; exit 3']\n",
+        host.paths_config()
     );
     w.start_agent("127.0.0.11", &extra)?;
     w.wait_agent_state("127.0.0.11", &["connected"], Duration::from_secs(30))?;
