@@ -179,14 +179,15 @@ impl Sim {
         Duration::from_millis(rand::random_range(200..1000))
     }
 
-    fn report(&self, task: pb::Task, facts: bool) -> pb::ReportRequest {
+    /// The report of `task`, with facts as every agent sends them.
+    fn report(&self, task: pb::Task) -> pb::ReportRequest {
         self.counters.tasks.fetch_add(1, Ordering::Relaxed);
         pb::ReportRequest {
             agent_id: self.agent_id.clone(),
             task_id: task.id,
             outcome: pb::Outcome::Ok as i32,
             output: "facts collected".into(),
-            facts: facts.then(|| self.facts.clone()),
+            facts: Some(self.facts.clone()),
         }
     }
 
@@ -209,7 +210,7 @@ impl Sim {
             match answer {
                 Ok(resp) => {
                     for task in resp.into_inner().tasks {
-                        if let Err(s) = client.report(self.report(task, true)).await {
+                        if let Err(s) = client.report(self.report(task)).await {
                             self.counters.report_errors.fetch_add(1, Ordering::Relaxed);
                             self.counters
                                 .note_error(format!("report from {}: {s}", self.ip));
@@ -266,7 +267,7 @@ impl Sim {
             };
             let ran = !tasks.is_empty();
             for task in tasks {
-                let report = Kind::Report(self.report(task, true));
+                let report = Kind::Report(self.report(task));
                 if tx
                     .send(pb::AgentMessage { kind: Some(report) })
                     .await
