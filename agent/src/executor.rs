@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use quorum_proto::pb;
 use quorum_proto::pb::task::Kind;
+use quorum_proto::render;
 
 use crate::backend::{Backend, Svc};
 use crate::config::AgentConfig;
@@ -184,10 +185,20 @@ impl Executor {
     async fn run(&self, kind: &Kind) -> TaskReport {
         let p = &self.cfg.paths;
         match kind {
-            Kind::WriteEtcdConf(t) => self.write(&p.etcd_conf, &t.content, 0o644, self.etcd_owner),
-            Kind::WriteEtcdctlProfile(t) => {
-                self.write(&p.etcdctl_profile, &t.content, 0o644, self.profile_owner)
+            Kind::WriteEtcdConf(t) => {
+                match render_typed(t.conf.as_ref(), "etcd.conf", render::etcd_conf) {
+                    Ok(text) => self.write(&p.etcd_conf, &text, 0o644, self.etcd_owner),
+                    Err(r) => r,
+                }
             }
+            Kind::WriteEtcdctlProfile(t) => match render_typed(
+                t.profile.as_ref(),
+                "the etcdctl profile",
+                render::etcdctl_profile,
+            ) {
+                Ok(text) => self.write(&p.etcdctl_profile, &text, 0o644, self.profile_owner),
+                Err(r) => r,
+            },
             Kind::WriteEtcdCerts(t) => self.write_certs(t),
             Kind::ServiceAction(a) => self.service_action(a).await,
             Kind::SetPatroniDcsHosts(t) => self.set_patroni_hosts(t).await,
@@ -218,26 +229,26 @@ impl Executor {
     }
 
     fn write_certs(&self, t: &pb::WriteEtcdCerts) -> TaskReport {
-        let is_cert = |s: &str| {
-            s.contains("-----BEGIN CERTIFICATE-----") && s.contains("-----END CERTIFICATE-----")
-        };
-        let is_key = |s: &str| s.contains("PRIVATE KEY-----") && s.contains("-----BEGIN");
         // All three are checked before any is touched.
-        for (what, ok) in [
-            ("ca_crt", is_cert(&t.ca_crt)),
-            ("server_crt", is_cert(&t.server_crt)),
-            ("server_key", is_key(&t.server_key)),
-        ] {
-            if !ok {
-                return TaskReport::refused(format!(
-                    "{what} is not a PEM {}; no certificate file was touched",
-                    if what == "server_key" {
-                        "private key"
-                    } else {
-                        "certificate"
-                    }
-                ));
+        let ca_path = &self.cfg.tls.ca_cert;
+        let trusted = match std::fs::read(ca_path) {
+            Ok(pem) => pem,
+            Err(e) => {
+                return TaskReport::failed(format!(
+                    "cannot read this agent's CA certificate {} ({e}), which etcd's CA must match; no certificate file was touched",
+                    ca_path.display()
+                ))
             }
+        };
+        if let Err(e) = crate::certs::check_member_material(
+            &t.ca_crt,
+            &t.server_crt,
+            &t.server_key,
+            self.cfg.host_ip,
+            &trusted,
+            &ca_path.display().to_string(),
+        ) {
+            return TaskReport::refused(format!("{e}; no certificate file was touched"));
         }
         let p = &self.cfg.paths;
         let mut changed = Vec::new();
@@ -539,8 +550,12 @@ impl Executor {
                     } else {
                         String::new()
                     },
+                    path: path.display().to_string(),
                 },
-                None => pb::FileFact::default(),
+                None => pb::FileFact {
+                    path: path.display().to_string(),
+                    ..Default::default()
+                },
             };
             f.files.insert(key.into(), fact);
         }
@@ -600,6 +615,22 @@ fn vip_fact(conf: &Path) -> Option<pb::VipFact> {
         Err(e) => fact.error = format!("cannot list the host's addresses: {e}"),
     }
     Some(fact)
+}
+
+/// Renders a typed file with the renderer the coordinator planned with; a missing or bad
+/// field refuses the task before anything is touched.
+fn render_typed<T>(
+    spec: Option<&T>,
+    what: &str,
+    render: impl FnOnce(&T) -> Result<String, render::SpecError>,
+) -> Result<String, TaskReport> {
+    let Some(spec) = spec else {
+        return Err(TaskReport::refused(format!(
+            "the task carries no fields for {what}; nothing was written (is the coordinator older than this agent?)"
+        )));
+    };
+    render(spec)
+        .map_err(|e| TaskReport::refused(format!("cannot render {what}: {e}; nothing was written")))
 }
 
 fn state_word(s: pb::ServiceState) -> &'static str {

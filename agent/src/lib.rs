@@ -3,6 +3,7 @@
 //! config, journals their outcomes, and reports back.
 
 pub mod backend;
+pub mod certs;
 pub mod config;
 pub mod enroll;
 pub mod executor;

@@ -47,7 +47,7 @@ impl Host {
     /// Agent config; `exec` lines go under `exec:`.
     fn config(&self, safeguard: bool, exec: &str) -> Result<PathBuf> {
         let text = format!(
-            "coordinator: https://127.0.0.1:1\nhost_ip: 127.0.0.1\n\
+            "coordinator: https://127.0.0.1:1\nhost_ip: 127.0.0.1\ntls: {{ ca_cert: {r}/ca.crt }}\n\
              paths:\n  etcd_conf: {r}/etc/etcd/etcd.conf\n  etcd_ca: {r}/etc/etcd/ca.crt\n  etcd_cert: {r}/etc/etcd/server.crt\n  etcd_key: {r}/etc/etcd/server.key\n  etcdctl_profile: {r}/etc/profile.d/etcdctl.sh\n  patroni_conf: {r}/etc/patroni/patroni.yml\n  vip_conf: {r}/etc/default/vip-manager.yml\n  etcd_data: {r}/data/etcd\n  journal_dir: {r}/var/lib/quorum\n\
              allowed_prefixes: [{r}]\nowners:\n  etcd: {{ user: root, group: root }}\n  profile: {{ user: root, group: root }}\n\
              service_backend: exec\nexec_timeout_secs: 30\nsafeguard: {safeguard}\nexec:\n{exec}",
@@ -84,10 +84,45 @@ fn task(id: &str, kind: Kind) -> pb::Task {
     }
 }
 
-fn conf(content: &str) -> Kind {
+/// A typed etcd.conf for member `name` alone; `peers` more members make it longer.
+fn conf_spec(name: &str, peers: usize) -> pb::EtcdConf {
+    let mut initial_cluster = vec![pb::EtcdPeer {
+        name: name.into(),
+        ip: "127.0.0.1".into(),
+        peer_port: 2380,
+    }];
+    for i in 0..peers {
+        initial_cluster.push(pb::EtcdPeer {
+            name: format!("{}-{i}", "m".repeat(100)),
+            ip: format!("10.0.{}.{}", i / 250, i % 250 + 1),
+            peer_port: 2380,
+        });
+    }
+    pb::EtcdConf {
+        name: name.into(),
+        ip: "127.0.0.1".into(),
+        client_port: 2379,
+        peer_port: 2380,
+        data_dir: "/data/etcd".into(),
+        cluster_token: "etcd".into(),
+        initial_cluster,
+        election_timeout_ms: 1000,
+        heartbeat_interval_ms: 100,
+        quota_backend_bytes: 17_179_869_184,
+        cert_dir: "/etc/etcd".into(),
+        ..Default::default()
+    }
+}
+
+fn conf(name: &str) -> Kind {
     Kind::WriteEtcdConf(pb::WriteEtcdConf {
-        content: content.into(),
+        conf: Some(conf_spec(name, 0)),
     })
+}
+
+/// What the agent writes for [`conf`].
+fn conf_text(name: &str) -> String {
+    quorum_proto::render::format_etcd_conf(&conf_spec(name, 0))
 }
 
 fn service(s: pb::Service, a: pb::Action) -> Kind {
@@ -103,23 +138,31 @@ fn service(s: pb::Service, a: pb::Action) -> Kind {
 async fn writes_are_atomic_idempotent_and_keep_the_previous_version() -> Result<()> {
     let h = Host::new()?;
     let ex = h.executor(false, &h.marker_exec())?;
-    let r = ex.execute(&task("t1", conf("name: etcd-1\n"))).await;
+    let r = ex.execute(&task("t1", conf("etcd-1"))).await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
-    let r = ex.execute(&task("t2", conf("name: etcd-1\n"))).await;
+    let r = ex.execute(&task("t2", conf("etcd-1"))).await;
     assert_eq!(r.outcome, pb::Outcome::Unchanged, "{r:?}");
     assert!(!h.p("etc/etcd/etcd.conf.bak").exists());
-    let r = ex.execute(&task("t3", conf("name: etcd-2\n"))).await;
+    let r = ex.execute(&task("t3", conf("etcd-2"))).await;
     assert_eq!(r.outcome, pb::Outcome::Changed);
     assert_eq!(
         std::fs::read_to_string(h.p("etc/etcd/etcd.conf"))?,
-        "name: etcd-2\n"
+        conf_text("etcd-2")
     );
     assert_eq!(
         std::fs::read_to_string(h.p("etc/etcd/etcd.conf.bak"))?,
-        "name: etcd-1\n"
+        conf_text("etcd-1")
     );
     let profile = Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
-        content: "export A=1\n".into(),
+        profile: Some(pb::EtcdctlProfile {
+            endpoints: vec![pb::EtcdEndpoint {
+                ip: "127.0.0.1".into(),
+                port: 2379,
+            }],
+            cacert: "/etc/etcd/ca.crt".into(),
+            cert: "/etc/etcd/server.crt".into(),
+            key: "/etc/etcd/server.key".into(),
+        }),
     });
     assert_eq!(
         ex.execute(&task("t4", profile)).await.outcome,
@@ -143,7 +186,7 @@ async fn writes_are_atomic_idempotent_and_keep_the_previous_version() -> Result<
     // Facts: sha256 and, for non-secret files, the content.
     let facts = ex.facts().await;
     let f = &facts.files["etcd_conf"];
-    assert!(f.exists && f.sha256.len() == 64 && f.content == "name: etcd-2\n");
+    assert!(f.exists && f.sha256.len() == 64 && f.content == conf_text("etcd-2"));
     assert!(!facts.files["etcd_key"].exists);
     assert!(!facts.data_dir.as_ref().context("data dir fact")?.has_member);
     Ok(())
@@ -151,14 +194,25 @@ async fn writes_are_atomic_idempotent_and_keep_the_previous_version() -> Result<
 
 #[tokio::test]
 async fn certs_are_checked_before_anything_is_touched() -> Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
     let h = Host::new()?;
+    // The agent's own CA (its tls.ca_cert) and a member certificate for this host from it.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?.pem();
+    std::fs::write(h.p("ca.crt"), &ca)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+    leaf.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &issuer)?.pem();
+    let key = key.serialize_pem();
     let ex = h.executor(false, "  {}\n")?;
-    let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-    let key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
     let bad = Kind::WriteEtcdCerts(pb::WriteEtcdCerts {
-        ca_crt: cert.into(),
-        server_crt: cert.into(),
-        server_key: "not a key".into(),
+        ca_crt: ca.clone(),
+        server_crt: cert.clone(),
+        server_key: "-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n".into(),
     });
     let r = ex.execute(&task("c1", bad)).await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
@@ -167,14 +221,23 @@ async fn certs_are_checked_before_anything_is_touched() -> Result<()> {
         "{}",
         r.output
     );
+    let other_key = KeyPair::generate()?.serialize_pem();
+    let mismatched = Kind::WriteEtcdCerts(pb::WriteEtcdCerts {
+        ca_crt: ca.clone(),
+        server_crt: cert.clone(),
+        server_key: other_key,
+    });
+    let r = ex.execute(&task("c1b", mismatched)).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused);
+    assert!(r.output.contains("is not the private key"), "{}", r.output);
     assert!(
         !h.p("etc/etcd/ca.crt").exists(),
         "a refused cert task touched ca.crt"
     );
     let good = Kind::WriteEtcdCerts(pb::WriteEtcdCerts {
-        ca_crt: cert.into(),
-        server_crt: cert.into(),
-        server_key: key.into(),
+        ca_crt: ca,
+        server_crt: cert,
+        server_key: key,
     });
     assert_eq!(
         ex.execute(&task("c2", good.clone())).await.outcome,
@@ -315,11 +378,28 @@ async fn bad_tasks_are_refused_and_touch_nothing() -> Result<()> {
         ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
+    // A field that would open a new key in etcd.conf is refused before anything is written.
     let r = ex
-        .execute(&task("b4", conf(&"x".repeat(5 * 1024 * 1024))))
+        .execute(&task("b4", conf("etcd-1\ndata-dir: /etc")))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
-    assert!(r.output.contains("over the"), "{}", r.output);
+    assert!(r.output.contains("conf.name"), "{}", r.output);
+    let text_task = Kind::WriteEtcdConf(pb::WriteEtcdConf { conf: None });
+    let r = ex.execute(&task("b4b", text_task)).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused);
+    assert!(r.output.contains("carries no fields"), "{}", r.output);
+    // A 0.2 coordinator's free-text etcd.conf (field 10 of Task, its content in field 1)
+    // decodes to a task of no known kind: refused, nothing written.
+    let text = b"echo QUORUM-PROBE $(id -u)\n";
+    let mut inner = vec![0x0a, text.len() as u8];
+    inner.extend_from_slice(text);
+    let mut old = vec![0x0a, 3];
+    old.extend_from_slice(b"old");
+    old.extend_from_slice(&[0x52, inner.len() as u8]);
+    old.extend_from_slice(&inner);
+    let r = ex.execute(&pb::Task::decode(old.as_slice())?).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(!h.p("etc/etcd/etcd.conf").exists());
     let r = ex.execute(&task("", conf("x"))).await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
     let r = ex
@@ -388,7 +468,7 @@ async fn read_only_tasks_leave_the_journal_alone() -> Result<()> {
     let status = task("s1", service(pb::Service::Etcd, pb::Action::Status));
     ex.execute(&status).await;
     assert_eq!(lines(), 0, "a read-only task wrote to the journal");
-    let write = task("w1", conf("name: etcd-1\n"));
+    let write = task("w1", conf("etcd-1"));
     assert_eq!(ex.execute(&write).await.outcome, pb::Outcome::Changed);
     assert_eq!(lines(), 2, "a write is journaled at start and at finish");
     Ok(())
@@ -555,14 +635,23 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
 fn a_write_killed_at_any_moment_leaves_old_or_new_never_a_mix() -> Result<()> {
     let h = Host::new()?;
     let cfg = h.config(false, "  {}\n")?;
+    // The largest files a spec allows (127 peers with long names), so the kills can land
+    // inside the write.
     let old = "old\n".repeat(500_000);
-    let new = "new\n".repeat(500_000);
+    let new_spec = conf_spec("etcd-1", 127);
+    let new = quorum_proto::render::format_etcd_conf(&new_spec);
     std::fs::write(h.p("etc/etcd/etcd.conf"), &old)?;
     let bin = env!("CARGO_BIN_EXE_quorum-agent");
     let mut seen_new = 0;
     for i in 0..30 {
-        let content = if i % 2 == 0 { &new } else { &old };
-        let t = task(&format!("crash-{i}"), conf(content));
+        // Every other round puts the old content back first, so each write changes the file.
+        if i % 2 == 1 {
+            std::fs::write(h.p("etc/etcd/etcd.conf"), &old)?;
+        }
+        let write = Kind::WriteEtcdConf(pb::WriteEtcdConf {
+            conf: Some(new_spec.clone()),
+        });
+        let t = task(&format!("crash-{i}"), write);
         let file = h.p(&format!("task-{i}.pb"));
         std::fs::write(&file, t.encode_to_vec())?;
         let mut child = Command::new(bin)

@@ -474,11 +474,15 @@ impl ActionArg {
 enum TaskCommand {
     /// Report the host's facts.
     Facts,
-    /// Write etcd.conf from a file.
+    /// Write the host's etcd.conf as the inventory renders it (the agent renders the file
+    /// from typed fields; no text is sent).
     WriteEtcdConf {
-        /// File with the content.
+        /// The Pigsty inventory.
+        #[arg(short = 'i', long, default_value = "pigsty.yml")]
+        inventory: PathBuf,
+        /// Override etcd_init (new | existing).
         #[arg(long)]
-        file: PathBuf,
+        init: Option<String>,
     },
     /// Place ca.crt, server.crt and server.key.
     WriteEtcdCerts {
@@ -492,11 +496,11 @@ enum TaskCommand {
         #[arg(long)]
         key_file: PathBuf,
     },
-    /// Write the etcdctl profile from a file.
+    /// Write the host's etcdctl profile as the inventory renders it (typed fields, no text).
     WriteEtcdctlProfile {
-        /// File with the content.
-        #[arg(long)]
-        file: PathBuf,
+        /// The Pigsty inventory.
+        #[arg(short = 'i', long, default_value = "pigsty.yml")]
+        inventory: PathBuf,
     },
     /// Start, stop, restart, reload or query a managed service.
     Service {
@@ -939,12 +943,14 @@ async fn ad_hoc_task(
     use pb::task::Kind;
     let (kind, destructive) = match task {
         TaskCommand::Facts => (Kind::CollectFacts(pb::CollectFacts {}), false),
-        TaskCommand::WriteEtcdConf { file } => (
-            Kind::WriteEtcdConf(pb::WriteEtcdConf {
-                content: read_arg_file(&file)?,
-            }),
-            false,
-        ),
+        TaskCommand::WriteEtcdConf { inventory, init } => {
+            let conf = crate::inventory_cli::member_conf_spec(&inventory, host, init.as_deref())
+                .ok_or_else(|| anyhow::anyhow!("no task was sent (see above)"))?;
+            (
+                Kind::WriteEtcdConf(pb::WriteEtcdConf { conf: Some(conf) }),
+                false,
+            )
+        }
         TaskCommand::WriteEtcdCerts {
             ca_file,
             cert_file,
@@ -957,12 +963,16 @@ async fn ad_hoc_task(
             }),
             false,
         ),
-        TaskCommand::WriteEtcdctlProfile { file } => (
-            Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
-                content: read_arg_file(&file)?,
-            }),
-            false,
-        ),
+        TaskCommand::WriteEtcdctlProfile { inventory } => {
+            let profile = crate::inventory_cli::host_profile_spec(&inventory, host)
+                .ok_or_else(|| anyhow::anyhow!("no task was sent (see above)"))?;
+            (
+                Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
+                    profile: Some(profile),
+                }),
+                false,
+            )
+        }
         TaskCommand::Service { service, action } => {
             let service = match service {
                 ServiceArg::Etcd => pb::Service::Etcd,

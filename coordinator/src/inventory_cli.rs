@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 
+use quorum_proto::pb;
 use serde_json::json;
 
 use crate::inventory::{EtcdCluster, EtcdInit, EtcdMember, Inventory, InventoryErrors};
@@ -126,12 +127,20 @@ pub fn inventory_check(path: &Path, json: bool) -> anyhow::Result<i32> {
 /// cluster. Returns 2 for a bad inventory, a host that is not an etcd member, or a bad
 /// `init`.
 pub fn render_etcd_conf_cmd(path: &Path, host: IpAddr, init: Option<&str>) -> anyhow::Result<i32> {
-    let Some(inv) = load_or_report(path) else {
+    let Some(conf) = member_conf_spec(path, host, init) else {
         return Ok(EXIT_BAD_INPUT);
     };
-    let Some((cluster, member)) = member_or_report(&inv, host) else {
-        return Ok(EXIT_BAD_INPUT);
-    };
+    let text = quorum_proto::render::format_etcd_conf(&conf);
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(0)
+}
+
+/// The typed etcd.conf of member `host` (see [`render_etcd_conf_cmd`] for `init`): what
+/// `quorum render etcd-conf` prints and `quorum task write-etcd-conf` sends. `None` after
+/// the reasons were printed.
+pub fn member_conf_spec(path: &Path, host: IpAddr, init: Option<&str>) -> Option<pb::EtcdConf> {
+    let inv = load_or_report(path)?;
+    let (cluster, member) = member_or_report(&inv, host)?;
     let init = match init {
         None => member.params.init,
         Some("new") => EtcdInit::New,
@@ -140,27 +149,30 @@ pub fn render_etcd_conf_cmd(path: &Path, host: IpAddr, init: Option<&str>) -> an
             eprintln!(
                 "error: --init {other:?} is not one of new, existing, learner; use `new` to create the cluster, `existing` (or `learner`) to join a running one"
             );
-            return Ok(EXIT_BAD_INPUT);
+            return None;
         }
     };
-    let text = render::render_etcd_conf(cluster, host, init);
-    std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(0)
+    Some(render::etcd_conf_spec(cluster, host, init))
 }
 
 /// `quorum render etcdctl-env --host IP`: prints the `/etc/profile.d/etcdctl.sh` Quorum (and
 /// Pigsty) would write on that member. Returns 2 for a bad inventory or a host that is not an
 /// etcd member.
 pub fn render_etcdctl_env_cmd(path: &Path, host: IpAddr) -> anyhow::Result<i32> {
-    let Some(inv) = load_or_report(path) else {
+    let Some(profile) = host_profile_spec(path, host) else {
         return Ok(EXIT_BAD_INPUT);
     };
-    let Some((cluster, _)) = member_or_report(&inv, host) else {
-        return Ok(EXIT_BAD_INPUT);
-    };
-    let text = render::render_etcdctl_profile(cluster, host);
+    let text = quorum_proto::render::format_etcdctl_profile(&profile);
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(0)
+}
+
+/// The typed etcdctl profile of member `host`: what `quorum render etcdctl-env` prints and
+/// `quorum task write-etcdctl-profile` sends. `None` after the reasons were printed.
+pub fn host_profile_spec(path: &Path, host: IpAddr) -> Option<pb::EtcdctlProfile> {
+    let inv = load_or_report(path)?;
+    let (cluster, _) = member_or_report(&inv, host)?;
+    Some(render::etcdctl_profile_spec(cluster, host))
 }
 
 fn load_or_report(path: &Path) -> Option<Inventory> {

@@ -37,10 +37,10 @@ pub struct ClusterSpec {
     pub safeguard: bool,
     /// `etcd_clean`.
     pub clean: bool,
-    /// Rendered `etcd.conf` per member (for a new cluster).
-    pub etcd_conf: HashMap<IpAddr, String>,
-    /// Rendered etcdctl profile per host.
-    pub profile: HashMap<IpAddr, String>,
+    /// Typed `etcd.conf` per member (for a new cluster), rendered by the agent.
+    pub etcd_conf: HashMap<IpAddr, pb::EtcdConf>,
+    /// Typed etcdctl profile per host, rendered by the agent.
+    pub profile: HashMap<IpAddr, pb::EtcdctlProfile>,
 }
 
 impl ClusterSpec {
@@ -136,6 +136,7 @@ impl fmt::Display for ActionName {
 pub enum StepKind {
     /// Refuse if an etcd instance exists on one of `hosts` while `etcd_safeguard` is set or
     /// `etcd_clean` is off (unless `ignore_safeguard`, a purge); re-checked live at run time.
+    /// Before a removal, `etcd_safeguard` refuses whether or not etcd runs (Pigsty v4).
     SafeguardCheck {
         /// Hosts to check.
         hosts: Vec<IpAddr>,
@@ -145,6 +146,9 @@ pub enum StepKind {
         clean: bool,
         /// A purge ignores both.
         ignore_safeguard: bool,
+        /// The check guards a removal (cluster remove), not a create.
+        #[serde(default)]
+        removal: bool,
     },
     /// Place ca.crt, server.crt, server.key for `member`.
     WriteEtcdCerts {
@@ -153,19 +157,22 @@ pub enum StepKind {
         /// Member name (its certificate's CN).
         member: String,
     },
-    /// Write etcd.conf.
+    /// Write etcd.conf, which the agent renders from these typed fields.
     WriteEtcdConf {
         /// Host.
         host: IpAddr,
-        /// Content.
-        content: String,
+        /// The file's fields; `None` in runs planned by Quorum 0.2, which sent text instead
+        /// (such a step is refused: plan the run again).
+        #[serde(default)]
+        conf: Option<pb::EtcdConf>,
     },
-    /// Write the etcdctl profile.
+    /// Write the etcdctl profile, which the agent renders from these typed fields.
     WriteEtcdctlProfile {
         /// Host.
         host: IpAddr,
-        /// Content.
-        content: String,
+        /// The file's fields; `None` in runs planned by Quorum 0.2.
+        #[serde(default)]
+        profile: Option<pb::EtcdctlProfile>,
     },
     /// Start etcd on all `hosts` at once (a new cluster needs its members up together).
     StartEtcd {
@@ -391,10 +398,14 @@ impl StepKind {
     pub fn describe(&self) -> String {
         match self {
             StepKind::SafeguardCheck {
-                ignore_safeguard, ..
+                ignore_safeguard,
+                removal,
+                ..
             } => {
                 if *ignore_safeguard {
                     "check no host's local safeguard forbids the purge".into()
+                } else if *removal {
+                    "check etcd_safeguard is off and etcd_clean allows removing instances".into()
                 } else {
                     "check etcd_safeguard / etcd_clean allow touching existing instances".into()
                 }
@@ -402,8 +413,10 @@ impl StepKind {
             StepKind::WriteEtcdCerts { member, .. } => {
                 format!("write ca.crt, server.crt, server.key of {member}")
             }
-            StepKind::WriteEtcdConf { .. } => "write /etc/etcd/etcd.conf".into(),
-            StepKind::WriteEtcdctlProfile { .. } => "write /etc/profile.d/etcdctl.sh".into(),
+            StepKind::WriteEtcdConf { .. } => "write etcd.conf (rendered by the agent)".into(),
+            StepKind::WriteEtcdctlProfile { .. } => {
+                "write the etcdctl profile (rendered by the agent)".into()
+            }
             StepKind::StartEtcd { hosts } => {
                 format!("start etcd on {} host(s) together", hosts.len())
             }
@@ -494,11 +507,15 @@ impl Plan {
         live: &Live,
         host: IpAddr,
     ) -> Result<usize, PlanError> {
-        let conf = conf_of(spec, host)?;
-        let diff = file_diff("/etc/etcd/etcd.conf", live.file(host, "etcd_conf"), conf);
+        let (conf, text) = conf_of(spec, host)?;
+        let diff = file_diff(
+            &live.path_of(host, "etcd_conf", "/etc/etcd/etcd.conf"),
+            live.file(host, "etcd_conf"),
+            &text,
+        );
         let kind = StepKind::WriteEtcdConf {
             host,
-            content: conf.clone(),
+            conf: Some(conf.clone()),
         };
         Ok(self.push_with_diff(kind, diff))
     }
@@ -510,15 +527,15 @@ impl Plan {
         live: &Live,
         host: IpAddr,
     ) -> Result<usize, PlanError> {
-        let profile = profile_of(spec, host)?;
+        let (profile, text) = profile_of(spec, host)?;
         let diff = file_diff(
-            "/etc/profile.d/etcdctl.sh",
+            &live.path_of(host, "etcdctl_profile", "/etc/profile.d/etcdctl.sh"),
             live.file(host, "etcdctl_profile"),
-            profile,
+            &text,
         );
         let kind = StepKind::WriteEtcdctlProfile {
             host,
-            content: profile.clone(),
+            profile: Some(profile.clone()),
         };
         Ok(self.push_with_diff(kind, diff))
     }
@@ -571,6 +588,22 @@ pub enum PlanError {
         cluster: String,
         /// Hosts.
         hosts: String,
+    },
+    /// A value from the inventory that the agent would refuse to render.
+    #[error("cannot plan {file} for {host}: {why}; fix the value in pigsty.yml")]
+    Unrenderable {
+        /// Host.
+        host: IpAddr,
+        /// Which file.
+        file: &'static str,
+        /// The field and what is wrong with it.
+        why: String,
+    },
+    /// `etcd_safeguard` is set and the SOP would remove the cluster.
+    #[error("Abort because etcd_safeguard is enabled for cluster {cluster}: a removal is refused whether or not etcd runs, and nothing was changed. Set etcd_safeguard: false in pigsty.yml if you mean to remove it, or use `quorum cluster purge`, which ignores it")]
+    SafeguardSet {
+        /// Cluster.
+        cluster: String,
     },
     /// An unsafe request.
     #[error("{0}")]
@@ -635,6 +668,15 @@ impl Live {
         self.facts.get(&host).and_then(|f| f.files.get(key))
     }
 
+    /// Where the agent on `host` keeps the managed file `key` (Pigsty's `default` when the
+    /// agent did not say): the path a diff names.
+    fn path_of(&self, host: IpAddr, key: &str, default: &str) -> String {
+        match self.file(host, key) {
+            Some(f) if !f.path.is_empty() => f.path.clone(),
+            _ => default.to_string(),
+        }
+    }
+
     /// Whether every inventory member is healthy and etcd lists exactly them, all voting.
     fn cluster_matches(&self, spec: &ClusterSpec) -> bool {
         let Some(members) = &self.members else {
@@ -684,16 +726,37 @@ pub fn file_diff(path: &str, current: Option<&pb::FileFact>, new: &str) -> Strin
     }
 }
 
-fn conf_of(spec: &ClusterSpec, host: IpAddr) -> Result<&String, PlanError> {
-    spec.etcd_conf
+/// The typed etcd.conf of `host` and its text as the agent will render it; a field the
+/// agent would refuse refuses the plan now.
+fn conf_of(spec: &ClusterSpec, host: IpAddr) -> Result<(&pb::EtcdConf, String), PlanError> {
+    let conf = spec
+        .etcd_conf
         .get(&host)
-        .ok_or_else(|| PlanError::Usage(format!("no etcd.conf rendered for {host}")))
+        .ok_or_else(|| PlanError::Usage(format!("no etcd.conf rendered for {host}")))?;
+    let text = quorum_proto::render::etcd_conf(conf).map_err(|e| PlanError::Unrenderable {
+        host,
+        file: "etcd.conf",
+        why: e.to_string(),
+    })?;
+    Ok((conf, text))
 }
 
-fn profile_of(spec: &ClusterSpec, host: IpAddr) -> Result<&String, PlanError> {
-    spec.profile
+/// The typed etcdctl profile of `host` and its text as the agent will render it.
+fn profile_of(
+    spec: &ClusterSpec,
+    host: IpAddr,
+) -> Result<(&pb::EtcdctlProfile, String), PlanError> {
+    let profile = spec
+        .profile
         .get(&host)
-        .ok_or_else(|| PlanError::Usage(format!("no etcdctl profile rendered for {host}")))
+        .ok_or_else(|| PlanError::Usage(format!("no etcdctl profile rendered for {host}")))?;
+    let text =
+        quorum_proto::render::etcdctl_profile(profile).map_err(|e| PlanError::Unrenderable {
+            host,
+            file: "the etcdctl profile",
+            why: e.to_string(),
+        })?;
+    Ok((profile, text))
 }
 
 fn hosts(spec: &ClusterSpec) -> Vec<IpAddr> {
@@ -734,10 +797,10 @@ pub fn plan_cluster_create(spec: &ClusterSpec, live: &Live) -> Result<Plan, Plan
             .iter()
             .filter(|h| {
                 let conf_same = conf_of(spec, **h)
-                    .map(|c| file_diff("", live.file(**h, "etcd_conf"), c).is_empty())
+                    .map(|(_, c)| file_diff("", live.file(**h, "etcd_conf"), &c).is_empty())
                     .unwrap_or(false);
                 let prof_same = profile_of(spec, **h)
-                    .map(|c| file_diff("", live.file(**h, "etcdctl_profile"), c).is_empty())
+                    .map(|(_, c)| file_diff("", live.file(**h, "etcdctl_profile"), &c).is_empty())
                     .unwrap_or(false);
                 !(conf_same && prof_same)
             })
@@ -776,6 +839,7 @@ pub fn plan_cluster_create(spec: &ClusterSpec, live: &Live) -> Result<Plan, Plan
         safeguard: spec.safeguard,
         clean: spec.clean,
         ignore_safeguard: false,
+        removal: false,
     });
     for h in &existing {
         plan.push(StepKind::WipeEtcdData {
@@ -809,8 +873,15 @@ pub fn plan_cluster_remove(
     let hs = hosts(spec);
     live.require_agents(&hs)?;
     if !purge {
+        // With the safeguard set a removal is refused whether or not etcd runs (Pigsty v4's
+        // etcd-rm aborts outright): stopped members still hold the cluster's data.
+        if spec.safeguard {
+            return Err(PlanError::SafeguardSet {
+                cluster: spec.name.clone(),
+            });
+        }
         if let Some(h) = hs.iter().find(|h| live.etcd_active(**h)) {
-            if spec.safeguard || !spec.clean {
+            if !spec.clean {
                 return Err(instance_exists_error(spec, *h));
             }
         }
@@ -826,6 +897,7 @@ pub fn plan_cluster_remove(
         safeguard: spec.safeguard,
         clean: spec.clean,
         ignore_safeguard: purge,
+        removal: true,
     });
     for m in &spec.members {
         if purge {
@@ -1339,8 +1411,41 @@ mod tests {
                 client_url: format!("https://{a}:2379"),
                 peer_url: format!("https://{a}:2380"),
             });
-            s.etcd_conf.insert(a, format!("name: etcd-{i}\n"));
-            s.profile.insert(a, "export ETCDCTL_ENDPOINTS=x\n".into());
+        }
+        let peers: Vec<pb::EtcdPeer> = s
+            .members
+            .iter()
+            .map(|m| pb::EtcdPeer {
+                name: m.name.clone(),
+                ip: m.ip.to_string(),
+                peer_port: 2380,
+            })
+            .collect();
+        for m in s.members.clone() {
+            let conf = pb::EtcdConf {
+                name: m.name.clone(),
+                ip: m.ip.to_string(),
+                client_port: 2379,
+                peer_port: 2380,
+                data_dir: "/data/etcd".into(),
+                cluster_token: "etcd".into(),
+                initial_cluster: peers.clone(),
+                election_timeout_ms: 1000,
+                heartbeat_interval_ms: 100,
+                cert_dir: "/etc/etcd".into(),
+                ..Default::default()
+            };
+            let profile = pb::EtcdctlProfile {
+                endpoints: vec![pb::EtcdEndpoint {
+                    ip: m.ip.to_string(),
+                    port: 2379,
+                }],
+                cacert: "/etc/pki/ca.crt".into(),
+                cert: "/etc/etcd/server.crt".into(),
+                key: "/etc/etcd/server.key".into(),
+            };
+            s.etcd_conf.insert(m.ip, conf);
+            s.profile.insert(m.ip, profile);
         }
         s
     }
@@ -1391,15 +1496,22 @@ mod tests {
             l.health.insert(m.ip, Ok(()));
             let f = l.facts.entry(m.ip).or_default();
             for (key, content) in [
-                ("etcd_conf", &spec.etcd_conf[&m.ip]),
-                ("etcdctl_profile", &spec.profile[&m.ip]),
+                (
+                    "etcd_conf",
+                    quorum_proto::render::format_etcd_conf(&spec.etcd_conf[&m.ip]),
+                ),
+                (
+                    "etcdctl_profile",
+                    quorum_proto::render::format_etcdctl_profile(&spec.profile[&m.ip]),
+                ),
             ] {
                 f.files.insert(
                     key.into(),
                     pb::FileFact {
                         exists: true,
-                        sha256: sha256_hex(content),
-                        content: content.clone(),
+                        sha256: sha256_hex(&content),
+                        content,
+                        path: String::new(),
                     },
                 );
             }
@@ -1466,6 +1578,7 @@ mod tests {
                     exists: true,
                     sha256: "00".into(),
                     content: "old".into(),
+                    path: String::new(),
                 },
             );
         }
@@ -1529,8 +1642,24 @@ mod tests {
         let l = live(&s, true, true);
         assert!(matches!(
             plan_cluster_remove(&s, &l, false),
+            Err(PlanError::SafeguardSet { .. })
+        ));
+        // H1: every member stopped, data still there: the safeguard refuses all the same.
+        let stopped = live(&s, false, true);
+        assert!(matches!(
+            plan_cluster_remove(&s, &stopped, false),
+            Err(PlanError::SafeguardSet { .. })
+        ));
+        // etcd_clean off refuses a running instance only.
+        s.safeguard = false;
+        s.clean = false;
+        assert!(matches!(
+            plan_cluster_remove(&s, &l, false),
             Err(PlanError::InstanceExists { .. })
         ));
+        assert!(plan_cluster_remove(&s, &stopped, false).is_ok());
+        s.safeguard = true;
+        s.clean = true;
         let purge = plan_cluster_remove(&s, &l, true).expect("purge ignores etcd_safeguard");
         assert_eq!(
             purge.wipes,
@@ -1625,6 +1754,7 @@ mod tests {
             exists: true,
             sha256: sha256_hex("a\nb\n"),
             content: "a\nb\n".into(),
+            path: String::new(),
         };
         let d = file_diff("/etc/etcd/etcd.conf", Some(&cur), "a\nc\n");
         assert!(d.contains("-b") && d.contains("+c"), "{d}");

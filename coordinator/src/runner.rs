@@ -35,6 +35,50 @@ pub struct RunContext {
     pub pg_auth: std::collections::BTreeMap<String, (String, String)>,
 }
 
+/// Why a step planned as text is refused.
+const PLANNED_AS_TEXT: &str = "this step was planned by Quorum 0.2, which sent the file as text; agents now render it from typed fields only. Abort this run (`quorum run abort`) and plan the SOP again";
+
+/// The rules a SafeguardCheck step applies, as planned.
+#[derive(Debug, Clone, Copy)]
+struct Safeguard {
+    /// `etcd_safeguard`.
+    safeguard: bool,
+    /// `etcd_clean`.
+    clean: bool,
+    /// A purge: ignores both, but not a host's local safeguard.
+    ignore: bool,
+    /// The check guards a removal: `etcd_safeguard` refuses even with etcd stopped.
+    removal: bool,
+}
+
+impl Safeguard {
+    /// Why the host refuses, if it does: `active` is etcd running there, `local` the
+    /// agent's own safeguard.
+    fn refusal(self, host: IpAddr, active: bool, local: bool) -> Option<String> {
+        if self.ignore {
+            return local.then(|| format!(
+                "the local safeguard of the agent on {host} is set: it refuses every wipe there; unset `safeguard` in that host's agent.yml to purge it"
+            ));
+        }
+        if self.removal && self.safeguard {
+            return Some(format!(
+                "Abort because etcd_safeguard is enabled: the member @ {host} is not removed whether or not etcd runs; set etcd_safeguard: false in pigsty.yml and plan again, or purge"
+            ));
+        }
+        if active && (self.safeguard || !self.clean) {
+            let why = if self.safeguard {
+                "etcd_safeguard enabled, please disable it before purging."
+            } else {
+                "etcd_clean = false, use -e etcd_clean=true to override."
+            };
+            return Some(format!(
+                "Abort because etcd instance @ {host} exists. {why}"
+            ));
+        }
+        None
+    }
+}
+
 /// Timeouts of the runner.
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -229,7 +273,18 @@ impl Runner {
                 safeguard,
                 clean,
                 ignore_safeguard,
-            } => self.safeguard_check(hosts, *safeguard, *clean, *ignore_safeguard),
+                removal,
+            } => {
+                // Runs planned by 0.2 did not mark the removal's check; their SOP does.
+                let removal = *removal || run.sop == crate::sop::sop_name::CLUSTER_REMOVE;
+                let rules = Safeguard {
+                    safeguard: *safeguard,
+                    clean: *clean,
+                    ignore: *ignore_safeguard,
+                    removal,
+                };
+                self.safeguard_check(hosts, rules)
+            }
             StepKind::WriteEtcdCerts { host, member } => match self.member_cert(*host, member) {
                 Ok((ca_crt, server_crt, server_key)) => {
                     self.agent_task(
@@ -245,26 +300,26 @@ impl Runner {
                 }
                 Err(e) => StepEnd::failed(e),
             },
-            StepKind::WriteEtcdConf { host, content } => {
-                self.agent_task(
-                    *host,
-                    id(0),
-                    Kind::WriteEtcdConf(pb::WriteEtcdConf {
-                        content: content.clone(),
-                    }),
-                )
-                .await
-            }
-            StepKind::WriteEtcdctlProfile { host, content } => {
-                self.agent_task(
-                    *host,
-                    id(0),
-                    Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
-                        content: content.clone(),
-                    }),
-                )
-                .await
-            }
+            StepKind::WriteEtcdConf { host, conf } => match conf {
+                Some(conf) => {
+                    let task = pb::WriteEtcdConf {
+                        conf: Some(conf.clone()),
+                    };
+                    self.agent_task(*host, id(0), Kind::WriteEtcdConf(task))
+                        .await
+                }
+                None => StepEnd::refused(PLANNED_AS_TEXT),
+            },
+            StepKind::WriteEtcdctlProfile { host, profile } => match profile {
+                Some(profile) => {
+                    let task = pb::WriteEtcdctlProfile {
+                        profile: Some(profile.clone()),
+                    };
+                    self.agent_task(*host, id(0), Kind::WriteEtcdctlProfile(task))
+                        .await
+                }
+                None => StepEnd::refused(PLANNED_AS_TEXT),
+            },
             StepKind::StartEtcd { hosts } => {
                 let tasks = hosts.iter().enumerate().map(|(n, h)| {
                     self.agent_task(
@@ -399,13 +454,7 @@ impl Runner {
         }
     }
 
-    fn safeguard_check(
-        &self,
-        hosts: &[IpAddr],
-        safeguard: bool,
-        clean: bool,
-        ignore: bool,
-    ) -> StepEnd {
+    fn safeguard_check(&self, hosts: &[IpAddr], rules: Safeguard) -> StepEnd {
         for h in hosts {
             let Some(facts) = self.registry.facts(*h) else {
                 return StepEnd::failed(format!(
@@ -414,20 +463,8 @@ impl Runner {
             };
             let active =
                 facts.services.get("etcd").copied() == Some(pb::ServiceState::Active as i32);
-            if !ignore && active && (safeguard || !clean) {
-                let why = if safeguard {
-                    "etcd_safeguard enabled, please disable it before purging."
-                } else {
-                    "etcd_clean = false, use -e etcd_clean=true to override."
-                };
-                return StepEnd::refused(format!(
-                    "Abort because etcd instance @ {h} exists. {why}"
-                ));
-            }
-            if ignore && facts.safeguard {
-                return StepEnd::refused(format!(
-                    "the local safeguard of the agent on {h} is set: it refuses every wipe there; unset `safeguard` in that host's agent.yml to purge it"
-                ));
+            if let Some(why) = rules.refusal(*h, active, facts.safeguard) {
+                return StepEnd::refused(why);
             }
         }
         StepEnd::ok("ok", "no safeguard stands in the way")
@@ -1183,5 +1220,45 @@ mod tests {
             .unwrap_or(IpAddr::from([127, 0, 0, 11]));
         assert_eq!(task_id("r-1", 3, 1, ip), task_id("r-1", 3, 1, ip));
         assert_ne!(task_id("r-1", 3, 1, ip), task_id("r-1", 3, 2, ip));
+    }
+
+    #[test]
+    fn a_removal_with_the_safeguard_set_is_refused_even_with_etcd_stopped() {
+        let h = IpAddr::from([127, 0, 0, 11]);
+        let rules = |safeguard, clean, ignore, removal| Safeguard {
+            safeguard,
+            clean,
+            ignore,
+            removal,
+        };
+        // H1: every member stopped, etcd_safeguard set: a remove must still refuse.
+        let refusal = rules(true, true, false, true).refusal(h, false, false);
+        assert!(
+            refusal
+                .as_deref()
+                .is_some_and(|r| r.contains("etcd_safeguard is enabled")),
+            "{refusal:?}"
+        );
+        // A create with the safeguard set touches no stopped instance, as in Pigsty.
+        assert_eq!(
+            rules(true, true, false, false).refusal(h, false, false),
+            None
+        );
+        assert!(rules(true, true, false, false)
+            .refusal(h, true, false)
+            .is_some());
+        // etcd_clean off refuses only a running instance.
+        assert!(rules(false, false, false, true)
+            .refusal(h, true, false)
+            .is_some());
+        assert_eq!(
+            rules(false, false, false, true).refusal(h, false, false),
+            None
+        );
+        // A purge ignores both, never the host's local safeguard.
+        assert_eq!(rules(true, false, true, true).refusal(h, true, false), None);
+        assert!(rules(false, true, true, true)
+            .refusal(h, false, true)
+            .is_some());
     }
 }

@@ -60,9 +60,9 @@ pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
             peer_url: crate::render::peer_url(m),
         });
         spec.etcd_conf
-            .insert(m.ip, crate::render::render_etcd_conf(cluster, m.ip, init));
+            .insert(m.ip, crate::render::etcd_conf_spec(cluster, m.ip, init));
         spec.profile
-            .insert(m.ip, crate::render::render_etcdctl_profile(cluster, m.ip));
+            .insert(m.ip, crate::render::etcdctl_profile_spec(cluster, m.ip));
     }
     spec
 }
@@ -142,6 +142,7 @@ fn arg<'a>(args: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
 pub fn plan_status(e: PlanError) -> Status {
     match e {
         PlanError::Usage(m) => Status::invalid_argument(m),
+        e @ PlanError::Unrenderable { .. } => Status::invalid_argument(e.to_string()),
         other => Status::failed_precondition(other.to_string()),
     }
 }
@@ -535,7 +536,7 @@ async fn plan_membership(
         // The joining member starts against a running cluster.
         spec.etcd_conf.insert(
             host,
-            crate::render::render_etcd_conf(&target, host, EtcdInit::Existing),
+            crate::render::etcd_conf_spec(&target, host, EtcdInit::Existing),
         );
         let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
         hosts.extend(pg_hosts.iter().copied());

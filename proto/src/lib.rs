@@ -1,11 +1,13 @@
 //! Everything both sides of Quorum share: the `quorum.v1` wire protocol, the peer identity
 //! read from a certificate, the TLS configuration built from PEM files, the YAML library, and
-//! the in-place patchers for Patroni's and vip-manager's configs (the coordinator plans with
-//! them, the agent applies them).
+//! the in-place patchers for Patroni's and vip-manager's configs and the renderers of etcd.conf
+//! and the etcdctl profile from typed fields (the coordinator plans with them, the agent
+//! applies them).
 
 pub mod codec;
 pub mod identity;
 pub mod patch;
+pub mod render;
 pub mod shutdown;
 pub mod tls;
 pub mod yaml;

@@ -208,12 +208,40 @@ async fn remove_honors_the_safeguard_and_purge_wipes_everything() -> Result<()> 
     let out = w.admin(&["cluster", "remove", "--yes"])?;
     assert_eq!(out.code, 3, "{out:?}");
     assert!(
-        out.stderr.contains("Abort because etcd instance etcd-1 @ 127.0.0.11 exists. etcd_safeguard enabled, please disable it before purging."),
+        out.stderr
+            .contains("Abort because etcd_safeguard is enabled for cluster etcd"),
         "{}",
         out.stderr
     );
     for h in &f.hosts {
         assert!(h.etcd_pid().is_some(), "{} was stopped", h.ip);
+        assert!(h.data().join("member").exists(), "{} was wiped", h.ip);
+    }
+    // H1 (security probe): with etcd stopped on every member the safeguard still refuses a
+    // removal, in the plan and in the run; every data dir keeps its member.
+    for ip in IPS {
+        w.admin(&["task", "--host", ip, "--yes", "service", "etcd", "stop"])?
+            .ok()?;
+    }
+    for h in &f.hosts {
+        wait_for("etcd to stop", Duration::from_secs(20), || {
+            h.etcd_pid().is_none().then_some(())
+        })?;
+    }
+    for args in [
+        &["cluster", "remove", "--plan"][..],
+        &["cluster", "remove", "--yes"][..],
+    ] {
+        let out = w.admin(args)?;
+        assert_eq!(out.code, 3, "{args:?}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("a removal is refused whether or not etcd runs"),
+            "{}",
+            out.stderr
+        );
+    }
+    for h in &f.hosts {
         assert!(h.data().join("member").exists(), "{} was wiped", h.ip);
     }
     // Without --yes and without a terminal, nothing is wiped.

@@ -44,7 +44,8 @@ fn each_task_kind_runs_through_coordinator_and_agent() -> Result<()> {
         a.extend_from_slice(args);
         w.admin(&a)
     };
-    // Render this host's files from the inventory, then write them through the agent.
+    // The agent renders this host's files from the inventory's typed fields: what
+    // `quorum render` prints is what lands on the host.
     let conf = w
         .quorum(&[
             "render",
@@ -55,11 +56,11 @@ fn each_task_kind_runs_through_coordinator_and_agent() -> Result<()> {
             &w.p("pigsty.yml"),
         ])?
         .ok()?;
-    std::fs::write(w.p("etcd.conf"), &conf.stdout)?;
-    let out = task(&["write-etcd-conf", "--file", &w.p("etcd.conf")])?.ok()?;
+    let inventory = w.p("pigsty.yml");
+    let out = task(&["write-etcd-conf", "-i", &inventory])?.ok()?;
     assert!(out.stdout.contains(" changed"), "{}", out.stdout);
     assert_eq!(std::fs::read_to_string(h.etcd_conf())?, conf.stdout);
-    let out = task(&["write-etcd-conf", "--file", &w.p("etcd.conf")])?.ok()?;
+    let out = task(&["write-etcd-conf", "-i", &inventory])?.ok()?;
     assert!(out.stdout.contains(" unchanged"), "{}", out.stdout);
     w.quorum(&[
         "pki",
@@ -75,16 +76,50 @@ fn each_task_kind_runs_through_coordinator_and_agent() -> Result<()> {
         &w.p("etcd-1"),
     ])?
     .ok()?;
-    task(&[
-        "write-etcd-certs",
-        "--ca-file",
-        &w.p("ca/ca.crt"),
-        "--cert-file",
-        &w.p("etcd-1/server.crt"),
-        "--key-file",
-        &w.p("etcd-1/server.key"),
+    // Certificates are checked before anything is written (M6): a key that is not the
+    // certificate's, and another member's certificate, are refused and nothing changes.
+    w.quorum(&[
+        "pki",
+        "issue",
+        "etcd",
+        "--ip",
+        "127.0.0.32",
+        "--name",
+        "etcd-2",
+        "--dir",
+        &w.p("ca"),
+        "--out",
+        &w.p("etcd-2"),
     ])?
     .ok()?;
+    let certs = |crt: &str, key: &str| {
+        task(&[
+            "write-etcd-certs",
+            "--ca-file",
+            &w.p("ca/ca.crt"),
+            "--cert-file",
+            &w.p(crt),
+            "--key-file",
+            &w.p(key),
+        ])
+    };
+    let out = certs("etcd-1/server.crt", "etcd-2/server.key")?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("server_key is not the private key of server_crt"),
+        "{}",
+        out.stdout
+    );
+    let out = certs("etcd-2/server.crt", "etcd-2/server.key")?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stdout.contains("does not name this host 127.0.0.31"),
+        "{}",
+        out.stdout
+    );
+    assert!(!h.etc_etcd().join("server.key").exists());
+    certs("etcd-1/server.crt", "etcd-1/server.key")?.ok()?;
     let profile = w
         .quorum(&[
             "render",
@@ -95,8 +130,8 @@ fn each_task_kind_runs_through_coordinator_and_agent() -> Result<()> {
             &w.p("pigsty.yml"),
         ])?
         .ok()?;
-    std::fs::write(w.p("profile.sh"), &profile.stdout)?;
-    task(&["write-etcdctl-profile", "--file", &w.p("profile.sh")])?.ok()?;
+    task(&["write-etcdctl-profile", "-i", &inventory])?.ok()?;
+    assert_eq!(std::fs::read_to_string(h.profile())?, profile.stdout);
     // Services on real etcd.
     let out = task(&["service", "etcd", "start"])?.ok()?;
     assert!(out.stdout.contains(" changed"), "{}", out.stdout);

@@ -86,7 +86,7 @@ fn sim_facts(ip: IpAddr) -> pb::Facts {
                 } else {
                     String::new()
                 },
-                content: String::new(),
+                ..Default::default()
             },
         );
     }
