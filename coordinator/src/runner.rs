@@ -35,6 +35,35 @@ pub struct RunContext {
     pub pg_auth: std::collections::BTreeMap<String, (String, String)>,
 }
 
+/// Whether the plan put a QuorumGuard for `host` before step `index` with no other step
+/// that takes a member down or waits on one in between: such a stop or restart re-checks
+/// the guard as it acts. (A cluster remove stops every member on purpose and has none.)
+fn guarded_by_plan(run: &RunRecord, index: usize, host: IpAddr) -> bool {
+    for s in run.steps[..index.min(run.steps.len())].iter().rev() {
+        match &s.kind {
+            StepKind::QuorumGuard { host: h } => return *h == host,
+            StepKind::WriteEtcdConf { .. }
+            | StepKind::WriteEtcdctlProfile { .. }
+            | StepKind::WriteEtcdCerts { .. } => continue,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The PostgreSQL cluster whose PatroniGuard the plan put right before step `index` (a
+/// Patroni restart on `host`), if it did.
+fn guarding_patroni(run: &RunRecord, index: usize, host: IpAddr) -> Option<&PgRef> {
+    match index
+        .checked_sub(1)
+        .and_then(|i| run.steps.get(i))
+        .map(|s| &s.kind)
+    {
+        Some(StepKind::PatroniGuard { host: h, pg }) if *h == host => Some(pg),
+        _ => None,
+    }
+}
+
 /// Why a step planned as text is refused.
 const PLANNED_AS_TEXT: &str = "this step was planned by Quorum 0.2, which sent the file as text; agents now render it from typed fields only. Abort this run (`quorum run abort`) and plan the SOP again";
 
@@ -331,6 +360,9 @@ impl Runner {
                 join_ends(hosts, futures_join(tasks).await)
             }
             StepKind::StopEtcd { host } => {
+                if let Some(refused) = self.guard_again(run, step, ctx, *host).await {
+                    return refused;
+                }
                 self.agent_task(
                     *host,
                     id(0),
@@ -349,6 +381,9 @@ impl Runner {
                     .collect();
                 if !force && !prior.is_empty() && prior.iter().all(|s| s.outcome != "changed") {
                     return StepEnd::ok("skipped", "etcd.conf unchanged: no restart needed");
+                }
+                if let Some(refused) = self.guard_again(run, step, ctx, *host).await {
+                    return refused;
                 }
                 let kind = Kind::ServiceAction(pb::ServiceAction {
                     service: pb::Service::Etcd as i32,
@@ -417,6 +452,14 @@ impl Runner {
                 hosts,
                 restart,
             } => {
+                if *restart {
+                    if let Some(pg) = guarding_patroni(run, step.index, *host) {
+                        let guard = self.patroni_guard(*host, pg).await;
+                        if !guard.ok {
+                            return guard;
+                        }
+                    }
+                }
                 self.agent_task(
                     *host,
                     id(0),
@@ -452,6 +495,24 @@ impl Runner {
                 join_ends(hosts, futures_join(tasks).await)
             }
         }
+    }
+
+    /// The quorum guard again, immediately before a stop or restart of etcd on `host` that
+    /// the plan guarded: the guard step may have passed long ago (a run resumed after a
+    /// coordinator crash starts at the restart itself), against a cluster that has changed
+    /// since. `Some` is the refusal.
+    async fn guard_again(
+        &self,
+        run: &RunRecord,
+        step: &StepRecord,
+        ctx: &RunContext,
+        host: IpAddr,
+    ) -> Option<StepEnd> {
+        if !guarded_by_plan(run, step.index, host) {
+            return None;
+        }
+        let guard = self.quorum_guard(ctx, host).await;
+        (!guard.ok).then_some(guard)
     }
 
     fn safeguard_check(&self, hosts: &[IpAddr], rules: Safeguard) -> StepEnd {

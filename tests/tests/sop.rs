@@ -357,6 +357,64 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
     Ok(())
 }
 
+/// Invariant 1 on resume (e2e probe F1): a run stopped after its quorum guard and resumed
+/// after another member died re-checks the guard as it restarts, and refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_restart_checks_quorum_again_before_it_acts() -> Result<()> {
+    let (mut w, f) = setup("")?;
+    create(&w)?;
+    let h1 = f.host(IPS[0])?.clone();
+    // The run halts right after etcd-1's guard: its etcd.conf write fails (a directory is in
+    // the way), so the restart is the next step a resume takes.
+    let conf = h1.etcd_conf();
+    let saved = std::fs::read(&conf)?;
+    std::fs::remove_file(&conf)?;
+    std::fs::create_dir(&conf)?;
+    let out = w.admin(&["config", "reload", "--restart"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&w.admin(&["run", "list", "-o", "json"])?.ok()?.stdout)?;
+    let run = runs.first().context("the reload's run")?;
+    let id = run["run_id"].as_str().context("run id")?.to_string();
+    assert_eq!(run["steps"][0]["kind"], "QuorumGuard", "{run}");
+    assert_eq!(run["steps"][0]["state"], "done", "{run}");
+    assert_eq!(run["steps"][1]["state"], "failed", "{run}");
+    std::fs::remove_dir(&conf)?;
+    std::fs::write(&conf, saved)?;
+    // Meanwhile another member dies, and the coordinator is killed and comes back.
+    let h2 = f.host(IPS[1])?;
+    if let Some(pid) = h2.etcd_pid() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+    }
+    wait_for("etcd-2 to die", Duration::from_secs(20), || {
+        h2.etcd_pid().is_none().then_some(())
+    })?;
+    w.kill_coordinator();
+    w.start_coordinator()?;
+    for ip in IPS {
+        w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(60))?;
+    }
+    let pid = h1.etcd_pid();
+    let resumed = w.admin(&["run", "resume", &id])?;
+    assert_eq!(resumed.code, 3, "refused by the quorum guard: {resumed:?}");
+    let show = w.admin(&["run", "show", &id, "-o", "json"])?.ok()?;
+    let run: serde_json::Value = serde_json::from_str(&show.stdout)?;
+    assert_eq!(run["steps"][2]["kind"], "RestartEtcd", "{run}");
+    assert_eq!(run["steps"][2]["outcome"], "refused", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("could lose quorum")),
+        "{run}"
+    );
+    assert_eq!(h1.etcd_pid(), pid, "etcd-1 was restarted with etcd-2 down");
+    assert_eq!(h1.restart_count(), 0);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_agent_is_refused_at_plan_time_and_fails_its_step_at_run_time() -> Result<()> {
     let (mut w, f) = setup("")?;
