@@ -675,28 +675,41 @@ pub fn new_task_id() -> String {
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
+    let server_tls = tls.server_config()?;
     let listen = config.listen;
-    let coordinator = Coordinator::new(config, tls.clone())?;
+    let limits = crate::listener::Limits {
+        max_connections: config.max_connections,
+        handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
+    };
+    let coordinator = Coordinator::new(config, tls)?;
     let agent = AgentServiceServer::new(AgentSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
-    tracing::info!(%listen, "coordinator listening");
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {listen}: {e}; is the address in use or not local?")
+    })?;
+    tracing::info!(
+        %listen,
+        max_connections = limits.max_connections,
+        tls_handshake_timeout = ?limits.handshake_timeout,
+        "coordinator listening"
+    );
+    // TLS is done by the listener (handshake timeout, connection cap, refusals logged), so
+    // tonic gets finished TLS streams and no TLS config of its own.
+    let incoming = crate::listener::incoming(listener, server_tls, limits);
     tonic::transport::Server::builder()
-        .tls_config(tls.server_config())?
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(agent)
         .add_service(admin)
-        .serve_with_shutdown(listen, async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             quorum_proto::shutdown::signal().await;
             // Sessions last as long as their agents; end them, or the drain never finishes.
             coordinator.stopping.send_replace(true);
         })
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot serve on {listen}: {e}; is the address in use or not local?")
-        })?;
+        .map_err(|e| anyhow::anyhow!("the server on {listen} failed: {e}"))?;
     tracing::info!("coordinator stopped");
     Ok(())
 }

@@ -3,11 +3,13 @@
 //! an operator hits.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Errors loading TLS material or connecting.
 #[derive(Debug, thiserror::Error)]
@@ -165,14 +167,35 @@ impl TlsMaterial {
         })
     }
 
-    /// Server TLS: this side's identity; client certificates from the CA are verified when
-    /// presented (chain, validity, clientAuth) and optional only so that `Enroll` can be
-    /// called by a host that has no certificate yet. Every other call demands one.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(true)
+    /// The coordinator's server TLS: this side's identity, ALPN h2; client certificates from
+    /// the CA are verified when presented (chain, validity, clientAuth) and optional only so
+    /// that `Enroll` can be called by a host that has no certificate yet. Every other call
+    /// demands one.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(root_store(&self.ca_pem)?);
+        let clients =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Transport(format!("client certificate verifier: {e}")))?;
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Transport(format!("own certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| TlsError::Transport(format!("own private key: {e}")))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Transport(e.to_string()))?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                TlsError::Transport(format!(
+                    "the certificate and key do not go together or are unusable: {e}"
+                ))
+            })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 
     /// Client TLS presenting this side's certificate.
@@ -212,4 +235,19 @@ pub fn endpoint(url: &str, tls: ClientTlsConfig) -> Result<Endpoint, TlsError> {
                 .keep_alive_timeout(Duration::from_secs(5))
                 .keep_alive_while_idle(true)
         })
+}
+
+fn root_store(ca_pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(ca_pem).flatten() {
+        roots
+            .add(der)
+            .map_err(|e| TlsError::Transport(format!("the CA certificate is unusable: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Transport(
+            "the CA file holds no certificate; give the Pigsty CA certificate (ca.crt)".into(),
+        ));
+    }
+    Ok(roots)
 }

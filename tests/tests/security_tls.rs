@@ -1,9 +1,287 @@
-//! The TLS edge, end to end with the real binaries.
+//! The TLS edge, end to end with the real binaries: the coordinator closes connections that
+//! never finish their handshake, caps how many are open, and logs every refused handshake
+//! with the peer's address; its logs carry no colour escapes.
 
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use quorum_tests::World;
+use quorum_proto::pb;
+use quorum_proto::pb::admin_service_client::AdminServiceClient;
+use quorum_tests::{run, wait_for, World};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// A channel to `url` trusting the world's CA, presenting `identity` if given, and checking
+/// nothing about the server's role (the test's own client, to look behind the CLI).
+async fn raw_channel(
+    w: &World,
+    url: &str,
+    identity: Option<(&str, &str)>,
+    source: Option<std::net::IpAddr>,
+) -> Result<Channel> {
+    let ca = std::fs::read_to_string(w.p("ca/ca.crt"))?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(Endpoint::from_shared(url.to_string())?
+        .tls_config(tls)?
+        .local_address(source)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+/// Env for the CLI as the world's admin, talking to `url`.
+fn admin_env(w: &World, url: &str) -> Vec<(String, String)> {
+    vec![
+        ("QUORUM_COORDINATOR".into(), url.into()),
+        ("QUORUM_CERT".into(), w.p("admin/admin.crt")),
+        ("QUORUM_KEY".into(), w.p("admin/admin.key")),
+        ("QUORUM_CACERT".into(), w.p("ca/ca.crt")),
+    ]
+}
+
+fn run_env(
+    binary: &str,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Result<quorum_tests::CliOutput> {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    run(binary, args, &env)
+}
+
+/// Waits until the coordinator's log holds a line with every one of `parts`; returns it.
+fn wait_log_line(w: &World, parts: &[&str], timeout: Duration) -> Result<String> {
+    let log = w.dir.path().join("coordinator.log");
+    wait_for(
+        &format!("a coordinator log line with {parts:?}"),
+        timeout,
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_string)
+        },
+    )
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_handshake_timeout_and_the_cap_refuses_the_rest(
+) -> Result<()> {
+    const CAP: usize = 40;
+    const IDLE: usize = 300;
+    let mut w = World::new()?;
+    w.coordinator_extra = format!("max_connections: {CAP}\ntls_handshake_timeout_secs: 2\n");
+    w.start_coordinator()?;
+    let started = wait_log_line(&w, &["coordinator listening"], Duration::from_secs(5))?;
+    assert!(
+        started.contains(&format!("max_connections={CAP}"))
+            && started.contains("tls_handshake_timeout=2s"),
+        "{started}"
+    );
+
+    // Connections that never send a ClientHello, far more than the cap.
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect_timeout(
+            &w.listen,
+            Duration::from_secs(5),
+        )?);
+    }
+    let line = wait_log_line(&w, &["refusing new connections"], Duration::from_secs(20))?;
+    assert!(
+        line.contains(&format!("{CAP} are open (max_connections"))
+            && line.contains("peer=127.0.0.1:"),
+        "{line}"
+    );
+
+    // Every one of them is closed by the coordinator: beyond the cap at once, the others
+    // when their handshake time is up. (The read timeout only bounds a broken test.)
+    for (i, s) in idle.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut byte = [0u8; 1];
+        match s.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => anyhow::bail!("idle connection {i} was not closed: {other:?}"),
+        }
+    }
+    let reaped = wait_log_line(
+        &w,
+        &[
+            "did not finish its TLS handshake within 2s",
+            "peer=127.0.0.1:",
+        ],
+        Duration::from_secs(5),
+    )?;
+    assert!(reaped.contains("tls_handshake_timeout_secs"), "{reaped}");
+
+    // With the idle ones gone, the operator gets in again.
+    w.admin(&["agents"])?.ok()?;
+    // Lines about refusals are rate-limited: 300 connections made no 300 lines.
+    let log = std::fs::read_to_string(w.dir.path().join("coordinator.log"))?;
+    let lines = log.lines().filter(|l| l.contains(" WARN ")).count();
+    assert!(lines < IDLE / 2, "{lines} warnings for {IDLE} connections");
+    Ok(())
+}
+
+#[test]
+fn accept_errors_at_the_open_file_limit_are_logged_and_the_coordinator_recovers() -> Result<()> {
+    let mut w = World::new()?;
+    // A cap above the open-file limit, as with systemd's default 1024 and a large fleet.
+    w.coordinator_extra = "max_connections: 10000\ntls_handshake_timeout_secs: 2\n".into();
+    w.start_coordinator()?;
+    let pid = w.coordinator.as_ref().context("coordinator")?.pid();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let limit = fds + 20;
+    let out = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "prlimit: {out:?}");
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(TcpStream::connect_timeout(
+            &w.listen,
+            Duration::from_secs(5),
+        )?);
+    }
+    let line = wait_log_line(&w, &["cannot accept connections"], Duration::from_secs(20))?;
+    assert!(
+        line.contains("LimitNOFILE") && line.contains("pausing"),
+        "{line}"
+    );
+    // The idle ones time out, the backlog drains, and the coordinator serves again.
+    for s in idle.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut byte = [0u8; 1];
+        let _ = s.read(&mut byte);
+    }
+    drop(idle);
+    wait_for("an admin call to succeed", Duration::from_secs(30), || {
+        w.admin(&["agents"]).ok().filter(|o| o.code == 0)
+    })?;
+    let log = std::fs::read_to_string(w.dir.path().join("coordinator.log"))?;
+    let lines = log.matches("cannot accept connections").count();
+    assert!(
+        lines <= 5,
+        "accept errors are rate-limited, got {lines} lines"
+    );
+    Ok(())
+}
+
+/// Signs an admin certificate with the world's CA directly, expired.
+fn expired_admin(w: &World) -> Result<(String, String)> {
+    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(w.p("ca/ca.key"))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(w.p("ca/ca.crt"))?, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI("spiffe://pigsty/admin/old".try_into()?)];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(10);
+    params.not_after = now - time::Duration::days(1);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_logged_with_the_peer_and_the_reason() -> Result<()> {
+    let mut w = World::new()?;
+    w.start_coordinator()?;
+
+    // Not TLS at all. (First: the refused certificates below make the tonic client redial
+    // many times, and the log keeps at most 20 such lines in 10 s.)
+    {
+        use std::io::Write;
+        let mut s = TcpStream::connect_timeout(&w.listen, Duration::from_secs(5))?;
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let _ = s.read(&mut [0u8; 64]);
+    }
+    wait_log_line(
+        &w,
+        &[
+            "TLS handshake refused",
+            "does not speak TLS",
+            "peer=127.0.0.1:",
+        ],
+        Duration::from_secs(10),
+    )?;
+
+    // A client certificate from another CA: the CLI says to see the coordinator's log, and
+    // the log now says who and why.
+    let other = tempfile::tempdir()?;
+    let od = other.path().display().to_string();
+    run(
+        "quorum",
+        &["pki", "init", "--dir", &format!("{od}/ca")],
+        &[],
+    )?
+    .ok()?;
+    run(
+        "quorum",
+        &[
+            "pki",
+            "issue",
+            "admin",
+            "--name",
+            "mallory",
+            "--dir",
+            &format!("{od}/ca"),
+            "--out",
+            &format!("{od}/admin"),
+        ],
+        &[],
+    )?
+    .ok()?;
+    let mut env = admin_env(&w, &w.url());
+    env[1].1 = format!("{od}/admin/admin.crt");
+    env[2].1 = format!("{od}/admin/admin.key");
+    let out = run_env("quorum", &["agents"], &env)?;
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.stderr.contains("coordinator's log"), "{}", out.stderr);
+    let line = wait_log_line(
+        &w,
+        &[
+            "TLS handshake refused",
+            "not signed by this coordinator's CA",
+        ],
+        Duration::from_secs(10),
+    )?;
+    assert!(
+        line.contains("WARN") && line.contains("peer=127.0.0.1:"),
+        "{line}"
+    );
+
+    // An expired certificate (the CLI refuses it before dialing; the test's own client does not).
+    let (crt, key) = expired_admin(&w)?;
+    let expired = raw_channel(&w, &w.url(), Some((&crt, &key)), None).await;
+    if let Ok(ch) = expired {
+        let answer = AdminServiceClient::new(ch)
+            .list_agents(pb::ListAgentsRequest {})
+            .await;
+        assert!(answer.is_err(), "an expired certificate was accepted");
+    }
+    let line = wait_log_line(
+        &w,
+        &[
+            "TLS handshake refused",
+            "the client certificate has expired",
+        ],
+        Duration::from_secs(10),
+    )?;
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+
+    Ok(())
+}
 
 #[test]
 fn logs_written_to_a_file_carry_no_colour_escapes() -> Result<()> {
