@@ -32,6 +32,31 @@ pub struct EnrollArgs {
 #[error("{0}")]
 pub struct Refused(pub String);
 
+/// The token from `--token-file` or else from `--token` / `QUORUM_ENROLL_TOKEN`.
+pub fn token_from(file: Option<&Path>, given: Option<String>) -> anyhow::Result<String> {
+    let token = match (file, given) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the token file {}: {e}; write the output of `quorum pki token --host IP` there",
+                    path.display()
+                )
+            })?
+            .trim()
+            .to_string(),
+        (None, Some(token)) => token.trim().to_string(),
+        (None, None) => anyhow::bail!(
+            "no enrollment token given: put the output of `quorum pki token --host IP` in a file and pass --token-file PATH, or set QUORUM_ENROLL_TOKEN"
+        ),
+    };
+    if token.is_empty() {
+        anyhow::bail!(
+            "the enrollment token is empty; mint one with `quorum pki token --host IP` on the admin node"
+        );
+    }
+    Ok(token)
+}
+
 /// Builds a key pair and a CSR for `host_ip`; returns (key PEM, CSR PEM).
 pub fn make_csr(host_ip: IpAddr) -> anyhow::Result<(String, String)> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;

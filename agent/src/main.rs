@@ -34,9 +34,14 @@ enum Command {
         /// The coordinator's URL, https://IP:PORT.
         #[arg(long)]
         coordinator: String,
-        /// The one-time token from `quorum pki token --host IP`.
+        /// A file holding the one-time token from `quorum pki token --host IP` (kept off the
+        /// command line, where `ps` shows it to every user of the host).
+        #[arg(long, value_name = "PATH", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// The one-time token itself; prefer --token-file or the environment variable, since
+        /// `ps` shows a command line to every user of the host.
         #[arg(long, env = "QUORUM_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
         /// The Pigsty CA certificate that signed the coordinator's certificate.
         #[arg(long)]
         ca_cert: PathBuf,
@@ -90,12 +95,14 @@ fn main() -> ExitCode {
             Command::Run { config } => quorum_agent::pull::run_from_config(&config).await,
             Command::Enroll {
                 coordinator,
+                token_file,
                 token,
                 ca_cert,
                 cert,
                 key,
                 host_ip,
             } => {
+                let token = quorum_agent::enroll::token_from(token_file.as_deref(), token)?;
                 quorum_agent::enroll::enroll(&quorum_agent::enroll::EnrollArgs {
                     coordinator,
                     token,

@@ -1,6 +1,7 @@
 //! The TLS edge, end to end with the real binaries: the coordinator closes connections that
 //! never finish their handshake, caps how many are open, and logs every refused handshake
-//! with the peer's address; its logs carry no colour escapes.
+//! with the peer's address; its logs carry no colour escapes. `quorum-agent enroll` takes its
+//! one-time token from a file or the environment.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -302,6 +303,72 @@ fn logs_written_to_a_file_carry_no_colour_escapes() -> Result<()> {
             !log.contains("\x1b["),
             "{name} log has ANSI escapes:\n{log}"
         );
+    }
+    Ok(())
+}
+
+#[test]
+fn enroll_takes_its_token_from_a_file_or_the_environment_never_only_the_command_line() -> Result<()>
+{
+    let mut w = World::new()?;
+    w.start_coordinator()?;
+    let token = |ip: &str| -> Result<String> {
+        Ok(
+            w.quorum(&["pki", "token", "--host", ip, "--dir", &w.p("ca")])?
+                .ok()?
+                .stdout,
+        )
+    };
+    let enroll = |ip: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let crt = w.p(&format!("agent-{ip}/agent.crt"));
+        let key = w.p(&format!("agent-{ip}/agent.key"));
+        let url = w.url();
+        let ca = w.p("ca/ca.crt");
+        let mut args = vec![
+            "enroll",
+            "--coordinator",
+            &url,
+            "--ca-cert",
+            &ca,
+            "--cert",
+            &crt,
+            "--key",
+            &key,
+            "--host-ip",
+            ip,
+        ];
+        args.extend_from_slice(extra);
+        run("quorum-agent", &args, env)
+    };
+    // From a file (a trailing newline, as `quorum pki token > file` writes it, is fine).
+    std::fs::write(w.p("token-21"), token("127.0.0.21")?)?;
+    enroll("127.0.0.21", &["--token-file", &w.p("token-21")], &[])?.ok()?;
+    // From the environment.
+    let t = token("127.0.0.22")?;
+    enroll("127.0.0.22", &[], &[("QUORUM_ENROLL_TOKEN", t.trim())])?.ok()?;
+    // Neither: a usage error that names both ways.
+    let out = enroll("127.0.0.23", &[], &[])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("--token-file") && out.stderr.contains("QUORUM_ENROLL_TOKEN"),
+        "{}",
+        out.stderr
+    );
+    // A missing file: named.
+    let out = enroll("127.0.0.23", &["--token-file", &w.p("nope")], &[])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains(&w.p("nope")), "{}", out.stderr);
+    // `--help` documents the variable and the file.
+    let help = run("quorum-agent", &["enroll", "--help"], &[])?.ok()?;
+    assert!(
+        help.stdout.contains("QUORUM_ENROLL_TOKEN") && help.stdout.contains("--token-file"),
+        "{}",
+        help.stdout
+    );
+    // Both enrolled agents connect.
+    for ip in ["127.0.0.21", "127.0.0.22"] {
+        w.start_agent(ip, "")?;
+        w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(20))?;
     }
     Ok(())
 }
