@@ -25,6 +25,8 @@ pub struct EnrollArgs {
     pub key: PathBuf,
     /// This host's IP.
     pub host_ip: IpAddr,
+    /// The trust domain the coordinator's certificate must name (`spiffe://<td>/coordinator`).
+    pub trust_domain: String,
 }
 
 /// The coordinator said no (exit code 3).
@@ -96,17 +98,20 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
 pub async fn enroll(args: &EnrollArgs) -> anyhow::Result<u8> {
     let ca_pem = quorum_proto::tls::read_cert_pem(&args.ca_cert, "CA certificate")?;
     let (key_pem, csr_pem) = make_csr(args.host_ip)?;
-    let channel = quorum_proto::tls::endpoint(
+    // The token goes only to a server that proves it is the coordinator.
+    let channel = quorum_proto::tls::anonymous_coordinator_endpoint(
         &args.coordinator,
-        quorum_proto::tls::anonymous_client_config(&ca_pem),
+        &ca_pem,
+        &args.trust_domain,
     )?
     .connect()
     .await
-    .map_err(|e| {
-        anyhow::anyhow!(
+    .map_err(|e| match quorum_proto::tls::not_coordinator(&e) {
+        Some(refused) => anyhow::anyhow!("{refused}; the token was not sent"),
+        None => anyhow::anyhow!(
             "cannot reach the coordinator at {}: {e}; check the URL and that --ca-cert is the CA that signed the coordinator's certificate",
             args.coordinator
-        )
+        ),
     })?;
     let mut client = AgentServiceClient::new(channel);
     let resp = client

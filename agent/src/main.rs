@@ -42,6 +42,10 @@ enum Command {
         /// `ps` shows a command line to every user of the host.
         #[arg(long, env = "QUORUM_ENROLL_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The trust domain of the role URIs: the coordinator's certificate must name
+        /// spiffe://<TRUST_DOMAIN>/coordinator.
+        #[arg(long, env = "QUORUM_TRUST_DOMAIN", default_value = quorum_proto::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
         /// The Pigsty CA certificate that signed the coordinator's certificate.
         #[arg(long)]
         ca_cert: PathBuf,
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
                 coordinator,
                 token_file,
                 token,
+                trust_domain,
                 ca_cert,
                 cert,
                 key,
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
                     cert,
                     key,
                     host_ip,
+                    trust_domain,
                 })
                 .await
             }

@@ -672,10 +672,30 @@ pub fn new_task_id() -> String {
     format!("t-{}", hex::encode(r))
 }
 
+/// Agents and the CLI accept a server only if its certificate names the coordinator role; say
+/// so at start if ours does not (an etcd member's certificate given as tls.cert, say).
+fn warn_unless_coordinator(config: &CoordinatorConfig, tls: &TlsMaterial) {
+    let Some(der) = quorum_proto::tls::first_cert_der(&tls.cert_pem) else {
+        return;
+    };
+    match peer_from_der(der.as_ref(), &config.trust_domain) {
+        Ok(Peer::Coordinator) => {}
+        Ok(other) => tracing::warn!(
+            "tls.cert {} is a certificate for {other}, not for the coordinator: agents and the CLI will refuse this server; issue one with `quorum pki issue coordinator --ip ...`",
+            config.tls.cert.display()
+        ),
+        Err(e) => tracing::warn!(
+            "tls.cert {}: {e}; agents and the CLI will refuse this server until it has a coordinator certificate (`quorum pki issue coordinator --ip ...`)",
+            config.tls.cert.display()
+        ),
+    }
+}
+
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
     let server_tls = tls.server_config()?;
+    warn_unless_coordinator(&config, &tls);
     let listen = config.listen;
     let limits = crate::listener::Limits {
         max_connections: config.max_connections,

@@ -1,17 +1,19 @@
-//! The TLS edge, end to end with the real binaries: the coordinator closes connections that
-//! never finish their handshake, caps how many are open, and logs every refused handshake
-//! with the peer's address; its logs carry no colour escapes. `quorum-agent enroll` takes its
-//! one-time token from a file or the environment.
+//! The TLS edge, end to end with the real binaries: agents and the CLI accept only a server
+//! whose certificate names the coordinator (not an etcd member's, though the same CA signed
+//! it); the coordinator closes connections that never finish their handshake, caps how many
+//! are open, and logs every refused handshake with the peer's address; its logs carry no
+//! colour escapes. `quorum-agent enroll` takes its one-time token from a file or the
+//! environment.
 
 use std::io::Read;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
-use quorum_tests::{run, wait_for, World};
+use quorum_tests::{bin, free_port, run, wait_for, Proc, World};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A channel to `url` trusting the world's CA, presenting `identity` if given, and checking
@@ -54,6 +56,29 @@ fn run_env(
     run(binary, args, &env)
 }
 
+/// Starts `quorum serve` with `config` (YAML) and waits until it listens on `addr`.
+fn start_serve(w: &World, name: &str, config: &str, addr: SocketAddr) -> Result<Proc> {
+    let path = w.p(&format!("{name}.yml"));
+    std::fs::write(&path, config)?;
+    let mut cmd = Command::new(bin("quorum")?);
+    cmd.args(["serve", "--config", &path]);
+    let mut proc = Proc::spawn(name, cmd, &w.dir.path().join(format!("{name}.log")))?;
+    let up = wait_for(
+        &format!("{name} to listen"),
+        Duration::from_secs(20),
+        || {
+            if !proc.running() {
+                return Some(false);
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+                .ok()
+                .map(|_| true)
+        },
+    )?;
+    anyhow::ensure!(up, "{name} exited at start:\n{}", proc.log_text());
+    Ok(proc)
+}
+
 /// Waits until the coordinator's log holds a line with every one of `parts`; returns it.
 fn wait_log_line(w: &World, parts: &[&str], timeout: Duration) -> Result<String> {
     let log = w.dir.path().join("coordinator.log");
@@ -67,6 +92,172 @@ fn wait_log_line(w: &World, parts: &[&str], timeout: Duration) -> Result<String>
                 .map(str::to_string)
         },
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_and_the_cli_refuse_a_server_whose_certificate_is_not_the_coordinators() -> Result<()>
+{
+    let mut w = World::new()?;
+    w.coordinator_extra = "stale_after_secs: 5\npoll_hold_secs: 1\n".into();
+    w.start_coordinator()?;
+
+    // A fake coordinator: the real `quorum serve`, but with an etcd member's certificate,
+    // which the same CA signed for 127.0.0.1 (serverAuth) and which names no Quorum role.
+    w.quorum(&[
+        "pki",
+        "issue",
+        "etcd",
+        "--ip",
+        "127.0.0.1",
+        "--name",
+        "etcd-1",
+        "--dir",
+        &w.p("ca"),
+        "--out",
+        &w.p("etcd-1"),
+    ])?
+    .ok()?;
+    let fake_addr = SocketAddr::new("127.0.0.1".parse()?, free_port("127.0.0.1".parse()?)?);
+    let fake_url = format!("https://{fake_addr}");
+    let fake_cfg = format!(
+        "listen: {fake_addr}\ntls:\n  ca_cert: {ca}\n  cert: {crt}\n  key: {key}\nstate_dir: {state}\ninventory: {inv}\npoll_hold_secs: 1\n",
+        ca = w.p("ca/ca.crt"),
+        crt = w.p("etcd-1/server.crt"),
+        key = w.p("etcd-1/server.key"),
+        state = w.p("fake-state"),
+        inv = w.p("pigsty.yml"),
+    );
+    let fake = start_serve(&w, "fake", &fake_cfg, fake_addr)?;
+    assert!(
+        fake.log_text()
+            .contains("agents and the CLI will refuse this server"),
+        "the fake's own log should say its certificate is not a coordinator's:\n{}",
+        fake.log_text()
+    );
+
+    // An agent pointed at the fake: it refuses the server, says why, and keeps retrying.
+    w.issue_agent_cert("127.0.0.12")?;
+    let cfg = w.write_agent_config("127.0.0.12", "")?;
+    let text = std::fs::read_to_string(&cfg)?.replace(&w.url(), &fake_url);
+    std::fs::write(&cfg, text)?;
+    let mut cmd = Command::new(bin("quorum-agent")?);
+    cmd.args(["run", "--config", &cfg]);
+    let mut agent = Proc::spawn("agent .12", cmd, &w.dir.path().join("agent-fake.log"))?;
+    wait_for(
+        "the agent to refuse the fake",
+        Duration::from_secs(20),
+        || {
+            let log = agent.log_text();
+            (log.matches("it is not a Quorum coordinator").count() >= 2).then_some(())
+        },
+    )?;
+    let log = agent.log_text();
+    assert!(
+        log.contains("CN=etcd-1"),
+        "the refusal names the certificate:\n{log}"
+    );
+    assert!(log.contains(&fake_url), "the refusal names the URL:\n{log}");
+    assert!(
+        !log.contains("connected to the coordinator") && !log.contains("task done"),
+        "{log}"
+    );
+    assert!(
+        agent.running(),
+        "the agent retries, it does not exit:\n{log}"
+    );
+
+    // The fake never got a session from it, so it cannot hand it a task (seen from behind the
+    // CLI with the test's own client, which checks no role).
+    let admin_crt = std::fs::read_to_string(w.p("admin/admin.crt"))?;
+    let admin_key = std::fs::read_to_string(w.p("admin/admin.key"))?;
+    let mut behind = AdminServiceClient::new(
+        raw_channel(&w, &fake_url, Some((&admin_crt, &admin_key)), None).await?,
+    );
+    let listed = behind
+        .list_agents(pb::ListAgentsRequest {})
+        .await?
+        .into_inner();
+    assert!(listed.agents.is_empty(), "{listed:?}");
+    let err = behind
+        .run_task(pb::RunTaskRequest {
+            agent_id: "127.0.0.12".into(),
+            task: Some(pb::Task {
+                kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
+                ..Default::default()
+            }),
+            timeout_secs: 5,
+        })
+        .await
+        .err()
+        .context("the fake queued a task for an agent that refused it")?;
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    // The CLI pointed at the fake: exit 4, and the sentence says it is not a coordinator.
+    for args in [
+        &["agents"][..],
+        &["task", "--host", "127.0.0.12", "--timeout", "5", "facts"][..],
+    ] {
+        let out = run_env("quorum", args, &admin_env(&w, &fake_url))?;
+        assert_eq!(out.code, 4, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("it is not a Quorum coordinator")
+                && out.stderr.contains("CN=etcd-1")
+                && out.stderr.contains("check the coordinator URL"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+
+    // Enrollment (no client certificate yet) checks the server too: the token is not sent.
+    let token = w
+        .quorum(&["pki", "token", "--host", "127.0.0.13", "--dir", &w.p("ca")])?
+        .ok()?
+        .stdout;
+    std::fs::write(w.p("token-13"), token)?;
+    let enroll = |url: &str, out: &str| {
+        run(
+            "quorum-agent",
+            &[
+                "enroll",
+                "--coordinator",
+                url,
+                "--token-file",
+                &w.p("token-13"),
+                "--ca-cert",
+                &w.p("ca/ca.crt"),
+                "--cert",
+                &w.p(&format!("{out}/agent.crt")),
+                "--key",
+                &w.p(&format!("{out}/agent.key")),
+                "--host-ip",
+                "127.0.0.13",
+            ],
+            &[],
+        )
+    };
+    let out = enroll(&fake_url, "enroll-fake")?;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("it is not a Quorum coordinator")
+            && out.stderr.contains("the token was not sent"),
+        "{}",
+        out.stderr
+    );
+    assert!(!w.dir.path().join("enroll-fake/agent.key").exists());
+
+    // The genuine coordinator still works for all of them.
+    enroll(&w.url(), "agent-127.0.0.13")?.ok()?;
+    w.start_agent("127.0.0.11", "")?;
+    w.start_agent("127.0.0.13", "")?;
+    for ip in ["127.0.0.11", "127.0.0.13"] {
+        w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(20))?;
+    }
+    let out = w
+        .admin(&["task", "--host", "127.0.0.11", "--timeout", "20", "facts"])?
+        .ok()?;
+    assert!(out.stdout.contains(" ok"), "{}", out.stdout);
+    agent.kill();
+    Ok(())
 }
 
 #[test]
