@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::CoordinatorConfig;
 use crate::etcd::EtcdAccess;
+use crate::limit::{IpBuckets, LogLimit};
 use crate::pki::Ca;
 use crate::registry::{AgentState, Registry};
 use crate::runner::{Runner, Timeouts};
@@ -161,7 +162,16 @@ pub struct Coordinator {
     runner: Arc<Runner>,
     /// Turns true when the daemon is stopping: agent sessions end so the server can drain.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// `Enroll` attempts by peer IP: anyone can call it, so it is metered.
+    enroll_buckets: IpBuckets,
+    /// Refused enrollments are logged, at a limited rate.
+    enroll_log: LogLimit,
 }
+
+/// `Enroll` attempts one IP may make at once, then per second: enough for a few hosts behind
+/// one NAT enrolling together, far too few to make guessing or flooding worthwhile.
+const ENROLL_BURST: u32 = 10;
+const ENROLL_PER_SEC: f64 = 2.0;
 
 impl Coordinator {
     /// Builds the coordinator state from its config (the state dir is created if missing).
@@ -222,6 +232,8 @@ impl Coordinator {
             runner,
             config,
             stopping: tokio::sync::watch::Sender::new(false),
+            enroll_buckets: IpBuckets::new(ENROLL_BURST, ENROLL_PER_SEC),
+            enroll_log: LogLimit::new(20, Duration::from_secs(10)),
         }))
     }
 
@@ -241,6 +253,58 @@ impl Coordinator {
             // A duplicate report of a closed task is harmless: acknowledge it.
             tracing::debug!(agent = %ip, "report for a task not in flight");
         }
+    }
+
+    /// Signs an agent's CSR for the host its one-time token names, if the caller's IP has
+    /// not used up its enrollment attempts.
+    fn enroll(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        body: pb::EnrollRequest,
+    ) -> Result<pb::EnrollResponse, Status> {
+        let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        if let Err(wait) = self.enroll_buckets.take(ip) {
+            return Err(Status::resource_exhausted(format!(
+                "too many enrollment attempts from {ip} (at most {} at once, then {} a second); retry in {} s with a valid token from `quorum pki token --host IP`",
+                self.enroll_buckets.burst(),
+                self.enroll_buckets.per_sec(),
+                wait.as_secs().max(1)
+            )));
+        }
+        let ca = self.ca.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this coordinator has no CA key configured (tls.ca_key), so it cannot enroll hosts; issue the agent certificate with `quorum pki issue agent` instead",
+            )
+        })?;
+        let claims = ca
+            .verify_token(&body.token)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        if self.used_tokens.is_used(&claims.nonce) {
+            return Err(Status::permission_denied(
+                "enrollment token refused: it was already used (tokens work once); mint a new one with `quorum pki token --host IP`",
+            ));
+        }
+        let cert_pem = ca
+            .sign_agent_csr(&body.csr_pem, claims.host, self.config.enroll_cert_days)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        match self.used_tokens.mark(&claims.nonce, claims.exp) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Status::permission_denied(
+                    "enrollment token refused: it was already used (tokens work once)",
+                ))
+            }
+            Err(e) => {
+                return Err(Status::internal(format!(
+                    "cannot record the used token in the state dir: {e}"
+                )))
+            }
+        }
+        tracing::info!(host = %claims.host, "enrolled agent");
+        Ok(pb::EnrollResponse {
+            cert_pem,
+            ca_pem: ca.cert_pem().to_string(),
+        })
     }
 
     /// The agent `agent_id` names, if it can take an ad-hoc task now (connected or idle).
@@ -282,42 +346,20 @@ impl AgentService for AgentSvc {
         &self,
         req: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        let c = &self.0;
-        let ca = c.ca.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "this coordinator has no CA key configured (tls.ca_key), so it cannot enroll hosts; issue the agent certificate with `quorum pki issue agent` instead",
-            )
-        })?;
-        let body = req.into_inner();
-        let claims = ca
-            .verify_token(&body.token)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
-        if c.used_tokens.is_used(&claims.nonce) {
-            return Err(Status::permission_denied(
-                "enrollment token refused: it was already used (tokens work once); mint a new one with `quorum pki token --host IP`",
-            ));
-        }
-        let cert_pem = ca
-            .sign_agent_csr(&body.csr_pem, claims.host, c.config.enroll_cert_days)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
-        match c.used_tokens.mark(&claims.nonce, claims.exp) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Status::permission_denied(
-                    "enrollment token refused: it was already used (tokens work once)",
-                ))
-            }
-            Err(e) => {
-                return Err(Status::internal(format!(
-                    "cannot record the used token in the state dir: {e}"
-                )))
+        let peer = req.remote_addr();
+        let result = self.0.enroll(peer, req.into_inner());
+        if let Err(status) = &result {
+            if let Some(more) = self.0.enroll_log.admit() {
+                let peer = peer.map_or_else(|| "an unknown address".into(), |p| p.to_string());
+                tracing::warn!(
+                    %peer,
+                    "enrollment refused ({:?}): {}{more}",
+                    status.code(),
+                    status.message()
+                );
             }
         }
-        tracing::info!(host = %claims.host, "enrolled agent");
-        Ok(Response::new(pb::EnrollResponse {
-            cert_pem,
-            ca_pem: ca.cert_pem().to_string(),
-        }))
+        result.map(Response::new)
     }
 
     async fn poll(

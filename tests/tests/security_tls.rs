@@ -1,9 +1,9 @@
 //! The TLS edge, end to end with the real binaries: agents and the CLI accept only a server
 //! whose certificate names the coordinator (not an etcd member's, though the same CA signed
 //! it); the coordinator closes connections that never finish their handshake, caps how many
-//! are open, and logs every refused handshake with the peer's address; its logs carry no
-//! colour escapes. `quorum-agent enroll` takes its one-time token from a file or the
-//! environment.
+//! are open, logs every refused handshake and enrollment with the peer's address, and meters
+//! `Enroll` per IP; its logs carry no colour escapes. `quorum-agent enroll` takes its one-time
+//! token from a file or the environment.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
+use quorum_proto::pb::agent_service_client::AgentServiceClient;
 use quorum_tests::{bin, free_port, run, wait_for, Proc, World};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -472,6 +473,69 @@ async fn refused_handshakes_are_logged_with_the_peer_and_the_reason() -> Result<
     )?;
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
 
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_bad_enrollments_from_one_ip_is_limited_and_logged() -> Result<()> {
+    let mut w = World::new()?;
+    w.start_coordinator()?;
+    // A burst of bad enrollments from one IP: the first ones are refused for their token,
+    // then the IP is limited; another IP is not.
+    let mut from_one =
+        AgentServiceClient::new(raw_channel(&w, &w.url(), None, Some("127.0.0.1".parse()?)).await?);
+    let mut codes = Vec::new();
+    let mut limited = None;
+    for _ in 0..40 {
+        let err = from_one
+            .enroll(pb::EnrollRequest {
+                token: "not-a-token".into(),
+                csr_pem: String::new(),
+            })
+            .await
+            .err()
+            .context("a bad token enrolled")?;
+        if err.code() == tonic::Code::ResourceExhausted && limited.is_none() {
+            limited = Some(err.message().to_string());
+        }
+        codes.push(err.code());
+    }
+    assert!(
+        codes[..10]
+            .iter()
+            .all(|c| *c == tonic::Code::PermissionDenied),
+        "{codes:?}"
+    );
+    let limited = limited.context("40 bad enrollments in a row were never limited")?;
+    assert!(
+        limited.contains("too many enrollment attempts from 127.0.0.1"),
+        "{limited}"
+    );
+    let err =
+        AgentServiceClient::new(raw_channel(&w, &w.url(), None, Some("127.0.0.2".parse()?)).await?)
+            .enroll(pb::EnrollRequest {
+                token: "not-a-token".into(),
+                csr_pem: String::new(),
+            })
+            .await
+            .err()
+            .context("a bad token enrolled")?;
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let line = wait_log_line(
+        &w,
+        &[
+            "enrollment refused",
+            "not a Quorum token",
+            "peer=127.0.0.1:",
+        ],
+        Duration::from_secs(10),
+    )?;
+    assert!(line.contains("WARN"), "{line}");
+    wait_log_line(
+        &w,
+        &["enrollment refused (ResourceExhausted)", "peer=127.0.0.1:"],
+        Duration::from_secs(10),
+    )?;
     Ok(())
 }
 
