@@ -25,12 +25,39 @@ pub struct EnrollArgs {
     pub key: PathBuf,
     /// This host's IP.
     pub host_ip: IpAddr,
+    /// The trust domain the coordinator's certificate must name (`spiffe://<td>/coordinator`).
+    pub trust_domain: String,
 }
 
 /// The coordinator said no (exit code 3).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Refused(pub String);
+
+/// The token from `--token-file` or else from `--token` / `QUORUM_ENROLL_TOKEN`.
+pub fn token_from(file: Option<&Path>, given: Option<String>) -> anyhow::Result<String> {
+    let token = match (file, given) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the token file {}: {e}; write the output of `quorum pki token --host IP` there",
+                    path.display()
+                )
+            })?
+            .trim()
+            .to_string(),
+        (None, Some(token)) => token.trim().to_string(),
+        (None, None) => anyhow::bail!(
+            "no enrollment token given: put the output of `quorum pki token --host IP` in a file and pass --token-file PATH, or set QUORUM_ENROLL_TOKEN"
+        ),
+    };
+    if token.is_empty() {
+        anyhow::bail!(
+            "the enrollment token is empty; mint one with `quorum pki token --host IP` on the admin node"
+        );
+    }
+    Ok(token)
+}
 
 /// Builds a key pair and a CSR for `host_ip`; returns (key PEM, CSR PEM).
 pub fn make_csr(host_ip: IpAddr) -> anyhow::Result<(String, String)> {
@@ -71,17 +98,20 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
 pub async fn enroll(args: &EnrollArgs) -> anyhow::Result<u8> {
     let ca_pem = quorum_proto::tls::read_cert_pem(&args.ca_cert, "CA certificate")?;
     let (key_pem, csr_pem) = make_csr(args.host_ip)?;
-    let channel = quorum_proto::tls::endpoint(
+    // The token goes only to a server that proves it is the coordinator.
+    let channel = quorum_proto::tls::anonymous_coordinator_endpoint(
         &args.coordinator,
-        quorum_proto::tls::anonymous_client_config(&ca_pem),
+        &ca_pem,
+        &args.trust_domain,
     )?
     .connect()
     .await
-    .map_err(|e| {
-        anyhow::anyhow!(
+    .map_err(|e| match quorum_proto::tls::not_coordinator(&e) {
+        Some(refused) => anyhow::anyhow!("{refused}; the token was not sent"),
+        None => anyhow::anyhow!(
             "cannot reach the coordinator at {}: {e}; check the URL and that --ca-cert is the CA that signed the coordinator's certificate",
             args.coordinator
-        )
+        ),
     })?;
     let mut client = AgentServiceClient::new(channel);
     let resp = client

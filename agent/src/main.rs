@@ -34,9 +34,18 @@ enum Command {
         /// The coordinator's URL, https://IP:PORT.
         #[arg(long)]
         coordinator: String,
-        /// The one-time token from `quorum pki token --host IP`.
+        /// A file holding the one-time token from `quorum pki token --host IP` (kept off the
+        /// command line, where `ps` shows it to every user of the host).
+        #[arg(long, value_name = "PATH", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// The one-time token itself; prefer --token-file or the environment variable, since
+        /// `ps` shows a command line to every user of the host.
         #[arg(long, env = "QUORUM_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
+        /// The trust domain of the role URIs: the coordinator's certificate must name
+        /// spiffe://<TRUST_DOMAIN>/coordinator.
+        #[arg(long, env = "QUORUM_TRUST_DOMAIN", default_value = quorum_proto::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
         /// The Pigsty CA certificate that signed the coordinator's certificate.
         #[arg(long)]
         ca_cert: PathBuf,
@@ -71,6 +80,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: escapes in a log file or the journal are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -88,12 +99,15 @@ fn main() -> ExitCode {
             Command::Run { config } => quorum_agent::pull::run_from_config(&config).await,
             Command::Enroll {
                 coordinator,
+                token_file,
                 token,
+                trust_domain,
                 ca_cert,
                 cert,
                 key,
                 host_ip,
             } => {
+                let token = quorum_agent::enroll::token_from(token_file.as_deref(), token)?;
                 quorum_agent::enroll::enroll(&quorum_agent::enroll::EnrollArgs {
                     coordinator,
                     token,
@@ -101,6 +115,7 @@ fn main() -> ExitCode {
                     cert,
                     key,
                     host_ip,
+                    trust_domain,
                 })
                 .await
             }

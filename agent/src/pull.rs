@@ -63,28 +63,29 @@ pub async fn run_from_config(path: &Path) -> anyhow::Result<u8> {
     let tls = TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key).map_err(|e| {
         anyhow::anyhow!("{e} (a new host gets its certificate with `quorum-agent enroll`)")
     })?;
-    check_own_identity(&cfg, &tls)?;
+    let trust_domain = check_own_identity(&cfg, &tls)?;
     let executor = Executor::new(cfg.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         quorum_proto::shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
-    run(cfg, tls, executor, stop_rx).await?;
+    run(cfg, tls, &trust_domain, executor, stop_rx).await?;
     tracing::info!("agent stopped");
     Ok(0)
 }
 
 /// Refuses to start with a certificate that does not name this host: every poll would be
-/// refused, and the operator should hear why at once.
-fn check_own_identity(cfg: &AgentConfig, tls: &TlsMaterial) -> anyhow::Result<()> {
+/// refused, and the operator should hear why at once. Returns the trust domain the
+/// certificate names, the one the coordinator's certificate must name too.
+fn check_own_identity(cfg: &AgentConfig, tls: &TlsMaterial) -> anyhow::Result<String> {
     let der = quorum_proto::tls::first_cert_der(&tls.cert_pem)
         .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", cfg.tls.cert.display()))?;
-    // The trust domain is the coordinator's business; read the role from any spiffe URI.
-    let td = trust_domain_of(&der)
+    // The trust domain is the one this certificate names; the coordinator must name it too.
+    let td = quorum_proto::identity::trust_domain_of(&der)
         .unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.into());
     match peer_from_der(&der, &td) {
-        Ok(Peer::Agent(ip)) if ip == cfg.host_ip => Ok(()),
+        Ok(Peer::Agent(ip)) if ip == cfg.host_ip => Ok(td),
         Ok(other) => anyhow::bail!(
             "certificate {} is for {other}, but this agent is host {} (host_ip in the config); enroll this host again",
             cfg.tls.cert.display(),
@@ -94,31 +95,17 @@ fn check_own_identity(cfg: &AgentConfig, tls: &TlsMaterial) -> anyhow::Result<()
     }
 }
 
-fn trust_domain_of(der: &[u8]) -> Option<String> {
-    use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    for ext in cert.extensions() {
-        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
-            for name in &san.general_names {
-                if let GeneralName::URI(u) = name {
-                    if let Some(rest) = u.strip_prefix("spiffe://") {
-                        return rest.split('/').next().map(str::to_string);
-                    }
-                }
-            }
-        }
-    }
-    None
-}
-
 /// The loop itself; returns when `stop` turns true.
 pub async fn run(
     cfg: Arc<AgentConfig>,
     tls: TlsMaterial,
+    trust_domain: &str,
     executor: Executor,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let endpoint = quorum_proto::tls::endpoint(&cfg.coordinator, tls.client_config())?;
+    // The server must prove it is the coordinator: any CA-signed certificate (an etcd
+    // member's) would otherwise be able to hand this host tasks.
+    let endpoint = tls.coordinator_endpoint(&cfg.coordinator, trust_domain)?;
     // A lazy channel reconnects by itself; the loop only paces the retries.
     let channel: Channel = endpoint.connect_lazy();
     let mut puller = Puller {
@@ -137,16 +124,19 @@ pub async fn run(
         };
         puller.connected = false;
         let delay = puller.backoff.next_delay();
-        match status.code() {
-            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => tracing::error!(
+        match (quorum_proto::tls::not_coordinator(&status), status.code()) {
+            (Some(refused), _) => {
+                tracing::error!("refusing the server: {refused}; retrying in {delay:?}")
+            }
+            (None, tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => tracing::error!(
                 "the coordinator refused this agent: {}; retrying in {delay:?}",
                 status.message()
             ),
-            tonic::Code::Unimplemented => tracing::error!(
+            (None, tonic::Code::Unimplemented) => tracing::error!(
                 "the coordinator does not offer the session call ({}); it is older than this agent: upgrade quorum on the coordinator host first; retrying in {delay:?}",
                 status.message()
             ),
-            _ => tracing::warn!(
+            (None, _) => tracing::warn!(
                 "session with the coordinator ended ({:?}: {}); retrying in {delay:?}",
                 status.code(),
                 status.message()

@@ -78,18 +78,27 @@ pub fn resolve(
     })
 }
 
-/// Connects as admin.
+/// Connects as admin, to a server that proves it is the coordinator of the admin
+/// certificate's trust domain.
 pub async fn admin_client(conn: &Connection) -> anyhow::Result<AdminServiceClient<Channel>> {
     let tls = TlsMaterial::load(&conn.cacert, &conn.cert, &conn.key)?;
-    let channel = quorum_proto::tls::endpoint(&conn.coordinator, tls.client_config())?
+    let trust_domain = quorum_proto::tls::first_cert_der(&tls.cert_pem)
+        .and_then(|der| quorum_proto::identity::trust_domain_of(&der))
+        .unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.to_string());
+    let channel = tls
+        .coordinator_endpoint(&conn.coordinator, &trust_domain)?
         .connect()
         .await
         .map_err(|e| {
-            anyhow::Error::new(Unreachable(format!(
-                "cannot reach the coordinator at {}: {}; is `quorum serve` running there, and is the CA right?",
-                conn.coordinator,
-                error_chain(&e)
-            )))
+            let why = match quorum_proto::tls::not_coordinator(&e) {
+                Some(refused) => refused.to_string(),
+                None => format!(
+                    "cannot reach the coordinator at {}: {}; is `quorum serve` running there, and is the CA right?",
+                    conn.coordinator,
+                    error_chain(&e)
+                ),
+            };
+            anyhow::Error::new(Unreachable(why))
         })?;
     Ok(AdminServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
 }

@@ -73,6 +73,13 @@ pub struct CoordinatorConfig {
     /// How long a health gate waits for the member and the cluster to be healthy, seconds.
     #[serde(default = "default_gate_timeout")]
     pub gate_timeout_secs: u64,
+    /// Connections open at once (agents' sessions, admins' calls, handshakes in progress);
+    /// new ones beyond it are closed at once. Sized for a 10,000-agent fleet plus admins.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a new connection may take to finish its TLS handshake, seconds.
+    #[serde(default = "default_handshake_timeout")]
+    pub tls_handshake_timeout_secs: u64,
 }
 
 fn default_trust_domain() -> String {
@@ -99,6 +106,12 @@ fn default_task_timeout() -> u64 {
 fn default_gate_timeout() -> u64 {
     60
 }
+fn default_max_connections() -> usize {
+    12_000
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
 
 impl CoordinatorConfig {
     /// Reads the config at `path`.
@@ -107,9 +120,24 @@ impl CoordinatorConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        quorum_proto::yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let config: Self = quorum_proto::yaml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        let invalid = |message: &str| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: message.to_string(),
+        };
+        if config.max_connections == 0 {
+            return Err(invalid(
+                "max_connections: 0 would refuse every connection; give at least the number of agents plus a few for admins",
+            ));
+        }
+        if config.tls_handshake_timeout_secs == 0 {
+            return Err(invalid(
+                "tls_handshake_timeout_secs: 0 would close every connection before its handshake; give a few seconds (default 10)",
+            ));
+        }
+        Ok(config)
     }
 }

@@ -8,6 +8,8 @@ pub mod config;
 pub mod etcd;
 pub mod inventory;
 pub mod inventory_cli;
+pub mod limit;
+pub mod listener;
 pub mod patroni;
 pub mod pki;
 pub mod plan;

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::CoordinatorConfig;
 use crate::etcd::EtcdAccess;
+use crate::limit::{IpBuckets, LogLimit};
 use crate::pki::Ca;
 use crate::registry::{AgentState, Registry};
 use crate::runner::{Runner, Timeouts};
@@ -161,7 +162,16 @@ pub struct Coordinator {
     runner: Arc<Runner>,
     /// Turns true when the daemon is stopping: agent sessions end so the server can drain.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// `Enroll` attempts by peer IP: anyone can call it, so it is metered.
+    enroll_buckets: IpBuckets,
+    /// Refused enrollments are logged, at a limited rate.
+    enroll_log: LogLimit,
 }
+
+/// `Enroll` attempts one IP may make at once, then per second: enough for a few hosts behind
+/// one NAT enrolling together, far too few to make guessing or flooding worthwhile.
+const ENROLL_BURST: u32 = 10;
+const ENROLL_PER_SEC: f64 = 2.0;
 
 impl Coordinator {
     /// Builds the coordinator state from its config (the state dir is created if missing).
@@ -222,6 +232,8 @@ impl Coordinator {
             runner,
             config,
             stopping: tokio::sync::watch::Sender::new(false),
+            enroll_buckets: IpBuckets::new(ENROLL_BURST, ENROLL_PER_SEC),
+            enroll_log: LogLimit::new(20, Duration::from_secs(10)),
         }))
     }
 
@@ -241,6 +253,58 @@ impl Coordinator {
             // A duplicate report of a closed task is harmless: acknowledge it.
             tracing::debug!(agent = %ip, "report for a task not in flight");
         }
+    }
+
+    /// Signs an agent's CSR for the host its one-time token names, if the caller's IP has
+    /// not used up its enrollment attempts.
+    fn enroll(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        body: pb::EnrollRequest,
+    ) -> Result<pb::EnrollResponse, Status> {
+        let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        if let Err(wait) = self.enroll_buckets.take(ip) {
+            return Err(Status::resource_exhausted(format!(
+                "too many enrollment attempts from {ip} (at most {} at once, then {} a second); retry in {} s with a valid token from `quorum pki token --host IP`",
+                self.enroll_buckets.burst(),
+                self.enroll_buckets.per_sec(),
+                wait.as_secs().max(1)
+            )));
+        }
+        let ca = self.ca.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this coordinator has no CA key configured (tls.ca_key), so it cannot enroll hosts; issue the agent certificate with `quorum pki issue agent` instead",
+            )
+        })?;
+        let claims = ca
+            .verify_token(&body.token)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        if self.used_tokens.is_used(&claims.nonce) {
+            return Err(Status::permission_denied(
+                "enrollment token refused: it was already used (tokens work once); mint a new one with `quorum pki token --host IP`",
+            ));
+        }
+        let cert_pem = ca
+            .sign_agent_csr(&body.csr_pem, claims.host, self.config.enroll_cert_days)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        match self.used_tokens.mark(&claims.nonce, claims.exp) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Status::permission_denied(
+                    "enrollment token refused: it was already used (tokens work once)",
+                ))
+            }
+            Err(e) => {
+                return Err(Status::internal(format!(
+                    "cannot record the used token in the state dir: {e}"
+                )))
+            }
+        }
+        tracing::info!(host = %claims.host, "enrolled agent");
+        Ok(pb::EnrollResponse {
+            cert_pem,
+            ca_pem: ca.cert_pem().to_string(),
+        })
     }
 
     /// The agent `agent_id` names, if it can take an ad-hoc task now (connected or idle).
@@ -282,42 +346,20 @@ impl AgentService for AgentSvc {
         &self,
         req: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        let c = &self.0;
-        let ca = c.ca.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "this coordinator has no CA key configured (tls.ca_key), so it cannot enroll hosts; issue the agent certificate with `quorum pki issue agent` instead",
-            )
-        })?;
-        let body = req.into_inner();
-        let claims = ca
-            .verify_token(&body.token)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
-        if c.used_tokens.is_used(&claims.nonce) {
-            return Err(Status::permission_denied(
-                "enrollment token refused: it was already used (tokens work once); mint a new one with `quorum pki token --host IP`",
-            ));
-        }
-        let cert_pem = ca
-            .sign_agent_csr(&body.csr_pem, claims.host, c.config.enroll_cert_days)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
-        match c.used_tokens.mark(&claims.nonce, claims.exp) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Status::permission_denied(
-                    "enrollment token refused: it was already used (tokens work once)",
-                ))
-            }
-            Err(e) => {
-                return Err(Status::internal(format!(
-                    "cannot record the used token in the state dir: {e}"
-                )))
+        let peer = req.remote_addr();
+        let result = self.0.enroll(peer, req.into_inner());
+        if let Err(status) = &result {
+            if let Some(more) = self.0.enroll_log.admit() {
+                let peer = peer.map_or_else(|| "an unknown address".into(), |p| p.to_string());
+                tracing::warn!(
+                    %peer,
+                    "enrollment refused ({:?}): {}{more}",
+                    status.code(),
+                    status.message()
+                );
             }
         }
-        tracing::info!(host = %claims.host, "enrolled agent");
-        Ok(Response::new(pb::EnrollResponse {
-            cert_pem,
-            ca_pem: ca.cert_pem().to_string(),
-        }))
+        result.map(Response::new)
     }
 
     async fn poll(
@@ -672,31 +714,64 @@ pub fn new_task_id() -> String {
     format!("t-{}", hex::encode(r))
 }
 
+/// Agents and the CLI accept a server only if its certificate names the coordinator role; say
+/// so at start if ours does not (an etcd member's certificate given as tls.cert, say).
+fn warn_unless_coordinator(config: &CoordinatorConfig, tls: &TlsMaterial) {
+    let Some(der) = quorum_proto::tls::first_cert_der(&tls.cert_pem) else {
+        return;
+    };
+    match peer_from_der(der.as_ref(), &config.trust_domain) {
+        Ok(Peer::Coordinator) => {}
+        Ok(other) => tracing::warn!(
+            "tls.cert {} is a certificate for {other}, not for the coordinator: agents and the CLI will refuse this server; issue one with `quorum pki issue coordinator --ip ...`",
+            config.tls.cert.display()
+        ),
+        Err(e) => tracing::warn!(
+            "tls.cert {}: {e}; agents and the CLI will refuse this server until it has a coordinator certificate (`quorum pki issue coordinator --ip ...`)",
+            config.tls.cert.display()
+        ),
+    }
+}
+
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
+    let server_tls = tls.server_config()?;
+    warn_unless_coordinator(&config, &tls);
     let listen = config.listen;
-    let coordinator = Coordinator::new(config, tls.clone())?;
+    let limits = crate::listener::Limits {
+        max_connections: config.max_connections,
+        handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
+    };
+    let coordinator = Coordinator::new(config, tls)?;
     let agent = AgentServiceServer::new(AgentSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
-    tracing::info!(%listen, "coordinator listening");
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {listen}: {e}; is the address in use or not local?")
+    })?;
+    tracing::info!(
+        %listen,
+        max_connections = limits.max_connections,
+        tls_handshake_timeout = ?limits.handshake_timeout,
+        "coordinator listening"
+    );
+    // TLS is done by the listener (handshake timeout, connection cap, refusals logged), so
+    // tonic gets finished TLS streams and no TLS config of its own.
+    let incoming = crate::listener::incoming(listener, server_tls, limits);
     tonic::transport::Server::builder()
-        .tls_config(tls.server_config())?
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(agent)
         .add_service(admin)
-        .serve_with_shutdown(listen, async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             quorum_proto::shutdown::signal().await;
             // Sessions last as long as their agents; end them, or the drain never finishes.
             coordinator.stopping.send_replace(true);
         })
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot serve on {listen}: {e}; is the address in use or not local?")
-        })?;
+        .map_err(|e| anyhow::anyhow!("the server on {listen} failed: {e}"))?;
     tracing::info!("coordinator stopped");
     Ok(())
 }

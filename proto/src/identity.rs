@@ -167,6 +167,24 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// The trust domain of the first `spiffe://` URI SAN of a DER certificate, if it has one. A
+/// client takes it from its own certificate: the coordinator it talks to is in the same one.
+pub fn trust_domain_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    for ext in cert.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for name in &san.general_names {
+                if let GeneralName::URI(u) = name {
+                    if let Some(rest) = u.strip_prefix("spiffe://") {
+                        return rest.split('/').next().map(str::to_string);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
 /// A certificate's validity window, as Unix seconds (not before, not after).
 pub fn validity_from_der(der: &[u8]) -> Result<(i64, i64), IdentityError> {
     let (_, cert) =

@@ -1,13 +1,22 @@
-//! TLS material from PEM files and the tonic TLS configs built from it. Every error names the
+//! TLS material from PEM files and the TLS configs built from it: the coordinator's server
+//! config, and the client endpoints with which agents and the CLI reach the coordinator (and
+//! accept a server only if its certificate names the coordinator role). Every error names the
 //! file and says what to do, because a wrong path or an expired certificate is the first thing
 //! an operator hits.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
+
+use crate::identity::{peer_from_der, IdentityError, Peer};
 
 /// Errors loading TLS material or connecting.
 #[derive(Debug, thiserror::Error)]
@@ -165,31 +174,78 @@ impl TlsMaterial {
         })
     }
 
-    /// Server TLS: this side's identity; client certificates from the CA are verified when
-    /// presented (chain, validity, clientAuth) and optional only so that `Enroll` can be
-    /// called by a host that has no certificate yet. Every other call demands one.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(true)
+    /// The coordinator's server TLS: this side's identity, ALPN h2; client certificates from
+    /// the CA are verified when presented (chain, validity, clientAuth) and optional only so
+    /// that `Enroll` can be called by a host that has no certificate yet. Every other call
+    /// demands one.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(root_store(&self.ca_pem)?);
+        let clients =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Transport(format!("client certificate verifier: {e}")))?;
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Transport(format!("own certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| TlsError::Transport(format!("own private key: {e}")))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Transport(e.to_string()))?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                TlsError::Transport(format!(
+                    "the certificate and key do not go together or are unusable: {e}"
+                ))
+            })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 
-    /// Client TLS presenting this side's certificate.
-    pub fn client_config(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    /// An endpoint for the coordinator at `url`, presenting this side's certificate and
+    /// accepting the server only if its certificate names the coordinator of `trust_domain`.
+    pub fn coordinator_endpoint(
+        &self,
+        url: &str,
+        trust_domain: &str,
+    ) -> Result<Endpoint, TlsError> {
+        let identity = Identity::from_pem(&self.cert_pem, &self.key_pem);
+        verified_endpoint(url, &self.ca_pem, Some(identity), trust_domain)
     }
 }
 
-/// Client TLS with no client certificate (enrollment only).
-pub fn anonymous_client_config(ca_pem: &[u8]) -> ClientTlsConfig {
-    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem))
+/// An endpoint for the coordinator at `url` presenting no client certificate (enrollment
+/// only); the server must still prove it is the coordinator of `trust_domain`.
+pub fn anonymous_coordinator_endpoint(
+    url: &str,
+    ca_pem: &[u8],
+    trust_domain: &str,
+) -> Result<Endpoint, TlsError> {
+    verified_endpoint(url, ca_pem, None, trust_domain)
 }
 
-/// An endpoint for `url` with `tls`; keepalives detect a dead peer during a held poll.
-pub fn endpoint(url: &str, tls: ClientTlsConfig) -> Result<Endpoint, TlsError> {
+fn verified_endpoint(
+    url: &str,
+    ca_pem: &[u8],
+    identity: Option<Identity>,
+    trust_domain: &str,
+) -> Result<Endpoint, TlsError> {
+    let ep = base_endpoint(url)?;
+    let verifier = Arc::new(CoordinatorVerifier::new(ca_pem, trust_domain, url)?);
+    let tls = match identity {
+        Some(id) => ClientTlsConfig::new().identity(id),
+        None => ClientTlsConfig::new(),
+    };
+    ep.tls_config_with_verifier(tls, verifier)
+        .map_err(|e| TlsError::Transport(e.to_string()))
+}
+
+/// The URL check and the connection settings every client shares; keepalives detect a dead
+/// peer during a held poll.
+fn base_endpoint(url: &str) -> Result<Endpoint, TlsError> {
     if !url.starts_with("https://") {
         return Err(TlsError::BadUrl {
             url: url.to_string(),
@@ -200,16 +256,211 @@ pub fn endpoint(url: &str, tls: ClientTlsConfig) -> Result<Endpoint, TlsError> {
         url: url.to_string(),
         why: e.to_string(),
     })?;
-    ep.tls_config(tls)
-        .map_err(|e| TlsError::Transport(e.to_string()))
-        .map(|ep| {
-            ep.connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true)
-                // A poll crosses the connection every 30 s anyway; a ping more often only costs
-                // the coordinator CPU across a large fleet (BENCHMARKS.md, idle fleet). A dead
-                // coordinator is still noticed within 35 s.
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .keep_alive_while_idle(true)
+    Ok(ep
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        // A poll crosses the connection every 30 s anyway; a ping more often only costs
+        // the coordinator CPU across a large fleet (BENCHMARKS.md, idle fleet). A dead
+        // coordinator is still noticed within 35 s.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+fn root_store(ca_pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(ca_pem).flatten() {
+        roots
+            .add(der)
+            .map_err(|e| TlsError::Transport(format!("the CA certificate is unusable: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Transport(
+            "the CA file holds no certificate; give the Pigsty CA certificate (ca.crt)".into(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// What a server that is not the coordinator presented instead.
+#[derive(Debug, Clone)]
+pub enum ServerRole {
+    /// A certificate naming another Quorum role (an agent's, an admin's).
+    Other(Peer),
+    /// A certificate whose role cannot be read (no spiffe URI SAN, as on an etcd member).
+    Unreadable(IdentityError),
+}
+
+impl std::fmt::Display for ServerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerRole::Other(peer) => write!(f, "a certificate for {peer}"),
+            ServerRole::Unreadable(IdentityError::NoRole {
+                subject,
+                trust_domain,
+            }) => write!(
+                f,
+                "a certificate with no Quorum role in trust domain {trust_domain} (subject {subject})"
+            ),
+            ServerRole::Unreadable(e) => write!(f, "a certificate whose role cannot be read ({e})"),
+        }
+    }
+}
+
+/// The server's certificate is from the CA but does not name the coordinator: whoever answers
+/// there (an etcd member's key, a stray process) must not hand this host tasks.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the server at {url} presented {found}: it is not a Quorum coordinator; check the coordinator URL, and that the server there is `quorum serve` with a certificate from `quorum pki issue coordinator`")]
+pub struct NotCoordinator {
+    /// The URL dialed.
+    pub url: String,
+    /// What the certificate names instead.
+    pub found: ServerRole,
+}
+
+/// Checks a server certificate as rustls's WebPKI verifier does (chain to the CA, validity,
+/// serverAuth, the URL's IP or name), then demands the coordinator role in its URI SAN.
+#[derive(Debug)]
+pub struct CoordinatorVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    trust_domain: String,
+    url: String,
+}
+
+impl CoordinatorVerifier {
+    /// A verifier trusting the CA(s) in `ca_pem`, for the coordinator of `trust_domain` at `url`.
+    pub fn new(ca_pem: &[u8], trust_domain: &str, url: &str) -> Result<Self, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(ca_pem)?), provider)
+                .build()
+                .map_err(|e| TlsError::Transport(format!("server certificate verifier: {e}")))?;
+        Ok(Self {
+            inner,
+            trust_domain: trust_domain.to_string(),
+            url: url.to_string(),
         })
+    }
+}
+
+impl ServerCertVerifier for CoordinatorVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let found = match peer_from_der(end_entity.as_ref(), &self.trust_domain) {
+            Ok(Peer::Coordinator) => return Ok(verified),
+            Ok(other) => ServerRole::Other(other),
+            Err(e) => ServerRole::Unreadable(e),
+        };
+        let refused = NotCoordinator {
+            url: self.url.clone(),
+            found,
+        };
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(Arc::new(refused)),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The refusal of a server that is not the coordinator, if that is why `err` (a connection
+/// error, or a call's status) happened. rustls's error has no `source()`, and `io::Error`
+/// skips the error it wraps in its own, so both are opened by hand.
+pub fn not_coordinator(err: &(dyn std::error::Error + 'static)) -> Option<NotCoordinator> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<NotCoordinator>() {
+            return Some(found.clone());
+        }
+        if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
+            e.downcast_ref::<rustls::Error>()
+        {
+            if let Some(found) = other.0.downcast_ref::<NotCoordinator>() {
+                return Some(found.clone());
+            }
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = not_coordinator(inner) {
+                return Some(found);
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_refusal_is_found_inside_the_io_error_that_carries_the_rustls_error() {
+        let refused = NotCoordinator {
+            url: "https://127.0.0.1:7443".into(),
+            found: ServerRole::Other(Peer::Admin("eve".into())),
+        };
+        let tls = rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+            Arc::new(refused),
+        )));
+        let err = Outer(std::io::Error::new(std::io::ErrorKind::InvalidData, tls));
+        let found = not_coordinator(&err).map(|n| n.to_string());
+        assert_eq!(
+            found.as_deref().and_then(|s| s.split(';').next()),
+            Some("the server at https://127.0.0.1:7443 presented a certificate for admin eve: it is not a Quorum coordinator")
+        );
+        let other = Outer(std::io::Error::other("connection refused"));
+        assert!(not_coordinator(&other).is_none());
+    }
+
+    #[test]
+    fn a_certificate_without_a_role_is_described_by_its_subject() {
+        let role = ServerRole::Unreadable(IdentityError::NoRole {
+            subject: "CN=etcd-1, O=pigsty, OU=etcd".into(),
+            trust_domain: "pigsty".into(),
+        });
+        assert_eq!(
+            role.to_string(),
+            "a certificate with no Quorum role in trust domain pigsty (subject CN=etcd-1, O=pigsty, OU=etcd)"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! mTLS channels to the coordinator, built exactly as the real agent and CLI build theirs
-//! (`quorum_proto::tls::endpoint`: TCP_NODELAY, HTTP/2 keepalive every 10 s, 5 s connect
-//! timeout), so what the coordinator serves here is what it serves in production.
+//! (`TlsMaterial::coordinator_endpoint`: the coordinator role checked, TCP_NODELAY, HTTP/2
+//! keepalive every 10 s, 5 s connect timeout), so what the coordinator serves here is what it
+//! serves in production.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
 use quorum_proto::pb::agent_service_client::AgentServiceClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 /// Largest message the loadgen accepts: `ListAgents` of 10,000 agents is a few MiB.
 const MAX_DECODE: usize = 256 * 1024 * 1024;
@@ -22,10 +23,17 @@ pub fn endpoint(
     key: &str,
     source: Option<IpAddr>,
 ) -> Result<Endpoint> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key));
-    Ok(quorum_proto::tls::endpoint(url, tls)?.local_address(source))
+    let tls = quorum_proto::tls::TlsMaterial {
+        ca_pem: ca.as_bytes().to_vec(),
+        cert_pem: cert.as_bytes().to_vec(),
+        key_pem: key.as_bytes().to_vec(),
+    };
+    let trust_domain = quorum_proto::tls::first_cert_der(&tls.cert_pem)
+        .and_then(|der| quorum_proto::identity::trust_domain_of(&der))
+        .unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.to_string());
+    Ok(tls
+        .coordinator_endpoint(url, &trust_domain)?
+        .local_address(source))
 }
 
 /// An agent-service client over `channel`.

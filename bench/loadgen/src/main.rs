@@ -152,7 +152,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         fanout_rounds: usize,
         /// What-if: the simulated agents' HTTP/2 keepalive interval, seconds (default: what
-        /// quorum-agent uses, from quorum_proto::tls::endpoint).
+        /// quorum-agent uses, from TlsMaterial::coordinator_endpoint).
         #[arg(long)]
         keepalive_secs: Option<u64>,
         /// The calls the simulated agents make.
