@@ -80,6 +80,10 @@ pub struct CoordinatorConfig {
     /// How long a new connection may take to finish its TLS handshake, seconds.
     #[serde(default = "default_handshake_timeout")]
     pub tls_handshake_timeout_secs: u64,
+    /// How long a connection without a client certificate (enrollment only) may stay open
+    /// after its handshake, seconds.
+    #[serde(default = "default_anonymous_lifetime")]
+    pub anonymous_connection_secs: u64,
 }
 
 fn default_trust_domain() -> String {
@@ -112,6 +116,9 @@ fn default_max_connections() -> usize {
 fn default_handshake_timeout() -> u64 {
     10
 }
+fn default_anonymous_lifetime() -> u64 {
+    30
+}
 
 impl CoordinatorConfig {
     /// Reads the config at `path`.
@@ -136,6 +143,11 @@ impl CoordinatorConfig {
         if config.tls_handshake_timeout_secs == 0 {
             return Err(invalid(
                 "tls_handshake_timeout_secs: 0 would close every connection before its handshake; give a few seconds (default 10)",
+            ));
+        }
+        if config.anonymous_connection_secs == 0 {
+            return Err(invalid(
+                "anonymous_connection_secs: 0 would close every enrollment before it is answered; give a few seconds (default 30)",
             ));
         }
         Ok(config)

@@ -6,6 +6,7 @@
 //! with the peer's address, at a limited rate. tonic gets the finished TLS streams, whose
 //! connect info still carries the client certificate (`Request::peer_certs`).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,15 +31,32 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a new connection may take to finish its TLS handshake.
     pub handshake_timeout: Duration,
+    /// How long a connection without a client certificate may stay open after its handshake:
+    /// it can only call `Enroll`, one short call. Without a limit an anonymous client that
+    /// answers HTTP/2 pings could hold a `max_connections` slot forever.
+    pub anonymous_lifetime: Duration,
 }
 
 /// First and longest pause after an accept error such as EMFILE.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-/// A TLS connection that holds one of the `max_connections` slots until it is dropped.
+/// A TLS connection that holds one of the `max_connections` slots until it is dropped. One
+/// without a client certificate ends after [`Limits::anonymous_lifetime`].
 pub struct Conn {
     io: TlsStream<TcpStream>,
     _slot: OwnedSemaphorePermit,
+    anonymous_until: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Conn {
+    fn new(io: TlsStream<TcpStream>, slot: OwnedSemaphorePermit, anonymous: Duration) -> Self {
+        let has_cert = io.get_ref().1.peer_certificates().is_some();
+        Self {
+            io,
+            _slot: slot,
+            anonymous_until: (!has_cert).then(|| Box::pin(tokio::time::sleep(anonymous))),
+        }
+    }
 }
 
 impl Connected for Conn {
@@ -55,7 +73,16 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let me = self.get_mut();
+        if let Some(until) = me.anonymous_until.as_mut() {
+            if until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "a connection without a client certificate lives only long enough to enroll (anonymous_connection_secs)",
+                )));
+            }
+        }
+        Pin::new(&mut me.io).poll_read(cx, buf)
     }
 }
 
@@ -175,7 +202,7 @@ async fn accept_loop(
             peer,
             slot,
             acceptor.clone(),
-            limits.handshake_timeout,
+            limits,
             tx.clone(),
             logs.clone(),
         ));
@@ -198,14 +225,17 @@ async fn handshake(
     peer: SocketAddr,
     slot: OwnedSemaphorePermit,
     acceptor: TlsAcceptor,
-    timeout: Duration,
+    limits: Limits,
     tx: mpsc::Sender<Result<Conn, io::Error>>,
     logs: Arc<Logs>,
 ) {
+    let timeout = limits.handshake_timeout;
     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(io)) => {
             // Only fails when tonic has stopped taking connections (shutdown): drop it.
-            let _ = tx.send(Ok(Conn { io, _slot: slot })).await;
+            let _ = tx
+                .send(Ok(Conn::new(io, slot, limits.anonymous_lifetime)))
+                .await;
         }
         Ok(Err(e)) => match refusal(&e) {
             Some(why) => {

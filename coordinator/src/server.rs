@@ -742,6 +742,7 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let limits = crate::listener::Limits {
         max_connections: config.max_connections,
         handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
+        anonymous_lifetime: Duration::from_secs(config.anonymous_connection_secs),
     };
     let coordinator = Coordinator::new(config, tls)?;
     let agent = AgentServiceServer::new(AgentSvc(coordinator.clone()))

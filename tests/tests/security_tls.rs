@@ -627,3 +627,64 @@ fn enroll_takes_its_token_from_a_file_or_the_environment_never_only_the_command_
     }
     Ok(())
 }
+
+/// Sockets the process `pid` holds open.
+fn open_sockets(pid: u32) -> Result<usize> {
+    let mut n = 0;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let target = std::fs::read_link(fd?.path()).unwrap_or_default();
+        n += usize::from(target.to_string_lossy().starts_with("socket:"));
+    }
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_certificate_is_closed_after_it_could_have_enrolled() -> Result<()> {
+    let mut w = World::new()?;
+    w.coordinator_extra = "anonymous_connection_secs: 2\n".into();
+    w.start_coordinator()?;
+    let pid = w
+        .coordinator
+        .as_ref()
+        .map(|p| p.pid())
+        .context("the coordinator runs")?;
+    let before = open_sockets(pid)?;
+    // An anonymous client that finishes its handshake and one call, then keeps the
+    // connection (tonic's channel would answer pings forever).
+    let mut anon = AgentServiceClient::new(raw_channel(&w, &w.url(), None, None).await?);
+    let err = anon
+        .enroll(pb::EnrollRequest {
+            token: "not-a-token".into(),
+            csr_pem: String::new(),
+        })
+        .await
+        .err()
+        .context("a bad token enrolled")?;
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        open_sockets(pid)?,
+        before + 1,
+        "the anonymous connection is open"
+    );
+    wait_for(
+        "the coordinator to close the anonymous connection",
+        Duration::from_secs(20),
+        || (open_sockets(pid).ok()? == before).then_some(()),
+    )?;
+    // An admin's connection, with a certificate, is not cut.
+    let admin = (
+        std::fs::read_to_string(w.p("admin/admin.crt"))?,
+        std::fs::read_to_string(w.p("admin/admin.key"))?,
+    );
+    let mut client =
+        AdminServiceClient::new(raw_channel(&w, &w.url(), Some((&admin.0, &admin.1)), None).await?);
+    client.list_agents(pb::ListAgentsRequest {}).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        open_sockets(pid)?,
+        before + 1,
+        "an admin's connection was closed"
+    );
+    client.list_agents(pb::ListAgentsRequest {}).await?;
+    Ok(())
+}
