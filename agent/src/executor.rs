@@ -308,6 +308,25 @@ impl Executor {
                 );
             }
         }
+        // As systemd reports it: starting a running service or stopping a stopped one changes
+        // nothing. A state the backend cannot tell runs the action.
+        if action == "start" || action == "stop" {
+            let st = self.backend.status(svc).await;
+            let already = match action {
+                "start" => st == pb::ServiceState::Active,
+                _ => matches!(st, pb::ServiceState::Inactive | pb::ServiceState::Failed),
+            };
+            if already {
+                return TaskReport::new(
+                    pb::Outcome::Unchanged,
+                    format!(
+                        "{} is already {}: nothing to {action}",
+                        svc.fact_key(),
+                        state_word(st)
+                    ),
+                );
+            }
+        }
         match self.backend.run(svc, action).await {
             Ok(out) => TaskReport::new(
                 pb::Outcome::Changed,

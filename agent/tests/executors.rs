@@ -490,6 +490,11 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     );
     wait_member(&h).await?;
     assert!(ex.execute(&status("s2")).await.output.ends_with("active"));
+    // Starting a running etcd changes nothing, and says so (as systemd would).
+    let r = ex
+        .execute(&task("s2b", service(pb::Service::Etcd, pb::Action::Start)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Unchanged, "{r:?}");
     let first = etcd_pid(&h).context("pid after start")?;
     let r = ex
         .execute(&task("s3", service(pb::Service::Etcd, pb::Action::Restart)))
@@ -526,6 +531,11 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
         pb::Outcome::Changed
     );
     assert!(ex.execute(&status("s5")).await.output.ends_with("inactive"));
+    let r = ex
+        .execute(&task("s5b", service(pb::Service::Etcd, pb::Action::Stop)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Unchanged, "{r:?}");
+    assert!(r.output.contains("already inactive"), "{}", r.output);
     let r = ex
         .execute(&task(
             "w3",
