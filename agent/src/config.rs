@@ -373,6 +373,19 @@ impl AgentConfig {
                 }
             }
         }
+        // Without a status command the agent cannot tell a running etcd from a stopped one,
+        // and a wipe needs a positive "stopped".
+        if cfg.service_backend == BackendKind::Exec
+            && cfg
+                .exec
+                .get("etcd")
+                .is_some_and(|cmds| !cmds.contains_key("status"))
+        {
+            return Err(invalid(
+                "exec.etcd.status",
+                "missing: the agent must be able to tell whether etcd is running before it wipes its data; add a command that exits 0 while etcd runs and non-zero when it is stopped (see packaging/agent.yml)".into(),
+            ));
+        }
         if cfg.exec_timeout_secs == 0 {
             return Err(invalid("exec_timeout_secs", "must be at least 1".into()));
         }
@@ -417,6 +430,13 @@ mod tests {
                 other => panic!("{extra}: {other:?}"),
             }
         }
+        // The exec backend must be able to tell whether etcd runs before it may wipe.
+        match parse("service_backend: exec\nexec: { etcd: { stop: [x] } }") {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "exec.etcd.status"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse("service_backend: exec\nexec: { etcd: { status: [x] } }").is_ok());
+        assert!(parse("service_backend: exec\nexec: { patroni: { reload: [x] } }").is_ok());
         match parse("typo_key: 1") {
             Err(ConfigError::Parse { message, .. }) => {
                 assert!(message.contains("typo_key"), "{message}")

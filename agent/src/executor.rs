@@ -4,6 +4,7 @@
 //! running etcd) are checked here, on the host, whatever the coordinator asked.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use quorum_proto::pb;
@@ -66,6 +67,9 @@ pub struct Executor {
     backend: Backend,
     etcd_owner: Ids,
     profile_owner: Ids,
+    /// Whether the last facts could not tell etcd's state (logged once per change, not at
+    /// every poll).
+    etcd_unknown: AtomicBool,
 }
 
 fn kind_name(kind: &Kind) -> &'static str {
@@ -123,6 +127,7 @@ impl Executor {
             backend,
             etcd_owner,
             profile_owner,
+            etcd_unknown: AtomicBool::new(false),
         })
     }
 
@@ -447,13 +452,21 @@ impl Executor {
                 data.display()
             ));
         }
-        let state = self.backend.status(Svc::Etcd).await;
-        if state == pb::ServiceState::Active {
+        // Fail closed: only a positive "stopped" lets a wipe through. A state the agent cannot
+        // tell is treated as running.
+        let probe = self.backend.probe(Svc::Etcd).await;
+        if !probe.is_stopped() {
             if !purge {
-                return TaskReport::refused(format!(
-                    "etcd is active on this host: a wipe never touches a running member; stop etcd first, or purge. {} was not touched",
-                    data.display()
-                ));
+                return TaskReport::refused(match &probe.why {
+                    None => format!(
+                        "etcd is active on this host: a wipe never touches a running member; stop etcd first, or purge. {} was not touched",
+                        data.display()
+                    ),
+                    Some(why) => format!(
+                        "this agent cannot tell whether etcd is running ({why}), and a wipe needs etcd positively stopped: fix the status command (exec.etcd.status, or the systemd unit) and try again. {} was not touched",
+                        data.display()
+                    ),
+                });
             }
             if let Err(e) = self.backend.run(Svc::Etcd, "stop").await {
                 return TaskReport::failed(format!(
@@ -461,9 +474,12 @@ impl Executor {
                     data.display()
                 ));
             }
-            if self.backend.status(Svc::Etcd).await == pb::ServiceState::Active {
+            let after = self.backend.probe(Svc::Etcd).await;
+            if !after.is_stopped() {
                 return TaskReport::failed(format!(
-                    "purge: etcd is still active after stop; {} was not touched",
+                    "purge: after stop, etcd is {} ({}); a wipe needs it positively stopped, so {} was not touched",
+                    state_word(after.state),
+                    after.why.as_deref().unwrap_or("still running"),
                     data.display()
                 ));
             }
@@ -514,6 +530,25 @@ impl Executor {
         }
     }
 
+    /// Logs when the agent stops (or starts again) being able to tell etcd's state: while it
+    /// cannot, every wipe is refused, and the operator should hear why once, not at every poll.
+    fn note_etcd_state(&self, probe: &crate::backend::Probe) {
+        let unknown = probe.state == pb::ServiceState::Unknown;
+        let was = self.etcd_unknown.swap(unknown, Ordering::Relaxed);
+        if unknown && !was {
+            tracing::warn!(
+                "cannot tell whether etcd is running ({}): wipes are refused until the agent can tell; fix the status command in {}",
+                probe.why.as_deref().unwrap_or("no reason given"),
+                self.cfg.source.display()
+            );
+        } else if !unknown && was {
+            tracing::info!(
+                "etcd's state can be read again: {}",
+                state_word(probe.state)
+            );
+        }
+    }
+
     /// The facts the coordinator plans with.
     pub async fn facts(&self) -> pb::Facts {
         let p = &self.cfg.paths;
@@ -530,15 +565,18 @@ impl Executor {
         // is-active`, or the exec backend's command), and facts sit on every dispatch's path.
         let status = |svc: Svc| async move {
             if self.backend.manages(svc) {
-                Some((svc, self.backend.status(svc).await))
+                Some((svc, self.backend.probe(svc).await))
             } else {
                 None
             }
         };
         let [a, b, c] = Svc::ALL;
         let (a, b, c) = tokio::join!(status(a), status(b), status(c));
-        for (svc, state) in [a, b, c].into_iter().flatten() {
-            f.services.insert(svc.fact_key().into(), state as i32);
+        for (svc, probe) in [a, b, c].into_iter().flatten() {
+            if svc == Svc::Etcd {
+                self.note_etcd_state(&probe);
+            }
+            f.services.insert(svc.fact_key().into(), probe.state as i32);
         }
         for (key, path, public) in [
             ("etcd_conf", &p.etcd_conf, true),

@@ -906,6 +906,24 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
                     etcd
                 );
             }
+            // What the agents could not tell, under the table: an unknown etcd state blocks
+            // every wipe on that host.
+            for a in &agents {
+                let Some(f) = &a.facts else { continue };
+                let etcd = f
+                    .services
+                    .get("etcd")
+                    .map(|s| pb::ServiceState::try_from(*s).unwrap_or(pb::ServiceState::Unknown));
+                if matches!(
+                    etcd,
+                    Some(pb::ServiceState::Unknown | pb::ServiceState::Unspecified)
+                ) {
+                    println!(
+                        "warning: {}: etcd state unknown: wipes are refused until the agent can tell (its log says why)",
+                        a.agent_id
+                    );
+                }
+            }
         }
     }
     Ok(exit::OK)
