@@ -12,6 +12,7 @@ use quorum_proto::pb::task::Kind;
 
 use crate::backend::{Backend, Svc};
 use crate::config::AgentConfig;
+use crate::datadir::DataDir;
 use crate::files::{self, Ids, Written};
 use crate::journal::{Journal, Seen};
 
@@ -484,49 +485,33 @@ impl Executor {
                 ));
             }
         }
-        let entries = match std::fs::read_dir(data) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let dir = match DataDir::open(data, |real| self.cfg.data_dir_allowed(real)) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => {
                 return TaskReport::new(
                     pb::Outcome::Unchanged,
                     format!("{} does not exist: nothing to wipe", data.display()),
                 )
             }
-            Err(e) => return TaskReport::failed(format!("cannot read {}: {e}", data.display())),
-        };
-        let mut removed = 0;
-        for entry in entries {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    return TaskReport::failed(format!("cannot read {}: {e}", data.display()))
-                }
-            };
-            let path = entry.path();
-            // symlink_metadata: a link is removed as a link, never followed out of the dir.
-            let r = match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
-                Ok(_) => std::fs::remove_file(&path),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = r {
-                return TaskReport::failed(format!(
-                    "cannot remove {}: {e} ({removed} entries removed before)",
-                    path.display()
-                ));
+            Err(e) if e.is_refusal() => {
+                return TaskReport::refused(format!("{e}. Nothing was removed"))
             }
-            removed += 1;
-        }
-        if removed == 0 {
-            TaskReport::new(
+            Err(e) => return TaskReport::failed(format!("{e}. Nothing was removed")),
+        };
+        match dir.remove_contents() {
+            Ok(0) => TaskReport::new(
                 pb::Outcome::Unchanged,
                 format!("{} is already empty", data.display()),
-            )
-        } else {
-            TaskReport::new(
+            ),
+            Ok(removed) => TaskReport::new(
                 pb::Outcome::Changed,
                 format!("wiped {} ({removed} entries)", data.display()),
-            )
+            ),
+            Err((e, 0)) if e.is_refusal() => TaskReport::refused(e.to_string()),
+            Err((e, removed)) => TaskReport::failed(format!(
+                "{e} ({removed} entries of {} removed before)",
+                data.display()
+            )),
         }
     }
 

@@ -46,6 +46,16 @@ pub fn resolve_owner(user: &str, group: &str) -> Result<Ids, String> {
     Ok((u.uid, g.gid))
 }
 
+/// Whether the resolved `path` lies under one of `prefixes`, each taken as written and as it
+/// resolves on this host (Pigsty's `/pg` is itself a link into `/data`); with `strictly`, a
+/// path equal to a prefix does not count.
+pub fn under_prefixes(path: &Path, prefixes: &[PathBuf], strictly: bool) -> bool {
+    prefixes.iter().any(|pre| {
+        let inside = |p: &Path| path.starts_with(p) && !(strictly && path == p);
+        inside(pre) || fs::canonicalize(pre).is_ok_and(|real| inside(&real))
+    })
+}
+
 /// Writes `data` to `path` atomically (no `.bak`); used for the agent's own files.
 pub fn replace_atomically(
     path: &Path,

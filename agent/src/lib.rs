@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod datadir;
 pub mod enroll;
 pub mod executor;
 pub mod files;

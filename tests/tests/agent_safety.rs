@@ -1,6 +1,9 @@
 //! The security probe's host-side steps (reference/security-probe-2026-11.md), replayed
-//! through `quorum task` and a real agent: no wipe while etcd's state cannot be read (H3, F13).
+//! through `quorum task` and a real agent: no wipe while etcd's state cannot be read (H3,
+//! F13), no wipe through a link or across a mount (M1).
 
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -52,6 +55,37 @@ fn agent_start_check(w: &World, config: &str) -> Result<CliOutput> {
         ],
         &[],
     )
+}
+
+/// A tmpfs the test mounted; unmounted when dropped.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    fn tmpfs(at: &Path) -> Result<Self> {
+        std::fs::create_dir_all(at)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "quorum-test"])
+            .arg(at)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (the tests run as root): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Self(at.to_path_buf()))
+    }
+    fn unmount(&self) -> Result<()> {
+        let out = Command::new("umount").arg(&self.0).output()?;
+        anyhow::ensure!(out.status.success(), "umount {}", self.0.display());
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
 }
 
 #[test]
@@ -140,5 +174,61 @@ fn a_wipe_is_refused_while_etcd_runs_and_its_state_cannot_be_read() -> Result<()
     );
     let got = etcdctl(&["get", "k", "--print-value-only"])?;
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "v");
+    Ok(())
+}
+
+#[test]
+fn a_wipe_never_follows_a_link_or_crosses_a_mount() -> Result<()> {
+    let ip = "127.0.0.42";
+    let (mut w, _f, h) = world(ip)?;
+    let extra = h.agent_config(false);
+    start_agent(&mut w, ip, &extra)?;
+    let outside = w.dir.path().join("outside/precious");
+    std::fs::create_dir_all(outside.join("sub"))?;
+    std::fs::write(outside.join("a.txt"), "keep1")?;
+    std::fs::write(outside.join("sub/b.txt"), "keep2")?;
+    let intact = || -> Result<()> {
+        assert_eq!(std::fs::read_to_string(outside.join("a.txt"))?, "keep1");
+        assert_eq!(std::fs::read_to_string(outside.join("sub/b.txt"))?, "keep2");
+        Ok(())
+    };
+
+    // The probe's step: the data dir replaced by a link to a dir with files.
+    std::fs::remove_dir(h.data())?;
+    symlink(&outside, h.data())?;
+    let out = task(&w, ip, &["wipe-etcd-data"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stdout.contains("is a symbolic link"), "{}", out.stdout);
+    intact()?;
+    // An agent started on that layout refuses to start, naming the key.
+    let cfg = w.p(&format!("agent-{ip}/agent.yml"));
+    let out = agent_start_check(&w, &cfg)?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("paths.etcd_data"), "{}", out.stderr);
+
+    // A real data dir again, with links to outside inside it and a mount point.
+    std::fs::remove_file(h.data())?;
+    std::fs::create_dir_all(h.data().join("member/wal"))?;
+    std::fs::write(h.data().join("member/wal/0.wal"), "wal")?;
+    symlink(&outside, h.data().join("member/escape"))?;
+    symlink(outside.join("a.txt"), h.data().join("a-link"))?;
+    let mnt = Mounted::tmpfs(&h.data().join("mnt"))?;
+    std::fs::write(h.data().join("mnt/other-fs"), "keep3")?;
+    let out = task(&w, ip, &["wipe-etcd-data"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stdout.contains("mount point"), "{}", out.stdout);
+    assert!(
+        h.data().join("member/wal/0.wal").exists(),
+        "a refused wipe removed something"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.data().join("mnt/other-fs"))?,
+        "keep3"
+    );
+    mnt.unmount()?;
+    let out = task(&w, ip, &["wipe-etcd-data"])?.ok()?;
+    assert!(out.stdout.contains("wiped"), "{}", out.stdout);
+    assert_eq!(std::fs::read_dir(h.data())?.count(), 0);
+    intact()?;
     Ok(())
 }
