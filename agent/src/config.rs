@@ -118,6 +118,18 @@ impl Default for Paths {
     }
 }
 
+impl Paths {
+    /// Whether `path` may be a symbolic link that the agent reads and writes through (to a
+    /// regular file inside allowed_prefixes, keeping the link). Only Patroni's config: Pigsty
+    /// renders `/pg/conf/<cluster>-<seq>.yml` and links `/etc/patroni/patroni.yml` to it, so
+    /// replacing the link would leave Patroni and Pigsty's next run reading different files.
+    /// Pigsty lays no link at etcd.conf, the etcd certificates, the etcdctl profile or the
+    /// vip-manager config, so a link there is someone else's doing and is refused.
+    pub fn may_be_link(&self, path: &Path) -> bool {
+        path == self.patroni_conf
+    }
+}
+
 /// Owner of written files.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -13,7 +13,7 @@ use quorum_proto::pb::task::Kind;
 use crate::backend::{Backend, Svc};
 use crate::config::AgentConfig;
 use crate::datadir::DataDir;
-use crate::files::{self, Ids, Written};
+use crate::files::{self, Ids, Links, Managed, Written};
 use crate::journal::{Journal, Seen};
 
 /// Largest content a write task may carry.
@@ -132,6 +132,19 @@ impl Executor {
         })
     }
 
+    /// A managed path with this agent's prefixes and the link rule for it.
+    fn managed<'a>(&'a self, path: &'a Path) -> Managed<'a> {
+        Managed {
+            path,
+            prefixes: &self.cfg.allowed_prefixes,
+            links: if self.cfg.paths.may_be_link(path) {
+                Links::WriteThrough
+            } else {
+                Links::Refuse
+            },
+        }
+    }
+
     /// Runs `task` once: a task id already finished is answered from the journal.
     pub async fn execute(&self, task: &pb::Task) -> TaskReport {
         if task.id.is_empty() || task.id.len() > 256 {
@@ -211,7 +224,10 @@ impl Executor {
                 path.display()
             ));
         }
-        match files::write_managed(path, content.as_bytes(), mode, Some(owner)) {
+        match self
+            .managed(path)
+            .write(content.as_bytes(), mode, Some(owner))
+        {
             Ok(Written::Changed) => {
                 TaskReport::new(pb::Outcome::Changed, format!("wrote {}", path.display()))
             }
@@ -219,6 +235,7 @@ impl Executor {
                 pb::Outcome::Unchanged,
                 format!("{} already up to date", path.display()),
             ),
+            Err(e) if e.is_refusal() => TaskReport::refused(format!("{e}; nothing was written")),
             Err(e) => TaskReport::failed(e.to_string()),
         }
     }
@@ -418,30 +435,45 @@ impl Executor {
         }
     }
 
-    /// Patches a host-owned file in place, keeping its owner and mode.
+    /// Patches a host-owned file in place, keeping its owner and mode (through Pigsty's link
+    /// to its target, where the config allows one).
     fn patch_file(
         &self,
         path: &Path,
         patch: impl FnOnce(&str) -> Result<String, String>,
     ) -> Result<Written, TaskReport> {
-        use std::os::unix::fs::MetadataExt;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            TaskReport::failed(format!(
-                "cannot read {}: {e}; it must exist (Pigsty's pgsql playbook writes it)",
-                path.display()
+        let file = self.managed(path);
+        let current = match file.read() {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(TaskReport::failed(format!(
+                    "{} does not exist; it must exist (Pigsty's pgsql playbook writes it): nothing was written",
+                    path.display()
+                )))
+            }
+            Err(e) if e.is_refusal() => {
+                return Err(TaskReport::refused(format!("{e}; nothing was written")))
+            }
+            Err(e) => return Err(TaskReport::failed(e.to_string())),
+        };
+        let text = std::str::from_utf8(&current.data).map_err(|e| {
+            TaskReport::refused(format!(
+                "{} is not UTF-8 text (invalid byte at offset {}): a YAML config must be UTF-8; fix or re-render the file. Nothing was written",
+                path.display(),
+                e.valid_up_to()
             ))
         })?;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| TaskReport::failed(format!("cannot stat {}: {e}", path.display())))?;
-        let patched = patch(&text).map_err(|e| {
+        let patched = patch(text).map_err(|e| {
             TaskReport::refused(format!("{}: {e}; nothing was written", path.display()))
         })?;
-        let owner = (
-            nix::unistd::Uid::from_raw(meta.uid()),
-            nix::unistd::Gid::from_raw(meta.gid()),
-        );
-        files::write_managed(path, patched.as_bytes(), meta.mode() & 0o7777, Some(owner))
-            .map_err(|e| TaskReport::failed(e.to_string()))
+        file.write(patched.as_bytes(), current.mode, Some(current.owner))
+            .map_err(|e| {
+                if e.is_refusal() {
+                    TaskReport::refused(format!("{e}; nothing was written"))
+                } else {
+                    TaskReport::failed(e.to_string())
+                }
+            })
     }
 
     async fn wipe(&self, purge: bool) -> TaskReport {
@@ -572,21 +604,10 @@ impl Executor {
             ("patroni_conf", &p.patroni_conf, false),
             ("vip_conf", &p.vip_conf, false),
         ] {
-            let fact = match files::sha256_file(path) {
-                Some((sha, data)) => pb::FileFact {
-                    exists: true,
-                    sha256: sha,
-                    content: if public && data.len() <= FACT_CONTENT_CAP {
-                        String::from_utf8(data).unwrap_or_default()
-                    } else {
-                        String::new()
-                    },
-                },
-                None => pb::FileFact::default(),
-            };
-            f.files.insert(key.into(), fact);
+            f.files
+                .insert(key.into(), file_fact(self.managed(path), public));
         }
-        f.vip = vip_fact(&p.vip_conf);
+        f.vip = vip_fact(self.managed(&p.vip_conf));
         let member = p.etcd_data.join("member");
         f.data_dir = Some(pb::DataDirFact {
             path: p.etcd_data.display().to_string(),
@@ -597,15 +618,48 @@ impl Executor {
     }
 }
 
+/// The fact of one managed file, read with the same checks as a write: a link, FIFO or
+/// device at the path is reported as such, never opened or followed. The content goes along
+/// only for `public` files (no secrets) up to `FACT_CONTENT_CAP`.
+fn file_fact(file: Managed<'_>, public: bool) -> pb::FileFact {
+    match file.read() {
+        Ok(Some(c)) => pb::FileFact {
+            exists: true,
+            sha256: files::sha256_hex(&c.data),
+            content: if public && c.data.len() <= FACT_CONTENT_CAP {
+                String::from_utf8(c.data).unwrap_or_default()
+            } else {
+                String::new()
+            },
+            problem: String::new(),
+        },
+        Ok(None) => pb::FileFact::default(),
+        Err(e) => pb::FileFact {
+            exists: true,
+            problem: e.to_string(),
+            ..Default::default()
+        },
+    }
+}
+
 /// The VIP of this host's vip-manager config and whether it is on its interface now; `None`
 /// when the host has no vip-manager config.
-fn vip_fact(conf: &Path) -> Option<pb::VipFact> {
-    let text = match std::fs::read_to_string(conf) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+fn vip_fact(file: Managed<'_>) -> Option<pb::VipFact> {
+    let conf = file.path;
+    let text = match file.read() {
+        Ok(Some(c)) => match String::from_utf8(c.data) {
+            Ok(t) => t,
+            Err(_) => {
+                return Some(pb::VipFact {
+                    error: format!("{} is not UTF-8 text", conf.display()),
+                    ..Default::default()
+                })
+            }
+        },
+        Ok(None) => return None,
         Err(e) => {
             return Some(pb::VipFact {
-                error: format!("cannot read {}: {e}", conf.display()),
+                error: e.to_string(),
                 ..Default::default()
             })
         }

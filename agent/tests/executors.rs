@@ -259,6 +259,22 @@ async fn patroni_and_vip_edits_change_only_the_endpoints() -> Result<()> {
         std::fs::read_to_string(h.p("etc/patroni/patroni.yml"))?,
         "etcd3: [unclosed\n"
     );
+    // A file that is not UTF-8: refused, and the message says so (not "it must exist").
+    let binary = b"etcd3:\n  hosts: '\xff:2379'\n";
+    std::fs::write(h.p("etc/patroni/patroni.yml"), binary)?;
+    let r = ex
+        .execute(&task(
+            "p4",
+            Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts {
+                hosts: vec!["a:1".into()],
+                restart: false,
+            }),
+        ))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(r.output.contains("is not UTF-8 text"), "{}", r.output);
+    assert!(!r.output.contains("must exist"), "{}", r.output);
+    assert_eq!(std::fs::read(h.p("etc/patroni/patroni.yml"))?, binary);
     let vip =
         "ip: 10.10.10.2\ndcs-type: etcd\ndcs-endpoints:\n  - https://10.10.10.10:2379\n# end\n";
     std::fs::write(h.p("etc/default/vip-manager.yml"), vip)?;

@@ -906,8 +906,9 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
                     etcd
                 );
             }
-            // What the agents could not tell, under the table: an unknown etcd state blocks
-            // every wipe on that host.
+            // What the agents could not tell or would not read, under the table: an unknown
+            // etcd state blocks every wipe on that host, a managed file that is a link or a
+            // FIFO blocks every write to it.
             for a in &agents {
                 let Some(f) = &a.facts else { continue };
                 let etcd = f
@@ -922,6 +923,11 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
                         "warning: {}: etcd state unknown: wipes are refused until the agent can tell (its log says why)",
                         a.agent_id
                     );
+                }
+                for (key, file) in &f.files {
+                    if !file.problem.is_empty() {
+                        println!("warning: {}: {key}: {}", a.agent_id, file.problem);
+                    }
                 }
             }
         }

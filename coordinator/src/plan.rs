@@ -1400,6 +1400,7 @@ mod tests {
                         exists: true,
                         sha256: sha256_hex(content),
                         content: content.clone(),
+                        problem: String::new(),
                     },
                 );
             }
@@ -1466,6 +1467,7 @@ mod tests {
                     exists: true,
                     sha256: "00".into(),
                     content: "old".into(),
+                    problem: String::new(),
                 },
             );
         }
@@ -1625,6 +1627,7 @@ mod tests {
             exists: true,
             sha256: sha256_hex("a\nb\n"),
             content: "a\nb\n".into(),
+            problem: String::new(),
         };
         let d = file_diff("/etc/etcd/etcd.conf", Some(&cur), "a\nc\n");
         assert!(d.contains("-b") && d.contains("+c"), "{d}");

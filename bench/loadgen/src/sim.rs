@@ -87,6 +87,7 @@ fn sim_facts(ip: IpAddr) -> pb::Facts {
                     String::new()
                 },
                 content: String::new(),
+                problem: String::new(),
             },
         );
     }
