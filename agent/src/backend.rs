@@ -96,6 +96,71 @@ pub enum BackendError {
     },
 }
 
+/// A service's state as the backend read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The state; `Unknown` when the backend could not tell.
+    pub state: pb::ServiceState,
+    /// Why the state is unknown (`None` when it is known).
+    pub why: Option<String>,
+}
+
+impl Probe {
+    fn unknown(why: String) -> Self {
+        Self {
+            state: pb::ServiceState::Unknown,
+            why: Some(why),
+        }
+    }
+
+    /// Whether the service is positively stopped (`inactive` or `failed`): the only states in
+    /// which its data may be wiped.
+    pub fn is_stopped(&self) -> bool {
+        matches!(
+            self.state,
+            pb::ServiceState::Inactive | pb::ServiceState::Failed
+        )
+    }
+}
+
+/// `systemctl is-active UNIT`: the one word it prints; a stopped word counts only with the
+/// non-zero exit systemctl gives it. Anything else is `Err` (unknown), never a guess from the
+/// exit code: a guess that says "inactive" would let a wipe through.
+pub fn systemd_state(code: Option<i32>, out: &str) -> Result<pb::ServiceState, String> {
+    let word = out.trim();
+    let state = match word {
+        "active" | "reloading" | "refreshing" => pb::ServiceState::Active,
+        // Starting or stopping: a process may be running, so it counts as running.
+        "activating" | "deactivating" => pb::ServiceState::Active,
+        "inactive" if code.is_some_and(|c| c != 0) => pb::ServiceState::Inactive,
+        "failed" if code.is_some_and(|c| c != 0) => pb::ServiceState::Failed,
+        _ => {
+            return Err(format!(
+                "answered {word:?} with {}, which is not a state this agent knows",
+                code.map(|c| format!("exit status {c}"))
+                    .unwrap_or_else(|| "no exit status (a signal)".into())
+            ))
+        }
+    };
+    Ok(state)
+}
+
+/// An exec `status` command: exit 0 means running, any other exit means stopped, except the
+/// codes that mean "could not tell": 4 (LSB "status unknown"), 126/127 (the shell could not
+/// run the command), 128 and above or a signal (the command was killed).
+pub fn exec_state(code: Option<i32>) -> Result<pb::ServiceState, String> {
+    match code {
+        Some(0) => Ok(pb::ServiceState::Active),
+        Some(4) => Err("exited with 4 (LSB: status unknown)".into()),
+        Some(c @ (126 | 127)) => Err(format!(
+            "exited with {c}: the shell could not run the command"
+        )),
+        Some(c) if c >= 128 => Err(format!("exited with {c}: it was killed")),
+        Some(_) => Ok(pb::ServiceState::Inactive),
+        None => Err("was killed by a signal".into()),
+    }
+}
+
 /// The backend of this agent.
 pub struct Backend {
     cfg: std::sync::Arc<AgentConfig>,
@@ -160,30 +225,32 @@ impl Backend {
 
     /// The state of `svc`.
     pub async fn status(&self, svc: Svc) -> pb::ServiceState {
-        let Some(argv) = self.argv(svc, "status") else {
-            return pb::ServiceState::Unknown;
-        };
-        match self.exec(&argv).await {
-            Ok((code, out)) => match self.cfg.service_backend {
-                BackendKind::Systemd => match out.trim() {
-                    "active" | "reloading" | "activating" => pb::ServiceState::Active,
-                    "failed" => pb::ServiceState::Failed,
-                    "inactive" | "deactivating" => pb::ServiceState::Inactive,
-                    _ if code == Some(0) => pb::ServiceState::Active,
-                    _ => pb::ServiceState::Unknown,
-                },
-                BackendKind::Exec => {
-                    if code == Some(0) {
-                        pb::ServiceState::Active
-                    } else {
-                        pb::ServiceState::Inactive
-                    }
-                }
-            },
-            Err(_) => pb::ServiceState::Unknown,
-        }
+        self.probe(svc).await.state
     }
 
+    /// The state of `svc`, and why it is `Unknown` when it is: a wipe needs a positive
+    /// answer, and the operator needs the reason when there is none.
+    pub async fn probe(&self, svc: Svc) -> Probe {
+        let Some(argv) = self.argv(svc, "status") else {
+            return Probe::unknown(format!(
+                "no `status` command for {} under exec: in {}",
+                svc.fact_key(),
+                self.cfg.source.display()
+            ));
+        };
+        let (code, out) = match self.exec(&argv).await {
+            Ok(r) => r,
+            Err(e) => return Probe::unknown(e.to_string()),
+        };
+        let mapped = match self.cfg.service_backend {
+            BackendKind::Systemd => systemd_state(code, &out),
+            BackendKind::Exec => exec_state(code),
+        };
+        match mapped {
+            Ok(state) => Probe { state, why: None },
+            Err(why) => Probe::unknown(format!("{}: {why}", argv.join(" "))),
+        }
+    }
     async fn exec(&self, argv: &[String]) -> Result<(Option<i32>, String), BackendError> {
         let joined = argv.join(" ");
         let Some((prog, args)) = argv.split_first() else {
@@ -234,6 +301,52 @@ impl Backend {
                     output,
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemctl_words_map_exactly_and_nothing_else_is_stopped() {
+        use pb::ServiceState::*;
+        for (code, out, want) in [
+            (Some(0), "active\n", Ok(Active)),
+            (Some(0), "reloading\n", Ok(Active)),
+            (Some(3), "activating\n", Ok(Active)),
+            (Some(3), "deactivating\n", Ok(Active)),
+            (Some(3), "inactive\n", Ok(Inactive)),
+            (Some(3), "failed\n", Ok(Failed)),
+        ] {
+            assert_eq!(systemd_state(code, out), want, "{out:?} {code:?}");
+        }
+        // Unknown words, errors on the bus, stopped words with a success exit, no output,
+        // a signal: none of them may read as stopped.
+        for (code, out) in [
+            (Some(0), "unknown\n"),
+            (
+                Some(1),
+                "Failed to connect to bus: No such file or directory\n",
+            ),
+            (Some(0), "inactive\n"),
+            (Some(0), "failed\n"),
+            (Some(0), ""),
+            (Some(3), "maintenance\n"),
+            (None, "inactive\n"),
+        ] {
+            assert!(systemd_state(code, out).is_err(), "{out:?} {code:?}");
+        }
+    }
+
+    #[test]
+    fn exec_status_codes_that_cannot_tell_are_unknown() {
+        assert_eq!(exec_state(Some(0)), Ok(pb::ServiceState::Active));
+        assert_eq!(exec_state(Some(1)), Ok(pb::ServiceState::Inactive));
+        assert_eq!(exec_state(Some(3)), Ok(pb::ServiceState::Inactive));
+        for code in [Some(4), Some(126), Some(127), Some(137), None] {
+            assert!(exec_state(code).is_err(), "{code:?}");
         }
     }
 }

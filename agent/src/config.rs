@@ -118,6 +118,18 @@ impl Default for Paths {
     }
 }
 
+impl Paths {
+    /// Whether `path` may be a symbolic link that the agent reads and writes through (to a
+    /// regular file inside allowed_prefixes, keeping the link). Only Patroni's config: Pigsty
+    /// renders `/pg/conf/<cluster>-<seq>.yml` and links `/etc/patroni/patroni.yml` to it, so
+    /// replacing the link would leave Patroni and Pigsty's next run reading different files.
+    /// Pigsty lays no link at etcd.conf, the etcd certificates, the etcdctl profile or the
+    /// vip-manager config, so a link there is someone else's doing and is refused.
+    pub fn may_be_link(&self, path: &Path) -> bool {
+        path == self.patroni_conf
+    }
+}
+
 /// Owner of written files.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -245,14 +257,68 @@ const FORBIDDEN_DATA_DIRS: &[&str] = &[
     "/", "/etc", "/data", "/var", "/var/lib", "/usr", "/home", "/root", "/boot", "/tmp", "/pg",
 ];
 
+/// The refusal for a data dir that is a system directory.
+fn system_dir(data: &Path) -> Option<String> {
+    FORBIDDEN_DATA_DIRS.iter().any(|f| data == Path::new(f)).then(|| {
+        format!(
+            "{} is a system directory, and a wipe empties the data dir; use a dedicated directory such as /data/etcd",
+            data.display()
+        )
+    })
+}
+
 impl AgentConfig {
-    /// Reads and validates the config at `path`.
+    /// Reads and validates the config at `path`, then checks where the data dir really is on
+    /// this host (no link on the way to it, resolved path within the rules).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(path, &text)
+        let cfg = Self::parse(path, &text)?;
+        crate::datadir::DataDir::open(&cfg.paths.etcd_data, |real| cfg.data_dir_allowed(real))
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "paths.etcd_data".into(),
+                message: e.to_string(),
+            })?;
+        Ok(cfg)
+    }
+
+    /// Whether `data`, the data dir as written or as it resolves, may be wiped: not a system
+    /// directory, not an allowed prefix itself, strictly inside one. Says what is wrong.
+    pub fn data_dir_allowed(&self, data: &Path) -> Result<(), String> {
+        if let Some(message) = system_dir(data) {
+            return Err(message);
+        }
+        if let Some(pre) = self
+            .allowed_prefixes
+            .iter()
+            .find(|pre| data == *pre || std::fs::canonicalize(pre).is_ok_and(|r| data == r))
+        {
+            return Err(format!(
+                "{} equals the allowed prefix {} itself, and a wipe would empty all of it; use a dedicated directory below it such as {}",
+                data.display(),
+                pre.display(),
+                pre.join("etcd").display()
+            ));
+        }
+        if !crate::files::under_prefixes(data, &self.allowed_prefixes, true) {
+            return Err(format!(
+                "{} is outside every allowed prefix ({})",
+                data.display(),
+                self.prefix_list()
+            ));
+        }
+        Ok(())
+    }
+
+    fn prefix_list(&self) -> String {
+        self.allowed_prefixes
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Parses and validates config text; `path` is used only in messages.
@@ -284,6 +350,10 @@ impl AgentConfig {
                     format!("{} must be an absolute directory other than /", p.display()),
                 ));
             }
+        }
+        // Checked first: `etcd_data: /` is a system directory before it is outside a prefix.
+        if let Some(message) = system_dir(&cfg.paths.etcd_data) {
+            return Err(invalid("paths.etcd_data", message));
         }
         let p = &cfg.paths;
         for (key, path) in [
@@ -318,33 +388,26 @@ impl AgentConfig {
                     ),
                 ));
             }
-            if !cfg
-                .allowed_prefixes
-                .iter()
-                .any(|pre| path.starts_with(pre) && path != pre)
-            {
+            if let Some(pre) = cfg.allowed_prefixes.iter().find(|pre| path == *pre) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} equals the allowed prefix {} itself; a managed path must lie below a prefix: move it into a subdirectory",
+                        path.display(),
+                        pre.display()
+                    ),
+                ));
+            }
+            if !cfg.allowed_prefixes.iter().any(|pre| path.starts_with(pre)) {
                 return Err(invalid(
                     key,
                     format!(
                         "{} is outside every allowed prefix ({}); move it or add its parent to allowed_prefixes",
                         path.display(),
-                        cfg.allowed_prefixes
-                            .iter()
-                            .map(|p| p.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        cfg.prefix_list()
                     ),
                 ));
             }
-        }
-        let data = &p.etcd_data;
-        if FORBIDDEN_DATA_DIRS.iter().any(|f| data == Path::new(f))
-            || cfg.allowed_prefixes.iter().any(|pre| data == pre)
-        {
-            return Err(invalid(
-                "paths.etcd_data",
-                format!("{} would let a wipe empty a system directory; use a dedicated directory such as /data/etcd", data.display()),
-            ));
         }
         for (service, cmds) in &cfg.exec {
             if !matches!(service.as_str(), "etcd" | "patroni" | "vip_manager") {
@@ -372,6 +435,19 @@ impl AgentConfig {
                     ));
                 }
             }
+        }
+        // Without a status command the agent cannot tell a running etcd from a stopped one,
+        // and a wipe needs a positive "stopped".
+        if cfg.service_backend == BackendKind::Exec
+            && cfg
+                .exec
+                .get("etcd")
+                .is_some_and(|cmds| !cmds.contains_key("status"))
+        {
+            return Err(invalid(
+                "exec.etcd.status",
+                "missing: the agent must be able to tell whether etcd is running before it wipes its data; add a command that exits 0 while etcd runs and non-zero when it is stopped (see packaging/agent.yml)".into(),
+            ));
         }
         if cfg.exec_timeout_secs == 0 {
             return Err(invalid("exec_timeout_secs", "must be at least 1".into()));
@@ -417,11 +493,74 @@ mod tests {
                 other => panic!("{extra}: {other:?}"),
             }
         }
+        // The exec backend must be able to tell whether etcd runs before it may wipe.
+        match parse("service_backend: exec\nexec: { etcd: { stop: [x] } }") {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "exec.etcd.status"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse("service_backend: exec\nexec: { etcd: { status: [x] } }").is_ok());
+        assert!(parse("service_backend: exec\nexec: { patroni: { reload: [x] } }").is_ok());
         match parse("typo_key: 1") {
             Err(ConfigError::Parse { message, .. }) => {
                 assert!(message.contains("typo_key"), "{message}")
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_path_equal_to_a_prefix_is_named_as_such() {
+        for (extra, key) in [
+            (
+                "allowed_prefixes: [/etc, /var/lib, /srv/etcd]\npaths: { etcd_data: /srv/etcd }",
+                "paths.etcd_data",
+            ),
+            ("paths: { etcd_conf: /etc }", "paths.etcd_conf"),
+        ] {
+            match parse(extra) {
+                Err(e @ ConfigError::Invalid { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(key), "{msg}");
+                    assert!(msg.contains("equals the allowed prefix"), "{msg}");
+                    assert!(!msg.contains("outside every allowed prefix"), "{msg}");
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        match parse("paths: { etcd_data: / }") {
+            Err(e) => assert!(e.to_string().contains("is a system directory"), "{e}"),
+            Ok(_) => panic!("/ accepted"),
+        }
+    }
+
+    #[test]
+    fn a_data_dir_that_is_a_link_fails_the_load() -> Result<(), Box<dyn std::error::Error>> {
+        let t = tempfile::tempdir()?;
+        let root = t.path().join("host");
+        std::fs::create_dir_all(root.join("data"))?;
+        std::fs::create_dir_all(t.path().join("elsewhere"))?;
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), root.join("data/etcd"))?;
+        let cfg = t.path().join("agent.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "coordinator: https://10.10.10.10:7443\nhost_ip: 10.10.10.11\nallowed_prefixes: [{r}]\npaths: {{ etcd_conf: {r}/etc/etcd.conf, etcd_ca: {r}/etc/ca.crt, etcd_cert: {r}/etc/server.crt, etcd_key: {r}/etc/server.key, etcdctl_profile: {r}/etc/p.sh, patroni_conf: {r}/etc/patroni.yml, vip_conf: {r}/etc/vip.yml, etcd_data: {r}/data/etcd, journal_dir: {r}/var }}\n",
+                r = root.display()
+            ),
+        )?;
+        match AgentConfig::load(&cfg) {
+            Err(e @ ConfigError::Invalid { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("paths.etcd_data") && msg.contains("symbolic link"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_file(root.join("data/etcd"))?;
+        std::fs::create_dir(root.join("data/etcd"))?;
+        AgentConfig::load(&cfg)?;
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! running etcd) are checked here, on the host, whatever the coordinator asked.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use quorum_proto::pb;
@@ -12,7 +13,8 @@ use quorum_proto::render;
 
 use crate::backend::{Backend, Svc};
 use crate::config::AgentConfig;
-use crate::files::{self, Ids, Written};
+use crate::datadir::DataDir;
+use crate::files::{self, Ids, Links, Managed, Written};
 use crate::journal::{Journal, Seen};
 
 /// Largest content a write task may carry.
@@ -67,6 +69,9 @@ pub struct Executor {
     backend: Backend,
     etcd_owner: Ids,
     profile_owner: Ids,
+    /// Whether the last facts could not tell etcd's state (logged once per change, not at
+    /// every poll).
+    etcd_unknown: AtomicBool,
 }
 
 fn kind_name(kind: &Kind) -> &'static str {
@@ -124,7 +129,21 @@ impl Executor {
             backend,
             etcd_owner,
             profile_owner,
+            etcd_unknown: AtomicBool::new(false),
         })
+    }
+
+    /// A managed path with this agent's prefixes and the link rule for it.
+    fn managed<'a>(&'a self, path: &'a Path) -> Managed<'a> {
+        Managed {
+            path,
+            prefixes: &self.cfg.allowed_prefixes,
+            links: if self.cfg.paths.may_be_link(path) {
+                Links::WriteThrough
+            } else {
+                Links::Refuse
+            },
+        }
     }
 
     /// Runs `task` once: a task id already finished is answered from the journal.
@@ -216,7 +235,10 @@ impl Executor {
                 path.display()
             ));
         }
-        match files::write_managed(path, content.as_bytes(), mode, Some(owner)) {
+        match self
+            .managed(path)
+            .write(content.as_bytes(), mode, Some(owner))
+        {
             Ok(Written::Changed) => {
                 TaskReport::new(pb::Outcome::Changed, format!("wrote {}", path.display()))
             }
@@ -224,6 +246,7 @@ impl Executor {
                 pb::Outcome::Unchanged,
                 format!("{} already up to date", path.display()),
             ),
+            Err(e) if e.is_refusal() => TaskReport::refused(format!("{e}; nothing was written")),
             Err(e) => TaskReport::failed(e.to_string()),
         }
     }
@@ -251,6 +274,19 @@ impl Executor {
             return TaskReport::refused(format!("{e}; no certificate file was touched"));
         }
         let p = &self.cfg.paths;
+        // A link or special file at any of the three paths refuses the task before the
+        // first of them is written.
+        for path in [&p.etcd_ca, &p.etcd_cert, &p.etcd_key] {
+            match self.managed(path).read() {
+                Ok(_) => {}
+                Err(e) if e.is_refusal() => {
+                    return TaskReport::refused(format!("{e}; no certificate file was touched"))
+                }
+                Err(e) => {
+                    return TaskReport::failed(format!("{e}; no certificate file was touched"))
+                }
+            }
+        }
         let mut changed = Vec::new();
         for (path, content, mode) in [
             (&p.etcd_ca, &t.ca_crt, 0o644),
@@ -315,6 +351,25 @@ impl Executor {
                     format!(
                         "{action} {} skipped: nothing it follows changed",
                         svc.fact_key()
+                    ),
+                );
+            }
+        }
+        // As systemd reports it: starting a running service or stopping a stopped one changes
+        // nothing. A state the backend cannot tell runs the action.
+        if action == "start" || action == "stop" {
+            let st = self.backend.status(svc).await;
+            let already = match action {
+                "start" => st == pb::ServiceState::Active,
+                _ => matches!(st, pb::ServiceState::Inactive | pb::ServiceState::Failed),
+            };
+            if already {
+                return TaskReport::new(
+                    pb::Outcome::Unchanged,
+                    format!(
+                        "{} is already {}: nothing to {action}",
+                        svc.fact_key(),
+                        state_word(st)
                     ),
                 );
             }
@@ -404,30 +459,45 @@ impl Executor {
         }
     }
 
-    /// Patches a host-owned file in place, keeping its owner and mode.
+    /// Patches a host-owned file in place, keeping its owner and mode (through Pigsty's link
+    /// to its target, where the config allows one).
     fn patch_file(
         &self,
         path: &Path,
         patch: impl FnOnce(&str) -> Result<String, String>,
     ) -> Result<Written, TaskReport> {
-        use std::os::unix::fs::MetadataExt;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            TaskReport::failed(format!(
-                "cannot read {}: {e}; it must exist (Pigsty's pgsql playbook writes it)",
-                path.display()
+        let file = self.managed(path);
+        let current = match file.read() {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(TaskReport::failed(format!(
+                    "{} does not exist; it must exist (Pigsty's pgsql playbook writes it): nothing was written",
+                    path.display()
+                )))
+            }
+            Err(e) if e.is_refusal() => {
+                return Err(TaskReport::refused(format!("{e}; nothing was written")))
+            }
+            Err(e) => return Err(TaskReport::failed(e.to_string())),
+        };
+        let text = std::str::from_utf8(&current.data).map_err(|e| {
+            TaskReport::refused(format!(
+                "{} is not UTF-8 text (invalid byte at offset {}): a YAML config must be UTF-8; fix or re-render the file. Nothing was written",
+                path.display(),
+                e.valid_up_to()
             ))
         })?;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| TaskReport::failed(format!("cannot stat {}: {e}", path.display())))?;
-        let patched = patch(&text).map_err(|e| {
+        let patched = patch(text).map_err(|e| {
             TaskReport::refused(format!("{}: {e}; nothing was written", path.display()))
         })?;
-        let owner = (
-            nix::unistd::Uid::from_raw(meta.uid()),
-            nix::unistd::Gid::from_raw(meta.gid()),
-        );
-        files::write_managed(path, patched.as_bytes(), meta.mode() & 0o7777, Some(owner))
-            .map_err(|e| TaskReport::failed(e.to_string()))
+        file.write(patched.as_bytes(), current.mode, Some(current.owner))
+            .map_err(|e| {
+                if e.is_refusal() {
+                    TaskReport::refused(format!("{e}; nothing was written"))
+                } else {
+                    TaskReport::failed(e.to_string())
+                }
+            })
     }
 
     async fn wipe(&self, purge: bool) -> TaskReport {
@@ -439,13 +509,21 @@ impl Executor {
                 data.display()
             ));
         }
-        let state = self.backend.status(Svc::Etcd).await;
-        if state == pb::ServiceState::Active {
+        // Fail closed: only a positive "stopped" lets a wipe through. A state the agent cannot
+        // tell is treated as running.
+        let probe = self.backend.probe(Svc::Etcd).await;
+        if !probe.is_stopped() {
             if !purge {
-                return TaskReport::refused(format!(
-                    "etcd is active on this host: a wipe never touches a running member; stop etcd first, or purge. {} was not touched",
-                    data.display()
-                ));
+                return TaskReport::refused(match &probe.why {
+                    None => format!(
+                        "etcd is active on this host: a wipe never touches a running member; stop etcd first, or purge. {} was not touched",
+                        data.display()
+                    ),
+                    Some(why) => format!(
+                        "this agent cannot tell whether etcd is running ({why}), and a wipe needs etcd positively stopped: fix the status command (exec.etcd.status, or the systemd unit) and try again. {} was not touched",
+                        data.display()
+                    ),
+                });
             }
             if let Err(e) = self.backend.run(Svc::Etcd, "stop").await {
                 return TaskReport::failed(format!(
@@ -453,56 +531,62 @@ impl Executor {
                     data.display()
                 ));
             }
-            if self.backend.status(Svc::Etcd).await == pb::ServiceState::Active {
+            let after = self.backend.probe(Svc::Etcd).await;
+            if !after.is_stopped() {
                 return TaskReport::failed(format!(
-                    "purge: etcd is still active after stop; {} was not touched",
+                    "purge: after stop, etcd is {} ({}); a wipe needs it positively stopped, so {} was not touched",
+                    state_word(after.state),
+                    after.why.as_deref().unwrap_or("still running"),
                     data.display()
                 ));
             }
         }
-        let entries = match std::fs::read_dir(data) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let dir = match DataDir::open(data, |real| self.cfg.data_dir_allowed(real)) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => {
                 return TaskReport::new(
                     pb::Outcome::Unchanged,
                     format!("{} does not exist: nothing to wipe", data.display()),
                 )
             }
-            Err(e) => return TaskReport::failed(format!("cannot read {}: {e}", data.display())),
-        };
-        let mut removed = 0;
-        for entry in entries {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    return TaskReport::failed(format!("cannot read {}: {e}", data.display()))
-                }
-            };
-            let path = entry.path();
-            // symlink_metadata: a link is removed as a link, never followed out of the dir.
-            let r = match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
-                Ok(_) => std::fs::remove_file(&path),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = r {
-                return TaskReport::failed(format!(
-                    "cannot remove {}: {e} ({removed} entries removed before)",
-                    path.display()
-                ));
+            Err(e) if e.is_refusal() => {
+                return TaskReport::refused(format!("{e}. Nothing was removed"))
             }
-            removed += 1;
-        }
-        if removed == 0 {
-            TaskReport::new(
+            Err(e) => return TaskReport::failed(format!("{e}. Nothing was removed")),
+        };
+        match dir.remove_contents() {
+            Ok(0) => TaskReport::new(
                 pb::Outcome::Unchanged,
                 format!("{} is already empty", data.display()),
-            )
-        } else {
-            TaskReport::new(
+            ),
+            Ok(removed) => TaskReport::new(
                 pb::Outcome::Changed,
                 format!("wiped {} ({removed} entries)", data.display()),
-            )
+            ),
+            Err((e, 0)) if e.is_refusal() => TaskReport::refused(e.to_string()),
+            Err((e, removed)) => TaskReport::failed(format!(
+                "{e} ({removed} entries of {} removed before)",
+                data.display()
+            )),
+        }
+    }
+
+    /// Logs when the agent stops (or starts again) being able to tell etcd's state: while it
+    /// cannot, every wipe is refused, and the operator should hear why once, not at every poll.
+    fn note_etcd_state(&self, probe: &crate::backend::Probe) {
+        let unknown = probe.state == pb::ServiceState::Unknown;
+        let was = self.etcd_unknown.swap(unknown, Ordering::Relaxed);
+        if unknown && !was {
+            tracing::warn!(
+                "cannot tell whether etcd is running ({}): wipes are refused until the agent can tell; fix the status command in {}",
+                probe.why.as_deref().unwrap_or("no reason given"),
+                self.cfg.source.display()
+            );
+        } else if !unknown && was {
+            tracing::info!(
+                "etcd's state can be read again: {}",
+                state_word(probe.state)
+            );
         }
     }
 
@@ -522,15 +606,18 @@ impl Executor {
         // is-active`, or the exec backend's command), and facts sit on every dispatch's path.
         let status = |svc: Svc| async move {
             if self.backend.manages(svc) {
-                Some((svc, self.backend.status(svc).await))
+                Some((svc, self.backend.probe(svc).await))
             } else {
                 None
             }
         };
         let [a, b, c] = Svc::ALL;
         let (a, b, c) = tokio::join!(status(a), status(b), status(c));
-        for (svc, state) in [a, b, c].into_iter().flatten() {
-            f.services.insert(svc.fact_key().into(), state as i32);
+        for (svc, probe) in [a, b, c].into_iter().flatten() {
+            if svc == Svc::Etcd {
+                self.note_etcd_state(&probe);
+            }
+            f.services.insert(svc.fact_key().into(), probe.state as i32);
         }
         for (key, path, public) in [
             ("etcd_conf", &p.etcd_conf, true),
@@ -541,25 +628,10 @@ impl Executor {
             ("patroni_conf", &p.patroni_conf, false),
             ("vip_conf", &p.vip_conf, false),
         ] {
-            let fact = match files::sha256_file(path) {
-                Some((sha, data)) => pb::FileFact {
-                    exists: true,
-                    sha256: sha,
-                    content: if public && data.len() <= FACT_CONTENT_CAP {
-                        String::from_utf8(data).unwrap_or_default()
-                    } else {
-                        String::new()
-                    },
-                    path: path.display().to_string(),
-                },
-                None => pb::FileFact {
-                    path: path.display().to_string(),
-                    ..Default::default()
-                },
-            };
-            f.files.insert(key.into(), fact);
+            f.files
+                .insert(key.into(), file_fact(self.managed(path), public));
         }
-        f.vip = vip_fact(&p.vip_conf);
+        f.vip = vip_fact(self.managed(&p.vip_conf));
         let member = p.etcd_data.join("member");
         f.data_dir = Some(pb::DataDirFact {
             path: p.etcd_data.display().to_string(),
@@ -570,15 +642,54 @@ impl Executor {
     }
 }
 
+/// The fact of one managed file, read with the same checks as a write: a link, FIFO or
+/// device at the path is reported as such, never opened or followed. The content goes along
+/// only for `public` files (no secrets) up to `FACT_CONTENT_CAP`.
+fn file_fact(file: Managed<'_>, public: bool) -> pb::FileFact {
+    let path = file.path.display().to_string();
+    match file.read() {
+        Ok(Some(c)) => pb::FileFact {
+            exists: true,
+            sha256: files::sha256_hex(&c.data),
+            content: if public && c.data.len() <= FACT_CONTENT_CAP {
+                String::from_utf8(c.data).unwrap_or_default()
+            } else {
+                String::new()
+            },
+            problem: String::new(),
+            path,
+        },
+        Ok(None) => pb::FileFact {
+            path,
+            ..Default::default()
+        },
+        Err(e) => pb::FileFact {
+            exists: true,
+            problem: e.to_string(),
+            path,
+            ..Default::default()
+        },
+    }
+}
+
 /// The VIP of this host's vip-manager config and whether it is on its interface now; `None`
 /// when the host has no vip-manager config.
-fn vip_fact(conf: &Path) -> Option<pb::VipFact> {
-    let text = match std::fs::read_to_string(conf) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+fn vip_fact(file: Managed<'_>) -> Option<pb::VipFact> {
+    let conf = file.path;
+    let text = match file.read() {
+        Ok(Some(c)) => match String::from_utf8(c.data) {
+            Ok(t) => t,
+            Err(_) => {
+                return Some(pb::VipFact {
+                    error: format!("{} is not UTF-8 text", conf.display()),
+                    ..Default::default()
+                })
+            }
+        },
+        Ok(None) => return None,
         Err(e) => {
             return Some(pb::VipFact {
-                error: format!("cannot read {}: {e}", conf.display()),
+                error: e.to_string(),
                 ..Default::default()
             })
         }

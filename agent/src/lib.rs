@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod certs;
 pub mod config;
+pub mod datadir;
 pub mod enroll;
 pub mod executor;
 pub mod files;

@@ -239,6 +239,12 @@ async fn certs_are_checked_before_anything_is_touched() -> Result<()> {
         server_crt: cert,
         server_key: key,
     });
+    // A link at server.key refuses the whole task before ca.crt or server.crt is written.
+    std::os::unix::fs::symlink(h.p("elsewhere.key"), h.p("etc/etcd/server.key"))?;
+    let r = ex.execute(&task("c1c", good.clone())).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(!h.p("etc/etcd/ca.crt").exists() && !h.p("etc/etcd/server.crt").exists());
+    std::fs::remove_file(h.p("etc/etcd/server.key"))?;
     assert_eq!(
         ex.execute(&task("c2", good.clone())).await.outcome,
         pb::Outcome::Changed
@@ -322,6 +328,22 @@ async fn patroni_and_vip_edits_change_only_the_endpoints() -> Result<()> {
         std::fs::read_to_string(h.p("etc/patroni/patroni.yml"))?,
         "etcd3: [unclosed\n"
     );
+    // A file that is not UTF-8: refused, and the message says so (not "it must exist").
+    let binary = b"etcd3:\n  hosts: '\xff:2379'\n";
+    std::fs::write(h.p("etc/patroni/patroni.yml"), binary)?;
+    let r = ex
+        .execute(&task(
+            "p4",
+            Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts {
+                hosts: vec!["a:1".into()],
+                restart: false,
+            }),
+        ))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(r.output.contains("is not UTF-8 text"), "{}", r.output);
+    assert!(!r.output.contains("must exist"), "{}", r.output);
+    assert_eq!(std::fs::read(h.p("etc/patroni/patroni.yml"))?, binary);
     let vip =
         "ip: 10.10.10.2\ndcs-type: etcd\ndcs-endpoints:\n  - https://10.10.10.10:2379\n# end\n";
     std::fs::write(h.p("etc/default/vip-manager.yml"), vip)?;
@@ -570,6 +592,11 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     );
     wait_member(&h).await?;
     assert!(ex.execute(&status("s2")).await.output.ends_with("active"));
+    // Starting a running etcd changes nothing, and says so (as systemd would).
+    let r = ex
+        .execute(&task("s2b", service(pb::Service::Etcd, pb::Action::Start)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Unchanged, "{r:?}");
     let first = etcd_pid(&h).context("pid after start")?;
     let r = ex
         .execute(&task("s3", service(pb::Service::Etcd, pb::Action::Restart)))
@@ -606,6 +633,11 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
         pb::Outcome::Changed
     );
     assert!(ex.execute(&status("s5")).await.output.ends_with("inactive"));
+    let r = ex
+        .execute(&task("s5b", service(pb::Service::Etcd, pb::Action::Stop)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Unchanged, "{r:?}");
+    assert!(r.output.contains("already inactive"), "{}", r.output);
     let r = ex
         .execute(&task(
             "w3",

@@ -835,7 +835,7 @@ fn facts_json(f: &pb::Facts) -> serde_json::Value {
         .map(|(k, v)| {
             (
                 k.clone(),
-                serde_json::json!({"exists": v.exists, "sha256": v.sha256}),
+                serde_json::json!({"exists": v.exists, "sha256": v.sha256, "path": v.path, "problem": v.problem}),
             )
         })
         .collect();
@@ -909,6 +909,30 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
                     if safeguard { "on" } else { "off" },
                     etcd
                 );
+            }
+            // What the agents could not tell or would not read, under the table: an unknown
+            // etcd state blocks every wipe on that host, a managed file that is a link or a
+            // FIFO blocks every write to it.
+            for a in &agents {
+                let Some(f) = &a.facts else { continue };
+                let etcd = f
+                    .services
+                    .get("etcd")
+                    .map(|s| pb::ServiceState::try_from(*s).unwrap_or(pb::ServiceState::Unknown));
+                if matches!(
+                    etcd,
+                    Some(pb::ServiceState::Unknown | pb::ServiceState::Unspecified)
+                ) {
+                    println!(
+                        "warning: {}: etcd state unknown: wipes are refused until the agent can tell (its log says why)",
+                        a.agent_id
+                    );
+                }
+                for (key, file) in &f.files {
+                    if !file.problem.is_empty() {
+                        println!("warning: {}: {key}: {}", a.agent_id, file.problem);
+                    }
+                }
             }
         }
     }

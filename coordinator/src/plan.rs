@@ -1512,6 +1512,7 @@ mod tests {
                         sha256: sha256_hex(&content),
                         content,
                         path: String::new(),
+                        problem: String::new(),
                     },
                 );
             }
@@ -1579,6 +1580,7 @@ mod tests {
                     sha256: "00".into(),
                     content: "old".into(),
                     path: String::new(),
+                    problem: String::new(),
                 },
             );
         }
@@ -1755,6 +1757,7 @@ mod tests {
             sha256: sha256_hex("a\nb\n"),
             content: "a\nb\n".into(),
             path: String::new(),
+            problem: String::new(),
         };
         let d = file_diff("/etc/etcd/etcd.conf", Some(&cur), "a\nc\n");
         assert!(d.contains("-b") && d.contains("+c"), "{d}");

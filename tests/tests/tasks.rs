@@ -147,11 +147,17 @@ fn each_task_kind_runs_through_coordinator_and_agent() -> Result<()> {
     )?;
     let out = task(&["service", "etcd", "status"])?.ok()?;
     assert!(out.stdout.contains("etcd active"), "{}", out.stdout);
+    // Starting a running etcd changes nothing, and the outcome says so.
+    let out = task(&["service", "etcd", "start"])?.ok()?;
+    assert!(out.stdout.contains(" unchanged"), "{}", out.stdout);
     let out = task(&["wipe-etcd-data"])?;
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stdout.contains("etcd is active"), "{}", out.stdout);
     task(&["service", "etcd", "restart"])?.ok()?;
-    task(&["service", "etcd", "stop"])?.ok()?;
+    let out = task(&["service", "etcd", "stop"])?.ok()?;
+    assert!(out.stdout.contains(" changed"), "{}", out.stdout);
+    let out = task(&["service", "etcd", "stop"])?.ok()?;
+    assert!(out.stdout.contains(" unchanged"), "{}", out.stdout);
     let out = task(&["wipe-etcd-data"])?.ok()?;
     assert!(out.stdout.contains("wiped"), "{}", out.stdout);
     // Patroni and vip-manager: only the endpoint list changes.
