@@ -708,6 +708,11 @@ pub fn sha256_hex(content: &str) -> String {
 /// The unified diff a write would make, given what the agent reported ("" when unchanged).
 pub fn file_diff(path: &str, current: Option<&pb::FileFact>, new: &str) -> String {
     match current {
+        Some(f) if !f.problem.is_empty() => format!(
+            "--- {path} (the agent refuses this path: {}; the write will be refused until it is fixed)\n+++ {path}\n{}",
+            f.problem,
+            new.lines().map(|l| format!("+{l}\n")).collect::<String>()
+        ),
         Some(f) if f.exists && f.sha256 == sha256_hex(new) => String::new(),
         Some(f) if f.exists && f.content.is_empty() => format!(
             "--- {path} (current content not reported, sha256 {})\n+++ {path}\n{}",
