@@ -75,7 +75,7 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    fn resolve(&self) -> anyhow::Result<client::Connection> {
+    pub(crate) fn resolve(&self) -> anyhow::Result<client::Connection> {
         client::resolve(
             self.coordinator.clone(),
             self.cert.clone(),
@@ -149,6 +149,9 @@ enum Command {
     /// Runs: list, show, resume, abort.
     #[command(subcommand)]
     Run(RunCommand),
+    /// etcd snapshots kept on the coordinator: list, save one now, print restore steps.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -179,6 +182,10 @@ pub struct SopArgs {
     /// The etcd cluster (default: the only one in the inventory).
     #[arg(long)]
     cluster: Option<String>,
+    /// Go on without the verified etcd snapshot otherwise taken before a destructive step
+    /// (member remove, cluster remove/purge, stops and restarts of etcd).
+    #[arg(long)]
+    no_snapshot: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -225,6 +232,7 @@ impl PgSopArgs {
         }
         let sop = SopArgs {
             cluster: None,
+            no_snapshot: false,
             run: self.run,
         };
         (sop, args)
@@ -307,6 +315,49 @@ enum MemberCommand {
 enum EnvCommand {
     /// Write /etc/profile.d/etcdctl.sh on every host.
     Refresh(SopArgs),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// The snapshots kept (newest first), of one cluster or of all.
+    List {
+        /// The etcd cluster (default: every cluster).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Take a verified snapshot now and keep it.
+    Save {
+        /// The etcd cluster (default: the only one in the inventory).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print the exact steps that restore a snapshot onto the inventory's members (Quorum
+    /// never runs a restore by itself).
+    Restore {
+        /// The snapshot's id (`quorum snapshot list`).
+        id: String,
+        /// Print the steps (required: a restore is never run by Quorum).
+        #[arg(long)]
+        plan: bool,
+        /// The etcd cluster (default: the only one in the inventory).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -692,6 +743,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             sop_command(crate::sop::sop_name::SERVICE, sop, args).await
         }
         Command::Run(cmd) => run_command(cmd).await,
+        Command::Snapshot(cmd) => {
+            use crate::cli_snapshot::{run, SnapshotOp};
+            match cmd {
+                SnapshotCommand::List {
+                    cluster,
+                    output,
+                    conn,
+                } => run(SnapshotOp::List, cluster, output, &conn).await,
+                SnapshotCommand::Save {
+                    cluster,
+                    output,
+                    conn,
+                } => run(SnapshotOp::Save, cluster, output, &conn).await,
+                SnapshotCommand::Restore {
+                    plan: false, id, ..
+                } => {
+                    eprintln!(
+                        "error: Quorum prints the restore steps of a snapshot but never runs them: use `quorum snapshot restore --plan {id}` and follow them"
+                    );
+                    Ok(exit::USAGE)
+                }
+                SnapshotCommand::Restore {
+                    id,
+                    cluster,
+                    output,
+                    conn,
+                    ..
+                } => run(SnapshotOp::RestorePlan(id), cluster, output, &conn).await,
+            }
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "quorum", &mut std::io::stdout());
@@ -711,7 +792,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-async fn sop_command(sop: &str, a: SopArgs, args: HashMap<String, String>) -> anyhow::Result<u8> {
+async fn sop_command(
+    sop: &str,
+    a: SopArgs,
+    mut args: HashMap<String, String>,
+) -> anyhow::Result<u8> {
+    if a.no_snapshot {
+        args.insert("no_snapshot".into(), "true".into());
+    }
     let mut client = client::admin_client(&a.run.conn.resolve()?).await?;
     crate::cli_runs::start_sop(
         &mut client,

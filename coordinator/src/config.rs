@@ -84,6 +84,12 @@ pub struct CoordinatorConfig {
     /// after its handshake, seconds.
     #[serde(default = "default_anonymous_lifetime")]
     pub anonymous_connection_secs: u64,
+    /// Snapshots kept per cluster (the newest; at least 1).
+    #[serde(default = "default_snapshot_keep")]
+    pub snapshot_keep: usize,
+    /// Snapshots older than this are removed (the newest always stays), days.
+    #[serde(default = "default_snapshot_max_age")]
+    pub snapshot_max_age_days: u64,
 }
 
 fn default_trust_domain() -> String {
@@ -119,6 +125,12 @@ fn default_handshake_timeout() -> u64 {
 fn default_anonymous_lifetime() -> u64 {
     30
 }
+fn default_snapshot_keep() -> usize {
+    10
+}
+fn default_snapshot_max_age() -> u64 {
+    30
+}
 
 impl CoordinatorConfig {
     /// Reads the config at `path`.
@@ -143,6 +155,11 @@ impl CoordinatorConfig {
         if config.tls_handshake_timeout_secs == 0 {
             return Err(invalid(
                 "tls_handshake_timeout_secs: 0 would close every connection before its handshake; give a few seconds (default 10)",
+            ));
+        }
+        if config.snapshot_keep == 0 {
+            return Err(invalid(
+                "snapshot_keep: 0 would delete the snapshot a destructive step was just guarded by; keep at least 1 (default 10)",
             ));
         }
         if config.anonymous_connection_secs == 0 {

@@ -239,3 +239,64 @@ impl EtcdAccess {
         .map(|_| ())
     }
 }
+
+impl EtcdAccess {
+    /// Streams a snapshot from the first of `endpoints` that answers into `path` (created
+    /// 0600, truncated on each attempt); returns the endpoint and the revision it was taken
+    /// at. The stream ends with etcd's sha256 of the database, which the caller verifies.
+    pub async fn snapshot_to(
+        &self,
+        endpoints: &[String],
+        path: &std::path::Path,
+    ) -> Result<(String, i64), EtcdError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut errors = Vec::new();
+        for ep in endpoints {
+            let attempt = async {
+                // A large database streams for long: a connect timeout, no request deadline.
+                let options = ConnectOptions::new()
+                    .with_tls(
+                        TlsOptions::new()
+                            .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
+                            .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem)),
+                    )
+                    .with_connect_timeout(PROBE_TIMEOUT * 2);
+                let c = Client::connect([ep.as_str()], Some(options))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut stream = c
+                    .maintenance_client()
+                    .snapshot()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                let mut revision = 0;
+                while let Some(chunk) = stream.message().await.map_err(|e| e.to_string())? {
+                    if let Some(h) = chunk.header() {
+                        revision = revision.max(h.revision());
+                    }
+                    f.write_all(chunk.blob())
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                }
+                f.sync_all()
+                    .map_err(|e| format!("cannot fsync {}: {e}", path.display()))?;
+                Ok::<i64, String>(revision)
+            };
+            match attempt.await {
+                Ok(rev) => return Ok((ep.clone(), rev)),
+                Err(e) => errors.push(format!("{ep}: {e}")),
+            }
+        }
+        Err(EtcdError::Unreachable {
+            endpoints: endpoints.join(","),
+            message: errors.join("; "),
+        })
+    }
+}

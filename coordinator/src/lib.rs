@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod cli_runs;
+pub mod cli_snapshot;
 pub mod client;
 pub mod config;
 pub mod etcd;
@@ -17,5 +18,6 @@ pub mod registry;
 pub mod render;
 pub mod runner;
 pub mod server;
+pub mod snapshot;
 pub mod sop;
 pub mod store;

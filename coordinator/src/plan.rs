@@ -200,6 +200,13 @@ pub enum StepKind {
         /// Purge.
         purge: bool,
     },
+    /// Take an etcd snapshot of the cluster, verify it and keep it in the coordinator's state
+    /// dir (invariant 8); refused when none can be taken. Planned before every destructive
+    /// step unless the operator waived it (`--no-snapshot`).
+    SnapshotSave {
+        /// The cluster.
+        cluster: String,
+    },
     /// Refuse unless every other voting member is healthy.
     QuorumGuard {
         /// The member about to go down.
@@ -317,6 +324,31 @@ pub enum StepKind {
 }
 
 impl StepKind {
+    /// Whether the step can lose etcd data or quorum: a stop, restart or wipe of etcd, or a
+    /// member remove (what invariant 8 puts a snapshot before).
+    pub fn destroys_etcd_state(&self) -> bool {
+        matches!(
+            self,
+            StepKind::StopEtcd { .. }
+                | StepKind::RestartEtcd { .. }
+                | StepKind::WipeEtcdData { .. }
+                | StepKind::RemoveMember { .. }
+                | StepKind::WipeRemovedMember { .. }
+        )
+    }
+
+    /// Checks that belong right before the act they guard.
+    fn checks_before_act(&self) -> bool {
+        matches!(
+            self,
+            StepKind::QuorumGuard { .. }
+                | StepKind::MemberRemoveCheck { .. }
+                | StepKind::MoveLeaderAway { .. }
+                | StepKind::WriteEtcdConf { .. }
+                | StepKind::WriteEtcdctlProfile { .. }
+        )
+    }
+
     /// The host a step acts on, if one.
     pub fn host(&self) -> Option<IpAddr> {
         match self {
@@ -374,6 +406,7 @@ impl StepKind {
             StepKind::StopEtcd { .. } => "StopEtcd",
             StepKind::RestartEtcd { .. } => "RestartEtcd",
             StepKind::WipeEtcdData { .. } => "WipeEtcdData",
+            StepKind::SnapshotSave { .. } => "SnapshotSave",
             StepKind::QuorumGuard { .. } => "QuorumGuard",
             StepKind::HealthGate { .. } => "HealthGate",
             StepKind::ClusterHealthGate => "ClusterHealthGate",
@@ -435,6 +468,9 @@ impl StepKind {
                     "wipe the etcd data dir".into()
                 }
             }
+            StepKind::SnapshotSave { cluster } => format!(
+                "snapshot etcd cluster {cluster}, verify it and keep it on the coordinator"
+            ),
             StepKind::QuorumGuard { .. } => {
                 "quorum guard: every other voting member healthy".into()
             }
@@ -538,6 +574,38 @@ impl Plan {
             profile: Some(profile.clone()),
         };
         Ok(self.push_with_diff(kind, diff))
+    }
+
+    /// Puts a SnapshotSave step before the plan's first destructive step (a stop, restart,
+    /// wipe or member remove of etcd), keeping every step's references to earlier steps
+    /// right; a plan without one is left as it is. Returns whether a step was added.
+    pub fn snapshot_first(&mut self, cluster: &str) -> bool {
+        let Some(at) = self.steps.iter().position(|s| s.kind.destroys_etcd_state()) else {
+            return false;
+        };
+        // Before the guards and checks that belong to that step, so they run right before it.
+        let at = self.steps[..at]
+            .iter()
+            .rposition(|s| !s.kind.checks_before_act())
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        for step in &mut self.steps {
+            if let StepKind::RestartEtcd { if_changed, .. } = &mut step.kind {
+                for i in if_changed.iter_mut().filter(|i| **i >= at) {
+                    *i += 1;
+                }
+            }
+        }
+        self.steps.insert(
+            at,
+            Step {
+                kind: StepKind::SnapshotSave {
+                    cluster: cluster.to_string(),
+                },
+                diff: String::new(),
+            },
+        );
+        true
     }
 
     fn push(&mut self, kind: StepKind) -> usize {

@@ -160,6 +160,8 @@ pub struct Runner {
     member_cert_dir: PathBuf,
     timeouts: Timeouts,
     active: Mutex<HashSet<String>>,
+    /// Where snapshots before destructive steps are kept.
+    pub snapshots: crate::snapshot::Snapshots,
 }
 
 /// Deterministic task id of a step's dispatch to `host` in `attempt`: the same on a resume of
@@ -194,6 +196,7 @@ impl Runner {
         ca: Option<Arc<Ca>>,
         member_cert_dir: PathBuf,
         timeouts: Timeouts,
+        snapshots: crate::snapshot::Snapshots,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -203,6 +206,7 @@ impl Runner {
             member_cert_dir,
             timeouts,
             active: Mutex::new(HashSet::new()),
+            snapshots,
         })
     }
 
@@ -400,6 +404,25 @@ impl Runner {
                     Kind::WipeEtcdData(pb::WipeEtcdData { purge: *purge }),
                 )
                 .await
+            }
+            StepKind::SnapshotSave { cluster } => {
+                let reason = format!("run {} ({})", run.id, run.sop);
+                match self
+                    .snapshots
+                    .take(&self.etcd, cluster, &ctx.endpoints, &reason)
+                    .await
+                {
+                    Ok(m) => StepEnd::ok(
+                        "changed",
+                        format!(
+                            "snapshot {} saved: {} bytes, revision {}, sha256 {}, verified; restore steps: `quorum snapshot restore --plan {}`",
+                            m.path, m.size, m.revision, m.sha256, m.id
+                        ),
+                    ),
+                    Err(e) => StepEnd::refused(format!(
+                        "{e}; nothing destructive was done. Make a member answer and `quorum run resume`, or abort and plan again with --no-snapshot to go on without one"
+                    )),
+                }
             }
             StepKind::QuorumGuard { host } => self.quorum_guard(ctx, *host).await,
             StepKind::HealthGate { host } => self.health_gate(ctx, Some(*host)).await,

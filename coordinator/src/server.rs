@@ -217,6 +217,13 @@ impl Coordinator {
                 gate: Duration::from_secs(config.gate_timeout_secs),
                 stale: Duration::from_secs(config.stale_after_secs),
             },
+            crate::snapshot::Snapshots::new(
+                &config.state_dir,
+                crate::snapshot::Retention {
+                    keep: config.snapshot_keep,
+                    max_age: Duration::from_secs(config.snapshot_max_age_days * 86_400),
+                },
+            ),
         );
         let used_tokens = UsedTokens::open(config.state_dir.join("used-tokens")).map_err(|e| {
             anyhow::anyhow!(
@@ -697,6 +704,23 @@ impl AdminService for AdminSvc {
         Ok(Response::new(sop::run_view(
             &store.get_run(&id).map_err(store_status)?,
         )))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let admin = authorize_admin(&req, self.0.td())?;
+        let c = &self.0;
+        crate::snapshot::answer(
+            req.into_inner(),
+            &c.config.inventory,
+            &c.etcd,
+            &c.runner.snapshots,
+            &admin,
+        )
+        .await
+        .map(Response::new)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::inventory::{EtcdCluster, EtcdInit, Inventory, PgCluster};
 use crate::patroni::{PgNode, PgRef};
 use crate::plan::{
     self, ActionName, ClusterSpec, Live, MemberSpec, PgTarget, Plan, PlanError, RestartPolicy,
-    ServiceName,
+    ServiceName, StepKind,
 };
 use crate::registry::{AgentState, Registry};
 use crate::runner::RunContext;
@@ -283,6 +283,10 @@ pub async fn plan_request(
         }
     }
     .map_err(plan_status)?;
+    let mut plan = plan;
+    if req.sop != sop_name::CLUSTER_CREATE {
+        snapshot_before_destruction(&mut plan, &spec.name, &args, &live)?;
+    }
     Ok(Planned {
         context: RunContext {
             endpoints: spec.client_urls(),
@@ -571,6 +575,7 @@ async fn plan_membership(
                 .ok();
         }
         let mut plan = plan::plan_member_remove(&spec, &gone, &live).map_err(plan_status)?;
+        snapshot_before_destruction(&mut plan, &spec.name, &args, &live)?;
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
         plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
         let mut endpoints = spec.client_urls();
@@ -588,6 +593,55 @@ async fn plan_membership(
         cluster: planned_cluster,
         digest: inv.digest().to_string(),
     })
+}
+
+/// Invariant 8: a verified snapshot before the plan's first destructive step (member remove,
+/// cluster remove and purge, stops and restarts of etcd), unless the operator waived it with
+/// `--no-snapshot` (`no_snapshot=true`). A plan that needs one while no member answers is
+/// refused now rather than at its snapshot step.
+fn snapshot_before_destruction(
+    plan: &mut Plan,
+    cluster: &str,
+    args: &BTreeMap<String, String>,
+    live: &Live,
+) -> Result<(), Status> {
+    // A restart that follows only unchanged writes will be skipped: it destroys nothing.
+    let destroys = plan.steps.iter().any(|s| match &s.kind {
+        StepKind::RestartEtcd {
+            if_changed, force, ..
+        } => {
+            *force
+                || if_changed.is_empty()
+                || if_changed
+                    .iter()
+                    .any(|i| plan.steps.get(*i).is_none_or(|w| !w.diff.is_empty()))
+        }
+        other => other.destroys_etcd_state(),
+    });
+    if !destroys {
+        return Ok(());
+    }
+    if arg(args, "no_snapshot") == Some("true") {
+        plan.notes.push(
+            "no snapshot is taken before the destructive steps: waived with --no-snapshot".into(),
+        );
+        return Ok(());
+    }
+    if live.members.is_none() {
+        return Err(Status::failed_precondition(format!(
+            "no member of etcd cluster {cluster} answers ({}), so no snapshot can be taken before this run destroys data; nothing was changed. Start a member, or pass --no-snapshot to go on without one",
+            if live.members_error.is_empty() {
+                "no endpoint"
+            } else {
+                live.members_error.as_str()
+            }
+        )));
+    }
+    plan.snapshot_first(cluster);
+    plan.notes.push(format!(
+        "a verified snapshot of {cluster} is taken and kept on the coordinator before the first destructive step (`quorum snapshot list`)"
+    ));
+    Ok(())
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, Status> {

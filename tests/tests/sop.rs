@@ -249,7 +249,13 @@ async fn remove_honors_the_safeguard_and_purge_wipes_everything() -> Result<()> 
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("etcd-1 @ 127.0.0.11"), "{}", out.stderr);
     assert!(f.host(IPS[0])?.data().join("member").exists());
+    // Every member is stopped, so no snapshot can be taken first (invariant 8): the purge is
+    // refused until the operator waives it.
     let out = w.admin(&["cluster", "purge", "--yes"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("no snapshot can be taken"), "{}", out.stderr);
+    assert!(f.host(IPS[0])?.data().join("member").exists());
+    let out = w.admin(&["cluster", "purge", "--yes", "--no-snapshot"])?;
     assert_eq!(out.code, 0, "{out:?}");
     for h in &f.hosts {
         assert!(h.etcd_pid().is_none(), "{} still runs etcd", h.ip);
@@ -318,7 +324,7 @@ async fn a_second_sop_on_a_locked_cluster_is_refused_with_the_holder() -> Result
 async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() -> Result<()> {
     let (mut w, f) = setup("")?;
     create(&w)?;
-    let steps = 12; // 3 members x (guard, write, restart, gate)
+    let steps = 13; // a snapshot, then 3 members x (guard, write, restart, gate)
     for boundary in 0..steps {
         let before: Vec<usize> = f.hosts.iter().map(|h| h.restart_count()).collect();
         let mut child = w.spawn_admin(&["config", "reload", "--restart"])?;
