@@ -348,11 +348,17 @@ impl Ca {
                 p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             }
             LeafKind::Admin => {
-                let name = name.filter(|n| !n.is_empty() && !n.contains('/')).ok_or_else(|| {
+                let name = name.ok_or_else(|| {
                     PkiError::Usage(
-                        "an admin certificate needs --name NAME (no '/'), the operator it identifies".into(),
+                        "an admin certificate needs --name NAME, the operator it identifies".into(),
                     )
                 })?;
+                if let Some(why) = quorum_proto::identity::admin_name_problem(name) {
+                    return Err(PkiError::Usage(format!(
+                        "--name {}: {why}; the coordinator refuses any other admin name",
+                        name.escape_default()
+                    )));
+                }
                 p.distinguished_name = dn(&[
                     (DnType::CommonName, name),
                     (DnType::OrganizationName, "pigsty"),
@@ -432,7 +438,8 @@ impl Ca {
             };
             if !ok {
                 return Err(PkiError::CsrRefused(format!(
-                    "it asks for {san:?}, but the token allows only IP {ip} and {allowed_uri}"
+                    "it asks for {}, but the token allows only IP {ip} and URI {allowed_uri}",
+                    san_text(san)
                 )));
             }
         }
@@ -499,6 +506,22 @@ impl Ca {
             )));
         }
         Ok(claims)
+    }
+}
+
+/// A subject alternative name as an operator writes it (`IP 10.10.10.12`,
+/// `URI spiffe://pigsty/agent/10.10.10.12`), for refusal messages.
+fn san_text(san: &SanType) -> String {
+    match san {
+        SanType::IpAddress(a) => format!("IP {a}"),
+        SanType::URI(u) => format!("URI {}", u.as_str().escape_default()),
+        SanType::DnsName(d) => format!("DNS name {}", d.as_str().escape_default()),
+        SanType::Rfc822Name(e) => format!("email {}", e.as_str().escape_default()),
+        SanType::OtherName((oid, _)) => format!(
+            "an otherName SAN (OID {})",
+            oid.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
+        ),
+        _ => "a kind of SAN Quorum does not issue".into(),
     }
 }
 
@@ -599,6 +622,81 @@ mod tests {
         assert_eq!(der_len(5), vec![5]);
         assert_eq!(der_len(0x80), vec![0x81, 0x80]);
         assert_eq!(der_len(0x1234), vec![0x82, 0x12, 0x34]);
+    }
+
+    fn test_ca() -> Result<(tempfile::TempDir, Ca), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        init_ca(dir.path(), "pigsty")?;
+        let ca = Ca::load(dir.path(), None)?;
+        Ok((dir, ca))
+    }
+
+    #[test]
+    fn csr_refusals_name_sans_as_an_operator_writes_them() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (_dir, ca) = test_ca()?;
+        let ip: IpAddr = "127.0.0.21".parse()?;
+        for (san, shown) in [
+            (
+                SanType::IpAddress("127.0.0.22".parse()?),
+                "it asks for IP 127.0.0.22, but the token allows only IP 127.0.0.21 and URI spiffe://pigsty/agent/127.0.0.21",
+            ),
+            (
+                SanType::URI("spiffe://pigsty/admin/root".try_into()?),
+                "it asks for URI spiffe://pigsty/admin/root,",
+            ),
+            (
+                SanType::DnsName("evil.example".try_into()?),
+                "it asks for DNS name evil.example,",
+            ),
+        ] {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = vec![san];
+            let csr = params.serialize_request(&key)?.pem()?;
+            let err = ca
+                .sign_agent_csr(&csr, ip, 1)
+                .err()
+                .ok_or("the CSR was signed")?
+                .to_string();
+            assert!(err.contains(shown), "{err}");
+            assert!(
+                !err.contains("IpAddress(") && !err.contains("Ia5String"),
+                "{err}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn admin_names_are_plain_words_on_both_ends() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, ca) = test_ca()?;
+        // `pki issue admin --name` refuses what the server would refuse.
+        let err = ca
+            .issue(LeafKind::Admin, &[], Some("alice?x=1#frag"), 1)
+            .err()
+            .ok_or("issued")?;
+        assert!(matches!(err, PkiError::Usage(_)), "{err}");
+        assert!(err.to_string().contains("found '?'"), "{err}");
+        assert!(ca
+            .issue(LeafKind::Admin, &[], Some("alice.ops-1"), 1)
+            .is_ok());
+        // A CA-signed certificate that names such an admin anyway is not an admin.
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = ca.leaf_params(LeafKind::Admin, &[], Some("alice"), 1)?;
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://pigsty/admin/alice?x=1#frag".try_into()?,
+        )];
+        let cert = params.signed_by(&key, &ca.issuer()?)?;
+        let got = quorum_proto::identity::peer_from_der(cert.der(), "pigsty");
+        assert!(
+            matches!(
+                got,
+                Err(quorum_proto::identity::IdentityError::Malformed { .. })
+            ),
+            "{got:?}"
+        );
+        Ok(())
     }
 
     #[test]
