@@ -195,6 +195,79 @@ fn bad_new_lists_are_refused() {
     assert!(patch_patroni_hosts(text, &v(&[""])).is_err());
 }
 
+/// Probe L7: entries that could be written safely (quoted) but are not endpoints.
+#[test]
+fn entries_must_be_host_and_port() {
+    let patroni = "etcd3:\n  hosts: 'a:1'\n";
+    for bad in [
+        "a]:2379",
+        "a':2379",
+        "*alias:2379",
+        "&anc:2379",
+        "!!python/object:2379",
+        "%TAG:2379",
+        "`:2379",
+        "10.10.10.10",
+        "10.10.10.10:0",
+        "10.10.10.10:65536",
+        "10.10.10.10:23x9",
+        ":2379",
+        "-a.example:2379",
+        "a..b:2379",
+        "999.1.1.1:2379",
+        "[10.0.0.1]:2379",
+        "::1:2379",
+        "https://10.10.10.10:2379",
+    ] {
+        let err = patch_patroni_hosts(patroni, &v(&[bad]))
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+        assert!(
+            err.to_string().contains("is not host:port"),
+            "{bad:?}: {err}"
+        );
+    }
+    for good in [
+        "10.10.10.10:2379",
+        "[::1]:2379",
+        "[fd00::11]:65535",
+        "etcd-1.example.com:2379",
+        "localhost:1",
+    ] {
+        assert!(
+            patch_patroni_hosts(patroni, &v(&[good])).is_ok(),
+            "{good:?} was refused"
+        );
+    }
+    let vip = "dcs-endpoints: 'https://a:1'\n";
+    for bad in [
+        "10.10.10.10:2379",
+        "ftp://10.10.10.10:2379",
+        "https://10.10.10.10",
+        "https://a]:2379",
+        "https://10.10.10.10:2379/path",
+        "https://user@10.10.10.10:2379",
+    ] {
+        let err = patch_vip_endpoints(vip, &v(&[bad]))
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+        assert!(
+            err.to_string().contains("is not http(s)://host:port"),
+            "{bad:?}: {err}"
+        );
+    }
+    for good in [
+        "https://10.10.10.10:2379",
+        "http://[::1]:2379",
+        "https://etcd-1:2379",
+    ] {
+        assert!(
+            patch_vip_endpoints(vip, &v(&[good])).is_ok(),
+            "{good:?} was refused"
+        );
+    }
+}
+
 /// vip-manager's config as Pigsty renders it (reference/pigsty-etcd.md, "vip-manager").
 const PIGSTY_VIP: &str = "\
 interval: 1000
