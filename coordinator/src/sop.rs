@@ -198,6 +198,21 @@ fn resolve_hosts(
     Ok(out)
 }
 
+/// Reads and resolves the inventory off the async runtime: a big inventory takes libyaml
+/// seconds, and on a worker thread that would stall every other call (agents' polls,
+/// `quorum agents`) meanwhile.
+pub async fn load_inventory(path: &std::path::Path) -> Result<Inventory, Status> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || Inventory::load(&owned))
+        .await
+        .map_err(|e| Status::internal(format!("the inventory reader stopped: {e}")))?
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "the coordinator's inventory is invalid, nothing was planned:\n{e}"
+            ))
+        })
+}
+
 /// A planned SOP, ready to store.
 pub struct Planned {
     /// The plan.
@@ -217,11 +232,7 @@ pub async fn plan_request(
     etcd: &crate::etcd::EtcdAccess,
     req: &pb::StartRunRequest,
 ) -> Result<Planned, Status> {
-    let inv = Inventory::load(inventory_path).map_err(|e| {
-        Status::invalid_argument(format!(
-            "the coordinator's inventory is invalid, nothing was planned:\n{e}"
-        ))
-    })?;
+    let inv = load_inventory(inventory_path).await?;
     let args: BTreeMap<String, String> = req.args.clone().into_iter().collect();
     if req.sop == sop_name::PATRONI_RELOAD || req.sop == sop_name::VIP_RELOAD {
         return plan_pg(&inv, req, args, registry).await;

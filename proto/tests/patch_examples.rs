@@ -346,3 +346,29 @@ fn utf8_comments_do_not_shift_offsets() {
         "# Données — config\netcd3:\n  # hôtes\n  hosts: 'c:3' # é\n"
     );
 }
+
+/// Probe L1: a 128 KB `ip: [[[…]]]` made one facts collection take 16 s in the agent. Every
+/// reader and patcher refuses it before parsing, saying which limit and where.
+#[test]
+fn deeply_nested_configs_are_refused_before_parsing() {
+    let deep = format!("ip: {}{}\n", "[".repeat(64_000), "]".repeat(64_000));
+    let start = std::time::Instant::now();
+    let err = quorum_proto::patch::read_vip_settings(&deep).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("nest deeper than 64 levels at line 1, over Quorum's limit"),
+        "{err}"
+    );
+    assert!(read_vip_endpoints(&deep).is_err());
+    let patroni = format!("etcd3:\n  hosts: 'a:1'\nx: {}\n", "{a: ".repeat(10_000));
+    let err = patch_patroni_hosts(&patroni, &v(&["b:2"])).unwrap_err();
+    assert!(err.to_string().contains("at line 3"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    let big = format!("etcd3:\n  hosts: 'a:1'\n#{}\n", "x".repeat(5 << 20));
+    let err = read_patroni_hosts(&big).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("over Quorum's limit of 4194304 bytes"),
+        "{err}"
+    );
+}

@@ -19,6 +19,12 @@ pub enum Problem {
     /// The bytes are not UTF-8.
     #[error("the inventory is not UTF-8 text; save it as UTF-8")]
     NotUtf8,
+    /// Too big or too deeply nested to parse (checked before any parser sees the text).
+    #[error("the inventory was not parsed: {detail}; Pigsty inventories are far smaller and flatter (well under 1 MiB, about ten levels deep), so check that this is the right file")]
+    OverLimit {
+        /// What limit, by how much (and the line, for nesting).
+        detail: String,
+    },
     /// libyaml refused the text.
     #[error("YAML syntax error: {message}; fix the YAML here, nothing else was checked")]
     Syntax {

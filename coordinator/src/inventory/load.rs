@@ -176,6 +176,21 @@ struct Tree {
 }
 
 fn run(cx: &mut Cx, text: &str) -> Option<(Vec<EtcdCluster>, Vec<PgCluster>)> {
+    // Before libyaml, whose time grows fast with size and flow depth.
+    if let Err(e) = yaml::check_limits(text) {
+        let line = match &e {
+            yaml::LimitError::TooDeep { line, .. } => Some(*line),
+            yaml::LimitError::TooLarge { .. } => None,
+        };
+        cx.error(
+            line,
+            &[],
+            Problem::OverLimit {
+                detail: e.to_string(),
+            },
+        );
+        return None;
+    }
     let mut doc: Value = match yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {

@@ -358,11 +358,33 @@ impl Inventory {
             }],
             warnings: Vec::new(),
         };
-        let bytes = std::fs::read(path).map_err(|e| {
+        // Read one byte past the limit at most: a huge file is refused without loading it.
+        let limit = quorum_proto::yaml::MAX_YAML_BYTES;
+        let read_error = |e: std::io::Error| {
             fail(Problem::Read {
                 error: e.to_string(),
             })
-        })?;
+        };
+        let mut bytes = Vec::new();
+        let handle = std::fs::File::open(path).map_err(read_error)?;
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(&handle, limit as u64 + 1),
+            &mut bytes,
+        )
+        .map_err(read_error)?;
+        if bytes.len() > limit {
+            let size = handle
+                .metadata()
+                .map(|m| m.len())
+                .unwrap_or(bytes.len() as u64);
+            return Err(fail(Problem::OverLimit {
+                detail: quorum_proto::yaml::LimitError::TooLarge {
+                    size: usize::try_from(size).unwrap_or(usize::MAX),
+                    limit,
+                }
+                .to_string(),
+            }));
+        }
         let text = std::str::from_utf8(&bytes).map_err(|_| fail(Problem::NotUtf8))?;
         Self::parse(&file, text)
     }
