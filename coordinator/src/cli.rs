@@ -1013,6 +1013,8 @@ async fn ad_hoc_task(
             kind: Some(kind),
         }),
         timeout_secs: timeout,
+        // The coordinator checks it too: a raw call without it is refused.
+        confirmed: yes,
     };
     let mut request = tonic::Request::new(req);
     request.set_timeout(Duration::from_secs(u64::from(timeout) + 10));

@@ -15,6 +15,7 @@ use quorum_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
 use quorum_proto::tls::TlsMaterial;
 use tonic::{Request, Response, Status};
 
+use crate::adhoc;
 use crate::config::CoordinatorConfig;
 use crate::etcd::EtcdAccess;
 use crate::pki::Ca;
@@ -452,6 +453,9 @@ impl AdminService for AdminSvc {
         let admin = authorize_admin(&req, self.0.td())?;
         let r = req.into_inner();
         let mut task = given_task(r.task)?;
+        if let Some(kind) = &task.kind {
+            adhoc::require_confirmation(kind, r.confirmed, &r.agent_id)?;
+        }
         let ip = self.0.live_agent(&r.agent_id)?;
         if task.id.is_empty() {
             task.id = new_task_id();
@@ -487,11 +491,23 @@ impl AdminService for AdminSvc {
         let admin = authorize_admin(&req, self.0.td())?;
         let r = req.into_inner();
         let task = given_task(r.task)?;
+        if let Some(kind) = &task.kind {
+            adhoc::require_confirmation(kind, r.confirmed, &r.agent_ids.join(", "))?;
+        }
         let ips = r
             .agent_ids
             .iter()
             .map(|a| self.0.live_agent(a))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(kind) = &task.kind {
+            // Only a fan-out that could take members down needs the inventory.
+            if adhoc::needs_fan_out_guard(kind, &ips) {
+                let inv = sop::load_inventory(&self.0.config.inventory)
+                    .await
+                    .map_err(|s| s.message().to_string());
+                adhoc::fan_out_guard(kind, &ips, inv.as_ref().map_err(Clone::clone))?;
+            }
+        }
         let base = if task.id.is_empty() {
             new_task_id()
         } else {
