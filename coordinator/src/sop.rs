@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use quorum_proto::pb;
 use tonic::Status;
 
-use crate::inventory::{EtcdCluster, EtcdInit, Inventory, PgCluster};
+use crate::inventory::{EtcdCluster, EtcdInit, EtcdMember, Inventory, PgCluster};
 use crate::patroni::{PgNode, PgRef};
 use crate::plan::{
     self, ActionName, ClusterSpec, Live, MemberSpec, PgTarget, Plan, PlanError, RestartPolicy,
@@ -213,6 +213,41 @@ pub async fn load_inventory(path: &std::path::Path) -> Result<Inventory, Status>
         })
 }
 
+/// Refuses a plan when the inventory's `etcd_data` of a member differs from the data dir its
+/// agent manages (`paths.etcd_data`, reported in its facts): the rendered etcd.conf would
+/// point etcd at one directory while wipes and the "holds a member" check use the other.
+/// Hosts without facts are left to the planner (it refuses a missing agent where it needs one).
+fn check_data_dirs<'a>(
+    inventory: &str,
+    members: impl IntoIterator<Item = &'a EtcdMember>,
+    live: &Live,
+) -> Result<(), Status> {
+    for m in members {
+        let Some(agent_dir) = live
+            .facts
+            .get(&m.ip)
+            .and_then(|f| f.data_dir.as_ref())
+            .map(|d| d.path.as_str())
+            .filter(|p| !p.is_empty())
+        else {
+            continue;
+        };
+        let wanted = &m.params.data_dir;
+        if crate::inventory::same_dir(wanted, agent_dir) {
+            continue;
+        }
+        let at = m.line.map(|l| format!(":{l}")).unwrap_or_default();
+        return Err(Status::invalid_argument(format!(
+            "{inventory}{at}: host {ip}: etcd_data of {name} is {wanted}, but the agent on {ip} manages {agent_dir} (paths.etcd_data in its agent.yml): \
+             the etcd.conf Quorum renders would move etcd to {wanted} while wipes and the member check use {agent_dir}. \
+             Make them the same, in the inventory or in that agent.yml (then restart quorum-agent); nothing was planned",
+            ip = m.ip,
+            name = m.name,
+        )));
+    }
+    Ok(())
+}
+
 /// A planned SOP, ready to store.
 pub struct Planned {
     /// The plan.
@@ -258,6 +293,7 @@ pub async fn plan_request(
     hosts.sort();
     hosts.dedup();
     let live = gather_live(registry, etcd, &spec, &hosts).await;
+    check_data_dirs(inv.file(), &cluster.members, &live)?;
     let plan = match req.sop.as_str() {
         sop_name::CLUSTER_CREATE => plan::plan_cluster_create(&spec, &live),
         sop_name::CLUSTER_REMOVE => plan::plan_cluster_remove(&spec, &live, false),
@@ -553,11 +589,15 @@ async fn plan_membership(
         hosts.sort();
         hosts.dedup();
         let live = gather_live(registry, etcd, &spec, &hosts).await;
+        check_data_dirs(inv.file(), &target.members, &live)?;
         let mut plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
         plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
         (spec.name.clone(), spec.client_urls(), plan)
     } else {
+        // Pigsty's SOP takes the host out of the inventory first; then the inventory says
+        // nothing about its data dir, and the wipe uses the agent's own.
+        let gone_listed = in_inventory.is_some();
         let gone_member =
             in_inventory.unwrap_or_else(|| cluster.new_member(host, seq.unwrap_or(0)));
         let remaining = cluster.without_member(host);
@@ -574,6 +614,14 @@ async fn plan_membership(
         hosts.sort();
         hosts.dedup();
         let mut live = gather_live(registry, etcd, &spec, &hosts).await;
+        check_data_dirs(
+            inv.file(),
+            remaining
+                .members
+                .iter()
+                .chain(gone_listed.then_some(&gone_member)),
+            &live,
+        )?;
         if live.members.is_none() {
             live.members = etcd
                 .member_list(std::slice::from_ref(&gone.client_url))

@@ -1,7 +1,8 @@
 //! The security probe's low findings (2026-11), each reproduced against the real binaries:
 //! an inventory that takes seconds to parse does not stall the coordinator (L1); the server,
 //! not only the CLI, demands confirmation for a destructive ad-hoc task, and a fan-out never
-//! takes down two members of one etcd cluster (L4).
+//! takes down two members of one etcd cluster (L4); a plan refuses an inventory whose
+//! etcd_data is not the data dir the host's agent manages (L5).
 
 use std::time::{Duration, Instant};
 
@@ -202,5 +203,49 @@ async fn the_server_demands_confirmation_and_guards_fan_outs() -> Result<()> {
     ])?;
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(f.host(IPS[0])?.restart_count(), 1);
+    Ok(())
+}
+
+/// Probe L5: with the inventory's etcd_data for .13 moved to /srv/etcd-elsewhere, `config
+/// reload --plan` showed `-data-dir: …/data/etcd` `+data-dir: /srv/etcd-elsewhere` with no
+/// warning, while wipes and `has_member` kept using the agent's dir. Now every etcd SOP's
+/// plan refuses it (exit 2), naming both paths and the host.
+#[test]
+fn a_plan_refuses_an_inventory_data_dir_the_agent_does_not_manage() -> Result<()> {
+    let mut w = World::new()?;
+    let f = Fleet::new(&w, &IPS)?;
+    f.write_inventory(&w, &[(IPS[0], 1), (IPS[1], 2), (IPS[2], 3)], "")?;
+    w.start_coordinator()?;
+    f.start_agents(&mut w)?;
+    let inventory = w.dir.path().join("pigsty.yml");
+    let text = std::fs::read_to_string(&inventory)?;
+    let agent_dir = f.host(IPS[2])?.data().display().to_string();
+    let moved = text.replace(&agent_dir, "/srv/etcd-elsewhere");
+    anyhow::ensure!(moved != text, "the inventory does not name {agent_dir}");
+    std::fs::write(&inventory, moved)?;
+    for sop in [
+        vec!["cluster", "create", "--plan"],
+        vec!["config", "reload", "--plan"],
+        vec!["env", "refresh", "--plan"],
+        vec!["service", "restart", "etcd", "--plan"],
+        vec!["member", "remove", IPS[2], "--plan"],
+    ] {
+        let out = w.admin(&sop)?;
+        assert_eq!(out.code, 2, "{sop:?}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "pigsty.yml:7: host 127.0.0.13: etcd_data of etcd-3 is /srv/etcd-elsewhere, but the agent on 127.0.0.13 manages {agent_dir}"
+            )) && out.stderr.contains("nothing was planned"),
+            "{sop:?}: {}",
+            out.stderr
+        );
+    }
+    // The same dir spelled with a trailing slash is the same dir.
+    std::fs::write(
+        &inventory,
+        text.replace(&agent_dir, &format!("{agent_dir}/")),
+    )?;
+    let out = w.admin(&["cluster", "create", "--plan"])?;
+    assert_eq!(out.code, 0, "{out:?}");
     Ok(())
 }

@@ -164,6 +164,16 @@ pub enum Problem {
         /// The value as written.
         value: String,
     },
+    /// A data dir that is a system directory: wiping the member would empty it.
+    #[error("{var} is `{value}`, which is {dir}: wiping this member's data would empty that system directory; use a dedicated directory such as /data/etcd (Pigsty's default)")]
+    SystemDataDir {
+        /// The variable.
+        var: &'static str,
+        /// The value as written.
+        value: String,
+        /// The system directory it names.
+        dir: &'static str,
+    },
     /// A name with characters that would break the rendered files.
     #[error("{var} is `{value}`; use letters, digits, `-`, `_` and `.` only, starting with a letter or digit")]
     BadName {

@@ -53,6 +53,12 @@ use sha2::{Digest, Sha256};
 
 pub use diag::{Diagnostic, InventoryErrors, Problem};
 
+/// Whether two absolute paths name the same directory, compared lexically (`/data/etcd/` is
+/// `/data/etcd`); how symbolic links resolve is the agent's business.
+pub fn same_dir(a: &str, b: &str) -> bool {
+    load::lexical(a) == load::lexical(b)
+}
+
 /// Pigsty's `etcd_init`: how a member starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
