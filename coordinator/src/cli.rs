@@ -602,6 +602,8 @@ fn classify(e: &anyhow::Error) -> u8 {
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Serve { config } => {
+            // Everything the daemon creates (run store, used tokens, member keys) is its own.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             let cfg = crate::config::CoordinatorConfig::load(&config)?;
             crate::server::serve(cfg).await?;
             Ok(exit::OK)

@@ -17,4 +17,5 @@ pub mod render;
 pub mod runner;
 pub mod server;
 pub mod sop;
+pub mod statedir;
 pub mod store;

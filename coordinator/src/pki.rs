@@ -52,10 +52,22 @@ pub enum PkiError {
         missing: &'static str,
     },
     /// No CA in the directory.
-    #[error("no CA in {dir} (ca.crt and ca.key); run `quorum pki init --dir {dir}` first")]
+    #[error("no CA in {} (ca.crt and ca.key); {hint}", dir.display())]
     NoCa {
-        /// The CA dir.
+        /// The CA dir (absolute when the caller knows it).
         dir: PathBuf,
+        /// What to do: where the CA should be, and why `pki init` may be wrong.
+        hint: String,
+    },
+    /// A CA file named by a config (or a flag) does not exist.
+    #[error("{what} {} does not exist; {hint}", path.display())]
+    MissingFile {
+        /// Which file ("CA key (tls.ca_key)").
+        what: String,
+        /// Its path.
+        path: PathBuf,
+        /// What to do.
+        hint: String,
     },
     /// The CA key or certificate is unusable.
     #[error("CA {path} is unusable: {why}")]
@@ -212,7 +224,7 @@ fn random_serial() -> SerialNumber {
 
 /// A loaded CA that can sign.
 pub struct Ca {
-    dir: PathBuf,
+    crt: PathBuf,
     cert_pem: String,
     key: KeyPair,
     pkcs8: Vec<u8>,
@@ -220,25 +232,51 @@ pub struct Ca {
 }
 
 impl Ca {
-    /// Loads the CA in `dir`; the trust domain is `trust_domain` if given, else the one
-    /// recorded beside the CA, else Pigsty's.
+    /// Loads the CA in `dir` (`ca.crt`, `ca.key`); the trust domain is `trust_domain` if
+    /// given, else the one recorded beside the CA, else Pigsty's.
     pub fn load(dir: &Path, trust_domain: Option<&str>) -> Result<Self, PkiError> {
         let crt = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
         if !crt.exists() && !key_path.exists() {
+            let shown = absolute(dir);
             return Err(PkiError::NoCa {
-                dir: dir.to_path_buf(),
+                hint: format!(
+                    "`quorum pki init --dir {}` would create a NEW CA there: do that only before any coordinator runs, since a coordinator started with another CA does not trust certificates or tokens from a new one",
+                    shown.display()
+                ),
+                dir: shown,
             });
         }
-        let cert_pem = fs::read_to_string(&crt).map_err(io_err("cannot read", &crt))?;
-        let key_pem = fs::read(&key_path).map_err(io_err("cannot read", &key_path))?;
+        Self::load_files(&crt, &key_path, trust_domain)
+    }
+
+    /// Loads the CA from exactly these files: the certificate `crt` and the key `key_path`
+    /// (the coordinator's `tls.ca_cert` and `tls.ca_key`, whatever their names). A missing
+    /// file is an error naming it, and the key must belong to the certificate.
+    pub fn load_files(
+        crt: &Path,
+        key_path: &Path,
+        trust_domain: Option<&str>,
+    ) -> Result<Self, PkiError> {
+        for (what, path) in [("CA certificate", crt), ("CA key", key_path)] {
+            if !path.exists() {
+                return Err(PkiError::MissingFile {
+                    what: what.into(),
+                    path: absolute(path),
+                    hint: "restore it from backup (Pigsty keeps the CA in files/pki/ca on the admin node), or point the config at the right file".into(),
+                });
+            }
+        }
+        let dir = key_path.parent().unwrap_or(Path::new("."));
+        let cert_pem = fs::read_to_string(crt).map_err(io_err("cannot read", crt))?;
+        let key_pem = fs::read(key_path).map_err(io_err("cannot read", key_path))?;
         let pkcs8 = to_pkcs8(&key_pem).map_err(|why| PkiError::BadCa {
-            path: key_path.clone(),
+            path: key_path.to_path_buf(),
             why,
         })?;
         let key = KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8.clone())).map_err(|e| {
             PkiError::BadCa {
-                path: key_path.clone(),
+                path: key_path.to_path_buf(),
                 why: format!(
                     "the key cannot sign ({e}); Quorum supports RSA and ECDSA P-256/P-384 CA keys"
                 ),
@@ -246,9 +284,19 @@ impl Ca {
         })?;
         // Parse once now so a broken ca.crt is reported at load, not at the first signature.
         Issuer::from_ca_cert_pem(&cert_pem, &key).map_err(|e| PkiError::BadCa {
-            path: crt.clone(),
+            path: crt.to_path_buf(),
             why: format!("not a usable CA certificate ({e})"),
         })?;
+        // Certificates signed with a key that is not the certificate's would chain to nothing.
+        if cert_public_key(&cert_pem).as_deref() != Some(key.public_key_raw()) {
+            return Err(PkiError::BadCa {
+                path: key_path.to_path_buf(),
+                why: format!(
+                    "this key does not belong to the CA certificate {}; give the key of that certificate",
+                    crt.display()
+                ),
+            });
+        }
         let trust_domain = match trust_domain {
             Some(td) => td.to_string(),
             None => fs::read_to_string(dir.join(TRUST_DOMAIN_FILE))
@@ -258,7 +306,7 @@ impl Ca {
                 .unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.to_string()),
         };
         Ok(Self {
-            dir: dir.to_path_buf(),
+            crt: crt.to_path_buf(),
             cert_pem,
             key,
             pkcs8,
@@ -292,7 +340,7 @@ impl Ca {
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, PkiError> {
         Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(|e| PkiError::BadCa {
-            path: self.dir.join("ca.crt"),
+            path: self.crt.clone(),
             why: e.to_string(),
         })
     }
@@ -525,6 +573,19 @@ fn san_text(san: &SanType) -> String {
     }
 }
 
+/// The raw subject public key of a PEM certificate (the bytes `KeyPair::public_key_raw`
+/// gives for its key).
+fn cert_public_key(pem: &str) -> Option<Vec<u8>> {
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
+}
+
+/// `path` made absolute against the current directory, for messages (unchanged if that fails).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// What an enrollment token says.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TokenClaims {
@@ -695,6 +756,39 @@ mod tests {
                 Err(quorum_proto::identity::IdentityError::Malformed { .. })
             ),
             "{got:?}"
+        );
+        Ok(())
+    }
+
+    /// Probe F3: `tls.ca_key` is the key file itself, whatever its name, and the certificate
+    /// comes from `tls.ca_cert`; a missing file is named, a key of another CA refused.
+    #[test]
+    fn the_ca_loads_from_exactly_the_files_named() -> Result<(), Box<dyn std::error::Error>> {
+        let (dir, ca) = test_ca()?;
+        let keys = tempfile::tempdir()?;
+        let key = keys.path().join("pigsty-ca.key");
+        fs::copy(dir.path().join("ca.key"), &key)?;
+        let crt = keys.path().join("trusted.pem");
+        fs::copy(dir.path().join("ca.crt"), &crt)?;
+        let loaded = Ca::load_files(&crt, &key, Some("pigsty"))?;
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+        let missing = keys.path().join("ca.key");
+        let err = Ca::load_files(&crt, &missing, None).err().ok_or("loaded")?;
+        assert!(
+            matches!(&err, PkiError::MissingFile { path, .. } if *path == missing),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .contains(&format!("CA key {} does not exist", missing.display())));
+        let (other, _) = test_ca()?;
+        let err = Ca::load_files(&crt, &other.path().join("ca.key"), None)
+            .err()
+            .ok_or("a foreign key was accepted")?;
+        assert!(
+            err.to_string()
+                .contains("does not belong to the CA certificate"),
+            "{err}"
         );
         Ok(())
     }

@@ -167,30 +167,52 @@ pub struct Coordinator {
 impl Coordinator {
     /// Builds the coordinator state from its config (the state dir is created if missing).
     pub fn new(config: CoordinatorConfig, tls: TlsMaterial) -> anyhow::Result<Arc<Self>> {
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        let changes = crate::statedir::prepare(&config.state_dir).map_err(|e| {
             anyhow::anyhow!(
-                "cannot create state dir {}: {e}; set state_dir in the config to a writable directory",
+                "cannot prepare state dir {}: {e}; set state_dir in the config to a writable directory",
                 config.state_dir.display()
             )
         })?;
-        let ca_dir = config
-            .tls
-            .ca_key
-            .as_ref()
-            .and_then(|k| k.parent())
-            .map(PathBuf::from);
-        let ca = match &ca_dir {
-            Some(dir) => Some(Arc::new(Ca::load(dir, Some(&config.trust_domain))?)),
+        for c in changes {
+            tracing::warn!("{c}");
+        }
+        // The key from exactly the file tls.ca_key names, the certificate from tls.ca_cert.
+        let ca = match &config.tls.ca_key {
+            Some(key) => Some(Arc::new(
+                Ca::load_files(&config.tls.ca_cert, key, Some(&config.trust_domain)).map_err(
+                    |e| {
+                        anyhow::anyhow!(
+                            "{e} (tls.ca_cert and tls.ca_key in the coordinator config)"
+                        )
+                    },
+                )?,
+            )),
             None => None,
         };
-        // Member certificates live beside the CA, as Pigsty keeps files/pki/etcd/.
-        let member_cert_dir = ca_dir
-            .as_ref()
-            .and_then(|d| d.parent())
-            .map(|p| p.join("etcd"))
-            .unwrap_or_else(|| config.state_dir.join("pki-etcd"));
-        std::fs::create_dir_all(&member_cert_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", member_cert_dir.display()))?;
+        // Member certificates and keys live in the state dir, which the packaged unit may
+        // write (the CA's directory may be read-only to it).
+        let member_cert_dir = crate::statedir::member_cert_dir(&config.state_dir);
+        let legacy = [
+            config
+                .tls
+                .ca_key
+                .as_ref()
+                .and_then(|k| k.parent())
+                .and_then(|d| d.parent())
+                .map(|p| p.join("etcd")),
+            Some(config.state_dir.join("pki-etcd")),
+        ];
+        let adopted =
+            crate::statedir::create_member_cert_dir(&member_cert_dir, legacy.iter().flatten())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot create {}: {e}; the state dir must be writable",
+                        member_cert_dir.display()
+                    )
+                })?;
+        for a in adopted {
+            tracing::info!("{a}");
+        }
         let store = Arc::new(Store::open(&config.state_dir.join("runs.sqlite"))?);
         for id in store.mark_interrupted()? {
             tracing::warn!(run = %id, "run was interrupted by a coordinator stop; continue it with `quorum run resume {id}`");
@@ -203,6 +225,7 @@ impl Coordinator {
             etcd.clone(),
             ca.clone(),
             member_cert_dir,
+            config.inventory.clone(),
             Timeouts {
                 task: Duration::from_secs(config.task_timeout_secs),
                 gate: Duration::from_secs(config.gate_timeout_secs),

@@ -334,7 +334,6 @@ pub async fn plan_request(
             endpoints: spec.client_urls(),
             args,
             notes: plan.notes.clone(),
-            pg_auth: BTreeMap::new(),
         },
         plan,
         cluster: spec.name.clone(),
@@ -457,19 +456,6 @@ async fn pg_targets(
     Ok(out)
 }
 
-fn pg_auth(pgs: &[&PgCluster]) -> BTreeMap<String, (String, String)> {
-    pgs.iter()
-        .filter_map(|p| {
-            p.members.first().map(|m| {
-                (
-                    p.name.clone(),
-                    (m.patroni_username.clone(), m.patroni_password.clone()),
-                )
-            })
-        })
-        .collect()
-}
-
 /// Plans `patroni reload` and `vip reload`. The run locks the etcd cluster the PostgreSQL
 /// clusters use, so it never overlaps a membership change that refreshes the same files.
 async fn plan_pg(
@@ -523,7 +509,6 @@ async fn plan_pg(
             endpoints: spec.client_urls(),
             args,
             notes: plan.notes.clone(),
-            pg_auth: pg_auth(&pgs),
         },
         plan,
         cluster: spec.name.clone(),
@@ -640,7 +625,6 @@ async fn plan_membership(
             endpoints: all_endpoints,
             args,
             notes: plan.notes.clone(),
-            pg_auth: pg_auth(&pgs),
         },
         plan,
         cluster: planned_cluster,

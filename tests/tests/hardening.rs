@@ -2,14 +2,23 @@
 //! an inventory that takes seconds to parse does not stall the coordinator (L1); the server,
 //! not only the CLI, demands confirmation for a destructive ad-hoc task, and a fan-out never
 //! takes down two members of one etcd cluster (L4); a plan refuses an inventory whose
-//! etcd_data is not the data dir the host's agent manages (L5).
+//! etcd_data is not the data dir the host's agent manages (L5); the Patroni REST password
+//! never lands in the coordinator's state dir, which is private (L2).
 
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use base64::Engine;
 
 use anyhow::{Context, Result};
 use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
-use quorum_tests::etcd::Fleet;
+use quorum_tests::etcd::{Fleet, HostPaths};
 use quorum_tests::World;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -247,5 +256,280 @@ fn a_plan_refuses_an_inventory_data_dir_the_agent_does_not_manage() -> Result<()
     )?;
     let out = w.admin(&["cluster", "create", "--plan"])?;
     assert_eq!(out.code, 0, "{out:?}");
+    Ok(())
+}
+
+const PG_IPS: [&str; 2] = ["127.0.0.21", "127.0.0.22"];
+const PATRONI_PASSWORD: &str = "S3cr3t-Patroni-PW";
+
+/// A stand-in for Patroni's REST API on each instance's address: `GET /cluster`,
+/// `GET /patroni` and an authenticated `POST /switchover` that moves the leader.
+struct FakePatroni {
+    leader: Arc<Mutex<String>>,
+    /// The Authorization headers switchovers came with.
+    auth_seen: Arc<Mutex<Vec<String>>>,
+    /// Answer this many switchovers with 503 before doing one.
+    fail_switchovers: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl FakePatroni {
+    fn start(port: u16) -> Result<Self> {
+        let leader = Arc::new(Mutex::new("pg-test-1".to_string()));
+        let auth_seen = Arc::new(Mutex::new(Vec::new()));
+        let fail_switchovers = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, ip) in PG_IPS.iter().enumerate() {
+            let ip: IpAddr = ip.parse()?;
+            let listener = TcpListener::bind(SocketAddr::new(ip, port))?;
+            listener.set_nonblocking(true)?;
+            let me = format!("pg-test-{}", i + 1);
+            let (leader, auth_seen, fail, stop) = (
+                leader.clone(),
+                auth_seen.clone(),
+                fail_switchovers.clone(),
+                stop.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            let _ = serve_one(conn, &me, &leader, &auth_seen, &fail);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            }));
+        }
+        Ok(Self {
+            leader,
+            auth_seen,
+            fail_switchovers,
+            stop,
+            threads,
+        })
+    }
+}
+
+impl Drop for FakePatroni {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_one(
+    mut conn: TcpStream,
+    me: &str,
+    leader: &Mutex<String>,
+    auth_seen: &Mutex<Vec<String>>,
+    fail: &AtomicU32,
+) -> Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        let n = conn.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "closed early");
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let len: usize = header("content-length").parse().unwrap_or(0);
+    while raw.len() < head_end + len {
+        let n = conn.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "closed early");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&raw[head_end..]).to_string();
+    let first = head.lines().next().unwrap_or_default().to_string();
+    let lead = leader.lock().map(|l| l.clone()).unwrap_or_default();
+    let member = |name: &str, ip: &str| {
+        let is_leader = name == lead;
+        serde_json::json!({
+            "name": name,
+            "role": if is_leader { "leader" } else { "replica" },
+            "state": if is_leader { "running" } else { "streaming" },
+            "host": ip,
+        })
+    };
+    let (status, answer) = if first.starts_with("GET /cluster") {
+        let v = serde_json::json!({"members": [
+            member("pg-test-1", PG_IPS[0]),
+            member("pg-test-2", PG_IPS[1]),
+        ]});
+        (200, v.to_string())
+    } else if first.starts_with("GET /patroni") {
+        let role = if me == lead { "master" } else { "replica" };
+        (
+            200,
+            serde_json::json!({"state": "running", "role": role}).to_string(),
+        )
+    } else if first.starts_with("POST /switchover") {
+        let auth = header("authorization");
+        if let Ok(mut seen) = auth_seen.lock() {
+            seen.push(auth.clone());
+        }
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("postgres:{PATRONI_PASSWORD}"))
+        );
+        if auth != want {
+            (401, "no auth".to_string())
+        } else if fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            (503, "Switchover failed".to_string())
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let cand = v["candidate"].as_str().unwrap_or_default().to_string();
+            if let Ok(mut l) = leader.lock() {
+                *l = cand.clone();
+            }
+            (200, format!("Successfully switched over to \"{cand}\""))
+        }
+    } else {
+        (404, "not found".to_string())
+    };
+    write!(
+        conn,
+        "HTTP/1.0 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+        answer.len()
+    )?;
+    Ok(())
+}
+
+/// Every file under `dir` (recursively), with its mode.
+fn files_under(dir: &Path, out: &mut Vec<(std::path::PathBuf, u32, bool)>) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let meta = e.metadata()?;
+        let mode = meta.permissions().mode() & 0o777;
+        out.push((e.path(), mode, meta.is_dir()));
+        if meta.is_dir() {
+            files_under(&e.path(), out)?;
+        }
+    }
+    Ok(())
+}
+
+fn newest_run(w: &World) -> Result<serde_json::Value> {
+    let out = w.admin(&["run", "list", "-o", "json"])?.ok()?;
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout)?;
+    runs.into_iter().next().context("no run")
+}
+
+/// Probe L2: after `patroni reload`, the Patroni REST password was in runs.sqlite-wal, and
+/// the state dir was 0755 with 0644 files. Now the run keeps no credentials: the switchover
+/// reads them from the inventory when it runs, also on a resume (and fails, saying why, when
+/// the inventory no longer has them); the state dir is 0700 and its files 0600.
+#[test]
+fn the_patroni_password_is_read_when_needed_and_never_stored() -> Result<()> {
+    let mut w = World::new()?;
+    w.coordinator_extra = "gate_timeout_secs: 20\nstale_after_secs: 10\n".into();
+    let f = Fleet::new(&w, &IPS[..1])?;
+    let pg_ips: Vec<IpAddr> = PG_IPS.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+    let port = quorum_tests::etcd::free_port_on(&pg_ips)?;
+    let patroni = FakePatroni::start(port)?;
+    let group = |name: &str| {
+        format!(
+            "    {name}:\n      hosts:\n        {}: {{ pg_seq: 1, pg_role: primary }}\n        {}: {{ pg_seq: 2, pg_role: replica }}\n      vars:\n        pg_cluster: {name}\n        patroni_port: {port}\n        patroni_password: {PATRONI_PASSWORD}\n",
+            PG_IPS[0], PG_IPS[1]
+        )
+    };
+    f.write_inventory_with(&w, &[(IPS[0], 1)], "", &group("pg-test"))?;
+    w.start_coordinator()?;
+    for ip in PG_IPS {
+        let h = HostPaths::new(w.dir.path(), ip.parse()?);
+        h.create()?;
+        std::fs::create_dir_all(h.root.join("etc/patroni"))?;
+        std::fs::write(
+            h.root.join("etc/patroni/patroni.yml"),
+            "scope: pg-test\netcd3:\n  hosts: '10.0.0.1:2379'\n",
+        )?;
+        let exec = "service_backend: exec\nexec:\n  patroni:\n    start: [/bin/true]\n    stop: [/bin/true]\n    restart: [/bin/true]\n    reload: [/bin/true]\n    status: [/bin/true]\n";
+        w.start_agent(ip, &format!("{}{exec}", h.paths_config()))?;
+    }
+    for ip in PG_IPS {
+        w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(30))?;
+    }
+
+    // The first switchover fails (Patroni said no): the run halts before the primary.
+    patroni.fail_switchovers.store(1, Ordering::SeqCst);
+    let out = w.admin(&["patroni", "reload", "--restart-patroni", "--yes"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    let run = newest_run(&w)?;
+    let id = run["run_id"].as_str().context("run id")?.to_string();
+    assert_eq!(run["state"], "failed", "{run}");
+    // Resumed after the inventory lost the cluster: the credentials cannot be read.
+    let inventory = w.dir.path().join("pigsty.yml");
+    let good = std::fs::read_to_string(&inventory)?;
+    f.write_inventory_with(&w, &[(IPS[0], 1)], "", &group("pg-renamed"))?;
+    let out = w.admin(&["run", "resume", &id])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    let run = newest_run(&w)?;
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(
+            "no longer defines PostgreSQL cluster pg-test (it changed since the run was planned"
+        ) && error.contains(&format!("quorum run resume {id}")),
+        "{run}"
+    );
+    // With the inventory back, the resume switches over with the inventory's credentials.
+    std::fs::write(&inventory, &good)?;
+    let out = w.admin(&["run", "resume", &id])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(newest_run(&w)?["state"], "succeeded");
+    assert_eq!(
+        patroni.leader.lock().map(|l| l.clone()).unwrap_or_default(),
+        "pg-test-2"
+    );
+    let seen = patroni
+        .auth_seen
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|a| a.starts_with("Basic ")), "{seen:?}");
+
+    // Nothing in the state dir holds the password, and it is private.
+    let state = w.dir.path().join("state");
+    let mut files = Vec::new();
+    files_under(&state, &mut files)?;
+    assert!(files.iter().any(|(p, _, _)| p.ends_with("runs.sqlite")));
+    let state_mode = std::fs::metadata(&state)?.permissions().mode() & 0o777;
+    assert_eq!(state_mode, 0o700);
+    for (path, mode, is_dir) in &files {
+        if *is_dir {
+            assert_eq!(*mode, 0o700, "{}", path.display());
+            continue;
+        }
+        assert_eq!(*mode, 0o600, "{}", path.display());
+        let bytes = std::fs::read(path)?;
+        assert!(
+            !bytes
+                .windows(PATRONI_PASSWORD.len())
+                .any(|x| x == PATRONI_PASSWORD.as_bytes()),
+            "{} holds the Patroni password",
+            path.display()
+        );
+    }
     Ok(())
 }
