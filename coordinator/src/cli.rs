@@ -349,9 +349,15 @@ enum RunCommand {
 enum PkiCommand {
     /// Create the CA (ca.crt, ca.key) unless one exists; an existing Pigsty CA is used as is.
     Init {
-        /// CA directory.
-        #[arg(long, default_value = pki::DEFAULT_CA_DIR)]
-        dir: PathBuf,
+        /// CA directory (ca.crt, ca.key). Default: the CA the coordinator config names
+        /// (tls.ca_cert, tls.ca_key), else files/pki/ca under the current directory (Pigsty's
+        /// home on the admin node).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Coordinator config to read the CA's location from (default
+        /// /etc/quorum/coordinator.yml, when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Trust domain of the role URIs.
         #[arg(long, default_value = quorum_proto::identity::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
@@ -370,9 +376,15 @@ enum PkiCommand {
         /// Validity in days.
         #[arg(long, default_value_t = pki::DEFAULT_LEAF_DAYS)]
         days: u32,
-        /// CA directory.
-        #[arg(long, default_value = pki::DEFAULT_CA_DIR)]
-        dir: PathBuf,
+        /// CA directory (ca.crt, ca.key). Default: the CA the coordinator config names
+        /// (tls.ca_cert, tls.ca_key), else files/pki/ca under the current directory (Pigsty's
+        /// home on the admin node).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Coordinator config to read the CA's location from (default
+        /// /etc/quorum/coordinator.yml, when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Output directory: <kind>.crt and <kind>.key (etcd: server.crt/server.key), plus ca.crt.
         #[arg(long)]
         out: PathBuf,
@@ -388,9 +400,15 @@ enum PkiCommand {
         /// Time to live: 90s, 15m, 1h, 2d.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: u64,
-        /// CA directory.
-        #[arg(long, default_value = pki::DEFAULT_CA_DIR)]
-        dir: PathBuf,
+        /// CA directory (ca.crt, ca.key). Default: the CA the coordinator config names
+        /// (tls.ca_cert, tls.ca_key), else files/pki/ca under the current directory (Pigsty's
+        /// home on the admin node).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Coordinator config to read the CA's location from (default
+        /// /etc/quorum/coordinator.yml, when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -759,8 +777,37 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<u8> {
 
 fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
     match cmd {
-        PkiCommand::Init { dir, trust_domain } => {
-            match pki::init_ca(&dir, &trust_domain)? {
+        PkiCommand::Init {
+            dir,
+            config,
+            trust_domain,
+        } => {
+            let loc = pki::locate_ca(dir.as_deref(), config.as_deref())?;
+            if let pki::CaSource::Config(cfg) = &loc.source {
+                if loc.cert.exists() && loc.key.exists() {
+                    let ca = pki::Ca::load_files(&loc.cert, &loc.key, loc.trust_domain.as_deref())?;
+                    println!(
+                        "using the existing CA {} (key {}, named by {}; {}); nothing changed",
+                        loc.cert.display(),
+                        loc.key.display(),
+                        cfg.display(),
+                        ca.key_algorithm()
+                    );
+                    return Ok(exit::OK);
+                }
+            }
+            let Some(dir) = loc.dir() else {
+                anyhow::bail!(
+                    "{} names the CA files {} and {}; `quorum pki init` makes ca.crt and ca.key in one directory, so pass --dir, or name <dir>/ca.crt and <dir>/ca.key in the config",
+                    match &loc.source {
+                        pki::CaSource::Config(c) => c.display().to_string(),
+                        _ => "the coordinator config".into(),
+                    },
+                    loc.cert.display(),
+                    loc.key.display()
+                );
+            };
+            match pki::init_ca(dir, &trust_domain)? {
                 pki::InitOutcome::Created => {
                     println!("created CA {}/ca.crt (key ca.key, 0600)", dir.display())
                 }
@@ -777,10 +824,11 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
             name,
             days,
             dir,
+            config,
             out,
             force,
         } => {
-            let ca = pki::Ca::load(&dir, None)?;
+            let ca = pki::load_located(&pki::locate_ca(dir.as_deref(), config.as_deref())?)?;
             let base = match kind {
                 LeafKind::Agent => "agent",
                 LeafKind::Admin => "admin",
@@ -808,8 +856,13 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
             println!("wrote {} and {}", crt.display(), key.display());
             Ok(exit::OK)
         }
-        PkiCommand::Token { host, ttl, dir } => {
-            let ca = pki::Ca::load(&dir, None)?;
+        PkiCommand::Token {
+            host,
+            ttl,
+            dir,
+            config,
+        } => {
+            let ca = pki::load_located(&pki::locate_ca(dir.as_deref(), config.as_deref())?)?;
             println!("{}", ca.mint_token(host, ttl));
             Ok(exit::OK)
         }

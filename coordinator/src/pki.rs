@@ -19,8 +19,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
-/// Default CA directory, as Pigsty lays it out on the admin node.
+/// Default CA directory, as Pigsty lays it out on the admin node (relative to Pigsty's home:
+/// `quorum pki` resolves it against the current directory and says so).
 pub const DEFAULT_CA_DIR: &str = "files/pki/ca";
+/// The coordinator config `quorum pki` reads the CA's location from when it exists.
+pub const DEFAULT_COORDINATOR_CONFIG: &str = "/etc/quorum/coordinator.yml";
 /// Pigsty's leaf certificate validity (`cert_validity: 7300d`).
 pub const DEFAULT_LEAF_DAYS: u32 = 7300;
 /// Validity of a CA Quorum creates (Pigsty's CA: 100 years).
@@ -100,6 +103,160 @@ fn io_err<'a>(
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// How `quorum pki` was told where the CA is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// `--dir DIR`.
+    Flag,
+    /// `tls.ca_cert` and `tls.ca_key` of this coordinator config.
+    Config(PathBuf),
+    /// The default `files/pki/ca` under the current directory (no `--dir`, no coordinator
+    /// config naming a CA key). A coordinator config that names no `tls.ca_key` still names
+    /// the CA certificate it trusts, kept here to compare.
+    Default {
+        /// The coordinator config, if one exists.
+        config: Option<PathBuf>,
+        /// Its `tls.ca_cert`.
+        trusted: Option<PathBuf>,
+    },
+}
+
+/// Where `quorum pki` finds the CA (absolute paths) and the trust domain to issue for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaLocation {
+    /// The CA certificate.
+    pub cert: PathBuf,
+    /// The CA key.
+    pub key: PathBuf,
+    /// The coordinator config's trust domain, when the location came from one.
+    pub trust_domain: Option<String>,
+    /// How the location was chosen.
+    pub source: CaSource,
+}
+
+impl CaLocation {
+    /// The directory `pki init` creates `ca.crt` and `ca.key` in, when the location is one.
+    pub fn dir(&self) -> Option<&Path> {
+        let dir = self.key.parent()?;
+        (self.key == dir.join("ca.key") && self.cert == dir.join("ca.crt")).then_some(dir)
+    }
+}
+
+/// Decides where the CA is: `--dir` when given; else the coordinator config (`--config`, or
+/// /etc/quorum/coordinator.yml when it exists) when it names `tls.ca_key`; else the default
+/// `files/pki/ca` under the current directory. Never depends silently on the current
+/// directory: every path is made absolute, and messages say where they came from.
+pub fn locate_ca(dir: Option<&Path>, config: Option<&Path>) -> Result<CaLocation, PkiError> {
+    if let Some(dir) = dir {
+        let dir = absolute(dir);
+        return Ok(CaLocation {
+            cert: dir.join("ca.crt"),
+            key: dir.join("ca.key"),
+            trust_domain: None,
+            source: CaSource::Flag,
+        });
+    }
+    let (config_path, explicit) = match config {
+        Some(c) => (c.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_COORDINATOR_CONFIG), false),
+    };
+    let cfg = if explicit || config_path.exists() {
+        Some(
+            crate::config::CoordinatorConfig::load(&config_path).map_err(|e| {
+                PkiError::Usage(format!("{e}; or pass --dir with the CA directory"))
+            })?,
+        )
+    } else {
+        None
+    };
+    if let Some(cfg) = &cfg {
+        if let Some(key) = &cfg.tls.ca_key {
+            return Ok(CaLocation {
+                cert: absolute(&cfg.tls.ca_cert),
+                key: absolute(key),
+                trust_domain: Some(cfg.trust_domain.clone()),
+                source: CaSource::Config(absolute(&config_path)),
+            });
+        }
+    }
+    let dir = absolute(Path::new(DEFAULT_CA_DIR));
+    Ok(CaLocation {
+        cert: dir.join("ca.crt"),
+        key: dir.join("ca.key"),
+        trust_domain: None,
+        source: CaSource::Default {
+            config: cfg.as_ref().map(|_| absolute(&config_path)),
+            trusted: cfg.map(|c| absolute(&c.tls.ca_cert)),
+        },
+    })
+}
+
+/// Loads the CA at `loc`, for `pki issue` and `pki token`. A missing CA gets a message that
+/// says where it looked and why `pki init` is not the fix when a coordinator is set up.
+pub fn load_located(loc: &CaLocation) -> Result<Ca, PkiError> {
+    let missing: Vec<&PathBuf> = [&loc.cert, &loc.key]
+        .into_iter()
+        .filter(|p| !p.exists())
+        .collect();
+    match &loc.source {
+        CaSource::Config(cfg) => {
+            if let Some(path) = missing.first() {
+                let key = *path == &loc.key;
+                return Err(PkiError::MissingFile {
+                    what: format!(
+                        "the CA {} that {} names ({})",
+                        if key { "key" } else { "certificate" },
+                        cfg.display(),
+                        if key { "tls.ca_key" } else { "tls.ca_cert" }
+                    ),
+                    path: (*path).clone(),
+                    hint: "restore it from backup, or pass --config with the right coordinator config. Do not run `quorum pki init`: a new CA would not be the one this coordinator and its agents trust".into(),
+                });
+            }
+        }
+        CaSource::Flag | CaSource::Default { .. } if missing.len() == 2 => {
+            let dir = loc.key.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let hint = match &loc.source {
+                CaSource::Default { config: Some(cfg), .. } => format!(
+                    "no --dir was given and {} names no tls.ca_key, so the default {DEFAULT_CA_DIR} under the current directory was used. Pass --dir with the directory of the CA key that coordinator's tls.ca_cert belongs to (or set tls.ca_key there). Do not run `quorum pki init`: a new CA would not be the one the coordinator trusts",
+                    cfg.display()
+                ),
+                CaSource::Default { config: None, .. } => format!(
+                    "no --dir was given and no coordinator config ({DEFAULT_COORDINATOR_CONFIG}, or --config) names tls.ca_key, so the default {DEFAULT_CA_DIR} under the current directory was used: run this from Pigsty's home directory (where files/pki/ca is), or pass --dir or --config. `quorum pki init --dir {}` would create a NEW CA: do that only before any coordinator runs, since a coordinator started with another CA does not trust certificates or tokens from it",
+                    dir.display()
+                ),
+                _ => format!(
+                    "`quorum pki init --dir {}` would create a NEW CA there: do that only before any coordinator runs, since a coordinator started with another CA does not trust certificates or tokens from it",
+                    dir.display()
+                ),
+            };
+            return Err(PkiError::NoCa { dir, hint });
+        }
+        _ => {}
+    }
+    let ca = Ca::load_files(&loc.cert, &loc.key, loc.trust_domain.as_deref())?;
+    if let CaSource::Default {
+        config: Some(cfg),
+        trusted: Some(trusted),
+    } = &loc.source
+    {
+        let same = fs::read_to_string(trusted)
+            .map(|t| t.trim() == ca.cert_pem().trim())
+            .unwrap_or(false);
+        if !same {
+            return Err(PkiError::BadCa {
+                path: loc.cert.clone(),
+                why: format!(
+                    "it is not the CA the coordinator trusts ({} names tls.ca_cert {}): certificates and tokens from it would be refused. Pass --dir with the directory of that CA's key",
+                    cfg.display(),
+                    trusted.display()
+                ),
+            });
+        }
+    }
+    Ok(ca)
 }
 
 /// What `pki init` did.
@@ -788,6 +945,49 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("does not belong to the CA certificate"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    /// Probe F1: without --dir or a config naming tls.ca_key, the default files/pki/ca is
+    /// relative to the current directory, and the message says so with the absolute path.
+    /// A config that names only the trusted certificate catches a CA that is not it.
+    #[test]
+    fn a_missing_default_ca_says_where_it_looked() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("files/pki/ca");
+        let loc = CaLocation {
+            cert: dir.join("ca.crt"),
+            key: dir.join("ca.key"),
+            trust_domain: None,
+            source: CaSource::Default {
+                config: None,
+                trusted: None,
+            },
+        };
+        let err = load_located(&loc).err().ok_or("loaded")?.to_string();
+        assert!(
+            err.contains(&format!("no CA in {}", dir.display()))
+                && err.contains("under the current directory")
+                && err.contains("would create a NEW CA"),
+            "{err}"
+        );
+        init_ca(&dir, "pigsty")?;
+        let (other, _) = test_ca()?;
+        let loc = CaLocation {
+            source: CaSource::Default {
+                config: Some(PathBuf::from("/etc/quorum/coordinator.yml")),
+                trusted: Some(other.path().join("ca.crt")),
+            },
+            ..loc
+        };
+        let err = load_located(&loc)
+            .err()
+            .ok_or("a CA the coordinator does not trust loaded")?;
+        assert!(
+            err.to_string()
+                .contains("it is not the CA the coordinator trusts"),
             "{err}"
         );
         Ok(())

@@ -3,7 +3,8 @@
 //! not only the CLI, demands confirmation for a destructive ad-hoc task, and a fan-out never
 //! takes down two members of one etcd cluster (L4); a plan refuses an inventory whose
 //! etcd_data is not the data dir the host's agent manages (L5); the Patroni REST password
-//! never lands in the coordinator's state dir, which is private (L2).
+//! never lands in the coordinator's state dir, which is private (L2); and the newcomer
+//! friction around the CA's location, the agent's key and the member certificates (F1-F4).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -19,7 +20,7 @@ use anyhow::{Context, Result};
 use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
 use quorum_tests::etcd::{Fleet, HostPaths};
-use quorum_tests::World;
+use quorum_tests::{run, wait_for, Proc, World};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
@@ -531,5 +532,150 @@ fn the_patroni_password_is_read_when_needed_and_never_stored() -> Result<()> {
             path.display()
         );
     }
+    Ok(())
+}
+
+/// Probe F1-F4 with a Pigsty-like admin node: the CA key is `keys/pigsty-ca.key` (not beside
+/// ca.crt), the coordinator config names it, and member certificates from 0.2.0 sit in
+/// `etcd/` beside the CA dir. `quorum pki token` run from another directory finds the CA
+/// through the config (it used to say "no CA in files/pki/ca" and suggest a second CA); a
+/// missing CA names the absolute path looked at; `quorum serve` loads that exact key file;
+/// the member certificates move into the state dir; `enroll` puts the key next to --cert.
+#[test]
+fn the_ca_is_found_where_the_coordinator_says() -> Result<()> {
+    let w = World::new()?;
+    let d = w.dir.path();
+    std::fs::create_dir_all(d.join("keys"))?;
+    std::fs::rename(d.join("ca/ca.key"), d.join("keys/pigsty-ca.key"))?;
+    std::fs::create_dir_all(d.join("etcd"))?;
+    std::fs::write(d.join("etcd/etcd-1.crt"), "old member cert")?;
+    std::fs::write(d.join("etcd/etcd-1.key"), "old member key")?;
+    let config = |key: &str| {
+        format!(
+            "listen: {listen}\ntls:\n  ca_cert: {ca}\n  cert: {crt}\n  key: {ckey}\n  ca_key: {key}\nstate_dir: {state}\ninventory: {inv}\n",
+            listen = w.listen,
+            ca = w.p("ca/ca.crt"),
+            crt = w.p("coordinator/coordinator.crt"),
+            ckey = w.p("coordinator/coordinator.key"),
+            state = w.p("state"),
+            inv = w.p("pigsty.yml"),
+        )
+    };
+    std::fs::write(
+        d.join("coordinator.yml"),
+        config(&w.p("keys/pigsty-ca.key")),
+    )?;
+    std::fs::write(d.join("missing.yml"), config(&w.p("keys/nope.key")))?;
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere)?;
+    let quorum_in = |args: &[&str]| -> Result<quorum_tests::CliOutput> {
+        Ok(std::process::Command::new(quorum_tests::bin("quorum")?)
+            .args(args)
+            .current_dir(&elsewhere)
+            .output()?
+            .into())
+    };
+
+    // A relative --dir is resolved and shown absolute; the hint warns that init makes a new CA.
+    let out = quorum_in(&[
+        "pki",
+        "token",
+        "--host",
+        "127.0.0.31",
+        "--dir",
+        "files/pki/ca",
+    ])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    let looked = elsewhere.join("files/pki/ca");
+    assert!(
+        out.stderr.contains(&format!(
+            "no CA in {} (ca.crt and ca.key)",
+            looked.display()
+        )) && out.stderr.contains("would create a NEW CA")
+            && out.stderr.contains("does not trust"),
+        "{}",
+        out.stderr
+    );
+    // A config whose CA key is missing: named, and no advice to make another CA.
+    let out = quorum_in(&[
+        "pki",
+        "token",
+        "--host",
+        "127.0.0.31",
+        "--config",
+        &w.p("missing.yml"),
+    ])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("{} does not exist", w.p("keys/nope.key")))
+            && out.stderr.contains("Do not run `quorum pki init`")
+            && !out.stderr.contains("pki init --dir"),
+        "{}",
+        out.stderr
+    );
+    // The coordinator's config finds the CA from any directory.
+    let token = quorum_in(&[
+        "pki",
+        "token",
+        "--host",
+        "127.0.0.31",
+        "--config",
+        &w.p("coordinator.yml"),
+    ])?
+    .ok()?
+    .stdout
+    .trim()
+    .to_string();
+    assert!(token.starts_with("qt1."), "{token}");
+    let out = quorum_in(&["pki", "init", "--config", &w.p("coordinator.yml")])?.ok()?;
+    assert!(out.stdout.contains("using the existing CA"), "{out:?}");
+
+    // The coordinator with that config signs with keys/pigsty-ca.key.
+    let mut cmd = std::process::Command::new(quorum_tests::bin("quorum")?);
+    cmd.args(["serve", "--config", &w.p("coordinator.yml")]);
+    let mut serve = Proc::spawn("coordinator", cmd, &d.join("coordinator.log"))?;
+    let addr = w.listen;
+    wait_for("the coordinator to listen", Duration::from_secs(20), || {
+        if !serve.running() {
+            return Some(());
+        }
+        TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+            .ok()
+            .map(|_| ())
+    })?;
+    assert!(serve.running(), "{}", serve.log_text());
+    let members = d.join("state/pki/etcd");
+    assert_eq!(
+        std::fs::read_to_string(members.join("etcd-1.key"))?,
+        "old member key"
+    );
+    let mode = |p: &Path| -> Result<u32> { Ok(std::fs::metadata(p)?.permissions().mode() & 0o777) };
+    assert_eq!(mode(&members)?, 0o700);
+    assert_eq!(mode(&members.join("etcd-1.key"))?, 0o600);
+
+    // Enrollment with --cert only: the key goes next to it.
+    let host = d.join("host31");
+    let out = run(
+        "quorum-agent",
+        &[
+            "enroll",
+            "--coordinator",
+            &w.url(),
+            "--token",
+            &token,
+            "--ca-cert",
+            &w.p("ca/ca.crt"),
+            "--cert",
+            &host.join("agent.crt").display().to_string(),
+            "--host-ip",
+            "127.0.0.31",
+        ],
+        &[],
+    )?;
+    assert_eq!(out.code, 0, "{out:?}\n{}", serve.log_text());
+    assert_eq!(mode(&host.join("agent.key"))?, 0o600);
+    assert!(host.join("agent.crt").exists());
+    serve.kill();
     Ok(())
 }
