@@ -979,7 +979,25 @@ pub fn outcome_word(o: pb::Outcome) -> &'static str {
     }
 }
 
+/// Room left in a gRPC message for the rest of a task request (ids, field tags).
+const TASK_ENVELOPE_BYTES: usize = 4096;
+
+/// Largest file a task may carry: what fits in one message beside the rest of the request.
+pub const MAX_TASK_FILE_BYTES: usize = quorum_proto::MAX_MESSAGE_BYTES - TASK_ENVELOPE_BYTES;
+
+/// Reads a file a task carries. One too big for a message is bad input (exit 2), refused here
+/// before anything is sent, instead of tonic's "decoded message length too large" afterwards.
 fn read_arg_file(path: &PathBuf) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        .len();
+    if size > MAX_TASK_FILE_BYTES as u64 {
+        anyhow::bail!(
+            "{} is {size} bytes, over the {MAX_TASK_FILE_BYTES} bytes a task can carry (the coordinator takes messages of at most {} bytes); nothing was sent. Check that this is the right file: etcd.conf, the etcdctl profile and certificates are a few KiB",
+            path.display(),
+            quorum_proto::MAX_MESSAGE_BYTES
+        );
+    }
     std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
 }
@@ -1060,7 +1078,6 @@ async fn ad_hoc_task(
         );
         return Ok(exit::REFUSED);
     }
-    let mut client = client::admin_client(&conn.resolve()?).await?;
     let req = pb::RunTaskRequest {
         agent_id: host.to_string(),
         task: Some(pb::Task {
@@ -1071,6 +1088,15 @@ async fn ad_hoc_task(
         // The coordinator checks it too: a raw call without it is refused.
         confirmed: yes,
     };
+    // Several files (write-etcd-certs) can be over the limit together though each is not.
+    let size = prost::Message::encoded_len(&req);
+    if size > quorum_proto::MAX_MESSAGE_BYTES {
+        anyhow::bail!(
+            "this task is {size} bytes with its files, over the coordinator's message limit of {} bytes; nothing was sent",
+            quorum_proto::MAX_MESSAGE_BYTES
+        );
+    }
+    let mut client = client::admin_client(&conn.resolve()?).await?;
     let mut request = tonic::Request::new(req);
     request.set_timeout(Duration::from_secs(u64::from(timeout) + 10));
     let result = client.run_task(request).await?.into_inner();

@@ -4,7 +4,8 @@
 //! takes down two members of one etcd cluster (L4); a plan refuses an inventory whose
 //! etcd_data is not the data dir the host's agent manages (L5); the Patroni REST password
 //! never lands in the coordinator's state dir, which is private (L2); and the newcomer
-//! friction around the CA's location, the agent's key and the member certificates (F1-F4).
+//! friction around the CA's location, the agent's key and the member certificates (F1-F4),
+//! and a task file too big for a message (F12).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -677,5 +678,63 @@ fn the_ca_is_found_where_the_coordinator_says() -> Result<()> {
     assert_eq!(mode(&host.join("agent.key"))?, 0o600);
     assert!(host.join("agent.crt").exists());
     serve.kill();
+    Ok(())
+}
+
+/// Probe F12: a task file over the message limit exited 1 ("ran and failed") with tonic's
+/// "decoded message length too large". It is bad input: exit 2, naming the file, its size and
+/// the limit, and nothing is sent.
+#[test]
+fn an_oversize_task_file_is_bad_input() -> Result<()> {
+    let mut w = World::new()?;
+    w.start_coordinator()?;
+    let h = HostPaths::new(w.dir.path(), IPS[0].parse()?);
+    h.create()?;
+    w.start_agent(IPS[0], &h.paths_config())?;
+    w.wait_agent_state(IPS[0], &["connected", "idle"], Duration::from_secs(30))?;
+    let big = w.dir.path().join("etcd.conf.big");
+    let size = 1_100_000;
+    std::fs::write(&big, "#".repeat(size))?;
+    let out = w.admin(&[
+        "task",
+        "--host",
+        IPS[0],
+        "write-etcd-conf",
+        "--file",
+        &big.display().to_string(),
+    ])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{} is {size} bytes, over the 1044480 bytes a task can carry (the coordinator takes messages of at most 1048576 bytes); nothing was sent",
+            big.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    // Three files, each under the limit, over it together.
+    let part = w.dir.path().join("part.pem");
+    std::fs::write(&part, "x".repeat(400_000))?;
+    let p = part.display().to_string();
+    let out = w.admin(&[
+        "task",
+        "--host",
+        IPS[0],
+        "write-etcd-certs",
+        "--ca-file",
+        &p,
+        "--cert-file",
+        &p,
+        "--key-file",
+        &p,
+    ])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("over the coordinator's message limit of 1048576 bytes; nothing was sent"),
+        "{}",
+        out.stderr
+    );
+    assert!(!h.etcd_conf().exists() && !h.etc_etcd().join("ca.crt").exists());
     Ok(())
 }
