@@ -49,12 +49,13 @@ enum Command {
         /// The Pigsty CA certificate that signed the coordinator's certificate.
         #[arg(long)]
         ca_cert: PathBuf,
-        /// Where to write the certificate (the key goes next to it as .key unless --key is given).
+        /// Where to write the certificate.
         #[arg(long, default_value = "/etc/quorum/agent.crt")]
         cert: PathBuf,
-        /// Where to write the private key (0600).
-        #[arg(long, default_value = "/etc/quorum/agent.key")]
-        key: PathBuf,
+        /// Where to write the private key (0600) [default: next to --cert, named like it with
+        /// .key: /etc/quorum/agent.key for the default --cert].
+        #[arg(long)]
+        key: Option<PathBuf>,
         /// This host's IP, the one the token names.
         #[arg(long)]
         host_ip: std::net::IpAddr,
@@ -108,6 +109,8 @@ fn main() -> ExitCode {
                 host_ip,
             } => {
                 let token = quorum_agent::enroll::token_from(token_file.as_deref(), token)?;
+                // The key goes next to the certificate unless --key says otherwise.
+                let key = key.unwrap_or_else(|| cert.with_extension("key"));
                 quorum_agent::enroll::enroll(&quorum_agent::enroll::EnrollArgs {
                     coordinator,
                     token,

@@ -400,9 +400,15 @@ enum RunCommand {
 enum PkiCommand {
     /// Create the CA (ca.crt, ca.key) unless one exists; an existing Pigsty CA is used as is.
     Init {
-        /// CA directory.
-        #[arg(long, default_value = pki::DEFAULT_CA_DIR)]
-        dir: PathBuf,
+        /// CA directory (ca.crt, ca.key). Default: the CA the coordinator config names
+        /// (tls.ca_cert, tls.ca_key), else files/pki/ca under the current directory (Pigsty's
+        /// home on the admin node).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Coordinator config to read the CA's location from (default
+        /// /etc/quorum/coordinator.yml, when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Trust domain of the role URIs.
         #[arg(long, default_value = quorum_proto::identity::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
@@ -421,9 +427,15 @@ enum PkiCommand {
         /// Validity in days.
         #[arg(long, default_value_t = pki::DEFAULT_LEAF_DAYS)]
         days: u32,
-        /// CA directory.
-        #[arg(long, default_value = pki::DEFAULT_CA_DIR)]
-        dir: PathBuf,
+        /// CA directory (ca.crt, ca.key). Default: the CA the coordinator config names
+        /// (tls.ca_cert, tls.ca_key), else files/pki/ca under the current directory (Pigsty's
+        /// home on the admin node).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Coordinator config to read the CA's location from (default
+        /// /etc/quorum/coordinator.yml, when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Output directory: <kind>.crt and <kind>.key (etcd: server.crt/server.key), plus ca.crt.
         #[arg(long)]
         out: PathBuf,
@@ -439,9 +451,15 @@ enum PkiCommand {
         /// Time to live: 90s, 15m, 1h, 2d.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: u64,
-        /// CA directory.
-        #[arg(long, default_value = pki::DEFAULT_CA_DIR)]
-        dir: PathBuf,
+        /// CA directory (ca.crt, ca.key). Default: the CA the coordinator config names
+        /// (tls.ca_cert, tls.ca_key), else files/pki/ca under the current directory (Pigsty's
+        /// home on the admin node).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Coordinator config to read the CA's location from (default
+        /// /etc/quorum/coordinator.yml, when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -657,6 +675,8 @@ fn classify(e: &anyhow::Error) -> u8 {
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Serve { config } => {
+            // Everything the daemon creates (run store, used tokens, member keys) is its own.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             let cfg = crate::config::CoordinatorConfig::load(&config)?;
             crate::server::serve(cfg).await?;
             Ok(exit::OK)
@@ -849,8 +869,37 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<u8> {
 
 fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
     match cmd {
-        PkiCommand::Init { dir, trust_domain } => {
-            match pki::init_ca(&dir, &trust_domain)? {
+        PkiCommand::Init {
+            dir,
+            config,
+            trust_domain,
+        } => {
+            let loc = pki::locate_ca(dir.as_deref(), config.as_deref())?;
+            if let pki::CaSource::Config(cfg) = &loc.source {
+                if loc.cert.exists() && loc.key.exists() {
+                    let ca = pki::Ca::load_files(&loc.cert, &loc.key, loc.trust_domain.as_deref())?;
+                    println!(
+                        "using the existing CA {} (key {}, named by {}; {}); nothing changed",
+                        loc.cert.display(),
+                        loc.key.display(),
+                        cfg.display(),
+                        ca.key_algorithm()
+                    );
+                    return Ok(exit::OK);
+                }
+            }
+            let Some(dir) = loc.dir() else {
+                anyhow::bail!(
+                    "{} names the CA files {} and {}; `quorum pki init` makes ca.crt and ca.key in one directory, so pass --dir, or name <dir>/ca.crt and <dir>/ca.key in the config",
+                    match &loc.source {
+                        pki::CaSource::Config(c) => c.display().to_string(),
+                        _ => "the coordinator config".into(),
+                    },
+                    loc.cert.display(),
+                    loc.key.display()
+                );
+            };
+            match pki::init_ca(dir, &trust_domain)? {
                 pki::InitOutcome::Created => {
                     println!("created CA {}/ca.crt (key ca.key, 0600)", dir.display())
                 }
@@ -867,10 +916,11 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
             name,
             days,
             dir,
+            config,
             out,
             force,
         } => {
-            let ca = pki::Ca::load(&dir, None)?;
+            let ca = pki::load_located(&pki::locate_ca(dir.as_deref(), config.as_deref())?)?;
             let base = match kind {
                 LeafKind::Agent => "agent",
                 LeafKind::Admin => "admin",
@@ -898,8 +948,13 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
             println!("wrote {} and {}", crt.display(), key.display());
             Ok(exit::OK)
         }
-        PkiCommand::Token { host, ttl, dir } => {
-            let ca = pki::Ca::load(&dir, None)?;
+        PkiCommand::Token {
+            host,
+            ttl,
+            dir,
+            config,
+        } => {
+            let ca = pki::load_located(&pki::locate_ca(dir.as_deref(), config.as_deref())?)?;
             println!("{}", ca.mint_token(host, ttl));
             Ok(exit::OK)
         }
@@ -1040,7 +1095,25 @@ pub fn outcome_word(o: pb::Outcome) -> &'static str {
     }
 }
 
+/// Room left in a gRPC message for the rest of a task request (ids, field tags).
+const TASK_ENVELOPE_BYTES: usize = 4096;
+
+/// Largest file a task may carry: what fits in one message beside the rest of the request.
+pub const MAX_TASK_FILE_BYTES: usize = quorum_proto::MAX_MESSAGE_BYTES - TASK_ENVELOPE_BYTES;
+
+/// Reads a file a task carries. One too big for a message is bad input (exit 2), refused here
+/// before anything is sent, instead of tonic's "decoded message length too large" afterwards.
 fn read_arg_file(path: &PathBuf) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        .len();
+    if size > MAX_TASK_FILE_BYTES as u64 {
+        anyhow::bail!(
+            "{} is {size} bytes, over the {MAX_TASK_FILE_BYTES} bytes a task can carry (the coordinator takes messages of at most {} bytes); nothing was sent. Check that this is the right file: etcd.conf, the etcdctl profile and certificates are a few KiB",
+            path.display(),
+            quorum_proto::MAX_MESSAGE_BYTES
+        );
+    }
     std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
 }
@@ -1127,7 +1200,6 @@ async fn ad_hoc_task(
         );
         return Ok(exit::REFUSED);
     }
-    let mut client = client::admin_client(&conn.resolve()?).await?;
     let req = pb::RunTaskRequest {
         agent_id: host.to_string(),
         task: Some(pb::Task {
@@ -1135,7 +1207,18 @@ async fn ad_hoc_task(
             kind: Some(kind),
         }),
         timeout_secs: timeout,
+        // The coordinator checks it too: a raw call without it is refused.
+        confirmed: yes,
     };
+    // Several files (write-etcd-certs) can be over the limit together though each is not.
+    let size = prost::Message::encoded_len(&req);
+    if size > quorum_proto::MAX_MESSAGE_BYTES {
+        anyhow::bail!(
+            "this task is {size} bytes with its files, over the coordinator's message limit of {} bytes; nothing was sent",
+            quorum_proto::MAX_MESSAGE_BYTES
+        );
+    }
+    let mut client = client::admin_client(&conn.resolve()?).await?;
     let mut request = tonic::Request::new(req);
     request.set_timeout(Duration::from_secs(u64::from(timeout) + 10));
     let result = client.run_task(request).await?.into_inner();

@@ -27,9 +27,7 @@ pub async fn run(
     let action = match op {
         SnapshotOp::List => Action::List(pb::SnapshotListAction {}),
         SnapshotOp::Save => Action::Save(pb::SnapshotSaveAction {}),
-        SnapshotOp::RestorePlan(id) => {
-            Action::RestorePlan(pb::SnapshotRestorePlanAction { id })
-        }
+        SnapshotOp::RestorePlan(id) => Action::RestorePlan(pb::SnapshotRestorePlanAction { id }),
     };
     let restore = matches!(action, Action::RestorePlan(_));
     let mut client = client::admin_client(&conn.resolve()?).await?;

@@ -1,6 +1,7 @@
 //! The Quorum coordinator: PKI, the gRPC server agents pull from, the inventory and renderers,
 //! the SOP planner and runner, and the operator CLI that drives them.
 
+pub mod adhoc;
 pub mod cli;
 pub mod cli_runs;
 pub mod cli_snapshot;
@@ -20,4 +21,5 @@ pub mod runner;
 pub mod server;
 pub mod snapshot;
 pub mod sop;
+pub mod statedir;
 pub mod store;

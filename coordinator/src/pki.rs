@@ -19,8 +19,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
-/// Default CA directory, as Pigsty lays it out on the admin node.
+/// Default CA directory, as Pigsty lays it out on the admin node (relative to Pigsty's home:
+/// `quorum pki` resolves it against the current directory and says so).
 pub const DEFAULT_CA_DIR: &str = "files/pki/ca";
+/// The coordinator config `quorum pki` reads the CA's location from when it exists.
+pub const DEFAULT_COORDINATOR_CONFIG: &str = "/etc/quorum/coordinator.yml";
 /// Pigsty's leaf certificate validity (`cert_validity: 7300d`).
 pub const DEFAULT_LEAF_DAYS: u32 = 7300;
 /// Validity of a CA Quorum creates (Pigsty's CA: 100 years).
@@ -52,10 +55,22 @@ pub enum PkiError {
         missing: &'static str,
     },
     /// No CA in the directory.
-    #[error("no CA in {dir} (ca.crt and ca.key); run `quorum pki init --dir {dir}` first")]
+    #[error("no CA in {} (ca.crt and ca.key); {hint}", dir.display())]
     NoCa {
-        /// The CA dir.
+        /// The CA dir (absolute when the caller knows it).
         dir: PathBuf,
+        /// What to do: where the CA should be, and why `pki init` may be wrong.
+        hint: String,
+    },
+    /// A CA file named by a config (or a flag) does not exist.
+    #[error("{what} {} does not exist; {hint}", path.display())]
+    MissingFile {
+        /// Which file ("CA key (tls.ca_key)").
+        what: String,
+        /// Its path.
+        path: PathBuf,
+        /// What to do.
+        hint: String,
     },
     /// The CA key or certificate is unusable.
     #[error("CA {path} is unusable: {why}")]
@@ -88,6 +103,160 @@ fn io_err<'a>(
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// How `quorum pki` was told where the CA is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// `--dir DIR`.
+    Flag,
+    /// `tls.ca_cert` and `tls.ca_key` of this coordinator config.
+    Config(PathBuf),
+    /// The default `files/pki/ca` under the current directory (no `--dir`, no coordinator
+    /// config naming a CA key). A coordinator config that names no `tls.ca_key` still names
+    /// the CA certificate it trusts, kept here to compare.
+    Default {
+        /// The coordinator config, if one exists.
+        config: Option<PathBuf>,
+        /// Its `tls.ca_cert`.
+        trusted: Option<PathBuf>,
+    },
+}
+
+/// Where `quorum pki` finds the CA (absolute paths) and the trust domain to issue for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaLocation {
+    /// The CA certificate.
+    pub cert: PathBuf,
+    /// The CA key.
+    pub key: PathBuf,
+    /// The coordinator config's trust domain, when the location came from one.
+    pub trust_domain: Option<String>,
+    /// How the location was chosen.
+    pub source: CaSource,
+}
+
+impl CaLocation {
+    /// The directory `pki init` creates `ca.crt` and `ca.key` in, when the location is one.
+    pub fn dir(&self) -> Option<&Path> {
+        let dir = self.key.parent()?;
+        (self.key == dir.join("ca.key") && self.cert == dir.join("ca.crt")).then_some(dir)
+    }
+}
+
+/// Decides where the CA is: `--dir` when given; else the coordinator config (`--config`, or
+/// /etc/quorum/coordinator.yml when it exists) when it names `tls.ca_key`; else the default
+/// `files/pki/ca` under the current directory. Never depends silently on the current
+/// directory: every path is made absolute, and messages say where they came from.
+pub fn locate_ca(dir: Option<&Path>, config: Option<&Path>) -> Result<CaLocation, PkiError> {
+    if let Some(dir) = dir {
+        let dir = absolute(dir);
+        return Ok(CaLocation {
+            cert: dir.join("ca.crt"),
+            key: dir.join("ca.key"),
+            trust_domain: None,
+            source: CaSource::Flag,
+        });
+    }
+    let (config_path, explicit) = match config {
+        Some(c) => (c.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_COORDINATOR_CONFIG), false),
+    };
+    let cfg = if explicit || config_path.exists() {
+        Some(
+            crate::config::CoordinatorConfig::load(&config_path).map_err(|e| {
+                PkiError::Usage(format!("{e}; or pass --dir with the CA directory"))
+            })?,
+        )
+    } else {
+        None
+    };
+    if let Some(cfg) = &cfg {
+        if let Some(key) = &cfg.tls.ca_key {
+            return Ok(CaLocation {
+                cert: absolute(&cfg.tls.ca_cert),
+                key: absolute(key),
+                trust_domain: Some(cfg.trust_domain.clone()),
+                source: CaSource::Config(absolute(&config_path)),
+            });
+        }
+    }
+    let dir = absolute(Path::new(DEFAULT_CA_DIR));
+    Ok(CaLocation {
+        cert: dir.join("ca.crt"),
+        key: dir.join("ca.key"),
+        trust_domain: None,
+        source: CaSource::Default {
+            config: cfg.as_ref().map(|_| absolute(&config_path)),
+            trusted: cfg.map(|c| absolute(&c.tls.ca_cert)),
+        },
+    })
+}
+
+/// Loads the CA at `loc`, for `pki issue` and `pki token`. A missing CA gets a message that
+/// says where it looked and why `pki init` is not the fix when a coordinator is set up.
+pub fn load_located(loc: &CaLocation) -> Result<Ca, PkiError> {
+    let missing: Vec<&PathBuf> = [&loc.cert, &loc.key]
+        .into_iter()
+        .filter(|p| !p.exists())
+        .collect();
+    match &loc.source {
+        CaSource::Config(cfg) => {
+            if let Some(path) = missing.first() {
+                let key = *path == &loc.key;
+                return Err(PkiError::MissingFile {
+                    what: format!(
+                        "the CA {} that {} names ({})",
+                        if key { "key" } else { "certificate" },
+                        cfg.display(),
+                        if key { "tls.ca_key" } else { "tls.ca_cert" }
+                    ),
+                    path: (*path).clone(),
+                    hint: "restore it from backup, or pass --config with the right coordinator config. Do not run `quorum pki init`: a new CA would not be the one this coordinator and its agents trust".into(),
+                });
+            }
+        }
+        CaSource::Flag | CaSource::Default { .. } if missing.len() == 2 => {
+            let dir = loc.key.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let hint = match &loc.source {
+                CaSource::Default { config: Some(cfg), .. } => format!(
+                    "no --dir was given and {} names no tls.ca_key, so the default {DEFAULT_CA_DIR} under the current directory was used. Pass --dir with the directory of the CA key that coordinator's tls.ca_cert belongs to (or set tls.ca_key there). Do not run `quorum pki init`: a new CA would not be the one the coordinator trusts",
+                    cfg.display()
+                ),
+                CaSource::Default { config: None, .. } => format!(
+                    "no --dir was given and no coordinator config ({DEFAULT_COORDINATOR_CONFIG}, or --config) names tls.ca_key, so the default {DEFAULT_CA_DIR} under the current directory was used: run this from Pigsty's home directory (where files/pki/ca is), or pass --dir or --config. `quorum pki init --dir {}` would create a NEW CA: do that only before any coordinator runs, since a coordinator started with another CA does not trust certificates or tokens from it",
+                    dir.display()
+                ),
+                _ => format!(
+                    "`quorum pki init --dir {}` would create a NEW CA there: do that only before any coordinator runs, since a coordinator started with another CA does not trust certificates or tokens from it",
+                    dir.display()
+                ),
+            };
+            return Err(PkiError::NoCa { dir, hint });
+        }
+        _ => {}
+    }
+    let ca = Ca::load_files(&loc.cert, &loc.key, loc.trust_domain.as_deref())?;
+    if let CaSource::Default {
+        config: Some(cfg),
+        trusted: Some(trusted),
+    } = &loc.source
+    {
+        let same = fs::read_to_string(trusted)
+            .map(|t| t.trim() == ca.cert_pem().trim())
+            .unwrap_or(false);
+        if !same {
+            return Err(PkiError::BadCa {
+                path: loc.cert.clone(),
+                why: format!(
+                    "it is not the CA the coordinator trusts ({} names tls.ca_cert {}): certificates and tokens from it would be refused. Pass --dir with the directory of that CA's key",
+                    cfg.display(),
+                    trusted.display()
+                ),
+            });
+        }
+    }
+    Ok(ca)
 }
 
 /// What `pki init` did.
@@ -212,7 +381,7 @@ fn random_serial() -> SerialNumber {
 
 /// A loaded CA that can sign.
 pub struct Ca {
-    dir: PathBuf,
+    crt: PathBuf,
     cert_pem: String,
     key: KeyPair,
     pkcs8: Vec<u8>,
@@ -220,25 +389,51 @@ pub struct Ca {
 }
 
 impl Ca {
-    /// Loads the CA in `dir`; the trust domain is `trust_domain` if given, else the one
-    /// recorded beside the CA, else Pigsty's.
+    /// Loads the CA in `dir` (`ca.crt`, `ca.key`); the trust domain is `trust_domain` if
+    /// given, else the one recorded beside the CA, else Pigsty's.
     pub fn load(dir: &Path, trust_domain: Option<&str>) -> Result<Self, PkiError> {
         let crt = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
         if !crt.exists() && !key_path.exists() {
+            let shown = absolute(dir);
             return Err(PkiError::NoCa {
-                dir: dir.to_path_buf(),
+                hint: format!(
+                    "`quorum pki init --dir {}` would create a NEW CA there: do that only before any coordinator runs, since a coordinator started with another CA does not trust certificates or tokens from a new one",
+                    shown.display()
+                ),
+                dir: shown,
             });
         }
-        let cert_pem = fs::read_to_string(&crt).map_err(io_err("cannot read", &crt))?;
-        let key_pem = fs::read(&key_path).map_err(io_err("cannot read", &key_path))?;
+        Self::load_files(&crt, &key_path, trust_domain)
+    }
+
+    /// Loads the CA from exactly these files: the certificate `crt` and the key `key_path`
+    /// (the coordinator's `tls.ca_cert` and `tls.ca_key`, whatever their names). A missing
+    /// file is an error naming it, and the key must belong to the certificate.
+    pub fn load_files(
+        crt: &Path,
+        key_path: &Path,
+        trust_domain: Option<&str>,
+    ) -> Result<Self, PkiError> {
+        for (what, path) in [("CA certificate", crt), ("CA key", key_path)] {
+            if !path.exists() {
+                return Err(PkiError::MissingFile {
+                    what: what.into(),
+                    path: absolute(path),
+                    hint: "restore it from backup (Pigsty keeps the CA in files/pki/ca on the admin node), or point the config at the right file".into(),
+                });
+            }
+        }
+        let dir = key_path.parent().unwrap_or(Path::new("."));
+        let cert_pem = fs::read_to_string(crt).map_err(io_err("cannot read", crt))?;
+        let key_pem = fs::read(key_path).map_err(io_err("cannot read", key_path))?;
         let pkcs8 = to_pkcs8(&key_pem).map_err(|why| PkiError::BadCa {
-            path: key_path.clone(),
+            path: key_path.to_path_buf(),
             why,
         })?;
         let key = KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8.clone())).map_err(|e| {
             PkiError::BadCa {
-                path: key_path.clone(),
+                path: key_path.to_path_buf(),
                 why: format!(
                     "the key cannot sign ({e}); Quorum supports RSA and ECDSA P-256/P-384 CA keys"
                 ),
@@ -246,9 +441,19 @@ impl Ca {
         })?;
         // Parse once now so a broken ca.crt is reported at load, not at the first signature.
         Issuer::from_ca_cert_pem(&cert_pem, &key).map_err(|e| PkiError::BadCa {
-            path: crt.clone(),
+            path: crt.to_path_buf(),
             why: format!("not a usable CA certificate ({e})"),
         })?;
+        // Certificates signed with a key that is not the certificate's would chain to nothing.
+        if cert_public_key(&cert_pem).as_deref() != Some(key.public_key_raw()) {
+            return Err(PkiError::BadCa {
+                path: key_path.to_path_buf(),
+                why: format!(
+                    "this key does not belong to the CA certificate {}; give the key of that certificate",
+                    crt.display()
+                ),
+            });
+        }
         let trust_domain = match trust_domain {
             Some(td) => td.to_string(),
             None => fs::read_to_string(dir.join(TRUST_DOMAIN_FILE))
@@ -258,7 +463,7 @@ impl Ca {
                 .unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.to_string()),
         };
         Ok(Self {
-            dir: dir.to_path_buf(),
+            crt: crt.to_path_buf(),
             cert_pem,
             key,
             pkcs8,
@@ -292,7 +497,7 @@ impl Ca {
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, PkiError> {
         Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(|e| PkiError::BadCa {
-            path: self.dir.join("ca.crt"),
+            path: self.crt.clone(),
             why: e.to_string(),
         })
     }
@@ -348,11 +553,17 @@ impl Ca {
                 p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             }
             LeafKind::Admin => {
-                let name = name.filter(|n| !n.is_empty() && !n.contains('/')).ok_or_else(|| {
+                let name = name.ok_or_else(|| {
                     PkiError::Usage(
-                        "an admin certificate needs --name NAME (no '/'), the operator it identifies".into(),
+                        "an admin certificate needs --name NAME, the operator it identifies".into(),
                     )
                 })?;
+                if let Some(why) = quorum_proto::identity::admin_name_problem(name) {
+                    return Err(PkiError::Usage(format!(
+                        "--name {}: {why}; the coordinator refuses any other admin name",
+                        name.escape_default()
+                    )));
+                }
                 p.distinguished_name = dn(&[
                     (DnType::CommonName, name),
                     (DnType::OrganizationName, "pigsty"),
@@ -432,7 +643,8 @@ impl Ca {
             };
             if !ok {
                 return Err(PkiError::CsrRefused(format!(
-                    "it asks for {san:?}, but the token allows only IP {ip} and {allowed_uri}"
+                    "it asks for {}, but the token allows only IP {ip} and URI {allowed_uri}",
+                    san_text(san)
                 )));
             }
         }
@@ -500,6 +712,35 @@ impl Ca {
         }
         Ok(claims)
     }
+}
+
+/// A subject alternative name as an operator writes it (`IP 10.10.10.12`,
+/// `URI spiffe://pigsty/agent/10.10.10.12`), for refusal messages.
+fn san_text(san: &SanType) -> String {
+    match san {
+        SanType::IpAddress(a) => format!("IP {a}"),
+        SanType::URI(u) => format!("URI {}", u.as_str().escape_default()),
+        SanType::DnsName(d) => format!("DNS name {}", d.as_str().escape_default()),
+        SanType::Rfc822Name(e) => format!("email {}", e.as_str().escape_default()),
+        SanType::OtherName((oid, _)) => format!(
+            "an otherName SAN (OID {})",
+            oid.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
+        ),
+        _ => "a kind of SAN Quorum does not issue".into(),
+    }
+}
+
+/// The raw subject public key of a PEM certificate (the bytes `KeyPair::public_key_raw`
+/// gives for its key).
+fn cert_public_key(pem: &str) -> Option<Vec<u8>> {
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
+}
+
+/// `path` made absolute against the current directory, for messages (unchanged if that fails).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// What an enrollment token says.
@@ -599,6 +840,157 @@ mod tests {
         assert_eq!(der_len(5), vec![5]);
         assert_eq!(der_len(0x80), vec![0x81, 0x80]);
         assert_eq!(der_len(0x1234), vec![0x82, 0x12, 0x34]);
+    }
+
+    fn test_ca() -> Result<(tempfile::TempDir, Ca), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        init_ca(dir.path(), "pigsty")?;
+        let ca = Ca::load(dir.path(), None)?;
+        Ok((dir, ca))
+    }
+
+    #[test]
+    fn csr_refusals_name_sans_as_an_operator_writes_them() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (_dir, ca) = test_ca()?;
+        let ip: IpAddr = "127.0.0.21".parse()?;
+        for (san, shown) in [
+            (
+                SanType::IpAddress("127.0.0.22".parse()?),
+                "it asks for IP 127.0.0.22, but the token allows only IP 127.0.0.21 and URI spiffe://pigsty/agent/127.0.0.21",
+            ),
+            (
+                SanType::URI("spiffe://pigsty/admin/root".try_into()?),
+                "it asks for URI spiffe://pigsty/admin/root,",
+            ),
+            (
+                SanType::DnsName("evil.example".try_into()?),
+                "it asks for DNS name evil.example,",
+            ),
+        ] {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = vec![san];
+            let csr = params.serialize_request(&key)?.pem()?;
+            let err = ca
+                .sign_agent_csr(&csr, ip, 1)
+                .err()
+                .ok_or("the CSR was signed")?
+                .to_string();
+            assert!(err.contains(shown), "{err}");
+            assert!(
+                !err.contains("IpAddress(") && !err.contains("Ia5String"),
+                "{err}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn admin_names_are_plain_words_on_both_ends() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, ca) = test_ca()?;
+        // `pki issue admin --name` refuses what the server would refuse.
+        let err = ca
+            .issue(LeafKind::Admin, &[], Some("alice?x=1#frag"), 1)
+            .err()
+            .ok_or("issued")?;
+        assert!(matches!(err, PkiError::Usage(_)), "{err}");
+        assert!(err.to_string().contains("found '?'"), "{err}");
+        assert!(ca
+            .issue(LeafKind::Admin, &[], Some("alice.ops-1"), 1)
+            .is_ok());
+        // A CA-signed certificate that names such an admin anyway is not an admin.
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = ca.leaf_params(LeafKind::Admin, &[], Some("alice"), 1)?;
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://pigsty/admin/alice?x=1#frag".try_into()?,
+        )];
+        let cert = params.signed_by(&key, &ca.issuer()?)?;
+        let got = quorum_proto::identity::peer_from_der(cert.der(), "pigsty");
+        assert!(
+            matches!(
+                got,
+                Err(quorum_proto::identity::IdentityError::Malformed { .. })
+            ),
+            "{got:?}"
+        );
+        Ok(())
+    }
+
+    /// Probe F3: `tls.ca_key` is the key file itself, whatever its name, and the certificate
+    /// comes from `tls.ca_cert`; a missing file is named, a key of another CA refused.
+    #[test]
+    fn the_ca_loads_from_exactly_the_files_named() -> Result<(), Box<dyn std::error::Error>> {
+        let (dir, ca) = test_ca()?;
+        let keys = tempfile::tempdir()?;
+        let key = keys.path().join("pigsty-ca.key");
+        fs::copy(dir.path().join("ca.key"), &key)?;
+        let crt = keys.path().join("trusted.pem");
+        fs::copy(dir.path().join("ca.crt"), &crt)?;
+        let loaded = Ca::load_files(&crt, &key, Some("pigsty"))?;
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+        let missing = keys.path().join("ca.key");
+        let err = Ca::load_files(&crt, &missing, None).err().ok_or("loaded")?;
+        assert!(
+            matches!(&err, PkiError::MissingFile { path, .. } if *path == missing),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .contains(&format!("CA key {} does not exist", missing.display())));
+        let (other, _) = test_ca()?;
+        let err = Ca::load_files(&crt, &other.path().join("ca.key"), None)
+            .err()
+            .ok_or("a foreign key was accepted")?;
+        assert!(
+            err.to_string()
+                .contains("does not belong to the CA certificate"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    /// Probe F1: without --dir or a config naming tls.ca_key, the default files/pki/ca is
+    /// relative to the current directory, and the message says so with the absolute path.
+    /// A config that names only the trusted certificate catches a CA that is not it.
+    #[test]
+    fn a_missing_default_ca_says_where_it_looked() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("files/pki/ca");
+        let loc = CaLocation {
+            cert: dir.join("ca.crt"),
+            key: dir.join("ca.key"),
+            trust_domain: None,
+            source: CaSource::Default {
+                config: None,
+                trusted: None,
+            },
+        };
+        let err = load_located(&loc).err().ok_or("loaded")?.to_string();
+        assert!(
+            err.contains(&format!("no CA in {}", dir.display()))
+                && err.contains("under the current directory")
+                && err.contains("would create a NEW CA"),
+            "{err}"
+        );
+        init_ca(&dir, "pigsty")?;
+        let (other, _) = test_ca()?;
+        let loc = CaLocation {
+            source: CaSource::Default {
+                config: Some(PathBuf::from("/etc/quorum/coordinator.yml")),
+                trusted: Some(other.path().join("ca.crt")),
+            },
+            ..loc
+        };
+        let err = load_located(&loc)
+            .err()
+            .ok_or("a CA the coordinator does not trust loaded")?;
+        assert!(
+            err.to_string()
+                .contains("it is not the CA the coordinator trusts"),
+            "{err}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -468,9 +468,9 @@ impl StepKind {
                     "wipe the etcd data dir".into()
                 }
             }
-            StepKind::SnapshotSave { cluster } => format!(
-                "snapshot etcd cluster {cluster}, verify it and keep it on the coordinator"
-            ),
+            StepKind::SnapshotSave { cluster } => {
+                format!("snapshot etcd cluster {cluster}, verify it and keep it on the coordinator")
+            }
             StepKind::QuorumGuard { .. } => {
                 "quorum guard: every other voting member healthy".into()
             }

@@ -29,10 +29,9 @@ pub struct RunContext {
     pub args: std::collections::BTreeMap<String, String>,
     /// Notes the planner left.
     pub notes: Vec<String>,
-    /// Patroni REST credentials per PostgreSQL cluster (`patroni_username`/`patroni_password`),
-    /// for a switchover. Kept in the coordinator's state dir; never shown.
-    #[serde(default)]
-    pub pg_auth: std::collections::BTreeMap<String, (String, String)>,
+    // No credentials here: the Patroni REST password is read from the inventory when a
+    // switchover needs it (see `Runner::patroni_auth`), never stored with the run. Runs
+    // stored by 0.2.0 carry a `pg_auth` map; serde skips it, and the store scrubs it.
 }
 
 /// Whether the plan put a QuorumGuard for `host` before step `index` with no other step
@@ -108,6 +107,16 @@ impl Safeguard {
     }
 }
 
+/// The files a runner reads and writes besides its store.
+pub struct Places {
+    /// Where issued etcd member certificates and keys are kept.
+    pub member_cert_dir: PathBuf,
+    /// The inventory (re-read for credentials a step needs, never stored).
+    pub inventory: PathBuf,
+    /// Where snapshots before destructive steps are kept.
+    pub snapshots: crate::snapshot::Snapshots,
+}
+
 /// Timeouts of the runner.
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -158,6 +167,8 @@ pub struct Runner {
     etcd: EtcdAccess,
     ca: Option<Arc<Ca>>,
     member_cert_dir: PathBuf,
+    /// The inventory, read again for the Patroni REST credentials when a switchover runs.
+    inventory: PathBuf,
     timeouts: Timeouts,
     active: Mutex<HashSet<String>>,
     /// Where snapshots before destructive steps are kept.
@@ -188,25 +199,25 @@ fn host_of_url(url: &str) -> Option<IpAddr> {
 }
 
 impl Runner {
-    /// A runner over `store`.
+    /// A runner over `store`, keeping its files where `places` says.
     pub fn new(
         store: Arc<Store>,
         registry: Registry,
         etcd: EtcdAccess,
         ca: Option<Arc<Ca>>,
-        member_cert_dir: PathBuf,
+        places: Places,
         timeouts: Timeouts,
-        snapshots: crate::snapshot::Snapshots,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             registry,
             etcd,
             ca,
-            member_cert_dir,
+            member_cert_dir: places.member_cert_dir,
+            inventory: places.inventory,
             timeouts,
             active: Mutex::new(HashSet::new()),
-            snapshots,
+            snapshots: places.snapshots,
         })
     }
 
@@ -495,7 +506,7 @@ impl Runner {
             }
             StepKind::PatroniGuard { host, pg } => self.patroni_guard(*host, pg).await,
             StepKind::PatroniGate { host, pg } => self.patroni_gate(*host, pg).await,
-            StepKind::Switchover { host, pg } => self.switchover(ctx, *host, pg).await,
+            StepKind::Switchover { host, pg } => self.switchover(run, *host, pg).await,
             StepKind::SetVipEndpoints { host, endpoints } => {
                 self.agent_task(
                     *host,
@@ -1021,7 +1032,7 @@ impl Runner {
 
     /// Hands leadership from `host` to the healthiest replica and waits until the new leader
     /// runs and the old one runs as a replica. Done already when another instance leads.
-    async fn switchover(&self, ctx: &RunContext, host: IpAddr, pg: &PgRef) -> StepEnd {
+    async fn switchover(&self, run: &RunRecord, host: IpAddr, pg: &PgRef) -> StepEnd {
         let c = match pg.cluster().await {
             Ok(c) => c,
             Err(e) => {
@@ -1065,13 +1076,13 @@ impl Runner {
                 c.summary()
             ));
         };
-        let auth = ctx
-            .pg_auth
-            .get(&pg.name)
-            .map(|(u, p)| (u.as_str(), p.as_str()));
+        let (user, password) = match self.patroni_auth(run, &pg.name).await {
+            Ok(auth) => auth,
+            Err(e) => return StepEnd::failed(e),
+        };
         let said = match crate::patroni::switchover(
             &leader_node.api,
-            auth,
+            Some((user.as_str(), password.as_str())),
             &leader.name,
             &cand.name,
         )
@@ -1108,6 +1119,16 @@ impl Runner {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// The Patroni REST credentials of PostgreSQL cluster `pg`, read from the inventory now:
+    /// they are never stored with a run, so a resumed run (or one walked by a restarted
+    /// coordinator) reads them again, and fails with the reason if it cannot.
+    async fn patroni_auth(&self, run: &RunRecord, pg: &str) -> Result<(String, String), String> {
+        let inv = crate::sop::load_inventory(&self.inventory)
+            .await
+            .map_err(|s| s.message().to_string());
+        patroni_credentials(inv.as_ref().map_err(String::as_str), pg, run)
     }
 
     /// Waits until `pg`'s VIP is on exactly one host, the leader's, asking each VIP host's
@@ -1192,6 +1213,54 @@ impl Runner {
 }
 
 /// The member with `peer_url`, if listed.
+/// The credentials of PostgreSQL cluster `pg` in the inventory as it is now (`inventory`, or
+/// why it could not be read): its first instance's `patroni_username` / `patroni_password`,
+/// as the plan used. When they cannot be found the message says why, and that the run is
+/// planned from another inventory if the digest changed.
+fn patroni_credentials(
+    inventory: Result<&crate::inventory::Inventory, &str>,
+    pg: &str,
+    run: &RunRecord,
+) -> Result<(String, String), String> {
+    let resume = format!(
+        "then `quorum run resume {id}`, or `quorum run abort {id}`",
+        id = run.id
+    );
+    let inv = inventory.map_err(|e| {
+        format!(
+            "the Patroni REST credentials of {pg} are read from the inventory when a switchover needs them (they are never stored with a run), and it cannot be read: {e}; fix it, {resume}"
+        )
+    })?;
+    let changed = if inv.digest() == run.inventory_digest {
+        String::new()
+    } else {
+        format!(
+            " (it changed since the run was planned: sha256 {} then, {} now)",
+            short(&run.inventory_digest),
+            short(inv.digest())
+        )
+    };
+    let member = inv
+        .pg_clusters()
+        .iter()
+        .find(|p| p.name == pg)
+        .and_then(|p| p.members.first())
+        .ok_or_else(|| {
+            format!(
+                "{} no longer defines PostgreSQL cluster {pg}{changed}, so its Patroni REST credentials (patroni_username / patroni_password, never stored with a run) cannot be read; restore it, {resume}",
+                inv.file()
+            )
+        })?;
+    Ok((
+        member.patroni_username.clone(),
+        member.patroni_password.clone(),
+    ))
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
 fn by_peer<'a>(members: &'a [MemberInfo], peer_url: &str) -> Option<&'a MemberInfo> {
     members
         .iter()
@@ -1295,6 +1364,41 @@ mod tests {
         );
         assert_eq!(host_of_url("https://[::1]:2379"), "::1".parse().ok());
         assert_eq!(host_of_url("nonsense"), None);
+    }
+
+    /// Probe L2: the credentials come from the inventory at switchover time, and a resumed
+    /// run whose inventory lost the cluster fails with a message saying so.
+    #[test]
+    fn patroni_credentials_are_read_from_the_inventory() -> Result<(), Box<dyn std::error::Error>> {
+        let text = "all:\n  children:\n    pg-test:\n      hosts:\n        10.0.0.21: { pg_seq: 1, pg_role: primary }\n      vars: { pg_cluster: pg-test, patroni_password: S3cr3t }\n";
+        let inv = crate::inventory::Inventory::parse("pigsty.yml", text)?;
+        let run = RunRecord {
+            id: "r1".into(),
+            sop: "patroni-reload".into(),
+            cluster: "etcd".into(),
+            context: "{}".into(),
+            state: run_state::RUNNING.into(),
+            started_by: "tester".into(),
+            inventory_digest: inv.digest().into(),
+            created_ms: 0,
+            error: String::new(),
+            steps: vec![],
+        };
+        assert_eq!(
+            patroni_credentials(Ok(&inv), "pg-test", &run)?,
+            ("postgres".to_string(), "S3cr3t".to_string())
+        );
+        let other =
+            crate::inventory::Inventory::parse("pigsty.yml", &text.replace("pg-test", "pg-other"))?;
+        let err = patroni_credentials(Ok(&other), "pg-test", &run).unwrap_err();
+        assert!(
+            err.contains("pigsty.yml no longer defines PostgreSQL cluster pg-test (it changed since the run was planned")
+                && err.contains("quorum run resume r1"),
+            "{err}"
+        );
+        let err = patroni_credentials(Err("cannot read pigsty.yml"), "pg-test", &run).unwrap_err();
+        assert!(err.contains("cannot read pigsty.yml"), "{err}");
+        Ok(())
     }
 
     #[test]

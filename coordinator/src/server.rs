@@ -15,6 +15,7 @@ use quorum_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
 use quorum_proto::tls::TlsMaterial;
 use tonic::{Request, Response, Status};
 
+use crate::adhoc;
 use crate::config::CoordinatorConfig;
 use crate::etcd::EtcdAccess;
 use crate::limit::{IpBuckets, LogLimit};
@@ -176,30 +177,52 @@ const ENROLL_PER_SEC: f64 = 2.0;
 impl Coordinator {
     /// Builds the coordinator state from its config (the state dir is created if missing).
     pub fn new(config: CoordinatorConfig, tls: TlsMaterial) -> anyhow::Result<Arc<Self>> {
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        let changes = crate::statedir::prepare(&config.state_dir).map_err(|e| {
             anyhow::anyhow!(
-                "cannot create state dir {}: {e}; set state_dir in the config to a writable directory",
+                "cannot prepare state dir {}: {e}; set state_dir in the config to a writable directory",
                 config.state_dir.display()
             )
         })?;
-        let ca_dir = config
-            .tls
-            .ca_key
-            .as_ref()
-            .and_then(|k| k.parent())
-            .map(PathBuf::from);
-        let ca = match &ca_dir {
-            Some(dir) => Some(Arc::new(Ca::load(dir, Some(&config.trust_domain))?)),
+        for c in changes {
+            tracing::warn!("{c}");
+        }
+        // The key from exactly the file tls.ca_key names, the certificate from tls.ca_cert.
+        let ca = match &config.tls.ca_key {
+            Some(key) => Some(Arc::new(
+                Ca::load_files(&config.tls.ca_cert, key, Some(&config.trust_domain)).map_err(
+                    |e| {
+                        anyhow::anyhow!(
+                            "{e} (tls.ca_cert and tls.ca_key in the coordinator config)"
+                        )
+                    },
+                )?,
+            )),
             None => None,
         };
-        // Member certificates live beside the CA, as Pigsty keeps files/pki/etcd/.
-        let member_cert_dir = ca_dir
-            .as_ref()
-            .and_then(|d| d.parent())
-            .map(|p| p.join("etcd"))
-            .unwrap_or_else(|| config.state_dir.join("pki-etcd"));
-        std::fs::create_dir_all(&member_cert_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", member_cert_dir.display()))?;
+        // Member certificates and keys live in the state dir, which the packaged unit may
+        // write (the CA's directory may be read-only to it).
+        let member_cert_dir = crate::statedir::member_cert_dir(&config.state_dir);
+        let legacy = [
+            config
+                .tls
+                .ca_key
+                .as_ref()
+                .and_then(|k| k.parent())
+                .and_then(|d| d.parent())
+                .map(|p| p.join("etcd")),
+            Some(config.state_dir.join("pki-etcd")),
+        ];
+        let adopted =
+            crate::statedir::create_member_cert_dir(&member_cert_dir, legacy.iter().flatten())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot create {}: {e}; the state dir must be writable",
+                        member_cert_dir.display()
+                    )
+                })?;
+        for a in adopted {
+            tracing::info!("{a}");
+        }
         let store = Arc::new(Store::open(&config.state_dir.join("runs.sqlite"))?);
         for id in store.mark_interrupted()? {
             tracing::warn!(run = %id, "run was interrupted by a coordinator stop; continue it with `quorum run resume {id}`");
@@ -211,19 +234,22 @@ impl Coordinator {
             registry.clone(),
             etcd.clone(),
             ca.clone(),
-            member_cert_dir,
+            crate::runner::Places {
+                member_cert_dir,
+                inventory: config.inventory.clone(),
+                snapshots: crate::snapshot::Snapshots::new(
+                    &config.state_dir,
+                    crate::snapshot::Retention {
+                        keep: config.snapshot_keep,
+                        max_age: Duration::from_secs(config.snapshot_max_age_days * 86_400),
+                    },
+                ),
+            },
             Timeouts {
                 task: Duration::from_secs(config.task_timeout_secs),
                 gate: Duration::from_secs(config.gate_timeout_secs),
                 stale: Duration::from_secs(config.stale_after_secs),
             },
-            crate::snapshot::Snapshots::new(
-                &config.state_dir,
-                crate::snapshot::Retention {
-                    keep: config.snapshot_keep,
-                    max_age: Duration::from_secs(config.snapshot_max_age_days * 86_400),
-                },
-            ),
         );
         let used_tokens = UsedTokens::open(config.state_dir.join("used-tokens")).map_err(|e| {
             anyhow::anyhow!(
@@ -501,6 +527,9 @@ impl AdminService for AdminSvc {
         let admin = authorize_admin(&req, self.0.td())?;
         let r = req.into_inner();
         let mut task = given_task(r.task)?;
+        if let Some(kind) = &task.kind {
+            adhoc::require_confirmation(kind, r.confirmed, &r.agent_id)?;
+        }
         let ip = self.0.live_agent(&r.agent_id)?;
         if task.id.is_empty() {
             task.id = new_task_id();
@@ -536,11 +565,23 @@ impl AdminService for AdminSvc {
         let admin = authorize_admin(&req, self.0.td())?;
         let r = req.into_inner();
         let task = given_task(r.task)?;
+        if let Some(kind) = &task.kind {
+            adhoc::require_confirmation(kind, r.confirmed, &r.agent_ids.join(", "))?;
+        }
         let ips = r
             .agent_ids
             .iter()
             .map(|a| self.0.live_agent(a))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(kind) = &task.kind {
+            // Only a fan-out that could take members down needs the inventory.
+            if adhoc::needs_fan_out_guard(kind, &ips) {
+                let inv = sop::load_inventory(&self.0.config.inventory)
+                    .await
+                    .map_err(|s| s.message().to_string());
+                adhoc::fan_out_guard(kind, &ips, inv.as_ref().map_err(Clone::clone))?;
+            }
+        }
         let base = if task.id.is_empty() {
             new_task_id()
         } else {

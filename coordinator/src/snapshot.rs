@@ -177,11 +177,13 @@ impl Snapshots {
                     .and_then(|b| serde_json::from_slice::<SnapshotMeta>(&b).ok());
                 match meta {
                     Some(m) if Path::new(&m.path).exists() => all.push(m),
-                    _ => tracing::warn!(file = %p.display(), "skipping an unreadable snapshot record"),
+                    _ => {
+                        tracing::warn!(file = %p.display(), "skipping an unreadable snapshot record")
+                    }
                 }
             }
         }
-        all.sort_by(|a, b| b.taken_unix_ms.cmp(&a.taken_unix_ms));
+        all.sort_by_key(|m| std::cmp::Reverse(m.taken_unix_ms));
         Ok(all)
     }
 
@@ -218,7 +220,9 @@ pub fn verify(path: &Path) -> Result<(u64, String), String> {
         .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
         .len();
     if size < 4096 + 32 {
-        return Err(format!("it is {size} bytes, too small for an etcd database"));
+        return Err(format!(
+            "it is {size} bytes, too small for an etcd database"
+        ));
     }
     let body = size - 32;
     let mut hasher = sha2::Sha256::new();
@@ -241,7 +245,9 @@ pub fn verify(path: &Path) -> Result<(u64, String), String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let sum = hasher.finalize();
     if sum.as_slice() != trailer {
-        return Err("its sha256 trailer does not match its content (a torn or corrupted stream)".into());
+        return Err(
+            "its sha256 trailer does not match its content (a torn or corrupted stream)".into(),
+        );
     }
     // bbolt page header: id u64, flags u16, count u16, overflow u32; then the meta's magic u32.
     let flags = u16::from_le_bytes([first[8], first[9]]);
@@ -282,7 +288,8 @@ async fn etcdctl_status(path: &Path) -> Result<String, String> {
 /// `YYYYMMDDTHHMMSS.mmmZ` of a Unix ms time, UTC.
 fn utc_stamp(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
-    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
         t.year(),
@@ -382,7 +389,12 @@ pub async fn answer(
         Some(Action::Save(_)) => {
             let spec = cluster_spec()?;
             let meta = snapshots
-                .take(etcd, &spec.name, &spec.client_urls(), &format!("saved by {admin}"))
+                .take(
+                    etcd,
+                    &spec.name,
+                    &spec.client_urls(),
+                    &format!("saved by {admin}"),
+                )
                 .await
                 .map_err(|e| Status::failed_precondition(format!("{e}; nothing was saved")))?;
             tracing::info!(snapshot = %meta.id, %admin, "snapshot saved");

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use quorum_proto::pb;
 use tonic::Status;
 
-use crate::inventory::{EtcdCluster, EtcdInit, Inventory, PgCluster};
+use crate::inventory::{EtcdCluster, EtcdInit, EtcdMember, Inventory, PgCluster};
 use crate::patroni::{PgNode, PgRef};
 use crate::plan::{
     self, ActionName, ClusterSpec, Live, MemberSpec, PgTarget, Plan, PlanError, RestartPolicy,
@@ -199,6 +199,56 @@ fn resolve_hosts(
     Ok(out)
 }
 
+/// Reads and resolves the inventory off the async runtime: a big inventory takes libyaml
+/// seconds, and on a worker thread that would stall every other call (agents' polls,
+/// `quorum agents`) meanwhile.
+pub async fn load_inventory(path: &std::path::Path) -> Result<Inventory, Status> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || Inventory::load(&owned))
+        .await
+        .map_err(|e| Status::internal(format!("the inventory reader stopped: {e}")))?
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "the coordinator's inventory is invalid, nothing was planned:\n{e}"
+            ))
+        })
+}
+
+/// Refuses a plan when the inventory's `etcd_data` of a member differs from the data dir its
+/// agent manages (`paths.etcd_data`, reported in its facts): the rendered etcd.conf would
+/// point etcd at one directory while wipes and the "holds a member" check use the other.
+/// Hosts without facts are left to the planner (it refuses a missing agent where it needs one).
+fn check_data_dirs<'a>(
+    inventory: &str,
+    members: impl IntoIterator<Item = &'a EtcdMember>,
+    live: &Live,
+) -> Result<(), Status> {
+    for m in members {
+        let Some(agent_dir) = live
+            .facts
+            .get(&m.ip)
+            .and_then(|f| f.data_dir.as_ref())
+            .map(|d| d.path.as_str())
+            .filter(|p| !p.is_empty())
+        else {
+            continue;
+        };
+        let wanted = &m.params.data_dir;
+        if crate::inventory::same_dir(wanted, agent_dir) {
+            continue;
+        }
+        let at = m.line.map(|l| format!(":{l}")).unwrap_or_default();
+        return Err(Status::invalid_argument(format!(
+            "{inventory}{at}: host {ip}: etcd_data of {name} is {wanted}, but the agent on {ip} manages {agent_dir} (paths.etcd_data in its agent.yml): \
+             the etcd.conf Quorum renders would move etcd to {wanted} while wipes and the member check use {agent_dir}. \
+             Make them the same, in the inventory or in that agent.yml (then restart quorum-agent); nothing was planned",
+            ip = m.ip,
+            name = m.name,
+        )));
+    }
+    Ok(())
+}
+
 /// A planned SOP, ready to store.
 pub struct Planned {
     /// The plan.
@@ -218,11 +268,7 @@ pub async fn plan_request(
     etcd: &crate::etcd::EtcdAccess,
     req: &pb::StartRunRequest,
 ) -> Result<Planned, Status> {
-    let inv = Inventory::load(inventory_path).map_err(|e| {
-        Status::invalid_argument(format!(
-            "the coordinator's inventory is invalid, nothing was planned:\n{e}"
-        ))
-    })?;
+    let inv = load_inventory(inventory_path).await?;
     let args: BTreeMap<String, String> = req.args.clone().into_iter().collect();
     if req.sop == sop_name::PATRONI_RELOAD || req.sop == sop_name::VIP_RELOAD {
         return plan_pg(&inv, req, args, registry).await;
@@ -248,6 +294,7 @@ pub async fn plan_request(
     hosts.sort();
     hosts.dedup();
     let live = gather_live(registry, etcd, &spec, &hosts).await;
+    check_data_dirs(inv.file(), &cluster.members, &live)?;
     let plan = match req.sop.as_str() {
         sop_name::CLUSTER_CREATE => plan::plan_cluster_create(&spec, &live),
         sop_name::CLUSTER_REMOVE => plan::plan_cluster_remove(&spec, &live, false),
@@ -292,7 +339,6 @@ pub async fn plan_request(
             endpoints: spec.client_urls(),
             args,
             notes: plan.notes.clone(),
-            pg_auth: BTreeMap::new(),
         },
         plan,
         cluster: spec.name.clone(),
@@ -415,19 +461,6 @@ async fn pg_targets(
     Ok(out)
 }
 
-fn pg_auth(pgs: &[&PgCluster]) -> BTreeMap<String, (String, String)> {
-    pgs.iter()
-        .filter_map(|p| {
-            p.members.first().map(|m| {
-                (
-                    p.name.clone(),
-                    (m.patroni_username.clone(), m.patroni_password.clone()),
-                )
-            })
-        })
-        .collect()
-}
-
 /// Plans `patroni reload` and `vip reload`. The run locks the etcd cluster the PostgreSQL
 /// clusters use, so it never overlaps a membership change that refreshes the same files.
 async fn plan_pg(
@@ -481,7 +514,6 @@ async fn plan_pg(
             endpoints: spec.client_urls(),
             args,
             notes: plan.notes.clone(),
-            pg_auth: pg_auth(&pgs),
         },
         plan,
         cluster: spec.name.clone(),
@@ -547,11 +579,15 @@ async fn plan_membership(
         hosts.sort();
         hosts.dedup();
         let live = gather_live(registry, etcd, &spec, &hosts).await;
+        check_data_dirs(inv.file(), &target.members, &live)?;
         let mut plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
         plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
         (spec.name.clone(), spec.client_urls(), plan)
     } else {
+        // Pigsty's SOP takes the host out of the inventory first; then the inventory says
+        // nothing about its data dir, and the wipe uses the agent's own.
+        let gone_listed = in_inventory.is_some();
         let gone_member =
             in_inventory.unwrap_or_else(|| cluster.new_member(host, seq.unwrap_or(0)));
         let remaining = cluster.without_member(host);
@@ -568,6 +604,14 @@ async fn plan_membership(
         hosts.sort();
         hosts.dedup();
         let mut live = gather_live(registry, etcd, &spec, &hosts).await;
+        check_data_dirs(
+            inv.file(),
+            remaining
+                .members
+                .iter()
+                .chain(gone_listed.then_some(&gone_member)),
+            &live,
+        )?;
         if live.members.is_none() {
             live.members = etcd
                 .member_list(std::slice::from_ref(&gone.client_url))
@@ -587,7 +631,6 @@ async fn plan_membership(
             endpoints: all_endpoints,
             args,
             notes: plan.notes.clone(),
-            pg_auth: pg_auth(&pgs),
         },
         plan,
         cluster: planned_cluster,

@@ -2,6 +2,7 @@
 //! dir, written before and after every step so a coordinator killed at any point resumes
 //! without repeating a finished step or skipping one. Also the per-cluster lock.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -32,6 +33,9 @@ pub enum StoreError {
     /// No such run.
     #[error("no run {0}; see `quorum run list`")]
     NoRun(String),
+    /// The store file could not be created.
+    #[error("run store: {0}; check the state dir's disk and permissions")]
+    Io(#[from] std::io::Error),
 }
 
 /// The state of a run.
@@ -127,8 +131,20 @@ pub fn now_ms() -> i64 {
 }
 
 impl Store {
-    /// Opens (creating) the store at `path`.
+    /// Opens (creating) the store at `path`. A new store file is made 0600 before SQLite
+    /// opens it, so its `-wal` and `-shm` files (SQLite gives them the database's mode) are
+    /// private too.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
         let conn = Connection::open(path)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
@@ -142,6 +158,13 @@ impl Store {
                 PRIMARY KEY (run_id, idx));
              CREATE TABLE IF NOT EXISTS locks (cluster TEXT PRIMARY KEY, run_id TEXT NOT NULL);",
         )?;
+        let scrubbed = scrub_stored_credentials(&conn)?;
+        if scrubbed > 0 {
+            tracing::warn!(
+                runs = scrubbed,
+                "removed the Patroni REST credentials that Quorum 0.2.0 stored with runs; they are read from the inventory when needed"
+            );
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -299,9 +322,75 @@ impl Store {
     }
 }
 
+/// Removes the `pg_auth` map (Patroni REST user and password) that 0.2.0 stored in run
+/// contexts. With `secure_delete` the old bytes are overwritten, not just freed, and a
+/// truncating checkpoint leaves no copy in the WAL. Returns how many runs had one.
+fn scrub_stored_credentials(conn: &Connection) -> Result<usize, StoreError> {
+    let rows: Vec<(String, String)> = {
+        let mut stmt = conn.prepare(
+            "SELECT id, context FROM runs WHERE context LIKE '%\"pg\\_auth\"%' ESCAPE '\\'",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    conn.execute_batch("PRAGMA secure_delete=ON;")?;
+    for (id, context) in &rows {
+        let mut v: serde_json::Value = serde_json::from_str(context)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("pg_auth");
+        }
+        conn.execute(
+            "UPDATE runs SET context = ?1 WHERE id = ?2",
+            params![v.to_string(), id],
+        )?;
+    }
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(rows.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Probe L2: runs of 0.2.0 kept the Patroni REST password in the store (0644). Opening
+    /// such a store scrubs it from every file of the store, and a new store file is 0600.
+    #[test]
+    fn stored_credentials_are_scrubbed_and_files_are_private(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("runs.sqlite");
+        {
+            let store = Store::open(&path)?;
+            let mut r = run("r1", "etcd");
+            r.context = r#"{"endpoints":["https://10.0.0.1:2379"],"args":{},"notes":[],"pg_auth":{"pg-test":["postgres","S3cr3t-Patroni-PW"]}}"#.into();
+            store.create_run(&r)?;
+            store.create_run(&run("r2", "other"))?;
+        }
+        let has_secret = || -> std::io::Result<bool> {
+            let mut found = false;
+            for e in std::fs::read_dir(dir.path())? {
+                let bytes = std::fs::read(e?.path())?;
+                found |= bytes.windows(17).any(|w| w == b"S3cr3t-Patroni-PW");
+            }
+            Ok(found)
+        };
+        assert!(has_secret()?, "the test did not store the secret");
+        let store = Store::open(&path)?;
+        assert!(!has_secret()?, "the password is still in the store's files");
+        let ctx: serde_json::Value = serde_json::from_str(&store.get_run("r1")?.context)?;
+        assert_eq!(ctx["endpoints"][0], "https://10.0.0.1:2379");
+        assert!(ctx.get("pg_auth").is_none());
+        for e in std::fs::read_dir(dir.path())? {
+            let e = e?;
+            let mode = e.metadata()?.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", e.path().display());
+        }
+        Ok(())
+    }
 
     fn run(id: &str, cluster: &str) -> RunRecord {
         RunRecord {

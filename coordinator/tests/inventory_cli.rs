@@ -182,3 +182,62 @@ fn a_closed_stdout_ends_the_cli_quietly() {
     assert_eq!(status.code(), Some(0), "{status:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Probe L1: `[` nested 32 000 deep took libyaml 6 s; it is refused before parsing, with the
+/// file, the line and the limit.
+#[test]
+fn binary_refuses_deep_nesting_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("df.yml");
+    std::fs::write(
+        &p,
+        format!(
+            "all:\n  vars:\n    x: {}{}\n",
+            "[".repeat(32_000),
+            "]".repeat(32_000)
+        ),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let out = quorum(&["inventory", "check", "-i", p.to_str().unwrap()]);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:3: the inventory was not parsed", p.display()))
+            && err.contains("deeper than 64 levels at line 3"),
+        "{err}"
+    );
+    // Generous: the refusal takes milliseconds, libyaml took seconds.
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+}
+
+/// Probe L1: an 8 MB inventory is refused unread, naming its size and the limit.
+#[test]
+fn binary_refuses_an_oversize_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.yml");
+    let mut text = String::from("all:\n  children:\n    etcd:\n      hosts:\n");
+    let mut n = 0u32;
+    while text.len() < 8_000_000 {
+        text.push_str(&format!(
+            "        10.{}.{}.{}: {{ etcd_seq: {n} }}\n",
+            n >> 16,
+            (n >> 8) & 255,
+            n & 255
+        ));
+        n += 1;
+    }
+    std::fs::write(&p, &text).unwrap();
+    let out = quorum(&["inventory", "check", "-i", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: the inventory was not parsed: it is {} bytes, over Quorum's limit of 4194304 bytes",
+            p.display(),
+            text.len()
+        )),
+        "{err}"
+    );
+}

@@ -103,6 +103,21 @@ fn table_of_bad_inventories() {
             vec!["pigsty.yml:6: host 10.10.10.11: etcd_data is `data/etcd`, not an absolute path; use a path that starts with `/`"],
         ),
         (
+            "data dir is / (probe L5)",
+            etcd_with("        10.10.10.11: { etcd_seq: 2, etcd_data: / }"),
+            vec!["pigsty.yml:6: host 10.10.10.11: etcd_data is `/`, which is /: wiping this member's data would empty that system directory; use a dedicated directory such as /data/etcd (Pigsty's default)"],
+        ),
+        (
+            "data dir is a system dir, spelled oddly",
+            etcd_with("        10.10.10.11: { etcd_seq: 2, etcd_data: '/var/lib/etcd/../' }"),
+            vec!["pigsty.yml:6: host 10.10.10.11: etcd_data is `/var/lib/etcd/../`, which is /var/lib: wiping this member's data would empty that system directory; use a dedicated directory such as /data/etcd (Pigsty's default)"],
+        ),
+        (
+            "group data dir /data, on its own line",
+            "all:\n  children:\n    etcd:\n      hosts:\n        10.10.10.10: { etcd_seq: 1 }\n      vars:\n        etcd_cluster: etcd\n        etcd_data: /data/\n".into(),
+            vec!["pigsty.yml:8: host 10.10.10.10: etcd_data is `/data/`, which is /data: wiping this member's data would empty that system directory; use a dedicated directory such as /data/etcd (Pigsty's default)"],
+        ),
+        (
             "zero election timeout",
             etcd_with("        10.10.10.11: { etcd_seq: 2, etcd_election_timeout: 0 }"),
             vec!["pigsty.yml:6: host 10.10.10.11: etcd_election_timeout is `0`; use a positive integer (milliseconds)"],

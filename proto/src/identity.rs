@@ -11,6 +11,34 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 /// The trust domain Quorum uses when none is configured (Pigsty's name).
 pub const DEFAULT_TRUST_DOMAIN: &str = "pigsty";
 
+/// Longest admin name a certificate may carry.
+pub const MAX_ADMIN_NAME: usize = 64;
+
+/// Why `name` cannot be an admin name, or `None` when it can: 1 to [`MAX_ADMIN_NAME`]
+/// characters from `[A-Za-z0-9._-]`. The name lands in the audit trail (`started_by`, logs),
+/// so it must read as one plain word: no query, fragment, space or control character.
+pub fn admin_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("an admin name cannot be empty".into());
+    }
+    if name.len() > MAX_ADMIN_NAME {
+        return Some(format!(
+            "an admin name has at most {MAX_ADMIN_NAME} characters, this one has {}",
+            name.chars().count()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Some(format!(
+            "an admin name uses only letters, digits, '.', '_' and '-' (found '{}')",
+            c.escape_default()
+        ));
+    }
+    None
+}
+
 /// A peer's role, as its certificate names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Peer {
@@ -132,10 +160,13 @@ pub fn peer_from_der(der: &[u8], trust_domain: &str) -> Result<Peer, IdentityErr
     let mut parts = rest.splitn(2, '/');
     match (parts.next(), parts.next()) {
         (Some("coordinator"), None) => Ok(Peer::Coordinator),
-        (Some("admin"), Some(name)) if !name.is_empty() && !name.contains('/') => {
-            Ok(Peer::Admin(name.to_string()))
-        }
-        (Some("admin"), _) => Err(malformed("an admin URI ends in /admin/<name>")),
+        (Some("admin"), Some(name)) => match admin_name_problem(name) {
+            None => Ok(Peer::Admin(name.to_string())),
+            Some(why) => Err(malformed(&format!(
+                "an admin URI ends in /admin/<name>, and {why}"
+            ))),
+        },
+        (Some("admin"), None) => Err(malformed("an admin URI ends in /admin/<name>")),
         (Some("agent"), Some(ip)) => {
             let ip: IpAddr = ip
                 .parse()
@@ -191,4 +222,28 @@ pub fn validity_from_der(der: &[u8]) -> Result<(i64, i64), IdentityError> {
         X509Certificate::from_der(der).map_err(|e| IdentityError::Unparseable(e.to_string()))?;
     let v = cert.validity();
     Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_names_are_plain_words() {
+        for ok in ["alice", "a", "ops.team-1_b", &"x".repeat(MAX_ADMIN_NAME)] {
+            assert_eq!(admin_name_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "alice?x=1#frag",
+            "a/b",
+            "al ice",
+            "bob\n",
+            "é",
+            "%41",
+            &"x".repeat(MAX_ADMIN_NAME + 1),
+        ] {
+            assert!(admin_name_problem(bad).is_some(), "{bad:?} was accepted");
+        }
+    }
 }

@@ -135,7 +135,7 @@ pub fn read_patroni_hosts(text: &str) -> Result<Vec<String>, PatchError> {
 /// Replaces the etcd hosts in `patroni.yml` (`etcd3.hosts`, or the legacy `etcd.hosts`) with
 /// `hosts` (`host:port` strings, written in the given order), keeping every other byte.
 pub fn patch_patroni_hosts(text: &str, hosts: &[String]) -> Result<String, PatchError> {
-    check_entries(PATRONI, hosts)?;
+    check_entries(PATRONI, hosts, EntryForm::HostPort)?;
     let doc = parse_values(PATRONI, text)?;
     let (section, _) = patroni_section(&doc)?;
     let out = patch_lists(PATRONI, text, &doc, &[[section, "hosts"]], hosts)?;
@@ -246,7 +246,7 @@ pub fn read_vip_settings(text: &str) -> Result<VipSettings, PatchError> {
 /// `https://10.10.10.10:2379`), keeping every other byte. When the file sets both the current
 /// and a pre-1.0 key, both are rewritten, since vip-manager refuses differing values.
 pub fn patch_vip_endpoints(text: &str, endpoints: &[String]) -> Result<String, PatchError> {
-    check_entries(VIP, endpoints)?;
+    check_entries(VIP, endpoints, EntryForm::Url)?;
     let doc = parse_values(VIP, text)?;
     let keys = vip_keys(&doc)?;
     let paths: Vec<[&str; 1]> = keys.iter().map(|k| [*k]).collect();
@@ -398,7 +398,55 @@ fn split_comma(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn check_entries(config: &'static str, entries: &[String]) -> Result<(), PatchError> {
+/// How the entries of an endpoint list are written.
+#[derive(Clone, Copy)]
+enum EntryForm {
+    /// Patroni's `host:port`.
+    HostPort,
+    /// vip-manager's `http(s)://host:port`.
+    Url,
+}
+
+/// Whether `s` is `host:port`: an IPv4 address, a bracketed IPv6 address or a DNS name, then
+/// a port from 1 to 65535. Anything else (`a]:2379`, `*alias:2379`) is not an etcd endpoint,
+/// however safely it could be quoted.
+fn is_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        host.parse::<std::net::Ipv4Addr>().is_ok() || is_dns_name(host)
+    };
+    port_ok && host_ok
+}
+
+/// A DNS name: dot-separated labels of 1-63 letters, digits and inner hyphens, 253 at most,
+/// and not all digits (that is a malformed IPv4 address, not a name).
+fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+        && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+fn check_entries(
+    config: &'static str,
+    entries: &[String],
+    form: EntryForm,
+) -> Result<(), PatchError> {
     if entries.is_empty() {
         return Err(PatchError::EmptyList { config });
     }
@@ -411,7 +459,20 @@ fn check_entries(config: &'static str, entries: &[String]) -> Result<(), PatchEr
         } else if e.chars().any(|c| c.is_whitespace() || c.is_control()) {
             Some("contains whitespace or a control character")
         } else {
-            None
+            match form {
+                EntryForm::HostPort if !is_host_port(e) => Some(
+                    "is not host:port (an IP address, [IPv6] or DNS name, then a port from 1 to 65535)",
+                ),
+                EntryForm::Url
+                    if !e
+                        .strip_prefix("https://")
+                        .or_else(|| e.strip_prefix("http://"))
+                        .is_some_and(is_host_port) =>
+                {
+                    Some("is not http(s)://host:port (an IP address, [IPv6] or DNS name, then a port from 1 to 65535)")
+                }
+                _ => None,
+            }
         };
         if let Some(reason) = reason {
             return Err(PatchError::BadEntry {

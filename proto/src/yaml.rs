@@ -50,8 +50,238 @@ impl From<ScanError> for YamlError {
     }
 }
 
-/// Deserializes a value of type `T` from YAML text.
+impl From<LimitError> for YamlError {
+    fn from(e: LimitError) -> Self {
+        let line = match &e {
+            LimitError::TooLarge { .. } => None,
+            LimitError::TooDeep { line, .. } => Some(*line),
+        };
+        YamlError {
+            message: e.to_string(),
+            line,
+            column: None,
+        }
+    }
+}
+
+/// Largest YAML text Quorum parses (4 MiB). Pigsty inventories are well under 1 MiB, and
+/// Patroni's and vip-manager's configs a few KiB; libyaml's time and memory grow fast with
+/// size (a 50 MB inventory ran for over ten minutes), so anything bigger is refused unread.
+pub const MAX_YAML_BYTES: usize = 4 * 1024 * 1024;
+
+/// Deepest nesting of collections Quorum parses: flow `[`/`{` and block indentation together.
+/// Pigsty's files nest about ten levels; libyaml's time is quadratic in flow depth (32 000
+/// `[` took six seconds), so deeper input is refused before any parser sees it.
+pub const MAX_YAML_DEPTH: usize = 64;
+
+/// Why a YAML text is refused before parsing: too big or too deeply nested.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// More bytes than [`MAX_YAML_BYTES`].
+    #[error("it is {size} bytes, over Quorum's limit of {limit} bytes for a YAML file")]
+    TooLarge {
+        /// The text's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Collections nested deeper than [`MAX_YAML_DEPTH`].
+    #[error("its collections nest deeper than {limit} levels at line {line}, over Quorum's limit")]
+    TooDeep {
+        /// 1-based line where the limit was crossed.
+        line: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Checks `text` against [`MAX_YAML_BYTES`] and [`MAX_YAML_DEPTH`] in one linear pass, before
+/// a parser sees it. Every parse of outside YAML goes through it ([`from_str`] and
+/// [`parse_spanned`] call it).
+///
+/// The depth is counted lexically: flow brackets outside quoted scalars and comments, plus
+/// the block indentation levels open at each line (each `- ` of a compact nested list is a
+/// level). It may count a level more than the parser would (a plain scalar after `- `), never
+/// much fewer: a block list written at its key's indentation is the one level it cannot see.
+pub fn check_limits(text: &str) -> Result<(), LimitError> {
+    if text.len() > MAX_YAML_BYTES {
+        return Err(LimitError::TooLarge {
+            size: text.len(),
+            limit: MAX_YAML_BYTES,
+        });
+    }
+    let mut scan = DepthScan::default();
+    for (i, line) in text.split('\n').enumerate() {
+        scan.line(i + 1, line.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The state of [`check_limits`] between lines.
+#[derive(Default)]
+struct DepthScan {
+    /// Open flow collections.
+    flow: usize,
+    /// Columns of the open block collections.
+    block: Vec<usize>,
+    /// Inside a quoted scalar (`'` or `"`) that goes on past the line.
+    quote: Option<u8>,
+    /// Inside a block scalar (`|`, `>`) whose parent line had this indentation.
+    block_scalar: Option<usize>,
+    /// The next character may start a node (so `[`, `{`, a quote open one).
+    node_start: bool,
+    /// The last token closed a quoted scalar or a flow collection (in flow, `:` may follow).
+    closed: bool,
+}
+
+fn is_blank(b: u8) -> bool {
+    b == b' ' || b == b'\t' || b == b'\r'
+}
+
+impl DepthScan {
+    fn check(&self, line: usize) -> Result<(), LimitError> {
+        if self.block.len() + self.flow > MAX_YAML_DEPTH {
+            return Err(LimitError::TooDeep {
+                line,
+                limit: MAX_YAML_DEPTH,
+            });
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, n: usize, bytes: &[u8]) -> Result<(), LimitError> {
+        let indent = bytes.iter().take_while(|&&b| b == b' ').count();
+        let blank = bytes[indent..].iter().all(|&b| is_blank(b));
+        if let Some(parent) = self.block_scalar {
+            if blank || indent > parent {
+                return Ok(());
+            }
+            self.block_scalar = None;
+        }
+        let mut i = 0;
+        if self.quote.is_none() && self.flow == 0 {
+            // A line in block context: its indentation opens or closes block collections.
+            if blank || bytes[indent] == b'#' {
+                return Ok(());
+            }
+            let marker = |m: &[u8]| {
+                indent == 0 && bytes.starts_with(m) && bytes.get(3).is_none_or(|&b| is_blank(b))
+            };
+            if marker(b"...") || (indent == 0 && bytes[0] == b'%') {
+                self.block.clear();
+                return Ok(());
+            }
+            if marker(b"---") {
+                self.block.clear();
+                i = 3;
+            } else {
+                while self.block.last().is_some_and(|&top| top >= indent) {
+                    self.block.pop();
+                }
+                self.block.push(indent);
+                self.check(n)?;
+                i = indent;
+                // `- - a` or `- key: v`: each compact entry opens a level at its content.
+                while matches!(bytes.get(i), Some(b'-' | b'?' | b':'))
+                    && bytes.get(i + 1).is_none_or(|&b| is_blank(b))
+                {
+                    let mut j = i + 1;
+                    while bytes.get(j).is_some_and(|&b| is_blank(b)) {
+                        j += 1;
+                    }
+                    if j >= bytes.len() || bytes[j] == b'#' {
+                        break;
+                    }
+                    self.block.push(j);
+                    self.check(n)?;
+                    i = j;
+                }
+            }
+            self.node_start = true;
+            self.closed = false;
+        }
+        let mut prev_blank = true;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let next = bytes.get(i + 1).copied();
+            if let Some(q) = self.quote {
+                if q == b'"' && b == b'\\' {
+                    i += 2;
+                    continue;
+                }
+                if b == q {
+                    if q == b'\'' && next == Some(b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    self.quote = None;
+                    self.node_start = false;
+                    self.closed = true;
+                }
+                prev_blank = false;
+                i += 1;
+                continue;
+            }
+            let ends_token = next.is_none_or(is_blank);
+            match b {
+                _ if is_blank(b) => {}
+                b'#' if prev_blank => break,
+                b'[' | b'{' if self.flow > 0 || self.node_start => {
+                    self.flow += 1;
+                    self.check(n)?;
+                    self.node_start = true;
+                    self.closed = false;
+                }
+                b']' | b'}' if self.flow > 0 => {
+                    self.flow -= 1;
+                    self.node_start = false;
+                    self.closed = true;
+                }
+                b',' if self.flow > 0 => {
+                    self.node_start = true;
+                    self.closed = false;
+                }
+                b'\'' | b'"' if self.node_start => self.quote = Some(b),
+                b':' if ends_token
+                    || (self.flow > 0
+                        && (self.closed
+                            || matches!(next, Some(b',' | b'[' | b']' | b'{' | b'}')))) =>
+                {
+                    self.node_start = true;
+                    self.closed = false;
+                }
+                b'-' | b'?' if self.node_start && ends_token => {}
+                b'|' | b'>' if self.node_start && self.flow == 0 => {
+                    // The rest of the line is the header; the lines indented deeper are text.
+                    self.block_scalar = Some(indent);
+                    return Ok(());
+                }
+                b'&' | b'!' if self.node_start => {
+                    // An anchor or a tag: the node it decorates starts after it.
+                    let in_flow = self.flow > 0;
+                    let ends = |c: u8| {
+                        is_blank(c) || (in_flow && matches!(c, b',' | b'[' | b']' | b'{' | b'}'))
+                    };
+                    while bytes.get(i + 1).is_some_and(|&c| !ends(c)) {
+                        i += 1;
+                    }
+                }
+                _ => {
+                    self.node_start = false;
+                    self.closed = false;
+                }
+            }
+            prev_blank = is_blank(b);
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes a value of type `T` from YAML text (refused unparsed when over the limits of
+/// [`check_limits`]).
 pub fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    check_limits(text)?;
     serde_yaml_ng::from_str(text).map_err(YamlError::from)
 }
 
@@ -263,6 +493,7 @@ enum Open {
 /// Use it for positions only; [`from_str`] is the authority on values (plain scalars here are
 /// not resolved to numbers or booleans, and aliases are not expanded).
 pub fn parse_spanned(text: &str) -> Result<Option<Node>, YamlError> {
+    check_limits(text)?;
     let offsets = Offsets::new(text);
     let mut stack: Vec<Open> = Vec::new();
     let mut root: Option<Node> = None;
@@ -438,6 +669,118 @@ mod tests {
         assert_eq!(parse_spanned("# only a comment\n").unwrap(), None);
         let err = parse_spanned("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.line.is_some());
+    }
+
+    fn deep(text: &str) -> Option<usize> {
+        match check_limits(text) {
+            Err(LimitError::TooDeep { line, limit }) => {
+                assert_eq!(limit, MAX_YAML_DEPTH);
+                Some(line)
+            }
+            Err(e) => panic!("{e}"),
+            Ok(()) => None,
+        }
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        // The probe's inventory (L1): libyaml took 6 s on it.
+        let probe = format!(
+            "all:\n  vars:\n    x: {}{}\n",
+            "[".repeat(32_000),
+            "]".repeat(32_000)
+        );
+        assert_eq!(deep(&probe), Some(3));
+        let err = from_str::<Value>(&probe).unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert!(
+            err.message.contains("deeper than 64 levels at line 3"),
+            "{}",
+            err.message
+        );
+        assert!(parse_spanned(&probe).is_err());
+        for n in [20, 50] {
+            let ok = format!("a:\n  b: {}{}\n", "[".repeat(n), "]".repeat(n));
+            assert_eq!(deep(&ok), None, "{n}");
+            assert!(from_str::<Value>(&ok).is_ok());
+        }
+        let braces = format!("a: {}\n", "{b: ".repeat(100));
+        assert_eq!(deep(&braces), Some(1));
+        // Multi-line flow collections count across lines.
+        let lines = format!("a:\n{}", "  [\n".repeat(100));
+        assert!(deep(&lines).is_some());
+    }
+
+    #[test]
+    fn deep_block_nesting_is_refused() {
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!("{}k{i}:\n", " ".repeat(i * 2)));
+        }
+        assert_eq!(deep(&text), Some(MAX_YAML_DEPTH + 1));
+        let compact = format!("{}x\n", "- ".repeat(100));
+        assert_eq!(deep(&compact), Some(1));
+        let mut ok = String::new();
+        for i in 0..30 {
+            ok.push_str(&format!("{}k{i}:\n", " ".repeat(i * 2)));
+        }
+        assert_eq!(deep(&ok), None);
+        assert!(from_str::<Value>(&ok).is_ok());
+    }
+
+    #[test]
+    fn brackets_that_open_nothing_are_not_counted() {
+        let many = "[".repeat(1000);
+        for text in [
+            format!("a: '{many}'\nb: 1\n"),
+            format!("a: \"{many}\\\" {many}\"\n"),
+            format!("a: 'it''s {many}\n  {many}'\n"),
+            format!("a: 1 # {many}\n# {many}\n"),
+            format!("a: x{many}\n"),
+            format!("a: |\n  {many}\n\n  {many}\nb: >-\n    {many}\nc: 1\n"),
+            format!("- |\n {many}\n- [\"{many}\", '{many}']\n"),
+            format!("a: [b, \"c\":d, 'e{many}']\n"),
+            "a: &anchor !!str x\nb: *anchor\n".to_string(),
+        ] {
+            assert_eq!(deep(&text), None, "{text}");
+            from_str::<Value>(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        // After a quote closes, brackets count again.
+        let after = format!("a: ['x', {}{}]\n", "[".repeat(100), "]".repeat(100));
+        assert!(deep(&after).is_some());
+        // Anchors and tags do not hide a collection.
+        let tagged = format!("a: &x !!seq {}\n", "[".repeat(100));
+        assert!(deep(&tagged).is_some());
+    }
+
+    #[test]
+    fn oversize_text_is_refused_unread() {
+        let big = "#".repeat(MAX_YAML_BYTES + 1);
+        let err = check_limits(&big).unwrap_err();
+        assert_eq!(
+            err,
+            LimitError::TooLarge {
+                size: MAX_YAML_BYTES + 1,
+                limit: MAX_YAML_BYTES
+            }
+        );
+        assert!(err
+            .to_string()
+            .contains("over Quorum's limit of 4194304 bytes"));
+        assert!(from_str::<Value>(&big).is_err());
+        // Just under the limit is scanned, and fast (the scan is linear).
+        let start = std::time::Instant::now();
+        let ok = "k: [a, 'b', {c: d}]  # x\n".repeat(MAX_YAML_BYTES / 26);
+        assert!(check_limits(&ok).is_ok());
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    proptest::proptest! {
+        /// Any text, however broken, gets an answer from the scan, never a panic.
+        #[test]
+        fn the_scan_never_panics(text in "[-?:\\[\\]{}'\"#|>&!*,%. \n\ta-z\\\\]{0,200}") {
+            let _ = check_limits(&text);
+        }
     }
 
     #[test]

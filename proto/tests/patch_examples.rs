@@ -195,6 +195,79 @@ fn bad_new_lists_are_refused() {
     assert!(patch_patroni_hosts(text, &v(&[""])).is_err());
 }
 
+/// Probe L7: entries that could be written safely (quoted) but are not endpoints.
+#[test]
+fn entries_must_be_host_and_port() {
+    let patroni = "etcd3:\n  hosts: 'a:1'\n";
+    for bad in [
+        "a]:2379",
+        "a':2379",
+        "*alias:2379",
+        "&anc:2379",
+        "!!python/object:2379",
+        "%TAG:2379",
+        "`:2379",
+        "10.10.10.10",
+        "10.10.10.10:0",
+        "10.10.10.10:65536",
+        "10.10.10.10:23x9",
+        ":2379",
+        "-a.example:2379",
+        "a..b:2379",
+        "999.1.1.1:2379",
+        "[10.0.0.1]:2379",
+        "::1:2379",
+        "https://10.10.10.10:2379",
+    ] {
+        let err = patch_patroni_hosts(patroni, &v(&[bad]))
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+        assert!(
+            err.to_string().contains("is not host:port"),
+            "{bad:?}: {err}"
+        );
+    }
+    for good in [
+        "10.10.10.10:2379",
+        "[::1]:2379",
+        "[fd00::11]:65535",
+        "etcd-1.example.com:2379",
+        "localhost:1",
+    ] {
+        assert!(
+            patch_patroni_hosts(patroni, &v(&[good])).is_ok(),
+            "{good:?} was refused"
+        );
+    }
+    let vip = "dcs-endpoints: 'https://a:1'\n";
+    for bad in [
+        "10.10.10.10:2379",
+        "ftp://10.10.10.10:2379",
+        "https://10.10.10.10",
+        "https://a]:2379",
+        "https://10.10.10.10:2379/path",
+        "https://user@10.10.10.10:2379",
+    ] {
+        let err = patch_vip_endpoints(vip, &v(&[bad]))
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+        assert!(
+            err.to_string().contains("is not http(s)://host:port"),
+            "{bad:?}: {err}"
+        );
+    }
+    for good in [
+        "https://10.10.10.10:2379",
+        "http://[::1]:2379",
+        "https://etcd-1:2379",
+    ] {
+        assert!(
+            patch_vip_endpoints(vip, &v(&[good])).is_ok(),
+            "{good:?} was refused"
+        );
+    }
+}
+
 /// vip-manager's config as Pigsty renders it (reference/pigsty-etcd.md, "vip-manager").
 const PIGSTY_VIP: &str = "\
 interval: 1000
@@ -271,5 +344,31 @@ fn utf8_comments_do_not_shift_offsets() {
     assert_eq!(
         out,
         "# Données — config\netcd3:\n  # hôtes\n  hosts: 'c:3' # é\n"
+    );
+}
+
+/// Probe L1: a 128 KB `ip: [[[…]]]` made one facts collection take 16 s in the agent. Every
+/// reader and patcher refuses it before parsing, saying which limit and where.
+#[test]
+fn deeply_nested_configs_are_refused_before_parsing() {
+    let deep = format!("ip: {}{}\n", "[".repeat(64_000), "]".repeat(64_000));
+    let start = std::time::Instant::now();
+    let err = quorum_proto::patch::read_vip_settings(&deep).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("nest deeper than 64 levels at line 1, over Quorum's limit"),
+        "{err}"
+    );
+    assert!(read_vip_endpoints(&deep).is_err());
+    let patroni = format!("etcd3:\n  hosts: 'a:1'\nx: {}\n", "{a: ".repeat(10_000));
+    let err = patch_patroni_hosts(&patroni, &v(&["b:2"])).unwrap_err();
+    assert!(err.to_string().contains("at line 3"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    let big = format!("etcd3:\n  hosts: 'a:1'\n#{}\n", "x".repeat(5 << 20));
+    let err = read_patroni_hosts(&big).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("over Quorum's limit of 4194304 bytes"),
+        "{err}"
     );
 }

@@ -9,7 +9,7 @@
 
 use proptest::prelude::*;
 use quorum_proto::patch::{
-    patch_patroni_hosts, patch_vip_endpoints, read_patroni_hosts, read_vip_endpoints,
+    patch_patroni_hosts, patch_vip_endpoints, read_patroni_hosts, read_vip_endpoints, PatchError,
 };
 use quorum_proto::yaml::{self, Value};
 
@@ -334,8 +334,8 @@ proptest! {
         prop_assert_eq!(read_vip_endpoints(&out).unwrap(), new);
     }
 
-    /// Entries that cannot stay plain (IPv6 brackets, odd characters) still give a file that
-    /// parses to the right value, and a second patch changes nothing.
+    /// Entries that cannot stay plain (IPv6 brackets) or look odd (short names, hyphens) still
+    /// give a file that parses to the right value, and a second patch changes nothing.
     #[test]
     fn awkward_entries_still_round_trip(
         d in doc(Some("etcd3"), "hosts", host().boxed()),
@@ -344,7 +344,7 @@ proptest! {
                 host(),
                 Just("[::1]:2379".to_string()),
                 Just("[fd00::a]:2379".to_string()),
-                "[a-z0-9'\"#&*!|>%@`{}\\[\\]:.-]{1,12}",
+                "[a-z][a-z0-9-]{0,6}[a-z0-9](\\.[a-z0-9]{1,4}){0,2}:[1-9][0-9]{0,3}",
             ],
             1..5,
         ),
@@ -358,6 +358,26 @@ proptest! {
         prop_assert_eq!(parsed, replaced(&text, &d.path, &new, matches!(d.form, Form::String(_))));
         prop_assert_eq!(patch_patroni_hosts(&out, &new).unwrap(), out.clone());
         prop_assert_eq!(read_patroni_hosts(&out).unwrap(), new);
+    }
+
+    /// An entry of any characters is either refused as not `host:port` or, when it is one,
+    /// written so that it reads back as itself: never a file that means something else.
+    #[test]
+    fn odd_entries_are_refused_or_round_trip(
+        d in doc(Some("etcd3"), "hosts", host().boxed()),
+        odd in "[a-z0-9'\"#&*!|>%@`{}\\[\\]:.-]{1,12}",
+    ) {
+        let text = format!("{}{}{}", d.before, d.list, d.after);
+        let new = vec![odd];
+        match patch_patroni_hosts(&text, &new) {
+            Err(PatchError::BadEntry { .. }) => {}
+            Ok(out) => {
+                let parsed: Value = yaml::from_str(&out).unwrap();
+                prop_assert_eq!(parsed, replaced(&text, &d.path, &new, matches!(d.form, Form::String(_))));
+                prop_assert_eq!(read_patroni_hosts(&out).unwrap(), new);
+            }
+            Err(other) => prop_assert!(false, "unexpected error: {}", other),
+        }
     }
 
     /// Arbitrary text never panics the readers or patchers; they return a file or an error.

@@ -743,6 +743,7 @@ async fn an_agent_of_0_1_still_polls_and_reports_with_unary_calls() -> Result<()
                     kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
                 }),
                 timeout_secs: 20,
+                confirmed: false,
             })
             .await
     });

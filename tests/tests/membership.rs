@@ -203,7 +203,10 @@ async fn membership_refusals_name_the_problem() -> Result<()> {
         "{}",
         out.stderr
     );
-    // With --seq a host outside the inventory is planned with the group's parameters.
+    // With --seq a host outside the inventory is planned with the group's parameters (whose
+    // etcd_data must be the data dir its agent manages).
+    let group_data = format!("etcd_data: {}", f.hosts[3].data().display());
+    f.write_inventory(&w, &all[..3], &group_data)?;
     let plan = w
         .admin(&["member", "add", IPS[3], "--seq", "9", "--plan"])?
         .ok()?;

@@ -187,6 +187,7 @@ async fn agents_and_the_cli_refuse_a_server_whose_certificate_is_not_the_coordin
                 ..Default::default()
             }),
             timeout_secs: 5,
+            confirmed: false,
         })
         .await
         .err()

@@ -253,7 +253,11 @@ async fn remove_honors_the_safeguard_and_purge_wipes_everything() -> Result<()> 
     // refused until the operator waives it.
     let out = w.admin(&["cluster", "purge", "--yes"])?;
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("no snapshot can be taken"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no snapshot can be taken"),
+        "{}",
+        out.stderr
+    );
     assert!(f.host(IPS[0])?.data().join("member").exists());
     let out = w.admin(&["cluster", "purge", "--yes", "--no-snapshot"])?;
     assert_eq!(out.code, 0, "{out:?}");

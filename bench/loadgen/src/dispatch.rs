@@ -104,6 +104,7 @@ pub async fn run(args: DispatchArgs, results: &Results) -> Result<()> {
             agent_id: args.agent.clone(),
             task: Some(facts_task()),
             timeout_secs: 30,
+            confirmed: false,
         };
         let t = Instant::now();
         let answer = client.run_task(req).await;

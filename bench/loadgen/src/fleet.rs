@@ -96,6 +96,8 @@ async fn fan_out(
             kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
         }),
         timeout_secs: 120,
+        // Facts stop nothing: no confirmation needed.
+        confirmed: false,
     };
     let t0 = Instant::now();
     let mut stream = c.run_tasks(req).await.context("RunTasks")?.into_inner();

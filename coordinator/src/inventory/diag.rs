@@ -19,6 +19,12 @@ pub enum Problem {
     /// The bytes are not UTF-8.
     #[error("the inventory is not UTF-8 text; save it as UTF-8")]
     NotUtf8,
+    /// Too big or too deeply nested to parse (checked before any parser sees the text).
+    #[error("the inventory was not parsed: {detail}; Pigsty inventories are far smaller and flatter (well under 1 MiB, about ten levels deep), so check that this is the right file")]
+    OverLimit {
+        /// What limit, by how much (and the line, for nesting).
+        detail: String,
+    },
     /// libyaml refused the text.
     #[error("YAML syntax error: {message}; fix the YAML here, nothing else was checked")]
     Syntax {
@@ -157,6 +163,16 @@ pub enum Problem {
         var: &'static str,
         /// The value as written.
         value: String,
+    },
+    /// A data dir that is a system directory: wiping the member would empty it.
+    #[error("{var} is `{value}`, which is {dir}: wiping this member's data would empty that system directory; use a dedicated directory such as /data/etcd (Pigsty's default)")]
+    SystemDataDir {
+        /// The variable.
+        var: &'static str,
+        /// The value as written.
+        value: String,
+        /// The system directory it names.
+        dir: &'static str,
     },
     /// A name with characters that would break the rendered files.
     #[error("{var} is `{value}`; use letters, digits, `-`, `_` and `.` only, starting with a letter or digit")]

@@ -176,6 +176,21 @@ struct Tree {
 }
 
 fn run(cx: &mut Cx, text: &str) -> Option<(Vec<EtcdCluster>, Vec<PgCluster>)> {
+    // Before libyaml, whose time grows fast with size and flow depth.
+    if let Err(e) = yaml::check_limits(text) {
+        let line = match &e {
+            yaml::LimitError::TooDeep { line, .. } => Some(*line),
+            yaml::LimitError::TooLarge { .. } => None,
+        };
+        cx.error(
+            line,
+            &[],
+            Problem::OverLimit {
+                detail: e.to_string(),
+            },
+        );
+        return None;
+    }
     let mut doc: Value = match yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -714,6 +729,33 @@ fn path_ok(s: &str) -> bool {
     s.starts_with('/') && !s.chars().any(char::is_control)
 }
 
+/// Directories an etcd data dir may never be: a wipe empties the data dir's contents.
+const SYSTEM_DIRS: [&str; 11] = [
+    "/", "/etc", "/usr", "/var", "/var/lib", "/home", "/root", "/boot", "/tmp", "/data", "/pg",
+];
+
+/// `path` with `.`, `..`, repeated and trailing slashes resolved lexically (`/data/etcd/..//`
+/// is `/data`); symbolic links are the agent's business.
+pub(super) fn lexical(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// The system directory `path` names, if it names one.
+fn system_dir(path: &str) -> Option<&'static str> {
+    let norm = lexical(path);
+    SYSTEM_DIRS.into_iter().find(|d| *d == norm)
+}
+
 /// Reads typed variables for one host (or one group when `host` is `None`), reporting bad
 /// values and falling back to the default so that checking goes on.
 struct Reader<'a> {
@@ -854,10 +896,22 @@ impl Reader<'_> {
             },
         };
         let q = QuorumExt::default();
+        let data_dir = self.path("etcd_data", &d.data_dir);
+        if let Some(dir) = system_dir(&data_dir) {
+            let line = self.get("etcd_data").and_then(|(_, l)| l);
+            self.bad(
+                line,
+                Problem::SystemDataDir {
+                    var: "etcd_data",
+                    value: data_dir.clone(),
+                    dir,
+                },
+            );
+        }
         EtcdParams {
             safeguard: self.bool("etcd_safeguard", d.safeguard),
             clean: self.bool("etcd_clean", d.clean),
-            data_dir: self.path("etcd_data", &d.data_dir),
+            data_dir,
             port,
             peer_port,
             init,

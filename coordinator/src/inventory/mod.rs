@@ -53,6 +53,12 @@ use sha2::{Digest, Sha256};
 
 pub use diag::{Diagnostic, InventoryErrors, Problem};
 
+/// Whether two absolute paths name the same directory, compared lexically (`/data/etcd/` is
+/// `/data/etcd`); how symbolic links resolve is the agent's business.
+pub fn same_dir(a: &str, b: &str) -> bool {
+    load::lexical(a) == load::lexical(b)
+}
+
 /// Pigsty's `etcd_init`: how a member starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -358,11 +364,33 @@ impl Inventory {
             }],
             warnings: Vec::new(),
         };
-        let bytes = std::fs::read(path).map_err(|e| {
+        // Read one byte past the limit at most: a huge file is refused without loading it.
+        let limit = quorum_proto::yaml::MAX_YAML_BYTES;
+        let read_error = |e: std::io::Error| {
             fail(Problem::Read {
                 error: e.to_string(),
             })
-        })?;
+        };
+        let mut bytes = Vec::new();
+        let handle = std::fs::File::open(path).map_err(read_error)?;
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(&handle, limit as u64 + 1),
+            &mut bytes,
+        )
+        .map_err(read_error)?;
+        if bytes.len() > limit {
+            let size = handle
+                .metadata()
+                .map(|m| m.len())
+                .unwrap_or(bytes.len() as u64);
+            return Err(fail(Problem::OverLimit {
+                detail: quorum_proto::yaml::LimitError::TooLarge {
+                    size: usize::try_from(size).unwrap_or(usize::MAX),
+                    limit,
+                }
+                .to_string(),
+            }));
+        }
         let text = std::str::from_utf8(&bytes).map_err(|_| fail(Problem::NotUtf8))?;
         Self::parse(&file, text)
     }
