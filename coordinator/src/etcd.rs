@@ -93,7 +93,17 @@ impl EtcdAccess {
                         continue;
                     }
                 };
-            match op(client).await {
+            // Bounded here too: a member without a leader can hold a request (a
+            // linearizable member list) past the client's own deadline, and a gate that waits
+            // on it must still end at its own deadline.
+            let answer = match tokio::time::timeout(PROBE_TIMEOUT * 2, op(client)).await {
+                Ok(a) => a,
+                Err(_) => {
+                    errors.push(format!("{ep}: no answer within {:?}", PROBE_TIMEOUT * 2));
+                    continue;
+                }
+            };
+            match answer {
                 Ok(v) => return Ok(v),
                 Err(etcd_client::Error::GRpcStatus(st))
                     if !matches!(

@@ -381,14 +381,18 @@ async fn a_resumed_restart_checks_quorum_again_before_it_acts() -> Result<()> {
     std::fs::remove_file(&conf)?;
     std::fs::create_dir(&conf)?;
     let out = w.admin(&["config", "reload", "--restart"])?;
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.code, 3,
+        "the agent refuses a directory at etcd.conf: {out:?}"
+    );
     let runs: Vec<serde_json::Value> =
         serde_json::from_str(&w.admin(&["run", "list", "-o", "json"])?.ok()?.stdout)?;
     let run = runs.first().context("the reload's run")?;
     let id = run["run_id"].as_str().context("run id")?.to_string();
-    assert_eq!(run["steps"][0]["kind"], "QuorumGuard", "{run}");
-    assert_eq!(run["steps"][0]["state"], "done", "{run}");
-    assert_eq!(run["steps"][1]["state"], "failed", "{run}");
+    assert_eq!(run["steps"][0]["kind"], "SnapshotSave", "{run}");
+    assert_eq!(run["steps"][1]["kind"], "QuorumGuard", "{run}");
+    assert_eq!(run["steps"][1]["state"], "done", "{run}");
+    assert_eq!(run["steps"][2]["state"], "failed", "{run}");
     std::fs::remove_dir(&conf)?;
     std::fs::write(&conf, saved)?;
     // Meanwhile another member dies, and the coordinator is killed and comes back.
@@ -412,8 +416,8 @@ async fn a_resumed_restart_checks_quorum_again_before_it_acts() -> Result<()> {
     assert_eq!(resumed.code, 3, "refused by the quorum guard: {resumed:?}");
     let show = w.admin(&["run", "show", &id, "-o", "json"])?.ok()?;
     let run: serde_json::Value = serde_json::from_str(&show.stdout)?;
-    assert_eq!(run["steps"][2]["kind"], "RestartEtcd", "{run}");
-    assert_eq!(run["steps"][2]["outcome"], "refused", "{run}");
+    assert_eq!(run["steps"][3]["kind"], "RestartEtcd", "{run}");
+    assert_eq!(run["steps"][3]["outcome"], "refused", "{run}");
     assert!(
         run["error"]
             .as_str()
@@ -541,5 +545,114 @@ async fn service_actions_go_one_host_at_a_time_and_runs_can_be_aborted() -> Resu
         "{run}"
     );
     w.admin(&["env", "refresh"])?.ok()?;
+    Ok(())
+}
+
+/// Invariant 8 (e2e probe item 7): a destructive SOP takes a verified snapshot first and
+/// keeps it with bounded retention; the restore steps `quorum snapshot restore --plan` prints,
+/// followed on the hosts, bring the purged cluster back with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destructive_runs_snapshot_first_and_the_printed_restore_brings_data_back() -> Result<()> {
+    let (mut w, f) = setup("")?;
+    w.coordinator_extra.push_str("snapshot_keep: 2\n");
+    w.kill_coordinator();
+    w.start_coordinator()?;
+    for ip in IPS {
+        w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(60))?;
+    }
+    create(&w)?;
+    let mut c = quorum_tests::etcd::client(&w, &endpoints(&f)).await?;
+    c.put("snap/key", "before-purge", None).await?;
+    // The plan shows the snapshot before the first restart, and says so.
+    let plan = w.admin(&["service", "restart", "etcd", "--hosts", IPS[1], "--plan"])?;
+    let plan = plan.ok()?;
+    assert!(plan.stdout.contains("SnapshotSave"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("a verified snapshot of etcd is taken"),
+        "{}",
+        plan.stdout
+    );
+    w.admin(&["service", "restart", "etcd", "--hosts", IPS[1], "--yes"])?
+        .ok()?;
+    let list = |w: &World| -> Result<Vec<serde_json::Value>> {
+        let out = w.admin(&["snapshot", "list", "-o", "json"])?.ok()?;
+        Ok(serde_json::from_str(&out.stdout)?)
+    };
+    let snaps = list(&w)?;
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert!(snaps[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("service")));
+    let path = snaps[0]["path"]
+        .as_str()
+        .context("snapshot path")?
+        .to_string();
+    let status = std::process::Command::new("etcdctl")
+        .args(["snapshot", "status", &path])
+        .env("ETCDCTL_API", "3")
+        .output()?;
+    assert!(status.status.success(), "{status:?}");
+    // Retention keeps the newest two.
+    for _ in 0..2 {
+        w.admin(&["snapshot", "save"])?.ok()?;
+    }
+    assert_eq!(list(&w)?.len(), 2);
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "the oldest was not pruned"
+    );
+    // The purge snapshots the running cluster, then wipes it.
+    w.admin(&["cluster", "purge", "--yes"])?.ok()?;
+    let newest = list(&w)?;
+    let id = newest[0]["id"].as_str().context("snapshot id")?.to_string();
+    let file = newest[0]["path"]
+        .as_str()
+        .context("snapshot path")?
+        .to_string();
+    assert!(newest[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("cluster-purge")));
+    for h in &f.hosts {
+        assert_eq!(
+            std::fs::read_dir(h.data())?.count(),
+            0,
+            "{} not wiped",
+            h.ip
+        );
+    }
+    let out = w.admin(&["snapshot", "restore", &id])?;
+    assert_eq!(out.code, 2, "a restore is only ever printed: {out:?}");
+    let steps = w
+        .admin(&["snapshot", "restore", "--plan", &id])?
+        .ok()?
+        .stdout;
+    // Follow the printed steps as an operator would on each host: this lab's hosts share
+    // one machine, so the copy is the file itself and etcd is started through Quorum.
+    let copy = format!("/tmp/{id}.db");
+    let mut followed = 0;
+    for line in steps.lines() {
+        if line.starts_with("mv ") || line.starts_with("ETCDCTL_API=3 etcdctl snapshot restore ") {
+            let line = line.replace(&copy, &file);
+            let out = std::process::Command::new("sh")
+                .args(["-c", &line])
+                .output()?;
+            assert!(out.status.success(), "{line}: {out:?}");
+            followed += 1;
+        }
+    }
+    assert_eq!(followed, 2 * IPS.len(), "{steps}");
+    // Together, as the steps say: one restored member alone has no quorum to be healthy.
+    w.admin(&["service", "start", "etcd", "--forks", "3"])?
+        .ok()?;
+    let mut c = quorum_tests::etcd::client(&w, &endpoints(&f)).await?;
+    let got = c.get("snap/key", None).await?;
+    assert_eq!(
+        got.kvs().first().map(|kv| kv.value().to_vec()),
+        Some(b"before-purge".to_vec())
+    );
+    assert_eq!(
+        voting_members(&w, &f).await?,
+        vec!["etcd-1", "etcd-2", "etcd-3"]
+    );
     Ok(())
 }
