@@ -248,6 +248,7 @@ impl Coordinator {
             outcome: r.outcome,
             output: r.output,
             agent_id: ip.to_string(),
+            journal: r.journal,
         };
         if !self.registry.report(ip, result, r.facts) {
             // A duplicate report of a closed task is harmless: acknowledge it.
@@ -561,6 +562,7 @@ impl AdminService for AdminSvc {
                     outcome: pb::Outcome::Failed as i32,
                     output,
                     agent_id: ip.to_string(),
+                    journal: None,
                 };
                 let answer = match tokio::time::timeout_at(deadline, wait).await {
                     Ok(Ok(mut result)) => {

@@ -760,6 +760,7 @@ async fn an_agent_of_0_1_still_polls_and_reports_with_unary_calls() -> Result<()
             outcome: pb::Outcome::Ok as i32,
             output: "reported by a unary call".into(),
             facts: None,
+            journal: None,
         })
         .await?;
     let result = run.await??.into_inner();
