@@ -618,6 +618,7 @@ pub fn run_record(
         started_by: started_by.to_string(),
         inventory_digest: planned.digest.clone(),
         created_ms: now_ms(),
+        finished_ms: 0,
         error: String::new(),
         steps: planned
             .plan
@@ -636,6 +637,7 @@ pub fn run_record(
                 output: String::new(),
                 started_ms: 0,
                 finished_ms: 0,
+                journal: None,
             })
             .collect(),
     })
@@ -670,8 +672,14 @@ pub fn run_view(run: &RunRecord) -> pb::RunView {
                 started_unix_ms: s.started_ms,
                 finished_unix_ms: s.finished_ms,
                 diff: String::new(),
+                journal: s.journal.map(|j| pb::JournalAnswer {
+                    started_unix_ms: j.started_ms,
+                    finished_unix_ms: j.finished_ms,
+                }),
             })
             .collect(),
+        finished_unix_ms: run.finished_ms,
+        now_unix_ms: now_ms(),
     }
 }
 
@@ -703,5 +711,7 @@ pub fn plan_view(sop: &str, planned: &Planned) -> pb::RunView {
                 ..Default::default()
             })
             .collect(),
+        finished_unix_ms: 0,
+        now_unix_ms: now_ms(),
     }
 }
