@@ -566,7 +566,8 @@ pub async fn run(cli: Cli) -> u8 {
                     status.code(),
                     status.message()
                 ),
-                Some(status) => eprintln!("error: {} ({:?})", status.message(), status.code()),
+                // The exit code says the kind; the message says what and what to do.
+                Some(status) => eprintln!("error: {}", status.message()),
                 None => eprintln!("error: {e:#}"),
             }
             classify(&e)
@@ -737,12 +738,33 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<u8> {
         }
         RunCommand::Resume { id, conn } => {
             let mut client = client::admin_client(&conn.resolve()?).await?;
+            // The run as it was, so the follow prints only what this resume does.
+            let before = client
+                .get_run(pb::GetRunRequest { run_id: id.clone() })
+                .await?
+                .into_inner();
             let run = client
                 .resume_run(pb::GetRunRequest { run_id: id.clone() })
                 .await?
                 .into_inner();
-            eprintln!("run {} resumed", run.run_id);
-            crate::cli_runs::follow(&mut client, &id, false).await
+            let done = before.steps.iter().filter(|s| s.state == "done").count();
+            match before.steps.iter().find(|s| s.state != "done") {
+                Some(from) if done > 0 => eprintln!(
+                    "run {} resumed at step {} of {}: the {done} step(s) before it were done earlier and are not run again (`quorum run show {}` lists them)",
+                    run.run_id,
+                    from.index + 1,
+                    before.steps.len(),
+                    run.run_id
+                ),
+                _ => eprintln!("run {} resumed", run.run_id),
+            }
+            crate::cli_runs::follow(
+                &mut client,
+                &id,
+                false,
+                crate::cli_runs::printed_as(&before),
+            )
+            .await
         }
         RunCommand::Abort { id, conn } => {
             let mut client = client::admin_client(&conn.resolve()?).await?;

@@ -1,4 +1,7 @@
-//! Readable runs, end to end: a run is followed as the coordinator streams it (WatchRun).
+//! Readable runs, end to end: the CLI follows a run as the coordinator streams it (WatchRun);
+//! `run list` and `run show` say when each run and step started and how long it took; a step
+//! answered from an agent's journal on resume says so, with when it really ran; a follow that
+//! loses the coordinator says what became of the run.
 
 use std::time::Duration;
 
@@ -6,7 +9,8 @@ use anyhow::{Context, Result};
 use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
 use quorum_tests::etcd::Fleet;
-use quorum_tests::World;
+use quorum_tests::{wait_for, CliOutput, World};
+use serde_json::Value;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
@@ -36,6 +40,94 @@ async fn admin_channel(w: &World) -> Result<Channel> {
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await?)
+}
+
+/// Unix ms as the CLI shows it with TZ=UTC.
+fn utc(ms: i64) -> Result<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)?;
+    Ok(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(-1)
+}
+
+fn show_json(w: &World, id: &str) -> Result<Value> {
+    let out = w.admin(&["run", "show", id, "-o", "json"])?.ok()?;
+    Ok(serde_json::from_str(&out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_listed_and_shown_with_when_and_how_long() -> Result<()> {
+    let (w, _f) = setup("")?;
+    let out = w.admin(&["cluster", "create", "--yes"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    // Output that is not a terminal carries no escapes; one start is not "1 host(s)".
+    assert!(
+        !out.stderr.contains('\x1b') && !out.stdout.contains('\x1b'),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(
+            "StartEtcd 127.0.0.11,127.0.0.12,127.0.0.13 start etcd on 3 hosts together: changed ("
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(" succeeded in "), "{}", out.stderr);
+
+    let runs: Vec<Value> =
+        serde_json::from_str(&w.admin(&["run", "list", "-o", "json"])?.ok()?.stdout)?;
+    let run = runs.first().context("the create's run")?;
+    let id = run["run_id"].as_str().context("run id")?;
+    let (created, finished) = (int(&run["created_unix_ms"]), int(&run["finished_unix_ms"]));
+    assert!(created > 0 && finished >= created, "{run}");
+    assert_eq!(int(&run["duration_ms"]), finished - created, "{run}");
+    let steps = run["steps"].as_array().context("steps")?;
+    for s in steps {
+        let took = int(&s["finished_unix_ms"]) - int(&s["started_unix_ms"]);
+        assert_eq!(int(&s["duration_ms"]), took, "{s}");
+        assert_eq!(s["answered_from_journal"], false, "{s}");
+        assert!(s["journal"].is_null(), "{s}");
+    }
+
+    // The table forms, in the operator's time zone (UTC here).
+    let tz = [("TZ", "UTC")];
+    let list = w.admin_env(&["run", "list"], &tz)?.ok()?.stdout;
+    let header = list.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("STARTED") && header.contains("DURATION"),
+        "{list}"
+    );
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(id))
+        .context("the run's row")?;
+    assert!(row.contains(&utc(created)?), "{row}");
+    let show = w.admin_env(&["run", "show", id], &tz)?.ok()?.stdout;
+    assert!(
+        show.contains(&format!("started {}, ended ", utc(created)?)) && show.contains(", took "),
+        "{show}"
+    );
+    let first = utc(int(&steps[0]["started_unix_ms"]))?;
+    let line = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("1. "))
+        .context("step 1")?;
+    assert!(
+        line.contains(&first[11..]),
+        "step 1 starts at {first}:\n{show}"
+    );
+
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,5 +192,114 @@ async fn watch_run_sends_each_change_and_ends_with_the_run() -> Result<()> {
         .err()
         .context("an unknown run was watched")?;
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    Ok(())
+}
+
+/// The coordinator is killed while an agent restarts etcd: the follow says the run is left
+/// interrupted and what to run (exit 4); the resume prints only what it does, and the restart,
+/// which the agent finished on its own, is answered from its journal with when it really ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_that_loses_the_coordinator_says_so_and_the_resume_reads_the_journal() -> Result<()>
+{
+    let (mut w, f) = setup("")?;
+    w.admin(&["cluster", "create", "--yes"])?.ok()?;
+    // Restarts that take a while, so the coordinator dies inside one.
+    for h in &f.hosts {
+        let normal = h.agent_config(false);
+        let slow = normal.replace("'echo restart", "'sleep 3 && echo restart");
+        assert_ne!(slow, normal, "the restart command changed shape");
+        w.start_agent(&h.ip.to_string(), &slow)?;
+    }
+    for ip in IPS {
+        w.wait_agent_state(ip, &["connected"], Duration::from_secs(60))?;
+    }
+    let mut child = w.spawn_admin_output(&["config", "reload", "--restart"])?;
+    let run_id = w.wait_steps_done("config-reload", 0, &["running"], Duration::from_secs(60))?;
+    let run = show_json(&w, &run_id)?;
+    let (idx, host) = run["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .find(|s| s["kind"] == "RestartEtcd")
+        .and_then(|s| Some((int(&s["index"]), s["host"].as_str()?.to_string())))
+        .context("a RestartEtcd step")?;
+    let task = format!("{run_id}-s{idx}-a1-{host}");
+    let journal = f.host(&host)?.journal().join("journal.jsonl");
+    let journaled = |state: &str| {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(&format!("\"{task}\"")) && l.contains(&format!("\"{state}\"")))
+    };
+    wait_for(
+        "the agent to start the restart",
+        Duration::from_secs(120),
+        || journaled("started").then_some(()),
+    )?;
+    w.kill_coordinator();
+    wait_for("the CLI to exit", Duration::from_secs(60), || {
+        child.try_wait().ok().flatten()
+    })?;
+    let out: CliOutput = child.wait_with_output()?.into();
+    assert_eq!(out.code, 4, "coordinator gone: {out:?}");
+    for said in [
+        format!("lost the coordinator while following run {run_id}"),
+        "left interrupted".to_string(),
+        "`quorum run list`".to_string(),
+        format!("`quorum run resume {run_id}`"),
+    ] {
+        assert!(
+            out.stderr.contains(&said),
+            "{said:?} not in:\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        !out.stderr.contains("TLS client certificate"),
+        "{}",
+        out.stderr
+    );
+
+    // The agent finishes the restart on its own and journals it; then the coordinator is back.
+    wait_for("the restart to finish", Duration::from_secs(60), || {
+        journaled("finished").then_some(())
+    })?;
+    w.start_coordinator()?;
+    for ip in IPS {
+        w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(60))?;
+    }
+    assert_eq!(show_json(&w, &run_id)?["state"], "interrupted");
+    let resumed = w.admin(&["run", "resume", &run_id])?;
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("resumed at step {} of", idx + 1)),
+        "{}",
+        resumed.stderr
+    );
+    assert!(
+        !resumed.stderr.contains("[1/"),
+        "step 1 was done before the resume and reprinted:\n{}",
+        resumed.stderr
+    );
+    assert!(
+        resumed.stderr.contains(&format!(
+            "RestartEtcd {host} restart etcd: changed, answered from the journal (ran "
+        )),
+        "{}",
+        resumed.stderr
+    );
+    let run = show_json(&w, &run_id)?;
+    let step = &run["steps"][idx as usize];
+    assert_eq!(step["answered_from_journal"], true, "{step}");
+    let j = &step["journal"];
+    assert!(
+        int(&j["started_unix_ms"]) > 0 && int(&j["duration_ms"]) > 0,
+        "{step}"
+    );
+    let show = w.admin(&["run", "show", &run_id])?.ok()?.stdout;
+    assert!(show.contains("answered from the journal (ran "), "{show}");
+    assert_eq!(f.host(&host)?.restart_count(), 1, "restarted twice");
     Ok(())
 }
