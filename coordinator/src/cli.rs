@@ -902,6 +902,8 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
                         "state": a.state,
                         "last_seen_unix": a.last_seen_unix,
                         "facts": a.facts.as_ref().map(facts_json),
+                        // The facts are the last the agent sent; a stale agent's say nothing of now.
+                        "facts_stale": a.state == "stale",
                     })
                 })
                 .collect();
@@ -914,13 +916,21 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
                 "AGENT", "VERSION", "STATE", "LAST SEEN", "SAFEGUARD"
             );
             for a in &agents {
-                let etcd = a
-                    .facts
-                    .as_ref()
-                    .and_then(|f| f.services.get("etcd"))
-                    .and_then(|s| pb::ServiceState::try_from(*s).ok())
-                    .map(service_state_word)
-                    .unwrap_or("-");
+                // A stale agent's last facts say nothing of now.
+                let etcd = if a.state == "stale" {
+                    format!(
+                        "unknown (stale since {})",
+                        crate::cli_runs::local_time(a.last_seen_unix.saturating_mul(1000))
+                    )
+                } else {
+                    a.facts
+                        .as_ref()
+                        .and_then(|f| f.services.get("etcd"))
+                        .and_then(|s| pb::ServiceState::try_from(*s).ok())
+                        .map(service_state_word)
+                        .unwrap_or("-")
+                        .to_string()
+                };
                 let safeguard = a.facts.as_ref().map(|f| f.safeguard).unwrap_or(false);
                 println!(
                     "{:<16} {:<10} {:<10} {:>9}s  {:<9} {}",
@@ -936,6 +946,14 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
             // etcd state blocks every wipe on that host, a managed file that is a link or a
             // FIFO blocks every write to it.
             for a in &agents {
+                if a.state == "stale" {
+                    println!(
+                        "warning: {}: no poll since {}: its services' states are unknown, and SOPs that touch this host are refused until quorum-agent there polls again",
+                        a.agent_id,
+                        crate::cli_runs::local_time(a.last_seen_unix.saturating_mul(1000))
+                    );
+                    continue;
+                }
                 let Some(f) = &a.facts else { continue };
                 let etcd = f
                     .services

@@ -689,6 +689,17 @@ impl AdminService for AdminSvc {
         }
         match run.state.as_str() {
             run_state::FAILED | run_state::INTERRUPTED | run_state::RUNNING => {}
+            // Bad input rather than a refusal: the run names no work left to do.
+            run_state::SUCCEEDED => {
+                return Err(Status::invalid_argument(format!(
+                    "run {id} succeeded: there is nothing to resume (`quorum run show {id}` lists what it did)"
+                )))
+            }
+            run_state::ABORTED => {
+                return Err(Status::invalid_argument(format!(
+                    "run {id} was aborted, and an abort is final: there is nothing to resume; plan the SOP again for what is left"
+                )))
+            }
             other => {
                 return Err(Status::failed_precondition(format!(
                     "run {id} is {other}; only a failed or interrupted run can be resumed"

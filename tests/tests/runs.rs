@@ -127,6 +127,16 @@ async fn runs_are_listed_and_shown_with_when_and_how_long() -> Result<()> {
         "step 1 starts at {first}:\n{show}"
     );
 
+    // Nothing is left to resume of a run that succeeded: bad input, not a refusal.
+    let again = w.admin(&["run", "resume", id])?;
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains("succeeded: there is nothing to resume"),
+        "{}",
+        again.stderr
+    );
     Ok(())
 }
 
