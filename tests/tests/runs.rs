@@ -1,7 +1,8 @@
 //! Readable runs, end to end: the CLI follows a run as the coordinator streams it (WatchRun);
 //! `run list` and `run show` say when each run and step started and how long it took; a step
 //! answered from an agent's journal on resume says so, with when it really ran; a follow that
-//! loses the coordinator says what became of the run.
+//! loses the coordinator says what became of the run; and planning names a silent agent
+//! without waiting for it a second time.
 
 use std::time::Duration;
 
@@ -311,5 +312,44 @@ async fn a_follow_that_loses_the_coordinator_says_so_and_the_resume_reads_the_jo
     let show = w.admin(&["run", "show", &run_id])?.ok()?.stdout;
     assert!(show.contains("answered from the journal (ran "), "{show}");
     assert_eq!(f.host(&host)?.restart_count(), 1, "restarted twice");
+    Ok(())
+}
+
+/// e2e probe F8: an agent that went silent (not yet stale) is named in the plan; the next plan
+/// (the CLI plans once to show, once to run) does not wait for it again until it polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_is_named_in_the_plan_and_not_waited_for_twice() -> Result<()> {
+    let (mut w, f) = setup("stale_after_secs: 600\n")?;
+    w.agent(IPS[2]).context("agent .13")?.kill();
+    let first = w.admin(&["env", "refresh", "--plan"])?.ok()?;
+    assert!(
+        first.stdout.contains(
+            "note: the agent on 127.0.0.13 did not answer a request for fresh facts within 10 s"
+        ),
+        "{}",
+        first.stdout
+    );
+    let second = w.admin(&["env", "refresh", "--plan"])?.ok()?;
+    assert!(
+        second.stdout.contains(
+            "note: the agent on 127.0.0.13 has not answered a request for fresh facts made"
+        ) && second.stdout.contains("so it was not asked again"),
+        "{}",
+        second.stdout
+    );
+    // Back, it polls and is asked again like any other.
+    w.start_agent(IPS[2], &f.host(IPS[2])?.agent_config(false))?;
+    w.wait_agent_state(IPS[2], &["connected"], Duration::from_secs(60))?;
+    let third = w.admin(&["env", "refresh", "--plan"])?.ok()?;
+    assert!(
+        !third.stdout.contains("127.0.0.13 did not answer"),
+        "{}",
+        third.stdout
+    );
+    assert!(
+        !third.stdout.contains("has not answered"),
+        "{}",
+        third.stdout
+    );
     Ok(())
 }
