@@ -29,6 +29,8 @@ pub struct TaskReport {
     pub outcome: pb::Outcome,
     /// What happened, for the operator.
     pub output: String,
+    /// Set when the report comes from the journal: when the task really ran.
+    pub journal: Option<pb::JournalAnswer>,
 }
 
 impl TaskReport {
@@ -36,6 +38,7 @@ impl TaskReport {
         Self {
             outcome,
             output: output.into(),
+            journal: None,
         }
     }
     fn refused(output: impl Into<String>) -> Self {
@@ -165,15 +168,30 @@ impl Executor {
         }
         match self.journal.seen(&task.id) {
             Seen::Finished(outcome, output) => {
-                return TaskReport::new(
+                let (started_unix_ms, finished_unix_ms) =
+                    self.journal.ran(&task.id).unwrap_or((0, 0));
+                let took = if started_unix_ms > 0 && finished_unix_ms >= started_unix_ms {
+                    format!(
+                        " and took {:.1} s",
+                        (finished_unix_ms - started_unix_ms) as f64 / 1000.0
+                    )
+                } else {
+                    String::new()
+                };
+                let mut report = TaskReport::new(
                     outcome,
                     format!(
-                        "{output}\n(answered from the journal: task {} already ran)",
+                        "{output}\n(answered from the journal: task {} already ran{took})",
                         task.id
                     )
                     .trim()
                     .to_string(),
                 );
+                report.journal = Some(pb::JournalAnswer {
+                    started_unix_ms,
+                    finished_unix_ms,
+                });
+                return report;
             }
             Seen::Interrupted if repeat_is_unsafe(kind) => {
                 let report = TaskReport::failed(format!(

@@ -1,7 +1,8 @@
 //! The journal: which task ids this host has started and finished, with their outcomes, on
 //! disk and fsynced. Delivery is at least once, so a redelivered task is answered from here
 //! instead of running twice; a task started but never finished (the agent died inside it)
-//! is recognized, so a restart or wipe is never repeated by accident.
+//! is recognized, so a restart or wipe is never repeated by accident. Each entry keeps when
+//! the task started and finished, so an answer from here can say when the work was really done.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -26,6 +27,32 @@ struct Line {
     outcome: i32,
     #[serde(default)]
     output: String,
+    /// When the task started, Unix ms (0 in lines written by an agent of 0.2).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    started_ms: i64,
+    /// When it finished, Unix ms ("finished" lines only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    finished_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A finished task as the journal keeps it.
+#[derive(Debug, Clone)]
+struct Done {
+    outcome: i32,
+    output: String,
+    started_ms: i64,
+    finished_ms: i64,
 }
 
 /// What the journal knows of a task id.
@@ -40,9 +67,10 @@ pub enum Seen {
 }
 
 struct Inner {
-    finished: HashMap<String, (i32, String)>,
+    finished: HashMap<String, Done>,
     order: VecDeque<String>,
-    started: HashMap<String, ()>,
+    /// Started and not finished, with the start time.
+    started: HashMap<String, i64>,
     lines: usize,
 }
 
@@ -100,15 +128,17 @@ impl Journal {
             inner.lines += 1;
             if line.state == "finished" {
                 inner.started.remove(&line.id);
-                if inner
-                    .finished
-                    .insert(line.id.clone(), (line.outcome, line.output))
-                    .is_none()
-                {
+                let done = Done {
+                    outcome: line.outcome,
+                    output: line.output,
+                    started_ms: line.started_ms,
+                    finished_ms: line.finished_ms,
+                };
+                if inner.finished.insert(line.id.clone(), done).is_none() {
                     inner.order.push_back(line.id);
                 }
             } else {
-                inner.started.insert(line.id, ());
+                inner.started.insert(line.id, line.started_ms);
             }
         }
         Ok(Self {
@@ -127,16 +157,24 @@ impl Journal {
     /// What is known of `id`.
     pub fn seen(&self, id: &str) -> Seen {
         let inner = self.lock();
-        if let Some((o, out)) = inner.finished.get(id) {
+        if let Some(d) = inner.finished.get(id) {
             return Seen::Finished(
-                pb::Outcome::try_from(*o).unwrap_or(pb::Outcome::Unspecified),
-                out.clone(),
+                pb::Outcome::try_from(d.outcome).unwrap_or(pb::Outcome::Unspecified),
+                d.output.clone(),
             );
         }
         if inner.started.contains_key(id) {
             return Seen::Interrupted;
         }
         Seen::New
+    }
+
+    /// When a finished task started and finished (Unix ms; 0 where the entry does not say).
+    pub fn ran(&self, id: &str) -> Option<(i64, i64)> {
+        self.lock()
+            .finished
+            .get(id)
+            .map(|d| (d.started_ms, d.finished_ms))
     }
 
     /// The outcome of a finished task, if known.
@@ -168,7 +206,8 @@ impl Journal {
     /// Records that `id` starts now (durably, before it runs).
     pub fn start(&self, id: &str) -> Result<(), JournalError> {
         let mut inner = self.lock();
-        inner.started.insert(id.to_string(), ());
+        let at = now_ms();
+        inner.started.insert(id.to_string(), at);
         self.append(
             &mut inner,
             &Line {
@@ -176,6 +215,8 @@ impl Journal {
                 state: "started".into(),
                 outcome: 0,
                 output: String::new(),
+                started_ms: at,
+                finished_ms: 0,
             },
         )
     }
@@ -184,12 +225,15 @@ impl Journal {
     pub fn finish(&self, id: &str, outcome: pb::Outcome, output: &str) -> Result<(), JournalError> {
         let mut inner = self.lock();
         let output = tail(output, OUTPUT_CAP);
-        inner.started.remove(id);
-        if inner
-            .finished
-            .insert(id.to_string(), (outcome as i32, output.clone()))
-            .is_none()
-        {
+        let started_ms = inner.started.remove(id).unwrap_or(0);
+        let done = Done {
+            outcome: outcome as i32,
+            output: output.clone(),
+            started_ms,
+            finished_ms: now_ms(),
+        };
+        let finished_ms = done.finished_ms;
+        if inner.finished.insert(id.to_string(), done).is_none() {
             inner.order.push_back(id.to_string());
         }
         self.append(
@@ -199,6 +243,8 @@ impl Journal {
                 state: "finished".into(),
                 outcome: outcome as i32,
                 output,
+                started_ms,
+                finished_ms,
             },
         )?;
         if inner.lines > 2 * KEEP + 100 {
@@ -219,23 +265,27 @@ impl Journal {
             }
         }
         let mut text = String::new();
-        for id in inner.started.keys() {
+        for (id, at) in &inner.started {
             let l = Line {
                 id: id.clone(),
                 state: "started".into(),
                 outcome: 0,
                 output: String::new(),
+                started_ms: *at,
+                finished_ms: 0,
             };
             text.push_str(&serde_json::to_string(&l).map_err(|e| err(std::io::Error::other(e)))?);
             text.push('\n');
         }
         for id in &inner.order {
-            if let Some((o, out)) = inner.finished.get(id) {
+            if let Some(d) = inner.finished.get(id) {
                 let l = Line {
                     id: id.clone(),
                     state: "finished".into(),
-                    outcome: *o,
-                    output: out.clone(),
+                    outcome: d.outcome,
+                    output: d.output.clone(),
+                    started_ms: d.started_ms,
+                    finished_ms: d.finished_ms,
                 };
                 text.push_str(
                     &serde_json::to_string(&l).map_err(|e| err(std::io::Error::other(e)))?,
@@ -269,6 +319,31 @@ mod tests {
         );
         assert_eq!(j.seen("b"), Seen::Interrupted);
         assert_eq!(j.seen("c"), Seen::New);
+        Ok(())
+    }
+
+    #[test]
+    fn keeps_when_a_task_ran_across_a_reopen_and_reads_old_lines(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        // A line of a 0.2 agent: no times.
+        std::fs::write(
+            dir.path().join("journal.jsonl"),
+            "{\"id\":\"old\",\"state\":\"finished\",\"outcome\":1,\"output\":\"x\"}\n",
+        )?;
+        let j = Journal::open(dir.path())?;
+        assert_eq!(j.ran("old"), Some((0, 0)));
+        let before = now_ms();
+        j.start("a")?;
+        j.finish("a", pb::Outcome::Changed, "did it")?;
+        drop(j);
+        let j = Journal::open(dir.path())?;
+        let (started, finished) = j.ran("a").ok_or("no times for a")?;
+        assert!(
+            started >= before && finished >= started,
+            "{started} {finished}"
+        );
+        assert_eq!(j.ran("never"), None);
         Ok(())
     }
 

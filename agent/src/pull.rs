@@ -224,6 +224,7 @@ impl Puller {
                     outcome: report.outcome as i32,
                     output: report.output,
                     facts: Some(self.executor.facts().await),
+                    journal: report.journal,
                 });
                 // A report lost with the session is redelivered as the task on the next one,
                 // and the journal answers it without running it again.

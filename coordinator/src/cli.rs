@@ -635,7 +635,8 @@ pub async fn run(cli: Cli) -> u8 {
                     status.code(),
                     status.message()
                 ),
-                Some(status) => eprintln!("error: {} ({:?})", status.message(), status.code()),
+                // The exit code says the kind; the message says what and what to do.
+                Some(status) => eprintln!("error: {}", status.message()),
                 None => eprintln!("error: {e:#}"),
             }
             classify(&e)
@@ -845,12 +846,33 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<u8> {
         }
         RunCommand::Resume { id, conn } => {
             let mut client = client::admin_client(&conn.resolve()?).await?;
+            // The run as it was, so the follow prints only what this resume does.
+            let before = client
+                .get_run(pb::GetRunRequest { run_id: id.clone() })
+                .await?
+                .into_inner();
             let run = client
                 .resume_run(pb::GetRunRequest { run_id: id.clone() })
                 .await?
                 .into_inner();
-            eprintln!("run {} resumed", run.run_id);
-            crate::cli_runs::follow(&mut client, &id, false).await
+            let done = before.steps.iter().filter(|s| s.state == "done").count();
+            match before.steps.iter().find(|s| s.state != "done") {
+                Some(from) if done > 0 => eprintln!(
+                    "run {} resumed at step {} of {}: the {done} step(s) before it were done earlier and are not run again (`quorum run show {}` lists them)",
+                    run.run_id,
+                    from.index + 1,
+                    before.steps.len(),
+                    run.run_id
+                ),
+                _ => eprintln!("run {} resumed", run.run_id),
+            }
+            crate::cli_runs::follow(
+                &mut client,
+                &id,
+                false,
+                crate::cli_runs::printed_as(&before),
+            )
+            .await
         }
         RunCommand::Abort { id, conn } => {
             let mut client = client::admin_client(&conn.resolve()?).await?;
@@ -1023,6 +1045,8 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
                         "state": a.state,
                         "last_seen_unix": a.last_seen_unix,
                         "facts": a.facts.as_ref().map(facts_json),
+                        // The facts are the last the agent sent; a stale agent's say nothing of now.
+                        "facts_stale": a.state == "stale",
                     })
                 })
                 .collect();
@@ -1035,13 +1059,21 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
                 "AGENT", "VERSION", "STATE", "LAST SEEN", "SAFEGUARD"
             );
             for a in &agents {
-                let etcd = a
-                    .facts
-                    .as_ref()
-                    .and_then(|f| f.services.get("etcd"))
-                    .and_then(|s| pb::ServiceState::try_from(*s).ok())
-                    .map(service_state_word)
-                    .unwrap_or("-");
+                // A stale agent's last facts say nothing of now.
+                let etcd = if a.state == "stale" {
+                    format!(
+                        "unknown (stale since {})",
+                        crate::cli_runs::local_time(a.last_seen_unix.saturating_mul(1000))
+                    )
+                } else {
+                    a.facts
+                        .as_ref()
+                        .and_then(|f| f.services.get("etcd"))
+                        .and_then(|s| pb::ServiceState::try_from(*s).ok())
+                        .map(service_state_word)
+                        .unwrap_or("-")
+                        .to_string()
+                };
                 let safeguard = a.facts.as_ref().map(|f| f.safeguard).unwrap_or(false);
                 println!(
                     "{:<16} {:<10} {:<10} {:>9}s  {:<9} {}",
@@ -1057,6 +1089,14 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
             // etcd state blocks every wipe on that host, a managed file that is a link or a
             // FIFO blocks every write to it.
             for a in &agents {
+                if a.state == "stale" {
+                    println!(
+                        "warning: {}: no poll since {}: its services' states are unknown, and SOPs that touch this host are refused until quorum-agent there polls again",
+                        a.agent_id,
+                        crate::cli_runs::local_time(a.last_seen_unix.saturating_mul(1000))
+                    );
+                    continue;
+                }
                 let Some(f) = &a.facts else { continue };
                 let etcd = f
                     .services

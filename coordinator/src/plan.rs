@@ -450,9 +450,10 @@ impl StepKind {
             StepKind::WriteEtcdctlProfile { .. } => {
                 "write the etcdctl profile (rendered by the agent)".into()
             }
-            StepKind::StartEtcd { hosts } => {
-                format!("start etcd on {} host(s) together", hosts.len())
-            }
+            StepKind::StartEtcd { hosts } => match hosts.len() {
+                1 => "start etcd".into(),
+                n => format!("start etcd on {n} hosts together"),
+            },
             StepKind::StopEtcd { .. } => "stop etcd".into(),
             StepKind::RestartEtcd { force, .. } => {
                 if *force {
@@ -1171,6 +1172,13 @@ pub fn plan_member_add(spec: &ClusterSpec, new: IpAddr, live: &Live) -> Result<P
         ));
     } else {
         let learner_listed = listed.is_some();
+        if let Some(l) = listed {
+            // AddLearner counts a learner with this peer URL as done: say it is adopted.
+            plan.notes.push(format!(
+                "a learner with peer URL {} is already in cluster {} (id {:x}, added by hand or by an earlier run): this run adopts it instead of adding another, then starts and promotes it",
+                joining.peer_url, spec.name, l.id
+            ));
+        }
         // Data on the joining host that is not a running learner of this cluster is a removed
         // member's (etcd would refuse it) or another cluster's: it must go before the join.
         let stale_data = (live.has_data(new) || live.etcd_active(new)) && !learner_listed;
@@ -1941,5 +1949,45 @@ mod tests {
         live.facts.remove(&ip("10.10.10.21"));
         let e = push_pg_refresh(&mut Plan::default(), &[t], &live).expect_err("no agent");
         assert!(e.to_string().contains("10.10.10.21"), "{e}");
+    }
+
+    #[test]
+    fn one_start_is_not_counted_and_an_adopted_learner_is_named() {
+        let one = StepKind::StartEtcd {
+            hosts: vec![ip("10.10.10.10")],
+        };
+        assert_eq!(one.describe(), "start etcd");
+        let two = StepKind::StartEtcd {
+            hosts: vec![ip("10.10.10.10"), ip("10.10.10.11")],
+        };
+        assert_eq!(two.describe(), "start etcd on 2 hosts together");
+        // Pigsty's SOP step 1 by hand: a learner for the joining host is there already.
+        let s = spec(3);
+        let new = ip("10.10.10.12");
+        let mut l = healthy(&s);
+        l.facts.insert(new, facts(false, false, false));
+        if let Some(m) = l.members.iter_mut().flatten().find(|m| m.name == "etcd-3") {
+            m.is_learner = true;
+            m.client_urls.clear();
+        }
+        let plan = plan_member_add(&s, new, &l).expect("plan");
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.contains("https://10.10.10.12:2380")
+                    && n.contains("adopts it instead of adding another")),
+            "{:?}",
+            plan.notes
+        );
+        assert!(names(&plan).contains(&"AddLearner 10.10.10.12".to_string()));
+        // Without one, nothing is said of learners.
+        let mut fresh = healthy(&spec(2));
+        fresh.facts.insert(new, facts(false, false, false));
+        let plan = plan_member_add(&s, new, &fresh).expect("plan");
+        assert!(
+            !plan.notes.iter().any(|n| n.contains("adopts")),
+            "{:?}",
+            plan.notes
+        );
     }
 }

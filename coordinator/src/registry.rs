@@ -39,6 +39,8 @@ struct Entry {
     queue: VecDeque<pb::Task>,
     inflight: Vec<pb::Task>,
     notify: Arc<Notify>,
+    /// When a facts request to it went unanswered, if it has sent nothing since.
+    silent_since: Option<SystemTime>,
 }
 
 impl Entry {
@@ -50,6 +52,7 @@ impl Entry {
             queue: VecDeque::new(),
             inflight: Vec::new(),
             notify: Arc::new(Notify::new()),
+            silent_since: None,
         }
     }
 }
@@ -124,10 +127,36 @@ impl Registry {
         self.with(|inner| {
             let e = inner.agents.entry(agent).or_insert_with(Entry::new);
             e.last_seen = SystemTime::now();
+            e.silent_since = None;
             if let Some(f) = facts {
                 e.facts = f;
             }
         });
+    }
+
+    /// Notes that `agent` left a facts request made at `asked` unanswered (it is silent until
+    /// it next polls or reports), so planning does not wait for it again.
+    pub fn mark_silent(&self, agent: IpAddr, asked: SystemTime) {
+        self.with(|inner| {
+            if let Some(e) = inner.agents.get_mut(&agent) {
+                e.silent_since.get_or_insert(asked);
+            }
+        });
+    }
+
+    /// When the facts request `agent` left unanswered was made, if it has sent nothing since.
+    pub fn silent_since(&self, agent: IpAddr) -> Option<SystemTime> {
+        self.with(|inner| inner.agents.get(&agent).and_then(|e| e.silent_since))
+    }
+
+    /// When `agent` last polled or reported.
+    pub fn last_seen(&self, agent: IpAddr) -> Option<SystemTime> {
+        self.with(|inner| inner.agents.get(&agent).map(|e| e.last_seen))
+    }
+
+    /// How long without a poll makes an agent stale.
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after
     }
 
     /// A long poll: returns the agent's undelivered and unreported tasks at once if there are

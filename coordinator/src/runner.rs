@@ -18,7 +18,7 @@ use crate::patroni::PgRef;
 use crate::pki::{Ca, LeafKind};
 use crate::plan::StepKind;
 use crate::registry::{AgentState, Registry};
-use crate::store::{now_ms, run_state, step_state, RunRecord, StepRecord, Store};
+use crate::store::{now_ms, run_state, step_state, RanBefore, RunRecord, StepRecord, Store};
 
 /// What the runner needs beyond the steps, stored with the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -133,29 +133,27 @@ struct StepEnd {
     ok: bool,
     outcome: String,
     output: String,
+    /// The agents answered from their journals: the work was done before, at these times.
+    journal: Option<RanBefore>,
 }
 
 impl StepEnd {
-    fn ok(outcome: &str, output: impl Into<String>) -> Self {
+    fn new(ok: bool, outcome: &str, output: impl Into<String>) -> Self {
         Self {
-            ok: true,
+            ok,
             outcome: outcome.into(),
             output: output.into(),
+            journal: None,
         }
+    }
+    fn ok(outcome: &str, output: impl Into<String>) -> Self {
+        Self::new(true, outcome, output)
     }
     fn failed(output: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            outcome: "failed".into(),
-            output: output.into(),
-        }
+        Self::new(false, "failed", output)
     }
     fn refused(output: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            outcome: "refused".into(),
-            output: output.into(),
-        }
+        Self::new(false, "refused", output)
     }
 }
 
@@ -276,6 +274,7 @@ impl Runner {
             step.state = step_state::RUNNING.into();
             step.started_ms = now_ms();
             step.finished_ms = 0;
+            step.journal = None;
             self.store.put_step(run_id, &step)?;
             let end = self.exec_step(&run, &ctx, &step).await;
             step.state = if end.ok {
@@ -285,6 +284,7 @@ impl Runner {
             };
             step.outcome = end.outcome;
             step.output = end.output;
+            step.journal = end.journal;
             step.finished_ms = now_ms();
             self.store.put_step(run_id, &step)?;
             tracing::info!(run = %run_id, step = i, kind = step.kind.name(), host = %step.host, outcome = %step.outcome, "step finished");
@@ -606,15 +606,18 @@ impl Runner {
                         Ok(result) => {
                             let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Unspecified);
                             let word = outcome_word(outcome);
-                            match outcome {
+                            let mut end = match outcome {
                                 pb::Outcome::Refused => StepEnd::refused(result.output),
-                                pb::Outcome::Failed | pb::Outcome::Unspecified => StepEnd {
-                                    ok: false,
-                                    outcome: word.into(),
-                                    output: result.output,
-                                },
+                                pb::Outcome::Failed | pb::Outcome::Unspecified => {
+                                    StepEnd::new(false, word, result.output)
+                                }
                                 _ => StepEnd::ok(word, result.output),
-                            }
+                            };
+                            end.journal = result.journal.map(|j| RanBefore {
+                                started_ms: j.started_unix_ms,
+                                finished_ms: j.finished_unix_ms,
+                            });
+                            end
                         }
                         Err(_) => StepEnd::failed(format!("task {id} on {host} was cancelled")),
                     };
@@ -1345,10 +1348,22 @@ fn join_ends(hosts: &[IpAddr], ends: Vec<StepEnd>) -> StepEnd {
     } else {
         "failed"
     };
+    // Answered from the journals only if every host's task was.
+    let journal = ends
+        .iter()
+        .map(|e| e.journal)
+        .collect::<Option<Vec<RanBefore>>>()
+        .and_then(|all| {
+            Some(RanBefore {
+                started_ms: all.iter().map(|j| j.started_ms).min()?,
+                finished_ms: all.iter().map(|j| j.finished_ms).max()?,
+            })
+        });
     StepEnd {
         ok,
         outcome: outcome.into(),
         output,
+        journal,
     }
 }
 
@@ -1381,6 +1396,7 @@ mod tests {
             started_by: "tester".into(),
             inventory_digest: inv.digest().into(),
             created_ms: 0,
+            finished_ms: 0,
             error: String::new(),
             steps: vec![],
         };

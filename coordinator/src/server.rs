@@ -281,6 +281,7 @@ impl Coordinator {
             outcome: r.outcome,
             output: r.output,
             agent_id: ip.to_string(),
+            journal: r.journal,
         };
         if !self.registry.report(ip, result, r.facts) {
             // A duplicate report of a closed task is harmless: acknowledge it.
@@ -609,6 +610,7 @@ impl AdminService for AdminSvc {
                     outcome: pb::Outcome::Failed as i32,
                     output,
                     agent_id: ip.to_string(),
+                    journal: None,
                 };
                 let answer = match tokio::time::timeout_at(deadline, wait).await {
                     Ok(Ok(mut result)) => {
@@ -673,6 +675,36 @@ impl AdminService for AdminSvc {
         Ok(Response::new(sop::run_view(&run)))
     }
 
+    type WatchRunStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::RunView, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_run(
+        &self,
+        req: Request<pb::GetRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        authorize_admin(&req, self.0.td())?;
+        let id = req.into_inner().run_id;
+        let store = self.0.runner.store.clone();
+        // Subscribed before the first read, so no write in between goes unseen.
+        let changes = store.subscribe();
+        // An unknown run is refused before the stream starts.
+        store.get_run(&id).map_err(store_status)?;
+        let watch = RunWatch {
+            store,
+            id,
+            changes,
+            stopping: self.0.stopping.subscribe(),
+            last: None,
+            done: false,
+        };
+        let views = futures_util::stream::unfold(watch, |mut w| async move {
+            let item = w.next_view().await?;
+            Some((item, w))
+        });
+        Ok(Response::new(Box::pin(views)))
+    }
+
     async fn list_runs(
         &self,
         req: Request<pb::ListRunsRequest>,
@@ -705,6 +737,17 @@ impl AdminService for AdminSvc {
         }
         match run.state.as_str() {
             run_state::FAILED | run_state::INTERRUPTED | run_state::RUNNING => {}
+            // Bad input rather than a refusal: the run names no work left to do.
+            run_state::SUCCEEDED => {
+                return Err(Status::invalid_argument(format!(
+                    "run {id} succeeded: there is nothing to resume (`quorum run show {id}` lists what it did)"
+                )))
+            }
+            run_state::ABORTED => {
+                return Err(Status::invalid_argument(format!(
+                    "run {id} was aborted, and an abort is final: there is nothing to resume; plan the SOP again for what is left"
+                )))
+            }
             other => {
                 return Err(Status::failed_precondition(format!(
                     "run {id} is {other}; only a failed or interrupted run can be resumed"
@@ -762,6 +805,61 @@ impl AdminService for AdminSvc {
         )
         .await
         .map(Response::new)
+    }
+}
+
+/// One follower of a run (`WatchRun`): sends the run when it differs from what was last sent,
+/// waits for the store's next write otherwise, and ends after a view in an end state.
+struct RunWatch {
+    store: Arc<Store>,
+    id: String,
+    changes: tokio::sync::watch::Receiver<u64>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// The last view sent, without its clock.
+    last: Option<pb::RunView>,
+    done: bool,
+}
+
+impl RunWatch {
+    /// The next item of the stream; `None` ends it.
+    async fn next_view(&mut self) -> Option<Result<pb::RunView, Status>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let run = match self.store.get_run(&self.id) {
+                Ok(run) => run,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(store_status(e)));
+                }
+            };
+            let mut view = sop::run_view(&run);
+            view.now_unix_ms = 0;
+            if self.last.as_ref() != Some(&view) {
+                self.done = matches!(
+                    run.state.as_str(),
+                    run_state::SUCCEEDED
+                        | run_state::FAILED
+                        | run_state::ABORTED
+                        | run_state::INTERRUPTED
+                );
+                self.last = Some(view.clone());
+                view.now_unix_ms = crate::store::now_ms();
+                return Some(Ok(view));
+            }
+            let stopping = tokio::select! {
+                changed = self.changes.changed() => changed.is_err(),
+                _ = self.stopping.wait_for(|s| *s) => true,
+            };
+            if stopping {
+                self.done = true;
+                return Some(Err(Status::unavailable(format!(
+                    "the coordinator is stopping: run {id} stops with it and is left interrupted; once it is back, see `quorum run list` and continue with `quorum run resume {id}`",
+                    id = self.id
+                ))));
+            }
+        }
     }
 }
 

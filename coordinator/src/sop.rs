@@ -67,14 +67,15 @@ pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
     spec
 }
 
-/// What the planner needs to know now: facts of the SOP's hosts, and etcd's view.
+/// What the planner needs to know now: facts of the SOP's hosts, and etcd's view; and a note
+/// for each agent that did not answer with fresh facts.
 pub async fn gather_live(
     registry: &Registry,
     etcd: &crate::etcd::EtcdAccess,
     spec: &ClusterSpec,
     hosts: &[IpAddr],
-) -> Live {
-    refresh_facts(registry, hosts).await;
+) -> (Live, Vec<String>) {
+    let silent = refresh_facts(registry, hosts).await;
     let mut live = agents_live(registry, hosts);
     match etcd.member_list(&spec.client_urls()).await {
         Ok(m) => live.members = Some(m),
@@ -84,7 +85,7 @@ pub async fn gather_live(
         live.health
             .insert(m.ip, etcd.member_health(&m.client_url).await);
     }
-    live
+    (live, silent)
 }
 
 /// The agents' side of [`Live`]: facts of the connected ones, and which are stale.
@@ -104,16 +105,26 @@ fn agents_live(registry: &Registry, hosts: &[IpAddr]) -> Live {
     live
 }
 
+/// How long planning waits for an agent's fresh facts.
+const FACTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Asks every connected agent of `hosts` for fresh facts and waits (briefly) for them: facts
 /// that ride on polls can be half a minute old, and a plan must not rest on a stale "etcd is
-/// stopped". An agent that does not answer in time keeps its last facts.
-async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) {
+/// stopped". An agent that does not answer in time keeps its last facts and is marked silent:
+/// until it polls or reports again, later plans (the CLI plans once to show, once to run) do
+/// not wait for it again. Returns a note naming each silent agent.
+async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) -> Vec<String> {
     let mut waits = Vec::new();
+    let mut notes = Vec::new();
     for h in hosts {
         if matches!(
             registry.state(*h),
             Some(AgentState::Connected | AgentState::Idle)
         ) {
+            if let Some(asked) = registry.silent_since(*h) {
+                notes.push(silent_note(registry, *h, Some(asked)));
+                continue;
+            }
             let id = format!("facts-{}", crate::server::new_task_id());
             let rx = registry.queue(
                 *h,
@@ -125,12 +136,45 @@ async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) {
             waits.push((*h, id, rx));
         }
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let asked = std::time::SystemTime::now();
+    let deadline = tokio::time::Instant::now() + FACTS_WAIT;
     for (h, id, rx) in waits {
         if tokio::time::timeout_at(deadline, rx).await.is_err() {
             registry.cancel(h, &id);
+            registry.mark_silent(h, asked);
+            notes.push(silent_note(registry, h, None));
         }
     }
+    notes
+}
+
+/// What a plan says of an agent that did not answer a request for fresh facts: just now
+/// (`asked` is None), or at `asked`, so it was not asked again.
+fn silent_note(registry: &Registry, host: IpAddr, asked: Option<std::time::SystemTime>) -> String {
+    let ago = |t: std::time::SystemTime| {
+        std::time::SystemTime::now()
+            .duration_since(t)
+            .unwrap_or_default()
+            .as_secs()
+    };
+    let heard = match registry.last_seen(host) {
+        Some(t) => format!("last heard from {} s ago", ago(t)),
+        None => "never heard from".to_string(),
+    };
+    let stale = registry.stale_after().as_secs();
+    let what = match asked {
+        None => format!(
+            "did not answer a request for fresh facts within {} s",
+            FACTS_WAIT.as_secs()
+        ),
+        Some(t) => format!(
+            "has not answered a request for fresh facts made {} s ago, so it was not asked again",
+            ago(t)
+        ),
+    };
+    format!(
+        "the agent on {host} {what} ({heard}; it counts as stale after {stale} s): this plan uses the facts it sent last. Check quorum-agent on {host}"
+    )
 }
 
 fn arg<'a>(args: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
@@ -293,9 +337,9 @@ pub async fn plan_request(
     };
     hosts.sort();
     hosts.dedup();
-    let live = gather_live(registry, etcd, &spec, &hosts).await;
+    let (live, silent) = gather_live(registry, etcd, &spec, &hosts).await;
     check_data_dirs(inv.file(), &cluster.members, &live)?;
-    let plan = match req.sop.as_str() {
+    let mut plan = match req.sop.as_str() {
         sop_name::CLUSTER_CREATE => plan::plan_cluster_create(&spec, &live),
         sop_name::CLUSTER_REMOVE => plan::plan_cluster_remove(&spec, &live, false),
         sop_name::CLUSTER_PURGE => plan::plan_cluster_remove(&spec, &live, true),
@@ -330,10 +374,10 @@ pub async fn plan_request(
         }
     }
     .map_err(plan_status)?;
-    let mut plan = plan;
     if req.sop != sop_name::CLUSTER_CREATE {
         snapshot_before_destruction(&mut plan, &spec.name, &args, &live)?;
     }
+    plan.notes.splice(0..0, silent);
     Ok(Planned {
         context: RunContext {
             endpoints: spec.client_urls(),
@@ -500,7 +544,7 @@ async fn plan_pg(
         .iter()
         .flat_map(|t| t.pg.members.iter().map(|m| m.ip))
         .collect();
-    refresh_facts(registry, &hosts).await;
+    let silent = refresh_facts(registry, &hosts).await;
     let live = agents_live(registry, &hosts);
     let mut plan = if req.sop == sop_name::PATRONI_RELOAD {
         plan::plan_patroni_reload(&targets, &live, restart)
@@ -508,6 +552,7 @@ async fn plan_pg(
         plan::plan_vip_reload(&targets, &live)
     }
     .map_err(plan_status)?;
+    plan.notes.splice(0..0, silent);
     plan.notes.extend(notes);
     Ok(Planned {
         context: RunContext {
@@ -578,9 +623,10 @@ async fn plan_membership(
         hosts.extend(pg_hosts.iter().copied());
         hosts.sort();
         hosts.dedup();
-        let live = gather_live(registry, etcd, &spec, &hosts).await;
+        let (live, silent) = gather_live(registry, etcd, &spec, &hosts).await;
         check_data_dirs(inv.file(), &target.members, &live)?;
         let mut plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
+        plan.notes.splice(0..0, silent);
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
         plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
         (spec.name.clone(), spec.client_urls(), plan)
@@ -603,7 +649,7 @@ async fn plan_membership(
         hosts.extend(pg_hosts.iter().copied());
         hosts.sort();
         hosts.dedup();
-        let mut live = gather_live(registry, etcd, &spec, &hosts).await;
+        let (mut live, silent) = gather_live(registry, etcd, &spec, &hosts).await;
         check_data_dirs(
             inv.file(),
             remaining
@@ -620,6 +666,7 @@ async fn plan_membership(
         }
         let mut plan = plan::plan_member_remove(&spec, &gone, &live).map_err(plan_status)?;
         snapshot_before_destruction(&mut plan, &spec.name, &args, &live)?;
+        plan.notes.splice(0..0, silent);
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
         plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
         let mut endpoints = spec.client_urls();
@@ -715,6 +762,7 @@ pub fn run_record(
         started_by: started_by.to_string(),
         inventory_digest: planned.digest.clone(),
         created_ms: now_ms(),
+        finished_ms: 0,
         error: String::new(),
         steps: planned
             .plan
@@ -733,6 +781,7 @@ pub fn run_record(
                 output: String::new(),
                 started_ms: 0,
                 finished_ms: 0,
+                journal: None,
             })
             .collect(),
     })
@@ -767,8 +816,14 @@ pub fn run_view(run: &RunRecord) -> pb::RunView {
                 started_unix_ms: s.started_ms,
                 finished_unix_ms: s.finished_ms,
                 diff: String::new(),
+                journal: s.journal.map(|j| pb::JournalAnswer {
+                    started_unix_ms: j.started_ms,
+                    finished_unix_ms: j.finished_ms,
+                }),
             })
             .collect(),
+        finished_unix_ms: run.finished_ms,
+        now_unix_ms: now_ms(),
     }
 }
 
@@ -800,5 +855,7 @@ pub fn plan_view(sop: &str, planned: &Planned) -> pb::RunView {
                 ..Default::default()
             })
             .collect(),
+        finished_unix_ms: 0,
+        now_unix_ms: now_ms(),
     }
 }

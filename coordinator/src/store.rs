@@ -1,6 +1,7 @@
 //! The run store: every run and each of its steps, in an embedded SQLite file in the state
 //! dir, written before and after every step so a coordinator killed at any point resumes
-//! without repeating a finished step or skipping one. Also the per-cluster lock.
+//! without repeating a finished step or skipping one. Also the per-cluster lock, and a
+//! change signal that wakes whoever follows a run (`WatchRun`) after every write.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::plan::StepKind;
 
@@ -90,6 +92,20 @@ pub struct StepRecord {
     pub started_ms: i64,
     /// End time, Unix ms.
     pub finished_ms: i64,
+    /// Set when the agents answered the step's tasks from their journals: the work was done
+    /// before (an earlier attempt cut short by a coordinator stop), at these times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<RanBefore>,
+}
+
+/// When a step answered from the agents' journals really ran (Unix ms, the agents' clocks;
+/// 0 when an agent's journal does not say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RanBefore {
+    /// Start of the earliest task.
+    pub started_ms: i64,
+    /// End of the latest task.
+    pub finished_ms: i64,
 }
 
 /// One run as stored.
@@ -111,6 +127,10 @@ pub struct RunRecord {
     pub inventory_digest: String,
     /// Creation time, Unix ms.
     pub created_ms: i64,
+    /// When it last ended (succeeded, failed, aborted), Unix ms; 0 while it runs, when it was
+    /// interrupted, and for runs stored before this was recorded.
+    #[serde(default)]
+    pub finished_ms: i64,
     /// Why it failed, if it did.
     pub error: String,
     /// The steps.
@@ -120,6 +140,8 @@ pub struct RunRecord {
 /// The SQLite store.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Bumped after every write of a run or a step.
+    changes: watch::Sender<u64>,
 }
 
 /// Now, Unix ms.
@@ -165,9 +187,29 @@ impl Store {
                 "removed the Patroni REST credentials that Quorum 0.2.0 stored with runs; they are read from the inventory when needed"
             );
         }
+        // Stores of 0.2 have no end time per run.
+        let has_finished: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'finished_ms'")?
+            .exists([])?;
+        if !has_finished {
+            conn.execute_batch(
+                "ALTER TABLE runs ADD COLUMN finished_ms INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
+            changes: watch::Sender::new(0),
         })
+    }
+
+    /// A receiver that sees a change after every write of any run or step: a follower
+    /// subscribes, then reads its run, then reads it again after each change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn with<R>(
@@ -194,6 +236,7 @@ impl Store {
             )?;
             Ok(ids)
         })
+        .inspect(|_| self.changed())
     }
 
     /// Stores a new run and takes its cluster's lock, in one transaction; refused when another
@@ -243,6 +286,7 @@ impl Store {
             tx.commit()?;
             Ok(())
         })
+        .inspect(|_| self.changed())
     }
 
     /// Writes one step's record (durably, before the runner goes on).
@@ -254,17 +298,23 @@ impl Store {
             )?;
             Ok(())
         })
+        .inspect(|_| self.changed())
     }
 
-    /// Sets a run's state (and error); a terminal success or abort releases the lock.
+    /// Sets a run's state (and error); a terminal success or abort releases the lock. An
+    /// end state records the end time; running again (a resume) clears it.
     pub fn set_run_state(&self, run_id: &str, state: &str, error: &str) -> Result<(), StoreError> {
+        let finished_ms = match state {
+            run_state::SUCCEEDED | run_state::FAILED | run_state::ABORTED => now_ms(),
+            _ => 0,
+        };
         self.with(|c| {
             let tx = c.transaction()?;
             // An abort is final: a step that was still running when the operator aborted
             // must not turn the run back into failed or succeeded when it ends.
             tx.execute(
-                "UPDATE runs SET state = ?2, error = ?3 WHERE id = ?1 AND (state != ?4 OR ?2 = ?4)",
-                params![run_id, state, error, run_state::ABORTED],
+                "UPDATE runs SET state = ?2, error = ?3, finished_ms = ?5 WHERE id = ?1 AND (state != ?4 OR ?2 = ?4)",
+                params![run_id, state, error, run_state::ABORTED, finished_ms],
             )?;
             if state == run_state::SUCCEEDED || state == run_state::ABORTED {
                 tx.execute("DELETE FROM locks WHERE run_id = ?1", [run_id])?;
@@ -272,6 +322,7 @@ impl Store {
             tx.commit()?;
             Ok(())
         })
+        .inspect(|_| self.changed())
     }
 
     /// A run with its steps.
@@ -279,7 +330,7 @@ impl Store {
         self.with(|c| {
             let mut run = c
                 .query_row(
-                    "SELECT id, sop, cluster, context, state, started_by, inventory_digest, created_ms, error FROM runs WHERE id = ?1",
+                    "SELECT id, sop, cluster, context, state, started_by, inventory_digest, created_ms, error, finished_ms FROM runs WHERE id = ?1",
                     [run_id],
                     |r| {
                         Ok(RunRecord {
@@ -292,6 +343,7 @@ impl Store {
                             inventory_digest: r.get(6)?,
                             created_ms: r.get(7)?,
                             error: r.get(8)?,
+                            finished_ms: r.get(9)?,
                             steps: Vec::new(),
                         })
                     },
@@ -402,6 +454,7 @@ mod tests {
             started_by: "tester".into(),
             inventory_digest: "00".into(),
             created_ms: now_ms(),
+            finished_ms: 0,
             error: String::new(),
             steps: vec![StepRecord {
                 index: 0,
@@ -415,6 +468,7 @@ mod tests {
                 output: String::new(),
                 started_ms: 0,
                 finished_ms: 0,
+                journal: None,
             }],
         }
     }
@@ -438,6 +492,60 @@ mod tests {
         store.set_run_state("r1", run_state::SUCCEEDED, "")?;
         assert_eq!(store.get_run("r1")?.state, run_state::ABORTED);
         store.create_run(&run("r5", "etcd"))?;
+        Ok(())
+    }
+
+    #[test]
+    fn end_times_are_kept_and_every_write_is_signalled() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("runs.sqlite"))?;
+        let mut changes = store.subscribe();
+        let mut seen = || -> bool {
+            let changed = changes.has_changed().unwrap_or(false);
+            changes.mark_unchanged();
+            changed
+        };
+        store.create_run(&run("r1", "etcd"))?;
+        assert!(seen(), "create");
+        assert!(!seen(), "nothing written since");
+        let mut step = store.get_run("r1")?.steps[0].clone();
+        step.journal = Some(RanBefore {
+            started_ms: 1,
+            finished_ms: 2,
+        });
+        store.put_step("r1", &step)?;
+        assert!(seen(), "a step");
+        assert_eq!(store.get_run("r1")?.steps[0].journal, step.journal);
+        assert_eq!(store.get_run("r1")?.finished_ms, 0, "still running");
+        let before = now_ms();
+        store.set_run_state("r1", run_state::FAILED, "boom")?;
+        assert!(seen(), "a state");
+        assert!(store.get_run("r1")?.finished_ms >= before);
+        store.set_run_state("r1", run_state::RUNNING, "")?;
+        assert_eq!(store.get_run("r1")?.finished_ms, 0, "resumed: no end yet");
+        Ok(())
+    }
+
+    #[test]
+    fn a_store_of_0_2_gains_end_times() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("runs.sqlite");
+        {
+            let c = Connection::open(&path)?;
+            c.execute_batch(
+                "CREATE TABLE runs (
+                    id TEXT PRIMARY KEY, sop TEXT NOT NULL, cluster TEXT NOT NULL, context TEXT NOT NULL,
+                    state TEXT NOT NULL, started_by TEXT NOT NULL, inventory_digest TEXT NOT NULL,
+                    created_ms INTEGER NOT NULL, error TEXT NOT NULL DEFAULT '');
+                 INSERT INTO runs VALUES ('old', 'env-refresh', 'etcd', '{}', 'succeeded', 'x', '00', 5, '');",
+            )?;
+        }
+        let store = Store::open(&path)?;
+        let old = store.get_run("old")?;
+        assert_eq!((old.state.as_str(), old.finished_ms), ("succeeded", 0));
+        // Opening it again finds the column there.
+        drop(store);
+        Store::open(&path)?;
         Ok(())
     }
 

@@ -298,6 +298,22 @@ impl World {
         )
     }
 
+    /// Runs `quorum` as the admin with extra environment (`TZ=UTC`, say).
+    pub fn admin_env(&self, args: &[&str], env: &[(&str, &str)]) -> Result<CliOutput> {
+        let url = self.url();
+        let cert = self.p("admin/admin.crt");
+        let key = self.p("admin/admin.key");
+        let ca = self.p("ca/ca.crt");
+        let mut all = vec![
+            ("QUORUM_COORDINATOR", url.as_str()),
+            ("QUORUM_CERT", cert.as_str()),
+            ("QUORUM_KEY", key.as_str()),
+            ("QUORUM_CACERT", ca.as_str()),
+        ];
+        all.extend_from_slice(env);
+        run("quorum", args, &all)
+    }
+
     /// Starts `quorum ARGS` as the admin in the background (output discarded), for tests that
     /// act while a run is under way.
     pub fn spawn_admin(&self, args: &[&str]) -> Result<Child> {

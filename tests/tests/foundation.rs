@@ -80,10 +80,25 @@ fn agents_are_listed_then_one_goes_stale_after_it_is_killed() -> Result<()> {
         .find(|a| a["agent_id"] == "127.0.0.11")
         .context("agent .11 listed")?;
     assert_ne!(a11["state"], "stale", "{a11}");
-    // The table form names both.
+    assert_eq!(a11["facts_stale"], false, "{a11}");
+    let a12 = agents
+        .iter()
+        .find(|a| a["agent_id"] == "127.0.0.12")
+        .context("agent .12 listed")?;
+    assert_eq!(a12["facts_stale"], true, "{a12}");
+    // The table form names both; the stale one's services are unknown, not its last word.
     let table = w.admin(&["agents"])?.ok()?.stdout;
     assert!(
         table.contains("127.0.0.11") && table.contains("127.0.0.12") && table.contains("stale"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("127.0.0.12"))
+        .context("the row of .12")?;
+    assert!(row.contains("unknown (stale since "), "{table}");
+    assert!(
+        table.contains("warning: 127.0.0.12: no poll since "),
         "{table}"
     );
     Ok(())
@@ -761,6 +776,7 @@ async fn an_agent_of_0_1_still_polls_and_reports_with_unary_calls() -> Result<()
             outcome: pb::Outcome::Ok as i32,
             output: "reported by a unary call".into(),
             facts: None,
+            journal: None,
         })
         .await?;
     let result = run.await??.into_inner();

@@ -188,6 +188,7 @@ impl Sim {
             outcome: pb::Outcome::Ok as i32,
             output: "facts collected".into(),
             facts: Some(self.facts.clone()),
+            journal: None,
         }
     }
 
