@@ -1,4 +1,5 @@
-//! Service backends: `systemd` (`systemctl ACTION UNIT`, status from `systemctl is-active`)
+//! Service backends: `systemd` (`systemctl ACTION UNIT`, status from `systemctl is-active`,
+//! start as `systemctl enable --now UNIT`)
 //! and `exec` (one argv per action from the agent config, run without a shell, with a
 //! timeout). Output goes to a file, not a pipe, so a daemon that inherits it cannot make the
 //! agent wait; errors carry the exit status and the tail of the output.
@@ -181,15 +182,27 @@ impl Backend {
                     Svc::Patroni => &self.cfg.services.patroni,
                     Svc::VipManager => &self.cfg.services.vip_manager,
                 };
-                let verb = if action == "status" {
-                    "is-active"
-                } else {
-                    action
-                };
-                Some(vec!["systemctl".into(), verb.into(), unit.clone()])
+                Some(match action {
+                    "status" => vec!["systemctl".into(), "is-active".into(), unit.clone()],
+                    // As Pigsty launches its services (`state: started, enabled: yes`): a
+                    // started service also starts at boot, a member re-added after a
+                    // retire (which disables it) included.
+                    "start" => vec![
+                        "systemctl".into(),
+                        "enable".into(),
+                        "--now".into(),
+                        unit.clone(),
+                    ],
+                    other => vec!["systemctl".into(), other.into(), unit.clone()],
+                })
             }
             BackendKind::Exec => self.cfg.exec.get(svc.exec_key())?.get(action).cloned(),
         }
+    }
+
+    /// Whether the backend has a command for `action` on `svc` (systemd: always).
+    pub fn can(&self, svc: Svc, action: &str) -> bool {
+        self.argv(svc, action).is_some()
     }
 
     /// Whether the backend can act on `svc` at all (exec: any command configured).

@@ -419,12 +419,12 @@ impl AgentConfig {
             for (action, argv) in cmds {
                 if !matches!(
                     action.as_str(),
-                    "start" | "stop" | "restart" | "reload" | "status"
+                    "start" | "stop" | "restart" | "reload" | "status" | "disable"
                 ) {
                     return Err(invalid(
                         &format!("exec.{service}"),
                         format!(
-                            "unknown action {action:?}; use start, stop, restart, reload or status"
+                            "unknown action {action:?}; use start, stop, restart, reload, status or disable"
                         ),
                     ));
                 }

@@ -87,6 +87,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::SetVipEndpoints(_) => "SetVipEndpoints",
         Kind::WipeEtcdData(_) => "WipeEtcdData",
         Kind::CollectFacts(_) => "CollectFacts",
+        Kind::RetireEtcd(_) => "RetireEtcd",
     }
 }
 
@@ -242,6 +243,7 @@ impl Executor {
             Kind::SetVipEndpoints(t) => self.set_vip_endpoints(t).await,
             Kind::WipeEtcdData(t) => self.wipe(t.purge).await,
             Kind::CollectFacts(_) => TaskReport::new(pb::Outcome::Ok, "facts collected"),
+            Kind::RetireEtcd(_) => self.retire().await,
         }
     }
 
@@ -516,6 +518,78 @@ impl Executor {
                     TaskReport::failed(e.to_string())
                 }
             })
+    }
+
+    /// Takes etcd off this host after its member left: its files go, its service is disabled.
+    async fn retire(&self) -> TaskReport {
+        if self.cfg.safeguard {
+            return TaskReport::refused(format!(
+                "the local safeguard is set (safeguard: true in {}): this agent never takes etcd off this host; set it to false there if you mean it",
+                self.cfg.source.display()
+            ));
+        }
+        let probe = self.backend.probe(Svc::Etcd).await;
+        if !probe.is_stopped() {
+            return TaskReport::refused(format!(
+                "etcd is {} here ({}): its files are removed only once it is positively stopped; nothing was removed",
+                state_word(probe.state),
+                probe.why.as_deref().unwrap_or("running")
+            ));
+        }
+        let p = &self.cfg.paths;
+        let mut removed = Vec::new();
+        for path in [
+            &p.etcd_conf,
+            &p.etcd_ca,
+            &p.etcd_cert,
+            &p.etcd_key,
+            &p.etcdctl_profile,
+        ] {
+            match self.managed(path).remove() {
+                Ok(true) => removed.push(path.display().to_string()),
+                Ok(false) => {}
+                Err(e) => {
+                    let before = if removed.is_empty() {
+                        "nothing was removed".to_string()
+                    } else {
+                        format!("removed before: {}", removed.join(", "))
+                    };
+                    return if e.is_refusal() {
+                        TaskReport::refused(format!("{e}; {before}"))
+                    } else {
+                        TaskReport::failed(format!("{e}; {before}"))
+                    };
+                }
+            }
+        }
+        let disabled = if self.backend.can(Svc::Etcd, "disable") {
+            match self.backend.run(Svc::Etcd, "disable").await {
+                Ok(_) => "etcd disabled".to_string(),
+                Err(e) => {
+                    return TaskReport::failed(format!(
+                        "removed {}, but disabling etcd failed: {e}",
+                        if removed.is_empty() {
+                            "no file".to_string()
+                        } else {
+                            removed.join(", ")
+                        }
+                    ))
+                }
+            }
+        } else {
+            "no exec.etcd.disable command is configured, so the service was left as it is".into()
+        };
+        if removed.is_empty() {
+            TaskReport::new(
+                pb::Outcome::Unchanged,
+                format!("no etcd file left on this host; {disabled}"),
+            )
+        } else {
+            TaskReport::new(
+                pb::Outcome::Changed,
+                format!("removed {}; {disabled}", removed.join(", ")),
+            )
+        }
     }
 
     async fn wipe(&self, purge: bool) -> TaskReport {

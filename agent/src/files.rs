@@ -342,6 +342,48 @@ impl Managed<'_> {
         Ok(Written::Changed)
     }
 
+    /// Removes the file and its `.bak` when they are there (regular files only, checked as
+    /// `read` and `write` check them); a path that may be a link is never removed. Returns
+    /// whether anything was removed.
+    pub fn remove(&self) -> Result<bool, FileError> {
+        if self.links == Links::WriteThrough {
+            return Err(FileError::Link {
+                path: self.path.to_path_buf(),
+                target: PathBuf::new(),
+                why: "a file that may be Pigsty's link is never removed by the agent".into(),
+            });
+        }
+        let Some(loc) = self.locate(false)? else {
+            return Ok(false);
+        };
+        let mut bak = loc.name.clone();
+        bak.push(".bak");
+        let mut removed = false;
+        for name in [&loc.name, &bak] {
+            let path = loc.dir_path.join(name);
+            match kind_at(&loc.dir, name, &path)? {
+                Kind::Missing => {}
+                Kind::Regular => {
+                    unlinkat(&loc.dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                        .map_err(ferr("remove", &path))?;
+                    removed = true;
+                }
+                Kind::Link => {
+                    return Err(FileError::Link {
+                        path,
+                        target: PathBuf::new(),
+                        why: "the agent removes only regular files".into(),
+                    })
+                }
+                Kind::Other(what) => return Err(FileError::NotRegular { path, what }),
+            }
+        }
+        if removed {
+            nix::unistd::fsync(&loc.dir).map_err(ferr("fsync directory", &loc.dir_path))?;
+        }
+        Ok(removed)
+    }
+
     fn file_name(&self) -> Result<&OsStr, FileError> {
         self.path.file_name().ok_or_else(|| FileError::Io {
             action: "use",

@@ -261,6 +261,12 @@ pub enum StepKind {
         /// Its peer URL.
         peer_url: String,
     },
+    /// Take etcd off a host whose data was wiped: remove etcd.conf, the certificates and the
+    /// profile, disable the service (no reboot can bootstrap a ghost cluster).
+    RetireEtcd {
+        /// Host.
+        host: IpAddr,
+    },
     /// Wipe the data of a member that has left; refused while etcd still lists it.
     WipeRemovedMember {
         /// The host.
@@ -358,6 +364,7 @@ impl StepKind {
             | StepKind::StopEtcd { host }
             | StepKind::RestartEtcd { host, .. }
             | StepKind::WipeEtcdData { host, .. }
+            | StepKind::RetireEtcd { host }
             | StepKind::QuorumGuard { host }
             | StepKind::HealthGate { host }
             | StepKind::MemberAddCheck { host, .. }
@@ -407,6 +414,7 @@ impl StepKind {
             StepKind::RestartEtcd { .. } => "RestartEtcd",
             StepKind::WipeEtcdData { .. } => "WipeEtcdData",
             StepKind::SnapshotSave { .. } => "SnapshotSave",
+            StepKind::RetireEtcd { .. } => "RetireEtcd",
             StepKind::QuorumGuard { .. } => "QuorumGuard",
             StepKind::HealthGate { .. } => "HealthGate",
             StepKind::ClusterHealthGate => "ClusterHealthGate",
@@ -468,6 +476,9 @@ impl StepKind {
                 } else {
                     "wipe the etcd data dir".into()
                 }
+            }
+            StepKind::RetireEtcd { .. } => {
+                "remove etcd.conf, the certificates and the etcdctl profile; disable etcd".into()
             }
             StepKind::SnapshotSave { cluster } => {
                 format!("snapshot etcd cluster {cluster}, verify it and keep it on the coordinator")
@@ -986,6 +997,7 @@ pub fn plan_cluster_remove(
                 purge: false,
             });
         }
+        plan.push(StepKind::RetireEtcd { host: m.ip });
         plan.wipes.push(format!("{} @ {}", m.name, m.ip));
     }
     Ok(plan)
@@ -1308,6 +1320,7 @@ pub fn plan_member_remove(
         host: gone.ip,
         peer_url: gone.peer_url.clone(),
     });
+    plan.push(StepKind::RetireEtcd { host: gone.ip });
     plan.wipes.push(format!("{} @ {}", gone.name, gone.ip));
     for m in &spec.members {
         plan.write_profile(spec, live, m.ip)?;

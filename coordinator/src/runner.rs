@@ -435,6 +435,10 @@ impl Runner {
                     )),
                 }
             }
+            StepKind::RetireEtcd { host } => {
+                self.agent_task(*host, id(0), Kind::RetireEtcd(pb::RetireEtcd {}))
+                    .await
+            }
             StepKind::QuorumGuard { host } => self.quorum_guard(ctx, *host).await,
             StepKind::HealthGate { host } => self.health_gate(ctx, Some(*host)).await,
             StepKind::ClusterHealthGate => self.health_gate(ctx, None).await,

@@ -144,6 +144,34 @@ async fn a_removed_host_rejoins_only_with_its_old_data_wiped() -> Result<()> {
     let saved = w.dir.path().join("saved-data");
     copy_dir(&h4.data(), &saved)?;
     w.admin(&["member", "remove", IPS[3], "--yes"])?.ok()?;
+    // Retired (e2e probe F5): no etcd.conf, certificates or profile are left behind...
+    for p in [
+        h4.etcd_conf(),
+        h4.etc_etcd().join("ca.crt"),
+        h4.etc_etcd().join("server.crt"),
+        h4.etc_etcd().join("server.key"),
+        h4.profile(),
+    ] {
+        assert!(!p.exists(), "{} is left on the removed host", p.display());
+        let bak = format!("{}.bak", p.display());
+        assert!(!std::path::Path::new(&bak).exists(), "{bak} is left");
+    }
+    // ...so a reboot that starts the service brings up no ghost cluster with the old identity.
+    let out = w.admin(&[
+        "task", "--host", IPS[3], "--yes", "service", "etcd", "start",
+    ])?;
+    assert!(matches!(out.code, 0 | 1), "{out:?}");
+    wait_for(
+        "the retired host's etcd to give up",
+        Duration::from_secs(20),
+        || h4.etcd_pid().is_none().then_some(()),
+    )?;
+    assert_eq!(
+        std::fs::read_dir(h4.data())?.count(),
+        0,
+        "etcd made a new data dir on the retired host"
+    );
+    assert_eq!(members(&w, &f).await?, names(&[1, 2, 3]));
     copy_dir(&saved, &h4.data())?;
     // Started with its old data, the removed member is not counted as a member...
     let out = w.admin(&[
