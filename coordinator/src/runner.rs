@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use quorum_proto::pb;
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::{EtcdAccess, MemberInfo};
+use crate::etcd::{EtcdAccess, Fault, MemberInfo};
 use crate::patroni::PgRef;
 use crate::pki::{Ca, LeafKind};
 use crate::plan::StepKind;
@@ -690,9 +690,8 @@ impl Runner {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    let msg = e.to_string();
-                    if !msg.contains("unhealthy cluster") || Instant::now() > deadline {
-                        return Err(msg);
+                    if !e.has(&Fault::UnhealthyCluster) || Instant::now() > deadline {
+                        return Err(e.to_string());
                     }
                 }
             }
@@ -781,14 +780,13 @@ impl Runner {
             match self.etcd.promote(&ctx.endpoints, m.id).await {
                 Ok(()) => return StepEnd::ok("changed", format!("promoted {:x}", m.id)),
                 Err(e) => {
-                    let msg = e.to_string();
-                    // etcd's word for a learner still catching up; anything else is final.
-                    if !msg.contains("in sync") {
-                        return StepEnd::failed(msg);
+                    // A learner still catching up is retried; anything else is final.
+                    if !e.has(&Fault::LearnerNotReady) {
+                        return StepEnd::failed(e.to_string());
                     }
                     if Instant::now() > deadline {
                         return StepEnd::failed(format!(
-                            "the learner did not catch up within {:?} ({msg}); check its log, then `quorum run resume`",
+                            "the learner did not catch up within {:?} ({e}); check its log, then `quorum run resume`",
                             self.timeouts.gate
                         ));
                     }
