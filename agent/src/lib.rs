@@ -7,6 +7,7 @@ pub mod certs;
 pub mod config;
 pub mod datadir;
 pub mod enroll;
+pub mod etcd_health;
 pub mod executor;
 pub mod files;
 pub mod journal;

@@ -1016,6 +1016,7 @@ async fn ad_hoc_task(
                     action: action as i32,
                     if_changed: vec![],
                     force: true,
+                    ..Default::default()
                 }),
                 destructive,
             )

@@ -168,6 +168,18 @@ pub fn task_id(run_id: &str, index: usize, attempt: u32, host: IpAddr) -> String
     format!("{run_id}-s{index}-a{attempt}-{host}")
 }
 
+/// How long a refusal or failed gate waits for an agent's account of its etcd.
+const ASK_AGENT: Duration = Duration::from_secs(5);
+
+fn state_word(s: pb::ServiceState) -> &'static str {
+    match s {
+        pb::ServiceState::Active => "active",
+        pb::ServiceState::Inactive => "inactive",
+        pb::ServiceState::Failed => "failed",
+        _ => "unknown",
+    }
+}
+
 fn outcome_word(o: pb::Outcome) -> &'static str {
     crate::cli::outcome_word(o)
 }
@@ -390,6 +402,7 @@ impl Runner {
                     action: pb::Action::Restart as i32,
                     if_changed: prior.iter().flat_map(|s| s.task_ids.clone()).collect(),
                     force: *force,
+                    with_log: false,
                 });
                 self.agent_task(*host, id(0), kind).await
             }
@@ -653,8 +666,9 @@ impl Runner {
             }
             if let Err(why) = r {
                 return StepEnd::refused(format!(
-                    "member {label} ({}) is unhealthy: {why}; taking down {host} now could lose quorum. Fix {label} first, then `quorum run resume`",
-                    h.map(|h| h.to_string()).unwrap_or_default()
+                    "member {label} ({}) is unhealthy: {why}; taking down {host} now could lose quorum. Fix {label} first, then `quorum run resume`\n{}",
+                    h.map(|h| h.to_string()).unwrap_or_default(),
+                    self.etcd_on(h).await
                 ));
             }
         }
@@ -669,12 +683,64 @@ impl Runner {
             }
             if let Err(why) = r {
                 return Err(format!(
-                    "member {label} ({}) is unhealthy: {why}",
-                    h.map(|h| h.to_string()).unwrap_or_default()
+                    "member {label} ({}) is unhealthy: {why}\n{}",
+                    h.map(|h| h.to_string()).unwrap_or_default(),
+                    self.etcd_on(h).await
                 ));
             }
         }
         Ok(())
+    }
+
+    /// What the agent on `host` says of its etcd, for a refusal or a failed gate (never on the
+    /// happy path): the service state and, when the agent answers within a few seconds, the
+    /// last lines of etcd's log; else the state its last facts carried.
+    async fn etcd_on(&self, host: Option<IpAddr>) -> String {
+        let Some(host) = host else {
+            return "(its host is not known, so its agent was not asked)".into();
+        };
+        let reported = self
+            .registry
+            .facts(host)
+            .and_then(|f| f.services.get("etcd").copied())
+            .and_then(|s| pb::ServiceState::try_from(s).ok())
+            .map(state_word)
+            .unwrap_or("unknown");
+        match self.registry.state(host) {
+            None => format!("no quorum-agent on {host} has connected, so etcd's state there is unknown"),
+            Some(AgentState::Stale) => format!(
+                "the agent on {host} is stale (no poll for over {:?}); it last reported etcd {reported}",
+                self.timeouts.stale
+            ),
+            Some(_) => {
+                let id = format!("why-{host}-{}", now_ms());
+                let ask = self.agent_task(
+                    host,
+                    id.clone(),
+                    pb::task::Kind::ServiceAction(pb::ServiceAction {
+                        service: pb::Service::Etcd as i32,
+                        action: pb::Action::Status as i32,
+                        with_log: true,
+                        ..Default::default()
+                    }),
+                );
+                match tokio::time::timeout(ASK_AGENT, ask).await {
+                    Ok(end) if end.ok => {
+                        format!("the agent on {host} reports: {}", end.output.trim())
+                    }
+                    Ok(end) => format!(
+                        "the agent on {host} last reported etcd {reported}; asked again, it answered: {}",
+                        end.output.trim()
+                    ),
+                    Err(_) => {
+                        self.registry.cancel(host, &id);
+                        format!(
+                            "the agent on {host} last reported etcd {reported} (asked again, it did not answer within {ASK_AGENT:?})"
+                        )
+                    }
+                }
+            }
+        }
     }
 
     /// Retries a membership change while etcd calls the cluster "unhealthy": with its strict
@@ -786,8 +852,9 @@ impl Runner {
                     }
                     if Instant::now() > deadline {
                         return StepEnd::failed(format!(
-                            "the learner did not catch up within {:?} ({e}); check its log, then `quorum run resume`",
-                            self.timeouts.gate
+                            "the learner did not catch up within {:?} ({e}); check its log, then `quorum run resume`\n{}",
+                            self.timeouts.gate,
+                            self.etcd_on(host_of_url(peer_url)).await
                         ));
                     }
                 }
@@ -868,6 +935,7 @@ impl Runner {
     async fn health_gate(&self, ctx: &RunContext, host: Option<IpAddr>) -> StepEnd {
         let deadline = Instant::now() + self.timeouts.gate;
         let mut last: String;
+        let mut bad_hosts: Vec<Option<IpAddr>>;
         loop {
             match self.members(ctx).await {
                 Ok(members) => {
@@ -877,6 +945,11 @@ impl Runner {
                     let bad: Vec<String> = health
                         .iter()
                         .filter_map(|(l, _, r)| r.as_ref().err().map(|e| format!("{l}: {e}")))
+                        .collect();
+                    bad_hosts = health
+                        .iter()
+                        .filter(|(_, _, r)| r.is_err())
+                        .map(|(_, h, _)| *h)
                         .collect();
                     if host_listed && bad.is_empty() && !health.is_empty() {
                         let start = Instant::now() + self.timeouts.gate - deadline;
@@ -892,18 +965,27 @@ impl Runner {
                     last = if host_listed {
                         bad.join("; ")
                     } else {
+                        bad_hosts = vec![host];
                         format!(
                             "{} is not a voting member",
                             host.map(|h| h.to_string()).unwrap_or_default()
                         )
                     };
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    last = e;
+                    bad_hosts = host.map(|h| vec![Some(h)]).unwrap_or_default();
+                }
             }
             if Instant::now() > deadline {
+                let mut why = Vec::new();
+                for h in &bad_hosts {
+                    why.push(self.etcd_on(*h).await);
+                }
                 return StepEnd::failed(format!(
-                    "the cluster was not healthy within {:?}: {last}; the run halts here and touches no other host",
-                    self.timeouts.gate
+                    "the cluster was not healthy within {:?}: {last}; the run halts here and touches no other host{}",
+                    self.timeouts.gate,
+                    why.iter().map(|w| format!("\n{w}")).collect::<String>()
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1179,6 +1261,7 @@ fn service_kind(service: pb::Service, action: pb::Action) -> pb::task::Kind {
         action: action as i32,
         if_changed: vec![],
         force: true,
+        with_log: false,
     })
 }
 

@@ -145,11 +145,18 @@ async fn a_removed_host_rejoins_only_with_its_old_data_wiped() -> Result<()> {
     copy_dir(&h4.data(), &saved)?;
     w.admin(&["member", "remove", IPS[3], "--yes"])?.ok()?;
     copy_dir(&saved, &h4.data())?;
-    // Started with its old data, the removed member is not counted as a member...
+    // Started with its old data, the removed member exits by itself, and the start says so
+    // with etcd's own reason (start means running)...
     let out = w.admin(&[
         "task", "--host", IPS[3], "--yes", "service", "etcd", "start",
     ])?;
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("it exited"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("permanently removed from the cluster"),
+        "{}",
+        out.stdout
+    );
     wait_for(
         "the removed member to exit by itself",
         Duration::from_secs(20),
@@ -185,6 +192,29 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
         .arg(to)
         .status()?;
     anyhow::ensure!(st.success(), "cp failed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_etcd_that_exits_at_once_fails_its_start_with_etcds_error() -> Result<()> {
+    let all = inventory_all();
+    let (w, f) = setup(&all[..4])?;
+    // F7: the new member's client port is taken, so its etcd exits right after the fork.
+    let _taken = std::net::TcpListener::bind((IPS[3], f.port))?;
+    let out = w.admin(&["member", "add", IPS[3], "--yes"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("StartEtcd 127.0.0.24"),
+        "the start must fail, not the promote after it:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("it exited"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("address already in use"),
+        "etcd's own error is missing:\n{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("did not catch up"), "{}", out.stderr);
     Ok(())
 }
 

@@ -162,6 +162,32 @@ async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()
         "{}",
         out.stderr
     );
+    // F9: the reason in the operator's words, not a Rust error's dump.
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot reach {}: connection refused",
+            f.client_url(h3.ip)
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("tonic::transport::Error") && !out.stderr.contains("Os {"),
+        "{}",
+        out.stderr
+    );
+    // The refusal carries what etcd-3's agent says: the service state and etcd's log.
+    assert!(
+        out.stderr
+            .contains("the agent on 127.0.0.13 reports: etcd inactive"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("--- the last lines of etcd's log ---"),
+        "{}",
+        out.stderr
+    );
     for h in &f.hosts {
         assert_eq!(h.restart_count(), 0, "{} was restarted", h.ip);
     }
@@ -172,7 +198,52 @@ async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()
 async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Result<()> {
     let (mut w, f) = setup("")?;
     create(&w)?;
-    // etcd-2's restart command stops etcd and never starts it again.
+    // etcd-2's restart command stops etcd and never starts it again. Its agent does not
+    // check its starts (start_check_secs: 0), so the gate after the restart is what sees it.
+    let h2 = f.host(IPS[1])?.clone();
+    if let Some(a) = w.agent(IPS[1]) {
+        a.kill();
+    }
+    let broken = h2.agent_config(false).replace(
+        "&& start-stop-daemon --start --background --oknodo --make-pidfile",
+        "&& true --start --background --oknodo --make-pidfile",
+    ) + "start_check_secs: 0\n";
+    w.start_agent(IPS[1], &broken)?;
+    w.wait_agent_state(IPS[1], &["connected", "idle"], Duration::from_secs(30))?;
+    let out = w.admin(&["config", "reload", "--restart"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("HealthGate 127.0.0.12"),
+        "{}",
+        out.stderr
+    );
+    // The gate's failure says what the member's agent sees: etcd stopped, and its log.
+    assert!(
+        out.stderr
+            .contains("the agent on 127.0.0.12 reports: etcd inactive"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("--- the last lines of etcd's log ---"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(f.host(IPS[0])?.restart_count(), 1);
+    assert_eq!(h2.restart_count(), 1);
+    assert_eq!(
+        f.host(IPS[2])?.restart_count(),
+        0,
+        "the run went on past the failed gate"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_leaves_etcd_stopped_fails_at_the_restart_itself() -> Result<()> {
+    let (mut w, f) = setup("")?;
+    create(&w)?;
+    // As above, etcd-2's restart never starts etcd again; its agent checks its starts.
     let h2 = f.host(IPS[1])?.clone();
     if let Some(a) = w.agent(IPS[1]) {
         a.kill();
@@ -186,16 +257,35 @@ async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Resul
     let out = w.admin(&["config", "reload", "--restart"])?;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stderr.contains("HealthGate 127.0.0.12"),
+        out.stderr.contains("RestartEtcd 127.0.0.12"),
+        "the restart itself must fail, not the gate after it:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("etcd is not running") && out.stderr.contains("it exited"),
         "{}",
         out.stderr
     );
-    assert_eq!(f.host(IPS[0])?.restart_count(), 1);
-    assert_eq!(h2.restart_count(), 1);
-    assert_eq!(
-        f.host(IPS[2])?.restart_count(),
-        0,
-        "the run went on past the failed gate"
+    assert!(
+        out.stderr.contains("--- the last lines of etcd's log ---"),
+        "{}",
+        out.stderr
+    );
+    // The run halted there: no step after the failed restart ran.
+    let runs = w.admin(&["run", "list", "-o", "json"])?.ok()?;
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&runs.stdout)?;
+    let steps = runs
+        .first()
+        .and_then(|r| r["steps"].as_array())
+        .context("the run's steps")?;
+    let failed = steps
+        .iter()
+        .position(|s| s["state"] == "failed")
+        .context("a failed step")?;
+    assert_eq!(steps[failed]["kind"], "RestartEtcd", "{:?}", steps[failed]);
+    assert!(
+        steps[failed + 1..].iter().all(|s| s["state"] == "pending"),
+        "the run went on past the failed restart: {steps:?}"
     );
     Ok(())
 }
