@@ -16,6 +16,7 @@ use crate::config::AgentConfig;
 use crate::datadir::DataDir;
 use crate::files::{self, Ids, Links, Managed, Written};
 use crate::journal::{Journal, Seen};
+use crate::wal;
 
 /// Largest content a write task may carry.
 pub const MAX_CONTENT: usize = 4 * 1024 * 1024;
@@ -228,7 +229,7 @@ impl Executor {
             Kind::ServiceAction(a) => self.service_action(a).await,
             Kind::SetPatroniDcsHosts(t) => self.set_patroni_hosts(t).await,
             Kind::SetVipEndpoints(t) => self.set_vip_endpoints(t).await,
-            Kind::WipeEtcdData(t) => self.wipe(t.purge).await,
+            Kind::WipeEtcdData(t) => self.wipe(t).await,
             Kind::CollectFacts(_) => TaskReport::new(pb::Outcome::Ok, "facts collected"),
         }
     }
@@ -606,7 +607,8 @@ impl Executor {
             })
     }
 
-    async fn wipe(&self, purge: bool) -> TaskReport {
+    async fn wipe(&self, t: &pb::WipeEtcdData) -> TaskReport {
+        let purge = t.purge;
         let data = &self.cfg.paths.etcd_data;
         if self.cfg.safeguard {
             return TaskReport::refused(format!(
@@ -615,6 +617,11 @@ impl Executor {
                 data.display()
             ));
         }
+        // Before anything is stopped: a refusal changes nothing, not even etcd's state.
+        let identity_note = match self.check_wipe_identity(t) {
+            Ok(note) => note,
+            Err(refusal) => return refusal,
+        };
         // Fail closed: only a positive "stopped" lets a wipe through. A state the agent cannot
         // tell is treated as running.
         let probe = self.backend.probe(Svc::Etcd).await;
@@ -667,13 +674,84 @@ impl Executor {
             ),
             Ok(removed) => TaskReport::new(
                 pb::Outcome::Changed,
-                format!("wiped {} ({removed} entries)", data.display()),
+                format!(
+                    "wiped {} ({removed} entries){identity_note}",
+                    data.display()
+                ),
             ),
             Err((e, 0)) if e.is_refusal() => TaskReport::refused(e.to_string()),
             Err((e, removed)) => TaskReport::failed(format!(
                 "{e} ({removed} entries of {} removed before)",
                 data.display()
             )),
+        }
+    }
+
+    /// What the data dir's WAL says about whose data it holds.
+    fn data_identity(&self) -> DataIdentity {
+        let data = &self.cfg.paths.etcd_data;
+        let dir = match DataDir::open(data, |real| self.cfg.data_dir_allowed(real)) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => return DataIdentity::NoWal,
+            Err(e) => return DataIdentity::Unreadable(e.to_string()),
+        };
+        match dir.wal_head(wal::HEAD_LIMIT) {
+            Ok(None) => DataIdentity::NoWal,
+            Ok(Some((path, head))) => match wal::parse_identity(&head) {
+                Ok(id) => DataIdentity::Found(id),
+                Err(e) => DataIdentity::Unreadable(format!("{}: {e}", path.display())),
+            },
+            Err(e) => DataIdentity::Unreadable(e.to_string()),
+        }
+    }
+
+    /// Refuses a wipe meant for another member: the task names the member (and cluster) the
+    /// coordinator means, and the data dir's WAL says whose data it is. A task that names
+    /// none (an older coordinator, an ad-hoc `quorum task`, a member whose id was not known
+    /// at plan time) is not checked, as before. `Ok` carries a note for the report.
+    fn check_wipe_identity(&self, t: &pb::WipeEtcdData) -> Result<String, TaskReport> {
+        if t.member_id.is_empty() && t.cluster_id.is_empty() {
+            return Ok(String::new());
+        }
+        let data = &self.cfg.paths.etcd_data;
+        let parse = |what: &str, hex: &str| -> Result<Option<u64>, TaskReport> {
+            if hex.is_empty() {
+                return Ok(None);
+            }
+            u64::from_str_radix(hex, 16).map(Some).map_err(|_| {
+                TaskReport::refused(format!(
+                    "the task names {what} id {hex:?}, which is not a hex id; nothing was wiped"
+                ))
+            })
+        };
+        let want_member = parse("member", &t.member_id)?;
+        let want_cluster = parse("cluster", &t.cluster_id)?;
+        let expected = match (want_member, want_cluster) {
+            (Some(m), Some(c)) => format!("member {m:x} of cluster {c:x}"),
+            (Some(m), None) => format!("member {m:x}"),
+            (None, Some(c)) => format!("a member of cluster {c:x}"),
+            (None, None) => String::new(),
+        };
+        match self.data_identity() {
+            // No WAL: no member's data to mistake for another's.
+            DataIdentity::NoWal => Ok(String::new()),
+            DataIdentity::Unreadable(why) => Err(TaskReport::refused(format!(
+                "this wipe is meant for {expected}, but whose data {} holds cannot be read ({why}); nothing was wiped. Look at the data dir; if it really is that member's, wipe it with `quorum task --host {} --yes wipe-etcd-data`",
+                data.display(),
+                self.cfg.host_ip
+            ))),
+            DataIdentity::Found(id) => {
+                let member_ok = want_member.is_none_or(|m| m == id.member);
+                let cluster_ok = want_cluster.is_none_or(|c| c == id.cluster);
+                if member_ok && cluster_ok {
+                    Ok(format!("; it held {id}, as expected"))
+                } else {
+                    Err(TaskReport::refused(format!(
+                        "the data dir {} holds {id}, not the expected {expected}; nothing was wiped. It may belong to another live member or cluster: check that the inventory names the right host for this member",
+                        data.display()
+                    )))
+                }
+            }
         }
     }
 
@@ -739,13 +817,32 @@ impl Executor {
         }
         f.vip = vip_fact(self.managed(&p.vip_conf));
         let member = p.etcd_data.join("member");
-        f.data_dir = Some(pb::DataDirFact {
+        let mut data_dir = pb::DataDirFact {
             path: p.etcd_data.display().to_string(),
             has_member: member.join("wal").exists() || member.join("snap").exists(),
-            member_id: String::new(),
-        });
+            ..Default::default()
+        };
+        match self.data_identity() {
+            DataIdentity::Found(id) => {
+                data_dir.member_id = format!("{:x}", id.member);
+                data_dir.cluster_id = format!("{:x}", id.cluster);
+            }
+            DataIdentity::Unreadable(why) => data_dir.identity_error = why,
+            DataIdentity::NoWal => {}
+        }
+        f.data_dir = Some(data_dir);
         f
     }
+}
+
+/// Whose data the data dir holds, as its WAL says.
+enum DataIdentity {
+    /// No WAL (or no data dir): no member's data.
+    NoWal,
+    /// The member and cluster the WAL names.
+    Found(wal::Identity),
+    /// A WAL is there but cannot be read; why.
+    Unreadable(String),
 }
 
 /// The fact of one managed file, read with the same checks as a write: a link, FIFO or

@@ -13,3 +13,4 @@ pub mod files;
 pub mod journal;
 pub mod local;
 pub mod pull;
+pub mod wal;

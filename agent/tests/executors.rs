@@ -616,7 +616,10 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     let r = ex
         .execute(&task(
             "w1",
-            Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge: false,
+                ..Default::default()
+            }),
         ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
@@ -627,7 +630,10 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     let r = guarded
         .execute(&task(
             "w2",
-            Kind::WipeEtcdData(pb::WipeEtcdData { purge: true }),
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge: true,
+                ..Default::default()
+            }),
         ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
@@ -649,7 +655,10 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     let r = ex
         .execute(&task(
             "w3",
-            Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge: false,
+                ..Default::default()
+            }),
         ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
@@ -662,7 +671,10 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     let r = ex
         .execute(&task(
             "w4",
-            Kind::WipeEtcdData(pb::WipeEtcdData { purge: true }),
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge: true,
+                ..Default::default()
+            }),
         ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
@@ -753,7 +765,13 @@ async fn a_start_is_done_only_once_etcd_runs_and_answers_health() -> Result<()> 
     assert!(r.output.contains("/health answers healthy"), "{}", r.output);
     let stop = task("s2", service(pb::Service::Etcd, pb::Action::Stop));
     assert_eq!(ex.execute(&stop).await.outcome, pb::Outcome::Changed);
-    let wipe = task("w1", Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }));
+    let wipe = task(
+        "w1",
+        Kind::WipeEtcdData(pb::WipeEtcdData {
+            purge: false,
+            ..Default::default()
+        }),
+    );
     assert_eq!(ex.execute(&wipe).await.outcome, pb::Outcome::Changed);
     // F7: a new member whose etcd.conf makes etcd exit at once (its own name is not in
     // initial-cluster). start-stop-daemon --background returns 0 all the same; the task must
@@ -818,5 +836,106 @@ async fn an_etcd_that_never_answers_fails_its_start_within_the_check() -> Result
         "{}",
         r.output
     );
+    Ok(())
+}
+
+async fn etcdctl_member_id(h: &Host) -> Result<String> {
+    let conf = std::fs::read_to_string(h.p("etc/etcd/etcd.conf"))?;
+    let url = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("advertise-client-urls: "))
+        .context("client URL")?
+        .to_string();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &url, "member", "list", "-w", "json"])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let id = v["members"][0]["ID"].as_u64().context("member ID")?;
+    let cluster = v["header"]["cluster_id"].as_u64().context("cluster_id")?;
+    Ok(format!("{id:x}/{cluster:x}"))
+}
+
+#[tokio::test]
+async fn a_wipe_meant_for_another_member_is_refused_and_the_data_survives() -> Result<()> {
+    let h = Host::new()?;
+    let exec = etcd_exec(&h)?;
+    let _guard = KillOnDrop(h.p("run/etcd.pid"));
+    let ex = h.executor(false, &exec)?;
+    let r = ex
+        .execute(&task("s1", service(pb::Service::Etcd, pb::Action::Start)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
+    let ids = etcdctl_member_id(&h).await?;
+    let (member, cluster) = ids.split_once('/').context("ids")?;
+    // Facts carry what etcd's own WAL says, as etcdctl shows it.
+    let f = ex.facts().await;
+    let d = f.data_dir.context("data dir fact")?;
+    assert_eq!(
+        (d.member_id.as_str(), d.cluster_id.as_str()),
+        (member, cluster)
+    );
+    assert!(d.identity_error.is_empty(), "{d:?}");
+    // A purge naming another member is refused before etcd is even stopped.
+    let wipe = |id: &str, member: &str, cluster: &str, purge: bool| {
+        task(
+            id,
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge,
+                member_id: member.into(),
+                cluster_id: cluster.into(),
+            }),
+        )
+    };
+    let r = ex
+        .execute(&wipe("w1", "8e9e05c52164694d", cluster, true))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(
+        r.output.contains(&format!(
+            "holds member {member} of cluster {cluster}, not the expected member 8e9e05c52164694d of cluster {cluster}; nothing was wiped"
+        )),
+        "{}",
+        r.output
+    );
+    assert!(etcd_pid(&h).is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()));
+    assert!(h.p("data/etcd/member/wal").exists());
+    let stop = task("s2", service(pb::Service::Etcd, pb::Action::Stop));
+    assert_eq!(ex.execute(&stop).await.outcome, pb::Outcome::Changed);
+    // The right member of another cluster is refused too; a bad id is refused.
+    let r = ex.execute(&wipe("w2", member, "1", false)).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    let r = ex.execute(&wipe("w3", "etcd-2", "", false)).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(r.output.contains("not a hex id"), "{}", r.output);
+    assert!(
+        h.p("data/etcd/member/wal").exists(),
+        "a refused wipe removed data"
+    );
+    // A WAL that cannot be read is not taken for the expected member.
+    let wal_dir = h.p("data/etcd/member/wal");
+    let first = std::fs::read_dir(&wal_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .min()
+        .context("a WAL file")?;
+    let saved = std::fs::read(&first)?;
+    std::fs::write(&first, b"garbage")?;
+    let r = ex.execute(&wipe("w4", member, cluster, false)).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(r.output.contains("cannot be read"), "{}", r.output);
+    std::fs::write(&first, saved)?;
+    // The member it is meant for is wiped, and the report says whose data it was.
+    let r = ex.execute(&wipe("w5", member, cluster, false)).await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
+    assert!(
+        r.output.contains(&format!(
+            "it held member {member} of cluster {cluster}, as expected"
+        )),
+        "{}",
+        r.output
+    );
+    assert_eq!(std::fs::read_dir(h.p("data/etcd"))?.count(), 0);
     Ok(())
 }

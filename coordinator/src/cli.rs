@@ -1030,7 +1030,14 @@ async fn ad_hoc_task(
             true,
         ),
         TaskCommand::WipeEtcdData { purge } => {
-            (Kind::WipeEtcdData(pb::WipeEtcdData { purge }), true)
+            (
+                // Names no member: the operator's ad-hoc wipe is not checked against one.
+                Kind::WipeEtcdData(pb::WipeEtcdData {
+                    purge,
+                    ..Default::default()
+                }),
+                true,
+            )
         }
     };
     if destructive && !yes {

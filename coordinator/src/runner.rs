@@ -406,13 +406,26 @@ impl Runner {
                 });
                 self.agent_task(*host, id(0), kind).await
             }
-            StepKind::WipeEtcdData { host, purge } => {
-                self.agent_task(
-                    *host,
-                    id(0),
-                    Kind::WipeEtcdData(pb::WipeEtcdData { purge: *purge }),
-                )
-                .await
+            StepKind::WipeEtcdData {
+                host,
+                purge,
+                member_id,
+                cluster_id,
+            } => {
+                // A wipe planned with the member's id also names its cluster: asked now when
+                // the plan could not, and left out when no member answers (the agent then
+                // checks the member id alone).
+                let cluster_id = match (member_id, cluster_id) {
+                    (Some(_), None) => self.cluster_id(ctx).await,
+                    (_, c) => c.clone(),
+                };
+                let task = pb::WipeEtcdData {
+                    purge: *purge,
+                    member_id: member_id.clone().unwrap_or_default(),
+                    cluster_id: cluster_id.unwrap_or_default(),
+                };
+                self.agent_task(*host, id(0), Kind::WipeEtcdData(task))
+                    .await
             }
             StepKind::QuorumGuard { host } => self.quorum_guard(ctx, *host).await,
             StepKind::HealthGate { host } => self.health_gate(ctx, Some(*host)).await,
@@ -442,22 +455,32 @@ impl Runner {
             StepKind::RemoveMember { host, peer_url } => {
                 self.remove_member(ctx, *host, peer_url).await
             }
-            StepKind::WipeRemovedMember { host, peer_url } => match self.members(ctx).await {
-                Err(e) => {
-                    StepEnd::refused(format!("{e}; cannot prove {host} left, so its data stays"))
-                }
-                Ok(members) if members.iter().any(|m| m.peer_urls.contains(peer_url)) => {
+            StepKind::WipeRemovedMember {
+                host,
+                peer_url,
+                member_id,
+            } => match self.etcd.member_list_of_cluster(&ctx.endpoints).await {
+                Err(e) => StepEnd::refused(format!(
+                    "cannot read the member list: {e}; cannot prove {host} left, so its data stays"
+                )),
+                Ok((_, members)) if members.iter().any(|m| m.peer_urls.contains(peer_url)) => {
                     StepEnd::refused(format!(
                         "{host} is still listed as a member: refusing to wipe a live member's data"
                     ))
                 }
-                Ok(_) => {
-                    self.agent_task(
-                        *host,
-                        id(0),
-                        Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
-                    )
-                    .await
+                Ok((cluster, _)) => {
+                    // The member left this cluster, so its data names this cluster's id.
+                    // Runs planned before ids were known name none and are not checked.
+                    let task = pb::WipeEtcdData {
+                        purge: false,
+                        member_id: member_id.clone().unwrap_or_default(),
+                        cluster_id: match member_id {
+                            Some(_) if cluster != 0 => format!("{cluster:x}"),
+                            _ => String::new(),
+                        },
+                    };
+                    self.agent_task(*host, id(0), Kind::WipeEtcdData(task))
+                        .await
                 }
             },
             StepKind::SetPatroniHosts {
@@ -740,6 +763,14 @@ impl Runner {
                     }
                 }
             }
+        }
+    }
+
+    /// The cluster's id (hex), when a member answers.
+    async fn cluster_id(&self, ctx: &RunContext) -> Option<String> {
+        match self.etcd.member_list_of_cluster(&ctx.endpoints).await {
+            Ok((id, _)) if id != 0 => Some(format!("{id:x}")),
+            _ => None,
         }
     }
 

@@ -219,6 +219,55 @@ async fn a_joining_etcd_that_exits_at_once_fails_its_start_with_etcds_error() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_members_wipe_refuses_a_data_dir_of_another_member() -> Result<()> {
+    let all = inventory_all();
+    let (w, f) = setup(&all[..4])?;
+    w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
+    // etcd-4 is stopped and its data dir now holds etcd-1's WAL head (a restore from the
+    // wrong backup): the wipe after `member remove` must see that it is not etcd-4's data.
+    let h4 = f.hosts[3].clone();
+    w.admin(&["task", "--host", IPS[3], "--yes", "service", "etcd", "stop"])?
+        .ok()?;
+    let wal = |h: &HostPaths| -> Result<std::path::PathBuf> {
+        std::fs::read_dir(h.data().join("member/wal"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .min()
+            .context("a WAL file")
+    };
+    let head: Vec<u8> = std::fs::read(wal(&f.hosts[0])?)?
+        .into_iter()
+        .take(4096)
+        .collect();
+    let planted = wal(&h4)?;
+    for e in std::fs::read_dir(h4.data().join("member/wal"))? {
+        std::fs::remove_file(e?.path())?;
+    }
+    std::fs::write(&planted, &head)?;
+    f.write_inventory(&w, &all[..3], "")?;
+    let plan = w.admin(&["member", "remove", IPS[3], "--plan"])?.ok()?;
+    assert!(
+        plan.stdout.contains("only if it holds member"),
+        "{}",
+        plan.stdout
+    );
+    let out = w.admin(&["member", "remove", IPS[3], "--yes"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("WipeRemovedMember"), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was wiped"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(&planted)?,
+        head,
+        "the refused wipe touched the data"
+    );
+    assert!(
+        h4.data().join("member/snap").exists(),
+        "the refused wipe removed data"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_refusals_name_the_problem() -> Result<()> {
     let all = inventory_all();
     let (w, f) = setup(&all[..3])?;
