@@ -409,15 +409,26 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
     let (mut w, f) = setup("")?;
     create(&w)?;
     let steps = 12; // 3 members x (guard, write, restart, gate)
+    let newest_run = |w: &World| -> Option<String> {
+        let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
+        let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+        runs.first()?["run_id"].as_str().map(str::to_string)
+    };
     for boundary in 0..steps {
         let before: Vec<usize> = f.hosts.iter().map(|h| h.restart_count()).collect();
+        let previous = newest_run(&w);
         let mut child = w.spawn_admin(&["config", "reload", "--restart"])?;
+        wait_for("the new run", Duration::from_secs(60), || {
+            newest_run(&w).filter(|r| Some(r) != previous.as_ref())
+        })?;
         // Wait until `boundary` steps are done (the kill lands at that boundary or just inside
-        // the next step: both are crash points the design must survive).
+        // the next step: both are crash points the design must survive). The last gate takes
+        // an instant, since a restart is done only once etcd is healthy: the run may have
+        // succeeded by the time it is seen, and then the kill lands after its end.
         let run_id = w.wait_steps_done(
             "config-reload",
             boundary,
-            &["running"],
+            &["running", "succeeded"],
             Duration::from_secs(60),
         )?;
         w.kill_coordinator();
