@@ -13,6 +13,9 @@ use quorum_proto::pb;
 use crate::config::{AgentConfig, BackendKind};
 use crate::journal::{tail, OUTPUT_CAP};
 
+/// How much of the end of a log file is read for its last lines.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
 /// A managed service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Svc {
@@ -196,7 +199,13 @@ impl Backend {
                     other => vec!["systemctl".into(), other.into(), unit.clone()],
                 })
             }
-            BackendKind::Exec => self.cfg.exec.get(svc.exec_key())?.get(action).cloned(),
+            BackendKind::Exec => self
+                .cfg
+                .exec
+                .get(svc.exec_key())?
+                .commands
+                .get(action)
+                .cloned(),
         }
     }
 
@@ -233,6 +242,55 @@ impl Backend {
                     .unwrap_or_else(|| "a signal".into()),
                 output,
             })
+        }
+    }
+
+    /// The last `lines` lines of `svc`'s log, for the operator: `journalctl -u UNIT` under
+    /// systemd, the file `exec.<svc>.log` under exec. `Err` says why there are none.
+    pub async fn log_tail(&self, svc: Svc, lines: usize) -> Result<String, String> {
+        match self.cfg.service_backend {
+            BackendKind::Systemd => {
+                let unit = match svc {
+                    Svc::Etcd => &self.cfg.services.etcd,
+                    Svc::Patroni => &self.cfg.services.patroni,
+                    Svc::VipManager => &self.cfg.services.vip_manager,
+                };
+                let argv: Vec<String> = vec![
+                    "journalctl".into(),
+                    "-u".into(),
+                    unit.clone(),
+                    "-n".into(),
+                    lines.to_string(),
+                    "--no-pager".into(),
+                ];
+                match self.exec(&argv).await {
+                    Ok((Some(0), out)) => Ok(out),
+                    Ok((code, out)) => Err(format!(
+                        "{} exited with {}: {}",
+                        argv.join(" "),
+                        code.map(|c| format!("status {c}"))
+                            .unwrap_or_else(|| "a signal".into()),
+                        out.trim()
+                    )),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            BackendKind::Exec => {
+                let Some(path) = self
+                    .cfg
+                    .exec
+                    .get(svc.exec_key())
+                    .and_then(|s| s.log.as_ref())
+                else {
+                    return Err(format!(
+                        "no log file is configured for {} (exec.{}.log in {})",
+                        svc.fact_key(),
+                        svc.exec_key(),
+                        self.cfg.source.display()
+                    ));
+                };
+                crate::files::tail_lines(path, lines, LOG_TAIL_BYTES)
+            }
         }
     }
 

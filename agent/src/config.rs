@@ -198,8 +198,17 @@ pub enum BackendKind {
     Exec,
 }
 
-/// Commands of one service for the `exec` backend: action -> argv.
-pub type ExecCommands = BTreeMap<String, Vec<String>>;
+/// One service of the `exec` backend: a command per action, and where its log is.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ExecService {
+    /// The file the service writes its log to (the start command's output): its last lines
+    /// go with a start that failed and with a gate's explanation. Optional.
+    #[serde(default)]
+    pub log: Option<PathBuf>,
+    /// action -> argv.
+    #[serde(flatten)]
+    pub commands: BTreeMap<String, Vec<String>>,
+}
 
 /// The agent's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -227,12 +236,16 @@ pub struct AgentConfig {
     /// systemd (default) or exec.
     #[serde(default)]
     pub service_backend: BackendKind,
-    /// exec backend: service ("etcd", "patroni", "vip_manager") -> action -> argv.
+    /// exec backend: service ("etcd", "patroni", "vip_manager") -> action -> argv, and `log`.
     #[serde(default)]
-    pub exec: BTreeMap<String, ExecCommands>,
+    pub exec: BTreeMap<String, ExecService>,
     /// How long one service command may run, seconds.
     #[serde(default = "default_exec_timeout")]
     pub exec_timeout_secs: u64,
+    /// After a start or restart of etcd, how long the agent waits for it to run and answer
+    /// its health endpoint before it fails the task, seconds; 0 turns the check off.
+    #[serde(default = "default_start_check")]
+    pub start_check_secs: u64,
     /// The host-local lock: when true, every wipe is refused, whatever the coordinator says.
     #[serde(default)]
     pub safeguard: bool,
@@ -250,6 +263,10 @@ fn default_prefixes() -> Vec<PathBuf> {
 
 fn default_exec_timeout() -> u64 {
     120
+}
+
+fn default_start_check() -> u64 {
+    20
 }
 
 /// Paths a data dir may never be: wiping their contents would wreck the host.
@@ -409,14 +426,29 @@ impl AgentConfig {
                 ));
             }
         }
-        for (service, cmds) in &cfg.exec {
+        for (service, svc) in &cfg.exec {
             if !matches!(service.as_str(), "etcd" | "patroni" | "vip_manager") {
                 return Err(invalid(
                     "exec",
                     format!("unknown service {service:?}; use etcd, patroni or vip_manager"),
                 ));
             }
-            for (action, argv) in cmds {
+            if let Some(log) = &svc.log {
+                let plain = log.is_absolute()
+                    && !log
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir));
+                if !plain {
+                    return Err(invalid(
+                        &format!("exec.{service}.log"),
+                        format!(
+                            "{} is not a plain absolute path; give the file the service logs to, such as /var/log/etcd.log",
+                            log.display()
+                        ),
+                    ));
+                }
+            }
+            for (action, argv) in &svc.commands {
                 if !matches!(
                     action.as_str(),
                     "start" | "stop" | "restart" | "reload" | "status" | "disable"
@@ -424,7 +456,7 @@ impl AgentConfig {
                     return Err(invalid(
                         &format!("exec.{service}"),
                         format!(
-                            "unknown action {action:?}; use start, stop, restart, reload, status or disable"
+                            "unknown action {action:?}; use start, stop, restart, reload, status or disable (commands), or log (a file)"
                         ),
                     ));
                 }
@@ -442,7 +474,7 @@ impl AgentConfig {
             && cfg
                 .exec
                 .get("etcd")
-                .is_some_and(|cmds| !cmds.contains_key("status"))
+                .is_some_and(|svc| !svc.commands.contains_key("status"))
         {
             return Err(invalid(
                 "exec.etcd.status",
@@ -474,6 +506,26 @@ mod tests {
         assert_eq!(c.paths.etcd_data, PathBuf::from("/data/etcd"));
         assert_eq!(c.service_backend, BackendKind::Systemd);
         assert!(!c.safeguard);
+        assert_eq!(c.start_check_secs, 20);
+        Ok(())
+    }
+
+    #[test]
+    fn an_exec_service_names_its_log_beside_its_commands() -> Result<(), ConfigError> {
+        let c = parse(
+            "service_backend: exec\nexec: { etcd: { status: [x, y], log: /var/log/etcd.log } }",
+        )?;
+        let etcd = c.exec.get("etcd").ok_or_else(|| ConfigError::Invalid {
+            path: "agent.yml".into(),
+            key: "exec.etcd".into(),
+            message: "missing".into(),
+        })?;
+        assert_eq!(etcd.log.as_deref(), Some(Path::new("/var/log/etcd.log")));
+        assert_eq!(
+            etcd.commands.get("status"),
+            Some(&vec!["x".to_string(), "y".to_string()])
+        );
+        assert!(!etcd.commands.contains_key("log"));
         Ok(())
     }
 
@@ -500,6 +552,10 @@ mod tests {
         }
         assert!(parse("service_backend: exec\nexec: { etcd: { status: [x] } }").is_ok());
         assert!(parse("service_backend: exec\nexec: { patroni: { reload: [x] } }").is_ok());
+        match parse("service_backend: exec\nexec: { etcd: { status: [x], log: var/etcd.log } }") {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "exec.etcd.log"),
+            other => panic!("{other:?}"),
+        }
         match parse("typo_key: 1") {
             Err(ConfigError::Parse { message, .. }) => {
                 assert!(message.contains("typo_key"), "{message}")

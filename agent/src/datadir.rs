@@ -35,6 +35,12 @@ pub enum DataDirError {
         /// The component that is not a directory.
         at: PathBuf,
     },
+    /// A file etcd keeps as a regular file (a WAL) is something else.
+    #[error("{at} is not a regular file")]
+    NotFile {
+        /// The path.
+        at: PathBuf,
+    },
     /// The resolved path breaks the config's rules (a system dir, outside the prefixes).
     #[error("{path} resolves to {real}, which {why}")]
     NotAllowed {
@@ -235,6 +241,53 @@ impl DataDir {
             // unlinkat never follows a link: a link is removed, its target is not touched.
             unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(io("remove", &path))
         }
+    }
+
+    /// The first `limit` bytes of the first WAL file (`member/wal/*.wal` in name order), and
+    /// its path; `None` when there is none. Read by descriptor like a wipe walks: no link is
+    /// followed, and only a regular file is read.
+    pub fn wal_head(&self, limit: usize) -> Result<Option<(PathBuf, Vec<u8>)>, DataDirError> {
+        use std::io::Read;
+        let mut at = self.path.clone();
+        let mut dir: Option<OwnedFd> = None;
+        for name in [c"member", c"wal"] {
+            at.push(OsStr::from_bytes(name.to_bytes()));
+            let parent = dir.as_ref().unwrap_or(&self.fd);
+            match nix::fcntl::openat(parent, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => dir = Some(fd),
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(io("open", &at)(e)),
+            }
+        }
+        let Some(wal_dir) = dir else {
+            return Ok(None);
+        };
+        let mut names: Vec<CString> = entries(&wal_dir, &at)?
+            .into_iter()
+            .filter(|n| n.to_bytes().ends_with(b".wal"))
+            .collect();
+        names.sort();
+        let Some(first) = names.first() else {
+            return Ok(None);
+        };
+        let path = at.join(OsStr::from_bytes(first.to_bytes()));
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(&wal_dir, first.as_c_str(), flags, Mode::empty())
+            .map_err(io("open", &path))?;
+        let st = fstat(&fd).map_err(io("stat", &path))?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(DataDirError::NotFile { at: path });
+        }
+        let mut head = Vec::with_capacity(limit.min(64 * 1024));
+        std::fs::File::from(fd)
+            .take(limit as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| DataDirError::Io {
+                action: "read",
+                path: path.clone(),
+                source: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            })?;
+        Ok(Some((path, head)))
     }
 
     /// Opens a subdirectory without following a link or crossing a mount; `None` when it is

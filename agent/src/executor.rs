@@ -16,11 +16,18 @@ use crate::config::AgentConfig;
 use crate::datadir::DataDir;
 use crate::files::{self, Ids, Links, Managed, Written};
 use crate::journal::{Journal, Seen};
+use crate::wal;
 
 /// Largest content a write task may carry.
 pub const MAX_CONTENT: usize = 4 * 1024 * 1024;
 /// Largest file content reported in facts (non-secret files only).
 const FACT_CONTENT_CAP: usize = 64 * 1024;
+/// Lines of a service's log that go with a failed start or a status asked with its log.
+const LOG_LINES: usize = 20;
+/// Lines read from the end of the log to look for errors above those last lines.
+const LOG_SCAN_LINES: usize = 200;
+/// Error lines from above the last lines that go along (the cause often scrolled away).
+const LOG_ERROR_LINES: usize = 5;
 
 /// A task's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +248,7 @@ impl Executor {
             Kind::ServiceAction(a) => self.service_action(a).await,
             Kind::SetPatroniDcsHosts(t) => self.set_patroni_hosts(t).await,
             Kind::SetVipEndpoints(t) => self.set_vip_endpoints(t).await,
-            Kind::WipeEtcdData(t) => self.wipe(t.purge).await,
+            Kind::WipeEtcdData(t) => self.wipe(t).await,
             Kind::CollectFacts(_) => TaskReport::new(pb::Outcome::Ok, "facts collected"),
             Kind::RetireEtcd(_) => self.retire().await,
         }
@@ -355,10 +362,12 @@ impl Executor {
         };
         if action == "status" {
             let st = self.backend.status(svc).await;
-            return TaskReport::new(
-                pb::Outcome::Ok,
-                format!("{} {}", svc.fact_key(), state_word(st)),
-            );
+            let mut out = format!("{} {}", svc.fact_key(), state_word(st));
+            if a.with_log {
+                out.push('\n');
+                out.push_str(&self.log_section(svc).await);
+            }
+            return TaskReport::new(pb::Outcome::Ok, out);
         }
         if !a.force && !a.if_changed.is_empty() {
             let changed = a
@@ -394,14 +403,112 @@ impl Executor {
                 );
             }
         }
-        match self.backend.run(svc, action).await {
-            Ok(out) => TaskReport::new(
-                pb::Outcome::Changed,
-                format!("{action} {}: ok\n{out}", svc.fact_key())
-                    .trim()
-                    .to_string(),
-            ),
-            Err(e) => TaskReport::failed(e.to_string()),
+        let out = match self.backend.run(svc, action).await {
+            Ok(out) => out,
+            Err(e) => {
+                let mut msg = e.to_string();
+                if svc == Svc::Etcd && matches!(action, "start" | "restart") {
+                    msg = format!("{msg}\n{}", self.log_section(svc).await);
+                }
+                return TaskReport::failed(msg);
+            }
+        };
+        let mut report = format!("{action} {}: ok", svc.fact_key());
+        if svc == Svc::Etcd && matches!(action, "start" | "restart") {
+            match self.confirm_etcd_running(action).await {
+                Ok(note) => report = format!("{report}; {note}"),
+                Err(why) => {
+                    return TaskReport::failed(format!("{why}\n{}", self.log_section(svc).await))
+                }
+            }
+        }
+        TaskReport::new(
+            pb::Outcome::Changed,
+            format!("{report}\n{out}").trim().to_string(),
+        )
+    }
+
+    /// "Start means running": after a start or restart, etcd must be running and answer its
+    /// health endpoint within `start_check_secs`. Without this, a start-stop-daemon that
+    /// forked an etcd which exits at once (a wrong initial-cluster, a port in use) reads as
+    /// done, and the run learns of it only a gate timeout later, without etcd's words.
+    /// `Ok` says what was confirmed; `Err` says what went wrong.
+    async fn confirm_etcd_running(&self, action: &str) -> Result<String, String> {
+        use crate::etcd_health::{self, NotHealthy};
+        use std::time::{Duration, Instant};
+        let secs = self.cfg.start_check_secs;
+        if secs == 0 {
+            return Ok("not checked (start_check_secs: 0)".into());
+        }
+        // The health endpoint comes from the etcd.conf etcd was started with. When the check
+        // cannot be made (no local client URL, unusable TLS files), only the process is
+        // watched, for a shorter while: long enough to see an etcd that exits at once.
+        let mut endpoint = match self.managed(&self.cfg.paths.etcd_conf).read() {
+            Ok(Some(c)) => {
+                etcd_health::endpoint_from_conf(&String::from_utf8_lossy(&c.data), self.cfg.host_ip)
+            }
+            Ok(None) => Err(format!(
+                "{} does not exist",
+                self.cfg.paths.etcd_conf.display()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        let window = Duration::from_secs(secs);
+        let watch_only = Duration::from_secs(secs.min(3));
+        let started = Instant::now();
+        let mut why = String::from("no answer yet");
+        loop {
+            let probe = self.backend.probe(Svc::Etcd).await;
+            match probe.state {
+                pb::ServiceState::Active => match &endpoint {
+                    Ok(ep) => match etcd_health::check(ep, Duration::from_secs(2)).await {
+                        Ok(()) => {
+                            return Ok(format!(
+                                "etcd runs and {}/health answers healthy after {:.1}s",
+                                ep.url,
+                                started.elapsed().as_secs_f64()
+                            ))
+                        }
+                        Err(NotHealthy::Setup(e) | NotHealthy::Tls(e)) => endpoint = Err(e),
+                        Err(e) => why = format!("{}/health: {e}", ep.url),
+                    },
+                    Err(cannot) if started.elapsed() >= watch_only => {
+                        return Ok(format!(
+                            "etcd kept running for {:.1}s; its health was not asked: {cannot}",
+                            started.elapsed().as_secs_f64()
+                        ))
+                    }
+                    Err(_) => {}
+                },
+                pb::ServiceState::Inactive | pb::ServiceState::Failed => {
+                    return Err(format!(
+                        "etcd is not running {:.1}s after the {action} (its status: {}): it exited",
+                        started.elapsed().as_secs_f64(),
+                        state_word(probe.state)
+                    ))
+                }
+                _ => {
+                    why = format!(
+                        "its state cannot be read ({})",
+                        probe.why.as_deref().unwrap_or("no reason given")
+                    )
+                }
+            }
+            if started.elapsed() >= window {
+                return Err(format!(
+                    "etcd did not become healthy within {secs}s of the {action} (start_check_secs): {why}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// The last lines of `svc`'s log, as a section of a report.
+    async fn log_section(&self, svc: Svc) -> String {
+        match self.backend.log_tail(svc, LOG_SCAN_LINES).await {
+            Ok(t) if t.trim().is_empty() => format!("{}'s log is empty", svc.fact_key()),
+            Ok(t) => log_summary(svc.fact_key(), &t, LOG_LINES, LOG_ERROR_LINES),
+            Err(e) => format!("({}'s log is not available: {e})", svc.fact_key()),
         }
     }
 
@@ -592,7 +699,8 @@ impl Executor {
         }
     }
 
-    async fn wipe(&self, purge: bool) -> TaskReport {
+    async fn wipe(&self, t: &pb::WipeEtcdData) -> TaskReport {
+        let purge = t.purge;
         let data = &self.cfg.paths.etcd_data;
         if self.cfg.safeguard {
             return TaskReport::refused(format!(
@@ -601,6 +709,11 @@ impl Executor {
                 data.display()
             ));
         }
+        // Before anything is stopped: a refusal changes nothing, not even etcd's state.
+        let identity_note = match self.check_wipe_identity(t) {
+            Ok(note) => note,
+            Err(refusal) => return refusal,
+        };
         // Fail closed: only a positive "stopped" lets a wipe through. A state the agent cannot
         // tell is treated as running.
         let probe = self.backend.probe(Svc::Etcd).await;
@@ -653,13 +766,84 @@ impl Executor {
             ),
             Ok(removed) => TaskReport::new(
                 pb::Outcome::Changed,
-                format!("wiped {} ({removed} entries)", data.display()),
+                format!(
+                    "wiped {} ({removed} entries){identity_note}",
+                    data.display()
+                ),
             ),
             Err((e, 0)) if e.is_refusal() => TaskReport::refused(e.to_string()),
             Err((e, removed)) => TaskReport::failed(format!(
                 "{e} ({removed} entries of {} removed before)",
                 data.display()
             )),
+        }
+    }
+
+    /// What the data dir's WAL says about whose data it holds.
+    fn data_identity(&self) -> DataIdentity {
+        let data = &self.cfg.paths.etcd_data;
+        let dir = match DataDir::open(data, |real| self.cfg.data_dir_allowed(real)) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => return DataIdentity::NoWal,
+            Err(e) => return DataIdentity::Unreadable(e.to_string()),
+        };
+        match dir.wal_head(wal::HEAD_LIMIT) {
+            Ok(None) => DataIdentity::NoWal,
+            Ok(Some((path, head))) => match wal::parse_identity(&head) {
+                Ok(id) => DataIdentity::Found(id),
+                Err(e) => DataIdentity::Unreadable(format!("{}: {e}", path.display())),
+            },
+            Err(e) => DataIdentity::Unreadable(e.to_string()),
+        }
+    }
+
+    /// Refuses a wipe meant for another member: the task names the member (and cluster) the
+    /// coordinator means, and the data dir's WAL says whose data it is. A task that names
+    /// none (an older coordinator, an ad-hoc `quorum task`, a member whose id was not known
+    /// at plan time) is not checked, as before. `Ok` carries a note for the report.
+    fn check_wipe_identity(&self, t: &pb::WipeEtcdData) -> Result<String, TaskReport> {
+        if t.member_id.is_empty() && t.cluster_id.is_empty() {
+            return Ok(String::new());
+        }
+        let data = &self.cfg.paths.etcd_data;
+        let parse = |what: &str, hex: &str| -> Result<Option<u64>, TaskReport> {
+            if hex.is_empty() {
+                return Ok(None);
+            }
+            u64::from_str_radix(hex, 16).map(Some).map_err(|_| {
+                TaskReport::refused(format!(
+                    "the task names {what} id {hex:?}, which is not a hex id; nothing was wiped"
+                ))
+            })
+        };
+        let want_member = parse("member", &t.member_id)?;
+        let want_cluster = parse("cluster", &t.cluster_id)?;
+        let expected = match (want_member, want_cluster) {
+            (Some(m), Some(c)) => format!("member {m:x} of cluster {c:x}"),
+            (Some(m), None) => format!("member {m:x}"),
+            (None, Some(c)) => format!("a member of cluster {c:x}"),
+            (None, None) => String::new(),
+        };
+        match self.data_identity() {
+            // No WAL: no member's data to mistake for another's.
+            DataIdentity::NoWal => Ok(String::new()),
+            DataIdentity::Unreadable(why) => Err(TaskReport::refused(format!(
+                "this wipe is meant for {expected}, but whose data {} holds cannot be read ({why}); nothing was wiped. Look at the data dir; if it really is that member's, wipe it with `quorum task --host {} --yes wipe-etcd-data`",
+                data.display(),
+                self.cfg.host_ip
+            ))),
+            DataIdentity::Found(id) => {
+                let member_ok = want_member.is_none_or(|m| m == id.member);
+                let cluster_ok = want_cluster.is_none_or(|c| c == id.cluster);
+                if member_ok && cluster_ok {
+                    Ok(format!("; it held {id}, as expected"))
+                } else {
+                    Err(TaskReport::refused(format!(
+                        "the data dir {} holds {id}, not the expected {expected}; nothing was wiped. It may belong to another live member or cluster: check that the inventory names the right host for this member",
+                        data.display()
+                    )))
+                }
+            }
         }
     }
 
@@ -725,13 +909,32 @@ impl Executor {
         }
         f.vip = vip_fact(self.managed(&p.vip_conf));
         let member = p.etcd_data.join("member");
-        f.data_dir = Some(pb::DataDirFact {
+        let mut data_dir = pb::DataDirFact {
             path: p.etcd_data.display().to_string(),
             has_member: member.join("wal").exists() || member.join("snap").exists(),
-            member_id: String::new(),
-        });
+            ..Default::default()
+        };
+        match self.data_identity() {
+            DataIdentity::Found(id) => {
+                data_dir.member_id = format!("{:x}", id.member);
+                data_dir.cluster_id = format!("{:x}", id.cluster);
+            }
+            DataIdentity::Unreadable(why) => data_dir.identity_error = why,
+            DataIdentity::NoWal => {}
+        }
+        f.data_dir = Some(data_dir);
         f
     }
+}
+
+/// Whose data the data dir holds, as its WAL says.
+enum DataIdentity {
+    /// No WAL (or no data dir): no member's data.
+    NoWal,
+    /// The member and cluster the WAL names.
+    Found(wal::Identity),
+    /// A WAL is there but cannot be read; why.
+    Unreadable(String),
 }
 
 /// The fact of one managed file, read with the same checks as a write: a link, FIFO or
@@ -836,11 +1039,80 @@ fn render_typed<T>(
         .map_err(|e| TaskReport::refused(format!("cannot render {what}: {e}; nothing was written")))
 }
 
+/// The end of a service's log for the operator: its last `last` lines and, above them, up to
+/// `errors` error lines from earlier in `text` (a dying etcd logs its cause, then a screen of
+/// shutdown lines). Error lines are etcd's: capnslog's `C`/`E` levels (3.4), zap's
+/// `"level":"error"|"fatal"|"panic"` (3.5), and Go's `panic:`.
+pub fn log_summary(name: &str, text: &str, last: usize, errors: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let split = lines.len().saturating_sub(last);
+    let is_error = |l: &str| {
+        l.contains(" C | ")
+            || l.contains(" E | ")
+            || l.contains("\"level\":\"error\"")
+            || l.contains("\"level\":\"fatal\"")
+            || l.contains("\"level\":\"panic\"")
+            || l.trim_start().starts_with("panic:")
+    };
+    let earlier: Vec<&str> = lines[..split]
+        .iter()
+        .copied()
+        .filter(|l| is_error(l))
+        .collect();
+    let earlier = &earlier[earlier.len().saturating_sub(errors)..];
+    let mut out = String::new();
+    if !earlier.is_empty() {
+        out.push_str(&format!(
+            "--- errors earlier in {name}'s log ---\n{}\n",
+            earlier.join("\n")
+        ));
+    }
+    out.push_str(&format!(
+        "--- the last lines of {name}'s log ---\n{}",
+        lines[split..].join("\n").trim_end()
+    ));
+    out
+}
+
 fn state_word(s: pb::ServiceState) -> &'static str {
     match s {
         pb::ServiceState::Active => "active",
         pb::ServiceState::Inactive => "inactive",
         pb::ServiceState::Failed => "failed",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_that_scrolled_away_is_kept_above_the_last_lines() {
+        let mut log = vec![
+            "2026-11-30 22:12:56.1 I | etcdserver: starting".to_string(),
+            "2026-11-30 22:12:56.2 E | etcdserver: the member has been permanently removed from the cluster".to_string(),
+        ];
+        for i in 0..30 {
+            log.push(format!(
+                "2026-11-30 22:12:56.3 I | rafthttp: stopped peer {i}"
+            ));
+        }
+        let out = log_summary("etcd", &log.join("\n"), 20, 5);
+        assert!(
+            out.starts_with("--- errors earlier in etcd's log ---\n2026-11-30 22:12:56.2 E | etcdserver: the member has been permanently removed"),
+            "{out}"
+        );
+        assert!(
+            out.contains("--- the last lines of etcd's log ---\n"),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), 1 + 1 + 1 + 20, "{out}");
+        // 3.5's JSON lines count as errors by their level; nothing to add when all is recent.
+        let json = "{\"level\":\"fatal\",\"msg\":\"listen tcp: bind: address already in use\"}";
+        assert_eq!(
+            log_summary("etcd", json, 20, 5),
+            format!("--- the last lines of etcd's log ---\n{json}")
+        );
     }
 }

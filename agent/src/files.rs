@@ -590,6 +590,43 @@ impl Managed<'_> {
     }
 }
 
+/// The last `lines` lines of the log file at `path`, read from at most its last `cap` bytes.
+/// A log is written by the service, not by the agent, so the path is opened without following
+/// a link and must be a regular file: a link planted there cannot make the agent send another
+/// file's end to the coordinator.
+pub fn tail_lines(path: &Path, lines: usize, cap: u64) -> Result<String, String> {
+    use std::io::{Seek, SeekFrom};
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| match e {
+        Errno::ELOOP => format!(
+            "{} is a symbolic link; a log is read only as a regular file",
+            path.display()
+        ),
+        e => format!("cannot open {}: {}", path.display(), e.desc()),
+    })?;
+    let st = fstat(&fd).map_err(|e| format!("cannot stat {}: {}", path.display(), e.desc()))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut file = fs::File::from(fd);
+    let len = u64::try_from(st.st_size).unwrap_or(0);
+    let start = len.saturating_sub(cap);
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    file.take(cap)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut all: Vec<&str> = text.lines().collect();
+    // Reading from the middle of the file, the first line is a fragment.
+    if start > 0 && !all.is_empty() {
+        all.remove(0);
+    }
+    let from = all.len().saturating_sub(lines);
+    Ok(all[from..].join("\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,7 +65,7 @@ impl Host {
         // patroni reload and vip-manager restart append to a marker the test reads.
         let m = self.s("log/marker");
         format!(
-            "  patroni:\n    reload: [/bin/sh, -c, 'echo patroni-reload >> {m}']\n    restart: [/bin/sh, -c, 'echo patroni-restart >> {m}']\n  vip_manager:\n    restart: [/bin/sh, -c, 'echo vip-restart >> {m}']\n  etcd:\n    restart: [/bin/sh, -c, 'echo etcd-restart >> {m}']\n    status: ['false']\n"
+            "  patroni:\n    reload: [/bin/sh, -c, 'echo patroni-reload >> {m}']\n    restart: [/bin/sh, -c, 'echo patroni-restart >> {m}']\n  vip_manager:\n    restart: [/bin/sh, -c, 'echo vip-restart >> {m}']\n  etcd:\n    restart: [/bin/sh, -c, 'echo etcd-restart >> {m}']\n    status: ['false']\n{NO_START_CHECK}"
         )
     }
     fn marker(&self) -> Vec<String> {
@@ -76,6 +76,10 @@ impl Host {
             .collect()
     }
 }
+
+/// The marker's etcd "restart" starts nothing, so the start check (etcd must run and answer
+/// health afterwards) is off for it.
+const NO_START_CHECK: &str = "start_check_secs: 0\n";
 
 fn task(id: &str, kind: Kind) -> pb::Task {
     pb::Task {
@@ -131,6 +135,7 @@ fn service(s: pb::Service, a: pb::Action) -> Kind {
         action: a as i32,
         if_changed: vec![],
         force: true,
+        ..Default::default()
     })
 }
 
@@ -175,6 +180,7 @@ async fn writes_are_atomic_idempotent_and_keep_the_previous_version() -> Result<
             action: pb::Action::Restart as i32,
             if_changed: ids.iter().map(|s| s.to_string()).collect(),
             force: false,
+            ..Default::default()
         })
     };
     let r = ex.execute(&task("t5", restart_if(&["t2"]))).await;
@@ -384,6 +390,7 @@ async fn bad_tasks_are_refused_and_touch_nothing() -> Result<()> {
                 action: 3,
                 if_changed: vec![],
                 force: true,
+                ..Default::default()
             }),
         ))
         .await;
@@ -396,6 +403,7 @@ async fn bad_tasks_are_refused_and_touch_nothing() -> Result<()> {
                 action: 42,
                 if_changed: vec![],
                 force: true,
+                ..Default::default()
             }),
         ))
         .await;
@@ -540,7 +548,7 @@ fn etcd_exec(h: &Host) -> Result<String> {
         h.s("log/marker"),
     );
     Ok(format!(
-        "  etcd:\n    start: [start-stop-daemon, --start, --background, --oknodo, --make-pidfile, --pidfile, {pid}, --output, {log}, --exec, /usr/bin/etcd, --, --config-file, {cf}]\n    stop: [start-stop-daemon, --stop, --oknodo, --pidfile, {pid}, --retry, TERM/30/KILL/5, --remove-pidfile]\n    restart: [/bin/sh, -c, 'echo etcd-restart >> {m} && start-stop-daemon --stop --oknodo --pidfile {pid} --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --make-pidfile --pidfile {pid} --output {log} --exec /usr/bin/etcd -- --config-file {cf}']\n    status: [/bin/sh, -c, 'p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && grep -q \"^State:[[:space:]]*[RSDI]\" /proc/$p/status']\n"
+        "  etcd:\n    start: [start-stop-daemon, --start, --background, --oknodo, --make-pidfile, --pidfile, {pid}, --output, {log}, --exec, /usr/bin/etcd, --, --config-file, {cf}]\n    stop: [start-stop-daemon, --stop, --oknodo, --pidfile, {pid}, --retry, TERM/30/KILL/5, --remove-pidfile]\n    restart: [/bin/sh, -c, 'echo etcd-restart >> {m} && start-stop-daemon --stop --oknodo --pidfile {pid} --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --make-pidfile --pidfile {pid} --output {log} --exec /usr/bin/etcd -- --config-file {cf}']\n    status: [/bin/sh, -c, 'p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && grep -q \"^State:[[:space:]]*[RSDI]\" /proc/$p/status']\n    log: {log}\n"
     ))
 }
 
@@ -608,7 +616,10 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     let r = ex
         .execute(&task(
             "w1",
-            Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge: false,
+                ..Default::default()
+            }),
         ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
@@ -619,7 +630,10 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     let r = guarded
         .execute(&task(
             "w2",
-            Kind::WipeEtcdData(pb::WipeEtcdData { purge: true }),
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge: true,
+                ..Default::default()
+            }),
         ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused);
@@ -641,7 +655,10 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     let r = ex
         .execute(&task(
             "w3",
-            Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge: false,
+                ..Default::default()
+            }),
         ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
@@ -654,7 +671,10 @@ async fn the_exec_backend_drives_real_etcd_and_wipes_follow_the_rules() -> Resul
     let r = ex
         .execute(&task(
             "w4",
-            Kind::WipeEtcdData(pb::WipeEtcdData { purge: true }),
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge: true,
+                ..Default::default()
+            }),
         ))
         .await;
     assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
@@ -721,5 +741,201 @@ fn the_documented_default_config_parses() -> Result<()> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.yml");
     let cfg = AgentConfig::load(&path)?;
     assert_eq!(cfg.paths.etcd_conf, PathBuf::from("/etc/etcd/etcd.conf"));
+    Ok(())
+}
+
+fn status_with_log() -> Kind {
+    Kind::ServiceAction(pb::ServiceAction {
+        service: pb::Service::Etcd as i32,
+        action: pb::Action::Status as i32,
+        with_log: true,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_start_is_done_only_once_etcd_runs_and_answers_health() -> Result<()> {
+    let h = Host::new()?;
+    let exec = etcd_exec(&h)?;
+    let _guard = KillOnDrop(h.p("run/etcd.pid"));
+    let ex = h.executor(false, &exec)?;
+    let start = |id: &str| task(id, service(pb::Service::Etcd, pb::Action::Start));
+    let r = ex.execute(&start("s1")).await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
+    assert!(r.output.contains("/health answers healthy"), "{}", r.output);
+    let stop = task("s2", service(pb::Service::Etcd, pb::Action::Stop));
+    assert_eq!(ex.execute(&stop).await.outcome, pb::Outcome::Changed);
+    let wipe = task(
+        "w1",
+        Kind::WipeEtcdData(pb::WipeEtcdData {
+            purge: false,
+            ..Default::default()
+        }),
+    );
+    assert_eq!(ex.execute(&wipe).await.outcome, pb::Outcome::Changed);
+    // F7: a new member whose etcd.conf makes etcd exit at once (its own name is not in
+    // initial-cluster). start-stop-daemon --background returns 0 all the same; the task must
+    // fail, with etcd's own words, instead of reporting a start that did not happen.
+    let conf = std::fs::read_to_string(h.p("etc/etcd/etcd.conf"))?;
+    std::fs::write(
+        h.p("etc/etcd/etcd.conf"),
+        conf.replace("initial-cluster: solo=", "initial-cluster: other="),
+    )?;
+    let r = ex.execute(&start("s3")).await;
+    assert_eq!(r.outcome, pb::Outcome::Failed, "{r:?}");
+    assert!(r.output.contains("it exited"), "{}", r.output);
+    assert!(
+        r.output
+            .contains("couldn't find local name \"solo\" in the initial cluster configuration"),
+        "the report lacks etcd's own error:\n{}",
+        r.output
+    );
+    // The same tail answers a status asked with its log (what a gate failure shows).
+    let r = ex.execute(&task("s4", status_with_log())).await;
+    assert_eq!(r.outcome, pb::Outcome::Ok, "{r:?}");
+    assert!(r.output.starts_with("etcd inactive\n"), "{}", r.output);
+    assert!(
+        r.output.contains("couldn't find local name"),
+        "{}",
+        r.output
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_etcd_that_never_answers_fails_its_start_within_the_check() -> Result<()> {
+    let h = Host::new()?;
+    let exec = etcd_exec(&h)?;
+    let _guard = KillOnDrop(h.p("run/etcd.pid"));
+    // etcd runs but its health endpoint is elsewhere: a client URL on this host that
+    // nothing listens on (as when etcd waits for peers it never reaches).
+    let conf = std::fs::read_to_string(h.p("etc/etcd/etcd.conf"))?;
+    let dead = free_port()?;
+    std::fs::write(
+        h.p("etc/etcd/etcd.conf"),
+        conf.replace(
+            "advertise-client-urls: http://127.0.0.1:",
+            &format!("advertise-client-urls: http://127.0.0.1:{dead},http://127.0.0.1:"),
+        ),
+    )?;
+    let ex = h.executor(false, &format!("{exec}start_check_secs: 2\n"))?;
+    let r = ex
+        .execute(&task("s1", service(pb::Service::Etcd, pb::Action::Start)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Failed, "{r:?}");
+    assert!(
+        r.output.contains(&format!(
+            "http://127.0.0.1:{dead}/health: it does not answer (connection refused)"
+        )),
+        "{}",
+        r.output
+    );
+    assert!(r.output.contains("within 2s"), "{}", r.output);
+    assert!(
+        r.output.contains("the last lines of etcd's log"),
+        "{}",
+        r.output
+    );
+    Ok(())
+}
+
+async fn etcdctl_member_id(h: &Host) -> Result<String> {
+    let conf = std::fs::read_to_string(h.p("etc/etcd/etcd.conf"))?;
+    let url = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("advertise-client-urls: "))
+        .context("client URL")?
+        .to_string();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &url, "member", "list", "-w", "json"])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let id = v["members"][0]["ID"].as_u64().context("member ID")?;
+    let cluster = v["header"]["cluster_id"].as_u64().context("cluster_id")?;
+    Ok(format!("{id:x}/{cluster:x}"))
+}
+
+#[tokio::test]
+async fn a_wipe_meant_for_another_member_is_refused_and_the_data_survives() -> Result<()> {
+    let h = Host::new()?;
+    let exec = etcd_exec(&h)?;
+    let _guard = KillOnDrop(h.p("run/etcd.pid"));
+    let ex = h.executor(false, &exec)?;
+    let r = ex
+        .execute(&task("s1", service(pb::Service::Etcd, pb::Action::Start)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
+    let ids = etcdctl_member_id(&h).await?;
+    let (member, cluster) = ids.split_once('/').context("ids")?;
+    // Facts carry what etcd's own WAL says, as etcdctl shows it.
+    let f = ex.facts().await;
+    let d = f.data_dir.context("data dir fact")?;
+    assert_eq!(
+        (d.member_id.as_str(), d.cluster_id.as_str()),
+        (member, cluster)
+    );
+    assert!(d.identity_error.is_empty(), "{d:?}");
+    // A purge naming another member is refused before etcd is even stopped.
+    let wipe = |id: &str, member: &str, cluster: &str, purge: bool| {
+        task(
+            id,
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge,
+                member_id: member.into(),
+                cluster_id: cluster.into(),
+            }),
+        )
+    };
+    let r = ex
+        .execute(&wipe("w1", "8e9e05c52164694d", cluster, true))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(
+        r.output.contains(&format!(
+            "holds member {member} of cluster {cluster}, not the expected member 8e9e05c52164694d of cluster {cluster}; nothing was wiped"
+        )),
+        "{}",
+        r.output
+    );
+    assert!(etcd_pid(&h).is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()));
+    assert!(h.p("data/etcd/member/wal").exists());
+    let stop = task("s2", service(pb::Service::Etcd, pb::Action::Stop));
+    assert_eq!(ex.execute(&stop).await.outcome, pb::Outcome::Changed);
+    // The right member of another cluster is refused too; a bad id is refused.
+    let r = ex.execute(&wipe("w2", member, "1", false)).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    let r = ex.execute(&wipe("w3", "etcd-2", "", false)).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(r.output.contains("not a hex id"), "{}", r.output);
+    assert!(
+        h.p("data/etcd/member/wal").exists(),
+        "a refused wipe removed data"
+    );
+    // A WAL that cannot be read is not taken for the expected member.
+    let wal_dir = h.p("data/etcd/member/wal");
+    let first = std::fs::read_dir(&wal_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .min()
+        .context("a WAL file")?;
+    let saved = std::fs::read(&first)?;
+    std::fs::write(&first, b"garbage")?;
+    let r = ex.execute(&wipe("w4", member, cluster, false)).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(r.output.contains("cannot be read"), "{}", r.output);
+    std::fs::write(&first, saved)?;
+    // The member it is meant for is wiped, and the report says whose data it was.
+    let r = ex.execute(&wipe("w5", member, cluster, false)).await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
+    assert!(
+        r.output.contains(&format!(
+            "it held member {member} of cluster {cluster}, as expected"
+        )),
+        "{}",
+        r.output
+    );
+    assert_eq!(std::fs::read_dir(h.p("data/etcd"))?.count(), 0);
     Ok(())
 }

@@ -146,6 +146,7 @@ mod tests {
             action: action as i32,
             if_changed: vec![],
             force: true,
+            with_log: false,
         })
     }
 
@@ -155,7 +156,10 @@ mod tests {
             service(pb::Service::Etcd, pb::Action::Restart),
             service(pb::Service::Patroni, pb::Action::Stop),
             service(pb::Service::VipManager, pb::Action::Restart),
-            Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
+            Kind::WipeEtcdData(pb::WipeEtcdData {
+                purge: false,
+                ..Default::default()
+            }),
             Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts {
                 hosts: vec!["a:1".into()],
                 restart: true,
@@ -214,9 +218,15 @@ mod tests {
         )
         .is_ok());
         // Purge stops etcd too; a plain wipe (refused by agents while etcd runs) does not.
-        let purge = Kind::WipeEtcdData(pb::WipeEtcdData { purge: true });
+        let purge = Kind::WipeEtcdData(pb::WipeEtcdData {
+            purge: true,
+            ..Default::default()
+        });
         assert!(fan_out_guard(&purge, &[ip("10.0.0.1")?, ip("10.0.0.2")?], Ok(&inv)).is_err());
-        let wipe = Kind::WipeEtcdData(pb::WipeEtcdData { purge: false });
+        let wipe = Kind::WipeEtcdData(pb::WipeEtcdData {
+            purge: false,
+            ..Default::default()
+        });
         assert!(fan_out_guard(&wipe, &[ip("10.0.0.1")?, ip("10.0.0.2")?], Ok(&inv)).is_ok());
         let patroni = service(pb::Service::Patroni, pb::Action::Restart);
         assert!(fan_out_guard(&patroni, &[ip("10.0.0.1")?, ip("10.0.0.2")?], Ok(&inv)).is_ok());

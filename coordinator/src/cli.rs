@@ -1217,6 +1217,7 @@ async fn ad_hoc_task(
                     action: action as i32,
                     if_changed: vec![],
                     force: true,
+                    ..Default::default()
                 }),
                 destructive,
             )
@@ -1230,7 +1231,14 @@ async fn ad_hoc_task(
             true,
         ),
         TaskCommand::WipeEtcdData { purge } => {
-            (Kind::WipeEtcdData(pb::WipeEtcdData { purge }), true)
+            (
+                // Names no member: the operator's ad-hoc wipe is not checked against one.
+                Kind::WipeEtcdData(pb::WipeEtcdData {
+                    purge,
+                    ..Default::default()
+                }),
+                true,
+            )
         }
     };
     if destructive && !yes {

@@ -25,25 +25,236 @@ pub struct MemberInfo {
     pub is_learner: bool,
 }
 
+/// What went wrong asking one etcd endpoint, classified once from the client's error: the
+/// way etcd's own client maps its server's messages back to typed errors
+/// (`rpctypes.errStringToError`), so the runner matches variants and operators read a
+/// sentence, never a Rust error's Debug dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Nothing answered at the endpoint: the OS's or TLS's reason ("connection refused").
+    Unreachable(String),
+    /// No answer in time.
+    Timeout,
+    /// etcd refuses a membership change until its leader has seen a quorum for a while
+    /// (strict reconfiguration check): "etcdserver: unhealthy cluster".
+    UnhealthyCluster,
+    /// A promote refused because the learner has not caught up with the leader yet.
+    LearnerNotReady,
+    /// The member has no leader now: an election is under way, or quorum is lost.
+    NoLeader,
+    /// Anything else, in etcd's (or the client's) own words.
+    Other(String),
+}
+
+impl Fault {
+    /// Classifies an etcd client error.
+    pub fn of(e: &etcd_client::Error) -> Self {
+        use etcd_client::Error as E;
+        match e {
+            E::GRpcStatus(st) => Self::of_status(st),
+            E::TransportError(t) => {
+                Self::in_sources(t).unwrap_or_else(|| Fault::Unreachable(deepest(t)))
+            }
+            E::IoError(io) => Fault::Unreachable(io_reason(io)),
+            other => Fault::Other(other.to_string()),
+        }
+    }
+
+    /// Classifies a gRPC status: a transport failure the client wrapped in it, else etcd's
+    /// own message, else its code.
+    pub fn of_status(st: &tonic::Status) -> Self {
+        if let Some(f) = Self::in_sources(st) {
+            return f;
+        }
+        if let Some(f) = Self::of_message(st.message()) {
+            return f;
+        }
+        match st.code() {
+            tonic::Code::DeadlineExceeded => Fault::Timeout,
+            tonic::Code::Unavailable if std::error::Error::source(st).is_some() => {
+                Fault::Unreachable(deepest(st))
+            }
+            _ => Fault::Other(st.message().to_string()),
+        }
+    }
+
+    /// etcd's messages that mean something to the runner (etcd's `rpctypes`, 3.4 and 3.5).
+    fn of_message(m: &str) -> Option<Self> {
+        Some(match m {
+            "etcdserver: unhealthy cluster" => Fault::UnhealthyCluster,
+            "etcdserver: can only promote a learner member which is in sync with leader" => {
+                Fault::LearnerNotReady
+            }
+            "etcdserver: no leader" | "etcdserver: leader changed" => Fault::NoLeader,
+            "etcdserver: request timed out"
+            | "etcdserver: request timed out, possibly due to previous leader failure"
+            | "etcdserver: request timed out, possibly due to connection lost"
+            | "etcdserver: request timed out, waiting for the applied index took too long" => {
+                Fault::Timeout
+            }
+            _ => return None,
+        })
+    }
+
+    /// A transport failure among `e` and its sources: the I/O error under a refused or reset
+    /// connection or a failed TLS handshake, or tonic's own timeout.
+    fn in_sources(e: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if err.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+                return Some(Fault::Timeout);
+            }
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return Some(Fault::Unreachable(io_reason(io)));
+            }
+            cur = err.source();
+        }
+        None
+    }
+
+    /// Whether another endpoint may do better: a connection problem or a member without a
+    /// leader, not an answer from the cluster.
+    fn try_elsewhere(&self) -> bool {
+        matches!(
+            self,
+            Fault::Unreachable(_) | Fault::Timeout | Fault::NoLeader | Fault::UnhealthyCluster
+        )
+    }
+
+    /// The operator's sentence for this fault at `endpoint`.
+    pub fn at(&self, endpoint: &str) -> String {
+        match self {
+            Fault::Unreachable(why) => format!("cannot reach {endpoint}: {why}"),
+            Fault::Timeout => format!("{endpoint} did not answer in time"),
+            Fault::UnhealthyCluster => format!(
+                "{endpoint}: etcd refuses membership changes until its leader has seen a quorum for 5 seconds (unhealthy cluster)"
+            ),
+            Fault::LearnerNotReady => {
+                format!("{endpoint}: the learner has not caught up with the leader yet")
+            }
+            Fault::NoLeader => format!(
+                "{endpoint}: the member has no leader (an election is under way, or quorum is lost)"
+            ),
+            Fault::Other(m) => format!("{endpoint}: {m}"),
+        }
+    }
+}
+
+/// The OS's word for a failed connection ("connection refused"), without Rust's framing; a
+/// TLS failure, which comes as an I/O error around rustls' own, in rustls' words.
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused".into(),
+        ConnectionReset => "connection reset".into(),
+        TimedOut => "timed out".into(),
+        _ => match (e.raw_os_error(), e.get_ref()) {
+            (Some(_), _) => {
+                let s = e.to_string();
+                s.split(" (os error").next().unwrap_or(&s).to_lowercase()
+            }
+            (None, Some(inner)) => inner.to_string(),
+            (None, None) => e.to_string(),
+        },
+    }
+}
+
+/// The message of the innermost source of `e`: the most specific words available.
+fn deepest(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
 /// etcd errors, with the endpoints asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EtcdError {
-    /// No endpoint answered.
-    #[error("no etcd endpoint answered ({endpoints}): {message}")]
-    Unreachable {
-        /// The endpoints tried.
-        endpoints: String,
-        /// The last error.
-        message: String,
+    /// No endpoint did `op`: what each one said.
+    NoAnswer {
+        /// The operation.
+        op: &'static str,
+        /// Each endpoint tried, with its fault.
+        tried: Vec<(String, Fault)>,
     },
-    /// etcd answered with an error.
-    #[error("etcd refused {op}: {message}")]
+    /// etcd answered `op` with a refusal.
     Refused {
         /// The operation.
         op: &'static str,
-        /// etcd's message.
-        message: String,
+        /// The endpoint that answered.
+        endpoint: String,
+        /// etcd's answer.
+        fault: Fault,
     },
+}
+
+impl EtcdError {
+    /// Whether any endpoint answered with `fault`.
+    pub fn has(&self, fault: &Fault) -> bool {
+        match self {
+            EtcdError::NoAnswer { tried, .. } => tried.iter().any(|(_, f)| f == fault),
+            EtcdError::Refused { fault: f, .. } => f == fault,
+        }
+    }
+}
+
+impl std::fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EtcdError::NoAnswer { op, tried } if tried.is_empty() => {
+                write!(f, "no etcd endpoint to ask for {op}")
+            }
+            EtcdError::NoAnswer { op, tried } => {
+                let each: Vec<String> = tried.iter().map(|(ep, fault)| fault.at(ep)).collect();
+                let unreachable = tried
+                    .iter()
+                    .all(|(_, f)| matches!(f, Fault::Unreachable(_) | Fault::Timeout));
+                if unreachable {
+                    write!(f, "no etcd endpoint answered {op}: {}", each.join("; "))
+                } else {
+                    write!(
+                        f,
+                        "{op} did not succeed on any endpoint: {}",
+                        each.join("; ")
+                    )
+                }
+            }
+            EtcdError::Refused {
+                op,
+                endpoint,
+                fault,
+            } => write!(f, "etcd refused {op}: {}", fault.at(endpoint)),
+        }
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+/// Why a member is not a healthy voter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unhealthy {
+    /// It could not be asked, or answered with a fault.
+    Fault(Fault),
+    /// It is a learner.
+    Learner,
+    /// Its status lists errors (alarms).
+    Errors(String),
+    /// It answers, but a quorum read through it fails.
+    QuorumRead(Fault),
+}
+
+impl Unhealthy {
+    fn at(&self, endpoint: &str) -> String {
+        match self {
+            Unhealthy::Fault(f) => f.at(endpoint),
+            Unhealthy::Learner => format!("{endpoint} is a learner (not yet promoted)"),
+            Unhealthy::Errors(e) => format!("{endpoint} reports errors: {e}"),
+            Unhealthy::QuorumRead(f) => {
+                format!("a quorum read through it failed: {}", f.at(endpoint))
+            }
+        }
+    }
 }
 
 /// Client access to etcd with the coordinator's certificate.
@@ -83,13 +294,13 @@ impl EtcdAccess {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut errors = Vec::new();
+        let mut tried = Vec::new();
         for ep in endpoints {
             let client =
                 match Client::connect([ep.as_str()], Some(self.options(PROBE_TIMEOUT * 2))).await {
                     Ok(c) => c,
                     Err(e) => {
-                        errors.push(format!("{ep}: {e}"));
+                        tried.push((ep.clone(), Fault::of(&e)));
                         continue;
                     }
                 };
@@ -99,90 +310,88 @@ impl EtcdAccess {
             let answer = match tokio::time::timeout(PROBE_TIMEOUT * 2, op(client)).await {
                 Ok(a) => a,
                 Err(_) => {
-                    errors.push(format!("{ep}: no answer within {:?}", PROBE_TIMEOUT * 2));
+                    tried.push((ep.clone(), Fault::Timeout));
                     continue;
                 }
             };
             match answer {
                 Ok(v) => return Ok(v),
-                Err(etcd_client::Error::GRpcStatus(st))
-                    if !matches!(
-                        st.code(),
-                        tonic::Code::Unavailable
-                            | tonic::Code::DeadlineExceeded
-                            | tonic::Code::Cancelled
-                            | tonic::Code::Unknown
-                    ) =>
-                {
-                    return Err(EtcdError::Refused {
-                        op: op_name,
-                        message: st.message().to_string(),
-                    })
+                Err(e) => {
+                    let fault = Fault::of(&e);
+                    if !fault.try_elsewhere() {
+                        return Err(EtcdError::Refused {
+                            op: op_name,
+                            endpoint: ep.clone(),
+                            fault,
+                        });
+                    }
+                    tried.push((ep.clone(), fault));
                 }
-                Err(e) => errors.push(format!("{ep}: {e}")),
             }
         }
-        Err(EtcdError::Unreachable {
-            endpoints: endpoints.join(","),
-            message: if errors.is_empty() {
-                "no endpoint given".into()
-            } else {
-                errors.join("; ")
-            },
-        })
+        Err(EtcdError::NoAnswer { op: op_name, tried })
     }
 
     /// Whether the member at `endpoint` is a healthy voting member: it answers, knows a
     /// leader, is not a learner, and serves a linearizable read (which needs the leader).
+    /// `Err` is the operator's sentence for why not.
     pub async fn member_health(&self, endpoint: &str) -> Result<(), String> {
         match self.member_health_once(endpoint).await {
             // An election in progress is not a sick member: ask once more after it.
-            Err(e) if e.contains("leader changed") => {
+            Err(Unhealthy::Fault(Fault::NoLeader)) => {
                 tokio::time::sleep(Duration::from_millis(1200)).await;
                 self.member_health_once(endpoint).await
             }
             other => other,
         }
+        .map_err(|why| why.at(endpoint))
     }
 
-    async fn member_health_once(&self, endpoint: &str) -> Result<(), String> {
+    async fn member_health_once(&self, endpoint: &str) -> Result<(), Unhealthy> {
         let eps = [endpoint.to_string()];
         let probe = async {
+            let fault = |e: etcd_client::Error| Unhealthy::Fault(Fault::of(&e));
             let mut c = Client::connect(&eps, Some(self.options(PROBE_TIMEOUT)))
                 .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            let st = c
-                .status()
-                .await
-                .map_err(|e| format!("status failed: {e}"))?;
+                .map_err(fault)?;
+            let st = c.status().await.map_err(fault)?;
             if st.is_learner() {
-                return Err("it is a learner (not yet promoted)".to_string());
+                return Err(Unhealthy::Learner);
             }
             if st.leader() == 0 {
-                return Err("it has no leader".to_string());
+                return Err(Unhealthy::Fault(Fault::NoLeader));
             }
             if !st.errors().is_empty() {
-                return Err(format!("it reports errors: {}", st.errors().join("; ")));
+                return Err(Unhealthy::Errors(st.errors().join("; ")));
             }
             c.get("health", None)
                 .await
-                .map_err(|e| format!("a quorum read failed: {e}"))?;
+                .map_err(|e| Unhealthy::QuorumRead(Fault::of(&e)))?;
             Ok(())
         };
         match tokio::time::timeout(PROBE_TIMEOUT * 2, probe).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", PROBE_TIMEOUT * 2)),
+            Err(_) => Err(Unhealthy::Fault(Fault::Timeout)),
         }
     }
 
     /// The live member list, asked of any of `endpoints`.
     pub async fn member_list(&self, endpoints: &[String]) -> Result<Vec<MemberInfo>, EtcdError> {
+        Ok(self.member_list_of_cluster(endpoints).await?.1)
+    }
+
+    /// The cluster's id and its live member list, asked of any of `endpoints`.
+    pub async fn member_list_of_cluster(
+        &self,
+        endpoints: &[String],
+    ) -> Result<(u64, Vec<MemberInfo>), EtcdError> {
         let resp = self
             .on_any(endpoints, "member list", |mut c| async move {
                 c.member_list().await
             })
             .await?;
-        Ok(resp
+        let cluster = resp.header().map(|h| h.cluster_id()).unwrap_or(0);
+        let members = resp
             .members()
             .iter()
             .map(|m| MemberInfo {
@@ -192,7 +401,8 @@ impl EtcdAccess {
                 client_urls: m.client_urls().to_vec(),
                 is_learner: m.is_learner(),
             })
-            .collect())
+            .collect();
+        Ok((cluster, members))
     }
 
     /// Adds a learner with `peer_url`; returns its id.
@@ -209,7 +419,8 @@ impl EtcdAccess {
             .await?;
         resp.member().map(|m| m.id()).ok_or(EtcdError::Refused {
             op: "member add --learner",
-            message: "no member in the answer".into(),
+            endpoint: endpoints.join(","),
+            fault: Fault::Other("no member in the answer".into()),
         })
     }
 
@@ -259,54 +470,210 @@ impl EtcdAccess {
         endpoints: &[String],
         path: &std::path::Path,
     ) -> Result<(String, i64), EtcdError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut errors = Vec::new();
+        let mut tried = Vec::new();
         for ep in endpoints {
-            let attempt = async {
-                // A large database streams for long: a connect timeout, no request deadline.
-                let options = ConnectOptions::new()
-                    .with_tls(
-                        TlsOptions::new()
-                            .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
-                            .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem)),
-                    )
-                    .with_connect_timeout(PROBE_TIMEOUT * 2);
-                let c = Client::connect([ep.as_str()], Some(options))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut stream = c
-                    .maintenance_client()
-                    .snapshot()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                let mut revision = 0;
-                while let Some(chunk) = stream.message().await.map_err(|e| e.to_string())? {
-                    if let Some(h) = chunk.header() {
-                        revision = revision.max(h.revision());
-                    }
-                    f.write_all(chunk.blob())
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                }
-                f.sync_all()
-                    .map_err(|e| format!("cannot fsync {}: {e}", path.display()))?;
-                Ok::<i64, String>(revision)
-            };
-            match attempt.await {
+            match self.snapshot_from(ep, path).await {
                 Ok(rev) => return Ok((ep.clone(), rev)),
-                Err(e) => errors.push(format!("{ep}: {e}")),
+                Err(fault) => tried.push((ep.clone(), fault)),
             }
         }
-        Err(EtcdError::Unreachable {
-            endpoints: endpoints.join(","),
-            message: errors.join("; "),
+        Err(EtcdError::NoAnswer {
+            op: "snapshot",
+            tried,
         })
+    }
+
+    async fn snapshot_from(&self, ep: &str, path: &std::path::Path) -> Result<i64, Fault> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A large database streams for long: a connect timeout, no request deadline.
+        let options = ConnectOptions::new()
+            .with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
+                    .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem)),
+            )
+            .with_connect_timeout(PROBE_TIMEOUT * 2);
+        let c = Client::connect([ep], Some(options))
+            .await
+            .map_err(|e| Fault::of(&e))?;
+        let mut stream = c
+            .maintenance_client()
+            .snapshot()
+            .await
+            .map_err(|e| Fault::of(&e))?;
+        let file_fault = |what: &str, e: std::io::Error| {
+            Fault::Other(format!("cannot {what} {}: {e}", path.display()))
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| file_fault("create", e))?;
+        let mut revision = 0;
+        while let Some(chunk) = stream.message().await.map_err(|e| Fault::of(&e))? {
+            if let Some(h) = chunk.header() {
+                revision = revision.max(h.revision());
+            }
+            f.write_all(chunk.blob())
+                .map_err(|e| file_fault("write", e))?;
+        }
+        f.sync_all().map_err(|e| file_fault("fsync", e))?;
+        Ok(revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    /// TLS material from a fresh CA: what the coordinator presents to etcd.
+    fn material(dir: &std::path::Path) -> Result<TlsMaterial, Box<dyn std::error::Error>> {
+        crate::pki::init_ca(dir, "quorum.test")?;
+        let ca = crate::pki::Ca::load(dir, None)?;
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let (cert, key) = ca.issue(crate::pki::LeafKind::Coordinator, &[ip], None, 1)?;
+        Ok(TlsMaterial {
+            ca_pem: ca.cert_pem().as_bytes().to_vec(),
+            cert_pem: cert.into_bytes(),
+            key_pem: key.into_bytes(),
+        })
+    }
+
+    fn no_dump(msg: &str) {
+        for raw in [
+            "tonic::",
+            "Error(",
+            "Os {",
+            "ConnectError",
+            "source:",
+            "grpc request error",
+        ] {
+            assert!(!msg.contains(raw), "a raw error dump in {msg:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_member_reads_as_connection_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let t = tempfile::tempdir()?;
+        let etcd = EtcdAccess::new(material(t.path())?);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let url = format!("https://127.0.0.1:{port}");
+        let health = etcd.member_health(&url).await;
+        assert_eq!(
+            health,
+            Err(format!("cannot reach {url}: connection refused"))
+        );
+        let list = etcd.member_list(std::slice::from_ref(&url)).await;
+        let err = list.err().ok_or("a member list from a closed port")?;
+        assert_eq!(
+            err,
+            EtcdError::NoAnswer {
+                op: "member list",
+                tried: vec![(url.clone(), Fault::Unreachable("connection refused".into()))]
+            }
+        );
+        let msg = err.to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "no etcd endpoint answered member list: cannot reach {url}: connection refused"
+            )
+        );
+        no_dump(&msg);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_silent_endpoint_reads_as_no_answer_in_time() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let t = tempfile::tempdir()?;
+        let etcd = EtcdAccess::new(material(t.path())?);
+        // Accepts connections (the kernel's backlog) and never speaks TLS.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("https://{}", silent.local_addr()?);
+        let health = etcd.member_health(&url).await;
+        assert_eq!(health, Err(format!("{url} did not answer in time")));
+        Ok(())
+    }
+
+    #[test]
+    fn etcds_messages_map_to_faults_and_sentences() {
+        let st = |code, msg: &str| Fault::of_status(&Status::new(code, msg));
+        assert_eq!(
+            st(Code::Unavailable, "etcdserver: unhealthy cluster"),
+            Fault::UnhealthyCluster
+        );
+        assert_eq!(
+            st(
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader"
+            ),
+            Fault::LearnerNotReady
+        );
+        assert_eq!(
+            st(Code::Unavailable, "etcdserver: leader changed"),
+            Fault::NoLeader
+        );
+        assert_eq!(
+            st(Code::Unavailable, "etcdserver: no leader"),
+            Fault::NoLeader
+        );
+        assert_eq!(
+            st(Code::Unavailable, "etcdserver: request timed out"),
+            Fault::Timeout
+        );
+        assert_eq!(
+            st(Code::DeadlineExceeded, "deadline has elapsed"),
+            Fault::Timeout
+        );
+        // The promote of a voting member is final, in etcd's own words.
+        let other = st(
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member",
+        );
+        assert_eq!(
+            other,
+            Fault::Other("etcdserver: can only promote a learner member".into())
+        );
+        assert!(!other.try_elsewhere());
+        // A connection refused that the client wrapped in a status, as tonic does.
+        let wrapped = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert_eq!(
+            Fault::of_status(&wrapped),
+            Fault::Unreachable("connection refused".into())
+        );
+        let err = EtcdError::NoAnswer {
+            op: "member add --learner",
+            tried: vec![
+                ("https://10.0.0.1:2379".into(), Fault::UnhealthyCluster),
+                (
+                    "https://10.0.0.2:2379".into(),
+                    Fault::Unreachable("connection refused".into()),
+                ),
+            ],
+        };
+        assert!(err.has(&Fault::UnhealthyCluster));
+        assert!(!err.has(&Fault::LearnerNotReady));
+        assert_eq!(
+            err.to_string(),
+            "member add --learner did not succeed on any endpoint: https://10.0.0.1:2379: etcd refuses membership changes until its leader has seen a quorum for 5 seconds (unhealthy cluster); cannot reach https://10.0.0.2:2379: connection refused"
+        );
+        let refused = EtcdError::Refused {
+            op: "member remove",
+            endpoint: "https://10.0.0.1:2379".into(),
+            fault: Fault::Other("etcdserver: member not found".into()),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "etcd refused member remove: https://10.0.0.1:2379: etcdserver: member not found"
+        );
     }
 }

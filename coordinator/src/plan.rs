@@ -199,6 +199,13 @@ pub enum StepKind {
         host: IpAddr,
         /// Purge.
         purge: bool,
+        /// The member (hex) whose data this is, when known at plan time; the agent refuses
+        /// the wipe if the data dir holds another. `None` in older runs: not checked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_id: Option<String>,
+        /// The cluster (hex) of that data, when known at plan time (else asked at run time).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster_id: Option<String>,
     },
     /// Take an etcd snapshot of the cluster, verify it and keep it in the coordinator's state
     /// dir (invariant 8); refused when none can be taken. Planned before every destructive
@@ -273,6 +280,11 @@ pub enum StepKind {
         host: IpAddr,
         /// Its peer URL.
         peer_url: String,
+        /// Its member id (hex), read from the live member list at plan time; the agent
+        /// refuses the wipe if the data dir holds another member. `None` in older runs, or
+        /// when the member had already left at plan time: not checked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_id: Option<String>,
     },
     /// Replace only the etcd hosts in the host's patroni.yml, then reload (or restart) Patroni.
     SetPatroniHosts {
@@ -470,11 +482,17 @@ impl StepKind {
                     "restart etcd if its config changed".into()
                 }
             }
-            StepKind::WipeEtcdData { purge, .. } => {
-                if *purge {
-                    "purge: stop etcd and wipe its data dir".into()
+            StepKind::WipeEtcdData {
+                purge, member_id, ..
+            } => {
+                let what = if *purge {
+                    "purge: stop etcd and wipe its data dir"
                 } else {
-                    "wipe the etcd data dir".into()
+                    "wipe the etcd data dir"
+                };
+                match member_id {
+                    Some(id) => format!("{what} (only if it holds member {id})"),
+                    None => what.into(),
                 }
             }
             StepKind::RetireEtcd { .. } => {
@@ -496,7 +514,12 @@ impl StepKind {
             StepKind::MemberRemoveCheck { .. } => "check: every other voting member healthy".into(),
             StepKind::MoveLeaderAway { .. } => "move leadership away if this member leads".into(),
             StepKind::RemoveMember { .. } => "member remove (id read live)".into(),
-            StepKind::WipeRemovedMember { .. } => "wipe the removed member's data dir".into(),
+            StepKind::WipeRemovedMember { member_id, .. } => match member_id {
+                Some(id) => {
+                    format!("wipe the removed member's data dir (only if it holds member {id})")
+                }
+                None => "wipe the removed member's data dir".into(),
+            },
             StepKind::SetPatroniHosts { hosts, restart, .. } => format!(
                 "set etcd hosts in patroni.yml to {}, then {} Patroni",
                 hosts.join(","),
@@ -930,6 +953,10 @@ pub fn plan_cluster_create(spec: &ClusterSpec, live: &Live) -> Result<Plan, Plan
         plan.push(StepKind::WipeEtcdData {
             host: *h,
             purge: true,
+            member_id: spec
+                .member(*h)
+                .and_then(|m| live_member_id(live, &m.peer_url)),
+            cluster_id: None,
         });
         if let Some(m) = spec.member(*h) {
             plan.wipes.push(format!("{} @ {}", m.name, h));
@@ -985,16 +1012,21 @@ pub fn plan_cluster_remove(
         removal: true,
     });
     for m in &spec.members {
+        let member_id = live_member_id(live, &m.peer_url);
         if purge {
             plan.push(StepKind::WipeEtcdData {
                 host: m.ip,
                 purge: true,
+                member_id,
+                cluster_id: None,
             });
         } else {
             plan.push(StepKind::StopEtcd { host: m.ip });
             plan.push(StepKind::WipeEtcdData {
                 host: m.ip,
                 purge: false,
+                member_id,
+                cluster_id: None,
             });
         }
         plan.push(StepKind::RetireEtcd { host: m.ip });
@@ -1116,6 +1148,12 @@ pub fn plan_service(
     Ok(plan)
 }
 
+/// The live member id (hex, as `etcdctl member list` shows it) of the member with
+/// `peer_url`, for a wipe to name the data it is meant for.
+fn live_member_id(live: &Live, peer_url: &str) -> Option<String> {
+    live_member(live, peer_url).map(|m| format!("{:x}", m.id))
+}
+
 fn live_member<'a>(live: &'a Live, peer_url: &str) -> Option<&'a MemberInfo> {
     live.members
         .as_ref()?
@@ -1208,9 +1246,15 @@ pub fn plan_member_add(spec: &ClusterSpec, new: IpAddr, live: &Live) -> Result<P
             peer_url: joining.peer_url.clone(),
         });
         if stale_data {
+            // Not a member: the data the plan saw (the agent's facts) is what may go, and
+            // nothing else that lands there by the time the step runs.
+            let seen = live.facts.get(&new).and_then(|f| f.data_dir.as_ref());
+            let id = |s: Option<&String>| s.filter(|s| !s.is_empty()).cloned();
             plan.push(StepKind::WipeEtcdData {
                 host: new,
                 purge: true,
+                member_id: id(seen.map(|d| &d.member_id)),
+                cluster_id: id(seen.map(|d| &d.cluster_id)),
             });
             plan.wipes
                 .push(format!("{new} (old data, not a member of {})", spec.name));
@@ -1319,6 +1363,7 @@ pub fn plan_member_remove(
     plan.push(StepKind::WipeRemovedMember {
         host: gone.ip,
         peer_url: gone.peer_url.clone(),
+        member_id: listed.map(|m| format!("{:x}", m.id)),
     });
     plan.push(StepKind::RetireEtcd { host: gone.ip });
     plan.wipes.push(format!("{} @ {}", gone.name, gone.ip));
@@ -1550,7 +1595,7 @@ mod tests {
             data_dir: Some(pb::DataDirFact {
                 path: "/data/etcd".into(),
                 has_member: data,
-                member_id: String::new(),
+                ..Default::default()
             }),
             ..Default::default()
         };

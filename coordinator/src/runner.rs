@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use quorum_proto::pb;
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::{EtcdAccess, MemberInfo};
+use crate::etcd::{EtcdAccess, Fault, MemberInfo};
 use crate::patroni::PgRef;
 use crate::pki::{Ca, LeafKind};
 use crate::plan::StepKind;
@@ -177,6 +177,18 @@ pub struct Runner {
 /// an interrupted step (so the agent's journal recognizes it), new on a retry of a failed one.
 pub fn task_id(run_id: &str, index: usize, attempt: u32, host: IpAddr) -> String {
     format!("{run_id}-s{index}-a{attempt}-{host}")
+}
+
+/// How long a refusal or failed gate waits for an agent's account of its etcd.
+const ASK_AGENT: Duration = Duration::from_secs(5);
+
+fn state_word(s: pb::ServiceState) -> &'static str {
+    match s {
+        pb::ServiceState::Active => "active",
+        pb::ServiceState::Inactive => "inactive",
+        pb::ServiceState::Failed => "failed",
+        _ => "unknown",
+    }
 }
 
 fn outcome_word(o: pb::Outcome) -> &'static str {
@@ -405,16 +417,30 @@ impl Runner {
                     action: pb::Action::Restart as i32,
                     if_changed: prior.iter().flat_map(|s| s.task_ids.clone()).collect(),
                     force: *force,
+                    with_log: false,
                 });
                 self.agent_task(*host, id(0), kind).await
             }
-            StepKind::WipeEtcdData { host, purge } => {
-                self.agent_task(
-                    *host,
-                    id(0),
-                    Kind::WipeEtcdData(pb::WipeEtcdData { purge: *purge }),
-                )
-                .await
+            StepKind::WipeEtcdData {
+                host,
+                purge,
+                member_id,
+                cluster_id,
+            } => {
+                // A wipe planned with the member's id also names its cluster: asked now when
+                // the plan could not, and left out when no member answers (the agent then
+                // checks the member id alone).
+                let cluster_id = match (member_id, cluster_id) {
+                    (Some(_), None) => self.cluster_id(ctx).await,
+                    (_, c) => c.clone(),
+                };
+                let task = pb::WipeEtcdData {
+                    purge: *purge,
+                    member_id: member_id.clone().unwrap_or_default(),
+                    cluster_id: cluster_id.unwrap_or_default(),
+                };
+                self.agent_task(*host, id(0), Kind::WipeEtcdData(task))
+                    .await
             }
             StepKind::SnapshotSave { cluster } => {
                 let reason = format!("run {} ({})", run.id, run.sop);
@@ -467,22 +493,32 @@ impl Runner {
             StepKind::RemoveMember { host, peer_url } => {
                 self.remove_member(ctx, *host, peer_url).await
             }
-            StepKind::WipeRemovedMember { host, peer_url } => match self.members(ctx).await {
-                Err(e) => {
-                    StepEnd::refused(format!("{e}; cannot prove {host} left, so its data stays"))
-                }
-                Ok(members) if members.iter().any(|m| m.peer_urls.contains(peer_url)) => {
+            StepKind::WipeRemovedMember {
+                host,
+                peer_url,
+                member_id,
+            } => match self.etcd.member_list_of_cluster(&ctx.endpoints).await {
+                Err(e) => StepEnd::refused(format!(
+                    "cannot read the member list: {e}; cannot prove {host} left, so its data stays"
+                )),
+                Ok((_, members)) if members.iter().any(|m| m.peer_urls.contains(peer_url)) => {
                     StepEnd::refused(format!(
                         "{host} is still listed as a member: refusing to wipe a live member's data"
                     ))
                 }
-                Ok(_) => {
-                    self.agent_task(
-                        *host,
-                        id(0),
-                        Kind::WipeEtcdData(pb::WipeEtcdData { purge: false }),
-                    )
-                    .await
+                Ok((cluster, _)) => {
+                    // The member left this cluster, so its data names this cluster's id.
+                    // Runs planned before ids were known name none and are not checked.
+                    let task = pb::WipeEtcdData {
+                        purge: false,
+                        member_id: member_id.clone().unwrap_or_default(),
+                        cluster_id: match member_id {
+                            Some(_) if cluster != 0 => format!("{cluster:x}"),
+                            _ => String::new(),
+                        },
+                    };
+                    self.agent_task(*host, id(0), Kind::WipeEtcdData(task))
+                        .await
                 }
             },
             StepKind::SetPatroniHosts {
@@ -694,8 +730,9 @@ impl Runner {
             }
             if let Err(why) = r {
                 return StepEnd::refused(format!(
-                    "member {label} ({}) is unhealthy: {why}; taking down {host} now could lose quorum. Fix {label} first, then `quorum run resume`",
-                    h.map(|h| h.to_string()).unwrap_or_default()
+                    "member {label} ({}) is unhealthy: {why}; taking down {host} now could lose quorum. Fix {label} first, then `quorum run resume`\n{}",
+                    h.map(|h| h.to_string()).unwrap_or_default(),
+                    self.etcd_on(h).await
                 ));
             }
         }
@@ -710,12 +747,72 @@ impl Runner {
             }
             if let Err(why) = r {
                 return Err(format!(
-                    "member {label} ({}) is unhealthy: {why}",
-                    h.map(|h| h.to_string()).unwrap_or_default()
+                    "member {label} ({}) is unhealthy: {why}\n{}",
+                    h.map(|h| h.to_string()).unwrap_or_default(),
+                    self.etcd_on(h).await
                 ));
             }
         }
         Ok(())
+    }
+
+    /// What the agent on `host` says of its etcd, for a refusal or a failed gate (never on the
+    /// happy path): the service state and, when the agent answers within a few seconds, the
+    /// last lines of etcd's log; else the state its last facts carried.
+    async fn etcd_on(&self, host: Option<IpAddr>) -> String {
+        let Some(host) = host else {
+            return "(its host is not known, so its agent was not asked)".into();
+        };
+        let reported = self
+            .registry
+            .facts(host)
+            .and_then(|f| f.services.get("etcd").copied())
+            .and_then(|s| pb::ServiceState::try_from(s).ok())
+            .map(state_word)
+            .unwrap_or("unknown");
+        match self.registry.state(host) {
+            None => format!("no quorum-agent on {host} has connected, so etcd's state there is unknown"),
+            Some(AgentState::Stale) => format!(
+                "the agent on {host} is stale (no poll for over {:?}); it last reported etcd {reported}",
+                self.timeouts.stale
+            ),
+            Some(_) => {
+                let id = format!("why-{host}-{}", now_ms());
+                let ask = self.agent_task(
+                    host,
+                    id.clone(),
+                    pb::task::Kind::ServiceAction(pb::ServiceAction {
+                        service: pb::Service::Etcd as i32,
+                        action: pb::Action::Status as i32,
+                        with_log: true,
+                        ..Default::default()
+                    }),
+                );
+                match tokio::time::timeout(ASK_AGENT, ask).await {
+                    Ok(end) if end.ok => {
+                        format!("the agent on {host} reports: {}", end.output.trim())
+                    }
+                    Ok(end) => format!(
+                        "the agent on {host} last reported etcd {reported}; asked again, it answered: {}",
+                        end.output.trim()
+                    ),
+                    Err(_) => {
+                        self.registry.cancel(host, &id);
+                        format!(
+                            "the agent on {host} last reported etcd {reported} (asked again, it did not answer within {ASK_AGENT:?})"
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    /// The cluster's id (hex), when a member answers.
+    async fn cluster_id(&self, ctx: &RunContext) -> Option<String> {
+        match self.etcd.member_list_of_cluster(&ctx.endpoints).await {
+            Ok((id, _)) if id != 0 => Some(format!("{id:x}")),
+            _ => None,
+        }
     }
 
     /// Retries a membership change while etcd calls the cluster "unhealthy": with its strict
@@ -731,9 +828,8 @@ impl Runner {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    let msg = e.to_string();
-                    if !msg.contains("unhealthy cluster") || Instant::now() > deadline {
-                        return Err(msg);
+                    if !e.has(&Fault::UnhealthyCluster) || Instant::now() > deadline {
+                        return Err(e.to_string());
                     }
                 }
             }
@@ -822,15 +918,15 @@ impl Runner {
             match self.etcd.promote(&ctx.endpoints, m.id).await {
                 Ok(()) => return StepEnd::ok("changed", format!("promoted {:x}", m.id)),
                 Err(e) => {
-                    let msg = e.to_string();
-                    // etcd's word for a learner still catching up; anything else is final.
-                    if !msg.contains("in sync") {
-                        return StepEnd::failed(msg);
+                    // A learner still catching up is retried; anything else is final.
+                    if !e.has(&Fault::LearnerNotReady) {
+                        return StepEnd::failed(e.to_string());
                     }
                     if Instant::now() > deadline {
                         return StepEnd::failed(format!(
-                            "the learner did not catch up within {:?} ({msg}); check its log, then `quorum run resume`",
-                            self.timeouts.gate
+                            "the learner did not catch up within {:?} ({e}); check its log, then `quorum run resume`\n{}",
+                            self.timeouts.gate,
+                            self.etcd_on(host_of_url(peer_url)).await
                         ));
                     }
                 }
@@ -911,6 +1007,7 @@ impl Runner {
     async fn health_gate(&self, ctx: &RunContext, host: Option<IpAddr>) -> StepEnd {
         let deadline = Instant::now() + self.timeouts.gate;
         let mut last: String;
+        let mut bad_hosts: Vec<Option<IpAddr>>;
         loop {
             match self.members(ctx).await {
                 Ok(members) => {
@@ -920,6 +1017,11 @@ impl Runner {
                     let bad: Vec<String> = health
                         .iter()
                         .filter_map(|(l, _, r)| r.as_ref().err().map(|e| format!("{l}: {e}")))
+                        .collect();
+                    bad_hosts = health
+                        .iter()
+                        .filter(|(_, _, r)| r.is_err())
+                        .map(|(_, h, _)| *h)
                         .collect();
                     if host_listed && bad.is_empty() && !health.is_empty() {
                         let start = Instant::now() + self.timeouts.gate - deadline;
@@ -935,18 +1037,27 @@ impl Runner {
                     last = if host_listed {
                         bad.join("; ")
                     } else {
+                        bad_hosts = vec![host];
                         format!(
                             "{} is not a voting member",
                             host.map(|h| h.to_string()).unwrap_or_default()
                         )
                     };
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    last = e;
+                    bad_hosts = host.map(|h| vec![Some(h)]).unwrap_or_default();
+                }
             }
             if Instant::now() > deadline {
+                let mut why = Vec::new();
+                for h in &bad_hosts {
+                    why.push(self.etcd_on(*h).await);
+                }
                 return StepEnd::failed(format!(
-                    "the cluster was not healthy within {:?}: {last}; the run halts here and touches no other host",
-                    self.timeouts.gate
+                    "the cluster was not healthy within {:?}: {last}; the run halts here and touches no other host{}",
+                    self.timeouts.gate,
+                    why.iter().map(|w| format!("\n{w}")).collect::<String>()
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1280,6 +1391,7 @@ fn service_kind(service: pb::Service, action: pb::Action) -> pb::task::Kind {
         action: action as i32,
         if_changed: vec![],
         force: true,
+        with_log: false,
     })
 }
 

@@ -127,7 +127,7 @@ impl HostPaths {
         );
         format!(
             "{paths}service_backend: exec\n\
-             exec:\n  etcd:\n    start: {start}\n    stop: {stop}\n    restart: {restart}\n    status: {status}\n\
+             exec:\n  etcd:\n    start: {start}\n    stop: {stop}\n    restart: {restart}\n    status: {status}\n    log: {log}\n\
              safeguard: {safeguard}\n",
             paths = self.paths_config(),
         )

@@ -67,6 +67,7 @@ fn restart_etcd() -> pb::Task {
             action: pb::Action::Restart as i32,
             if_changed: vec![],
             force: true,
+            with_log: false,
         })),
     }
 }

@@ -143,6 +143,8 @@ async fn a_removed_host_rejoins_only_with_its_old_data_wiped() -> Result<()> {
     let h4 = f.hosts[3].clone();
     let saved = w.dir.path().join("saved-data");
     copy_dir(&h4.data(), &saved)?;
+    let saved_etc = w.dir.path().join("saved-etc");
+    copy_dir(&h4.etc_etcd(), &saved_etc)?;
     w.admin(&["member", "remove", IPS[3], "--yes"])?.ok()?;
     // Retired (e2e probe F5): no etcd.conf, certificates or profile are left behind...
     for p in [
@@ -160,7 +162,8 @@ async fn a_removed_host_rejoins_only_with_its_old_data_wiped() -> Result<()> {
     let out = w.admin(&[
         "task", "--host", IPS[3], "--yes", "service", "etcd", "start",
     ])?;
-    assert!(matches!(out.code, 0 | 1), "{out:?}");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("it exited"), "{}", out.stdout);
     wait_for(
         "the retired host's etcd to give up",
         Duration::from_secs(20),
@@ -173,11 +176,20 @@ async fn a_removed_host_rejoins_only_with_its_old_data_wiped() -> Result<()> {
     );
     assert_eq!(members(&w, &f).await?, names(&[1, 2, 3]));
     copy_dir(&saved, &h4.data())?;
-    // Started with its old data, the removed member is not counted as a member...
+    copy_dir(&saved_etc, &h4.etc_etcd())?;
+    // Started with its old data and files (a restored backup), the removed member exits by
+    // itself, and the start says so
+    // with etcd's own reason (start means running)...
     let out = w.admin(&[
         "task", "--host", IPS[3], "--yes", "service", "etcd", "start",
     ])?;
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("it exited"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("permanently removed from the cluster"),
+        "{}",
+        out.stdout
+    );
     wait_for(
         "the removed member to exit by itself",
         Duration::from_secs(20),
@@ -213,6 +225,78 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
         .arg(to)
         .status()?;
     anyhow::ensure!(st.success(), "cp failed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_etcd_that_exits_at_once_fails_its_start_with_etcds_error() -> Result<()> {
+    let all = inventory_all();
+    let (w, f) = setup(&all[..4])?;
+    // F7: the new member's client port is taken, so its etcd exits right after the fork.
+    let _taken = std::net::TcpListener::bind((IPS[3], f.port))?;
+    let out = w.admin(&["member", "add", IPS[3], "--yes"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("StartEtcd 127.0.0.24"),
+        "the start must fail, not the promote after it:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("it exited"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("address already in use"),
+        "etcd's own error is missing:\n{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("did not catch up"), "{}", out.stderr);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_members_wipe_refuses_a_data_dir_of_another_member() -> Result<()> {
+    let all = inventory_all();
+    let (w, f) = setup(&all[..4])?;
+    w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
+    // etcd-4 is stopped and its data dir now holds etcd-1's WAL head (a restore from the
+    // wrong backup): the wipe after `member remove` must see that it is not etcd-4's data.
+    let h4 = f.hosts[3].clone();
+    w.admin(&["task", "--host", IPS[3], "--yes", "service", "etcd", "stop"])?
+        .ok()?;
+    let wal = |h: &HostPaths| -> Result<std::path::PathBuf> {
+        std::fs::read_dir(h.data().join("member/wal"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .min()
+            .context("a WAL file")
+    };
+    let head: Vec<u8> = std::fs::read(wal(&f.hosts[0])?)?
+        .into_iter()
+        .take(4096)
+        .collect();
+    let planted = wal(&h4)?;
+    for e in std::fs::read_dir(h4.data().join("member/wal"))? {
+        std::fs::remove_file(e?.path())?;
+    }
+    std::fs::write(&planted, &head)?;
+    f.write_inventory(&w, &all[..3], "")?;
+    let plan = w.admin(&["member", "remove", IPS[3], "--plan"])?.ok()?;
+    assert!(
+        plan.stdout.contains("only if it holds member"),
+        "{}",
+        plan.stdout
+    );
+    let out = w.admin(&["member", "remove", IPS[3], "--yes"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("WipeRemovedMember"), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was wiped"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(&planted)?,
+        head,
+        "the refused wipe touched the data"
+    );
+    assert!(
+        h4.data().join("member/snap").exists(),
+        "the refused wipe removed data"
+    );
     Ok(())
 }
 

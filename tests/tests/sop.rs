@@ -162,6 +162,32 @@ async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()
         "{}",
         out.stderr
     );
+    // F9: the reason in the operator's words, not a Rust error's dump.
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot reach {}: connection refused",
+            f.client_url(h3.ip)
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("tonic::transport::Error") && !out.stderr.contains("Os {"),
+        "{}",
+        out.stderr
+    );
+    // The refusal carries what etcd-3's agent says: the service state and etcd's log.
+    assert!(
+        out.stderr
+            .contains("the agent on 127.0.0.13 reports: etcd inactive"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("--- the last lines of etcd's log ---"),
+        "{}",
+        out.stderr
+    );
     for h in &f.hosts {
         assert_eq!(h.restart_count(), 0, "{} was restarted", h.ip);
     }
@@ -172,7 +198,52 @@ async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()
 async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Result<()> {
     let (mut w, f) = setup("")?;
     create(&w)?;
-    // etcd-2's restart command stops etcd and never starts it again.
+    // etcd-2's restart command stops etcd and never starts it again. Its agent does not
+    // check its starts (start_check_secs: 0), so the gate after the restart is what sees it.
+    let h2 = f.host(IPS[1])?.clone();
+    if let Some(a) = w.agent(IPS[1]) {
+        a.kill();
+    }
+    let broken = h2.agent_config(false).replace(
+        "&& start-stop-daemon --start --background --oknodo --make-pidfile",
+        "&& true --start --background --oknodo --make-pidfile",
+    ) + "start_check_secs: 0\n";
+    w.start_agent(IPS[1], &broken)?;
+    w.wait_agent_state(IPS[1], &["connected", "idle"], Duration::from_secs(30))?;
+    let out = w.admin(&["config", "reload", "--restart"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("HealthGate 127.0.0.12"),
+        "{}",
+        out.stderr
+    );
+    // The gate's failure says what the member's agent sees: etcd stopped, and its log.
+    assert!(
+        out.stderr
+            .contains("the agent on 127.0.0.12 reports: etcd inactive"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("--- the last lines of etcd's log ---"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(f.host(IPS[0])?.restart_count(), 1);
+    assert_eq!(h2.restart_count(), 1);
+    assert_eq!(
+        f.host(IPS[2])?.restart_count(),
+        0,
+        "the run went on past the failed gate"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_leaves_etcd_stopped_fails_at_the_restart_itself() -> Result<()> {
+    let (mut w, f) = setup("")?;
+    create(&w)?;
+    // As above, etcd-2's restart never starts etcd again; its agent checks its starts.
     let h2 = f.host(IPS[1])?.clone();
     if let Some(a) = w.agent(IPS[1]) {
         a.kill();
@@ -186,16 +257,35 @@ async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Resul
     let out = w.admin(&["config", "reload", "--restart"])?;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stderr.contains("HealthGate 127.0.0.12"),
+        out.stderr.contains("RestartEtcd 127.0.0.12"),
+        "the restart itself must fail, not the gate after it:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("etcd is not running") && out.stderr.contains("it exited"),
         "{}",
         out.stderr
     );
-    assert_eq!(f.host(IPS[0])?.restart_count(), 1);
-    assert_eq!(h2.restart_count(), 1);
-    assert_eq!(
-        f.host(IPS[2])?.restart_count(),
-        0,
-        "the run went on past the failed gate"
+    assert!(
+        out.stderr.contains("--- the last lines of etcd's log ---"),
+        "{}",
+        out.stderr
+    );
+    // The run halted there: no step after the failed restart ran.
+    let runs = w.admin(&["run", "list", "-o", "json"])?.ok()?;
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&runs.stdout)?;
+    let steps = runs
+        .first()
+        .and_then(|r| r["steps"].as_array())
+        .context("the run's steps")?;
+    let failed = steps
+        .iter()
+        .position(|s| s["state"] == "failed")
+        .context("a failed step")?;
+    assert_eq!(steps[failed]["kind"], "RestartEtcd", "{:?}", steps[failed]);
+    assert!(
+        steps[failed + 1..].iter().all(|s| s["state"] == "pending"),
+        "the run went on past the failed restart: {steps:?}"
     );
     Ok(())
 }
@@ -329,15 +419,26 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
     let (mut w, f) = setup("")?;
     create(&w)?;
     let steps = 13; // a snapshot, then 3 members x (guard, write, restart, gate)
+    let newest_run = |w: &World| -> Option<String> {
+        let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
+        let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+        runs.first()?["run_id"].as_str().map(str::to_string)
+    };
     for boundary in 0..steps {
         let before: Vec<usize> = f.hosts.iter().map(|h| h.restart_count()).collect();
+        let previous = newest_run(&w);
         let mut child = w.spawn_admin(&["config", "reload", "--restart"])?;
+        wait_for("the new run", Duration::from_secs(60), || {
+            newest_run(&w).filter(|r| Some(r) != previous.as_ref())
+        })?;
         // Wait until `boundary` steps are done (the kill lands at that boundary or just inside
-        // the next step: both are crash points the design must survive).
+        // the next step: both are crash points the design must survive). The last gate takes
+        // an instant, since a restart is done only once etcd is healthy: the run may have
+        // succeeded by the time it is seen, and then the kill lands after its end.
         let run_id = w.wait_steps_done(
             "config-reload",
             boundary,
-            &["running"],
+            &["running", "succeeded"],
             Duration::from_secs(60),
         )?;
         w.kill_coordinator();

@@ -93,7 +93,7 @@ fn sim_facts(ip: IpAddr) -> pb::Facts {
     f.data_dir = Some(pb::DataDirFact {
         path: "/data/etcd".into(),
         has_member: false,
-        member_id: String::new(),
+        ..Default::default()
     });
     f
 }
