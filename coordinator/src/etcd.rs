@@ -494,9 +494,15 @@ impl EtcdAccess {
                     .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem)),
             )
             .with_connect_timeout(PROBE_TIMEOUT * 2);
-        let c = Client::connect([ep], Some(options))
+        let mut c = Client::connect([ep], Some(options))
             .await
             .map_err(|e| Fault::of(&e))?;
+        // The revision the snapshot holds at least (its stream carries none on etcd 3.4).
+        let status = tokio::time::timeout(PROBE_TIMEOUT * 2, c.status())
+            .await
+            .map_err(|_| Fault::Timeout)?
+            .map_err(|e| Fault::of(&e))?;
+        let mut revision = status.header().map(|h| h.revision()).unwrap_or(0);
         let mut stream = c
             .maintenance_client()
             .snapshot()
@@ -512,7 +518,6 @@ impl EtcdAccess {
             .mode(0o600)
             .open(path)
             .map_err(|e| file_fault("create", e))?;
-        let mut revision = 0;
         while let Some(chunk) = stream.message().await.map_err(|e| Fault::of(&e))? {
             if let Some(h) = chunk.header() {
                 revision = revision.max(h.revision());

@@ -1406,10 +1406,26 @@ pub fn step_hosts(kind: &StepKind) -> Vec<IpAddr> {
         | StepKind::RestartEtcd { host, .. }
         | StepKind::WipeEtcdData { host, .. }
         | StepKind::WipeRemovedMember { host, .. }
+        | StepKind::RetireEtcd { host }
         | StepKind::SetPatroniHosts { host, .. }
         | StepKind::SetVipEndpoints { host, .. } => vec![*host],
         StepKind::VipGate { pg } => pg.members.iter().filter(|m| m.vip).map(|m| m.ip).collect(),
-        _ => vec![],
+        // The coordinator's own actions: no agent task, no id. Listed one by one so that a
+        // new agent step cannot go without task ids unnoticed.
+        StepKind::SafeguardCheck { .. }
+        | StepKind::SnapshotSave { .. }
+        | StepKind::QuorumGuard { .. }
+        | StepKind::HealthGate { .. }
+        | StepKind::ClusterHealthGate
+        | StepKind::MemberAddCheck { .. }
+        | StepKind::AddLearner { .. }
+        | StepKind::PromoteLearner { .. }
+        | StepKind::MemberRemoveCheck { .. }
+        | StepKind::MoveLeaderAway { .. }
+        | StepKind::RemoveMember { .. }
+        | StepKind::PatroniGuard { .. }
+        | StepKind::PatroniGate { .. }
+        | StepKind::Switchover { .. } => vec![],
     }
 }
 
