@@ -798,7 +798,7 @@ impl AdminService for AdminSvc {
         let c = &self.0;
         crate::snapshot::answer(
             req.into_inner(),
-            &c.config.inventory,
+            &c.config,
             &c.etcd,
             &c.runner.snapshots,
             &admin,

@@ -302,11 +302,22 @@ fn utc_stamp(ms: i64) -> String {
     )
 }
 
+/// Where the coordinator keeps what a restore puts back on the members besides the data.
+pub struct RestoreFiles<'a> {
+    /// The inventory the member files are rendered from.
+    pub inventory: &'a Path,
+    /// The Pigsty CA certificate.
+    pub ca_cert: &'a Path,
+    /// The issued member certificates and keys (`etcd-N.crt`, `etcd-N.key`).
+    pub member_cert_dir: &'a Path,
+}
+
 /// The exact steps to restore `snap` onto `spec`'s members (Pigsty's layout from the
 /// inventory): copy the file to each member, stop etcd, move the old data dir aside,
 /// `etcdutl snapshot restore` (or `etcdctl snapshot restore` on etcd 3.4) with the member's
-/// name and peer URL, start the members together. Nothing is run.
-pub fn restore_plan(spec: &ClusterSpec, snap: &SnapshotMeta) -> String {
+/// name and peer URL, put the member's certificates, etcd.conf and profile back through its
+/// agent (a removal or purge retired them), start the members together. Nothing is run.
+pub fn restore_plan(spec: &ClusterSpec, snap: &SnapshotMeta, files: &RestoreFiles<'_>) -> String {
     let initial: Vec<String> = spec
         .members
         .iter()
@@ -327,18 +338,31 @@ pub fn restore_plan(spec: &ClusterSpec, snap: &SnapshotMeta) -> String {
         out.push_str(&format!(
             "\n## {name} @ {ip}\nscp {path} {ip}:/tmp/{id}.db\nsystemctl stop etcd\nmv {data_dir} {data_dir}.before-{id}\n\
              ETCDCTL_API=3 etcdctl snapshot restore /tmp/{id}.db --name {name} --initial-cluster {initial} --initial-cluster-token {token} --initial-advertise-peer-urls {peer} --data-dir {data_dir}\n\
-             # etcd 3.5+: etcdutl snapshot restore /tmp/{id}.db (same flags)\nchown -R etcd:etcd {data_dir} && chmod 0700 {data_dir}\n",
+             # etcd 3.5+: etcdutl snapshot restore /tmp/{id}.db (same flags)\n\
+             chown -R etcd:etcd {data_dir} && chmod 0700 {data_dir}\n\
+             # on the admin node: the member's certificates, etcd.conf and profile through its agent\n\
+             quorum task --host {ip} write-etcd-certs --ca-file {ca} --cert-file {certs}/{name}.crt --key-file {certs}/{name}.key\n\
+             quorum task --host {ip} write-etcd-conf -i {inventory}\n\
+             quorum task --host {ip} write-etcdctl-profile -i {inventory}\n",
             name = m.name,
             ip = m.ip,
             path = shell_quote(&snap.path),
             id = snap.id,
             token = shell_quote(&spec.name),
             peer = m.peer_url,
+            ca = shell_quote(&files.ca_cert.display().to_string()),
+            certs = shell_quote(&files.member_cert_dir.display().to_string()),
+            inventory = shell_quote(&files.inventory.display().to_string()),
         ));
     }
-    out.push_str(
-        "\n## then, on every member at about the same time\nsystemctl start etcd\n# check: etcdctl endpoint health; etcdctl member list\n",
-    );
+    out.push_str(&format!(
+        "\n## then start every member at about the same time (one alone has no quorum)\n\
+         quorum service start etcd --cluster {} --forks {}\n\
+         # or, on each host: systemctl enable --now etcd\n\
+         # check: quorum cluster status; etcdctl endpoint health\n",
+        shell_quote(&spec.name),
+        spec.members.len().max(1)
+    ));
     out
 }
 
@@ -361,11 +385,12 @@ impl From<&SnapshotMeta> for pb::SnapshotView {
 /// The admin service's `Snapshot` call: list, save now, or print the restore steps.
 pub async fn answer(
     req: pb::SnapshotRequest,
-    inventory: &Path,
+    config: &crate::config::CoordinatorConfig,
     etcd: &crate::etcd::EtcdAccess,
     snapshots: &Snapshots,
     admin: &str,
 ) -> Result<pb::SnapshotResponse, Status> {
+    let inventory = config.inventory.as_path();
     use pb::snapshot_request::Action;
     let cluster_spec = || -> Result<ClusterSpec, Status> {
         let inv = crate::inventory::Inventory::load(inventory).map_err(|e| {
@@ -412,8 +437,13 @@ pub async fn answer(
                     meta.id, meta.cluster, spec.name, meta.cluster
                 )));
             }
+            let files = RestoreFiles {
+                inventory,
+                ca_cert: &config.tls.ca_cert,
+                member_cert_dir: &crate::statedir::member_cert_dir(&config.state_dir),
+            };
             Ok(pb::SnapshotResponse {
-                restore_plan: restore_plan(&spec, &meta),
+                restore_plan: restore_plan(&spec, &meta, &files),
                 snapshots: vec![pb::SnapshotView::from(&meta)],
             })
         }
