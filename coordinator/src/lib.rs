@@ -1,6 +1,7 @@
 //! The Quorum coordinator: PKI, the gRPC server agents pull from, the inventory and renderers,
 //! the SOP planner and runner, and the operator CLI that drives them.
 
+pub mod agreement;
 pub mod cli;
 pub mod cli_runs;
 pub mod client;
