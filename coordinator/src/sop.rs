@@ -51,6 +51,9 @@ pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
         clean: cluster.params.clean,
         etcd_conf: HashMap::new(),
         profile: HashMap::new(),
+        group: cluster.group.clone(),
+        client_port: cluster.params.port,
+        peer_port: cluster.params.peer_port,
     };
     for m in &cluster.members {
         spec.members.push(MemberSpec {
@@ -80,6 +83,9 @@ pub async fn gather_live(
         Ok(m) => live.members = Some(m),
         Err(e) => live.members_error = e.to_string(),
     }
+    if live.members.is_some() {
+        live.leader = etcd.leader(&spec.client_urls()).await.ok();
+    }
     for m in &spec.members {
         live.health
             .insert(m.ip, etcd.member_health(&m.client_url).await);
@@ -107,7 +113,7 @@ fn agents_live(registry: &Registry, hosts: &[IpAddr]) -> Live {
 /// Asks every connected agent of `hosts` for fresh facts and waits (briefly) for them: facts
 /// that ride on polls can be half a minute old, and a plan must not rest on a stale "etcd is
 /// stopped". An agent that does not answer in time keeps its last facts.
-async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) {
+pub(crate) async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) {
     let mut waits = Vec::new();
     for h in hosts {
         if matches!(
@@ -225,7 +231,7 @@ pub async fn plan_request(
     })?;
     let args: BTreeMap<String, String> = req.args.clone().into_iter().collect();
     if req.sop == sop_name::PATRONI_RELOAD || req.sop == sop_name::VIP_RELOAD {
-        return plan_pg(&inv, req, args, registry).await;
+        return plan_pg(&inv, req, args, registry, etcd).await;
     }
     let cluster_name = (!req.cluster.is_empty()).then_some(req.cluster.as_str());
     let cluster = inv
@@ -289,6 +295,7 @@ pub async fn plan_request(
             args,
             notes: plan.notes.clone(),
             pg_auth: BTreeMap::new(),
+            roster: Some(spec.roster()),
         },
         plan,
         cluster: spec.name.clone(),
@@ -431,6 +438,7 @@ async fn plan_pg(
     req: &pb::StartRunRequest,
     args: BTreeMap<String, String>,
     registry: &Registry,
+    etcd: &crate::etcd::EtcdAccess,
 ) -> Result<Planned, Status> {
     let pgs = select_pg(inv, &args)?;
     let mut dcs: Vec<&str> = pgs.iter().filter_map(|p| p.dcs.as_deref()).collect();
@@ -458,6 +466,24 @@ async fn plan_pg(
     let spec = cluster_spec(cluster, cluster.params.init);
     let restart = arg(&args, "restart") == Some("true");
     let mut notes = Vec::new();
+    // Patroni and vip-manager get the inventory's etcd members: refuse if that is not
+    // etcd's member list (a host that never joined, or a learner not yet promoted, must
+    // never be in a client list).
+    match etcd.member_list(&spec.client_urls()).await {
+        Ok(members) => {
+            let problems = spec.roster().compare(&members, None);
+            if !problems.is_empty() {
+                return Err(plan_status(PlanError::InventoryDisagrees {
+                    cluster: spec.name.clone(),
+                    problems,
+                }));
+            }
+        }
+        Err(e) => notes.push(format!(
+            "etcd's member list of cluster {} could not be read ({e}): pigsty.yml was not compared with it",
+            spec.name
+        )),
+    }
     let targets = pg_targets(&pgs, &spec, true, &mut notes).await?;
     let hosts: Vec<IpAddr> = targets
         .iter()
@@ -478,6 +504,7 @@ async fn plan_pg(
             args,
             notes: plan.notes.clone(),
             pg_auth: pg_auth(&pgs),
+            roster: None,
         },
         plan,
         cluster: spec.name.clone(),
@@ -546,18 +573,22 @@ async fn plan_membership(
         let mut plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
         plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
-        (spec.name.clone(), spec.client_urls(), plan)
+        (spec.roster(), spec.client_urls(), plan)
     } else {
-        let gone_member =
-            in_inventory.unwrap_or_else(|| cluster.new_member(host, seq.unwrap_or(0)));
+        // Named by the inventory while it is still there; once Pigsty's SOP has taken it
+        // out, by etcd's member list (e2e probe F6: never a made-up `etcd-0`).
+        let guess = match &in_inventory {
+            Some(m) => m.clone(),
+            None => cluster.new_member(host, seq.unwrap_or(0)),
+        };
+        let guessed = MemberSpec {
+            ip: host,
+            name: guess.name.clone(),
+            client_url: crate::render::client_url(&guess),
+            peer_url: crate::render::peer_url(&guess),
+        };
         let remaining = cluster.without_member(host);
         let spec = cluster_spec(&remaining, remaining.params.init);
-        let gone = MemberSpec {
-            ip: host,
-            name: gone_member.name.clone(),
-            client_url: crate::render::client_url(&gone_member),
-            peer_url: crate::render::peer_url(&gone_member),
-        };
         let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
         hosts.push(host);
         hosts.extend(pg_hosts.iter().copied());
@@ -566,16 +597,21 @@ async fn plan_membership(
         let mut live = gather_live(registry, etcd, &spec, &hosts).await;
         if live.members.is_none() {
             live.members = etcd
-                .member_list(std::slice::from_ref(&gone.client_url))
+                .member_list(std::slice::from_ref(&guessed.client_url))
                 .await
                 .ok();
         }
+        let gone = if in_inventory.is_some() {
+            guessed
+        } else {
+            plan::leaving_member(&live, host, guessed, seq.is_some())
+        };
         let mut plan = plan::plan_member_remove(&spec, &gone, &live).map_err(plan_status)?;
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
         plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
         let mut endpoints = spec.client_urls();
         endpoints.push(gone.client_url.clone());
-        (spec.name.clone(), endpoints, plan)
+        (spec.roster(), endpoints, plan)
     };
     Ok(Planned {
         context: RunContext {
@@ -583,9 +619,10 @@ async fn plan_membership(
             args,
             notes: plan.notes.clone(),
             pg_auth: pg_auth(&pgs),
+            roster: Some(planned_cluster.clone()),
         },
         plan,
-        cluster: planned_cluster,
+        cluster: planned_cluster.cluster,
         digest: inv.digest().to_string(),
     })
 }
