@@ -19,4 +19,5 @@ pub mod render;
 pub mod runner;
 pub mod server;
 pub mod sop;
+pub mod status;
 pub mod store;

@@ -698,6 +698,32 @@ impl AdminService for AdminSvc {
             &store.get_run(&id).map_err(store_status)?,
         )))
     }
+
+    async fn cluster_status(
+        &self,
+        req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.cluster_status_of(req).await
+    }
+}
+
+impl AdminSvc {
+    /// `ClusterStatus`, answered by [`crate::status`].
+    async fn cluster_status_of(
+        &self,
+        req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        authorize_admin(&req, self.0.td())?;
+        let c = &self.0;
+        let status = crate::status::cluster_status(
+            &c.config.inventory,
+            &c.registry,
+            &c.etcd,
+            req.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(status))
+    }
 }
 
 fn store_status(e: StoreError) -> Status {
