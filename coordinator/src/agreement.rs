@@ -217,10 +217,7 @@ impl Roster {
             if skip(&s.peer_url) {
                 continue;
             }
-            match live
-                .iter()
-                .find(|m| m.peer_urls.contains(&s.peer_url))
-            {
+            match live.iter().find(|m| m.peer_urls.contains(&s.peer_url)) {
                 None => out.push(Disagreement::NotAMember {
                     ip: s.ip,
                     name: s.name.clone(),
