@@ -9,7 +9,9 @@
 #      coordinator: its RSS, idle CPU, the time until all N are connected, and one task
 #      fanned out to all N
 #   4. SOP overhead: a rolling `quorum config reload --restart` of a real 3-member etcd
-#      cluster on 127.0.0.11-13, against the members' own restart-to-healthy times
+#      cluster on 127.0.0.11-13, against its physical floor measured just before on the same
+#      fleet (each member restarted by the agents' own restart command, followers first and
+#      the leader last, until it serves a linearizable read; summed)
 #   5. CPU profiles (perf record) of the coordinator during a fan-out and of the agent during
 #      a dispatch loop, from an unstripped build of the same code; reports in bench/out/
 #
@@ -18,6 +20,7 @@
 #   AGENT_IDLE_SECS=60       agent idle window    FLEET_IDLE_SECS=30 coordinator idle window
 #   PROFILE=1                0 skips step 5       PROFILE_FLEET=2000 fleet size profiled
 #   SOP=1                    0 skips step 4       OUT=bench/out     results, logs, profiles
+#   SOP_ROUNDS=5             floor + SOP pairs in step 4
 #   KEEP=1                   keep the temp dir (configs, logs) instead of removing it
 #   PROTOCOL=session         the simulated agents' calls; `unary` plays 0.1 agents (Poll+Report)
 #
@@ -37,6 +40,7 @@ FLEET_IDLE_SECS=${FLEET_IDLE_SECS:-30}
 PROFILE=${PROFILE:-1}
 PROFILE_FLEET=${PROFILE_FLEET:-2000}
 SOP=${SOP:-1}
+SOP_ROUNDS=${SOP_ROUNDS:-5}
 OUT=${OUT:-$ROOT/bench/out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -152,6 +156,14 @@ start_agent() {
   mkdir -p "$H"/{etc/etcd,etc/profile.d,data/etcd,var/lib/quorum,run,log,quorum}
   [ -f "$H/quorum/agent.crt" ] || $Q pki issue agent --ip "$ip" --dir "$D/pki/ca" --out "$H/quorum" >/dev/null
   local PID=$H/run/etcd.pid LOG=$H/log/etcd.log CONF=$H/etc/etcd/etcd.conf
+  # The restart command lives in a script that both the agent (exec backend) and the floor
+  # measurement of step 4 run, so the two time the very same command. `--exec` on the stop:
+  # without it start-stop-daemon waits until the pid leaves /proc, and this machine's PID 1
+  # reaps an exited etcd ~1.5 s late (a zombie has no executable, so `--exec` ends the wait
+  # when etcd has exited).
+  cat >"$H/restart-etcd.sh" <<EOF
+start-stop-daemon --stop --oknodo --pidfile $PID --exec /usr/bin/etcd --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --oknodo --make-pidfile --pidfile $PID --output $LOG --exec /usr/bin/etcd -- --config-file $CONF
+EOF
   cat >"$H/quorum/agent.yml" <<EOF
 coordinator: $COORD_URL
 host_ip: $ip
@@ -174,8 +186,8 @@ service_backend: exec
 exec:
   etcd:
     start: [start-stop-daemon, --start, --background, --oknodo, --make-pidfile, --pidfile, $PID, --output, $LOG, --exec, /usr/bin/etcd, --, --config-file, $CONF]
-    stop: [start-stop-daemon, --stop, --oknodo, --pidfile, $PID, --retry, TERM/30/KILL/5, --remove-pidfile]
-    restart: [/bin/sh, -c, 'start-stop-daemon --stop --oknodo --pidfile $PID --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --oknodo --make-pidfile --pidfile $PID --output $LOG --exec /usr/bin/etcd -- --config-file $CONF']
+    stop: [start-stop-daemon, --stop, --oknodo, --pidfile, $PID, --exec, /usr/bin/etcd, --retry, TERM/30/KILL/5, --remove-pidfile]
+    restart: [/bin/sh, $H/restart-etcd.sh]
     status: [/bin/sh, -c, 'p=\$(cat $PID 2>/dev/null) && [ -n "\$p" ] && grep -q "^State:[[:space:]]*[RSDI]" /proc/\$p/status']
 EOF
   "$bin" run --config "$H/quorum/agent.yml" >"$H/log/agent.log" 2>&1 &
@@ -233,12 +245,39 @@ $L dispatch --coordinator "$COORD_URL" "${ADMIN_ARGS[@]}" --agent 127.3.0.1 \
   --simulate-with-ca-key "$CAKEY" --count "$DISPATCHES" --prefix dispatch_sim --out "$RES" >&2
 
 if [ "$SOP" = 1 ]; then
-  say "4. quorum config reload --restart (rolling, quorum-guarded)"
-  t0=$(date +%s%N)
-  $Q config reload --restart -o json </dev/null >"$OUT/sop-run.json" 2>"$OUT/sop-run.log" \
-    || die "config reload failed: $(cat "$OUT/sop-run.log")"
-  t1=$(date +%s%N)
-  $L sop --run-json "$OUT/sop-run.json" --wall-ms $(((t1 - t0) / 1000000)) --out "$RES" >&2
+  # etcd's own stop takes either a few ms or about a second (its HTTP/2 shutdown), whoever
+  # stops it, so one roll against one floor is mostly noise: SOP_ROUNDS alternating pairs,
+  # compared as sums.
+  MEMBERS=()
+  for ip in "${IPS[@]}"; do MEMBERS+=(--member "$ip,https://$ip:$PORT,$D/hosts/$ip/restart-etcd.sh"); done
+  result() { awk -F= -v k="$1" '$1 == k {v = $2} END {print v}' "$RES"; }
+  wall_total=0 floor_total=0 restart_total=0 commands_total=0
+  for r in $(seq "$SOP_ROUNDS"); do
+    say "4. round $r/$SOP_ROUNDS: physical floor (own restart command, leader last)"
+    $L floor "${MEMBERS[@]}" --ca-cert "$CA" --cert "$D/coordinator/coordinator.crt" \
+      --key "$D/coordinator/coordinator.key" --prefix "sop.floor.r$r" --out "$RES" >&2
+    floor_ms=$(result "sop.floor.r${r}_ms")
+    say "4. round $r/$SOP_ROUNDS: quorum config reload --restart (quorum-guarded, leader last)"
+    t0=$(date +%s%N)
+    $Q config reload --restart -o json </dev/null >"$OUT/sop-run-$r.json" 2>"$OUT/sop-run-$r.log" \
+      || die "config reload failed: $(cat "$OUT/sop-run-$r.log")"
+    t1=$(date +%s%N)
+    wall_ms=$(((t1 - t0) / 1000000))
+    $L sop --run-json "$OUT/sop-run-$r.json" --wall-ms "$wall_ms" --floor-ms "$floor_ms" \
+      --round "$r" --out "$RES" >&2
+    wall_total=$((wall_total + wall_ms)) floor_total=$((floor_total + floor_ms))
+    restart_total=$((restart_total + $(result "sop.r$r.restart_ms")))
+    commands_total=$((commands_total + $(result "sop.floor.r$r.commands_ms")))
+  done
+  put sop.rounds "$SOP_ROUNDS"
+  put sop.wall_total_s "$(awk -v w="$wall_total" 'BEGIN {printf "%.2f", w / 1000}')"
+  put sop.floor_total_s "$(awk -v f="$floor_total" 'BEGIN {printf "%.2f", f / 1000}')"
+  put sop.floor_ratio "$(awk -v w="$wall_total" -v f="$floor_total" 'BEGIN {printf "%.3f", w / f}')"
+  # Without the restart commands (etcd's own stop, random in length): what is left of the
+  # SOP (dispatch, guards, writes, leadership move, gates, CLI) against what is left of the
+  # floor (each member from its start to serving).
+  put sop.restarts_total_s "$(awk -v a="$restart_total" -v b="$commands_total" 'BEGIN {printf "%.2f / %.2f", a / 1000, b / 1000}')"
+  put sop.rest_ratio "$(awk -v w="$((wall_total - restart_total))" -v f="$((floor_total - commands_total))" 'BEGIN {printf "%.3f (%.2f s / %.2f s)", w / f, w / 1000, f / 1000}')"
 fi
 for p in "${AGENTS[@]}"; do stop_pid "$p"; done
 stop_pid "$COORD_PID"

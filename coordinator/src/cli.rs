@@ -271,6 +271,18 @@ enum ClusterCommand {
     /// Stop and wipe every member ignoring etcd_safeguard (`-t etcd_purge`); a host's local
     /// agent safeguard still refuses.
     Purge(SopArgs),
+    /// Members, learners, the leader, each member's raft index and health, the inventory
+    /// compared with etcd's member list, and the agents; exit 1 if anything is wrong.
+    Status {
+        /// The etcd cluster (default: the only one in the inventory).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -713,6 +725,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 ClusterCommand::Create(a) => (crate::sop::sop_name::CLUSTER_CREATE, a),
                 ClusterCommand::Remove(a) => (crate::sop::sop_name::CLUSTER_REMOVE, a),
                 ClusterCommand::Purge(a) => (crate::sop::sop_name::CLUSTER_PURGE, a),
+                ClusterCommand::Status {
+                    cluster,
+                    output,
+                    conn,
+                } => {
+                    let mut client = client::admin_client(&conn.resolve()?).await?;
+                    return crate::status::status_command(
+                        &mut client,
+                        cluster,
+                        output == Format::Json,
+                    )
+                    .await;
+                }
             };
             sop_command(sop, args, HashMap::new()).await
         }

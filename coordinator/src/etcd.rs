@@ -25,6 +25,29 @@ pub struct MemberInfo {
     pub is_learner: bool,
 }
 
+/// What one member says of itself (`etcdctl endpoint status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The answering member's id.
+    pub member_id: u64,
+    /// The leader it knows (0: none).
+    pub leader: u64,
+    /// Its raft committed index.
+    pub raft_index: u64,
+    /// Its raft applied index.
+    pub raft_applied_index: u64,
+    /// Its raft term.
+    pub raft_term: u64,
+    /// It is a learner.
+    pub is_learner: bool,
+    /// Its etcd version.
+    pub version: String,
+    /// Its database size, bytes.
+    pub db_size: i64,
+    /// Alarms and errors it reports.
+    pub errors: Vec<String>,
+}
+
 /// What went wrong asking one etcd endpoint, classified once from the client's error: the
 /// way etcd's own client maps its server's messages back to typed errors
 /// (`rpctypes.errStringToError`), so the runner matches variants and operators read a
@@ -458,6 +481,28 @@ impl EtcdAccess {
         )
         .await
         .map(|_| ())
+    }
+}
+
+impl EtcdAccess {
+    /// The status of the member at `endpoint` (that member only, not any other).
+    pub async fn member_status(&self, endpoint: &str) -> Result<MemberStatus, EtcdError> {
+        let st = self
+            .on_any(&[endpoint.to_string()], "status", |mut c| async move {
+                c.status().await
+            })
+            .await?;
+        Ok(MemberStatus {
+            member_id: st.header().map(|h| h.member_id()).unwrap_or(0),
+            leader: st.leader(),
+            raft_index: st.raft_index(),
+            raft_applied_index: st.raft_applied_index(),
+            raft_term: st.raft_term(),
+            is_learner: st.is_learner(),
+            version: st.version().to_string(),
+            db_size: st.db_size(),
+            errors: st.errors().to_vec(),
+        })
     }
 }
 

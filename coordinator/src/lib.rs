@@ -2,6 +2,7 @@
 //! the SOP planner and runner, and the operator CLI that drives them.
 
 pub mod adhoc;
+pub mod agreement;
 pub mod cli;
 pub mod cli_runs;
 pub mod cli_snapshot;
@@ -22,4 +23,5 @@ pub mod server;
 pub mod snapshot;
 pub mod sop;
 pub mod statedir;
+pub mod status;
 pub mod store;

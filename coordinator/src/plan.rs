@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use quorum_proto::pb;
 use serde::{Deserialize, Serialize};
 
+use crate::agreement::{Disagreement, Roster};
 use crate::etcd::MemberInfo;
 use crate::patroni::PgRef;
 
@@ -41,9 +42,33 @@ pub struct ClusterSpec {
     pub etcd_conf: HashMap<IpAddr, pb::EtcdConf>,
     /// Typed etcdctl profile per host, rendered by the agent.
     pub profile: HashMap<IpAddr, pb::EtcdctlProfile>,
+    /// The inventory group that defines the cluster (where a member's line goes).
+    #[serde(default)]
+    pub group: String,
+    /// The group's `etcd_port`.
+    #[serde(default)]
+    pub client_port: u16,
+    /// The group's `etcd_peer_port`.
+    #[serde(default)]
+    pub peer_port: u16,
 }
 
 impl ClusterSpec {
+    /// The inventory's membership, to compare with etcd's member list.
+    pub fn roster(&self) -> Roster {
+        Roster {
+            cluster: self.name.clone(),
+            group: if self.group.is_empty() {
+                self.name.clone()
+            } else {
+                self.group.clone()
+            },
+            client_port: self.client_port,
+            peer_port: self.peer_port,
+            members: self.members.clone(),
+        }
+    }
+
     /// The member on `ip`.
     pub fn member(&self, ip: IpAddr) -> Option<&MemberSpec> {
         self.members.iter().find(|m| m.ip == ip)
@@ -165,6 +190,10 @@ pub enum StepKind {
         /// (such a step is refused: plan the run again).
         #[serde(default)]
         conf: Option<pb::EtcdConf>,
+        /// A config reload writes it without a restart: only `initial-cluster` /
+        /// `initial-cluster-state` change, which a running member ignores.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        bootstrap_only: bool,
     },
     /// Write the etcdctl profile, which the agent renders from these typed fields.
     WriteEtcdctlProfile {
@@ -254,12 +283,24 @@ pub enum StepKind {
         /// Its peer URL.
         peer_url: String,
     },
-    /// If the leaving member leads, hand leadership to a healthy voter first.
+    /// If the member on `host` leads when the step runs (whoever led at planning), hand
+    /// leadership to a healthy, caught-up voter first: before a member leaves, or before its
+    /// restart in a roll, where the members restarted before it are preferred.
     MoveLeaderAway {
-        /// The leaving host.
+        /// The leaving or restarting host.
         host: IpAddr,
         /// Its peer URL.
         peer_url: String,
+        /// Hosts restarted earlier in the same roll, preferred as the new leader, in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        prefer: Vec<IpAddr>,
+        /// In a roll: the restart it precedes is skipped unless a step here changed something
+        /// (or `force`), and so is this step.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        if_changed: Vec<usize>,
+        /// The restart it precedes happens whatever changed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// `member remove` by the id read live (already gone counts as done).
     RemoveMember {
@@ -466,7 +507,13 @@ impl StepKind {
             StepKind::WriteEtcdCerts { member, .. } => {
                 format!("write ca.crt, server.crt, server.key of {member}")
             }
-            StepKind::WriteEtcdConf { .. } => "write etcd.conf (rendered by the agent)".into(),
+            StepKind::WriteEtcdConf { bootstrap_only, .. } => {
+                if *bootstrap_only {
+                    "write etcd.conf (rendered by the agent); no restart: only initial-cluster changes, which a running member ignores".into()
+                } else {
+                    "write etcd.conf (rendered by the agent)".into()
+                }
+            }
             StepKind::WriteEtcdctlProfile { .. } => {
                 "write the etcdctl profile (rendered by the agent)".into()
             }
@@ -512,7 +559,20 @@ impl StepKind {
             }
             StepKind::PromoteLearner { .. } => "member promote, once the learner is in sync".into(),
             StepKind::MemberRemoveCheck { .. } => "check: every other voting member healthy".into(),
-            StepKind::MoveLeaderAway { .. } => "move leadership away if this member leads".into(),
+            StepKind::MoveLeaderAway { prefer, .. } => {
+                if prefer.is_empty() {
+                    "move leadership away if this member leads".into()
+                } else {
+                    format!(
+                        "if this member leads now, hand leadership to a caught-up member restarted before it ({})",
+                        prefer
+                            .iter()
+                            .map(|h| h.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            }
             StepKind::RemoveMember { .. } => "member remove (id read live)".into(),
             StepKind::WipeRemovedMember { member_id, .. } => match member_id {
                 Some(id) => {
@@ -578,6 +638,18 @@ impl Plan {
         live: &Live,
         host: IpAddr,
     ) -> Result<usize, PlanError> {
+        self.write_conf_marked(spec, live, host, false)
+    }
+
+    /// As [`Plan::write_conf`]; `bootstrap_only` marks a write a config reload does not
+    /// restart for.
+    fn write_conf_marked(
+        &mut self,
+        spec: &ClusterSpec,
+        live: &Live,
+        host: IpAddr,
+        bootstrap_only: bool,
+    ) -> Result<usize, PlanError> {
         let (conf, text) = conf_of(spec, host)?;
         let diff = file_diff(
             &live.path_of(host, "etcd_conf", "/etc/etcd/etcd.conf"),
@@ -587,6 +659,7 @@ impl Plan {
         let kind = StepKind::WriteEtcdConf {
             host,
             conf: Some(conf.clone()),
+            bootstrap_only,
         };
         Ok(self.push_with_diff(kind, diff))
     }
@@ -708,6 +781,14 @@ pub enum PlanError {
         /// Cluster.
         cluster: String,
     },
+    /// pigsty.yml and etcd's live member list disagree.
+    #[error("{}", crate::agreement::refusal(cluster, problems))]
+    InventoryDisagrees {
+        /// Cluster.
+        cluster: String,
+        /// Each disagreement, with the line that fixes it.
+        problems: Vec<Disagreement>,
+    },
     /// An unsafe request.
     #[error("{0}")]
     Unsafe(String),
@@ -729,9 +810,53 @@ pub struct Live {
     pub members_error: String,
     /// Health of each inventory member (Ok, or why not).
     pub health: HashMap<IpAddr, Result<(), String>>,
+    /// The member id of etcd's leader, if a member named one.
+    pub leader: Option<u64>,
 }
 
 impl Live {
+    /// The inventory member that leads now, if etcd named a leader the inventory knows.
+    pub fn leader_host(&self, spec: &ClusterSpec) -> Option<IpAddr> {
+        let id = self.leader.filter(|l| *l != 0)?;
+        let m = self.members.as_ref()?.iter().find(|m| m.id == id)?;
+        spec.members
+            .iter()
+            .find(|s| m.peer_urls.contains(&s.peer_url))
+            .map(|s| s.ip)
+    }
+
+    /// Refuses when etcd's member list (when it could be read) disagrees with the inventory;
+    /// the member with peer URL `changing` (joining or leaving) may differ.
+    fn check_agreement(&self, spec: &ClusterSpec, changing: Option<&str>) -> Result<(), PlanError> {
+        let Some(members) = &self.members else {
+            return Ok(());
+        };
+        let problems = spec.roster().compare(members, changing);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PlanError::InventoryDisagrees {
+                cluster: spec.name.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// The note a plan carries when the member list could not be read (nothing compared).
+    fn unchecked_note(&self, spec: &ClusterSpec) -> Option<String> {
+        self.members.is_none().then(|| {
+            format!(
+                "etcd's member list of cluster {} could not be read ({}): pigsty.yml was not compared with it",
+                spec.name,
+                if self.members_error.is_empty() {
+                    "no member answered"
+                } else {
+                    self.members_error.as_str()
+                }
+            )
+        })
+    }
+
     fn require_agents(&self, hosts: &[IpAddr]) -> Result<(), PlanError> {
         for h in hosts {
             if !self.facts.contains_key(h) {
@@ -899,6 +1024,10 @@ fn instance_exists_error(spec: &ClusterSpec, host: IpAddr) -> PlanError {
 pub fn plan_cluster_create(spec: &ClusterSpec, live: &Live) -> Result<Plan, PlanError> {
     let hs = hosts(spec);
     live.require_agents(&hs)?;
+    // A running cluster is compared with the inventory first: purging and re-creating it
+    // because the inventory missed a member (or named a host that never joined) would be
+    // the wrong fix. `quorum cluster purge` is there when starting over is what is meant.
+    live.check_agreement(spec, None)?;
     let mut plan = Plan::default();
     if live.cluster_matches(spec) {
         let differ: Vec<String> = hs
@@ -1048,7 +1177,11 @@ pub enum RestartPolicy {
 }
 
 /// `quorum config reload` (`-t etcd_conf`, then restart one member at a time): per member,
-/// quorum guard, write, restart, gate on that member and the cluster healthy.
+/// quorum guard, write, restart, gate on that member and the cluster healthy. Followers go
+/// first and the leader last; right before its restart it hands leadership to a member
+/// already restarted and caught up, so a roll costs one leader change. A member whose
+/// etcd.conf changes only in `initial-cluster` / `initial-cluster-state` (ignored by a
+/// running member) is written without a restart, unless every member restarts anyway.
 pub fn plan_config_reload(
     spec: &ClusterSpec,
     live: &Live,
@@ -1056,29 +1189,116 @@ pub fn plan_config_reload(
 ) -> Result<Plan, PlanError> {
     let hs = hosts(spec);
     live.require_agents(&hs)?;
+    live.check_agreement(spec, None)?;
     let mut plan = Plan::default();
-    for m in &spec.members {
-        if restart != RestartPolicy::Never {
-            plan.push(StepKind::QuorumGuard { host: m.ip });
+    plan.notes.extend(live.unchecked_note(spec));
+    if restart == RestartPolicy::Never {
+        for h in hs {
+            plan.write_conf(spec, live, h)?;
         }
+        return Ok(plan);
+    }
+    let leader = live.leader_host(spec);
+    let mut restarted: Vec<IpAddr> = Vec::new();
+    let mut quiet: Vec<String> = Vec::new();
+    for m in roll_order(spec, leader) {
+        if restart == RestartPolicy::IfChanged && bootstrap_only_change(spec, live, m.ip)? {
+            plan.write_conf_marked(spec, live, m.ip, true)?;
+            quiet.push(format!("{} ({})", m.name, m.ip));
+            continue;
+        }
+        plan.push(StepKind::QuorumGuard { host: m.ip });
         let write = plan.write_conf(spec, live, m.ip)?;
-        if restart != RestartPolicy::Never {
-            plan.push(StepKind::RestartEtcd {
+        let force = restart == RestartPolicy::Always;
+        if leader == Some(m.ip) {
+            plan.push(StepKind::MoveLeaderAway {
                 host: m.ip,
+                peer_url: m.peer_url.clone(),
+                prefer: restarted.clone(),
                 if_changed: vec![write],
-                force: restart == RestartPolicy::Always,
+                force,
             });
-            plan.push(StepKind::HealthGate { host: m.ip });
         }
+        plan.push(StepKind::RestartEtcd {
+            host: m.ip,
+            if_changed: vec![write],
+            force,
+        });
+        plan.push(StepKind::HealthGate { host: m.ip });
+        restarted.push(m.ip);
+    }
+    plan.notes.extend(roll_note(spec, live, leader));
+    if !quiet.is_empty() {
+        plan.notes.push(format!(
+            "etcd.conf of {} changes only in initial-cluster / initial-cluster-state, which a running member ignores: written without a restart (`--restart` restarts every member anyway)",
+            quiet.join(", ")
+        ));
     }
     Ok(plan)
+}
+
+/// The inventory's members in the order a roll restarts them: followers first (in Pigsty's
+/// order), the leader last.
+fn roll_order(spec: &ClusterSpec, leader: Option<IpAddr>) -> Vec<&MemberSpec> {
+    let mut order: Vec<&MemberSpec> = spec.members.iter().collect();
+    // Stable: followers keep Pigsty's order.
+    order.sort_by_key(|m| Some(m.ip) == leader);
+    order
+}
+
+/// What the plan says about its restart order.
+fn roll_note(spec: &ClusterSpec, live: &Live, leader: Option<IpAddr>) -> Option<String> {
+    match leader.and_then(|l| spec.member(l)) {
+        Some(m) => Some(format!(
+            "restart order: followers first, the leader {} ({}) last; right before its restart it hands leadership to a member restarted before it and caught up (if it still leads then)",
+            m.name, m.ip
+        )),
+        None if live.members.is_some() => Some(
+            "etcd named no leader among the inventory's members: members restart in inventory order, and etcd hands leadership over by itself when its leader stops".into(),
+        ),
+        None => None,
+    }
+}
+
+/// Whether the etcd.conf `host` would get differs from the one it runs with only in keys a
+/// running member ignores (`initial-cluster`, `initial-cluster-state`): etcd reads them only
+/// when it bootstraps an empty data dir. Only for a running member with data whose current
+/// file the agent reported.
+fn bootstrap_only_change(spec: &ClusterSpec, live: &Live, host: IpAddr) -> Result<bool, PlanError> {
+    let (_, new) = conf_of(spec, host)?;
+    let Some(cur) = live.file(host, "etcd_conf") else {
+        return Ok(false);
+    };
+    if !cur.exists
+        || !cur.problem.is_empty()
+        || cur.content.is_empty()
+        || cur.sha256 == sha256_hex(&new)
+        || !live.etcd_active(host)
+        || !live.has_data(host)
+    {
+        return Ok(false);
+    }
+    let kept = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                let key = l.split(':').next().unwrap_or("").trim();
+                key != "initial-cluster" && key != "initial-cluster-state"
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    Ok(kept(&cur.content) == kept(&new))
 }
 
 /// `quorum env refresh` (`-t etcd_env`): the etcdctl profile on every host.
 pub fn plan_env_refresh(spec: &ClusterSpec, live: &Live) -> Result<Plan, PlanError> {
     let hs = hosts(spec);
     live.require_agents(&hs)?;
+    // A profile lists every inventory member as an endpoint: a host etcd does not list, or
+    // lists only as a learner, must not be there.
+    live.check_agreement(spec, None)?;
     let mut plan = Plan::default();
+    plan.notes.extend(live.unchecked_note(spec));
     for h in hs {
         plan.write_profile(spec, live, h)?;
     }
@@ -1112,24 +1332,51 @@ pub fn plan_service(
                 "refusing to {action} etcd on {forks} hosts at once: that can cost the cluster its quorum; etcd goes one member at a time (--forks 1)"
             )));
         }
+        let mut members = Vec::new();
         for h in targets {
-            if spec.member(*h).is_none() {
-                return Err(PlanError::Usage(format!(
-                    "{h} is not a member of etcd cluster {}; check --hosts",
-                    spec.name
-                )));
+            match spec.member(*h) {
+                Some(m) => members.push(m),
+                None => {
+                    return Err(PlanError::Usage(format!(
+                        "{h} is not a member of etcd cluster {}; check --hosts",
+                        spec.name
+                    )))
+                }
             }
-            plan.push(StepKind::QuorumGuard { host: *h });
+        }
+        live.check_agreement(spec, None)?;
+        plan.notes.extend(live.unchecked_note(spec));
+        let leader = live.leader_host(spec);
+        if action == ActionName::Restart {
+            // As a roll: followers first, the leader last, after handing leadership over.
+            members.sort_by_key(|m| Some(m.ip) == leader);
+        }
+        let mut restarted = Vec::new();
+        for m in members {
+            plan.push(StepKind::QuorumGuard { host: m.ip });
             if action == ActionName::Stop {
-                plan.push(StepKind::StopEtcd { host: *h });
+                plan.push(StepKind::StopEtcd { host: m.ip });
             } else {
+                if leader == Some(m.ip) {
+                    plan.push(StepKind::MoveLeaderAway {
+                        host: m.ip,
+                        peer_url: m.peer_url.clone(),
+                        prefer: restarted.clone(),
+                        if_changed: vec![],
+                        force: true,
+                    });
+                }
                 plan.push(StepKind::RestartEtcd {
-                    host: *h,
+                    host: m.ip,
                     if_changed: vec![],
                     force: true,
                 });
-                plan.push(StepKind::HealthGate { host: *h });
+                plan.push(StepKind::HealthGate { host: m.ip });
+                restarted.push(m.ip);
             }
+        }
+        if action == ActionName::Restart && targets.len() > 1 {
+            plan.notes.extend(roll_note(spec, live, leader));
         }
         return Ok(plan);
     }
@@ -1214,6 +1461,9 @@ pub fn plan_member_add(spec: &ClusterSpec, new: IpAddr, live: &Live) -> Result<P
             spec.name
         )));
     }
+    // Every other member must be exactly etcd's: the new member's etcd.conf lists them all
+    // (etcd refuses to start it otherwise), and the refresh that follows rewrites every file.
+    live.check_agreement(spec, Some(&joining.peer_url))?;
     let already_voting = listed.is_some_and(|m| !m.is_learner);
     if already_voting {
         plan.notes.push(format!(
@@ -1325,23 +1575,26 @@ pub fn plan_member_remove(
     if spec.members.is_empty() || (listed.is_some_and(|m| !m.is_learner) && voting <= 1) {
         return Err(PlanError::Unsafe(format!(
             "{} is the last member of cluster {}: removing it would destroy the cluster; use `quorum cluster remove` for that",
-            gone.name, spec.name
+            member_label(gone), spec.name
         )));
     }
     if let Some(why) = unhealthy_others(spec, live, gone.ip) {
         return Err(PlanError::Unsafe(format!(
             "{why}; removing {} now would put quorum at risk. Fix it first",
-            gone.name
+            member_label(gone)
         )));
     }
     if live.local_safeguard(gone.ip) {
         return Err(PlanError::LocalSafeguard { host: gone.ip });
     }
+    // The remaining members' files are rewritten from the inventory: it must name exactly
+    // the members etcd keeps.
+    live.check_agreement(spec, Some(&gone.peer_url))?;
     let mut plan = Plan::default();
     if listed.is_none() {
         plan.notes.push(format!(
-            "{} ({}) is no longer a member: only the cleanup and refresh remain",
-            gone.name, gone.ip
+            "{} is no longer a member: only the cleanup and refresh remain",
+            member_label(gone)
         ));
     }
     plan.push(StepKind::MemberRemoveCheck {
@@ -1354,6 +1607,9 @@ pub fn plan_member_remove(
     plan.push(StepKind::MoveLeaderAway {
         host: gone.ip,
         peer_url: gone.peer_url.clone(),
+        prefer: Vec::new(),
+        if_changed: Vec::new(),
+        force: false,
     });
     plan.push(StepKind::RemoveMember {
         host: gone.ip,
@@ -1366,11 +1622,63 @@ pub fn plan_member_remove(
         member_id: listed.map(|m| format!("{:x}", m.id)),
     });
     plan.push(StepKind::RetireEtcd { host: gone.ip });
-    plan.wipes.push(format!("{} @ {}", gone.name, gone.ip));
+    plan.wipes.push(if gone.name.is_empty() {
+        member_label(gone)
+    } else {
+        format!("{} @ {}", gone.name, gone.ip)
+    });
     for m in &spec.members {
         plan.write_profile(spec, live, m.ip)?;
     }
     Ok(plan)
+}
+
+/// How a leaving member is named to the operator: its name, or where it is when neither
+/// the inventory nor etcd knows its name.
+pub fn member_label(m: &MemberSpec) -> String {
+    if m.name.is_empty() {
+        format!("member at {} (name unknown)", m.ip)
+    } else {
+        m.name.clone()
+    }
+}
+
+/// The leaving member of a `member remove` whose host is no longer in the inventory
+/// (Pigsty's SOP takes it out first): named and addressed as etcd lists it, so the wipe
+/// confirmation names the real member. `fallback` is what the group's parameters would
+/// give (used when etcd does not list the host); its name is dropped unless `seq_given`,
+/// rather than inventing one.
+pub fn leaving_member(
+    live: &Live,
+    host: IpAddr,
+    fallback: MemberSpec,
+    seq_given: bool,
+) -> MemberSpec {
+    let listed = live.members.iter().flatten().find(|m| {
+        m.peer_urls
+            .iter()
+            .any(|u| crate::agreement::host_of_url(u) == Some(host))
+    });
+    match listed {
+        Some(m) => MemberSpec {
+            ip: host,
+            name: m.name.clone(),
+            client_url: m
+                .client_urls
+                .first()
+                .cloned()
+                .unwrap_or(fallback.client_url),
+            peer_url: m.peer_urls.first().cloned().unwrap_or(fallback.peer_url),
+        },
+        None => MemberSpec {
+            name: if seq_given {
+                fallback.name
+            } else {
+                String::new()
+            },
+            ..fallback
+        },
+    }
 }
 
 /// A PostgreSQL cluster as the Patroni and vip-manager planners see it.
@@ -1541,6 +1849,9 @@ mod tests {
             clean: true,
             etcd_conf: HashMap::new(),
             profile: HashMap::new(),
+            group: "etcd".into(),
+            client_port: 2379,
+            peer_port: 2380,
         };
         for i in 1..=n {
             let a = ip(&format!("10.10.10.{}", 9 + i));
@@ -2046,6 +2357,398 @@ mod tests {
             !plan.notes.iter().any(|n| n.contains("adopts")),
             "{:?}",
             plan.notes
+        );
+    }
+
+    /// A healthy cluster whose leader is the member on `leader`.
+    fn led_by(spec: &ClusterSpec, leader: &str) -> Live {
+        let mut l = healthy(spec);
+        l.leader = l
+            .members
+            .iter()
+            .flatten()
+            .find(|m| {
+                m.peer_urls
+                    .iter()
+                    .any(|u| u.contains(&format!("//{leader}:")))
+            })
+            .map(|m| m.id);
+        l
+    }
+
+    #[test]
+    fn config_reload_restarts_followers_first_and_hands_leadership_over_before_the_leader() {
+        let s = spec(3);
+        let live = led_by(&s, "10.10.10.10");
+        let plan = plan_config_reload(&s, &live, RestartPolicy::Always).expect("plan");
+        assert_eq!(
+            names(&plan),
+            vec![
+                "QuorumGuard 10.10.10.11",
+                "WriteEtcdConf 10.10.10.11",
+                "RestartEtcd 10.10.10.11",
+                "HealthGate 10.10.10.11",
+                "QuorumGuard 10.10.10.12",
+                "WriteEtcdConf 10.10.10.12",
+                "RestartEtcd 10.10.10.12",
+                "HealthGate 10.10.10.12",
+                "QuorumGuard 10.10.10.10",
+                "WriteEtcdConf 10.10.10.10",
+                "MoveLeaderAway 10.10.10.10",
+                "RestartEtcd 10.10.10.10",
+                "HealthGate 10.10.10.10",
+            ]
+        );
+        assert_eq!(
+            plan.steps[10].kind,
+            StepKind::MoveLeaderAway {
+                host: ip("10.10.10.10"),
+                peer_url: "https://10.10.10.10:2380".into(),
+                prefer: vec![ip("10.10.10.11"), ip("10.10.10.12")],
+                if_changed: vec![9],
+                force: true,
+            }
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.contains("the leader etcd-1 (10.10.10.10) last")),
+            "{:?}",
+            plan.notes
+        );
+        // The same order for `service restart etcd` on every member.
+        let hosts: Vec<IpAddr> = s.members.iter().map(|m| m.ip).collect();
+        let svc = plan_service(&s, &live, ServiceName::Etcd, ActionName::Restart, &hosts, 1)
+            .expect("plan");
+        let restarts: Vec<String> = names(&svc)
+            .into_iter()
+            .filter(|n| n.starts_with("RestartEtcd") || n.starts_with("MoveLeaderAway"))
+            .collect();
+        assert_eq!(
+            restarts,
+            vec![
+                "RestartEtcd 10.10.10.11",
+                "RestartEtcd 10.10.10.12",
+                "MoveLeaderAway 10.10.10.10",
+                "RestartEtcd 10.10.10.10",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_move_step_between_guard_and_restart_keeps_its_shape() {
+        // The runner re-checks the guard inside the restart by walking back over writes and
+        // this step: the plan must keep it between the two.
+        let s = spec(3);
+        let plan = plan_config_reload(&s, &led_by(&s, "10.10.10.11"), RestartPolicy::Always)
+            .expect("plan");
+        let i = plan
+            .steps
+            .iter()
+            .position(|st| matches!(st.kind, StepKind::MoveLeaderAway { .. }))
+            .expect("a move step");
+        assert!(
+            matches!(plan.steps[i - 2].kind, StepKind::QuorumGuard { host } if host == ip("10.10.10.11"))
+        );
+        assert!(
+            matches!(plan.steps[i + 1].kind, StepKind::RestartEtcd { host, .. } if host == ip("10.10.10.11"))
+        );
+    }
+
+    /// `live` with the etcd.conf of `host` as it would be with `initial-cluster` listing an
+    /// extra member (what a member add leaves behind) and, if `other`, a changed heartbeat.
+    fn with_old_conf(spec: &ClusterSpec, live: &mut Live, host: &str, other: bool) {
+        let mut conf = spec.etcd_conf[&ip(host)].clone();
+        conf.initial_cluster.push(pb::EtcdPeer {
+            name: "etcd-9".into(),
+            ip: "10.10.10.99".into(),
+            peer_port: 2380,
+        });
+        conf.existing = true;
+        if other {
+            conf.heartbeat_interval_ms = 150;
+        }
+        let content = quorum_proto::render::format_etcd_conf(&conf);
+        if let Some(f) = live.facts.get_mut(&ip(host)) {
+            f.files.insert(
+                "etcd_conf".into(),
+                pb::FileFact {
+                    exists: true,
+                    sha256: sha256_hex(&content),
+                    content,
+                    path: String::new(),
+                    problem: String::new(),
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_only_to_initial_cluster_is_written_without_a_restart() {
+        let s = spec(3);
+        let mut live = led_by(&s, "10.10.10.12");
+        with_old_conf(&s, &mut live, "10.10.10.10", false);
+        with_old_conf(&s, &mut live, "10.10.10.11", true);
+        let plan = plan_config_reload(&s, &live, RestartPolicy::IfChanged).expect("plan");
+        let n = names(&plan);
+        assert_eq!(n[0], "WriteEtcdConf 10.10.10.10", "{n:?}");
+        assert!(matches!(
+            plan.steps[0].kind,
+            StepKind::WriteEtcdConf {
+                bootstrap_only: true,
+                ..
+            }
+        ));
+        assert!(plan.steps[0].kind.describe().contains("no restart"));
+        assert!(!n.contains(&"RestartEtcd 10.10.10.10".to_string()), "{n:?}");
+        assert!(!n.contains(&"QuorumGuard 10.10.10.10".to_string()), "{n:?}");
+        // A real change (the heartbeat) restarts as before; the leader stays last.
+        assert!(n.contains(&"RestartEtcd 10.10.10.11".to_string()), "{n:?}");
+        assert_eq!(n.last().map(String::as_str), Some("HealthGate 10.10.10.12"));
+        assert!(
+            plan.notes.iter().any(|x| x.contains(
+                "etcd.conf of etcd-1 (10.10.10.10) changes only in initial-cluster / initial-cluster-state"
+            )),
+            "{:?}",
+            plan.notes
+        );
+        // --restart restarts every member anyway.
+        let all = plan_config_reload(&s, &live, RestartPolicy::Always).expect("plan");
+        assert!(names(&all).contains(&"RestartEtcd 10.10.10.10".to_string()));
+        // A stopped member is not "a running member that ignores it".
+        if let Some(f) = live.facts.get_mut(&ip("10.10.10.10")) {
+            f.services
+                .insert("etcd".into(), pb::ServiceState::Inactive as i32);
+        }
+        let stopped = plan_config_reload(&s, &live, RestartPolicy::IfChanged).expect("plan");
+        assert!(names(&stopped).contains(&"RestartEtcd 10.10.10.10".to_string()));
+    }
+
+    fn disagree_text(e: PlanError) -> String {
+        assert!(matches!(e, PlanError::InventoryDisagrees { .. }), "{e}");
+        e.to_string()
+    }
+
+    /// A live member list of `n` members on 10.10.10.10.. (etcd-1..n) for a spec of other members.
+    fn live_members(n: u8) -> Vec<MemberInfo> {
+        healthy(&spec(n)).members.unwrap_or_default()
+    }
+
+    #[test]
+    fn every_etcd_sop_refuses_when_the_inventory_misses_a_live_member() {
+        // etcd has etcd-1..4; pigsty.yml names etcd-1..3.
+        let s = spec(3);
+        let mut live = healthy(&s);
+        live.members = Some(live_members(4));
+        let line = "add `10.10.10.13: { etcd_seq: 4 }` under all.children.etcd.hosts";
+        let hosts: Vec<IpAddr> = s.members.iter().map(|m| m.ip).collect();
+        for (sop, r) in [
+            (
+                "reload",
+                plan_config_reload(&s, &live, RestartPolicy::IfChanged),
+            ),
+            ("env", plan_env_refresh(&s, &live)),
+            ("create", plan_cluster_create(&s, &live)),
+            (
+                "restart",
+                plan_service(&s, &live, ServiceName::Etcd, ActionName::Restart, &hosts, 1),
+            ),
+            (
+                "stop",
+                plan_service(
+                    &s,
+                    &live,
+                    ServiceName::Etcd,
+                    ActionName::Stop,
+                    &hosts[..1],
+                    1,
+                ),
+            ),
+        ] {
+            let text = disagree_text(r.expect_err(sop));
+            assert!(text.contains(line), "{sop}: {text}");
+            assert!(text.contains("nothing was changed"), "{sop}: {text}");
+        }
+        // A Patroni reload on the same hosts is not an etcd SOP.
+        assert!(plan_service(
+            &s,
+            &live,
+            ServiceName::Patroni,
+            ActionName::Reload,
+            &hosts,
+            1
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_host_that_never_joined_or_an_unpromoted_learner_is_refused() {
+        let s = spec(4);
+        let mut live = healthy(&s);
+        live.members = Some(live_members(3));
+        let text = disagree_text(plan_env_refresh(&s, &live).expect_err("not a member"));
+        assert!(
+            text.contains("10.10.10.13 (etcd-4, https://10.10.10.13:2380) is in pigsty.yml but not a member of etcd: run `quorum member add 10.10.10.13`"),
+            "{text}"
+        );
+        // Item 9: a learner the inventory names stays out of every profile until promoted.
+        let mut members = live_members(4);
+        members[3].is_learner = true;
+        live.members = Some(members);
+        let text = disagree_text(plan_env_refresh(&s, &live).expect_err("learner"));
+        assert!(text.contains("learner"), "{text}");
+        assert!(text.contains("never promoted"), "{text}");
+        // The member list unreadable: nothing to compare, and the plan says so.
+        live.members = None;
+        live.members_error = "no etcd endpoint answered".into();
+        let plan = plan_env_refresh(&s, &live).expect("plan");
+        assert!(plan.notes.iter().any(|n| n.contains("was not compared")));
+    }
+
+    /// A healthy cluster of every member of `spec` but `new`, which is a fresh host.
+    fn joining(spec: &ClusterSpec, new: IpAddr) -> Live {
+        let mut live = healthy(spec);
+        live.members = Some(live_members(spec.members.len() as u8 - 1));
+        live.facts.insert(new, facts(false, false, false));
+        live.health.remove(&new);
+        live
+    }
+
+    #[test]
+    fn member_add_expects_only_the_joining_host_to_differ() {
+        let s = spec(4);
+        let new = ip("10.10.10.13");
+        let live = joining(&s, new);
+        let plan = plan_member_add(&s, new, &live).expect("plan");
+        assert!(names(&plan).contains(&"AddLearner 10.10.10.13".to_string()));
+        // e2e probe F3a: etcd has a member the inventory lacks.
+        let s2 = ClusterSpec {
+            members: s.members[1..].to_vec(),
+            ..s.clone()
+        };
+        let text = disagree_text(plan_member_add(&s2, new, &live).expect_err("F3a"));
+        assert!(
+            text.contains("member etcd-1 (https://10.10.10.10:2380) is not in pigsty.yml: add `10.10.10.10: { etcd_seq: 1 }`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn member_add_lists_the_learner_in_no_client_file_before_it_is_promoted() {
+        let s = spec(4);
+        let new = ip("10.10.10.13");
+        let mut live = joining(&s, new);
+        let mut plan = plan_member_add(&s, new, &live).expect("plan");
+        let (t, _) = pg_target(2, 1);
+        let t = PgTarget {
+            dcs_hosts: s.members.iter().map(|m| format!("{}:2379", m.ip)).collect(),
+            dcs_endpoints: s.client_urls(),
+            ..t
+        };
+        for m in &t.pg.members {
+            live.facts.insert(m.ip, facts(false, false, false));
+        }
+        push_pg_refresh(&mut plan, std::slice::from_ref(&t), &live).expect("refresh");
+        let promote = plan
+            .steps
+            .iter()
+            .position(|st| matches!(st.kind, StepKind::PromoteLearner { .. }))
+            .expect("a promote step");
+        let lists_new = |st: &Step| match &st.kind {
+            StepKind::WriteEtcdctlProfile { profile, .. } => profile
+                .as_ref()
+                .is_some_and(|p| p.endpoints.iter().any(|e| e.ip == "10.10.10.13")),
+            StepKind::SetPatroniHosts { hosts, .. } => {
+                hosts.iter().any(|h| h.starts_with("10.10.10.13:"))
+            }
+            StepKind::SetVipEndpoints { endpoints, .. } => {
+                endpoints.iter().any(|e| e.contains("//10.10.10.13:"))
+            }
+            _ => false,
+        };
+        let client_lists: Vec<usize> = plan
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, st)| lists_new(st))
+            .map(|(i, _)| i)
+            .collect();
+        // Its own profile (this fixture's profiles list their host only), 2 Patroni, 2 VIP.
+        assert_eq!(client_lists.len(), 1 + 2 + 2, "{:?}", names(&plan));
+        assert!(
+            client_lists.iter().all(|i| *i > promote),
+            "a client list names the learner before PromoteLearner (step {promote}): {:?}",
+            names(&plan)
+        );
+        // Before the promotion only the learner's own etcd.conf and certs are written.
+        let before: Vec<String> = names(&plan)[..promote].to_vec();
+        assert_eq!(
+            before,
+            vec![
+                "MemberAddCheck 10.10.10.13",
+                "AddLearner 10.10.10.13",
+                "WriteEtcdCerts 10.10.10.13",
+                "WriteEtcdConf 10.10.10.13",
+                "StartEtcd 10.10.10.13",
+            ]
+        );
+    }
+
+    #[test]
+    fn member_remove_expects_only_the_leaving_host_to_differ() {
+        let s = spec(3);
+        let gone = s.members[2].clone();
+        let remaining = ClusterSpec {
+            members: s.members[..2].to_vec(),
+            ..s.clone()
+        };
+        let live = healthy(&s);
+        let plan = plan_member_remove(&remaining, &gone, &live).expect("plan");
+        assert_eq!(plan.wipes, vec!["etcd-3 @ 10.10.10.12"]);
+        // The inventory also lost another live member: refused with its line.
+        let one = ClusterSpec {
+            members: s.members[1..2].to_vec(),
+            ..s.clone()
+        };
+        let text = disagree_text(plan_member_remove(&one, &gone, &live).expect_err("refused"));
+        assert!(
+            text.contains("add `10.10.10.10: { etcd_seq: 1 }`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_leaving_host_out_of_the_inventory_is_named_as_etcd_lists_it() {
+        // e2e probe F6: Pigsty's order takes the host out of pigsty.yml first.
+        let s = spec(3);
+        let live = healthy(&s);
+        let fallback = MemberSpec {
+            ip: ip("10.10.10.11"),
+            name: "etcd-0".into(),
+            client_url: "https://10.10.10.11:2379".into(),
+            peer_url: "https://10.10.10.11:2380".into(),
+        };
+        let gone = leaving_member(&live, ip("10.10.10.11"), fallback.clone(), false);
+        assert_eq!(gone.name, "etcd-2");
+        let remaining = ClusterSpec {
+            members: vec![s.members[0].clone(), s.members[2].clone()],
+            ..s.clone()
+        };
+        let plan = plan_member_remove(&remaining, &gone, &live).expect("plan");
+        assert_eq!(plan.wipes, vec!["etcd-2 @ 10.10.10.11"]);
+        // Not listed by etcd either: no made-up name.
+        let stranger = leaving_member(
+            &live,
+            ip("10.10.10.77"),
+            MemberSpec {
+                ip: ip("10.10.10.77"),
+                ..fallback
+            },
+            false,
+        );
+        assert_eq!(
+            member_label(&stranger),
+            "member at 10.10.10.77 (name unknown)"
         );
     }
 }

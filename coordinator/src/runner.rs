@@ -32,6 +32,11 @@ pub struct RunContext {
     // No credentials here: the Patroni REST password is read from the inventory when a
     // switchover needs it (see `Runner::patroni_auth`), never stored with the run. Runs
     // stored by 0.2.0 carry a `pg_auth` map; serde skips it, and the store scrubs it.
+    /// The etcd members the inventory named when the run was planned (for member add, with
+    /// the joining one; for member remove, without the leaving one): the membership checks
+    /// compare etcd's member list with it again before the change. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roster: Option<crate::agreement::Roster>,
 }
 
 /// Whether the plan put a QuorumGuard for `host` before step `index` with no other step
@@ -41,6 +46,8 @@ fn guarded_by_plan(run: &RunRecord, index: usize, host: IpAddr) -> bool {
     for s in run.steps[..index.min(run.steps.len())].iter().rev() {
         match &s.kind {
             StepKind::QuorumGuard { host: h } => return *h == host,
+            // Handing leadership over takes nobody down.
+            StepKind::MoveLeaderAway { host: h, .. } if *h == host => continue,
             StepKind::WriteEtcdConf { .. }
             | StepKind::WriteEtcdctlProfile { .. }
             | StepKind::WriteEtcdCerts { .. } => continue,
@@ -356,7 +363,7 @@ impl Runner {
                 }
                 Err(e) => StepEnd::failed(e),
             },
-            StepKind::WriteEtcdConf { host, conf } => match conf {
+            StepKind::WriteEtcdConf { host, conf, .. } => match conf {
                 Some(conf) => {
                     let task = pb::WriteEtcdConf {
                         conf: Some(conf.clone()),
@@ -476,6 +483,9 @@ impl Runner {
             StepKind::MemberRemoveCheck { host, peer_url } => match self.members(ctx).await {
                 Err(e) => StepEnd::refused(e),
                 Ok(members) => {
+                    if let Some(refused) = roster_disagrees(ctx, &members, peer_url) {
+                        return refused;
+                    }
                     if !members.iter().any(|m| m.peer_urls.contains(peer_url)) {
                         return StepEnd::ok("ok", format!("{host} is no longer a member"));
                     }
@@ -487,8 +497,37 @@ impl Runner {
                     }
                 }
             },
-            StepKind::MoveLeaderAway { host, peer_url } => {
-                self.move_leader_away(ctx, *host, peer_url).await
+            StepKind::MoveLeaderAway {
+                host,
+                peer_url,
+                prefer,
+                if_changed,
+                force,
+            } => {
+                let prior: Vec<&StepRecord> = if_changed
+                    .iter()
+                    .filter_map(|i| run.steps.get(*i))
+                    .collect();
+                if !force && !prior.is_empty() && prior.iter().all(|s| s.outcome != "changed") {
+                    return StepEnd::ok(
+                        "skipped",
+                        "etcd.conf unchanged: no restart follows, so leadership stays",
+                    );
+                }
+                // Of the preferred members, those whose restart in this run really happened.
+                let restarted: Vec<IpAddr> =
+                    prefer
+                        .iter()
+                        .copied()
+                        .filter(|h| {
+                            run.steps[..step.index.min(run.steps.len())].iter().any(|s| {
+                            matches!(s.kind, StepKind::RestartEtcd { host, .. } if host == *h)
+                                && s.outcome == "changed"
+                        })
+                        })
+                        .collect();
+                self.move_leader_away(ctx, *host, peer_url, prefer, &restarted)
+                    .await
             }
             StepKind::RemoveMember { host, peer_url } => {
                 self.remove_member(ctx, *host, peer_url).await
@@ -842,6 +881,9 @@ impl Runner {
             Ok(m) => m,
             Err(e) => return StepEnd::refused(e),
         };
+        if let Some(refused) = roster_disagrees(ctx, &members, peer_url) {
+            return refused;
+        }
         if let Some(l) = members
             .iter()
             .find(|m| m.is_learner && !m.peer_urls.iter().any(|u| u == peer_url))
@@ -936,7 +978,18 @@ impl Runner {
         }
     }
 
-    async fn move_leader_away(&self, ctx: &RunContext, host: IpAddr, peer_url: &str) -> StepEnd {
+    /// Hands leadership away from `host` if it leads now (whoever led when the run was
+    /// planned): to the first of `prefer` (members visited earlier in this roll; those of
+    /// them `restarted` first) that is healthy and caught up, else to any other healthy,
+    /// caught-up voter.
+    async fn move_leader_away(
+        &self,
+        ctx: &RunContext,
+        host: IpAddr,
+        peer_url: &str,
+        prefer: &[IpAddr],
+        restarted: &[IpAddr],
+    ) -> StepEnd {
         let members = match self.members(ctx).await {
             Ok(m) => m,
             Err(e) => return StepEnd::failed(e),
@@ -954,29 +1007,99 @@ impl Runner {
                 format!("{host} does not lead (leader {leader:x})"),
             );
         }
-        let mut target = None;
-        for m in members.iter().filter(|m| !m.is_learner && m.id != gone.id) {
-            if let Some(url) = m.client_urls.first() {
-                if self.etcd.member_health(url).await.is_ok() {
-                    target = Some(m.id);
-                    break;
-                }
-            }
-        }
-        let Some(target) = target else {
-            return StepEnd::refused("no healthy voting member to hand leadership to");
-        };
         let Some(url) = gone.client_urls.first() else {
             return StepEnd::failed(format!(
                 "{host} has no client URL to ask for the leadership move"
             ));
         };
+        // The leader's raft index now: a candidate that has applied up to it is caught up.
+        let leader_index = match self.etcd.member_status(url).await {
+            Ok(st) => st.raft_index,
+            Err(e) => return StepEnd::failed(format!("status of the leader {host}: {e}")),
+        };
+        let host_of = |m: &MemberInfo| m.peer_urls.first().and_then(|u| host_of_url(u));
+        let mut candidates: Vec<&MemberInfo> = members
+            .iter()
+            .filter(|m| !m.is_learner && m.id != gone.id)
+            .collect();
+        // Members restarted earlier in this roll first, then the others it visited, in the
+        // roll's order; then the rest.
+        candidates.sort_by_key(|m| {
+            let h = host_of(m);
+            (
+                !h.is_some_and(|h| restarted.contains(&h)),
+                h.and_then(|h| prefer.iter().position(|p| *p == h))
+                    .unwrap_or(usize::MAX),
+            )
+        });
+        let mut why_not = Vec::new();
+        let mut target = None;
+        for m in candidates {
+            let label = if m.name.is_empty() {
+                format!("{:x}", m.id)
+            } else {
+                m.name.clone()
+            };
+            let Some(murl) = m.client_urls.first() else {
+                why_not.push(format!("{label}: not started"));
+                continue;
+            };
+            if let Err(e) = self.etcd.member_health(murl).await {
+                why_not.push(format!("{label}: {e}"));
+                continue;
+            }
+            match self.caught_up(murl, leader_index).await {
+                Ok(applied) => {
+                    let was_restarted = host_of(m).is_some_and(|h| restarted.contains(&h));
+                    target = Some((m.id, label, applied, was_restarted));
+                    break;
+                }
+                Err(e) => why_not.push(format!("{label}: {e}")),
+            }
+        }
+        let Some((target, label, applied, was_restarted)) = target else {
+            return StepEnd::refused(format!(
+                "no healthy, caught-up voting member to hand leadership to ({}); {host} keeps it and is not taken down",
+                why_not.join("; ")
+            ));
+        };
         match self.etcd.move_leader(url, target).await {
             Ok(()) => StepEnd::ok(
                 "changed",
-                format!("leadership moved from {:x} to {target:x}", gone.id),
+                format!(
+                    "leadership moved from {:x} ({host}) to {target:x} ({label}{}, applied index {applied} >= the leader's {leader_index})",
+                    gone.id,
+                    if was_restarted {
+                        ", restarted earlier in this run"
+                    } else {
+                        ""
+                    }
+                ),
             ),
             Err(e) => StepEnd::failed(e.to_string()),
+        }
+    }
+
+    /// Waits (bounded, briefly) until the member at `url` has applied `index`; its applied
+    /// index, or why not.
+    async fn caught_up(&self, url: &str, index: u64) -> Result<u64, String> {
+        let deadline = Instant::now() + self.timeouts.gate.min(Duration::from_secs(5));
+        loop {
+            let st = self
+                .etcd
+                .member_status(url)
+                .await
+                .map_err(|e| e.to_string())?;
+            if st.raft_applied_index >= index {
+                return Ok(st.raft_applied_index);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "applied index {} still behind the leader's {index}",
+                    st.raft_applied_index
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -1060,7 +1183,9 @@ impl Runner {
                     why.iter().map(|w| format!("\n{w}")).collect::<String>()
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A restarted member serves ~0.1 s after it starts: a 200 ms poll cost a roll
+            // ~0.1 s per member for nothing (bench step 4 against the physical floor).
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -1330,6 +1455,19 @@ impl Runner {
     }
 }
 
+/// The refusal of a membership check when etcd's member list no longer matches the
+/// inventory the run was planned with (the member being added or removed aside).
+fn roster_disagrees(ctx: &RunContext, members: &[MemberInfo], changing: &str) -> Option<StepEnd> {
+    let roster = ctx.roster.as_ref()?;
+    let problems = roster.compare(members, Some(changing));
+    (!problems.is_empty()).then(|| {
+        StepEnd::refused(format!(
+            "{} (the run was planned against that inventory: abort it, fix pigsty.yml, plan again)",
+            crate::agreement::refusal(&roster.cluster, &problems)
+        ))
+    })
+}
+
 /// The member with `peer_url`, if listed.
 /// The credentials of PostgreSQL cluster `pg` in the inventory as it is now (`inventory`, or
 /// why it could not be read): its first instance's `patroni_username` / `patroni_password`,
@@ -1596,5 +1734,127 @@ mod tests {
         assert!(rules(false, true, true, true)
             .refusal(h, false, true)
             .is_some());
+    }
+
+    #[test]
+    fn a_restart_after_a_leadership_move_still_rechecks_its_guard() {
+        // A roll puts MoveLeaderAway between the leader's guard and its restart; the restart
+        // must still re-check the guard as it acts (e2e probe F1).
+        let h = IpAddr::from([127, 0, 0, 11]);
+        let other = IpAddr::from([127, 0, 0, 12]);
+        let kinds = vec![
+            StepKind::QuorumGuard { host: h },
+            StepKind::WriteEtcdConf {
+                host: h,
+                conf: None,
+                bootstrap_only: false,
+            },
+            StepKind::MoveLeaderAway {
+                host: h,
+                peer_url: "https://127.0.0.11:2380".into(),
+                prefer: vec![other],
+                if_changed: vec![1],
+                force: true,
+            },
+            StepKind::RestartEtcd {
+                host: h,
+                if_changed: vec![1],
+                force: true,
+            },
+            // Another host's move in between would not count.
+            StepKind::QuorumGuard { host: other },
+            StepKind::MoveLeaderAway {
+                host: h,
+                peer_url: "https://127.0.0.11:2380".into(),
+                prefer: vec![],
+                if_changed: vec![],
+                force: true,
+            },
+            StepKind::RestartEtcd {
+                host: other,
+                if_changed: vec![],
+                force: true,
+            },
+        ];
+        let run = RunRecord {
+            id: "r".into(),
+            sop: "config-reload".into(),
+            cluster: "etcd".into(),
+            context: String::new(),
+            state: run_state::RUNNING.into(),
+            started_by: "t".into(),
+            inventory_digest: String::new(),
+            created_ms: 0,
+            finished_ms: 0,
+            error: String::new(),
+            steps: kinds
+                .into_iter()
+                .enumerate()
+                .map(|(index, kind)| StepRecord {
+                    index,
+                    host: kind.hosts_label(),
+                    description: kind.describe(),
+                    kind,
+                    state: step_state::PENDING.into(),
+                    task_ids: vec![],
+                    attempt: 0,
+                    outcome: String::new(),
+                    output: String::new(),
+                    started_ms: 0,
+                    finished_ms: 0,
+                    journal: None,
+                })
+                .collect(),
+        };
+        assert!(guarded_by_plan(&run, 3, h));
+        assert!(!guarded_by_plan(&run, 6, other));
+    }
+
+    #[test]
+    fn membership_checks_compare_with_the_inventory_the_run_was_planned_with() {
+        let member = |i: u8, learner: bool| MemberInfo {
+            id: u64::from(i),
+            name: format!("etcd-{i}"),
+            peer_urls: vec![format!("https://127.0.0.{}:2380", 10 + i)],
+            client_urls: vec![format!("https://127.0.0.{}:2379", 10 + i)],
+            is_learner: learner,
+        };
+        let spec = |i: u8| crate::plan::MemberSpec {
+            ip: IpAddr::from([127, 0, 0, 10 + i]),
+            name: format!("etcd-{i}"),
+            client_url: format!("https://127.0.0.{}:2379", 10 + i),
+            peer_url: format!("https://127.0.0.{}:2380", 10 + i),
+        };
+        // A member add of etcd-4, planned with etcd-1..3 in the inventory.
+        let ctx = RunContext {
+            roster: Some(crate::agreement::Roster {
+                cluster: "etcd".into(),
+                group: "etcd".into(),
+                client_port: 2379,
+                peer_port: 2380,
+                members: (1..=4).map(spec).collect(),
+            }),
+            ..Default::default()
+        };
+        let joining = "https://127.0.0.14:2380";
+        let live = vec![member(1, false), member(2, false), member(3, false)];
+        assert!(roster_disagrees(&ctx, &live, joining).is_none());
+        let mut with_learner = live.clone();
+        with_learner.push(member(4, true));
+        assert!(roster_disagrees(&ctx, &with_learner, joining).is_none());
+        // Someone added etcd-5 by hand since the plan: refused, with the line to add.
+        let mut grown = live.clone();
+        grown.push(member(5, false));
+        let refused = roster_disagrees(&ctx, &grown, joining).expect("refused");
+        assert_eq!(refused.outcome, "refused");
+        assert!(
+            refused
+                .output
+                .contains("add `127.0.0.15: { etcd_seq: 5 }` under all.children.etcd.hosts"),
+            "{}",
+            refused.output
+        );
+        // Runs planned before the roster was stored are not compared.
+        assert!(roster_disagrees(&RunContext::default(), &grown, joining).is_none());
     }
 }

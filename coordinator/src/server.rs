@@ -806,6 +806,32 @@ impl AdminService for AdminSvc {
         .await
         .map(Response::new)
     }
+
+    async fn cluster_status(
+        &self,
+        req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.cluster_status_of(req).await
+    }
+}
+
+impl AdminSvc {
+    /// `ClusterStatus`, answered by [`crate::status`].
+    async fn cluster_status_of(
+        &self,
+        req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        authorize_admin(&req, self.0.td())?;
+        let c = &self.0;
+        let status = crate::status::cluster_status(
+            &c.config.inventory,
+            &c.registry,
+            &c.etcd,
+            req.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(status))
+    }
 }
 
 /// One follower of a run (`WatchRun`): sends the run when it differs from what was last sent,

@@ -51,6 +51,9 @@ pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
         clean: cluster.params.clean,
         etcd_conf: HashMap::new(),
         profile: HashMap::new(),
+        group: cluster.group.clone(),
+        client_port: cluster.params.port,
+        peer_port: cluster.params.peer_port,
     };
     for m in &cluster.members {
         spec.members.push(MemberSpec {
@@ -80,6 +83,9 @@ pub async fn gather_live(
     match etcd.member_list(&spec.client_urls()).await {
         Ok(m) => live.members = Some(m),
         Err(e) => live.members_error = e.to_string(),
+    }
+    if live.members.is_some() {
+        live.leader = etcd.leader(&spec.client_urls()).await.ok();
     }
     for m in &spec.members {
         live.health
@@ -113,7 +119,7 @@ const FACTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// stopped". An agent that does not answer in time keeps its last facts and is marked silent:
 /// until it polls or reports again, later plans (the CLI plans once to show, once to run) do
 /// not wait for it again. Returns a note naming each silent agent.
-async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) -> Vec<String> {
+pub(crate) async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) -> Vec<String> {
     let mut waits = Vec::new();
     let mut notes = Vec::new();
     for h in hosts {
@@ -315,7 +321,7 @@ pub async fn plan_request(
     let inv = load_inventory(inventory_path).await?;
     let args: BTreeMap<String, String> = req.args.clone().into_iter().collect();
     if req.sop == sop_name::PATRONI_RELOAD || req.sop == sop_name::VIP_RELOAD {
-        return plan_pg(&inv, req, args, registry).await;
+        return plan_pg(&inv, req, args, registry, etcd).await;
     }
     let cluster_name = (!req.cluster.is_empty()).then_some(req.cluster.as_str());
     let cluster = inv
@@ -383,6 +389,7 @@ pub async fn plan_request(
             endpoints: spec.client_urls(),
             args,
             notes: plan.notes.clone(),
+            roster: Some(spec.roster()),
         },
         plan,
         cluster: spec.name.clone(),
@@ -512,6 +519,7 @@ async fn plan_pg(
     req: &pb::StartRunRequest,
     args: BTreeMap<String, String>,
     registry: &Registry,
+    etcd: &crate::etcd::EtcdAccess,
 ) -> Result<Planned, Status> {
     let pgs = select_pg(inv, &args)?;
     let mut dcs: Vec<&str> = pgs.iter().filter_map(|p| p.dcs.as_deref()).collect();
@@ -539,6 +547,24 @@ async fn plan_pg(
     let spec = cluster_spec(cluster, cluster.params.init);
     let restart = arg(&args, "restart") == Some("true");
     let mut notes = Vec::new();
+    // Patroni and vip-manager get the inventory's etcd members: refuse if that is not
+    // etcd's member list (a host that never joined, or a learner not yet promoted, must
+    // never be in a client list).
+    match etcd.member_list(&spec.client_urls()).await {
+        Ok(members) => {
+            let problems = spec.roster().compare(&members, None);
+            if !problems.is_empty() {
+                return Err(plan_status(PlanError::InventoryDisagrees {
+                    cluster: spec.name.clone(),
+                    problems,
+                }));
+            }
+        }
+        Err(e) => notes.push(format!(
+            "etcd's member list of cluster {} could not be read ({e}): pigsty.yml was not compared with it",
+            spec.name
+        )),
+    }
     let targets = pg_targets(&pgs, &spec, true, &mut notes).await?;
     let hosts: Vec<IpAddr> = targets
         .iter()
@@ -559,6 +585,7 @@ async fn plan_pg(
             endpoints: spec.client_urls(),
             args,
             notes: plan.notes.clone(),
+            roster: None,
         },
         plan,
         cluster: spec.name.clone(),
@@ -629,21 +656,22 @@ async fn plan_membership(
         plan.notes.splice(0..0, silent);
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
         plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
-        (spec.name.clone(), spec.client_urls(), plan)
+        (spec.roster(), spec.client_urls(), plan)
     } else {
         // Pigsty's SOP takes the host out of the inventory first; then the inventory says
-        // nothing about its data dir, and the wipe uses the agent's own.
+        // nothing about its data dir (the wipe uses the agent's own), and the member is named
+        // by etcd's member list (e2e probe F6: never a made-up `etcd-0`).
         let gone_listed = in_inventory.is_some();
         let gone_member =
             in_inventory.unwrap_or_else(|| cluster.new_member(host, seq.unwrap_or(0)));
-        let remaining = cluster.without_member(host);
-        let spec = cluster_spec(&remaining, remaining.params.init);
-        let gone = MemberSpec {
+        let guessed = MemberSpec {
             ip: host,
             name: gone_member.name.clone(),
             client_url: crate::render::client_url(&gone_member),
             peer_url: crate::render::peer_url(&gone_member),
         };
+        let remaining = cluster.without_member(host);
+        let spec = cluster_spec(&remaining, remaining.params.init);
         let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
         hosts.push(host);
         hosts.extend(pg_hosts.iter().copied());
@@ -660,10 +688,15 @@ async fn plan_membership(
         )?;
         if live.members.is_none() {
             live.members = etcd
-                .member_list(std::slice::from_ref(&gone.client_url))
+                .member_list(std::slice::from_ref(&guessed.client_url))
                 .await
                 .ok();
         }
+        let gone = if gone_listed {
+            guessed
+        } else {
+            plan::leaving_member(&live, host, guessed, seq.is_some())
+        };
         let mut plan = plan::plan_member_remove(&spec, &gone, &live).map_err(plan_status)?;
         snapshot_before_destruction(&mut plan, &spec.name, &args, &live)?;
         plan.notes.splice(0..0, silent);
@@ -671,16 +704,17 @@ async fn plan_membership(
         plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
         let mut endpoints = spec.client_urls();
         endpoints.push(gone.client_url.clone());
-        (spec.name.clone(), endpoints, plan)
+        (spec.roster(), endpoints, plan)
     };
     Ok(Planned {
         context: RunContext {
             endpoints: all_endpoints,
             args,
             notes: plan.notes.clone(),
+            roster: Some(planned_cluster.clone()),
         },
         plan,
-        cluster: planned_cluster,
+        cluster: planned_cluster.cluster,
         digest: inv.digest().to_string(),
     })
 }

@@ -113,11 +113,14 @@ impl HostPaths {
         let start = format!(
             "[start-stop-daemon, --start, --background, --oknodo, --make-pidfile, --pidfile, {pid}, --output, {log}, --exec, /usr/bin/etcd, --, --config-file, {conf}]"
         );
+        // `--exec` on the stop too: without it start-stop-daemon waits until the pid is gone
+        // from /proc, and PID 1 here reaps an exited etcd only ~1.5 s later; a zombie has no
+        // executable, so with `--exec` the stop ends when etcd has exited.
         let stop = format!(
-            "[start-stop-daemon, --stop, --oknodo, --pidfile, {pid}, --retry, TERM/30/KILL/5, --remove-pidfile]"
+            "[start-stop-daemon, --stop, --oknodo, --pidfile, {pid}, --exec, /usr/bin/etcd, --retry, TERM/30/KILL/5, --remove-pidfile]"
         );
         let restart = format!(
-            "[/bin/sh, -c, 'echo restart >> {restarts} && start-stop-daemon --stop --oknodo --pidfile {pid} --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --oknodo --make-pidfile --pidfile {pid} --output {log} --exec /usr/bin/etcd -- --config-file {conf}']",
+            "[/bin/sh, -c, 'echo restart >> {restarts} && start-stop-daemon --stop --oknodo --pidfile {pid} --exec /usr/bin/etcd --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --oknodo --make-pidfile --pidfile {pid} --output {log} --exec /usr/bin/etcd -- --config-file {conf}']",
             restarts = r(self.restarts())
         );
         // Not `start-stop-daemon --status`: PID 1 here reaps orphans late, and a zombie etcd
@@ -460,5 +463,117 @@ pub async fn wait_members_up(world: &World, endpoints: &[String], timeout: Durat
             bail!("{endpoints:?} did not all serve a quorum read within {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The host whose member leads now, asked of any of `endpoints` (one at a time: a client over
+/// several fails when one is down).
+pub async fn leader_host(world: &World, endpoints: &[String]) -> Result<IpAddr> {
+    for ep in endpoints {
+        let Ok(mut c) = client(world, std::slice::from_ref(ep)).await else {
+            continue;
+        };
+        let (Ok(st), Ok(list)) = (c.status().await, c.member_list().await) else {
+            continue;
+        };
+        if let Some(m) = list.members().iter().find(|m| m.id() == st.leader()) {
+            if let Some(ip) = m.peer_urls().first().and_then(|u| host_of(u)) {
+                return Ok(ip);
+            }
+        }
+    }
+    bail!("no member of {endpoints:?} named a leader")
+}
+
+/// `https://127.0.0.11:2380` -> 127.0.0.11.
+fn host_of(url: &str) -> Option<IpAddr> {
+    let rest = url.split("://").nth(1)?;
+    let (host, _) = rest.split('/').next()?.rsplit_once(':')?;
+    host.trim_matches(|c| c == '[' || c == ']').parse().ok()
+}
+
+/// Hands leadership to the member on `target` (etcdctl move-leader), so a test starts from a
+/// known leader; waits until every member agrees.
+pub async fn move_leader_to(world: &World, endpoints: &[String], target: IpAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = leader_host(world, endpoints).await;
+        if let Ok(l) = &leader {
+            if *l == target {
+                return Ok(());
+            }
+            let leader_ep = endpoints
+                .iter()
+                .find(|e| host_of(e) == Some(*l))
+                .context("the leader's endpoint")?;
+            let mut c = client(world, std::slice::from_ref(leader_ep)).await?;
+            let list = c.member_list().await?;
+            let id = list
+                .members()
+                .iter()
+                .find(|m| m.peer_urls().iter().any(|u| host_of(u) == Some(target)))
+                .map(|m| m.id())
+                .context("the target member")?;
+            let _ = c.move_leader(id).await;
+        }
+        if Instant::now() > deadline {
+            bail!("leadership did not move to {target} within 30 s (last: {leader:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Samples, every 25 ms, the (raft term, leader) the first answering member names, in the
+/// background. Kept by term, so a follower still naming the old leader for a moment after
+/// an election does not count as another change.
+pub struct LeaderSampler {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<std::collections::BTreeMap<u64, u64>>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LeaderSampler {
+    /// Starts sampling through `endpoints`.
+    pub async fn start(world: &World, endpoints: Vec<String>) -> Result<Self> {
+        let mut clients = Vec::new();
+        for ep in &endpoints {
+            clients.push(client(world, std::slice::from_ref(ep)).await?);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let handle = tokio::spawn(async move {
+            while !s.load(Ordering::SeqCst) {
+                for c in &mut clients {
+                    let st = tokio::time::timeout(Duration::from_millis(300), c.status()).await;
+                    if let Ok(Ok(st)) = st {
+                        if st.leader() != 0 {
+                            if let Ok(mut v) = v.lock() {
+                                v.entry(st.raft_term()).or_insert(st.leader());
+                            }
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+        Ok(Self {
+            stop,
+            seen,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops; returns the leader of every term seen, by term.
+    pub async fn stop(mut self) -> Vec<(u64, u64)> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+        self.seen
+            .lock()
+            .map(|v| v.iter().map(|(t, l)| (*t, *l)).collect())
+            .unwrap_or_default()
     }
 }

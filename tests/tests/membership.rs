@@ -637,3 +637,208 @@ async fn the_members_agent_killed_at_every_step_still_ends_right() -> Result<()>
     }
     Ok(())
 }
+
+/// `quorum cluster status -o json`, parsed, with its exit code.
+fn status(w: &World) -> Result<(i32, serde_json::Value)> {
+    let out = w.admin(&["cluster", "status", "-o", "json"])?;
+    let v = serde_json::from_str(&out.stdout).with_context(|| format!("{out:?}"))?;
+    Ok((out.code, v))
+}
+
+/// Item 3 (e2e probe F3), item 9 and F6: the inventory is compared with etcd's member list by
+/// every SOP (a host that never joined, a live member the inventory lacks, a learner never
+/// promoted), `cluster status` shows the comparison, and a removal after Pigsty's order (host
+/// out of pigsty.yml first) names the real member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_must_agree_with_the_member_list() -> Result<()> {
+    let all = inventory_all();
+    let (w, f) = setup(&all[..3])?;
+    let (code, v) = status(&w)?;
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["agrees"], true, "{v}");
+    let listed = v["members"].as_array().context("members")?;
+    assert_eq!(listed.len(), 3, "{v}");
+    assert_eq!(
+        listed.iter().filter(|m| m["is_leader"] == true).count(),
+        1,
+        "{v}"
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|m| m["healthy"] == true && m["raft_index"].as_u64().is_some_and(|i| i > 0)),
+        "{v}"
+    );
+    let table = w.admin(&["cluster", "status"])?;
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(table.stdout.contains("RAFT INDEX"), "{}", table.stdout);
+
+    // e2e probe F3b: a host in the inventory that never joined.
+    f.write_inventory(&w, &all[..4], "")?;
+    let not_member = format!(
+        "{} (etcd-4, https://{}:{}) is in pigsty.yml but not a member of etcd: run `quorum member add {}`",
+        IPS[3], IPS[3], f.peer_port, IPS[3]
+    );
+    for args in [&["config", "reload"][..], &["env", "refresh"][..]] {
+        let out = w.admin(args)?;
+        assert_eq!(out.code, 3, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(&not_member), "{args:?}: {}", out.stderr);
+    }
+    let (code, v) = status(&w)?;
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["agreement"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|l| l["kind"] == "not_a_member" && l["host"] == IPS[3])),
+        "{v}"
+    );
+
+    // e2e probe F3a: the inventory lacks live etcd-1 and names the joining .24.
+    f.write_inventory(&w, &all[1..4], "")?;
+    let out = w.admin(&["member", "add", IPS[3], "--yes"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "member etcd-1 (https://{}:{}) is not in pigsty.yml: add `{}: {{ etcd_seq: 1 }}` under all.children.etcd.hosts",
+            IPS[0], f.peer_port, IPS[0]
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        members(&w, &f).await?,
+        names(&[1, 2, 3]),
+        "something was changed"
+    );
+
+    // Item 9: a learner added by hand (Pigsty's SOP step 1) for a host of the inventory stays
+    // out of every profile until it is promoted.
+    f.write_inventory(&w, &all[..4], "")?;
+    let mut c = quorum_tests::etcd::client(&w, &eps(&f, 3)).await?;
+    let peer = format!("https://{}:{}", IPS[3], f.peer_port);
+    let mut tries = 0;
+    loop {
+        let r = c
+            .member_add(
+                [peer.clone()],
+                Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+            )
+            .await;
+        match r {
+            Ok(_) => break,
+            // etcd refuses membership changes for ~5 s after a start ("unhealthy cluster").
+            Err(_) if tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let profiles: Vec<String> = f.hosts[..3]
+        .iter()
+        .map(|h| std::fs::read_to_string(h.profile()))
+        .collect::<std::io::Result<_>>()?;
+    let out = w.admin(&["env", "refresh"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("never promoted"), "{}", out.stderr);
+    for (h, before) in f.hosts[..3].iter().zip(&profiles) {
+        assert_eq!(
+            &std::fs::read_to_string(h.profile())?,
+            before,
+            "{} was rewritten",
+            h.ip
+        );
+    }
+    let (_, v) = status(&w)?;
+    assert!(
+        v["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["is_learner"] == true)),
+        "{v}"
+    );
+    assert!(
+        v["agreement"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l["kind"] == "unpromoted")),
+        "{v}"
+    );
+    // Finishing the join adopts the learner; then the profiles list it.
+    w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
+    w.admin(&["env", "refresh"])?.ok()?;
+    assert!(std::fs::read_to_string(f.hosts[0].profile())?.contains(IPS[3]));
+
+    // e2e probe F6: Pigsty's order takes the host out of pigsty.yml first; the wipe is
+    // confirmed against the member's real name, read from etcd.
+    f.write_inventory(&w, &all[..3], "")?;
+    let out = w.admin(&["member", "remove", IPS[3]])?;
+    assert_eq!(out.code, 3, "not confirmed: {out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "This run wipes the etcd data of: etcd-4 @ {}",
+            IPS[3]
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("etcd-0"), "{}", out.stderr);
+    w.admin(&["member", "remove", IPS[3], "--yes"])?.ok()?;
+    assert_eq!(members(&w, &f).await?, names(&[1, 2, 3]));
+    let (code, v) = status(&w)?;
+    assert_eq!(code, 0, "{v}");
+    Ok(())
+}
+
+/// Item 9: while a member is added, no profile lists it before PromoteLearner has finished
+/// (a client that dialled a learner would get "rpc not supported for learner").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_profile_lists_a_joining_member_before_it_is_promoted() -> Result<()> {
+    let all = inventory_all();
+    let (w, f) = setup(&all[..4])?;
+    // Watch every profile: when did each first name the joining host?
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hosts: Vec<HostPaths> = f.hosts[..4].to_vec();
+    let (s, joining) = (stop.clone(), IPS[3].to_string());
+    let watcher = std::thread::spawn(move || {
+        let mut first: Vec<Option<i64>> = vec![None; hosts.len()];
+        while !s.load(std::sync::atomic::Ordering::SeqCst) {
+            for (i, h) in hosts.iter().enumerate() {
+                if first[i].is_none()
+                    && std::fs::read_to_string(h.profile()).is_ok_and(|p| p.contains(&joining))
+                {
+                    first[i] = Some(now_ms());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        first
+    });
+    let out = w.admin(&["member", "add", IPS[3], "--yes", "-o", "json"])?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let first = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the profile watcher panicked"))?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let run: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let promoted = run["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["kind"] == "PromoteLearner"))
+        .and_then(|s| s["finished_unix_ms"].as_i64())
+        .context("PromoteLearner's end")?;
+    for (i, seen) in first.iter().enumerate() {
+        let seen = seen.with_context(|| format!("{}'s profile never listed {}", IPS[i], IPS[3]))?;
+        assert!(
+            seen >= promoted,
+            "{}'s profile listed {} at {seen}, before the promotion ended at {promoted}",
+            IPS[i],
+            IPS[3]
+        );
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -198,6 +198,8 @@ async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()
 async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Result<()> {
     let (mut w, f) = setup("")?;
     create(&w)?;
+    // etcd-3 leads, so the roll (followers first, the leader last) goes .11, .12, .13.
+    quorum_tests::etcd::move_leader_to(&w, &endpoints(&f), f.hosts[2].ip).await?;
     // etcd-2's restart command stops etcd and never starts it again. Its agent does not
     // check its starts (start_check_secs: 0), so the gate after the restart is what sees it.
     let h2 = f.host(IPS[1])?.clone();
@@ -243,6 +245,8 @@ async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Resul
 async fn a_restart_that_leaves_etcd_stopped_fails_at_the_restart_itself() -> Result<()> {
     let (mut w, f) = setup("")?;
     create(&w)?;
+    // etcd-3 leads, so the roll (followers first, the leader last) goes .11, .12, .13.
+    quorum_tests::etcd::move_leader_to(&w, &endpoints(&f), f.hosts[2].ip).await?;
     // As above, etcd-2's restart never starts etcd again; its agent checks its starts.
     let h2 = f.host(IPS[1])?.clone();
     if let Some(a) = w.agent(IPS[1]) {
@@ -418,7 +422,9 @@ async fn a_second_sop_on_a_locked_cluster_is_refused_with_the_holder() -> Result
 async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() -> Result<()> {
     let (mut w, f) = setup("")?;
     create(&w)?;
-    let steps = 13; // a snapshot, then 3 members x (guard, write, restart, gate)
+    // A snapshot, 3 members x (guard, write, restart, gate), and the leader's MoveLeaderAway.
+    let steps = w.plan_len(&["config", "reload", "--restart"])?;
+    assert_eq!(steps, 14);
     let newest_run = |w: &World| -> Option<String> {
         let out = w.admin(&["run", "list", "-o", "json"]).ok()?;
         let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
@@ -474,9 +480,12 @@ async fn coordinator_killed_at_any_step_resumes_without_repeating_a_restart() ->
 async fn a_resumed_restart_checks_quorum_again_before_it_acts() -> Result<()> {
     let (mut w, f) = setup("")?;
     create(&w)?;
+    // etcd-3 leads, so etcd-1 is the first member the roll visits.
+    quorum_tests::etcd::move_leader_to(&w, &endpoints(&f), f.hosts[2].ip).await?;
     let h1 = f.host(IPS[0])?.clone();
-    // The run halts right after etcd-1's guard: its etcd.conf write fails (a directory is in
-    // the way), so the restart is the next step a resume takes.
+    // The run halts right after etcd-1's guard: its etcd.conf write is refused (a directory
+    // is in the way; since M2 the agent refuses it, exit 3), so the restart is the next step
+    // a resume takes.
     let conf = h1.etcd_conf();
     let saved = std::fs::read(&conf)?;
     std::fs::remove_file(&conf)?;
@@ -756,6 +765,169 @@ async fn destructive_runs_snapshot_first_and_the_printed_restore_brings_data_bac
     assert_eq!(
         voting_members(&w, &f).await?,
         vec!["etcd-1", "etcd-2", "etcd-3"]
+    );
+    Ok(())
+}
+
+/// Item 4 (e2e probe F4): a roll restarts followers first and the leader last, after handing
+/// its leadership to a member already restarted and caught up: one leader change per roll.
+/// The leader is put on 127.0.0.11, the first host in inventory order, so a roll in IP order
+/// would restart it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roll_restarts_the_leader_last_after_handing_leadership_to_a_restarted_member(
+) -> Result<()> {
+    let (w, f) = setup("")?;
+    create(&w)?;
+    let eps = endpoints(&f);
+    quorum_tests::etcd::move_leader_to(&w, &eps, f.hosts[0].ip).await?;
+    let plan = w
+        .admin(&["config", "reload", "--restart", "--plan"])?
+        .ok()?;
+    assert!(
+        plan.stdout.contains("the leader etcd-1 (127.0.0.11) last"),
+        "{}",
+        plan.stdout
+    );
+    let leader_before = quorum_tests::etcd::leader_host(&w, &eps).await?;
+    let sampler = quorum_tests::etcd::LeaderSampler::start(&w, eps.clone()).await?;
+    let out = w.admin(&["config", "reload", "--restart", "-o", "json"])?;
+    let terms = sampler.stop().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let run: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let steps = run["steps"].as_array().context("steps")?;
+    let restarts: Vec<&str> = steps
+        .iter()
+        .filter(|s| s["kind"] == "RestartEtcd")
+        .filter_map(|s| s["host"].as_str())
+        .collect();
+    assert_eq!(
+        restarts.last().copied(),
+        Some(leader_before.to_string().as_str()),
+        "the leader at plan time was not restarted last: {restarts:?}"
+    );
+    let mv = steps
+        .iter()
+        .position(|s| s["kind"] == "MoveLeaderAway")
+        .context("a MoveLeaderAway step")?;
+    assert_eq!(steps[mv]["host"], leader_before.to_string());
+    assert_eq!(steps[mv]["outcome"], "changed", "{}", steps[mv]);
+    assert!(
+        steps[mv]["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("restarted earlier in this run")),
+        "{}",
+        steps[mv]
+    );
+    assert_eq!(steps[mv + 1]["kind"], "RestartEtcd");
+    for h in &f.hosts {
+        assert_eq!(
+            h.restart_count(),
+            1,
+            "{} restarted {} times",
+            h.ip,
+            h.restart_count()
+        );
+    }
+    // One change of leader (the hand-over) for the whole roll; a roll in IP order hands it
+    // on at every restart. An election of its own on a loaded machine would add one, so
+    // only the roll's own changes are counted: every term after the first.
+    assert!(
+        terms.len() <= 2,
+        "leaders by term during the roll: {terms:?} (more than one change)"
+    );
+    Ok(())
+}
+
+/// e2e probe F15: a running member whose etcd.conf differs only in `initial-cluster` (a
+/// membership change elsewhere) is written without a restart, and the plan says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_only_change_is_initial_cluster_restarts_nobody() -> Result<()> {
+    let (w, f) = setup("")?;
+    create(&w)?;
+    let pids: Vec<Option<i32>> = f.hosts.iter().map(|h| h.etcd_pid()).collect();
+    // Every member's file lists one more member than the inventory, as after a removal.
+    for h in &f.hosts {
+        let conf = std::fs::read_to_string(h.etcd_conf())?;
+        let edited: String = conf
+            .lines()
+            .map(|l| match l.strip_suffix('"') {
+                Some(head) if l.starts_with("initial-cluster: ") => {
+                    format!("{head},etcd-9=https://127.0.0.19:{}\"\n", f.peer_port)
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        anyhow::ensure!(
+            edited != conf,
+            "no initial-cluster line in {}",
+            h.etcd_conf().display()
+        );
+        std::fs::write(h.etcd_conf(), edited)?;
+    }
+    let plan = w.admin(&["config", "reload", "--plan"])?.ok()?;
+    assert!(
+        plan.stdout
+            .contains("changes only in initial-cluster / initial-cluster-state"),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("RestartEtcd"), "{}", plan.stdout);
+    let out = w.admin(&["config", "reload"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    for (h, pid) in f.hosts.iter().zip(&pids) {
+        assert_eq!(h.restart_count(), 0, "{} was restarted", h.ip);
+        assert_eq!(h.etcd_pid(), *pid, "{} runs another etcd", h.ip);
+        let conf = std::fs::read_to_string(h.etcd_conf())?;
+        assert!(!conf.contains("etcd-9="), "{} was not rewritten", h.ip);
+    }
+    Ok(())
+}
+
+/// Item 3 (e2e probe F3): every etcd SOP compares pigsty.yml with etcd's member list and
+/// refuses with the exact line to add; nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sops_refuse_an_inventory_that_misses_a_live_member() -> Result<()> {
+    let (w, f) = setup("")?;
+    create(&w)?;
+    // etcd-1 is a live member; the inventory forgets it.
+    f.write_inventory(&w, &[(IPS[1], 2), (IPS[2], 3)], "")?;
+    let confs: Vec<String> = f
+        .hosts
+        .iter()
+        .map(|h| std::fs::read_to_string(h.etcd_conf()))
+        .collect::<std::io::Result<_>>()?;
+    let line = "add `127.0.0.11: { etcd_seq: 1 }` under all.children.etcd.hosts";
+    for args in [
+        &["config", "reload", "--restart"][..],
+        &["config", "reload", "--plan"][..],
+        &["env", "refresh"][..],
+        &["service", "restart", "etcd", "--hosts", IPS[1]][..],
+        &["cluster", "create", "--yes"][..],
+    ] {
+        let out = w.admin(args)?;
+        assert_eq!(out.code, 3, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(line), "{args:?}: {}", out.stderr);
+    }
+    for (h, before) in f.hosts.iter().zip(&confs) {
+        assert_eq!(h.restart_count(), 0, "{} was restarted", h.ip);
+        assert_eq!(
+            &std::fs::read_to_string(h.etcd_conf())?,
+            before,
+            "{} was rewritten",
+            h.ip
+        );
+    }
+    // `cluster status` shows the same line, and exits 1.
+    let status = w.admin(&["cluster", "status", "-o", "json"])?;
+    assert_eq!(status.code, 1, "{status:?}");
+    let v: serde_json::Value = serde_json::from_str(&status.stdout)?;
+    assert_eq!(v["agrees"], false, "{v}");
+    assert!(
+        v["agreement"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l["kind"] == "not_in_inventory"
+                && l["text"].as_str().is_some_and(|t| t.contains(line)))),
+        "{v}"
     );
     Ok(())
 }

@@ -9,7 +9,9 @@
 //!   agent, or one simulated in-process to isolate the coordinator's and the wire's share).
 //! - `fleet`: N simulated agents, each with its own certificate and connection, polling a
 //!   real coordinator; its memory, idle CPU, connect time and a fan-out to all N.
-//! - `sop`: the overhead of a rolling restart from the run's step timings.
+//! - `floor`: the physical floor of a rolling restart (the members' own restarts, leader
+//!   last, until each serves a linearizable read).
+//! - `sop`: a rolling restart against that floor, and its step timings.
 //! - `table`: the results as one Markdown table.
 
 #![warn(missing_docs)]
@@ -18,6 +20,7 @@ mod certs;
 mod client;
 mod dispatch;
 mod fleet;
+mod floor;
 mod perf;
 mod procfs;
 mod results;
@@ -182,6 +185,35 @@ enum Command {
         /// Wall clock of the CLI command, milliseconds.
         #[arg(long)]
         wall_ms: u64,
+        /// The physical floor measured on the same fleet (`floor`), milliseconds.
+        #[arg(long)]
+        floor_ms: Option<u64>,
+        /// Which round of floor + SOP this is (keys `sop.rN.*`).
+        #[arg(long)]
+        round: Option<u32>,
+        /// The results file to append to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restart every member with its own restart command, followers first and the leader
+    /// last, each until it serves a linearizable read: the floor of a rolling restart.
+    Floor {
+        /// `IP,CLIENT_URL,RESTART_SCRIPT` of each member (the script holds the restart
+        /// command of the agent's exec config).
+        #[arg(long = "member", required = true)]
+        members: Vec<floor::Member>,
+        /// The CA certificate (PEM).
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// An etcd client certificate from that CA (the coordinator's has clientAuth).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Key prefix in the results.
+        #[arg(long, default_value = "sop.floor")]
+        prefix: String,
         /// The results file to append to.
         #[arg(long)]
         out: PathBuf,
@@ -288,8 +320,29 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sop {
             run_json,
             wall_ms,
+            floor_ms,
+            round,
             out,
-        } => sop::run(&run_json, wall_ms, &Results::new(&out)),
+        } => sop::run(&run_json, wall_ms, floor_ms, round, &Results::new(&out)),
+        Command::Floor {
+            members,
+            ca_cert,
+            cert,
+            key,
+            prefix,
+            out,
+        } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+            };
+            let tls = floor::Tls {
+                ca: read(&ca_cert)?,
+                cert: read(&cert)?,
+                key: read(&key)?,
+            };
+            floor::run(members, tls, &prefix, &Results::new(&out)).await
+        }
         Command::Table { results } => {
             print!("{}", table::render(&Results::load(&results)?));
             Ok(())

@@ -1,9 +1,11 @@
 //! SOP overhead: how much longer a rolling `quorum config reload --restart` takes than the
-//! members' own restarts. The run's JSON (`quorum ... -o json`, the same as `quorum run show
-//! ID -o json`) gives every step's start and end; per member, RestartEtcd + HealthGate is the
-//! time etcd itself needed from restart to healthy. Everything else (the quorum guard, the
-//! config write, the runner's bookkeeping between steps, the CLI's start-up and polling) is
-//! Quorum's overhead.
+//! physical floor measured on the same fleet in the same run (`floor`: the same restart
+//! command, member by member, leader last, until each serves a linearizable read). The
+//! run's JSON (`quorum ... -o json`, the same as `quorum run show ID -o json`) also gives
+//! every step's start and end: per member, RestartEtcd + HealthGate, and everything else
+//! (the quorum guard, the config write, the leadership move, the runner's bookkeeping
+//! between steps). Dividing by the run's own restart steps alone hides a slow order or a
+//! slow restart command; dividing by the floor does not.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,10 +18,14 @@ use crate::results::Results;
 /// Step timings of one run, folded per member.
 #[derive(Debug, Default, PartialEq)]
 pub struct Breakdown {
+    /// Hosts in the order the run restarted them.
+    pub order: Vec<String>,
     /// Per member host: RestartEtcd + HealthGate, ms.
     pub member_ms: BTreeMap<String, i64>,
     /// Every other step together (guards, writes), ms.
     pub other_steps_ms: i64,
+    /// The RestartEtcd steps alone (the restart command and its dispatch), ms.
+    pub restart_ms: i64,
     /// First step's start to last step's end, ms.
     pub span_ms: i64,
     /// Time inside the span that no step accounts for, ms.
@@ -52,6 +58,10 @@ pub fn breakdown(run: &Value) -> Result<Breakdown> {
         first = first.min(start);
         last = last.max(end);
         inside += took;
+        if s["kind"] == "RestartEtcd" {
+            b.order.push(s["host"].as_str().unwrap_or("?").to_string());
+            b.restart_ms += took;
+        }
         match s["kind"].as_str() {
             Some("RestartEtcd" | "HealthGate") => {
                 let host = s["host"].as_str().unwrap_or("?").to_string();
@@ -68,8 +78,16 @@ pub fn breakdown(run: &Value) -> Result<Breakdown> {
     Ok(b)
 }
 
-/// Reads the run JSON at `path`, records the breakdown and the ratio to `wall_ms`.
-pub fn run(path: &Path, wall_ms: u64, results: &Results) -> Result<()> {
+/// Reads the run JSON at `path`, records the breakdown, and the ratios of `wall_ms` to the
+/// run's own restart steps and, for round `round`, to `floor_ms` (the physical floor of the
+/// same fleet measured just before).
+pub fn run(
+    path: &Path,
+    wall_ms: u64,
+    floor_ms: Option<u64>,
+    round: Option<u32>,
+    results: &Results,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let run: Value = serde_json::from_str(&text)
@@ -92,6 +110,25 @@ pub fn run(path: &Path, wall_ms: u64, results: &Results) -> Result<()> {
         "sop.span_ratio",
         format!("{:.3}", b.span_ms as f64 / sum as f64),
     )?;
+    results.put("sop.order", b.order.join(" → "))?;
+    let key = |k: &str| match round {
+        Some(n) => format!("sop.r{n}.{k}"),
+        None => format!("sop.{k}"),
+    };
+    if round.is_some() {
+        results.put(&key("wall_ms"), wall_ms)?;
+        results.put(&key("restart_ms"), b.restart_ms)?;
+        results.put(&key("order"), b.order.join(" → "))?;
+    }
+    if let Some(floor) = floor_ms.filter(|f| *f > 0) {
+        if round.is_some() {
+            results.put(&key("floor_ms"), floor)?;
+        }
+        results.put(
+            &key("floor_ratio"),
+            format!("{:.3}", wall_ms as f64 / floor as f64),
+        )?;
+    }
     Ok(())
 }
 
@@ -121,6 +158,8 @@ mod tests {
         assert_eq!(b.other_steps_ms, 40);
         assert_eq!(b.span_ms, 1650);
         assert_eq!(b.gaps_ms, 10);
+        assert_eq!(b.order, vec!["h1", "h2"]);
+        assert_eq!(b.restart_ms, 1000);
         let failed = serde_json::json!({"state": "failed", "error": "x", "steps": []});
         assert!(breakdown(&failed).is_err());
     }

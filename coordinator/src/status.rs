@@ -1,0 +1,394 @@
+//! `quorum cluster status`: an etcd cluster as etcd and the agents see it now — members,
+//! learners, the leader, each member's raft index and health — compared with the inventory,
+//! line by line, with the fix for each disagreement. Read-only. The coordinator builds the
+//! typed answer (`AdminService.ClusterStatus`); the CLI only prints it, as a table or JSON.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+use quorum_proto::pb;
+use quorum_proto::pb::admin_service_client::AdminServiceClient;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::agreement::{host_of_url, Disagreement};
+use crate::cli::{exit, service_state_word};
+use crate::etcd::EtcdAccess;
+use crate::inventory::Inventory;
+use crate::registry::Registry;
+
+/// Builds the status of the cluster `req` names (the coordinator's side).
+pub async fn cluster_status(
+    inventory_path: &Path,
+    registry: &Registry,
+    etcd: &EtcdAccess,
+    req: pb::ClusterStatusRequest,
+) -> Result<pb::ClusterStatusResponse, Status> {
+    let inv = Inventory::load(inventory_path).map_err(|e| {
+        Status::invalid_argument(format!("the coordinator's inventory is invalid:\n{e}"))
+    })?;
+    let name = (!req.cluster.is_empty()).then_some(req.cluster.as_str());
+    let cluster = inv
+        .etcd_cluster(name)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let spec = crate::sop::cluster_spec(cluster, cluster.params.init);
+    let roster = spec.roster();
+    let mut out = pb::ClusterStatusResponse {
+        cluster: spec.name.clone(),
+        group: roster.group.clone(),
+        ..Default::default()
+    };
+    let mut hosts: BTreeSet<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
+    match etcd.member_list(&spec.client_urls()).await {
+        Ok(members) => {
+            for m in &members {
+                let host = m.peer_urls.first().and_then(|u| host_of_url(u));
+                hosts.extend(host);
+                let mut v = pb::EtcdMemberStatus {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_urls: m.peer_urls.clone(),
+                    client_urls: m.client_urls.clone(),
+                    is_learner: m.is_learner,
+                    host: host.map(|h| h.to_string()).unwrap_or_default(),
+                    in_inventory: spec
+                        .members
+                        .iter()
+                        .any(|s| m.peer_urls.contains(&s.peer_url)),
+                    ..Default::default()
+                };
+                match m.client_urls.first() {
+                    None => v.health_error = "not started (no client URL)".into(),
+                    Some(url) => {
+                        match etcd.member_status(url).await {
+                            Ok(st) => {
+                                v.raft_index = st.raft_index;
+                                v.raft_applied_index = st.raft_applied_index;
+                                v.raft_term = st.raft_term;
+                                v.version = st.version;
+                                if st.leader != 0 && out.leader_id == 0 {
+                                    out.leader_id = st.leader;
+                                }
+                            }
+                            Err(e) => v.health_error = e.to_string(),
+                        }
+                        if v.health_error.is_empty() {
+                            match etcd.member_health(url).await {
+                                Ok(()) => v.healthy = true,
+                                Err(e) => v.health_error = e,
+                            }
+                        }
+                    }
+                }
+                out.members.push(v);
+            }
+            for v in &mut out.members {
+                v.is_leader = out.leader_id != 0 && v.id == out.leader_id;
+            }
+            let problems = roster.compare(&members, None);
+            out.agrees = problems.is_empty();
+            for s in &spec.members {
+                let listed = members
+                    .iter()
+                    .any(|m| !m.is_learner && m.peer_urls.contains(&s.peer_url));
+                if listed {
+                    out.agreement.push(pb::AgreementLine {
+                        kind: "agrees".into(),
+                        host: s.ip.to_string(),
+                        member: s.name.clone(),
+                        text: format!("{} ({}) is in pigsty.yml and a voting member", s.name, s.ip),
+                    });
+                }
+            }
+            out.agreement.extend(problems.iter().map(agreement_line));
+        }
+        Err(e) => out.members_error = e.to_string(),
+    }
+    crate::sop::refresh_facts(registry, &hosts.iter().copied().collect::<Vec<_>>()).await;
+    for h in hosts {
+        let facts = registry.facts(h);
+        out.agents.push(pb::HostAgentStatus {
+            host: h.to_string(),
+            agent_state: registry
+                .state(h)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|| "none".into()),
+            etcd: facts
+                .as_ref()
+                .and_then(|f| f.services.get("etcd").copied())
+                .unwrap_or(pb::ServiceState::Unspecified as i32),
+            agent_version: facts.map(|f| f.agent_version).unwrap_or_default(),
+            in_inventory: spec.member(h).is_some(),
+        });
+    }
+    Ok(out)
+}
+
+fn agreement_line(d: &Disagreement) -> pb::AgreementLine {
+    let (kind, host, member) = match d {
+        Disagreement::NotInInventory { name, peer_url, .. } => (
+            "not_in_inventory",
+            host_of_url(peer_url)
+                .map(|h| h.to_string())
+                .unwrap_or_default(),
+            name.clone(),
+        ),
+        Disagreement::NotAMember { ip, name, .. } => ("not_a_member", ip.to_string(), name.clone()),
+        Disagreement::Unpromoted { ip, name, .. } => ("unpromoted", ip.to_string(), name.clone()),
+    };
+    pb::AgreementLine {
+        kind: kind.into(),
+        host,
+        member,
+        text: d.to_string(),
+    }
+}
+
+/// Whether the status shows a problem: no member list, a disagreement, an unhealthy member.
+pub fn has_problem(s: &pb::ClusterStatusResponse) -> bool {
+    !s.members_error.is_empty() || !s.agrees || s.members.iter().any(|m| !m.healthy)
+}
+
+/// `quorum cluster status` (the CLI's side): prints the table or the JSON; exit 0 when the
+/// cluster is healthy and agrees with the inventory, 1 when not.
+pub async fn status_command(
+    client: &mut AdminServiceClient<Channel>,
+    cluster: Option<String>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let s = client
+        .cluster_status(pb::ClusterStatusRequest {
+            cluster: cluster.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+    } else {
+        print!("{}", status_table(&s));
+    }
+    Ok(if has_problem(&s) {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
+}
+
+fn etcd_word(state: i32) -> &'static str {
+    match pb::ServiceState::try_from(state) {
+        Ok(pb::ServiceState::Unspecified) | Err(_) => "-",
+        Ok(s) => service_state_word(s),
+    }
+}
+
+/// The JSON form of a status.
+pub fn status_json(s: &pb::ClusterStatusResponse) -> serde_json::Value {
+    serde_json::json!({
+        "cluster": s.cluster,
+        "group": s.group,
+        "leader_id": format!("{:x}", s.leader_id),
+        "members_error": s.members_error,
+        "agrees": s.agrees,
+        "members": s.members.iter().map(|m| serde_json::json!({
+            "id": format!("{:x}", m.id),
+            "name": m.name,
+            "host": m.host,
+            "peer_urls": m.peer_urls,
+            "client_urls": m.client_urls,
+            "is_learner": m.is_learner,
+            "is_leader": m.is_leader,
+            "raft_index": m.raft_index,
+            "raft_applied_index": m.raft_applied_index,
+            "raft_term": m.raft_term,
+            "version": m.version,
+            "healthy": m.healthy,
+            "health_error": m.health_error,
+            "in_inventory": m.in_inventory,
+        })).collect::<Vec<_>>(),
+        "agreement": s.agreement.iter().map(|a| serde_json::json!({
+            "kind": a.kind,
+            "host": a.host,
+            "member": a.member,
+            "text": a.text,
+        })).collect::<Vec<_>>(),
+        "agents": s.agents.iter().map(|a| serde_json::json!({
+            "host": a.host,
+            "agent_state": a.agent_state,
+            "etcd": etcd_word(a.etcd),
+            "agent_version": a.agent_version,
+            "in_inventory": a.in_inventory,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The table form of a status.
+pub fn status_table(s: &pb::ClusterStatusResponse) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let leader = s
+        .members
+        .iter()
+        .find(|m| m.is_leader)
+        .map(|m| {
+            if m.name.is_empty() {
+                format!("{:x}", m.id)
+            } else {
+                m.name.clone()
+            }
+        })
+        .unwrap_or_else(|| "none".into());
+    let _ = writeln!(
+        t,
+        "cluster {} (group {}): {} member(s), {} learner(s), leader {leader}, inventory {}",
+        s.cluster,
+        s.group,
+        s.members.iter().filter(|m| !m.is_learner).count(),
+        s.members.iter().filter(|m| m.is_learner).count(),
+        if !s.members_error.is_empty() {
+            "not compared"
+        } else if s.agrees {
+            "agrees"
+        } else {
+            "DISAGREES"
+        }
+    );
+    if !s.members_error.is_empty() {
+        let _ = writeln!(t, "member list: {}", s.members_error);
+    } else {
+        let _ = writeln!(
+            t,
+            "{:<12} {:<16} {:<30} {:<7} {:<6} {:>10} {:>10}  HEALTH",
+            "MEMBER", "ID", "PEER URL", "LEARNER", "LEADER", "RAFT INDEX", "APPLIED"
+        );
+        for m in &s.members {
+            let yes = |b: bool| if b { "yes" } else { "no" };
+            let _ = writeln!(
+                t,
+                "{:<12} {:<16x} {:<30} {:<7} {:<6} {:>10} {:>10}  {}",
+                if m.name.is_empty() {
+                    "-"
+                } else {
+                    m.name.as_str()
+                },
+                m.id,
+                m.peer_urls.join(","),
+                yes(m.is_learner),
+                yes(m.is_leader),
+                m.raft_index,
+                m.raft_applied_index,
+                if m.healthy {
+                    "healthy".to_string()
+                } else {
+                    format!("unhealthy: {}", m.health_error)
+                }
+            );
+        }
+        let _ = writeln!(t, "inventory vs member list (by peer URL):");
+        for a in &s.agreement {
+            let mark = if a.kind == "agrees" { "ok  " } else { "FIX " };
+            let _ = writeln!(t, "  {mark} {}", a.text);
+        }
+    }
+    let _ = writeln!(
+        t,
+        "{:<16} {:<10} {:<10} {:<10} IN INVENTORY",
+        "HOST", "AGENT", "VERSION", "ETCD"
+    );
+    for a in &s.agents {
+        let _ = writeln!(
+            t,
+            "{:<16} {:<10} {:<10} {:<10} {}",
+            a.host,
+            a.agent_state,
+            if a.agent_version.is_empty() {
+                "-"
+            } else {
+                a.agent_version.as_str()
+            },
+            etcd_word(a.etcd),
+            if a.in_inventory { "yes" } else { "no" }
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, name: &str, ip: &str, leader: bool, learner: bool) -> pb::EtcdMemberStatus {
+        pb::EtcdMemberStatus {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("https://{ip}:2380")],
+            client_urls: vec![format!("https://{ip}:2379")],
+            is_learner: learner,
+            is_leader: leader,
+            raft_index: 42,
+            raft_applied_index: 42,
+            healthy: !learner,
+            health_error: if learner {
+                "it is a learner".into()
+            } else {
+                String::new()
+            },
+            host: ip.into(),
+            in_inventory: !learner,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_table_shows_members_learners_leader_indexes_agreement_and_agents() {
+        let s = pb::ClusterStatusResponse {
+            cluster: "etcd".into(),
+            group: "etcd".into(),
+            leader_id: 1,
+            agrees: false,
+            members: vec![
+                member(1, "etcd-1", "10.10.10.10", true, false),
+                member(2, "etcd-2", "10.10.10.11", false, true),
+            ],
+            agreement: vec![
+                pb::AgreementLine {
+                    kind: "agrees".into(),
+                    host: "10.10.10.10".into(),
+                    member: "etcd-1".into(),
+                    text: "etcd-1 (10.10.10.10) is in pigsty.yml and a voting member".into(),
+                },
+                pb::AgreementLine {
+                    kind: "not_in_inventory".into(),
+                    host: "10.10.10.11".into(),
+                    member: "etcd-2".into(),
+                    text: "learner etcd-2 ... add `10.10.10.11: { etcd_seq: 2 }`".into(),
+                },
+            ],
+            agents: vec![pb::HostAgentStatus {
+                host: "10.10.10.10".into(),
+                agent_state: "idle".into(),
+                etcd: pb::ServiceState::Active as i32,
+                agent_version: "0.2.0".into(),
+                in_inventory: true,
+            }],
+            ..Default::default()
+        };
+        let t = status_table(&s);
+        assert!(
+            t.contains("1 member(s), 1 learner(s), leader etcd-1, inventory DISAGREES"),
+            "{t}"
+        );
+        assert!(t.contains("RAFT INDEX"), "{t}");
+        assert!(t.contains("FIX  learner etcd-2"), "{t}");
+        assert!(
+            t.contains("10.10.10.10      idle       0.2.0      active"),
+            "{t}"
+        );
+        assert!(has_problem(&s));
+        let j = status_json(&s);
+        assert_eq!(j["members"][0]["is_leader"], true);
+        assert_eq!(j["members"][1]["is_learner"], true);
+        assert_eq!(j["agents"][0]["etcd"], "active");
+        assert_eq!(j["leader_id"], "1");
+    }
+}
