@@ -693,22 +693,28 @@ fn an_oversize_task_file_is_bad_input() -> Result<()> {
     h.create()?;
     w.start_agent(IPS[0], &h.paths_config())?;
     w.wait_agent_state(IPS[0], &["connected", "idle"], Duration::from_secs(30))?;
-    let big = w.dir.path().join("etcd.conf.big");
+    // The write tasks that still carry files are the certificates (etcd.conf and the profile
+    // are rendered by the agent from typed fields since M6).
+    let big = w.dir.path().join("server.crt.big");
     let size = 1_100_000;
     std::fs::write(&big, "#".repeat(size))?;
+    let big = big.display().to_string();
     let out = w.admin(&[
         "task",
         "--host",
         IPS[0],
-        "write-etcd-conf",
-        "--file",
-        &big.display().to_string(),
+        "write-etcd-certs",
+        "--ca-file",
+        &big,
+        "--cert-file",
+        &big,
+        "--key-file",
+        &big,
     ])?;
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
         out.stderr.contains(&format!(
-            "{} is {size} bytes, over the 1044480 bytes a task can carry (the coordinator takes messages of at most 1048576 bytes); nothing was sent",
-            big.display()
+            "{big} is {size} bytes, over the 1044480 bytes a task can carry (the coordinator takes messages of at most 1048576 bytes); nothing was sent"
         )),
         "{}",
         out.stderr
