@@ -65,6 +65,9 @@ pub enum Fault {
     LearnerNotReady,
     /// The member has no leader now: an election is under way, or quorum is lost.
     NoLeader,
+    /// "etcdserver: member not found": seen from `member add` right after a member of the
+    /// same peer URL was removed, while the removal settles.
+    MemberNotFound,
     /// Anything else, in etcd's (or the client's) own words.
     Other(String),
 }
@@ -109,6 +112,7 @@ impl Fault {
                 Fault::LearnerNotReady
             }
             "etcdserver: no leader" | "etcdserver: leader changed" => Fault::NoLeader,
+            "etcdserver: member not found" => Fault::MemberNotFound,
             "etcdserver: request timed out"
             | "etcdserver: request timed out, possibly due to previous leader failure"
             | "etcdserver: request timed out, possibly due to connection lost"
@@ -158,6 +162,7 @@ impl Fault {
             Fault::NoLeader => format!(
                 "{endpoint}: the member has no leader (an election is under way, or quorum is lost)"
             ),
+            Fault::MemberNotFound => format!("{endpoint}: etcdserver: member not found"),
             Fault::Other(m) => format!("{endpoint}: {m}"),
         }
     }
@@ -658,6 +663,10 @@ mod tests {
         assert_eq!(
             st(Code::Unavailable, "etcdserver: unhealthy cluster"),
             Fault::UnhealthyCluster
+        );
+        assert_eq!(
+            st(Code::NotFound, "etcdserver: member not found"),
+            Fault::MemberNotFound
         );
         assert_eq!(
             st(

@@ -862,13 +862,22 @@ impl Runner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, crate::etcd::EtcdError>>,
     {
+        self.retry_unhealthy_typed(op).await.map_err(|e| e.to_string())
+    }
+
+    /// [`Self::retry_unhealthy`], keeping etcd's typed error.
+    async fn retry_unhealthy_typed<T, F, Fut>(&self, op: F) -> Result<T, crate::etcd::EtcdError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::etcd::EtcdError>>,
+    {
         let deadline = Instant::now() + self.timeouts.gate;
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     if !e.has(&Fault::UnhealthyCluster) || Instant::now() > deadline {
-                        return Err(e.to_string());
+                        return Err(e);
                     }
                 }
             }
@@ -900,13 +909,33 @@ impl Runner {
         }
     }
 
+    /// Adds the learner, again while etcd answers "member not found": right after a member of
+    /// the same peer URL was removed (a re-add), etcd 3.4 can refuse the add for a moment.
+    /// Each try reads the member list first, so a learner added by an earlier try is kept.
     async fn add_learner(&self, ctx: &RunContext, peer_url: &str) -> StepEnd {
+        let deadline = Instant::now() + self.timeouts.gate;
+        loop {
+            match self.add_learner_once(ctx, peer_url).await {
+                Err(e) if e.has(&Fault::MemberNotFound) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return StepEnd::failed(e.to_string()),
+                Ok(end) => return end,
+            }
+        }
+    }
+
+    async fn add_learner_once(
+        &self,
+        ctx: &RunContext,
+        peer_url: &str,
+    ) -> Result<StepEnd, crate::etcd::EtcdError> {
         let members = match self.members(ctx).await {
             Ok(m) => m,
-            Err(e) => return StepEnd::failed(e),
+            Err(e) => return Ok(StepEnd::failed(e)),
         };
         if let Some(m) = by_peer(&members, peer_url) {
-            return StepEnd::ok(
+            return Ok(StepEnd::ok(
                 "unchanged",
                 format!(
                     "{peer_url} is already a {} (id {:x})",
@@ -917,25 +946,22 @@ impl Runner {
                     },
                     m.id
                 ),
-            );
+            ));
         }
         // Re-checked right before the change: never a second learner.
         if let Some(l) = members.iter().find(|m| m.is_learner) {
-            return StepEnd::refused(format!(
+            return Ok(StepEnd::refused(format!(
                 "a learner already exists ({}); at most one learner at a time",
                 l.peer_urls.join(",")
-            ));
+            )));
         }
-        let r = self
-            .retry_unhealthy(|| self.etcd.add_learner(&ctx.endpoints, peer_url))
-            .await;
-        match r {
-            Ok(id) => StepEnd::ok(
-                "changed",
-                format!("added learner {id:x} with peer URL {peer_url}"),
-            ),
-            Err(e) => StepEnd::failed(e),
-        }
+        let id = self
+            .retry_unhealthy_typed(|| self.etcd.add_learner(&ctx.endpoints, peer_url))
+            .await?;
+        Ok(StepEnd::ok(
+            "changed",
+            format!("added learner {id:x} with peer URL {peer_url}"),
+        ))
     }
 
     async fn promote_learner(&self, ctx: &RunContext, peer_url: &str) -> StepEnd {
