@@ -862,7 +862,9 @@ impl Runner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, crate::etcd::EtcdError>>,
     {
-        self.retry_unhealthy_typed(op).await.map_err(|e| e.to_string())
+        self.retry_unhealthy_typed(op)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// [`Self::retry_unhealthy`], keeping etcd's typed error.
