@@ -571,6 +571,15 @@ impl Executor {
                 format!("{} already lists {}", path.display(), t.endpoints.join(",")),
             );
         }
+        if t.defer_restart {
+            return TaskReport::new(
+                pb::Outcome::Changed,
+                format!(
+                    "updated the endpoints in {}; vip-manager was left running (it holds the VIP and would release it to restart): it follows the leader key through the endpoints it has, and its next restart applies the new list",
+                    path.display()
+                ),
+            );
+        }
         match self.backend.run(Svc::VipManager, "restart").await {
             Ok(_) => TaskReport::new(
                 pb::Outcome::Changed,

@@ -358,6 +358,7 @@ async fn patroni_and_vip_edits_change_only_the_endpoints() -> Result<()> {
             "v1",
             Kind::SetVipEndpoints(pb::SetVipEndpoints {
                 endpoints: vec!["https://10.10.10.11:2379".into()],
+                defer_restart: false,
             }),
         ))
         .await;

@@ -164,7 +164,10 @@ mod tests {
                 hosts: vec!["a:1".into()],
                 restart: true,
             }),
-            Kind::SetVipEndpoints(pb::SetVipEndpoints { endpoints: vec![] }),
+            Kind::SetVipEndpoints(pb::SetVipEndpoints {
+                endpoints: vec![],
+                defer_restart: false,
+            }),
         ] {
             let err = require_confirmation(&kind, false, "10.10.10.11").unwrap_err();
             assert_eq!(err.code(), tonic::Code::FailedPrecondition);

@@ -1252,7 +1252,10 @@ async fn ad_hoc_task(
             restart,
         ),
         TaskCommand::SetVipEndpoints { endpoints } => (
-            Kind::SetVipEndpoints(pb::SetVipEndpoints { endpoints }),
+            Kind::SetVipEndpoints(pb::SetVipEndpoints {
+                endpoints,
+                defer_restart: false,
+            }),
             true,
         ),
         TaskCommand::WipeEtcdData { purge } => {

@@ -359,12 +359,16 @@ pub enum StepKind {
         /// The PostgreSQL cluster.
         pg: PgRef,
     },
-    /// Replace only the DCS endpoints in the host's vip-manager config, then restart it.
+    /// Replace only the DCS endpoints in the host's vip-manager config, then restart it
+    /// (unless `defer_restart`: on the primary during a membership refresh).
     SetVipEndpoints {
         /// Host.
         host: IpAddr,
         /// `https://ip:port` of every etcd member.
         endpoints: Vec<String>,
+        /// Write only; vip-manager keeps running (it would release the VIP to restart).
+        #[serde(default)]
+        defer_restart: bool,
     },
     /// Wait until the VIP is on exactly one host, the primary's (bounded).
     VipGate {
@@ -1738,7 +1742,7 @@ pub fn plan_patroni_reload(
 /// VIP being on exactly one host, the primary's.
 pub fn plan_vip_reload(targets: &[PgTarget], live: &Live) -> Result<Plan, PlanError> {
     let mut plan = Plan::default();
-    push_vip_refresh(&mut plan, targets, live)?;
+    push_vip_refresh(&mut plan, targets, live, false)?;
     if plan.steps.is_empty() {
         plan.notes
             .push("no PostgreSQL instance has pg_vip_enabled: nothing to do".into());
@@ -1754,7 +1758,7 @@ pub fn push_pg_refresh(
     live: &Live,
 ) -> Result<(), PlanError> {
     push_patroni_refresh(plan, targets, live, false)?;
-    push_vip_refresh(plan, targets, live)?;
+    push_vip_refresh(plan, targets, live, true)?;
     if !targets.is_empty() {
         plan.notes.push(
             "Patroni is reloaded, not restarted: it applies the new etcd host list at its next restart (`quorum patroni reload --restart-patroni` does that now); meanwhile it follows etcd's member list".into(),
@@ -1818,14 +1822,32 @@ fn require_pg_agents(live: &Live, t: &PgTarget, hosts: &[IpAddr]) -> Result<(), 
     })
 }
 
-fn push_vip_refresh(plan: &mut Plan, targets: &[PgTarget], live: &Live) -> Result<(), PlanError> {
+/// vip-manager on every instance with a VIP, replicas first. A membership refresh
+/// (`membership`) leaves the primary's vip-manager running: it releases the VIP to restart (a
+/// gap in service for every client of the VIP), and one member more or less leaves it
+/// endpoints that are still members, so it keeps following the leader key until its next
+/// restart applies the new list. `quorum vip reload` restarts it too.
+fn push_vip_refresh(
+    plan: &mut Plan,
+    targets: &[PgTarget],
+    live: &Live,
+    membership: bool,
+) -> Result<(), PlanError> {
     for t in targets {
         let order = t.rolling_order(true);
         require_pg_agents(live, t, &order)?;
         for h in order {
+            let defer_restart = membership && Some(h) == t.leader;
+            if defer_restart {
+                plan.notes.push(format!(
+                    "vip-manager on {h}, the primary of {}, gets the new endpoints but is not restarted: it would release the VIP to restart; it follows the leader key through its current endpoints until its next restart (`quorum vip reload` restarts it now, with a short VIP gap)",
+                    t.pg.name
+                ));
+            }
             plan.push(StepKind::SetVipEndpoints {
                 host: h,
                 endpoints: t.dcs_endpoints.clone(),
+                defer_restart,
             });
             plan.push(StepKind::VipGate { pg: t.pg.clone() });
         }

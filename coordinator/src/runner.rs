@@ -586,12 +586,17 @@ impl Runner {
             StepKind::PatroniGuard { host, pg } => self.patroni_guard(*host, pg).await,
             StepKind::PatroniGate { host, pg } => self.patroni_gate(*host, pg).await,
             StepKind::Switchover { host, pg } => self.switchover(run, *host, pg).await,
-            StepKind::SetVipEndpoints { host, endpoints } => {
+            StepKind::SetVipEndpoints {
+                host,
+                endpoints,
+                defer_restart,
+            } => {
                 self.agent_task(
                     *host,
                     id(0),
                     Kind::SetVipEndpoints(pb::SetVipEndpoints {
                         endpoints: endpoints.clone(),
+                        defer_restart: *defer_restart,
                     }),
                 )
                 .await
