@@ -325,13 +325,17 @@ pub async fn member_up(world: &World, endpoint: &str) -> bool {
 
 /// Samples, every 20 ms, which members' etcd processes are running, and records the most
 /// seen down at one moment. A process that is not running is what invariant 1 counts: an
-/// election after a leader's restart leaves members briefly without a leader, but up.
+/// election after a leader's restart leaves members briefly without a leader, but up. It
+/// also records the etcd pids it saw per member, so a test can tell that it watched through
+/// the restarts even when one falls between two samples.
 pub struct HealthSampler {
     stop: Arc<AtomicBool>,
     /// Most members down in one sample.
     pub max_down: Arc<AtomicU64>,
     /// Samples taken.
     pub samples: Arc<AtomicU64>,
+    /// The distinct etcd pids seen, per member (in the order of `hosts`).
+    pids: Arc<std::sync::Mutex<Vec<std::collections::BTreeSet<i32>>>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -341,10 +345,25 @@ impl HealthSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let max_down = Arc::new(AtomicU64::new(0));
         let samples = Arc::new(AtomicU64::new(0));
-        let (s, m, n) = (stop.clone(), max_down.clone(), samples.clone());
+        let pids = Arc::new(std::sync::Mutex::new(vec![
+            std::collections::BTreeSet::new();
+            hosts.len()
+        ]));
+        let (s, m, n, p) = (
+            stop.clone(),
+            max_down.clone(),
+            samples.clone(),
+            pids.clone(),
+        );
         let handle = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                let down = hosts.iter().filter(|h| h.etcd_pid().is_none()).count() as u64;
+                let now: Vec<Option<i32>> = hosts.iter().map(|h| h.etcd_pid()).collect();
+                let down = now.iter().filter(|p| p.is_none()).count() as u64;
+                if let Ok(mut seen) = p.lock() {
+                    for (set, pid) in seen.iter_mut().zip(&now) {
+                        set.extend(*pid);
+                    }
+                }
                 m.fetch_max(down, Ordering::SeqCst);
                 n.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(20));
@@ -354,8 +373,17 @@ impl HealthSampler {
             stop,
             max_down,
             samples,
+            pids,
             handle: Some(handle),
         }
+    }
+
+    /// Per member, how many times its etcd pid changed while sampling (restarts seen).
+    pub fn restarts_seen(&self) -> Vec<usize> {
+        self.pids
+            .lock()
+            .map(|p| p.iter().map(|s| s.len().saturating_sub(1)).collect())
+            .unwrap_or_default()
     }
 
     /// Stops; returns (max down, samples).

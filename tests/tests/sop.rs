@@ -111,14 +111,17 @@ async fn rolling_reload_keeps_quorum_and_loses_no_write() -> Result<()> {
     let writer = Writer::start(&w, endpoints(&f)).await?;
     let out = w.admin(&["config", "reload", "--restart"])?;
     assert_eq!(out.code, 0, "{out:?}");
+    let restarts_seen = sampler.restarts_seen();
     let (max_down, samples) = sampler.stop();
     let (acked, missing, lost) = writer.finish(&w, endpoints(&f)).await?;
     assert!(samples > 10, "too few health samples ({samples})");
     assert!(max_down <= 1, "{max_down} members were down at one moment");
-    // The sampler saw the restarts at all (else it would prove nothing).
+    // The sampler watched through every restart (else it would prove nothing). A restart
+    // whose stop is quick can fall between two samples, so it is seen by the new pid.
     assert_eq!(
-        max_down, 1,
-        "no member was ever seen down during a rolling restart"
+        restarts_seen,
+        vec![1, 1, 1],
+        "the sampler did not see each member's etcd restart once"
     );
     assert!(acked > 0, "the writer wrote nothing");
     assert_eq!(
