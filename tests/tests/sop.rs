@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use quorum_tests::etcd::{Fleet, HealthSampler, Writer};
+use quorum_tests::etcd::{Fleet, HealthSampler, HostPaths, Writer};
 use quorum_tests::{wait_for, World};
 
 const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
@@ -197,6 +197,21 @@ async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()
     Ok(())
 }
 
+/// Restarts etcd-2's agent with a restart command that stops etcd and never starts it again
+/// (`extra` is appended to its config); returns etcd-2's paths.
+fn restart_never_starts(w: &mut World, f: &Fleet, extra: &str) -> Result<HostPaths> {
+    let h2 = f.host(IPS[1])?.clone();
+    if let Some(a) = w.agent(IPS[1]) {
+        a.kill();
+    }
+    let broken = h2.agent_config(false).replace(
+        "&& start-stop-daemon --start --background --oknodo --make-pidfile",
+        "&& true --start --background --oknodo --make-pidfile",
+    ) + extra;
+    w.start_agent(IPS[1], &broken)?;
+    Ok(h2)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Result<()> {
     let (mut w, f) = setup("")?;
@@ -205,15 +220,7 @@ async fn a_member_failing_its_gate_halts_the_run_before_the_next_host() -> Resul
     quorum_tests::etcd::move_leader_to(&w, &endpoints(&f), f.hosts[2].ip).await?;
     // etcd-2's restart command stops etcd and never starts it again. Its agent does not
     // check its starts (start_check_secs: 0), so the gate after the restart is what sees it.
-    let h2 = f.host(IPS[1])?.clone();
-    if let Some(a) = w.agent(IPS[1]) {
-        a.kill();
-    }
-    let broken = h2.agent_config(false).replace(
-        "&& start-stop-daemon --start --background --oknodo --make-pidfile",
-        "&& true --start --background --oknodo --make-pidfile",
-    ) + "start_check_secs: 0\n";
-    w.start_agent(IPS[1], &broken)?;
+    let h2 = restart_never_starts(&mut w, &f, "start_check_secs: 0\n")?;
     w.wait_agent_state(IPS[1], &["connected", "idle"], Duration::from_secs(30))?;
     let out = w.admin(&["config", "reload", "--restart"])?;
     assert_eq!(out.code, 1, "{out:?}");
@@ -251,15 +258,7 @@ async fn a_restart_that_leaves_etcd_stopped_fails_at_the_restart_itself() -> Res
     // etcd-3 leads, so the roll (followers first, the leader last) goes .11, .12, .13.
     quorum_tests::etcd::move_leader_to(&w, &endpoints(&f), f.hosts[2].ip).await?;
     // As above, etcd-2's restart never starts etcd again; its agent checks its starts.
-    let h2 = f.host(IPS[1])?.clone();
-    if let Some(a) = w.agent(IPS[1]) {
-        a.kill();
-    }
-    let broken = h2.agent_config(false).replace(
-        "&& start-stop-daemon --start --background --oknodo --make-pidfile",
-        "&& true --start --background --oknodo --make-pidfile",
-    );
-    w.start_agent(IPS[1], &broken)?;
+    restart_never_starts(&mut w, &f, "")?;
     w.wait_agent_state(IPS[1], &["connected", "idle"], Duration::from_secs(30))?;
     let out = w.admin(&["config", "reload", "--restart"])?;
     assert_eq!(out.code, 1, "{out:?}");
