@@ -315,9 +315,17 @@ enum MemberCommand {
     },
     /// Refresh the others' etcd.conf without IP, remove it (moving leadership away first if it
     /// leads), stop and wipe it, refresh profiles.
+    ///
+    /// When the host's agent is unreachable (the host died), the member still leaves etcd,
+    /// and the stop, wipe and retirement on that host wait as a run that starts when its agent
+    /// connects again.
     Remove {
         /// The member's host IP.
         ip: IpAddr,
+        /// The host is gone for good: record no cleanup for when its agent returns, and drop
+        /// one recorded by an earlier remove.
+        #[arg(long)]
+        forget: bool,
         #[command(flatten)]
         sop: SopArgs,
     },
@@ -831,8 +839,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             sop_command(crate::sop::sop_name::MEMBER_ADD, sop, args).await
         }
-        Command::Member(MemberCommand::Remove { ip, sop }) => {
-            let args = HashMap::from([("host".to_string(), ip.to_string())]);
+        Command::Member(MemberCommand::Remove { ip, forget, sop }) => {
+            let mut args = HashMap::from([("host".to_string(), ip.to_string())]);
+            if forget {
+                args.insert("forget".into(), "true".into());
+            }
             sop_command(crate::sop::sop_name::MEMBER_REMOVE, sop, args).await
         }
     }

@@ -327,6 +327,19 @@ pub enum StepKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         member_id: Option<String>,
     },
+    /// The removed member's host is unreachable (no connected agent): record its stop, wipe
+    /// and retirement as a run of their own that starts when its agent connects again, and
+    /// that no other SOP may pass (the host cannot rejoin before it ran). Executed by the
+    /// coordinator (the run store), not an agent.
+    DeferCleanup {
+        /// The unreachable host.
+        host: IpAddr,
+        /// Its peer URL (the wipe is refused while etcd lists it).
+        peer_url: String,
+        /// Its member id (hex) from the live member list at plan time, for the wipe's check.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_id: Option<String>,
+    },
     /// Replace only the etcd hosts in the host's patroni.yml, then reload (or restart) Patroni.
     SetPatroniHosts {
         /// Host.
@@ -431,6 +444,7 @@ impl StepKind {
             | StepKind::MoveLeaderAway { host, .. }
             | StepKind::RemoveMember { host, .. }
             | StepKind::WipeRemovedMember { host, .. }
+            | StepKind::DeferCleanup { host, .. }
             | StepKind::SetPatroniHosts { host, .. }
             | StepKind::PatroniGuard { host, .. }
             | StepKind::PatroniGate { host, .. }
@@ -482,6 +496,7 @@ impl StepKind {
             StepKind::MoveLeaderAway { .. } => "MoveLeaderAway",
             StepKind::RemoveMember { .. } => "RemoveMember",
             StepKind::WipeRemovedMember { .. } => "WipeRemovedMember",
+            StepKind::DeferCleanup { .. } => "DeferCleanup",
             StepKind::SetPatroniHosts { .. } => "SetPatroniHosts",
             StepKind::PatroniGuard { .. } => "PatroniGuard",
             StepKind::PatroniGate { .. } => "PatroniGate",
@@ -584,6 +599,13 @@ impl StepKind {
                 }
                 None => "wipe the removed member's data dir".into(),
             },
+            StepKind::DeferCleanup { member_id, .. } => format!(
+                "its agent is unreachable: record stop etcd, wipe the data dir{}, retire etcd as a run that starts when the agent connects",
+                member_id
+                    .as_ref()
+                    .map(|id| format!(" (only if it holds member {id})"))
+                    .unwrap_or_default()
+            ),
             StepKind::SetPatroniHosts { hosts, restart, .. } => format!(
                 "set etcd hosts in patroni.yml to {}, then {} Patroni",
                 hosts.join(","),
@@ -1560,14 +1582,31 @@ fn refresh_members(
 /// `quorum member remove IP`: the remaining members' etcd.conf without it, leadership moved
 /// away if it leads, `member remove` by the live id, then stop and wipe it, then profiles.
 /// `spec` is the cluster without the leaving member.
+///
+/// When the leaving host's agent is unreachable (the host died: the most common reason to
+/// remove a member), the member still leaves etcd after the same checks on the survivors, and
+/// its stop, wipe and retirement wait, recorded as a run that starts when its agent connects
+/// again; `forget` records nothing (the host is gone for good).
 pub fn plan_member_remove(
     spec: &ClusterSpec,
     gone: &MemberSpec,
     live: &Live,
+    forget: bool,
 ) -> Result<Plan, PlanError> {
-    let mut hs = hosts(spec);
-    hs.push(gone.ip);
-    live.require_agents(&hs)?;
+    live.require_agents(&hosts(spec))?;
+    let unreachable = if live.facts.contains_key(&gone.ip) {
+        None
+    } else if live.stale.contains(&gone.ip) {
+        Some("stale")
+    } else {
+        Some("not connected")
+    };
+    if forget && unreachable.is_none() {
+        return Err(PlanError::Usage(format!(
+            "--forget is for a host whose agent is gone, and the agent on {} is connected: drop --forget and its etcd is stopped, wiped and retired now (a pending cleanup that failed is dropped with `quorum run abort`)",
+            gone.ip
+        )));
+    }
     require_member_list(live, &spec.name)?;
     let listed = live_member(live, &gone.peer_url);
     let voting = live
@@ -1619,18 +1658,40 @@ pub fn plan_member_remove(
         host: gone.ip,
         peer_url: gone.peer_url.clone(),
     });
-    plan.push(StepKind::StopEtcd { host: gone.ip });
-    plan.push(StepKind::WipeRemovedMember {
-        host: gone.ip,
-        peer_url: gone.peer_url.clone(),
-        member_id: listed.map(|m| format!("{:x}", m.id)),
-    });
-    plan.push(StepKind::RetireEtcd { host: gone.ip });
-    plan.wipes.push(if gone.name.is_empty() {
+    let member_id = listed.map(|m| format!("{:x}", m.id));
+    let label = if gone.name.is_empty() {
         member_label(gone)
     } else {
         format!("{} @ {}", gone.name, gone.ip)
-    });
+    };
+    match unreachable {
+        None => {
+            plan.push(StepKind::StopEtcd { host: gone.ip });
+            plan.push(StepKind::WipeRemovedMember {
+                host: gone.ip,
+                peer_url: gone.peer_url.clone(),
+                member_id,
+            });
+            plan.push(StepKind::RetireEtcd { host: gone.ip });
+            plan.wipes.push(label);
+        }
+        Some(state) if forget => plan.notes.push(format!(
+            "the agent on {ip} is {state}: {label} is removed from etcd without it and, with --forget, nothing waits for {ip}: its etcd.conf, certificates, data dir and enabled etcd unit stay there. Wipe its data dir before that host ever boots on this network again",
+            ip = gone.ip
+        )),
+        Some(state) => {
+            plan.notes.push(format!(
+                "the agent on {ip} is {state}: {label} is removed from etcd without it (the checks run on the survivors), and stopping its etcd, wiping its data dir and retiring etcd there wait as a run of their own that starts when that agent connects again; no SOP touches {ip} before it ran. `quorum member remove {ip} --forget` drops it",
+                ip = gone.ip
+            ));
+            plan.push(StepKind::DeferCleanup {
+                host: gone.ip,
+                peer_url: gone.peer_url.clone(),
+                member_id,
+            });
+            plan.wipes.push(format!("{label} (once its agent is back)"));
+        }
+    }
     for m in &spec.members {
         plan.write_profile(spec, live, m.ip)?;
     }
@@ -1724,7 +1785,7 @@ pub fn plan_patroni_reload(
     restart: bool,
 ) -> Result<Plan, PlanError> {
     let mut plan = Plan::default();
-    push_patroni_refresh(&mut plan, targets, live, restart)?;
+    push_patroni_refresh(&mut plan, targets, live, restart, None)?;
     if restart {
         plan.notes.push(
             "Patroni restarts on every instance, replicas first; the primary hands its leadership to a replica by a switchover first, so the cluster ends with another primary (and the VIP follows it)".into(),
@@ -1742,7 +1803,7 @@ pub fn plan_patroni_reload(
 /// VIP being on exactly one host, the primary's.
 pub fn plan_vip_reload(targets: &[PgTarget], live: &Live) -> Result<Plan, PlanError> {
     let mut plan = Plan::default();
-    push_vip_refresh(&mut plan, targets, live, false)?;
+    push_vip_refresh(&mut plan, targets, live, false, None)?;
     if plan.steps.is_empty() {
         plan.notes
             .push("no PostgreSQL instance has pg_vip_enabled: nothing to do".into());
@@ -1752,13 +1813,29 @@ pub fn plan_vip_reload(targets: &[PgTarget], live: &Live) -> Result<Plan, PlanEr
 
 /// The Patroni and vip-manager refresh that ends `member add` and `member remove`: every
 /// PostgreSQL cluster on this etcd cluster gets the new member list (reload, no restart).
+///
+/// `unreachable` is a leaving etcd member's host whose agent is gone (a dead host removed):
+/// if it also runs PostgreSQL, its Patroni and vip-manager are left as they are, and the plan
+/// says what to run once it is back.
 pub fn push_pg_refresh(
     plan: &mut Plan,
     targets: &[PgTarget],
     live: &Live,
+    unreachable: Option<IpAddr>,
 ) -> Result<(), PlanError> {
-    push_patroni_refresh(plan, targets, live, false)?;
-    push_vip_refresh(plan, targets, live, true)?;
+    if let Some(h) = unreachable {
+        for t in targets.iter().filter(|t| t.pg.node(h).is_some()) {
+            plan.notes.push(format!(
+                "{h} also runs {} of PostgreSQL cluster {}, and its agent is unreachable: its Patroni and vip-manager keep the old etcd endpoints; once it is back (after its pending cleanup), run `quorum patroni reload --cluster {}` and `quorum vip reload --cluster {}`",
+                t.pg.node(h).map(|n| n.name.as_str()).unwrap_or("an instance"),
+                t.pg.name,
+                t.pg.name,
+                t.pg.name
+            ));
+        }
+    }
+    push_patroni_refresh(plan, targets, live, false, unreachable)?;
+    push_vip_refresh(plan, targets, live, true, unreachable)?;
     if !targets.is_empty() {
         plan.notes.push(
             "Patroni is reloaded, not restarted: it applies the new etcd host list at its next restart (`quorum patroni reload --restart-patroni` does that now); meanwhile it follows etcd's member list".into(),
@@ -1772,9 +1849,11 @@ fn push_patroni_refresh(
     targets: &[PgTarget],
     live: &Live,
     restart: bool,
+    skip: Option<IpAddr>,
 ) -> Result<(), PlanError> {
     for t in targets {
-        let order = t.rolling_order(false);
+        let mut order = t.rolling_order(false);
+        order.retain(|h| Some(*h) != skip);
         require_pg_agents(live, t, &order)?;
         if restart && t.pg.members.len() < 2 {
             return Err(PlanError::Unsafe(format!(
@@ -1832,9 +1911,11 @@ fn push_vip_refresh(
     targets: &[PgTarget],
     live: &Live,
     membership: bool,
+    skip: Option<IpAddr>,
 ) -> Result<(), PlanError> {
     for t in targets {
-        let order = t.rolling_order(true);
+        let mut order = t.rolling_order(true);
+        order.retain(|h| Some(*h) != skip);
         require_pg_agents(live, t, &order)?;
         for h in order {
             let defer_restart = membership && Some(h) == t.leader;
@@ -2322,7 +2403,7 @@ mod tests {
     fn pg_refresh_needs_every_agent_and_puts_the_primary_last() {
         let (t, mut live) = pg_target(2, 2);
         let mut p = Plan::default();
-        push_pg_refresh(&mut p, std::slice::from_ref(&t), &live).expect("plans");
+        push_pg_refresh(&mut p, std::slice::from_ref(&t), &live, None).expect("plans");
         let vip: Vec<String> = p
             .steps
             .iter()
@@ -2338,7 +2419,7 @@ mod tests {
             2
         );
         live.facts.remove(&ip("10.10.10.21"));
-        let e = push_pg_refresh(&mut Plan::default(), &[t], &live).expect_err("no agent");
+        let e = push_pg_refresh(&mut Plan::default(), &[t], &live, None).expect_err("no agent");
         assert!(e.to_string().contains("10.10.10.21"), "{e}");
     }
 
@@ -2670,7 +2751,7 @@ mod tests {
         for m in &t.pg.members {
             live.facts.insert(m.ip, facts(false, false, false));
         }
-        push_pg_refresh(&mut plan, std::slice::from_ref(&t), &live).expect("refresh");
+        push_pg_refresh(&mut plan, std::slice::from_ref(&t), &live, None).expect("refresh");
         let promote = plan
             .steps
             .iter()
@@ -2725,18 +2806,64 @@ mod tests {
             ..s.clone()
         };
         let live = healthy(&s);
-        let plan = plan_member_remove(&remaining, &gone, &live).expect("plan");
+        let plan = plan_member_remove(&remaining, &gone, &live, false).expect("plan");
         assert_eq!(plan.wipes, vec!["etcd-3 @ 10.10.10.12"]);
         // The inventory also lost another live member: refused with its line.
         let one = ClusterSpec {
             members: s.members[1..2].to_vec(),
             ..s.clone()
         };
-        let text = disagree_text(plan_member_remove(&one, &gone, &live).expect_err("refused"));
+        let text =
+            disagree_text(plan_member_remove(&one, &gone, &live, false).expect_err("refused"));
         assert!(
             text.contains("add `10.10.10.10: { etcd_seq: 1 }`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_dead_hosts_cleanup_is_deferred_or_forgotten_never_dispatched() {
+        let s = spec(3);
+        let gone = s.members[2].clone();
+        let remaining = ClusterSpec {
+            members: s.members[..2].to_vec(),
+            ..s.clone()
+        };
+        let kinds = |p: &Plan| p.steps.iter().map(|st| st.kind.name()).collect::<Vec<_>>();
+        let mut live = healthy(&s);
+        live.facts.remove(&gone.ip);
+        live.stale.push(gone.ip);
+        let plan = plan_member_remove(&remaining, &gone, &live, false).expect("plan");
+        let k = kinds(&plan);
+        assert!(
+            k.contains(&"RemoveMember") && k.contains(&"DeferCleanup"),
+            "{k:?}"
+        );
+        // Nothing is sent to the dead host itself.
+        assert!(
+            plan.steps
+                .iter()
+                .all(|st| crate::runner::step_hosts(&st.kind) != vec![gone.ip]),
+            "{k:?}"
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.contains("10.10.10.12 is stale")),
+            "{:?}",
+            plan.notes
+        );
+        assert_eq!(
+            plan.wipes,
+            vec!["etcd-3 @ 10.10.10.12 (once its agent is back)"]
+        );
+        // --forget: removed from etcd, nothing recorded, nothing to confirm.
+        let plan = plan_member_remove(&remaining, &gone, &live, true).expect("plan");
+        assert!(!kinds(&plan).contains(&"DeferCleanup"));
+        assert!(plan.wipes.is_empty());
+        // --forget for a host whose agent is connected is bad input.
+        let e = plan_member_remove(&remaining, &gone, &healthy(&s), true).expect_err("usage");
+        assert!(matches!(e, PlanError::Usage(_)), "{e}");
     }
 
     #[test]
@@ -2756,7 +2883,7 @@ mod tests {
             members: vec![s.members[0].clone(), s.members[2].clone()],
             ..s.clone()
         };
-        let plan = plan_member_remove(&remaining, &gone, &live).expect("plan");
+        let plan = plan_member_remove(&remaining, &gone, &live, false).expect("plan");
         assert_eq!(plan.wipes, vec!["etcd-2 @ 10.10.10.11"]);
         // Not listed by etcd either: no made-up name.
         let stranger = leaving_member(

@@ -4,7 +4,7 @@
 //! one answers from its journal instead of running it again. The first failed step halts
 //! the run.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -560,6 +560,14 @@ impl Runner {
                         .await
                 }
             },
+            StepKind::DeferCleanup {
+                host,
+                peer_url,
+                member_id,
+            } => {
+                self.defer_cleanup(run, ctx, *host, peer_url, member_id)
+                    .await
+            }
             StepKind::SetPatroniHosts {
                 host,
                 hosts,
@@ -1160,6 +1168,101 @@ impl Runner {
         }
     }
 
+    /// Records the cleanup of a member removed while its host's agent was unreachable: a run
+    /// of its own (stop, wipe, retire) in state `waiting`, holding the host's lock, started by
+    /// the coordinator when the agent connects. Its id follows from this run's, so a resumed
+    /// step finds it instead of recording a second one.
+    async fn defer_cleanup(
+        &self,
+        run: &RunRecord,
+        ctx: &RunContext,
+        host: IpAddr,
+        peer_url: &str,
+        member_id: &Option<String>,
+    ) -> StepEnd {
+        match self.members(ctx).await {
+            Err(e) => {
+                return StepEnd::failed(format!(
+                    "{e}; cannot prove {host} left, so its cleanup is not recorded yet"
+                ))
+            }
+            Ok(members) if members.iter().any(|m| m.peer_urls.iter().any(|u| u == peer_url)) => {
+                return StepEnd::refused(format!(
+                    "{host} is still listed as a member: its cleanup is recorded only once it has left"
+                ))
+            }
+            Ok(_) => {}
+        }
+        let id = format!("{}-cleanup", run.id);
+        if self.store.get_run(&id).is_ok() {
+            return StepEnd::ok(
+                "unchanged",
+                format!("the cleanup of {host} is recorded already as run {id}"),
+            );
+        }
+        let lock = crate::store::host_lock(host);
+        let steps = [
+            StepKind::StopEtcd { host },
+            StepKind::WipeRemovedMember {
+                host,
+                peer_url: peer_url.to_string(),
+                member_id: member_id.clone(),
+            },
+            StepKind::RetireEtcd { host },
+        ];
+        let context = RunContext {
+            // The survivors answer for the wipe's "has it left?" check.
+            endpoints: ctx
+                .endpoints
+                .iter()
+                .filter(|u| host_of_url(u) != Some(host))
+                .cloned()
+                .collect(),
+            args: BTreeMap::from([
+                ("host".to_string(), host.to_string()),
+                ("parent".to_string(), run.id.clone()),
+            ]),
+            notes: vec![format!(
+                "recorded by run {} ({}) while the agent on {host} was unreachable; starts when it connects",
+                run.id, run.sop
+            )],
+            roster: ctx.roster.clone(),
+        };
+        let record = RunRecord {
+            id: id.clone(),
+            sop: crate::sop::sop_name::HOST_CLEANUP.into(),
+            cluster: run.cluster.clone(),
+            context: match serde_json::to_string(&context) {
+                Ok(c) => c,
+                Err(e) => return StepEnd::failed(format!("cannot encode the cleanup run: {e}")),
+            },
+            state: run_state::WAITING.into(),
+            started_by: run.started_by.clone(),
+            inventory_digest: run.inventory_digest.clone(),
+            created_ms: now_ms(),
+            finished_ms: 0,
+            error: String::new(),
+            steps: steps
+                .iter()
+                .enumerate()
+                .map(|(i, k)| StepRecord::pending(i, k))
+                .collect(),
+        };
+        match self.store.create_run_locked(&record, &lock) {
+            Ok(()) => StepEnd::ok(
+                "changed",
+                format!(
+                    "run {id} waits for the agent on {host}: it stops etcd, wipes the data dir and retires etcd there as soon as the agent connects, and no other SOP may touch {host} before (`quorum run show {id}`; `quorum member remove {host} --forget` drops it)"
+                ),
+            ),
+            Err(crate::store::StoreError::Locked { holder, state, .. }) => StepEnd::ok(
+                "unchanged",
+                format!("the cleanup of {host} is pending already as run {holder} ({state})"),
+            ),
+            Err(e) => StepEnd::failed(e.to_string()),
+        }
+    }
+
     async fn health_gate(&self, ctx: &RunContext, host: Option<IpAddr>) -> StepEnd {
         let deadline = Instant::now() + self.timeouts.gate;
         let mut last: String;
@@ -1594,6 +1697,7 @@ pub fn step_hosts(kind: &StepKind) -> Vec<IpAddr> {
         | StepKind::MemberRemoveCheck { .. }
         | StepKind::MoveLeaderAway { .. }
         | StepKind::RemoveMember { .. }
+        | StepKind::DeferCleanup { .. }
         | StepKind::PatroniGuard { .. }
         | StepKind::PatroniGate { .. }
         | StepKind::Switchover { .. } => vec![],

@@ -270,6 +270,89 @@ impl Coordinator {
         }))
     }
 
+    /// Refuses a plan that touches a host whose deferred cleanup has not run (the host must
+    /// not rejoin or take tasks before its old member is wiped), except the
+    /// `member remove IP --forget` that drops it: then the pending run is returned (to abort
+    /// once the new run is stored) and the plan says so.
+    fn pending_cleanup_in_the_way(
+        &self,
+        r: &pb::StartRunRequest,
+        hosts: impl IntoIterator<Item = IpAddr>,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<String>, Status> {
+        let forgetting = (r.sop == sop::sop_name::MEMBER_REMOVE
+            && r.args.get("forget").map(String::as_str) == Some("true"))
+        .then(|| r.args.get("host").and_then(|h| h.parse::<IpAddr>().ok()))
+        .flatten();
+        let mut dropped = None;
+        for h in hosts {
+            let held = self
+                .runner
+                .store
+                .lock_holder(&crate::store::host_lock(h))
+                .map_err(store_status)?;
+            let Some((holder, state)) = held else {
+                continue;
+            };
+            if forgetting == Some(h) && state != run_state::RUNNING {
+                notes.push(format!(
+                    "the pending cleanup of {h} (run {holder}, {state}) is dropped: nothing will stop, wipe or retire etcd there"
+                ));
+                dropped = Some(holder);
+                continue;
+            }
+            let what = if state == run_state::RUNNING {
+                "is running now; wait for it".to_string()
+            } else {
+                format!(
+                    "is {state}: it stops etcd, wipes the data dir and retires etcd there, and starts by itself when the agent on {h} connects (`quorum run show {holder}`). Start quorum-agent on {h}, or drop it with `quorum member remove {h} --forget`"
+                )
+            };
+            return Err(Status::failed_precondition(format!(
+                "{h} has a pending cleanup of a member removed while its agent was unreachable: run {holder} {what}. Nothing was changed"
+            )));
+        }
+        Ok(dropped)
+    }
+
+    /// Starts every waiting cleanup whose host's agent is connected again (called each
+    /// second): its member must be wiped before anything else happens there.
+    fn start_returned_cleanups(&self) {
+        let ids = match self.runner.store.waiting_runs() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!("cannot read the waiting runs: {e}");
+                return;
+            }
+        };
+        for id in ids {
+            let Ok(run) = self.runner.store.get_run(&id) else {
+                continue;
+            };
+            let host = serde_json::from_str::<crate::runner::RunContext>(&run.context)
+                .ok()
+                .and_then(|c| c.args.get("host").and_then(|h| h.parse::<IpAddr>().ok()));
+            let Some(host) = host else {
+                tracing::error!(run = %id, "a waiting run names no host; abort it with `quorum run abort {id}`");
+                continue;
+            };
+            let back = matches!(
+                self.registry.state(host),
+                Some(AgentState::Connected | AgentState::Idle)
+            ) && self.registry.facts(host).is_some()
+                && self.registry.silent_since(host).is_none();
+            if !back {
+                continue;
+            }
+            tracing::info!(run = %id, %host, "the agent on {host} is back: its pending cleanup starts");
+            if let Err(e) = self.runner.store.set_run_state(&id, run_state::RUNNING, "") {
+                tracing::error!(run = %id, "cannot start the pending cleanup: {e}");
+                continue;
+            }
+            self.runner.start(id);
+        }
+    }
+
     fn td(&self) -> &str {
         &self.config.trust_domain
     }
@@ -640,7 +723,19 @@ impl AdminService for AdminSvc {
         let admin = authorize_admin(&req, self.0.td())?;
         let r = req.into_inner();
         let c = &self.0;
-        let planned = sop::plan_request(&c.config.inventory, &c.registry, &c.etcd, &r).await?;
+        // A host re-added before its pending cleanup ran is refused for that first (its agent
+        // may well be missing too, which the planner would name instead).
+        if r.sop == sop::sop_name::MEMBER_ADD {
+            let host = r.args.get("host").and_then(|h| h.parse::<IpAddr>().ok());
+            c.pending_cleanup_in_the_way(&r, host, &mut Vec::new())?;
+        }
+        let mut planned = sop::plan_request(&c.config.inventory, &c.registry, &c.etcd, &r).await?;
+        let mut touched = std::collections::BTreeSet::new();
+        for s in &planned.plan.steps {
+            touched.extend(s.kind.host());
+            touched.extend(crate::runner::step_hosts(&s.kind));
+        }
+        let forgotten = c.pending_cleanup_in_the_way(&r, touched, &mut planned.plan.notes)?;
         if r.plan_only {
             return Ok(Response::new(sop::plan_view(&r.sop, &planned)));
         }
@@ -655,6 +750,17 @@ impl AdminService for AdminSvc {
         let id = sop::new_run_id();
         let record = sop::run_record(&id, &r.sop, &admin, &planned)?;
         c.runner.store.create_run(&record).map_err(store_status)?;
+        if let Some(pending) = forgotten {
+            let why = format!(
+                "dropped by {admin} with `quorum member remove {} --forget` (run {id})",
+                r.args.get("host").map(String::as_str).unwrap_or_default()
+            );
+            tracing::warn!(run = %pending, %admin, "pending cleanup dropped: {why}");
+            c.runner
+                .store
+                .set_run_state(&pending, run_state::ABORTED, &why)
+                .map_err(store_status)?;
+        }
         tracing::info!(run = %id, sop = %r.sop, cluster = %record.cluster, %admin, "run started");
         c.runner.start(id.clone());
         let run = c.runner.store.get_run(&id).map_err(store_status)?;
@@ -746,6 +852,11 @@ impl AdminService for AdminSvc {
             run_state::ABORTED => {
                 return Err(Status::invalid_argument(format!(
                     "run {id} was aborted, and an abort is final: there is nothing to resume; plan the SOP again for what is left"
+                )))
+            }
+            run_state::WAITING => {
+                return Err(Status::failed_precondition(format!(
+                    "run {id} waits for its host's agent and starts by itself when that agent connects; start quorum-agent there, or drop the run with `quorum run abort {id}`"
                 )))
             }
             other => {
@@ -934,6 +1045,19 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         anonymous_lifetime: Duration::from_secs(config.anonymous_connection_secs),
     };
     let coordinator = Coordinator::new(config, tls)?;
+    {
+        let c = coordinator.clone();
+        let mut stopping = c.stopping.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => c.start_returned_cleanups(),
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
     let agent = AgentServiceServer::new(AgentSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminSvc(coordinator.clone()))

@@ -16,7 +16,7 @@ use crate::plan::{
 };
 use crate::registry::{AgentState, Registry};
 use crate::runner::RunContext;
-use crate::store::{now_ms, step_state, RunRecord, StepRecord};
+use crate::store::{now_ms, RunRecord, StepRecord};
 
 /// The SOPs, by the name the CLI and the store use.
 pub mod sop_name {
@@ -36,6 +36,9 @@ pub mod sop_name {
     pub const MEMBER_ADD: &str = "member-add";
     /// `quorum member remove`.
     pub const MEMBER_REMOVE: &str = "member-remove";
+    /// Not asked for by an operator: the stop, wipe and retirement of a member removed while
+    /// its host's agent was unreachable, started when that agent connects again.
+    pub const HOST_CLEANUP: &str = "host-cleanup";
     /// `quorum patroni reload`.
     pub const PATRONI_RELOAD: &str = "patroni-reload";
     /// `quorum vip reload`.
@@ -655,7 +658,7 @@ async fn plan_membership(
         let mut plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
         plan.notes.splice(0..0, silent);
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
-        plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
+        plan::push_pg_refresh(&mut plan, &targets, &live, None).map_err(plan_status)?;
         (spec.roster(), spec.client_urls(), plan)
     } else {
         // Pigsty's SOP takes the host out of the inventory first; then the inventory says
@@ -678,6 +681,11 @@ async fn plan_membership(
         hosts.sort();
         hosts.dedup();
         let (mut live, silent) = gather_live(registry, etcd, &spec, &hosts).await;
+        // An agent that did not answer for fresh facts counts as gone for the leaving host:
+        // its cleanup waits for it rather than failing the run after the member left.
+        if registry.silent_since(host).is_some() && live.facts.remove(&host).is_some() {
+            live.stale.push(host);
+        }
         check_data_dirs(
             inv.file(),
             remaining
@@ -697,11 +705,14 @@ async fn plan_membership(
         } else {
             plan::leaving_member(&live, host, guessed, seq.is_some())
         };
-        let mut plan = plan::plan_member_remove(&spec, &gone, &live).map_err(plan_status)?;
+        let forget = arg(&args, "forget") == Some("true");
+        let mut plan =
+            plan::plan_member_remove(&spec, &gone, &live, forget).map_err(plan_status)?;
         snapshot_before_destruction(&mut plan, &spec.name, &args, &live)?;
         plan.notes.splice(0..0, silent);
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
-        plan::push_pg_refresh(&mut plan, &targets, &live).map_err(plan_status)?;
+        let unreachable = (!live.facts.contains_key(&host)).then_some(host);
+        plan::push_pg_refresh(&mut plan, &targets, &live, unreachable).map_err(plan_status)?;
         let mut endpoints = spec.client_urls();
         endpoints.push(gone.client_url.clone());
         (spec.roster(), endpoints, plan)
@@ -803,20 +814,7 @@ pub fn run_record(
             .steps
             .iter()
             .enumerate()
-            .map(|(i, s)| StepRecord {
-                index: i,
-                kind: s.kind.clone(),
-                description: s.kind.describe(),
-                host: s.kind.hosts_label(),
-                state: step_state::PENDING.into(),
-                task_ids: Vec::new(),
-                attempt: 0,
-                outcome: String::new(),
-                output: String::new(),
-                started_ms: 0,
-                finished_ms: 0,
-                journal: None,
-            })
+            .map(|(i, s)| StepRecord::pending(i, &s.kind))
             .collect(),
     })
 }

@@ -52,6 +52,15 @@ pub mod run_state {
     pub const FAILED: &str = "failed";
     /// Stopped by an operator.
     pub const ABORTED: &str = "aborted";
+    /// Recorded to start by itself when its host's agent connects: the stop, wipe and
+    /// retirement of a member removed while its host was unreachable. Holds its host's lock.
+    pub const WAITING: &str = "waiting";
+}
+
+/// The lock key of a host, held by a run that must finish on that host before any other SOP
+/// may touch it (a deferred cleanup). Cluster locks are keyed by cluster name.
+pub fn host_lock(host: std::net::IpAddr) -> String {
+    format!("host:{host}")
 }
 
 /// The state of a step.
@@ -96,6 +105,26 @@ pub struct StepRecord {
     /// before (an earlier attempt cut short by a coordinator stop), at these times.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<RanBefore>,
+}
+
+impl StepRecord {
+    /// The record of a step not started yet.
+    pub fn pending(index: usize, kind: &StepKind) -> Self {
+        Self {
+            index,
+            kind: kind.clone(),
+            description: kind.describe(),
+            host: kind.hosts_label(),
+            state: step_state::PENDING.into(),
+            task_ids: Vec::new(),
+            attempt: 0,
+            outcome: String::new(),
+            output: String::new(),
+            started_ms: 0,
+            finished_ms: 0,
+            journal: None,
+        }
+    }
 }
 
 /// When a step answered from the agents' journals really ran (Unix ms, the agents' clocks;
@@ -242,18 +271,16 @@ impl Store {
     /// Stores a new run and takes its cluster's lock, in one transaction; refused when another
     /// unfinished run holds the lock.
     pub fn create_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.create_run_locked(run, &run.cluster)
+    }
+
+    /// Stores a new run holding the lock `lock` (a cluster name, or [`host_lock`]).
+    pub fn create_run_locked(&self, run: &RunRecord, lock: &str) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let holder: Option<(String, String)> = tx
-                .query_row(
-                    "SELECT l.run_id, r.state FROM locks l JOIN runs r ON r.id = l.run_id WHERE l.cluster = ?1",
-                    [&run.cluster],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            if let Some((holder, state)) = holder {
+            if let Some((holder, state)) = holder_of(&tx, lock)? {
                 return Err(StoreError::Locked {
-                    cluster: run.cluster.clone(),
+                    cluster: lock.to_string(),
                     holder,
                     state,
                 });
@@ -281,7 +308,7 @@ impl Store {
             }
             tx.execute(
                 "INSERT OR REPLACE INTO locks (cluster, run_id) VALUES (?1, ?2)",
-                params![run.cluster, run.id],
+                params![lock, run.id],
             )?;
             tx.commit()?;
             Ok(())
@@ -361,6 +388,23 @@ impl Store {
         })
     }
 
+    /// The run holding `lock` and its state, if one does.
+    pub fn lock_holder(&self, lock: &str) -> Result<Option<(String, String)>, StoreError> {
+        self.with(|c| holder_of(c, lock))
+    }
+
+    /// Ids of the runs waiting for their host's agent, oldest first.
+    pub fn waiting_runs(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT id FROM runs WHERE state = ?1 ORDER BY created_ms, id")?;
+            let ids = stmt
+                .query_map([run_state::WAITING], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+    }
+
     /// Run ids, newest first.
     pub fn list_runs(&self, limit: usize) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
@@ -372,6 +416,15 @@ impl Store {
             Ok(ids)
         })
     }
+}
+
+fn holder_of(c: &Connection, lock: &str) -> Result<Option<(String, String)>, StoreError> {
+    Ok(c.query_row(
+        "SELECT l.run_id, r.state FROM locks l JOIN runs r ON r.id = l.run_id WHERE l.cluster = ?1",
+        [lock],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?)
 }
 
 /// Removes the `pg_auth` map (Patroni REST user and password) that 0.2.0 stored in run
@@ -409,6 +462,32 @@ mod tests {
 
     /// Probe L2: runs of 0.2.0 kept the Patroni REST password in the store (0644). Opening
     /// such a store scrubs it from every file of the store, and a new store file is 0600.
+    #[test]
+    fn a_host_lock_is_apart_from_the_cluster_lock_and_released_by_an_abort(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("runs.sqlite"))?;
+        let host: std::net::IpAddr = "10.10.10.12".parse()?;
+        let mut cleanup = run("r1-cleanup", "etcd");
+        cleanup.state = run_state::WAITING.into();
+        store.create_run_locked(&cleanup, &host_lock(host))?;
+        // The cluster stays free for other SOPs; the host does not.
+        store.create_run(&run("r2", "etcd"))?;
+        assert_eq!(
+            store.lock_holder(&host_lock(host))?,
+            Some(("r1-cleanup".into(), "waiting".into()))
+        );
+        assert!(matches!(
+            store.create_run_locked(&run("r3", "etcd"), &host_lock(host)),
+            Err(StoreError::Locked { .. })
+        ));
+        assert_eq!(store.waiting_runs()?, vec!["r1-cleanup".to_string()]);
+        store.set_run_state("r1-cleanup", run_state::ABORTED, "forgotten")?;
+        assert_eq!(store.lock_holder(&host_lock(host))?, None);
+        assert!(store.waiting_runs()?.is_empty());
+        Ok(())
+    }
+
     #[test]
     fn stored_credentials_are_scrubbed_and_files_are_private(
     ) -> Result<(), Box<dyn std::error::Error>> {

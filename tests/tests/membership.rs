@@ -842,3 +842,133 @@ fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// The host of etcd-3 dies: its agent and its etcd are gone, and it stays away long enough
+/// for its agent to count as stale.
+fn kill_host(w: &mut World, f: &Fleet, i: usize) -> Result<()> {
+    w.agent(IPS[i]).context("the agent")?.kill();
+    if let Some(pid) = f.hosts[i].etcd_pid() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+    }
+    w.wait_agent_state(IPS[i], &["stale"], Duration::from_secs(40))
+}
+
+/// The state of run `id`.
+fn run_state(w: &World, id: &str) -> Result<String> {
+    let out = w.admin(&["run", "show", id, "-o", "json"])?.ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    Ok(v["state"].as_str().unwrap_or_default().to_string())
+}
+
+/// The id of the newest run of `sop`.
+fn newest_run(w: &World, sop: &str) -> Result<String> {
+    let out = w.admin(&["run", "list", "-o", "json"])?.ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["sop"] == sop)
+        .and_then(|r| r["run_id"].as_str())
+        .map(str::to_string)
+        .with_context(|| format!("no {sop} run in {v}"))
+}
+
+/// Item 2 (e2e probe F2): a member whose host died is removed at once, after the checks on
+/// the survivors, with writes going on; its stop, wipe and retirement wait as a run of their
+/// own that no other SOP may pass (re-adding the host is refused), and that runs by itself
+/// when the host's agent is back; then the host may rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_hosts_member_leaves_now_and_its_cleanup_waits_for_its_agent() -> Result<()> {
+    let all = inventory_all();
+    let (mut w, f) = setup(&all[..3])?;
+    let writer = Writer::start(&w, eps(&f, 2)).await?;
+    kill_host(&mut w, &f, 2)?;
+    let dead = f.hosts[2].clone();
+    // Pigsty's SOP takes the host out of pigsty.yml first.
+    f.write_inventory(&w, &all[..2], "")?;
+    let plan = w.admin(&["member", "remove", IPS[2], "--plan"])?.ok()?;
+    assert!(
+        plan.stdout
+            .contains(&format!("the agent on {} is stale", IPS[2])),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("DeferCleanup"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains("StopEtcd"), "{}", plan.stdout);
+    let out = w.admin(&["member", "remove", IPS[2], "--yes"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(members(&w, &f).await?, names(&[1, 2]));
+    confs_list_exactly(&f, &[0, 1])?;
+    // Nothing on the dead host was touched yet; its cleanup waits.
+    assert!(dead.etcd_conf().exists());
+    assert!(std::fs::read_dir(dead.data())?.count() > 0);
+    let cleanup = newest_run(&w, "host-cleanup")?;
+    assert_eq!(run_state(&w, &cleanup)?, "waiting");
+    let resume = w.admin(&["run", "resume", &cleanup])?;
+    assert_eq!(resume.code, 3, "{resume:?}");
+    assert!(resume.stderr.contains("starts by itself"), "{resume:?}");
+    // The host may not rejoin before its old member is wiped.
+    f.write_inventory(&w, &all[..3], "")?;
+    let add = w.admin(&["member", "add", IPS[2], "--plan"])?;
+    assert_eq!(add.code, 3, "{add:?}");
+    assert!(add.stderr.contains("pending cleanup"), "{add:?}");
+    assert!(add.stderr.contains(&cleanup), "{add:?}");
+    // The host is back: the cleanup runs by itself.
+    w.start_agent(IPS[2], &dead.agent_config(false))?;
+    wait_for("the cleanup to run", Duration::from_secs(60), || {
+        (run_state(&w, &cleanup).ok()? == "succeeded").then_some(())
+    })?;
+    for p in [
+        dead.etcd_conf(),
+        dead.profile(),
+        dead.etc_etcd().join("server.key"),
+    ] {
+        assert!(!p.exists(), "{} is left on the removed host", p.display());
+    }
+    assert_eq!(std::fs::read_dir(dead.data())?.count(), 0, "not wiped");
+    // Now it rejoins, and no acknowledged write was lost on the way.
+    w.admin(&["member", "add", IPS[2], "--yes"])?.ok()?;
+    assert_eq!(members(&w, &f).await?, names(&[1, 2, 3]));
+    let (acked, missing, lost) = writer.finish(&w, eps(&f, 3)).await?;
+    assert!(acked > 0);
+    assert_eq!((missing, lost), (0, 0), "{acked} acked");
+    Ok(())
+}
+
+/// Item 2: `--forget` drops a dead host's pending cleanup (a host gone for good): its
+/// returning agent is then given nothing. `--forget` is refused for a connected agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_drops_the_cleanup_of_a_host_gone_for_good() -> Result<()> {
+    let all = inventory_all();
+    let (mut w, f) = setup(&all[..3])?;
+    let out = w.admin(&["member", "remove", IPS[1], "--forget", "--plan"])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("is connected"), "{out:?}");
+    kill_host(&mut w, &f, 2)?;
+    let dead = f.hosts[2].clone();
+    f.write_inventory(&w, &all[..2], "")?;
+    w.admin(&["member", "remove", IPS[2], "--yes"])?.ok()?;
+    let cleanup = newest_run(&w, "host-cleanup")?;
+    let plan = w
+        .admin(&["member", "remove", IPS[2], "--forget", "--plan"])?
+        .ok()?;
+    assert!(plan.stdout.contains("is dropped"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains("DeferCleanup"), "{}", plan.stdout);
+    assert_eq!(run_state(&w, &cleanup)?, "waiting", "a plan changed it");
+    w.admin(&["member", "remove", IPS[2], "--forget", "--yes"])?
+        .ok()?;
+    assert_eq!(run_state(&w, &cleanup)?, "aborted");
+    assert_eq!(members(&w, &f).await?, names(&[1, 2]));
+    // The agent returns to nothing: its files and data stay as they were.
+    w.start_agent(IPS[2], &dead.agent_config(false))?;
+    w.wait_agent_state(IPS[2], &["connected", "idle"], Duration::from_secs(30))?;
+    // The coordinator looks for returned agents every second.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(run_state(&w, &cleanup)?, "aborted");
+    assert!(dead.etcd_conf().exists());
+    assert!(std::fs::read_dir(dead.data())?.count() > 0);
+    Ok(())
+}
