@@ -8,17 +8,19 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quorum_proto::pb;
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::{EtcdAccess, Fault, MemberInfo};
+use crate::gates;
 use crate::patroni::PgRef;
 use crate::pki::{Ca, LeafKind};
 use crate::plan::StepKind;
 use crate::registry::{AgentState, Registry};
 use crate::store::{now_ms, run_state, step_state, RanBefore, RunRecord, StepRecord, Store};
+use crate::wait::{until, Try, Waited};
 
 /// What the runner needs beyond the steps, stored with the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -269,7 +271,18 @@ impl Runner {
 
     async fn walk(&self, run_id: &str) -> anyhow::Result<()> {
         let mut run = self.store.get_run(run_id)?;
-        let ctx: RunContext = serde_json::from_str(&run.context).unwrap_or_default();
+        let ctx: RunContext = match serde_json::from_str(&run.context) {
+            Ok(c) => c,
+            Err(e) => {
+                // An empty context would fail every etcd step later with the wrong reason.
+                let error = format!(
+                    "the run's stored context is unreadable ({e}): nothing was done; abort it (`quorum run abort {run_id}`) and plan the SOP again"
+                );
+                self.store
+                    .set_run_state(run_id, run_state::FAILED, &error)?;
+                return Ok(());
+            }
+        };
         self.store.set_run_state(run_id, run_state::RUNNING, "")?;
         tracing::info!(run = %run_id, sop = %run.sop, "run walking");
         for i in 0..run.steps.len() {
@@ -391,7 +404,7 @@ impl Runner {
                         service_kind(pb::Service::Etcd, pb::Action::Start),
                     )
                 });
-                join_ends(hosts, futures_join(tasks).await)
+                join_ends(hosts, futures_util::future::join_all(tasks).await)
             }
             StepKind::StopEtcd { host } => {
                 if let Some(refused) = self.guard_again(run, step, ctx, *host).await {
@@ -618,7 +631,7 @@ impl Runner {
                 let tasks = hosts.iter().enumerate().map(|(n, h)| {
                     self.agent_task(*h, id(n), service_kind(service.pb(), action.pb()))
                 });
-                join_ends(hosts, futures_join(tasks).await)
+                join_ends(hosts, futures_util::future::join_all(tasks).await)
             }
         }
     }
@@ -690,7 +703,7 @@ impl Runner {
             kind: Some(kind),
         };
         let mut rx = self.registry.queue(host, task);
-        let start = Instant::now();
+        let start = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 r = &mut rx => {
@@ -746,10 +759,7 @@ impl Runner {
     }
 
     /// Health of every voting member, as (member label, host, result).
-    async fn voting_health(
-        &self,
-        members: &[MemberInfo],
-    ) -> Vec<(String, Option<IpAddr>, Result<(), String>)> {
+    async fn voting_health(&self, members: &[MemberInfo]) -> Vec<gates::Health> {
         let mut out = Vec::new();
         for m in members.iter().filter(|m| !m.is_learner) {
             let host = m.peer_urls.first().and_then(|u| host_of_url(u));
@@ -776,36 +786,28 @@ impl Runner {
                 ))
             }
         };
-        for (label, h, r) in self.voting_health(&members).await {
-            if h == Some(host) {
-                continue;
-            }
-            if let Err(why) = r {
-                return StepEnd::refused(format!(
-                    "member {label} ({}) is unhealthy: {why}; taking down {host} now could lose quorum. Fix {label} first, then `quorum run resume`\n{}",
-                    h.map(|h| h.to_string()).unwrap_or_default(),
-                    self.etcd_on(h).await
-                ));
-            }
+        let health = self.voting_health(&members).await;
+        if let Some((label, h, why)) = gates::unhealthy_other(&health, host) {
+            return StepEnd::refused(format!(
+                "member {label} ({}) is unhealthy: {why}; taking down {host} now could lose quorum. Fix {label} first, then `quorum run resume`\n{}",
+                h.map(|h| h.to_string()).unwrap_or_default(),
+                self.etcd_on(h).await
+            ));
         }
         StepEnd::ok("ok", "every other voting member is healthy")
     }
 
     /// Ok when every voting member but `host` is healthy, else why not.
     async fn others_healthy(&self, members: &[MemberInfo], host: IpAddr) -> Result<(), String> {
-        for (label, h, r) in self.voting_health(members).await {
-            if h == Some(host) {
-                continue;
-            }
-            if let Err(why) = r {
-                return Err(format!(
-                    "member {label} ({}) is unhealthy: {why}\n{}",
-                    h.map(|h| h.to_string()).unwrap_or_default(),
-                    self.etcd_on(h).await
-                ));
-            }
+        let health = self.voting_health(members).await;
+        match gates::unhealthy_other(&health, host) {
+            None => Ok(()),
+            Some((label, h, why)) => Err(format!(
+                "member {label} ({}) is unhealthy: {why}\n{}",
+                h.map(|h| h.to_string()).unwrap_or_default(),
+                self.etcd_on(h).await
+            )),
         }
-        Ok(())
     }
 
     /// What the agent on `host` says of its etcd, for a refusal or a failed gate (never on the
@@ -886,18 +888,15 @@ impl Runner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, crate::etcd::EtcdError>>,
     {
-        let deadline = Instant::now() + self.timeouts.gate;
-        loop {
+        until(self.timeouts.gate, gates::SLOW_PACE, || async {
             match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) => {
-                    if !e.has(&Fault::UnhealthyCluster) || Instant::now() > deadline {
-                        return Err(e);
-                    }
-                }
+                Ok(v) => Try::Done(v),
+                Err(e) if e.has(&Fault::UnhealthyCluster) => Try::Again(e),
+                Err(e) => Try::Stop(e),
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        })
+        .await
+        .map_err(Waited::reason)
     }
 
     async fn member_add_check(&self, ctx: &RunContext, host: IpAddr, peer_url: &str) -> StepEnd {
@@ -928,16 +927,15 @@ impl Runner {
     /// the same peer URL was removed (a re-add), etcd 3.4 can refuse the add for a moment.
     /// Each try reads the member list first, so a learner added by an earlier try is kept.
     async fn add_learner(&self, ctx: &RunContext, peer_url: &str) -> StepEnd {
-        let deadline = Instant::now() + self.timeouts.gate;
-        loop {
+        let tried = until(self.timeouts.gate, gates::SLOW_PACE, || async {
             match self.add_learner_once(ctx, peer_url).await {
-                Err(e) if e.has(&Fault::MemberNotFound) && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return StepEnd::failed(e.to_string()),
-                Ok(end) => return end,
+                Ok(end) => Try::Done(end),
+                Err(e) if e.has(&Fault::MemberNotFound) => Try::Again(e),
+                Err(e) => Try::Stop(e),
             }
-        }
+        })
+        .await;
+        tried.unwrap_or_else(|e| StepEnd::failed(e.reason().to_string()))
     }
 
     async fn add_learner_once(
@@ -980,42 +978,38 @@ impl Runner {
     }
 
     async fn promote_learner(&self, ctx: &RunContext, peer_url: &str) -> StepEnd {
-        let deadline = Instant::now() + self.timeouts.gate;
-        let mut delay = Duration::from_millis(200);
-        loop {
+        let promoted = until(self.timeouts.gate, gates::PROMOTE_PACE, || async {
             let members = match self.members(ctx).await {
                 Ok(m) => m,
-                Err(e) => return StepEnd::failed(e),
+                Err(e) => return Try::Stop(e),
             };
             let Some(m) = by_peer(&members, peer_url) else {
-                return StepEnd::failed(format!(
+                return Try::Stop(format!(
                     "no member with peer URL {peer_url}: the learner is gone; resume re-adds it"
                 ));
             };
             if !m.is_learner {
-                return StepEnd::ok(
+                return Try::Done(StepEnd::ok(
                     "unchanged",
                     format!("{:x} is already a voting member", m.id),
-                );
+                ));
             }
-            match self.etcd.promote(&ctx.endpoints, m.id).await {
-                Ok(()) => return StepEnd::ok("changed", format!("promoted {:x}", m.id)),
-                Err(e) => {
-                    // A learner still catching up is retried; anything else is final.
-                    if !e.has(&Fault::LearnerNotReady) {
-                        return StepEnd::failed(e.to_string());
-                    }
-                    if Instant::now() > deadline {
-                        return StepEnd::failed(format!(
-                            "the learner did not catch up within {:?} ({e}); check its log, then `quorum run resume`\n{}",
-                            self.timeouts.gate,
-                            self.etcd_on(host_of_url(peer_url)).await
-                        ));
-                    }
-                }
+            // A learner still catching up is tried again; anything else is final.
+            match gates::promotion(self.etcd.promote(&ctx.endpoints, m.id).await, m.id) {
+                Try::Done(msg) => Try::Done(StepEnd::ok("changed", msg)),
+                Try::Again(e) => Try::Again(e),
+                Try::Stop(e) => Try::Stop(e),
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+        })
+        .await;
+        match promoted {
+            Ok(end) => end,
+            Err(Waited::Stopped(e)) => StepEnd::failed(e),
+            Err(Waited::TimedOut(e)) => StepEnd::failed(format!(
+                "the learner did not catch up within {:?} ({e}); check its log, then `quorum run resume`\n{}",
+                self.timeouts.gate,
+                self.etcd_on(host_of_url(peer_url)).await
+            )),
         }
     }
 
@@ -1124,24 +1118,19 @@ impl Runner {
     /// Waits (bounded, briefly) until the member at `url` has applied `index`; its applied
     /// index, or why not.
     async fn caught_up(&self, url: &str, index: u64) -> Result<u64, String> {
-        let deadline = Instant::now() + self.timeouts.gate.min(Duration::from_secs(5));
-        loop {
-            let st = self
-                .etcd
-                .member_status(url)
-                .await
-                .map_err(|e| e.to_string())?;
-            if st.raft_applied_index >= index {
-                return Ok(st.raft_applied_index);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
+        let within = self.timeouts.gate.min(Duration::from_secs(5));
+        until(within, gates::CATCH_UP_PACE, || async {
+            match self.etcd.member_status(url).await {
+                Err(e) => Try::Stop(e.to_string()),
+                Ok(st) if st.raft_applied_index >= index => Try::Done(st.raft_applied_index),
+                Ok(st) => Try::Again(format!(
                     "applied index {} still behind the leader's {index}",
                     st.raft_applied_index
-                ));
+                )),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
+        .map_err(Waited::reason)
     }
 
     async fn remove_member(&self, ctx: &RunContext, host: IpAddr, peer_url: &str) -> StepEnd {
@@ -1264,64 +1253,37 @@ impl Runner {
     }
 
     async fn health_gate(&self, ctx: &RunContext, host: Option<IpAddr>) -> StepEnd {
-        let deadline = Instant::now() + self.timeouts.gate;
-        let mut last: String;
-        let mut bad_hosts: Vec<Option<IpAddr>>;
-        loop {
+        let start = tokio::time::Instant::now();
+        let gate = until(self.timeouts.gate, gates::HEALTH_PACE, || async {
             match self.members(ctx).await {
-                Ok(members) => {
-                    let health = self.voting_health(&members).await;
-                    let host_listed =
-                        host.is_none_or(|h| health.iter().any(|(_, mh, _)| *mh == Some(h)));
-                    let bad: Vec<String> = health
-                        .iter()
-                        .filter_map(|(l, _, r)| r.as_ref().err().map(|e| format!("{l}: {e}")))
-                        .collect();
-                    bad_hosts = health
-                        .iter()
-                        .filter(|(_, _, r)| r.is_err())
-                        .map(|(_, h, _)| *h)
-                        .collect();
-                    if host_listed && bad.is_empty() && !health.is_empty() {
-                        let start = Instant::now() + self.timeouts.gate - deadline;
-                        return StepEnd::ok(
-                            "ok",
-                            format!(
-                                "{} voting member(s) healthy after {:.1}s",
-                                health.len(),
-                                start.as_secs_f64()
-                            ),
-                        );
-                    }
-                    last = if host_listed {
-                        bad.join("; ")
-                    } else {
-                        bad_hosts = vec![host];
-                        format!(
-                            "{} is not a voting member",
-                            host.map(|h| h.to_string()).unwrap_or_default()
-                        )
-                    };
-                }
-                Err(e) => {
-                    last = e;
-                    bad_hosts = host.map(|h| vec![Some(h)]).unwrap_or_default();
-                }
+                Ok(members) => gates::health(&self.voting_health(&members).await, host),
+                Err(e) => Try::Again(gates::NotHealthy {
+                    why: e,
+                    hosts: host.map(|h| vec![Some(h)]).unwrap_or_default(),
+                }),
             }
-            if Instant::now() > deadline {
-                let mut why = Vec::new();
-                for h in &bad_hosts {
-                    why.push(self.etcd_on(*h).await);
+        })
+        .await;
+        match gate {
+            Ok(n) => StepEnd::ok(
+                "ok",
+                format!(
+                    "{n} voting member(s) healthy after {:.1}s",
+                    start.elapsed().as_secs_f64()
+                ),
+            ),
+            Err(not) => {
+                let not = not.reason();
+                let mut why = String::new();
+                for h in &not.hosts {
+                    why.push('\n');
+                    why.push_str(&self.etcd_on(*h).await);
                 }
-                return StepEnd::failed(format!(
-                    "the cluster was not healthy within {:?}: {last}; the run halts here and touches no other host{}",
-                    self.timeouts.gate,
-                    why.iter().map(|w| format!("\n{w}")).collect::<String>()
-                ));
+                StepEnd::failed(format!(
+                    "the cluster was not healthy within {:?}: {}; the run halts here and touches no other host{why}",
+                    self.timeouts.gate, not.why
+                ))
             }
-            // A restarted member serves ~0.1 s after it starts: a 200 ms poll cost a roll
-            // ~0.1 s per member for nothing (bench step 4 against the physical floor).
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -1330,44 +1292,20 @@ impl Runner {
     /// Ok once every instance of `pg` runs, the cluster has a running leader, and `host` does
     /// not lead; a host that leads is refused at once (it became the leader after planning).
     async fn patroni_guard(&self, host: IpAddr, pg: &PgRef) -> StepEnd {
-        let name = pg.node(host).map(|n| n.name.clone()).unwrap_or_default();
-        let deadline = Instant::now() + self.timeouts.gate;
-        loop {
-            let why = match pg.cluster().await {
-                Err(e) => e,
-                Ok(c) => {
-                    let leader = c.leader();
-                    if leader.is_some_and(|l| pg.node_of(l).map(|n| n.ip) == Some(host)) {
-                        return StepEnd::refused(format!(
-                            "{name} ({host}) leads {} now ({}): restarting it would stop the primary; plan the SOP again so it switches over first",
-                            pg.name,
-                            c.summary()
-                        ));
-                    }
-                    match leader {
-                        None => format!("{} has no leader ({})", pg.name, c.summary()),
-                        Some(l) if !l.is_running() => {
-                            format!("the leader {} is {}", l.name, l.state)
-                        }
-                        Some(_) => match c.members.iter().find(|m| !m.is_running()) {
-                            Some(m) => format!("{} is {}", m.name, m.state),
-                            None => {
-                                return StepEnd::ok(
-                                    "ok",
-                                    format!("{} healthy: {}", pg.name, c.summary()),
-                                )
-                            }
-                        },
-                    }
-                }
-            };
-            if Instant::now() > deadline {
-                return StepEnd::refused(format!(
-                    "{why}; restarting Patroni on {host} now could leave {} without a primary. Fix it, then `quorum run resume`",
-                    pg.name
-                ));
+        let guard = until(self.timeouts.gate, gates::SLOW_PACE, || async {
+            match pg.cluster().await {
+                Err(e) => Try::Again(e),
+                Ok(c) => gates::patroni_guard(pg, host, &c),
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        match guard {
+            Ok(msg) => StepEnd::ok("ok", msg),
+            Err(Waited::Stopped(why)) => StepEnd::refused(why),
+            Err(Waited::TimedOut(why)) => StepEnd::refused(format!(
+                "{why}; restarting Patroni on {host} now could leave {} without a primary. Fix it, then `quorum run resume`",
+                pg.name
+            )),
         }
     }
 
@@ -1376,36 +1314,33 @@ impl Runner {
         let Some(node) = pg.node(host) else {
             return StepEnd::failed(format!("{host} is not an instance of {}", pg.name));
         };
-        let deadline = Instant::now() + self.timeouts.gate;
-        loop {
-            let why = match crate::patroni::instance_state(&node.api).await {
-                Err(e) => e,
-                Ok((state, role)) if state == "running" || state == "streaming" => {
-                    match pg.cluster().await {
-                        Err(e) => e,
-                        Ok(c) => match c.leader() {
-                            Some(l) if l.is_running() => {
-                                return StepEnd::ok(
-                                    "ok",
-                                    format!(
-                                        "Patroni on {host} is {state} ({role}); {}",
-                                        c.summary()
-                                    ),
-                                )
-                            }
-                            _ => format!("{} has no running leader ({})", pg.name, c.summary()),
-                        },
-                    }
+        let gate = until(self.timeouts.gate, gates::SLOW_PACE, || async {
+            match crate::patroni::instance_state(&node.api).await {
+                Err(e) => Try::Again(e),
+                Ok((state, role)) => {
+                    // The cluster is asked only once the instance runs.
+                    let c = if state == "running" || state == "streaming" {
+                        pg.cluster().await
+                    } else {
+                        Err(String::new())
+                    };
+                    gates::patroni_gate(
+                        pg,
+                        host,
+                        (&state, &role),
+                        c.as_ref().map_err(String::as_str),
+                    )
                 }
-                Ok((state, role)) => format!("Patroni on {host} is {state} ({role})"),
-            };
-            if Instant::now() > deadline {
-                return StepEnd::failed(format!(
-                    "Patroni was not healthy within {:?}: {why}; the run halts here and touches no other host",
-                    self.timeouts.gate
-                ));
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        match gate {
+            Ok(msg) => StepEnd::ok("ok", msg),
+            Err(why) => StepEnd::failed(format!(
+                "Patroni was not healthy within {:?}: {}; the run halts here and touches no other host",
+                self.timeouts.gate,
+                why.reason()
+            )),
         }
     }
 
@@ -1472,31 +1407,20 @@ impl Runner {
                 return StepEnd::failed(format!("switchover {} -> {}: {e}", leader.name, cand.name))
             }
         };
-        let deadline = Instant::now() + self.timeouts.gate;
-        loop {
-            let why = match pg.cluster().await {
-                Err(e) => e,
-                Ok(now) => {
-                    let new_ok = now
-                        .leader()
-                        .is_some_and(|l| l.name == cand.name && l.is_running());
-                    let old_ok = now
-                        .members
-                        .iter()
-                        .any(|m| m.name == leader.name && !m.is_leader() && m.is_running());
-                    if new_ok && old_ok {
-                        return StepEnd::ok("changed", format!("{said}; {}", now.summary()));
-                    }
-                    now.summary()
-                }
-            };
-            if Instant::now() > deadline {
-                return StepEnd::failed(format!(
-                    "after the switchover ({said}) the cluster did not settle within {:?}: {why}",
-                    self.timeouts.gate
-                ));
+        let settled = until(self.timeouts.gate, gates::SLOW_PACE, || async {
+            match pg.cluster().await {
+                Err(e) => Try::Again(e),
+                Ok(now) => gates::switched_over(&now, &leader.name, &cand.name),
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        match settled {
+            Ok(summary) => StepEnd::ok("changed", format!("{said}; {summary}")),
+            Err(why) => StepEnd::failed(format!(
+                "after the switchover ({said}) the cluster did not settle within {:?}: {}",
+                self.timeouts.gate,
+                why.reason()
+            )),
         }
     }
 
@@ -1514,21 +1438,23 @@ impl Runner {
     /// agent for fresh facts.
     async fn vip_gate(&self, ids: &[String], pg: &PgRef) -> StepEnd {
         let hosts: Vec<IpAddr> = pg.members.iter().filter(|m| m.vip).map(|m| m.ip).collect();
-        let deadline = Instant::now() + self.timeouts.gate;
-        let mut round = 0u32;
-        loop {
-            round += 1;
-            let why = match self.vip_once(ids, pg, &hosts, round).await {
-                Ok(msg) => return StepEnd::ok("ok", msg),
-                Err(why) => why,
-            };
-            if Instant::now() > deadline {
-                return StepEnd::failed(format!(
-                    "the VIP of {} did not settle within {:?}: {why}; the run halts here",
-                    pg.name, self.timeouts.gate
-                ));
+        let round = std::sync::atomic::AtomicU32::new(0);
+        let gate = until(self.timeouts.gate, gates::SLOW_PACE, || async {
+            let n = round.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            match self.vip_once(ids, pg, &hosts, n).await {
+                Ok(verdict) => verdict,
+                Err(why) => Try::Again(why),
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        match gate {
+            Ok(msg) => StepEnd::ok("ok", msg),
+            Err(why) => StepEnd::failed(format!(
+                "the VIP of {} did not settle within {:?}: {}; the run halts here",
+                pg.name,
+                self.timeouts.gate,
+                why.reason()
+            )),
         }
     }
 
@@ -1538,7 +1464,7 @@ impl Runner {
         pg: &PgRef,
         hosts: &[IpAddr],
         round: u32,
-    ) -> Result<String, String> {
+    ) -> Result<Try<String, String>, String> {
         let c = pg.cluster().await?;
         let leader = c
             .leader()
@@ -1555,7 +1481,7 @@ impl Runner {
             );
             self.agent_task(*h, id, pb::task::Kind::CollectFacts(pb::CollectFacts {}))
         });
-        let ends = futures_join(asks).await;
+        let ends = futures_util::future::join_all(asks).await;
         let mut holders = Vec::new();
         for (h, end) in hosts.iter().zip(ends) {
             if !end.ok {
@@ -1569,25 +1495,7 @@ impl Runner {
                 Some(_) => {}
             }
         }
-        let list = holders
-            .iter()
-            .map(|(h, _)| h.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        match holders.as_slice() {
-            [(h, addr)] if *h == leader_ip => Ok(format!(
-                "VIP {addr} is on {h} only, the primary {}",
-                leader.name
-            )),
-            [] => Err(format!(
-                "no host holds the VIP (the primary is {} on {leader_ip})",
-                leader.name
-            )),
-            _ => Err(format!(
-                "the VIP is on [{list}], but the primary is {} on {leader_ip}",
-                leader.name
-            )),
-        }
+        Ok(gates::vip(&holders, &leader.name, leader_ip))
     }
 }
 
@@ -1702,37 +1610,6 @@ pub fn step_hosts(kind: &StepKind) -> Vec<IpAddr> {
         | StepKind::PatroniGate { .. }
         | StepKind::Switchover { .. } => vec![],
     }
-}
-
-async fn futures_join<F: std::future::Future<Output = StepEnd>>(
-    futs: impl Iterator<Item = F>,
-) -> Vec<StepEnd> {
-    let handles: Vec<_> = futs.collect();
-    let mut out = Vec::with_capacity(handles.len());
-    // Poll all at once: each waits on its own agent.
-    let mut pinned: Vec<std::pin::Pin<Box<F>>> = handles.into_iter().map(Box::pin).collect();
-    let mut done: Vec<Option<StepEnd>> = (0..pinned.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in pinned.iter_mut().enumerate() {
-            if done[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => done[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    for d in done.into_iter().flatten() {
-        out.push(d);
-    }
-    out
 }
 
 fn join_ends(hosts: &[IpAddr], ends: Vec<StepEnd>) -> StepEnd {
