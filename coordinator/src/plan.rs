@@ -162,6 +162,8 @@ pub enum StepKind {
     /// Refuse if an etcd instance exists on one of `hosts` while `etcd_safeguard` is set or
     /// `etcd_clean` is off (unless `ignore_safeguard`, a purge); re-checked live at run time.
     /// Before a removal, `etcd_safeguard` refuses whether or not etcd runs (Pigsty v4).
+    ///
+    /// Runs: coordinator, from the agents' last facts.
     SafeguardCheck {
         /// Hosts to check.
         hosts: Vec<IpAddr>,
@@ -176,6 +178,8 @@ pub enum StepKind {
         removal: bool,
     },
     /// Place ca.crt, server.crt, server.key for `member`.
+    ///
+    /// Runs: agent task `WriteEtcdCerts`.
     WriteEtcdCerts {
         /// Host.
         host: IpAddr,
@@ -183,6 +187,8 @@ pub enum StepKind {
         member: String,
     },
     /// Write etcd.conf, which the agent renders from these typed fields.
+    ///
+    /// Runs: agent task `WriteEtcdConf`.
     WriteEtcdConf {
         /// Host.
         host: IpAddr,
@@ -196,6 +202,8 @@ pub enum StepKind {
         bootstrap_only: bool,
     },
     /// Write the etcdctl profile, which the agent renders from these typed fields.
+    ///
+    /// Runs: agent task `WriteEtcdctlProfile`.
     WriteEtcdctlProfile {
         /// Host.
         host: IpAddr,
@@ -204,16 +212,22 @@ pub enum StepKind {
         profile: Option<pb::EtcdctlProfile>,
     },
     /// Start etcd on all `hosts` at once (a new cluster needs its members up together).
+    ///
+    /// Runs: agent task `ServiceAction` (etcd start), on each host at once.
     StartEtcd {
         /// Hosts.
         hosts: Vec<IpAddr>,
     },
     /// Stop etcd.
+    ///
+    /// Runs: agent task `ServiceAction` (etcd stop), after the quorum guard again.
     StopEtcd {
         /// Host.
         host: IpAddr,
     },
     /// Restart etcd; skipped unless a step in `if_changed` changed something, or `force`.
+    ///
+    /// Runs: agent task `ServiceAction` (etcd restart), after the quorum guard again.
     RestartEtcd {
         /// Host.
         host: IpAddr,
@@ -223,6 +237,8 @@ pub enum StepKind {
         force: bool,
     },
     /// Remove the contents of the etcd data dir (a purge stops etcd first).
+    ///
+    /// Runs: agent task `WipeEtcdData`.
     WipeEtcdData {
         /// Host.
         host: IpAddr,
@@ -239,23 +255,33 @@ pub enum StepKind {
     /// Take an etcd snapshot of the cluster, verify it and keep it in the coordinator's state
     /// dir (invariant 8); refused when none can be taken. Planned before every destructive
     /// step unless the operator waived it (`--no-snapshot`).
+    ///
+    /// Runs: coordinator, through etcd's snapshot API.
     SnapshotSave {
         /// The cluster.
         cluster: String,
     },
     /// Refuse unless every other voting member is healthy.
+    ///
+    /// Runs: coordinator, through etcd's API.
     QuorumGuard {
         /// The member about to go down.
         host: IpAddr,
     },
     /// Wait until this member and the whole cluster are healthy (bounded).
+    ///
+    /// Runs: coordinator, through etcd's API.
     HealthGate {
         /// The member just restarted.
         host: IpAddr,
     },
     /// Wait until every member is healthy (bounded).
+    ///
+    /// Runs: coordinator, through etcd's API.
     ClusterHealthGate,
     /// Refuse unless the cluster is healthy and has no other learner (re-checked live).
+    ///
+    /// Runs: coordinator, through etcd's API.
     MemberAddCheck {
         /// The joining host.
         host: IpAddr,
@@ -263,6 +289,8 @@ pub enum StepKind {
         peer_url: String,
     },
     /// `member add --learner` (a learner with this peer URL already there counts as done).
+    ///
+    /// Runs: coordinator, through etcd's API.
     AddLearner {
         /// The joining host.
         host: IpAddr,
@@ -270,6 +298,8 @@ pub enum StepKind {
         peer_url: String,
     },
     /// `member promote`, retried while etcd says the learner is not in sync yet (bounded).
+    ///
+    /// Runs: coordinator, through etcd's API.
     PromoteLearner {
         /// The joining host.
         host: IpAddr,
@@ -277,6 +307,8 @@ pub enum StepKind {
         peer_url: String,
     },
     /// Refuse unless every other voting member is healthy (re-checked live).
+    ///
+    /// Runs: coordinator, through etcd's API.
     MemberRemoveCheck {
         /// The leaving host.
         host: IpAddr,
@@ -286,6 +318,8 @@ pub enum StepKind {
     /// If the member on `host` leads when the step runs (whoever led at planning), hand
     /// leadership to a healthy, caught-up voter first: before a member leaves, or before its
     /// restart in a roll, where the members restarted before it are preferred.
+    ///
+    /// Runs: coordinator, through etcd's API.
     MoveLeaderAway {
         /// The leaving or restarting host.
         host: IpAddr,
@@ -303,6 +337,8 @@ pub enum StepKind {
         force: bool,
     },
     /// `member remove` by the id read live (already gone counts as done).
+    ///
+    /// Runs: coordinator, through etcd's API.
     RemoveMember {
         /// The leaving host.
         host: IpAddr,
@@ -311,11 +347,15 @@ pub enum StepKind {
     },
     /// Take etcd off a host whose data was wiped: remove etcd.conf, the certificates and the
     /// profile, disable the service (no reboot can bootstrap a ghost cluster).
+    ///
+    /// Runs: agent task `RetireEtcd`.
     RetireEtcd {
         /// Host.
         host: IpAddr,
     },
     /// Wipe the data of a member that has left; refused while etcd still lists it.
+    ///
+    /// Runs: agent task `WipeEtcdData`, once etcd no longer lists the member.
     WipeRemovedMember {
         /// The host.
         host: IpAddr,
@@ -331,6 +371,8 @@ pub enum StepKind {
     /// and retirement as a run of their own that starts when its agent connects again, and
     /// that no other SOP may pass (the host cannot rejoin before it ran). Executed by the
     /// coordinator (the run store), not an agent.
+    ///
+    /// Runs: coordinator, in its run store.
     DeferCleanup {
         /// The unreachable host.
         host: IpAddr,
@@ -341,6 +383,8 @@ pub enum StepKind {
         member_id: Option<String>,
     },
     /// Replace only the etcd hosts in the host's patroni.yml, then reload (or restart) Patroni.
+    ///
+    /// Runs: agent task `SetPatroniDcsHosts`, after the Patroni guard again when it restarts.
     SetPatroniHosts {
         /// Host.
         host: IpAddr,
@@ -351,6 +395,8 @@ pub enum StepKind {
     },
     /// Before a Patroni restart: the PostgreSQL cluster has a running leader, every instance
     /// runs, and this host does not lead (re-checked live).
+    ///
+    /// Runs: coordinator, through Patroni's REST API.
     PatroniGuard {
         /// The host about to restart Patroni.
         host: IpAddr,
@@ -358,6 +404,8 @@ pub enum StepKind {
         pg: PgRef,
     },
     /// Wait until Patroni on the host runs and the cluster has a leader (bounded).
+    ///
+    /// Runs: coordinator, through Patroni's REST API.
     PatroniGate {
         /// Host.
         host: IpAddr,
@@ -366,6 +414,8 @@ pub enum StepKind {
     },
     /// Hand leadership from the host to a healthy replica: a switchover, never a failover
     /// (already done when another instance leads).
+    ///
+    /// Runs: coordinator, through Patroni's REST API.
     Switchover {
         /// The leader to step down.
         host: IpAddr,
@@ -374,6 +424,8 @@ pub enum StepKind {
     },
     /// Replace only the DCS endpoints in the host's vip-manager config, then restart it
     /// (unless `defer_restart`: on the primary during a membership refresh).
+    ///
+    /// Runs: agent task `SetVipEndpoints`.
     SetVipEndpoints {
         /// Host.
         host: IpAddr,
@@ -384,11 +436,15 @@ pub enum StepKind {
         defer_restart: bool,
     },
     /// Wait until the VIP is on exactly one host, the primary's (bounded).
+    ///
+    /// Runs: agent task `CollectFacts` on each VIP host, judged by the coordinator.
     VipGate {
         /// The PostgreSQL cluster.
         pg: PgRef,
     },
     /// A service action on one or more hosts at once (Patroni, vip-manager, or etcd status).
+    ///
+    /// Runs: agent task `ServiceAction`, on each host at once.
     ServiceAction {
         /// Hosts (more than one only when forks > 1).
         hosts: Vec<IpAddr>,
@@ -423,6 +479,57 @@ impl StepKind {
                 | StepKind::WriteEtcdConf { .. }
                 | StepKind::WriteEtcdctlProfile { .. }
         )
+    }
+
+    /// Who carries the step out: the table the `Runs:` line of each variant states, and what
+    /// the runner's `exec_step` dispatches on (an agent task goes to every host of
+    /// [`Self::agent_hosts`] with a task id fixed before dispatch).
+    pub fn executor(&self) -> Executor {
+        use Executor::{Agent, Coordinator};
+        match self {
+            StepKind::WriteEtcdCerts { .. } => Agent("WriteEtcdCerts"),
+            StepKind::WriteEtcdConf { .. } => Agent("WriteEtcdConf"),
+            StepKind::WriteEtcdctlProfile { .. } => Agent("WriteEtcdctlProfile"),
+            StepKind::StartEtcd { .. }
+            | StepKind::StopEtcd { .. }
+            | StepKind::RestartEtcd { .. }
+            | StepKind::ServiceAction { .. } => Agent("ServiceAction"),
+            StepKind::WipeEtcdData { .. } | StepKind::WipeRemovedMember { .. } => {
+                Agent("WipeEtcdData")
+            }
+            StepKind::RetireEtcd { .. } => Agent("RetireEtcd"),
+            StepKind::SetPatroniHosts { .. } => Agent("SetPatroniDcsHosts"),
+            StepKind::SetVipEndpoints { .. } => Agent("SetVipEndpoints"),
+            StepKind::VipGate { .. } => Agent("CollectFacts"),
+            StepKind::SafeguardCheck { .. } => Coordinator("the agents' last facts"),
+            StepKind::SnapshotSave { .. }
+            | StepKind::QuorumGuard { .. }
+            | StepKind::HealthGate { .. }
+            | StepKind::ClusterHealthGate
+            | StepKind::MemberAddCheck { .. }
+            | StepKind::AddLearner { .. }
+            | StepKind::PromoteLearner { .. }
+            | StepKind::MemberRemoveCheck { .. }
+            | StepKind::MoveLeaderAway { .. }
+            | StepKind::RemoveMember { .. } => Coordinator("etcd's API"),
+            StepKind::DeferCleanup { .. } => Coordinator("the run store"),
+            StepKind::PatroniGuard { .. }
+            | StepKind::PatroniGate { .. }
+            | StepKind::Switchover { .. } => Coordinator("Patroni's REST API"),
+        }
+    }
+
+    /// The hosts whose agents get a task from this step, in order (none for the
+    /// coordinator's own actions).
+    pub fn agent_hosts(&self) -> Vec<IpAddr> {
+        if matches!(self.executor(), Executor::Coordinator(_)) {
+            return Vec::new();
+        }
+        match self {
+            StepKind::StartEtcd { hosts } | StepKind::ServiceAction { hosts, .. } => hosts.clone(),
+            StepKind::VipGate { pg } => pg.members.iter().filter(|m| m.vip).map(|m| m.ip).collect(),
+            other => other.host().into_iter().collect(),
+        }
     }
 
     /// The host a step acts on, if one.
@@ -634,6 +741,15 @@ impl StepKind {
             } => format!("{action} {service}"),
         }
     }
+}
+
+/// Who carries a step out (see [`StepKind::executor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    /// The agents of [`StepKind::agent_hosts`], one task of this `pb::task::Kind` each.
+    Agent(&'static str),
+    /// The coordinator itself, through what is named.
+    Coordinator(&'static str),
 }
 
 /// A planned step.
@@ -2821,6 +2937,40 @@ mod tests {
         );
     }
 
+    /// The step -> executor table holds for every step the planners make: an agent step has
+    /// hosts to send its task to, a coordinator step none.
+    #[test]
+    fn every_planned_step_has_an_executor_and_agent_steps_have_hosts() {
+        let s = spec(3);
+        let l = healthy(&s);
+        let remaining = ClusterSpec {
+            members: s.members[..2].to_vec(),
+            ..s.clone()
+        };
+        let mut plans = vec![
+            plan_cluster_create(&s, &live(&s, false, false)).expect("create"),
+            plan_config_reload(&s, &l, RestartPolicy::Always).expect("reload"),
+            plan_env_refresh(&s, &l).expect("env"),
+            plan_member_remove(&remaining, &s.members[2], &l, false).expect("remove"),
+            plan_cluster_remove(&s, &live(&s, false, false), true).expect("purge"),
+        ];
+        let mut dead = healthy(&s);
+        dead.facts.remove(&s.members[2].ip);
+        plans.push(plan_member_remove(&remaining, &s.members[2], &dead, false).expect("dead"));
+        let mut seen = std::collections::BTreeSet::new();
+        for step in plans.iter().flat_map(|p| &p.steps) {
+            let hosts = step.kind.agent_hosts();
+            match step.kind.executor() {
+                Executor::Agent(task) => {
+                    assert!(!hosts.is_empty(), "{} -> {task}", step.kind.name())
+                }
+                Executor::Coordinator(_) => assert!(hosts.is_empty(), "{}", step.kind.name()),
+            }
+            seen.insert(step.kind.name());
+        }
+        assert!(seen.len() >= 15, "{seen:?}");
+    }
+
     #[test]
     fn a_dead_hosts_cleanup_is_deferred_or_forgotten_never_dispatched() {
         let s = spec(3);
@@ -2843,7 +2993,7 @@ mod tests {
         assert!(
             plan.steps
                 .iter()
-                .all(|st| crate::runner::step_hosts(&st.kind) != vec![gone.ip]),
+                .all(|st| st.kind.agent_hosts() != vec![gone.ip]),
             "{k:?}"
         );
         assert!(

@@ -299,7 +299,9 @@ impl Runner {
             if step.state != step_state::RUNNING {
                 step.attempt += 1;
             }
-            step.task_ids = step_hosts(&step.kind)
+            step.task_ids = step
+                .kind
+                .agent_hosts()
                 .into_iter()
                 .map(|h| task_id(run_id, i, step.attempt, h))
                 .collect();
@@ -1575,41 +1577,6 @@ fn service_kind(service: pb::Service, action: pb::Action) -> pb::task::Kind {
         force: true,
         with_log: false,
     })
-}
-
-/// The hosts a step dispatches agent tasks to, in order.
-pub fn step_hosts(kind: &StepKind) -> Vec<IpAddr> {
-    match kind {
-        StepKind::StartEtcd { hosts } | StepKind::ServiceAction { hosts, .. } => hosts.clone(),
-        StepKind::WriteEtcdCerts { host, .. }
-        | StepKind::WriteEtcdConf { host, .. }
-        | StepKind::WriteEtcdctlProfile { host, .. }
-        | StepKind::StopEtcd { host }
-        | StepKind::RestartEtcd { host, .. }
-        | StepKind::WipeEtcdData { host, .. }
-        | StepKind::WipeRemovedMember { host, .. }
-        | StepKind::RetireEtcd { host }
-        | StepKind::SetPatroniHosts { host, .. }
-        | StepKind::SetVipEndpoints { host, .. } => vec![*host],
-        StepKind::VipGate { pg } => pg.members.iter().filter(|m| m.vip).map(|m| m.ip).collect(),
-        // The coordinator's own actions: no agent task, no id. Listed one by one so that a
-        // new agent step cannot go without task ids unnoticed.
-        StepKind::SafeguardCheck { .. }
-        | StepKind::SnapshotSave { .. }
-        | StepKind::QuorumGuard { .. }
-        | StepKind::HealthGate { .. }
-        | StepKind::ClusterHealthGate
-        | StepKind::MemberAddCheck { .. }
-        | StepKind::AddLearner { .. }
-        | StepKind::PromoteLearner { .. }
-        | StepKind::MemberRemoveCheck { .. }
-        | StepKind::MoveLeaderAway { .. }
-        | StepKind::RemoveMember { .. }
-        | StepKind::DeferCleanup { .. }
-        | StepKind::PatroniGuard { .. }
-        | StepKind::PatroniGate { .. }
-        | StepKind::Switchover { .. } => vec![],
-    }
 }
 
 fn join_ends(hosts: &[IpAddr], ends: Vec<StepEnd>) -> StepEnd {

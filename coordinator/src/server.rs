@@ -733,7 +733,7 @@ impl AdminService for AdminSvc {
         let mut touched = std::collections::BTreeSet::new();
         for s in &planned.plan.steps {
             touched.extend(s.kind.host());
-            touched.extend(crate::runner::step_hosts(&s.kind));
+            touched.extend(s.kind.agent_hosts());
         }
         let forgotten = c.pending_cleanup_in_the_way(&r, touched, &mut planned.plan.notes)?;
         if r.plan_only {

@@ -1,8 +1,8 @@
 //! Everything both sides of Quorum share: the `quorum.v1` wire protocol, the peer identity
-//! read from a certificate, the TLS configuration built from PEM files, the YAML library, and
-//! the in-place patchers for Patroni's and vip-manager's configs and the renderers of etcd.conf
-//! and the etcdctl profile from typed fields (the coordinator plans with them, the agent
-//! applies them).
+//! read from a certificate, the TLS configuration built from PEM files, the YAML library, the
+//! renderers of etcd.conf and the etcdctl profile from typed fields (the coordinator renders
+//! with them for its plans and diffs, the agent for the files it writes), and the in-place
+//! patchers of Patroni's and vip-manager's configs (used by the agent only).
 
 pub mod codec;
 pub mod identity;
