@@ -1,7 +1,6 @@
 //! The `quorum` command line: the coordinator daemon (`serve`) and the operator's commands.
 //! Errors become one message and a documented exit code here, at the edge.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +10,8 @@ use quorum_proto::pb;
 
 use crate::client;
 use crate::pki::{self, LeafKind};
+use crate::plan::{ActionName, RestartPolicy, ServiceName};
+use crate::request::{PgPick, Request, SopRequest};
 
 /// Exit codes of `quorum` (README "Exit codes").
 pub mod exit {
@@ -220,22 +221,20 @@ pub struct PgSopArgs {
 }
 
 impl PgSopArgs {
-    /// The SOP flags and arguments: the run locks the etcd cluster the coordinator derives
-    /// from the PostgreSQL cluster, so `cluster` is left for it to find.
-    fn split(self) -> (SopArgs, HashMap<String, String>) {
-        let mut args = HashMap::new();
-        if let Some(c) = self.cluster {
-            args.insert("pg_cluster".to_string(), c);
-        }
-        if self.all {
-            args.insert("all".to_string(), "true".to_string());
-        }
+    /// The SOP flags and the PostgreSQL clusters picked: the run locks the etcd cluster the
+    /// coordinator derives from the PostgreSQL cluster, so `cluster` is left for it to find.
+    fn split(self) -> (SopArgs, PgPick) {
+        let pick = match (self.cluster, self.all) {
+            (Some(c), _) => PgPick::Cluster(c),
+            (None, true) => PgPick::All,
+            (None, false) => PgPick::Only,
+        };
         let sop = SopArgs {
             cluster: None,
             no_snapshot: false,
             run: self.run,
         };
-        (sop, args)
+        (sop, pick)
     }
 }
 
@@ -529,11 +528,11 @@ enum ServiceArg {
 }
 
 impl ServiceArg {
-    fn word(self) -> &'static str {
+    fn model(self) -> ServiceName {
         match self {
-            ServiceArg::Etcd => "etcd",
-            ServiceArg::Patroni => "patroni",
-            ServiceArg::VipManager => "vip-manager",
+            ServiceArg::Etcd => ServiceName::Etcd,
+            ServiceArg::Patroni => ServiceName::Patroni,
+            ServiceArg::VipManager => ServiceName::VipManager,
         }
     }
 }
@@ -548,13 +547,13 @@ enum ActionArg {
 }
 
 impl ActionArg {
-    fn word(self) -> &'static str {
+    fn model(self) -> ActionName {
         match self {
-            ActionArg::Start => "start",
-            ActionArg::Stop => "stop",
-            ActionArg::Restart => "restart",
-            ActionArg::Reload => "reload",
-            ActionArg::Status => "status",
+            ActionArg::Start => ActionName::Start,
+            ActionArg::Stop => ActionName::Stop,
+            ActionArg::Restart => ActionName::Restart,
+            ActionArg::Reload => ActionName::Reload,
+            ActionArg::Status => ActionName::Status,
         }
     }
 }
@@ -730,9 +729,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         } => ad_hoc_task(host, timeout, yes, task, &conn).await,
         Command::Cluster(cmd) => {
             let (sop, args) = match cmd {
-                ClusterCommand::Create(a) => (crate::sop::sop_name::CLUSTER_CREATE, a),
-                ClusterCommand::Remove(a) => (crate::sop::sop_name::CLUSTER_REMOVE, a),
-                ClusterCommand::Purge(a) => (crate::sop::sop_name::CLUSTER_PURGE, a),
+                ClusterCommand::Create(a) => (SopRequest::ClusterCreate, a),
+                ClusterCommand::Remove(a) => (SopRequest::ClusterRemove, a),
+                ClusterCommand::Purge(a) => (SopRequest::ClusterPurge, a),
                 ClusterCommand::Status {
                     cluster,
                     output,
@@ -747,40 +746,38 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     .await;
                 }
             };
-            sop_command(sop, args, HashMap::new()).await
+            sop_command(sop, args).await
         }
         Command::Config(ConfigCommand::Reload {
             restart,
             no_restart,
             sop,
         }) => {
-            let policy = if restart {
-                "always"
+            let restart = if restart {
+                RestartPolicy::Always
             } else if no_restart {
-                "never"
+                RestartPolicy::Never
             } else {
-                "if-changed"
+                RestartPolicy::IfChanged
             };
-            let args = HashMap::from([("restart".to_string(), policy.to_string())]);
-            sop_command(crate::sop::sop_name::CONFIG_RELOAD, sop, args).await
+            sop_command(SopRequest::ConfigReload { restart }, sop).await
         }
         Command::Patroni(PatroniCommand::Reload {
             restart_patroni,
             pg,
         }) => {
-            let (sop, mut args) = pg.split();
-            if restart_patroni {
-                args.insert("restart".to_string(), "true".to_string());
-            }
-            sop_command(crate::sop::sop_name::PATRONI_RELOAD, sop, args).await
+            let (sop, pg) = pg.split();
+            let request = SopRequest::PatroniReload {
+                pg,
+                restart_patroni,
+            };
+            sop_command(request, sop).await
         }
         Command::Vip(VipCommand::Reload(pg)) => {
-            let (sop, args) = pg.split();
-            sop_command(crate::sop::sop_name::VIP_RELOAD, sop, args).await
+            let (sop, pg) = pg.split();
+            sop_command(SopRequest::VipReload { pg }, sop).await
         }
-        Command::Env(EnvCommand::Refresh(sop)) => {
-            sop_command(crate::sop::sop_name::ENV_REFRESH, sop, HashMap::new()).await
-        }
+        Command::Env(EnvCommand::Refresh(sop)) => sop_command(SopRequest::EnvRefresh, sop).await,
         Command::Service {
             action,
             service,
@@ -788,13 +785,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             forks,
             sop,
         } => {
-            let args = HashMap::from([
-                ("service".to_string(), service.word().to_string()),
-                ("action".to_string(), action.word().to_string()),
-                ("hosts".to_string(), hosts.join(",")),
-                ("forks".to_string(), forks.to_string()),
-            ]);
-            sop_command(crate::sop::sop_name::SERVICE, sop, args).await
+            let request = SopRequest::Service {
+                service: service.model(),
+                action: action.model(),
+                hosts,
+                forks,
+            };
+            sop_command(request, sop).await
         }
         Command::Run(cmd) => run_command(cmd).await,
         Command::Snapshot(cmd) => {
@@ -833,37 +830,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Member(MemberCommand::Add { ip, seq, sop }) => {
-            let mut args = HashMap::from([("host".to_string(), ip.to_string())]);
-            if let Some(seq) = seq {
-                args.insert("seq".into(), seq.to_string());
-            }
-            sop_command(crate::sop::sop_name::MEMBER_ADD, sop, args).await
+            sop_command(SopRequest::MemberAdd { host: ip, seq }, sop).await
         }
         Command::Member(MemberCommand::Remove { ip, forget, sop }) => {
-            let mut args = HashMap::from([("host".to_string(), ip.to_string())]);
-            if forget {
-                args.insert("forget".into(), "true".into());
-            }
-            sop_command(crate::sop::sop_name::MEMBER_REMOVE, sop, args).await
+            sop_command(SopRequest::MemberRemove { host: ip, forget }, sop).await
         }
     }
 }
 
-async fn sop_command(
-    sop: &str,
-    a: SopArgs,
-    mut args: HashMap<String, String>,
-) -> anyhow::Result<u8> {
-    if a.no_snapshot {
-        args.insert("no_snapshot".into(), "true".into());
-    }
+async fn sop_command(sop: SopRequest, a: SopArgs) -> anyhow::Result<u8> {
+    let request = Request {
+        cluster: a.cluster,
+        plan_only: a.run.plan,
+        confirmed: false,
+        no_snapshot: a.no_snapshot,
+        sop,
+    };
     let mut client = client::admin_client(&a.run.conn.resolve()?).await?;
     crate::cli_runs::start_sop(
         &mut client,
-        sop,
-        a.cluster,
-        args,
-        a.run.plan,
+        request,
         a.run.yes,
         a.run.output == Format::Json,
     )

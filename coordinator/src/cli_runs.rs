@@ -14,26 +14,19 @@ use tonic::transport::Channel;
 
 use crate::cli::exit;
 use crate::client::Unreachable;
+use crate::request::Request;
 
-/// Starts an SOP (or prints its plan) and follows it.
+/// Starts an SOP (or prints its plan, when `request.plan_only`) and follows it. The plan is
+/// asked for first: its wipes are confirmed (`yes`, or at the prompt) before the run starts.
 pub async fn start_sop(
     client: &mut AdminServiceClient<Channel>,
-    sop: &str,
-    cluster: Option<String>,
-    mut args: HashMap<String, String>,
-    plan_only: bool,
+    mut request: Request,
     yes: bool,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let plan = client
-        .start_run(pb::StartRunRequest {
-            sop: sop.into(),
-            cluster: cluster.clone().unwrap_or_default(),
-            args: args.clone(),
-            plan_only: true,
-        })
-        .await?
-        .into_inner();
+    let plan_only = request.plan_only;
+    request.plan_only = true;
+    let plan = client.start_run(request.to_pb()?).await?.into_inner();
     if plan_only {
         print_plan(&plan, json)?;
         return Ok(exit::OK);
@@ -44,17 +37,10 @@ pub async fn start_sop(
             eprintln!("refused: not confirmed; nothing was changed (pass --yes to confirm without a prompt)");
             return Ok(exit::REFUSED);
         }
-        args.insert("confirmed".into(), "true".into());
+        request.confirmed = true;
     }
-    let run = client
-        .start_run(pb::StartRunRequest {
-            sop: sop.into(),
-            cluster: cluster.unwrap_or_default(),
-            args,
-            plan_only: false,
-        })
-        .await?
-        .into_inner();
+    request.plan_only = false;
+    let run = client.start_run(request.to_pb()?).await?.into_inner();
     for note in &run.notes {
         eprintln!("{note}");
     }

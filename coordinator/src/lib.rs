@@ -19,6 +19,7 @@ pub mod pki;
 pub mod plan;
 pub mod registry;
 pub mod render;
+pub mod request;
 pub mod runner;
 pub mod server;
 pub mod snapshot;

@@ -101,6 +101,16 @@ impl ServiceName {
             ServiceName::VipManager => pb::Service::VipManager,
         }
     }
+
+    /// From the wire value; `None` for an unknown one.
+    pub fn from_pb(v: i32) -> Option<Self> {
+        match pb::Service::try_from(v).ok()? {
+            pb::Service::Etcd => Some(ServiceName::Etcd),
+            pb::Service::Patroni => Some(ServiceName::Patroni),
+            pb::Service::VipManager => Some(ServiceName::VipManager),
+            pb::Service::Unspecified => None,
+        }
+    }
 }
 
 impl fmt::Display for ServiceName {
@@ -138,6 +148,18 @@ impl ActionName {
             ActionName::Restart => pb::Action::Restart,
             ActionName::Reload => pb::Action::Reload,
             ActionName::Status => pb::Action::Status,
+        }
+    }
+
+    /// From the wire value; `None` for an unknown one.
+    pub fn from_pb(v: i32) -> Option<Self> {
+        match pb::Action::try_from(v).ok()? {
+            pb::Action::Start => Some(ActionName::Start),
+            pb::Action::Stop => Some(ActionName::Stop),
+            pb::Action::Restart => Some(ActionName::Restart),
+            pb::Action::Reload => Some(ActionName::Reload),
+            pb::Action::Status => Some(ActionName::Status),
+            pb::Action::Unspecified => None,
         }
     }
 }

@@ -27,8 +27,13 @@ use crate::wait::{until, Try, Waited};
 pub struct RunContext {
     /// Client URLs of the cluster's members when the run was planned.
     pub endpoints: Vec<String>,
-    /// The SOP's arguments, for the audit trail.
-    pub args: std::collections::BTreeMap<String, String>,
+    /// The SOP as the operator asked for it (the audit trail). Absent in runs stored before
+    /// requests were typed, which keep their untyped `args` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<crate::request::SopRequest>,
+    /// The SOP's untyped arguments, as runs stored by 0.2 kept them (read, never written).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
     /// Notes the planner left.
     pub notes: Vec<String>,
     // No credentials here: the Patroni REST password is read from the inventory when a
@@ -1209,15 +1214,16 @@ impl Runner {
                 .filter(|u| host_of_url(u) != Some(host))
                 .cloned()
                 .collect(),
-            args: BTreeMap::from([
-                ("host".to_string(), host.to_string()),
-                ("parent".to_string(), run.id.clone()),
-            ]),
+            request: Some(crate::request::SopRequest::HostCleanup {
+                host,
+                parent: run.id.clone(),
+            }),
             notes: vec![format!(
                 "recorded by run {} ({}) while the agent on {host} was unreachable; starts when it connects",
                 run.id, run.sop
             )],
             roster: ctx.roster.clone(),
+            ..RunContext::default()
         };
         let record = RunRecord {
             id: id.clone(),

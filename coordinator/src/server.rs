@@ -21,6 +21,7 @@ use crate::etcd::EtcdAccess;
 use crate::limit::{IpBuckets, LogLimit};
 use crate::pki::Ca;
 use crate::registry::{AgentState, Registry};
+use crate::request::SopRequest;
 use crate::runner::{Runner, Timeouts};
 use crate::sop;
 use crate::store::{run_state, Store, StoreError};
@@ -276,14 +277,14 @@ impl Coordinator {
     /// once the new run is stored) and the plan says so.
     fn pending_cleanup_in_the_way(
         &self,
-        r: &pb::StartRunRequest,
+        r: &crate::request::Request,
         hosts: impl IntoIterator<Item = IpAddr>,
         notes: &mut Vec<String>,
     ) -> Result<Option<String>, Status> {
-        let forgetting = (r.sop == sop::sop_name::MEMBER_REMOVE
-            && r.args.get("forget").map(String::as_str) == Some("true"))
-        .then(|| r.args.get("host").and_then(|h| h.parse::<IpAddr>().ok()))
-        .flatten();
+        let forgetting = match r.sop {
+            SopRequest::MemberRemove { host, forget: true } => Some(host),
+            _ => None,
+        };
         let mut dropped = None;
         for h in hosts {
             let held = self
@@ -331,7 +332,10 @@ impl Coordinator {
             };
             let host = serde_json::from_str::<crate::runner::RunContext>(&run.context)
                 .ok()
-                .and_then(|c| c.args.get("host").and_then(|h| h.parse::<IpAddr>().ok()));
+                .and_then(|c| match c.request {
+                    Some(SopRequest::HostCleanup { host, .. }) => Some(host),
+                    _ => None,
+                });
             let Some(host) = host else {
                 tracing::error!(run = %id, "a waiting run names no host; abort it with `quorum run abort {id}`");
                 continue;
@@ -721,13 +725,12 @@ impl AdminService for AdminSvc {
         req: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::RunView>, Status> {
         let admin = authorize_admin(&req, self.0.td())?;
-        let r = req.into_inner();
+        let r = crate::request::Request::from_pb(req.get_ref())?;
         let c = &self.0;
         // A host re-added before its pending cleanup ran is refused for that first (its agent
         // may well be missing too, which the planner would name instead).
-        if r.sop == sop::sop_name::MEMBER_ADD {
-            let host = r.args.get("host").and_then(|h| h.parse::<IpAddr>().ok());
-            c.pending_cleanup_in_the_way(&r, host, &mut Vec::new())?;
+        if let SopRequest::MemberAdd { host, .. } = r.sop {
+            c.pending_cleanup_in_the_way(&r, [host], &mut Vec::new())?;
         }
         let mut planned = sop::plan_request(&c.config.inventory, &c.registry, &c.etcd, &r).await?;
         let mut touched = std::collections::BTreeSet::new();
@@ -737,23 +740,20 @@ impl AdminService for AdminSvc {
         }
         let forgotten = c.pending_cleanup_in_the_way(&r, touched, &mut planned.plan.notes)?;
         if r.plan_only {
-            return Ok(Response::new(sop::plan_view(&r.sop, &planned)));
+            return Ok(Response::new(sop::plan_view(r.sop.name(), &planned)));
         }
-        if !planned.plan.wipes.is_empty()
-            && r.args.get("confirmed").map(String::as_str) != Some("true")
-        {
+        if !planned.plan.wipes.is_empty() && !r.confirmed {
             return Err(Status::failed_precondition(format!(
                 "this run wipes {}; confirm it (the CLI asks, or pass --yes)",
                 planned.plan.wipes.join(", ")
             )));
         }
         let id = sop::new_run_id();
-        let record = sop::run_record(&id, &r.sop, &admin, &planned)?;
+        let record = sop::run_record(&id, r.sop.name(), &admin, &planned)?;
         c.runner.store.create_run(&record).map_err(store_status)?;
-        if let Some(pending) = forgotten {
+        if let (Some(pending), SopRequest::MemberRemove { host, .. }) = (forgotten, &r.sop) {
             let why = format!(
-                "dropped by {admin} with `quorum member remove {} --forget` (run {id})",
-                r.args.get("host").map(String::as_str).unwrap_or_default()
+                "dropped by {admin} with `quorum member remove {host} --forget` (run {id})"
             );
             tracing::warn!(run = %pending, %admin, "pending cleanup dropped: {why}");
             c.runner
@@ -761,7 +761,7 @@ impl AdminService for AdminSvc {
                 .set_run_state(&pending, run_state::ABORTED, &why)
                 .map_err(store_status)?;
         }
-        tracing::info!(run = %id, sop = %r.sop, cluster = %record.cluster, %admin, "run started");
+        tracing::info!(run = %id, sop = %r.sop.name(), cluster = %record.cluster, %admin, "run started");
         c.runner.start(id.clone());
         let run = c.runner.store.get_run(&id).map_err(store_status)?;
         Ok(Response::new(sop::run_view(&run)))

@@ -2,7 +2,7 @@
 //! and etcd say right now, plan the SOP, and (unless only a plan was asked for) store the run
 //! under the cluster's lock and hand it to the runner.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use quorum_proto::pb;
@@ -11,39 +11,14 @@ use tonic::Status;
 use crate::inventory::{EtcdCluster, EtcdInit, EtcdMember, Inventory, PgCluster};
 use crate::patroni::{PgNode, PgRef};
 use crate::plan::{
-    self, ActionName, ClusterSpec, Live, MemberSpec, PgTarget, Plan, PlanError, RestartPolicy,
-    ServiceName, StepKind,
+    self, ClusterSpec, Live, MemberSpec, PgTarget, Plan, PlanError, ServiceName, StepKind,
 };
 use crate::registry::{AgentState, Registry};
+use crate::request::{PgPick, Request, SopRequest};
 use crate::runner::RunContext;
 use crate::store::{now_ms, RunRecord, StepRecord};
 
-/// The SOPs, by the name the CLI and the store use.
-pub mod sop_name {
-    /// `quorum cluster create`.
-    pub const CLUSTER_CREATE: &str = "cluster-create";
-    /// `quorum cluster remove`.
-    pub const CLUSTER_REMOVE: &str = "cluster-remove";
-    /// `quorum cluster purge`.
-    pub const CLUSTER_PURGE: &str = "cluster-purge";
-    /// `quorum config reload`.
-    pub const CONFIG_RELOAD: &str = "config-reload";
-    /// `quorum env refresh`.
-    pub const ENV_REFRESH: &str = "env-refresh";
-    /// `quorum service ...`.
-    pub const SERVICE: &str = "service";
-    /// `quorum member add`.
-    pub const MEMBER_ADD: &str = "member-add";
-    /// `quorum member remove`.
-    pub const MEMBER_REMOVE: &str = "member-remove";
-    /// Not asked for by an operator: the stop, wipe and retirement of a member removed while
-    /// its host's agent was unreachable, started when that agent connects again.
-    pub const HOST_CLEANUP: &str = "host-cleanup";
-    /// `quorum patroni reload`.
-    pub const PATRONI_RELOAD: &str = "patroni-reload";
-    /// `quorum vip reload`.
-    pub const VIP_RELOAD: &str = "vip-reload";
-}
+pub use crate::request::sop_name;
 
 /// Builds the planner's view of `cluster`: members and the files rendered for each.
 pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
@@ -186,10 +161,6 @@ fn silent_note(registry: &Registry, host: IpAddr, asked: Option<std::time::Syste
     )
 }
 
-fn arg<'a>(args: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
-    args.get(key).map(String::as_str).filter(|s| !s.is_empty())
-}
-
 /// Maps a plan refusal to a gRPC status: usage errors are INVALID_ARGUMENT, safety refusals
 /// FAILED_PRECONDITION (the CLI's exit codes 2 and 3).
 pub fn plan_status(e: PlanError) -> Status {
@@ -205,9 +176,9 @@ fn resolve_hosts(
     inv: &Inventory,
     cluster: &EtcdCluster,
     service: ServiceName,
-    spec: Option<&str>,
+    spec: &[String],
 ) -> Result<Vec<IpAddr>, Status> {
-    let Some(spec) = spec else {
+    if spec.is_empty() {
         return Ok(match service {
             ServiceName::Etcd => cluster.members.iter().map(|m| m.ip).collect(),
             ServiceName::Patroni => inv
@@ -221,9 +192,14 @@ fn resolve_hosts(
                 .flat_map(|p| p.vip_hosts())
                 .collect(),
         });
-    };
+    }
     let mut out = Vec::new();
-    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for item in spec
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         if let Ok(ip) = item.parse::<IpAddr>() {
             out.push(ip);
             continue;
@@ -319,28 +295,33 @@ pub async fn plan_request(
     inventory_path: &std::path::Path,
     registry: &Registry,
     etcd: &crate::etcd::EtcdAccess,
-    req: &pb::StartRunRequest,
+    req: &Request,
 ) -> Result<Planned, Status> {
     let inv = load_inventory(inventory_path).await?;
-    let args: BTreeMap<String, String> = req.args.clone().into_iter().collect();
-    if req.sop == sop_name::PATRONI_RELOAD || req.sop == sop_name::VIP_RELOAD {
-        return plan_pg(&inv, req, args, registry, etcd).await;
+    match &req.sop {
+        SopRequest::PatroniReload { pg, .. } | SopRequest::VipReload { pg } => {
+            return plan_pg(&inv, req, pg, registry, etcd).await;
+        }
+        _ => {}
     }
-    let cluster_name = (!req.cluster.is_empty()).then_some(req.cluster.as_str());
     let cluster = inv
-        .etcd_cluster(cluster_name)
+        .etcd_cluster(req.cluster.as_deref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if req.sop == sop_name::MEMBER_ADD || req.sop == sop_name::MEMBER_REMOVE {
-        return plan_membership(&inv, cluster, req, args, registry, etcd).await;
+    if let SopRequest::MemberAdd { .. } | SopRequest::MemberRemove { .. } = req.sop {
+        return plan_membership(&inv, cluster, req, registry, etcd).await;
     }
     let spec = cluster_spec(cluster, cluster.params.init);
     let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
-    let service_target = if req.sop == sop_name::SERVICE {
-        let service: ServiceName = parse_enum(arg(&args, "service").unwrap_or(""), "service")?;
-        let action: ActionName = parse_enum(arg(&args, "action").unwrap_or(""), "action")?;
-        let targets = resolve_hosts(&inv, cluster, service, arg(&args, "hosts"))?;
+    let service_target = if let SopRequest::Service {
+        service,
+        action,
+        hosts: given,
+        forks,
+    } = &req.sop
+    {
+        let targets = resolve_hosts(&inv, cluster, *service, given)?;
         hosts.extend(targets.iter().copied());
-        Some((service, action, targets))
+        Some((*service, *action, targets, *forks))
     } else {
         None
     };
@@ -348,51 +329,37 @@ pub async fn plan_request(
     hosts.dedup();
     let (live, silent) = gather_live(registry, etcd, &spec, &hosts).await;
     check_data_dirs(inv.file(), &cluster.members, &live)?;
-    let mut plan = match req.sop.as_str() {
-        sop_name::CLUSTER_CREATE => plan::plan_cluster_create(&spec, &live),
-        sop_name::CLUSTER_REMOVE => plan::plan_cluster_remove(&spec, &live, false),
-        sop_name::CLUSTER_PURGE => plan::plan_cluster_remove(&spec, &live, true),
-        sop_name::CONFIG_RELOAD => {
-            let policy = match arg(&args, "restart").unwrap_or("if-changed") {
-                "always" => RestartPolicy::Always,
-                "never" => RestartPolicy::Never,
-                "if-changed" => RestartPolicy::IfChanged,
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "restart={other}: use always, if-changed or never"
-                    )))
-                }
-            };
-            plan::plan_config_reload(&spec, &live, policy)
-        }
-        sop_name::ENV_REFRESH => plan::plan_env_refresh(&spec, &live),
-        sop_name::SERVICE => {
-            let Some((service, action, targets)) = service_target else {
+    let mut plan = match &req.sop {
+        SopRequest::ClusterCreate => plan::plan_cluster_create(&spec, &live),
+        SopRequest::ClusterRemove => plan::plan_cluster_remove(&spec, &live, false),
+        SopRequest::ClusterPurge => plan::plan_cluster_remove(&spec, &live, true),
+        SopRequest::ConfigReload { restart } => plan::plan_config_reload(&spec, &live, *restart),
+        SopRequest::EnvRefresh => plan::plan_env_refresh(&spec, &live),
+        SopRequest::Service { .. } => {
+            let Some((service, action, targets, forks)) = service_target else {
                 return Err(Status::internal("service target lost"));
             };
-            let forks = arg(&args, "forks")
-                .unwrap_or("1")
-                .parse::<usize>()
-                .map_err(|_| Status::invalid_argument("--forks takes a whole number"))?;
             plan::plan_service(&spec, &live, service, action, &targets, forks)
         }
         other => {
             return Err(Status::invalid_argument(format!(
-                "unknown SOP {other:?}; see `quorum --help`"
+                "{} is not an SOP an operator starts",
+                other.name()
             )))
         }
     }
     .map_err(plan_status)?;
-    if req.sop != sop_name::CLUSTER_CREATE {
-        snapshot_before_destruction(&mut plan, &spec.name, &args, &live)?;
+    if req.sop != SopRequest::ClusterCreate {
+        snapshot_before_destruction(&mut plan, &spec.name, req.no_snapshot, &live)?;
     }
     plan.notes.splice(0..0, silent);
     Ok(Planned {
         context: RunContext {
             endpoints: spec.client_urls(),
-            args,
+            request: Some(req.sop.clone()),
             notes: plan.notes.clone(),
             roster: Some(spec.roster()),
+            ..RunContext::default()
         },
         plan,
         cluster: spec.name.clone(),
@@ -402,10 +369,7 @@ pub async fn plan_request(
 
 /// The PostgreSQL clusters a `patroni reload` / `vip reload` names: `pg_cluster=NAME`,
 /// `all=true`, or the only one.
-fn select_pg<'a>(
-    inv: &'a Inventory,
-    args: &BTreeMap<String, String>,
-) -> Result<Vec<&'a PgCluster>, Status> {
+fn select_pg<'a>(inv: &'a Inventory, pick: &PgPick) -> Result<Vec<&'a PgCluster>, Status> {
     let all = inv.pg_clusters();
     let names = || {
         all.iter()
@@ -419,8 +383,8 @@ fn select_pg<'a>(
             inv.file()
         )));
     }
-    if let Some(name) = arg(args, "pg_cluster") {
-        return match all.iter().find(|p| p.name == name) {
+    if let PgPick::Cluster(name) = pick {
+        return match all.iter().find(|p| &p.name == name) {
             Some(p) => Ok(vec![p]),
             None => Err(Status::invalid_argument(format!(
                 "--cluster {name}: no such PostgreSQL cluster in {}; it has: {}",
@@ -429,7 +393,7 @@ fn select_pg<'a>(
             ))),
         };
     }
-    if arg(args, "all") == Some("true") || all.len() == 1 {
+    if *pick == PgPick::All || all.len() == 1 {
         return Ok(all.iter().collect());
     }
     Err(Status::invalid_argument(format!(
@@ -519,12 +483,12 @@ async fn pg_targets(
 /// clusters use, so it never overlaps a membership change that refreshes the same files.
 async fn plan_pg(
     inv: &Inventory,
-    req: &pb::StartRunRequest,
-    args: BTreeMap<String, String>,
+    req: &Request,
+    pick: &PgPick,
     registry: &Registry,
     etcd: &crate::etcd::EtcdAccess,
 ) -> Result<Planned, Status> {
-    let pgs = select_pg(inv, &args)?;
+    let pgs = select_pg(inv, pick)?;
     let mut dcs: Vec<&str> = pgs.iter().filter_map(|p| p.dcs.as_deref()).collect();
     dcs.sort();
     dcs.dedup();
@@ -548,7 +512,6 @@ async fn plan_pg(
         .etcd_cluster(Some(etcd_name))
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let spec = cluster_spec(cluster, cluster.params.init);
-    let restart = arg(&args, "restart") == Some("true");
     let mut notes = Vec::new();
     // Patroni and vip-manager get the inventory's etcd members: refuse if that is not
     // etcd's member list (a host that never joined, or a learner not yet promoted, must
@@ -575,10 +538,11 @@ async fn plan_pg(
         .collect();
     let silent = refresh_facts(registry, &hosts).await;
     let live = agents_live(registry, &hosts);
-    let mut plan = if req.sop == sop_name::PATRONI_RELOAD {
-        plan::plan_patroni_reload(&targets, &live, restart)
-    } else {
-        plan::plan_vip_reload(&targets, &live)
+    let mut plan = match req.sop {
+        SopRequest::PatroniReload {
+            restart_patroni, ..
+        } => plan::plan_patroni_reload(&targets, &live, restart_patroni),
+        _ => plan::plan_vip_reload(&targets, &live),
     }
     .map_err(plan_status)?;
     plan.notes.splice(0..0, silent);
@@ -586,9 +550,9 @@ async fn plan_pg(
     Ok(Planned {
         context: RunContext {
             endpoints: spec.client_urls(),
-            args,
+            request: Some(req.sop.clone()),
             notes: plan.notes.clone(),
-            roster: None,
+            ..RunContext::default()
         },
         plan,
         cluster: spec.name.clone(),
@@ -600,26 +564,22 @@ async fn plan_pg(
 async fn plan_membership(
     inv: &Inventory,
     cluster: &EtcdCluster,
-    req: &pb::StartRunRequest,
-    args: BTreeMap<String, String>,
+    req: &Request,
     registry: &Registry,
     etcd: &crate::etcd::EtcdAccess,
 ) -> Result<Planned, Status> {
-    let host: IpAddr = arg(&args, "host")
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| Status::invalid_argument("give the member's host as an IP address"))?;
-    let seq = arg(&args, "seq")
-        .map(|s| s.parse::<u32>())
-        .transpose()
-        .map_err(|_| Status::invalid_argument("--seq takes a whole number >= 0"))?;
+    let (host, seq, forget) = match req.sop {
+        SopRequest::MemberAdd { host, seq } => (host, seq, false),
+        SopRequest::MemberRemove { host, forget } => (host, None, forget),
+        _ => return Err(Status::internal("not a membership SOP")),
+    };
     let in_inventory = cluster.member(host).cloned();
     // Patroni and vip-manager of the PostgreSQL clusters on this etcd cluster follow the change.
     let pgs = inv.pg_clusters_using(&cluster.name);
     let mut pg_hosts: Vec<IpAddr> = pgs.iter().flat_map(|p| p.patroni_hosts()).collect();
     pg_hosts.sort();
     pg_hosts.dedup();
-    let (planned_cluster, all_endpoints, plan) = if req.sop == sop_name::MEMBER_ADD {
+    let (planned_cluster, all_endpoints, plan) = if let SopRequest::MemberAdd { .. } = req.sop {
         let target = match (&in_inventory, seq) {
             (Some(_), _) => cluster.clone(),
             (None, Some(seq)) => {
@@ -705,10 +665,9 @@ async fn plan_membership(
         } else {
             plan::leaving_member(&live, host, guessed, seq.is_some())
         };
-        let forget = arg(&args, "forget") == Some("true");
         let mut plan =
             plan::plan_member_remove(&spec, &gone, &live, forget).map_err(plan_status)?;
-        snapshot_before_destruction(&mut plan, &spec.name, &args, &live)?;
+        snapshot_before_destruction(&mut plan, &spec.name, req.no_snapshot, &live)?;
         plan.notes.splice(0..0, silent);
         let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
         let unreachable = (!live.facts.contains_key(&host)).then_some(host);
@@ -720,9 +679,10 @@ async fn plan_membership(
     Ok(Planned {
         context: RunContext {
             endpoints: all_endpoints,
-            args,
+            request: Some(req.sop.clone()),
             notes: plan.notes.clone(),
             roster: Some(planned_cluster.clone()),
+            ..RunContext::default()
         },
         plan,
         cluster: planned_cluster.cluster,
@@ -737,7 +697,7 @@ async fn plan_membership(
 fn snapshot_before_destruction(
     plan: &mut Plan,
     cluster: &str,
-    args: &BTreeMap<String, String>,
+    no_snapshot: bool,
     live: &Live,
 ) -> Result<(), Status> {
     // A restart that follows only unchanged writes will be skipped: it destroys nothing.
@@ -756,7 +716,7 @@ fn snapshot_before_destruction(
     if !destroys {
         return Ok(());
     }
-    if arg(args, "no_snapshot") == Some("true") {
+    if no_snapshot {
         plan.notes.push(
             "no snapshot is taken before the destructive steps: waived with --no-snapshot".into(),
         );
@@ -777,11 +737,6 @@ fn snapshot_before_destruction(
         "a verified snapshot of {cluster} is taken and kept on the coordinator before the first destructive step (`quorum snapshot list`)"
     ));
     Ok(())
-}
-
-fn parse_enum<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, Status> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| Status::invalid_argument(format!("unknown {what} {s:?}")))
 }
 
 /// A new run id: time-ordered, unique.

@@ -148,10 +148,8 @@ async fn watch_run_sends_each_change_and_ends_with_the_run() -> Result<()> {
     let mut admin = AdminServiceClient::new(admin_channel(&w).await?);
     let started = admin
         .start_run(pb::StartRunRequest {
-            sop: "env-refresh".into(),
-            cluster: String::new(),
-            args: Default::default(),
-            plan_only: false,
+            sop: Some(pb::start_run_request::Sop::EnvRefresh(pb::EnvRefresh {})),
+            ..Default::default()
         })
         .await?
         .into_inner();
