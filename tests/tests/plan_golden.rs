@@ -383,8 +383,8 @@ fn differing_part(want: &str, got: &str) -> String {
     )
 }
 
-/// Keeps the outcome of one phase: its failure (a golden that differs, or a plan that could not be made)
-/// is kept, named after the golden, and the next phase runs.
+/// Records one phase's outcome: a failure (a golden that differs, or a plan that could not
+/// be made) is kept, named after the golden, and the next phase runs.
 fn record(failures: &mut Vec<String>, name: &str, r: Result<()>) {
     if let Err(e) = r {
         failures.push(format!("=== {name}: {e:#}"));
