@@ -9,7 +9,19 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::MemberInfo;
-use crate::plan::MemberSpec;
+
+/// One etcd member as planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSpec {
+    /// Host IP.
+    pub ip: IpAddr,
+    /// Member name, `<cluster>-<seq>`.
+    pub name: String,
+    /// `https://ip:port`.
+    pub client_url: String,
+    /// `https://ip:peer_port`.
+    pub peer_url: String,
+}
 
 /// The inventory's membership of one etcd cluster, as planned; kept with a run so its
 /// membership steps compare against what the plan assumed.

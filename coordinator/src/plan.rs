@@ -14,18 +14,7 @@ use crate::agreement::{Disagreement, Roster};
 use crate::etcd::MemberInfo;
 use crate::patroni::PgRef;
 
-/// One etcd member as planned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberSpec {
-    /// Host IP.
-    pub ip: IpAddr,
-    /// Member name, `<cluster>-<seq>`.
-    pub name: String,
-    /// `https://ip:port`.
-    pub client_url: String,
-    /// `https://ip:peer_port`.
-    pub peer_url: String,
-}
+pub use crate::agreement::MemberSpec;
 
 /// One etcd cluster as planned, with the files rendered for each member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
