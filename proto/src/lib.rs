@@ -2,9 +2,10 @@
 //! read from a certificate, the TLS configuration built from PEM files, the YAML library, and
 //! the in-place patchers for Patroni's and vip-manager's configs and the renderers of etcd.conf
 //! and the etcdctl profile from typed fields (the coordinator plans with them, the agent
-//! applies them).
+//! applies them), and the exit codes both binaries end with.
 
 pub mod codec;
+pub mod exit;
 pub mod identity;
 pub mod patch;
 pub mod render;
