@@ -11,9 +11,9 @@ pub enum Exit {
     /// printed); the agent stopped cleanly on SIGTERM.
     Ok = 0,
     /// 1: the operation ran and failed: a failed step or task (the run is left `failed` for
-    /// `run resume` / `run abort`), an unhealthy cluster in `cluster status`, or an error
-    /// outside the input (a certificate that cannot be written, a port in use, a state dir
-    /// that cannot be opened).
+    /// `run resume` / `run abort`; the agent's `run-task`), an unhealthy cluster in `cluster
+    /// status`, or an error outside the input (a certificate or key that cannot be written, a
+    /// port in use, a state dir that cannot be opened).
     Failed = 1,
     /// 2: bad input: flags, config, inventory, certificate files, an unknown run, a run with
     /// nothing to resume; for the agent also a failed start-up check. Nothing was changed.
@@ -23,7 +23,8 @@ pub enum Exit {
     /// changed by the refused step.
     Refused = 3,
     /// 4: the coordinator could not be reached, refused our TLS client certificate, or is not
-    /// a coordinator; or it went away while the CLI followed a run (left `interrupted`).
+    /// a coordinator (for the agent: at `enroll`, before the token is sent); or it went away
+    /// while the CLI followed a run (left `interrupted`).
     Unreachable = 4,
 }
 
