@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use quorum_proto::exit::{BadInput, Exit};
 use quorum_proto::pb;
 use quorum_proto::pb::agent_service_client::AgentServiceClient;
 use rcgen::{CertificateParams, KeyPair, SanType};
@@ -34,27 +35,33 @@ pub struct EnrollArgs {
 #[error("{0}")]
 pub struct Refused(pub String);
 
+/// The coordinator could not be reached, or the server there is not a coordinator; the token
+/// was not sent (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
 /// The token from `--token-file` or else from `--token` / `QUORUM_ENROLL_TOKEN`.
-pub fn token_from(file: Option<&Path>, given: Option<String>) -> anyhow::Result<String> {
+pub fn token_from(file: Option<&Path>, given: Option<String>) -> Result<String, BadInput> {
     let token = match (file, given) {
         (Some(path), _) => std::fs::read_to_string(path)
             .map_err(|e| {
-                anyhow::anyhow!(
+                BadInput(format!(
                     "cannot read the token file {}: {e}; write the output of `quorum pki token --host IP` there",
                     path.display()
-                )
+                ))
             })?
             .trim()
             .to_string(),
         (None, Some(token)) => token.trim().to_string(),
-        (None, None) => anyhow::bail!(
-            "no enrollment token given: put the output of `quorum pki token --host IP` in a file and pass --token-file PATH, or set QUORUM_ENROLL_TOKEN"
-        ),
+        (None, None) => return Err(BadInput(
+            "no enrollment token given: put the output of `quorum pki token --host IP` in a file and pass --token-file PATH, or set QUORUM_ENROLL_TOKEN".into()
+        )),
     };
     if token.is_empty() {
-        anyhow::bail!(
-            "the enrollment token is empty; mint one with `quorum pki token --host IP` on the admin node"
-        );
+        return Err(BadInput(
+            "the enrollment token is empty; mint one with `quorum pki token --host IP` on the admin node".into()
+        ));
     }
     Ok(token)
 }
@@ -94,8 +101,8 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Enrolls this host; returns exit code 0, or an error saying what to do.
-pub async fn enroll(args: &EnrollArgs) -> anyhow::Result<u8> {
+/// Enrolls this host; returns `Exit::Ok`, or an error saying what to do.
+pub async fn enroll(args: &EnrollArgs) -> anyhow::Result<Exit> {
     let ca_pem = quorum_proto::tls::read_cert_pem(&args.ca_cert, "CA certificate")?;
     let (key_pem, csr_pem) = make_csr(args.host_ip)?;
     // The token goes only to a server that proves it is the coordinator.
@@ -107,11 +114,11 @@ pub async fn enroll(args: &EnrollArgs) -> anyhow::Result<u8> {
     .connect()
     .await
     .map_err(|e| match quorum_proto::tls::not_coordinator(&e) {
-        Some(refused) => anyhow::anyhow!("{refused}; the token was not sent"),
-        None => anyhow::anyhow!(
+        Some(refused) => Unreachable(format!("{refused}; the token was not sent")),
+        None => Unreachable(format!(
             "cannot reach the coordinator at {}: {e}; check the URL and that --ca-cert is the CA that signed the coordinator's certificate",
             args.coordinator
-        ),
+        )),
     })?;
     let mut client = AgentServiceClient::new(channel);
     let resp = client
@@ -132,5 +139,5 @@ pub async fn enroll(args: &EnrollArgs) -> anyhow::Result<u8> {
         args.cert.display(),
         args.key.display()
     );
-    Ok(0)
+    Ok(Exit::Ok)
 }

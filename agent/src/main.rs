@@ -4,11 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// Exit code for a usage or configuration error (or a start-up failure).
-const EXIT_USAGE: u8 = 2;
-/// Exit code when the coordinator refused (enrollment token or CSR refused).
-const EXIT_REFUSED: u8 = 3;
+use quorum_proto::exit::{BadInput, Exit};
 
 #[derive(Parser)]
 #[command(
@@ -73,8 +69,44 @@ enum Command {
     },
 }
 
+/// The one error → exit-code mapping of `quorum-agent` (README "Exit codes"): a bad flag,
+/// config or certificate file, or a failed start-up check is `Usage`; a refused enrollment
+/// `Refused`; a coordinator that cannot be reached `Unreachable`; anything else (a key or
+/// certificate that cannot be written) `Failed`.
+fn classify(e: &anyhow::Error) -> Exit {
+    if e.is::<quorum_agent::enroll::Refused>() {
+        return Exit::Refused;
+    }
+    if e.is::<quorum_agent::enroll::Unreachable>() {
+        return Exit::Unreachable;
+    }
+    if let Some(clap_error) = e.downcast_ref::<clap::Error>() {
+        // --help and --version are "errors" to clap, printed on stdout.
+        return if clap_error.use_stderr() {
+            Exit::Usage
+        } else {
+            Exit::Ok
+        };
+    }
+    if e.is::<BadInput>()
+        || e.is::<quorum_agent::config::ConfigError>()
+        || e.is::<quorum_agent::executor::ExecError>()
+        || e.is::<quorum_proto::tls::TlsError>()
+    {
+        return Exit::Usage;
+    }
+    Exit::Failed
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Like clap's own `exit`: a closed stdout or stderr is no reason to fail.
+            let _ = e.print();
+            return classify(&e.into()).into();
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QUORUM_LOG")
@@ -92,7 +124,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failed.into();
         }
     };
     let result = rt.block_on(async {
@@ -128,14 +160,62 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<quorum_agent::enroll::Refused>().is_some() {
-                ExitCode::from(EXIT_REFUSED)
-            } else {
-                ExitCode::from(EXIT_USAGE)
-            }
+            classify(&e).into()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_documented_exit_codes() {
+        let missing = std::path::Path::new("/nonexistent/quorum-test/agent.yml");
+        let config = quorum_agent::config::AgentConfig::load(missing).unwrap_err();
+        assert_eq!(classify(&config.into()), Exit::Usage);
+        let start_up = quorum_agent::executor::ExecError::Owner {
+            config: missing.display().to_string(),
+            message: "no user etcd".into(),
+        };
+        assert_eq!(classify(&start_up.into()), Exit::Usage);
+        let tls = quorum_proto::tls::TlsMaterial::load(missing, missing, missing).unwrap_err();
+        assert_eq!(classify(&tls.into()), Exit::Usage);
+        let token = quorum_agent::enroll::token_from(None, None).unwrap_err();
+        assert_eq!(classify(&token.into()), Exit::Usage);
+        let refused = quorum_agent::enroll::Refused("enrollment refused: token used".into());
+        assert_eq!(classify(&refused.into()), Exit::Refused);
+        let gone = quorum_agent::enroll::Unreachable("cannot reach the coordinator".into());
+        assert_eq!(classify(&gone.into()), Exit::Unreachable);
+        // Writing the enrolled key or certificate failed: not bad input.
+        let write = anyhow::anyhow!("cannot write /etc/quorum/agent.key: no space left on device");
+        assert_eq!(classify(&write), Exit::Failed);
+    }
+
+    #[test]
+    fn clap_errors_are_usage_and_help_is_not() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args) {
+            Ok(_) => Exit::Ok,
+            Err(e) => classify(&e.into()),
+        };
+        assert_eq!(parse(&["quorum-agent", "--no-such-flag"]), Exit::Usage);
+        assert_eq!(
+            parse(&[
+                "quorum-agent",
+                "enroll",
+                "--coordinator",
+                "x",
+                "--ca-cert",
+                "c",
+                "--host-ip",
+                "nope"
+            ]),
+            Exit::Usage
+        );
+        assert_eq!(parse(&["quorum-agent", "--help"]), Exit::Ok);
+        assert_eq!(parse(&["quorum-agent", "--version"]), Exit::Ok);
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quorum_proto::exit::{BadInput, Exit};
 use quorum_proto::identity::{peer_from_der, Peer};
 use quorum_proto::pb;
 use quorum_proto::pb::agent_service_client::AgentServiceClient;
@@ -57,11 +58,14 @@ impl Backoff {
     }
 }
 
-/// Loads the config at `path` and runs the pull loop until SIGTERM.
-pub async fn run_from_config(path: &Path) -> anyhow::Result<u8> {
+/// Loads the config at `path` and runs the pull loop until SIGTERM. Every error is a failed
+/// start-up (the loop itself retries until stopped).
+pub async fn run_from_config(path: &Path) -> anyhow::Result<Exit> {
     let cfg = Arc::new(AgentConfig::load(path)?);
     let tls = TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key).map_err(|e| {
-        anyhow::anyhow!("{e} (a new host gets its certificate with `quorum-agent enroll`)")
+        BadInput(format!(
+            "{e} (a new host gets its certificate with `quorum-agent enroll`)"
+        ))
     })?;
     let trust_domain = check_own_identity(&cfg, &tls)?;
     let executor = Executor::new(cfg.clone())?;
@@ -72,26 +76,29 @@ pub async fn run_from_config(path: &Path) -> anyhow::Result<u8> {
     });
     run(cfg, tls, &trust_domain, executor, stop_rx).await?;
     tracing::info!("agent stopped");
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 /// Refuses to start with a certificate that does not name this host: every poll would be
 /// refused, and the operator should hear why at once. Returns the trust domain the
 /// certificate names, the one the coordinator's certificate must name too.
-fn check_own_identity(cfg: &AgentConfig, tls: &TlsMaterial) -> anyhow::Result<String> {
+fn check_own_identity(cfg: &AgentConfig, tls: &TlsMaterial) -> Result<String, BadInput> {
     let der = quorum_proto::tls::first_cert_der(&tls.cert_pem)
-        .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", cfg.tls.cert.display()))?;
+        .ok_or_else(|| BadInput(format!("{} holds no certificate", cfg.tls.cert.display())))?;
     // The trust domain is the one this certificate names; the coordinator must name it too.
     let td = quorum_proto::identity::trust_domain_of(&der)
         .unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.into());
     match peer_from_der(&der, &td) {
         Ok(Peer::Agent(ip)) if ip == cfg.host_ip => Ok(td),
-        Ok(other) => anyhow::bail!(
+        Ok(other) => Err(BadInput(format!(
             "certificate {} is for {other}, but this agent is host {} (host_ip in the config); enroll this host again",
             cfg.tls.cert.display(),
             cfg.host_ip
-        ),
-        Err(e) => anyhow::bail!("certificate {}: {e}", cfg.tls.cert.display()),
+        ))),
+        Err(e) => Err(BadInput(format!(
+            "certificate {}: {e}",
+            cfg.tls.cert.display()
+        ))),
     }
 }
 

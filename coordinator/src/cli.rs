@@ -6,26 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use quorum_proto::exit::{BadInput, Exit};
 use quorum_proto::pb;
 
 use crate::client;
 use crate::pki::{self, LeafKind};
 use crate::plan::{ActionName, RestartPolicy, ServiceName};
 use crate::request::{PgPick, Request, SopRequest};
-
-/// Exit codes of `quorum` (README "Exit codes").
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// The operation ran and failed (a failed task or step).
-    pub const FAILED: u8 = 1;
-    /// Bad flags, config, inventory or other input; nothing was changed.
-    pub const USAGE: u8 = 2;
-    /// Refused by a safety rule (safeguard, quorum guard, permission); nothing was changed.
-    pub const REFUSED: u8 = 3;
-    /// The coordinator could not be reached or refused our certificate.
-    pub const UNREACHABLE: u8 = 4;
-}
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -49,6 +36,16 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The command line of this process; on `--help`, `--version` or a usage error, clap's
+    /// text is printed and the exit code returned instead.
+    pub fn from_args() -> Result<Self, Exit> {
+        Self::try_parse().map_err(|e| {
+            // Like clap's own `exit`: a closed stdout or stderr is no reason to fail.
+            let _ = e.print();
+            classify(&anyhow::Error::new(e))
+        })
+    }
+
     /// Whether this invocation is the long-running daemon (as opposed to a one-shot command).
     pub fn is_daemon(&self) -> bool {
         matches!(self.command, Command::Serve { .. })
@@ -76,7 +73,7 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    pub(crate) fn resolve(&self) -> anyhow::Result<client::Connection> {
+    pub(crate) fn resolve(&self) -> Result<client::Connection, BadInput> {
         client::resolve(
             self.coordinator.clone(),
             self.cert.clone(),
@@ -642,7 +639,7 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 }
 
 /// Runs the CLI; returns the process exit code.
-pub async fn run(cli: Cli) -> u8 {
+pub async fn run(cli: Cli) -> Exit {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -671,54 +668,79 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
     ) && status.metadata().is_empty()
 }
 
-fn classify(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<client::Unreachable>().is_some() {
-        return exit::UNREACHABLE;
+/// The one error → exit-code mapping of `quorum` (README "Exit codes"). Bad input is named
+/// by its type (config, certificate files, CA, a flag, clap's usage errors); an error no rule
+/// names ran into something outside the input (a file that cannot be written, a port in use)
+/// and is `Failed`, not `Usage`.
+fn classify(e: &anyhow::Error) -> Exit {
+    if e.is::<client::Unreachable>() {
+        return Exit::Unreachable;
     }
     if let Some(status) = e.downcast_ref::<tonic::Status>() {
         if is_transport_failure(status) {
-            return exit::UNREACHABLE;
+            return Exit::Unreachable;
         }
         return match status.code() {
-            tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition => exit::REFUSED,
-            tonic::Code::Unauthenticated | tonic::Code::Unavailable => exit::UNREACHABLE,
-            tonic::Code::InvalidArgument | tonic::Code::NotFound => exit::USAGE,
-            _ => exit::FAILED,
+            tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition => Exit::Refused,
+            tonic::Code::Unauthenticated | tonic::Code::Unavailable => Exit::Unreachable,
+            tonic::Code::InvalidArgument | tonic::Code::NotFound => Exit::Usage,
+            _ => Exit::Failed,
         };
     }
-    if let Some(pki::PkiError::Generate(_)) = e.downcast_ref::<pki::PkiError>() {
-        return exit::FAILED;
+    let pki_error = e.downcast_ref::<pki::PkiError>().or_else(|| {
+        e.downcast_ref::<crate::server::ConfiguredCaError>()
+            .map(|c| &c.0)
+    });
+    if let Some(pki_error) = pki_error {
+        return match pki_error {
+            pki::PkiError::Read { .. }
+            | pki::PkiError::HalfCa { .. }
+            | pki::PkiError::NoCa { .. }
+            | pki::PkiError::MissingFile { .. }
+            | pki::PkiError::BadCa { .. }
+            | pki::PkiError::Usage(_) => Exit::Usage,
+            pki::PkiError::CsrRefused(_) | pki::PkiError::TokenRefused(_) => Exit::Refused,
+            pki::PkiError::Io { .. } | pki::PkiError::Generate(_) => Exit::Failed,
+        };
     }
-    exit::USAGE
+    if let Some(clap_error) = e.downcast_ref::<clap::Error>() {
+        // --help and --version are "errors" to clap, printed on stdout.
+        return if clap_error.use_stderr() {
+            Exit::Usage
+        } else {
+            Exit::Ok
+        };
+    }
+    if e.is::<BadInput>()
+        || e.is::<crate::config::ConfigError>()
+        || e.is::<quorum_proto::tls::TlsError>()
+    {
+        return Exit::Usage;
+    }
+    Exit::Failed
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Serve { config } => {
             // Everything the daemon creates (run store, used tokens, member keys) is its own.
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             let cfg = crate::config::CoordinatorConfig::load(&config)?;
             crate::server::serve(cfg).await?;
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
         Command::Pki(cmd) => pki_command(cmd),
         Command::Agents { output, conn } => agents(output, &conn).await,
         Command::Inventory(InventoryCommand::Check { inventory, output }) => {
-            let code = crate::inventory_cli::inventory_check(&inventory, output == Format::Json)?;
-            Ok(u8::try_from(code).unwrap_or(exit::FAILED))
+            crate::inventory_cli::inventory_check(&inventory, output == Format::Json)
         }
         Command::Render(RenderCommand::EtcdConf {
             host,
             inventory,
             init,
-        }) => {
-            let code =
-                crate::inventory_cli::render_etcd_conf_cmd(&inventory, host, init.as_deref())?;
-            Ok(u8::try_from(code).unwrap_or(exit::FAILED))
-        }
+        }) => crate::inventory_cli::render_etcd_conf_cmd(&inventory, host, init.as_deref()),
         Command::Render(RenderCommand::EtcdctlEnv { host, inventory }) => {
-            let code = crate::inventory_cli::render_etcdctl_env_cmd(&inventory, host)?;
-            Ok(u8::try_from(code).unwrap_or(exit::FAILED))
+            crate::inventory_cli::render_etcdctl_env_cmd(&inventory, host)
         }
         Command::Task {
             host,
@@ -813,7 +835,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     eprintln!(
                         "error: Quorum prints the restore steps of a snapshot but never runs them: use `quorum snapshot restore --plan {id}` and follow them"
                     );
-                    Ok(exit::USAGE)
+                    Ok(Exit::Usage)
                 }
                 SnapshotCommand::Restore {
                     id,
@@ -827,7 +849,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "quorum", &mut std::io::stdout());
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
         Command::Member(MemberCommand::Add { ip, seq, sop }) => {
             sop_command(SopRequest::MemberAdd { host: ip, seq }, sop).await
@@ -838,7 +860,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-async fn sop_command(sop: SopRequest, a: SopArgs) -> anyhow::Result<u8> {
+async fn sop_command(sop: SopRequest, a: SopArgs) -> anyhow::Result<Exit> {
     let request = Request {
         cluster: a.cluster,
         plan_only: a.run.plan,
@@ -856,7 +878,7 @@ async fn sop_command(sop: SopRequest, a: SopArgs) -> anyhow::Result<u8> {
     .await
 }
 
-async fn run_command(cmd: RunCommand) -> anyhow::Result<u8> {
+async fn run_command(cmd: RunCommand) -> anyhow::Result<Exit> {
     match cmd {
         RunCommand::List { output, conn } => {
             let mut client = client::admin_client(&conn.resolve()?).await?;
@@ -906,12 +928,12 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<u8> {
                 "run {} aborted; cluster {} released",
                 run.run_id, run.cluster
             );
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
     }
 }
 
-fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
+fn pki_command(cmd: PkiCommand) -> anyhow::Result<Exit> {
     match cmd {
         PkiCommand::Init {
             dir,
@@ -929,11 +951,11 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
                         cfg.display(),
                         ca.key_algorithm()
                     );
-                    return Ok(exit::OK);
+                    return Ok(Exit::Ok);
                 }
             }
             let Some(dir) = loc.dir() else {
-                anyhow::bail!(
+                return Err(BadInput(format!(
                     "{} names the CA files {} and {}; `quorum pki init` makes ca.crt and ca.key in one directory, so pass --dir, or name <dir>/ca.crt and <dir>/ca.key in the config",
                     match &loc.source {
                         pki::CaSource::Config(c) => c.display().to_string(),
@@ -941,7 +963,8 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
                     },
                     loc.cert.display(),
                     loc.key.display()
-                );
+                ))
+                .into());
             };
             match pki::init_ca(dir, &trust_domain)? {
                 pki::InitOutcome::Created => {
@@ -952,7 +975,7 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
                     dir.display()
                 ),
             }
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
         PkiCommand::Issue {
             kind,
@@ -974,11 +997,12 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
             let crt = out.join(format!("{base}.crt"));
             let key = out.join(format!("{base}.key"));
             if !force && (crt.exists() || key.exists()) {
-                anyhow::bail!(
+                return Err(BadInput(format!(
                     "{} or {} already exists; pass --force to replace them",
                     crt.display(),
                     key.display()
-                );
+                ))
+                .into());
             }
             let (cert_pem, key_pem) = ca.issue(kind, &ips, name.as_deref(), days)?;
             std::fs::create_dir_all(&out)
@@ -990,7 +1014,7 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
                 pki::write_replace(&ca_out, ca.cert_pem().as_bytes(), 0o644)?;
             }
             println!("wrote {} and {}", crt.display(), key.display());
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
         PkiCommand::Token {
             host,
@@ -1000,7 +1024,7 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<u8> {
         } => {
             let ca = pki::load_located(&pki::locate_ca(dir.as_deref(), config.as_deref())?)?;
             println!("{}", ca.mint_token(host, ttl));
-            Ok(exit::OK)
+            Ok(Exit::Ok)
         }
     }
 }
@@ -1049,7 +1073,7 @@ pub fn service_state_word(s: pb::ServiceState) -> &'static str {
     }
 }
 
-async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
+async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
     let mut client = client::admin_client(&conn.resolve()?).await?;
     let agents = client
         .list_agents(pb::ListAgentsRequest {})
@@ -1141,7 +1165,7 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }
 
 /// The word for an outcome.
@@ -1163,21 +1187,20 @@ const TASK_ENVELOPE_BYTES: usize = 4096;
 /// Largest file a task may carry: what fits in one message beside the rest of the request.
 pub const MAX_TASK_FILE_BYTES: usize = quorum_proto::MAX_MESSAGE_BYTES - TASK_ENVELOPE_BYTES;
 
-/// Reads a file a task carries. One too big for a message is bad input (exit 2), refused here
-/// before anything is sent, instead of tonic's "decoded message length too large" afterwards.
-fn read_arg_file(path: &PathBuf) -> anyhow::Result<String> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
-        .len();
+/// Reads a file a task carries. One that cannot be read, or too big for a message, is bad input
+/// (exit 2), refused here before anything is sent, instead of tonic's "decoded message length
+/// too large" afterwards.
+fn read_arg_file(path: &PathBuf) -> Result<String, BadInput> {
+    let unreadable = |e: std::io::Error| BadInput(format!("cannot read {}: {e}", path.display()));
+    let size = std::fs::metadata(path).map_err(unreadable)?.len();
     if size > MAX_TASK_FILE_BYTES as u64 {
-        anyhow::bail!(
+        return Err(BadInput(format!(
             "{} is {size} bytes, over the {MAX_TASK_FILE_BYTES} bytes a task can carry (the coordinator takes messages of at most {} bytes); nothing was sent. Check that this is the right file: etcd.conf, the etcdctl profile and certificates are a few KiB",
             path.display(),
             quorum_proto::MAX_MESSAGE_BYTES
-        );
+        )));
     }
-    std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+    std::fs::read_to_string(path).map_err(unreadable)
 }
 
 async fn ad_hoc_task(
@@ -1186,13 +1209,13 @@ async fn ad_hoc_task(
     yes: bool,
     task: TaskCommand,
     conn: &ConnArgs,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     use pb::task::Kind;
     let (kind, destructive) = match task {
         TaskCommand::Facts => (Kind::CollectFacts(pb::CollectFacts {}), false),
         TaskCommand::WriteEtcdConf { inventory, init } => {
             let conf = crate::inventory_cli::member_conf_spec(&inventory, host, init.as_deref())
-                .ok_or_else(|| anyhow::anyhow!("no task was sent (see above)"))?;
+                .ok_or_else(|| BadInput("no task was sent (see above)".into()))?;
             (
                 Kind::WriteEtcdConf(pb::WriteEtcdConf { conf: Some(conf) }),
                 false,
@@ -1212,7 +1235,7 @@ async fn ad_hoc_task(
         ),
         TaskCommand::WriteEtcdctlProfile { inventory } => {
             let profile = crate::inventory_cli::host_profile_spec(&inventory, host)
-                .ok_or_else(|| anyhow::anyhow!("no task was sent (see above)"))?;
+                .ok_or_else(|| BadInput("no task was sent (see above)".into()))?;
             (
                 Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
                     profile: Some(profile),
@@ -1271,7 +1294,7 @@ async fn ad_hoc_task(
             "refused: this task stops, restarts or wipes something on {host} outside any SOP, without the quorum guard; \
              pass --yes if you mean it (prefer the SOP commands)"
         );
-        return Ok(exit::REFUSED);
+        return Ok(Exit::Refused);
     }
     let req = pb::RunTaskRequest {
         agent_id: host.to_string(),
@@ -1286,10 +1309,11 @@ async fn ad_hoc_task(
     // Several files (write-etcd-certs) can be over the limit together though each is not.
     let size = prost::Message::encoded_len(&req);
     if size > quorum_proto::MAX_MESSAGE_BYTES {
-        anyhow::bail!(
+        return Err(BadInput(format!(
             "this task is {size} bytes with its files, over the coordinator's message limit of {} bytes; nothing was sent",
             quorum_proto::MAX_MESSAGE_BYTES
-        );
+        ))
+        .into());
     }
     let mut client = client::admin_client(&conn.resolve()?).await?;
     let mut request = tonic::Request::new(req);
@@ -1301,8 +1325,99 @@ async fn ad_hoc_task(
         println!("{}", result.output.trim_end());
     }
     Ok(match outcome {
-        pb::Outcome::Refused => exit::REFUSED,
-        pb::Outcome::Failed | pb::Outcome::Unspecified => exit::FAILED,
-        _ => exit::OK,
+        pb::Outcome::Refused => Exit::Refused,
+        pb::Outcome::Failed | pb::Outcome::Unspecified => Exit::Failed,
+        _ => Exit::Ok,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(what: &str) -> std::io::Error {
+        std::io::Error::other(what.to_string())
+    }
+
+    #[test]
+    fn bad_input_is_usage_by_its_type() {
+        let missing = PathBuf::from("/nonexistent/quorum-test/coordinator.yml");
+        let config = crate::config::CoordinatorConfig::load(&missing).unwrap_err();
+        assert_eq!(classify(&config.into()), Exit::Usage);
+        let tls = quorum_proto::tls::TlsMaterial::load(&missing, &missing, &missing).unwrap_err();
+        assert_eq!(classify(&tls.into()), Exit::Usage);
+        let flag = BadInput("no admin certificate given".into());
+        assert_eq!(classify(&flag.into()), Exit::Usage);
+        let unreadable_ca = pki::PkiError::Read {
+            path: missing.clone(),
+            source: io("permission denied"),
+        };
+        assert_eq!(classify(&unreadable_ca.into()), Exit::Usage);
+        let configured = crate::server::ConfiguredCaError(pki::PkiError::MissingFile {
+            what: "CA key (tls.ca_key)".into(),
+            path: missing.clone(),
+            hint: "restore it".into(),
+        });
+        assert_eq!(classify(&configured.into()), Exit::Usage);
+        assert_eq!(
+            classify(&pki::PkiError::Usage("--name is required".into()).into()),
+            Exit::Usage
+        );
+    }
+
+    #[test]
+    fn clap_errors_are_usage_and_help_is_not() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args) {
+            Ok(_) => Exit::Ok,
+            Err(e) => classify(&e.into()),
+        };
+        assert_eq!(parse(&["quorum", "--no-such-flag"]), Exit::Usage);
+        assert_eq!(
+            parse(&["quorum", "pki", "token", "--host", "10.0.0.1", "--ttl", "5y"]),
+            Exit::Usage
+        );
+        assert_eq!(parse(&["quorum"]), Exit::Usage);
+        assert_eq!(parse(&["quorum", "--help"]), Exit::Ok);
+        assert_eq!(parse(&["quorum", "--version"]), Exit::Ok);
+    }
+
+    #[test]
+    fn an_error_no_rule_names_is_failed_not_usage() {
+        // `quorum pki issue` that cannot write its certificate, `quorum serve` on a port in use.
+        let write = pki::PkiError::Io {
+            action: "cannot write",
+            path: PathBuf::from("/etc/quorum/admin.crt"),
+            source: io("no space left on device"),
+        };
+        assert_eq!(classify(&write.into()), Exit::Failed);
+        let bind = anyhow::anyhow!("cannot listen on 127.0.0.1:7443: address in use");
+        assert_eq!(classify(&bind), Exit::Failed);
+        assert_eq!(classify(&io("broken pipe").into()), Exit::Failed);
+    }
+
+    #[test]
+    fn grpc_statuses_keep_their_codes() {
+        let status = |s: tonic::Status| classify(&s.into());
+        assert_eq!(status(tonic::Status::invalid_argument("bad")), Exit::Usage);
+        assert_eq!(status(tonic::Status::not_found("no run")), Exit::Usage);
+        assert_eq!(
+            status(tonic::Status::failed_precondition("guard")),
+            Exit::Refused
+        );
+        assert_eq!(
+            status(tonic::Status::permission_denied("role")),
+            Exit::Refused
+        );
+        assert_eq!(
+            status(tonic::Status::unavailable("gone")),
+            Exit::Unreachable
+        );
+        assert_eq!(
+            status(tonic::Status::unauthenticated("cert")),
+            Exit::Unreachable
+        );
+        assert_eq!(status(tonic::Status::internal("store")), Exit::Failed);
+        let unreachable = client::Unreachable("cannot reach the coordinator".into());
+        assert_eq!(classify(&unreachable.into()), Exit::Unreachable);
+    }
 }

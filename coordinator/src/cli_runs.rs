@@ -8,11 +8,11 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use chrono::TimeZone;
+use quorum_proto::exit::Exit;
 use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 
-use crate::cli::exit;
 use crate::client::Unreachable;
 use crate::request::Request;
 
@@ -23,19 +23,19 @@ pub async fn start_sop(
     mut request: Request,
     yes: bool,
     json: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     let plan_only = request.plan_only;
     request.plan_only = true;
     let plan = client.start_run(request.to_pb()?).await?.into_inner();
     if plan_only {
         print_plan(&plan, json)?;
-        return Ok(exit::OK);
+        return Ok(Exit::Ok);
     }
     if !plan.wipes.is_empty() {
         eprintln!("This run wipes the etcd data of: {}", plan.wipes.join(", "));
         if !yes && !confirm()? {
             eprintln!("refused: not confirmed; nothing was changed (pass --yes to confirm without a prompt)");
-            return Ok(exit::REFUSED);
+            return Ok(Exit::Refused);
         }
         request.confirmed = true;
     }
@@ -212,21 +212,21 @@ fn terminal(state: &str) -> bool {
 }
 
 /// The exit code a finished run maps to.
-pub fn run_exit_code(run: &pb::RunView) -> u8 {
+pub fn run_exit_code(run: &pb::RunView) -> Exit {
     match run.state.as_str() {
-        "succeeded" => exit::OK,
+        "succeeded" => Exit::Ok,
         "failed" => {
             if run
                 .steps
                 .iter()
                 .any(|s| s.state == "failed" && s.outcome == "refused")
             {
-                exit::REFUSED
+                Exit::Refused
             } else {
-                exit::FAILED
+                Exit::Failed
             }
         }
-        _ => exit::FAILED,
+        _ => Exit::Failed,
     }
 }
 
@@ -437,7 +437,7 @@ pub async fn follow(
     run_id: &str,
     json: bool,
     printed: Printed,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     let mut f = Follower {
         tty: progress_terminal(),
         printed,
@@ -495,7 +495,7 @@ pub async fn follow(
 }
 
 /// `quorum run list`.
-pub async fn list(client: &mut AdminServiceClient<Channel>, json: bool) -> anyhow::Result<u8> {
+pub async fn list(client: &mut AdminServiceClient<Channel>, json: bool) -> anyhow::Result<Exit> {
     let runs = client
         .list_runs(pb::ListRunsRequest { limit: 50 })
         .await?
@@ -504,7 +504,7 @@ pub async fn list(client: &mut AdminServiceClient<Channel>, json: bool) -> anyho
     if json {
         let v: Vec<_> = runs.iter().map(run_json).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(exit::OK);
+        return Ok(Exit::Ok);
     }
     println!(
         "{:<26} {:<14} {:<10} {:<12} {:<10} {:<19} {:>8}  STEPS",
@@ -526,7 +526,7 @@ pub async fn list(client: &mut AdminServiceClient<Channel>, json: bool) -> anyho
             r.steps.len()
         );
     }
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }
 
 /// The line of `run show` that says when a run started, ended and how long it took.
@@ -554,7 +554,7 @@ pub async fn show(
     client: &mut AdminServiceClient<Channel>,
     run_id: &str,
     json: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     let run = client
         .get_run(pb::GetRunRequest {
             run_id: run_id.to_string(),
@@ -563,7 +563,7 @@ pub async fn show(
         .into_inner();
     if json {
         println!("{}", serde_json::to_string_pretty(&run_json(&run))?);
-        return Ok(exit::OK);
+        return Ok(Exit::Ok);
     }
     println!(
         "run {}: {} on cluster {} by {}, {}",
@@ -605,7 +605,7 @@ pub async fn show(
             }
         }
     }
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! `quorum snapshot list|save|restore --plan`: the etcd snapshots the coordinator keeps
 //! before destructive steps, one taken by hand, and the steps to restore one.
 
+use quorum_proto::exit::Exit;
 use quorum_proto::pb;
 use quorum_proto::pb::snapshot_request::Action;
 
-use crate::cli::{exit, ConnArgs, Format};
+use crate::cli::{ConnArgs, Format};
 use crate::client;
 
 /// What `quorum snapshot` was asked to do.
@@ -23,7 +24,7 @@ pub async fn run(
     cluster: Option<String>,
     output: Format,
     conn: &ConnArgs,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     let action = match op {
         SnapshotOp::List => Action::List(pb::SnapshotListAction {}),
         SnapshotOp::Save => Action::Save(pb::SnapshotSaveAction {}),
@@ -46,15 +47,15 @@ pub async fn run(
             serde_json::Value::Array(list)
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(exit::OK);
+        return Ok(Exit::Ok);
     }
     if restore {
         print!("{}", resp.restore_plan);
-        return Ok(exit::OK);
+        return Ok(Exit::Ok);
     }
     if resp.snapshots.is_empty() {
         println!("no snapshots kept yet");
-        return Ok(exit::OK);
+        return Ok(Exit::Ok);
     }
     println!(
         "{:<40} {:<10} {:>12} {:>10}  {:<20} REASON",
@@ -71,7 +72,7 @@ pub async fn run(
             s.reason
         );
     }
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }
 
 fn json(s: &pb::SnapshotView) -> serde_json::Value {

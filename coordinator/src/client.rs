@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use quorum_proto::exit::BadInput;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
 use quorum_proto::tls::TlsMaterial;
 use serde::Deserialize;
@@ -46,21 +47,26 @@ pub fn resolve(
     key: Option<PathBuf>,
     cacert: Option<PathBuf>,
     config: Option<&Path>,
-) -> anyhow::Result<Connection> {
+) -> Result<Connection, BadInput> {
     let path = config.unwrap_or(Path::new(DEFAULT_CLI_CONFIG));
     let file: CliFile = match std::fs::read_to_string(path) {
         Ok(text) => quorum_proto::yaml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("CLI config {} is invalid: {e}", path.display()))?,
+            .map_err(|e| BadInput(format!("CLI config {} is invalid: {e}", path.display())))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.is_none() => {
             CliFile::default()
         }
-        Err(e) => anyhow::bail!("cannot read CLI config {}: {e}", path.display()),
+        Err(e) => {
+            return Err(BadInput(format!(
+                "cannot read CLI config {}: {e}",
+                path.display()
+            )))
+        }
     };
     let missing = |what: &str, flag: &str, env: &str| {
-        anyhow::anyhow!(
+        BadInput(format!(
             "no {what} given: pass {flag}, set {env}, or put it in {}",
             path.display()
-        )
+        ))
     };
     Ok(Connection {
         coordinator: coordinator

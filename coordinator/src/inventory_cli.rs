@@ -1,27 +1,25 @@
 //! The operator commands that need only the inventory file, no coordinator: `quorum inventory
-//! check` and `quorum render etcd-conf|etcdctl-env`. Each returns the process exit code: 0 when
-//! all is well, 2 when the input is bad (the problems are on stderr), so scripts and CI can
-//! gate on `quorum inventory check` before running a SOP.
+//! check` and `quorum render etcd-conf|etcdctl-env`. Each returns the process exit code:
+//! `Ok` when all is well, `Usage` when the input is bad (the problems are on stderr), so
+//! scripts and CI can gate on `quorum inventory check` before running a SOP.
 
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 
+use quorum_proto::exit::Exit;
 use quorum_proto::pb;
 use serde_json::json;
 
 use crate::inventory::{EtcdCluster, EtcdInit, EtcdMember, Inventory, InventoryErrors};
 use crate::render;
 
-/// Exit code for bad input (inventory problems, unknown host, bad flag).
-pub const EXIT_BAD_INPUT: i32 = 2;
-
 /// `quorum inventory check`: resolves the inventory and prints its etcd and PostgreSQL
 /// clusters as tables (or with `json`, one JSON object
 /// `{"ok", "file", "sha256", "errors", "warnings", "etcd_clusters", "pg_clusters"}` on
 /// stdout), or every problem found. Warnings are printed too. Returns 0 when the inventory
-/// is usable, 2 when it has errors (printed to stderr in text mode).
-pub fn inventory_check(path: &Path, json: bool) -> anyhow::Result<i32> {
+/// is usable, 2 (`Usage`) when it has errors (printed to stderr in text mode).
+pub fn inventory_check(path: &Path, json: bool) -> anyhow::Result<Exit> {
     let loaded = Inventory::load(path);
     let mut out = std::io::stdout().lock();
     if json {
@@ -46,13 +44,17 @@ pub fn inventory_check(path: &Path, json: bool) -> anyhow::Result<i32> {
             }),
         };
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
-        return Ok(if loaded.is_ok() { 0 } else { EXIT_BAD_INPUT });
+        return Ok(if loaded.is_ok() {
+            Exit::Ok
+        } else {
+            Exit::Usage
+        });
     }
     let inv = match loaded {
         Ok(inv) => inv,
         Err(e) => {
             print_problems(&e);
-            return Ok(EXIT_BAD_INPUT);
+            return Ok(Exit::Usage);
         }
     };
     writeln!(out, "inventory {} (sha256 {})", inv.file(), inv.digest())?;
@@ -118,21 +120,21 @@ pub fn inventory_check(path: &Path, json: bool) -> anyhow::Result<i32> {
     for w in inv.warnings() {
         eprintln!("warning: {w}");
     }
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 /// `quorum render etcd-conf --host IP [--init new|existing|learner]`: prints the
 /// `/etc/etcd/etcd.conf` Quorum (and Pigsty) would write on that member. Without `init`, the
 /// member's `etcd_init` is used; `learner` renders as `existing`, as a learner joins a running
-/// cluster. Returns 2 for a bad inventory, a host that is not an etcd member, or a bad
-/// `init`.
-pub fn render_etcd_conf_cmd(path: &Path, host: IpAddr, init: Option<&str>) -> anyhow::Result<i32> {
+/// cluster. Returns 2 (`Usage`) for a bad inventory, a host that is not an etcd member, or a
+/// bad `init`.
+pub fn render_etcd_conf_cmd(path: &Path, host: IpAddr, init: Option<&str>) -> anyhow::Result<Exit> {
     let Some(conf) = member_conf_spec(path, host, init) else {
-        return Ok(EXIT_BAD_INPUT);
+        return Ok(Exit::Usage);
     };
     let text = quorum_proto::render::format_etcd_conf(&conf);
     std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 /// The typed etcd.conf of member `host` (see [`render_etcd_conf_cmd`] for `init`): what
@@ -156,15 +158,15 @@ pub fn member_conf_spec(path: &Path, host: IpAddr, init: Option<&str>) -> Option
 }
 
 /// `quorum render etcdctl-env --host IP`: prints the `/etc/profile.d/etcdctl.sh` Quorum (and
-/// Pigsty) would write on that member. Returns 2 for a bad inventory or a host that is not an
-/// etcd member.
-pub fn render_etcdctl_env_cmd(path: &Path, host: IpAddr) -> anyhow::Result<i32> {
+/// Pigsty) would write on that member. Returns 2 (`Usage`) for a bad inventory or a host that
+/// is not an etcd member.
+pub fn render_etcdctl_env_cmd(path: &Path, host: IpAddr) -> anyhow::Result<Exit> {
     let Some(profile) = host_profile_spec(path, host) else {
-        return Ok(EXIT_BAD_INPUT);
+        return Ok(Exit::Usage);
     };
     let text = quorum_proto::render::format_etcdctl_profile(&profile);
     std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 /// The typed etcdctl profile of member `host`: what `quorum render etcdctl-env` prints and

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use quorum_proto::exit::Exit;
 
 /// A one-shot command piped into `head` should end quietly like any Unix tool. SIGPIPE stays
 /// ignored (Rust's default): with the default disposition a TLS write to a socket the
@@ -21,14 +21,17 @@ fn quiet_on_closed_stdout() {
         // `println!` says "failed printing to stdout: Broken pipe"; other writers (shell
         // completions) unwrap an io::Error of kind BrokenPipe.
         if msg.contains("Broken pipe") || msg.contains("BrokenPipe") {
-            std::process::exit(0);
+            std::process::exit(Exit::Ok.code().into());
         }
         default(info);
     }));
 }
 
 fn main() -> ExitCode {
-    let cli = quorum_coordinator::cli::Cli::parse();
+    let cli = match quorum_coordinator::cli::Cli::from_args() {
+        Ok(cli) => cli,
+        Err(exit) => return exit.into(),
+    };
     if !cli.is_daemon() {
         quiet_on_closed_stdout();
     }
@@ -52,8 +55,8 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(quorum_coordinator::cli::exit::FAILED);
+            return Exit::Failed.into();
         }
     };
-    ExitCode::from(rt.block_on(quorum_coordinator::cli::run(cli)))
+    rt.block_on(quorum_coordinator::cli::run(cli)).into()
 }

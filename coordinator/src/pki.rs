@@ -34,10 +34,18 @@ const TRUST_DOMAIN_FILE: &str = "trust-domain";
 /// PKI errors; each names the file or the rule and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    /// File I/O failed.
+    /// A CA file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Creating or writing a file failed.
     #[error("{action} {path}: {source}")]
     Io {
-        /// What was being done ("cannot read", "cannot write").
+        /// What was being done ("cannot create", "cannot write").
         action: &'static str,
         /// The path.
         path: PathBuf,
@@ -425,8 +433,12 @@ impl Ca {
             }
         }
         let dir = key_path.parent().unwrap_or(Path::new("."));
-        let cert_pem = fs::read_to_string(crt).map_err(io_err("cannot read", crt))?;
-        let key_pem = fs::read(key_path).map_err(io_err("cannot read", key_path))?;
+        let unreadable = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PkiError::Read { path, source }
+        };
+        let cert_pem = fs::read_to_string(crt).map_err(unreadable(crt))?;
+        let key_pem = fs::read(key_path).map_err(unreadable(key_path))?;
         let pkcs8 = to_pkcs8(&key_pem).map_err(|why| PkiError::BadCa {
             path: key_path.to_path_buf(),
             why,

@@ -152,6 +152,12 @@ impl UsedTokens {
     }
 }
 
+/// The CA the coordinator config names (`tls.ca_cert`, `tls.ca_key`) cannot be loaded: the
+/// files or the config are wrong, and the daemon does not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} (tls.ca_cert and tls.ca_key in the coordinator config)")]
+pub struct ConfiguredCaError(pub crate::pki::PkiError);
+
 /// Shared state of the services.
 pub struct Coordinator {
     /// The config it was started with.
@@ -190,13 +196,8 @@ impl Coordinator {
         // The key from exactly the file tls.ca_key names, the certificate from tls.ca_cert.
         let ca = match &config.tls.ca_key {
             Some(key) => Some(Arc::new(
-                Ca::load_files(&config.tls.ca_cert, key, Some(&config.trust_domain)).map_err(
-                    |e| {
-                        anyhow::anyhow!(
-                            "{e} (tls.ca_cert and tls.ca_key in the coordinator config)"
-                        )
-                    },
-                )?,
+                Ca::load_files(&config.tls.ca_cert, key, Some(&config.trust_domain))
+                    .map_err(ConfiguredCaError)?,
             )),
             None => None,
         };

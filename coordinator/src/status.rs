@@ -7,13 +7,14 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 
+use quorum_proto::exit::Exit;
 use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::agreement::{host_of_url, Disagreement};
-use crate::cli::{exit, service_state_word};
+use crate::cli::service_state_word;
 use crate::etcd::EtcdAccess;
 use crate::inventory::Inventory;
 use crate::registry::Registry;
@@ -156,7 +157,7 @@ pub async fn status_command(
     client: &mut AdminServiceClient<Channel>,
     cluster: Option<String>,
     json: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     let s = client
         .cluster_status(pb::ClusterStatusRequest {
             cluster: cluster.unwrap_or_default(),
@@ -169,9 +170,9 @@ pub async fn status_command(
         print!("{}", status_table(&s));
     }
     Ok(if has_problem(&s) {
-        exit::FAILED
+        Exit::Failed
     } else {
-        exit::OK
+        Exit::Ok
     })
 }
 

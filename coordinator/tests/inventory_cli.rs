@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use quorum_coordinator::inventory_cli::{
-    inventory_check, render_etcd_conf_cmd, render_etcdctl_env_cmd, EXIT_BAD_INPUT,
+    inventory_check, render_etcd_conf_cmd, render_etcdctl_env_cmd,
 };
+use quorum_proto::exit::Exit;
 
 fn golden(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,41 +33,44 @@ fn bad_inventory(dir: &Path) -> PathBuf {
 #[test]
 fn exit_codes() {
     let seed = golden("seed/pigsty.yml");
-    assert_eq!(inventory_check(&seed, false).unwrap(), 0);
-    assert_eq!(inventory_check(&seed, true).unwrap(), 0);
+    assert_eq!(inventory_check(&seed, false).unwrap(), Exit::Ok);
+    assert_eq!(inventory_check(&seed, true).unwrap(), Exit::Ok);
     let dir = tempfile::tempdir().unwrap();
     let bad = bad_inventory(dir.path());
-    assert_eq!(inventory_check(&bad, false).unwrap(), EXIT_BAD_INPUT);
-    assert_eq!(inventory_check(&bad, true).unwrap(), EXIT_BAD_INPUT);
+    assert_eq!(inventory_check(&bad, false).unwrap(), Exit::Usage);
+    assert_eq!(inventory_check(&bad, true).unwrap(), Exit::Usage);
     assert_eq!(
         inventory_check(&dir.path().join("missing.yml"), false).unwrap(),
-        EXIT_BAD_INPUT
+        Exit::Usage
     );
 
     assert_eq!(
         render_etcd_conf_cmd(&seed, ip("10.10.10.10"), None).unwrap(),
-        0
+        Exit::Ok
     );
     assert_eq!(
         render_etcd_conf_cmd(&seed, ip("10.10.10.10"), Some("learner")).unwrap(),
-        0
+        Exit::Ok
     );
     assert_eq!(
         render_etcd_conf_cmd(&seed, ip("10.10.10.10"), Some("join")).unwrap(),
-        EXIT_BAD_INPUT
+        Exit::Usage
     );
     assert_eq!(
         render_etcd_conf_cmd(&seed, ip("10.10.10.13"), None).unwrap(),
-        EXIT_BAD_INPUT
+        Exit::Usage
     );
     assert_eq!(
         render_etcd_conf_cmd(&bad, ip("10.10.10.10"), None).unwrap(),
-        EXIT_BAD_INPUT
+        Exit::Usage
     );
-    assert_eq!(render_etcdctl_env_cmd(&seed, ip("10.10.10.12")).unwrap(), 0);
+    assert_eq!(
+        render_etcdctl_env_cmd(&seed, ip("10.10.10.12")).unwrap(),
+        Exit::Ok
+    );
     assert_eq!(
         render_etcdctl_env_cmd(&seed, ip("10.10.10.13")).unwrap(),
-        EXIT_BAD_INPUT
+        Exit::Usage
     );
 }
 

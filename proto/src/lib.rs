@@ -1,10 +1,12 @@
 //! Everything both sides of Quorum share: the `quorum.v1` wire protocol, the peer identity
 //! read from a certificate, the TLS configuration built from PEM files, the YAML library, the
 //! renderers of etcd.conf and the etcdctl profile from typed fields (the coordinator renders
-//! with them for its plans and diffs, the agent for the files it writes), and the in-place
-//! patchers of Patroni's and vip-manager's configs (used by the agent only).
+//! with them for its plans and diffs, the agent for the files it writes), the in-place
+//! patchers of Patroni's and vip-manager's configs (used by the agent only), and the exit
+//! codes both binaries end with.
 
 pub mod codec;
+pub mod exit;
 pub mod identity;
 pub mod patch;
 pub mod render;
