@@ -13,6 +13,7 @@ use crate::client;
 use crate::pki::{self, LeafKind};
 use crate::plan::{ActionName, RestartPolicy, ServiceName};
 use crate::request::{PgPick, Request, SopRequest};
+use crate::words::{outcome_word, service_state_word};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -899,8 +900,16 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<Exit> {
                 .resume_run(pb::GetRunRequest { run_id: id.clone() })
                 .await?
                 .into_inner();
-            let done = before.steps.iter().filter(|s| s.state == "done").count();
-            match before.steps.iter().find(|s| s.state != "done") {
+            let done = before
+                .steps
+                .iter()
+                .filter(|s| s.state() == pb::StepState::Done)
+                .count();
+            match before
+                .steps
+                .iter()
+                .find(|s| s.state() != pb::StepState::Done)
+            {
                 Some(from) if done > 0 => eprintln!(
                     "run {} resumed at step {} of {}: the {done} step(s) before it were done earlier and are not run again (`quorum run show {}` lists them)",
                     run.run_id,
@@ -1064,15 +1073,6 @@ fn facts_json(f: &pb::Facts) -> serde_json::Value {
 }
 
 /// The word for a service state.
-pub fn service_state_word(s: pb::ServiceState) -> &'static str {
-    match s {
-        pb::ServiceState::Active => "active",
-        pb::ServiceState::Inactive => "inactive",
-        pb::ServiceState::Failed => "failed",
-        pb::ServiceState::Unknown | pb::ServiceState::Unspecified => "unknown",
-    }
-}
-
 async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
     let mut client = client::admin_client(&conn.resolve()?).await?;
     let agents = client
@@ -1169,18 +1169,6 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
 }
 
 /// The word for an outcome.
-pub fn outcome_word(o: pb::Outcome) -> &'static str {
-    match o {
-        pb::Outcome::Changed => "changed",
-        pb::Outcome::Unchanged => "unchanged",
-        pb::Outcome::Skipped => "skipped",
-        pb::Outcome::Refused => "refused",
-        pb::Outcome::Failed => "failed",
-        pb::Outcome::Ok => "ok",
-        pb::Outcome::Unspecified => "unspecified",
-    }
-}
-
 /// Room left in a gRPC message for the rest of a task request (ids, field tags).
 const TASK_ENVELOPE_BYTES: usize = 4096;
 

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::client::Unreachable;
 use crate::request::Request;
+use crate::words::{outcome_word, run_state_word, step_state_word};
 
 /// Starts an SOP (or prints its plan, when `request.plan_only`) and follows it. The plan is
 /// asked for first: its wipes are confirmed (`yes`, or at the prompt) before the run starts.
@@ -176,7 +177,7 @@ pub fn run_json(run: &pb::RunView) -> serde_json::Value {
         "run_id": run.run_id,
         "sop": run.sop,
         "cluster": run.cluster,
-        "state": run.state,
+        "state": run_state_word(run.state()),
         "started_by": run.started_by,
         "inventory_digest": run.inventory_digest,
         "created_unix_ms": run.created_unix_ms,
@@ -190,8 +191,8 @@ pub fn run_json(run: &pb::RunView) -> serde_json::Value {
             "kind": s.kind,
             "host": s.host,
             "description": s.description,
-            "state": s.state,
-            "outcome": s.outcome,
+            "state": step_state_word(s.state()),
+            "outcome": outcome_word(s.outcome()),
             "output": s.output,
             "started_unix_ms": s.started_unix_ms,
             "finished_unix_ms": s.finished_unix_ms,
@@ -207,19 +208,25 @@ pub fn run_json(run: &pb::RunView) -> serde_json::Value {
     })
 }
 
-fn terminal(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "aborted" | "interrupted")
+fn terminal(state: pb::RunState) -> bool {
+    matches!(
+        state,
+        pb::RunState::Succeeded
+            | pb::RunState::Failed
+            | pb::RunState::Aborted
+            | pb::RunState::Interrupted
+    )
 }
 
 /// The exit code a finished run maps to.
 pub fn run_exit_code(run: &pb::RunView) -> Exit {
-    match run.state.as_str() {
-        "succeeded" => Exit::Ok,
-        "failed" => {
+    match run.state() {
+        pb::RunState::Succeeded => Exit::Ok,
+        pb::RunState::Failed => {
             if run
                 .steps
                 .iter()
-                .any(|s| s.state == "failed" && s.outcome == "refused")
+                .any(|s| s.state() == pb::StepState::Failed && s.outcome() == pb::Outcome::Refused)
             {
                 Exit::Refused
             } else {
@@ -232,14 +239,14 @@ pub fn run_exit_code(run: &pb::RunView) -> Exit {
 
 /// What a follower has printed of each step (by index): its state and start time. A step
 /// started again (on a resume) differs and is printed again; an unchanged one is not.
-pub type Printed = HashMap<u32, (String, i64)>;
+pub type Printed = HashMap<u32, (pb::StepState, i64)>;
 
 /// The steps of `run` as already printed: a resumed run's follower starts from the run as it
 /// was before the resume, so earlier steps are not reprinted as if they ran now.
 pub fn printed_as(run: &pb::RunView) -> Printed {
     run.steps
         .iter()
-        .map(|s| (s.index, (s.state.clone(), s.started_unix_ms)))
+        .map(|s| (s.index, (s.state(), s.started_unix_ms)))
         .collect()
 }
 
@@ -264,10 +271,14 @@ fn progress_text(s: &pb::StepView, n: usize, coordinator_now: i64) -> String {
 /// The line printed when a step ends.
 fn finished_text(s: &pb::StepView, n: usize, run_started: i64) -> String {
     let how = match &s.journal {
-        Some(j) => format!("{}, {}", s.outcome, journal_phrase(j, run_started)),
+        Some(j) => format!(
+            "{}, {}",
+            outcome_word(s.outcome()),
+            journal_phrase(j, run_started)
+        ),
         None => format!(
             "{} ({})",
-            s.outcome,
+            outcome_word(s.outcome()),
             human_duration(step_duration_ms(s).unwrap_or(0))
         ),
     };
@@ -298,12 +309,12 @@ impl Follower {
         }
         let n = run.steps.len();
         for s in &run.steps {
-            let key = (s.state.clone(), s.started_unix_ms);
+            let key = (s.state(), s.started_unix_ms);
             if self.printed.get(&s.index) == Some(&key) {
                 continue;
             }
-            match s.state.as_str() {
-                "running" if !self.tty => eprintln!(
+            match s.state() {
+                pb::StepState::Running if !self.tty => eprintln!(
                     "[{}/{}] {} {} {}: started",
                     s.index + 1,
                     n,
@@ -311,10 +322,10 @@ impl Follower {
                     s.host,
                     s.description
                 ),
-                "done" | "failed" => {
+                pb::StepState::Done | pb::StepState::Failed => {
                     self.clear();
                     eprintln!("{}", finished_text(s, n, run.created_unix_ms));
-                    if s.state == "failed" && !s.output.is_empty() {
+                    if s.state() == pb::StepState::Failed && !s.output.is_empty() {
                         for line in s.output.trim().lines() {
                             eprintln!("      {line}");
                         }
@@ -327,7 +338,7 @@ impl Follower {
         self.running = run
             .steps
             .iter()
-            .find(|s| s.state == "running")
+            .find(|s| s.state() == pb::StepState::Running)
             .map(|s| (s.clone(), n));
         self.redraw();
     }
@@ -464,7 +475,7 @@ pub async fn follow(
             }
         };
         f.show(&run);
-        if terminal(&run.state) {
+        if terminal(run.state()) {
             f.clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&run_json(&run))?);
@@ -472,9 +483,13 @@ pub async fn follow(
             let took = run_duration_ms(&run)
                 .map(|ms| format!(" in {}", human_duration(ms)))
                 .unwrap_or_default();
-            match run.state.as_str() {
-                "succeeded" => {
-                    let changed = run.steps.iter().filter(|s| s.outcome == "changed").count();
+            match run.state() {
+                pb::RunState::Succeeded => {
+                    let changed = run
+                        .steps
+                        .iter()
+                        .filter(|s| s.outcome() == pb::Outcome::Changed)
+                        .count();
                     if changed == 0 {
                         eprintln!("run {} succeeded{took}: nothing changed", run.run_id);
                     } else {
@@ -485,8 +500,12 @@ pub async fn follow(
                     }
                 }
                 state => eprintln!(
-                    "run {} {state}: {}\nfix the cause, then `quorum run resume {}` (or `quorum run abort {}`)",
-                    run.run_id, run.error, run.run_id, run.run_id
+                    "run {} {}: {}\nfix the cause, then `quorum run resume {}` (or `quorum run abort {}`)",
+                    run.run_id,
+                    run_state_word(state),
+                    run.error,
+                    run.run_id,
+                    run.run_id
                 ),
             }
             return Ok(run_exit_code(&run));
@@ -511,14 +530,18 @@ pub async fn list(client: &mut AdminServiceClient<Channel>, json: bool) -> anyho
         "RUN", "SOP", "CLUSTER", "STATE", "BY", "STARTED", "DURATION"
     );
     for r in &runs {
-        let done = r.steps.iter().filter(|s| s.state == "done").count();
+        let done = r
+            .steps
+            .iter()
+            .filter(|s| s.state() == pb::StepState::Done)
+            .count();
         let took = run_duration_ms(r).map_or_else(|| "-".to_string(), human_duration);
         println!(
             "{:<26} {:<14} {:<10} {:<12} {:<10} {:<19} {:>8}  {}/{}",
             r.run_id,
             r.sop,
             r.cluster,
-            r.state,
+            run_state_word(r.state()),
             r.started_by,
             local_time(r.created_unix_ms),
             took,
@@ -538,7 +561,7 @@ fn run_times(run: &pb::RunView) -> String {
             local_time_near(run.finished_unix_ms, run.created_unix_ms),
             human_duration(took)
         ),
-        None if run.state == "interrupted" => {
+        None if run.state() == pb::RunState::Interrupted => {
             format!("started {started}; interrupted by a coordinator stop, so it has no end time")
         }
         None if run.now_unix_ms > 0 => format!(
@@ -567,7 +590,11 @@ pub async fn show(
     }
     println!(
         "run {}: {} on cluster {} by {}, {}",
-        run.run_id, run.sop, run.cluster, run.started_by, run.state
+        run.run_id,
+        run.sop,
+        run.cluster,
+        run.started_by,
+        run_state_word(run.state())
     );
     println!("{}", run_times(&run));
     println!("inventory sha256 {}", run.inventory_digest);
@@ -590,8 +617,8 @@ pub async fn show(
             s.index + 1,
             s.kind,
             s.host,
-            s.state,
-            s.outcome,
+            step_state_word(s.state()),
+            outcome_word(s.outcome()),
             started,
             took,
             s.description
@@ -599,7 +626,7 @@ pub async fn show(
         if let Some(j) = &s.journal {
             println!("        {}", journal_phrase(j, run.created_unix_ms));
         }
-        if !s.output.is_empty() && s.state == "failed" {
+        if !s.output.is_empty() && s.state() == pb::StepState::Failed {
             for line in s.output.trim().lines() {
                 println!("        {line}");
             }
@@ -618,11 +645,11 @@ mod tests {
             kind: "RestartEtcd".into(),
             host: "127.0.0.13".into(),
             description: "restart etcd".into(),
-            state: state.into(),
+            state: crate::words::step_state(state) as i32,
             outcome: if finished > 0 {
-                "changed".into()
+                pb::Outcome::Changed as i32
             } else {
-                String::new()
+                pb::Outcome::Unspecified as i32
             },
             started_unix_ms: started,
             finished_unix_ms: finished,
@@ -691,8 +718,8 @@ mod tests {
         now.steps[1] = step(1, "running", 10, 0);
         f.show(&now);
         // The done step is still as printed; the retried one is printed anew.
-        assert_eq!(f.printed.get(&0), Some(&("done".to_string(), 1)));
-        assert_eq!(f.printed.get(&1), Some(&("running".to_string(), 10)));
+        assert_eq!(f.printed.get(&0), Some(&(pb::StepState::Done, 1)));
+        assert_eq!(f.printed.get(&1), Some(&(pb::StepState::Running, 10)));
         assert_eq!(f.running.as_ref().map(|(s, _)| s.index), Some(1));
     }
 

@@ -28,3 +28,4 @@ pub mod statedir;
 pub mod status;
 pub mod store;
 pub mod wait;
+pub mod words;

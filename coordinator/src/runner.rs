@@ -21,6 +21,7 @@ use crate::plan::StepKind;
 use crate::registry::{AgentState, Registry};
 use crate::store::{now_ms, run_state, step_state, RanBefore, RunRecord, StepRecord, Store};
 use crate::wait::{until, Try, Waited};
+use crate::words::{outcome, outcome_word, service_state_word};
 
 /// What the runner needs beyond the steps, stored with the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -145,29 +146,29 @@ pub struct Timeouts {
 /// How a step ended.
 struct StepEnd {
     ok: bool,
-    outcome: String,
+    outcome: pb::Outcome,
     output: String,
     /// The agents answered from their journals: the work was done before, at these times.
     journal: Option<RanBefore>,
 }
 
 impl StepEnd {
-    fn new(ok: bool, outcome: &str, output: impl Into<String>) -> Self {
+    fn new(ok: bool, outcome: pb::Outcome, output: impl Into<String>) -> Self {
         Self {
             ok,
-            outcome: outcome.into(),
+            outcome,
             output: output.into(),
             journal: None,
         }
     }
-    fn ok(outcome: &str, output: impl Into<String>) -> Self {
+    fn ok(outcome: pb::Outcome, output: impl Into<String>) -> Self {
         Self::new(true, outcome, output)
     }
     fn failed(output: impl Into<String>) -> Self {
-        Self::new(false, "failed", output)
+        Self::new(false, pb::Outcome::Failed, output)
     }
     fn refused(output: impl Into<String>) -> Self {
-        Self::new(false, "refused", output)
+        Self::new(false, pb::Outcome::Refused, output)
     }
 }
 
@@ -195,19 +196,6 @@ pub fn task_id(run_id: &str, index: usize, attempt: u32, host: IpAddr) -> String
 
 /// How long a refusal or failed gate waits for an agent's account of its etcd.
 const ASK_AGENT: Duration = Duration::from_secs(5);
-
-fn state_word(s: pb::ServiceState) -> &'static str {
-    match s {
-        pb::ServiceState::Active => "active",
-        pb::ServiceState::Inactive => "inactive",
-        pb::ServiceState::Failed => "failed",
-        _ => "unknown",
-    }
-}
-
-fn outcome_word(o: pb::Outcome) -> &'static str {
-    crate::cli::outcome_word(o)
-}
 
 fn host_of_url(url: &str) -> Option<IpAddr> {
     let rest = url.split("://").nth(1)?;
@@ -321,7 +309,7 @@ impl Runner {
             } else {
                 step_state::FAILED.into()
             };
-            step.outcome = end.outcome;
+            step.outcome = outcome_word(end.outcome).to_string();
             step.output = end.output;
             step.journal = end.journal;
             step.finished_ms = now_ms();
@@ -433,8 +421,16 @@ impl Runner {
                     .iter()
                     .filter_map(|i| run.steps.get(*i))
                     .collect();
-                if !force && !prior.is_empty() && prior.iter().all(|s| s.outcome != "changed") {
-                    return StepEnd::ok("skipped", "etcd.conf unchanged: no restart needed");
+                if !force
+                    && !prior.is_empty()
+                    && prior
+                        .iter()
+                        .all(|s| outcome(&s.outcome) != pb::Outcome::Changed)
+                {
+                    return StepEnd::ok(
+                        pb::Outcome::Skipped,
+                        "etcd.conf unchanged: no restart needed",
+                    );
                 }
                 if let Some(refused) = self.guard_again(run, step, ctx, *host).await {
                     return refused;
@@ -476,8 +472,7 @@ impl Runner {
                     .take(&self.etcd, cluster, &ctx.endpoints, &reason)
                     .await
                 {
-                    Ok(m) => StepEnd::ok(
-                        "changed",
+                    Ok(m) => StepEnd::ok(pb::Outcome::Changed,
                         format!(
                             "snapshot {} saved: {} bytes, revision {}, sha256 {}, verified; restore steps: `quorum snapshot restore --plan {}`",
                             m.path, m.size, m.revision, m.sha256, m.id
@@ -507,10 +502,15 @@ impl Runner {
                         return refused;
                     }
                     if !members.iter().any(|m| m.peer_urls.contains(peer_url)) {
-                        return StepEnd::ok("ok", format!("{host} is no longer a member"));
+                        return StepEnd::ok(
+                            pb::Outcome::Ok,
+                            format!("{host} is no longer a member"),
+                        );
                     }
                     match self.others_healthy(&members, *host).await {
-                        Ok(()) => StepEnd::ok("ok", "every other voting member is healthy"),
+                        Ok(()) => {
+                            StepEnd::ok(pb::Outcome::Ok, "every other voting member is healthy")
+                        }
                         Err(why) => StepEnd::refused(format!(
                             "{why}; removing {host} now would put quorum at risk"
                         )),
@@ -528,9 +528,14 @@ impl Runner {
                     .iter()
                     .filter_map(|i| run.steps.get(*i))
                     .collect();
-                if !force && !prior.is_empty() && prior.iter().all(|s| s.outcome != "changed") {
+                if !force
+                    && !prior.is_empty()
+                    && prior
+                        .iter()
+                        .all(|s| outcome(&s.outcome) != pb::Outcome::Changed)
+                {
                     return StepEnd::ok(
-                        "skipped",
+                        pb::Outcome::Skipped,
                         "etcd.conf unchanged: no restart follows, so leadership stays",
                     );
                 }
@@ -542,7 +547,7 @@ impl Runner {
                         .filter(|h| {
                             run.steps[..step.index.min(run.steps.len())].iter().any(|s| {
                             matches!(s.kind, StepKind::RestartEtcd { host, .. } if host == *h)
-                                && s.outcome == "changed"
+                                && outcome(&s.outcome) == pb::Outcome::Changed
                         })
                         })
                         .collect();
@@ -674,7 +679,7 @@ impl Runner {
                 return StepEnd::refused(why);
             }
         }
-        StepEnd::ok("ok", "no safeguard stands in the way")
+        StepEnd::ok(pb::Outcome::Ok, "no safeguard stands in the way")
     }
 
     fn member_cert(&self, host: IpAddr, member: &str) -> Result<(String, String, String), String> {
@@ -717,13 +722,12 @@ impl Runner {
                     return match r {
                         Ok(result) => {
                             let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Unspecified);
-                            let word = outcome_word(outcome);
                             let mut end = match outcome {
                                 pb::Outcome::Refused => StepEnd::refused(result.output),
                                 pb::Outcome::Failed | pb::Outcome::Unspecified => {
-                                    StepEnd::new(false, word, result.output)
+                                    StepEnd::failed(result.output)
                                 }
-                                _ => StepEnd::ok(word, result.output),
+                                _ => StepEnd::ok(outcome, result.output),
                             };
                             end.journal = result.journal.map(|j| RanBefore {
                                 started_ms: j.started_unix_ms,
@@ -801,7 +805,7 @@ impl Runner {
                 self.etcd_on(h).await
             ));
         }
-        StepEnd::ok("ok", "every other voting member is healthy")
+        StepEnd::ok(pb::Outcome::Ok, "every other voting member is healthy")
     }
 
     /// Ok when every voting member but `host` is healthy, else why not.
@@ -829,7 +833,7 @@ impl Runner {
             .facts(host)
             .and_then(|f| f.services.get("etcd").copied())
             .and_then(|s| pb::ServiceState::try_from(s).ok())
-            .map(state_word)
+            .map(service_state_word)
             .unwrap_or("unknown");
         match self.registry.state(host) {
             None => format!("no quorum-agent on {host} has connected, so etcd's state there is unknown"),
@@ -925,7 +929,7 @@ impl Runner {
             ));
         }
         match self.others_healthy(&members, host).await {
-            Ok(()) => StepEnd::ok("ok", "cluster healthy, no other learner"),
+            Ok(()) => StepEnd::ok(pb::Outcome::Ok, "cluster healthy, no other learner"),
             Err(why) => StepEnd::refused(format!("{why}; fix it before adding a member")),
         }
     }
@@ -956,7 +960,7 @@ impl Runner {
         };
         if let Some(m) = by_peer(&members, peer_url) {
             return Ok(StepEnd::ok(
-                "unchanged",
+                pb::Outcome::Unchanged,
                 format!(
                     "{peer_url} is already a {} (id {:x})",
                     if m.is_learner {
@@ -979,7 +983,7 @@ impl Runner {
             .retry_unhealthy_typed(|| self.etcd.add_learner(&ctx.endpoints, peer_url))
             .await?;
         Ok(StepEnd::ok(
-            "changed",
+            pb::Outcome::Changed,
             format!("added learner {id:x} with peer URL {peer_url}"),
         ))
     }
@@ -997,13 +1001,13 @@ impl Runner {
             };
             if !m.is_learner {
                 return Try::Done(StepEnd::ok(
-                    "unchanged",
+                    pb::Outcome::Unchanged,
                     format!("{:x} is already a voting member", m.id),
                 ));
             }
             // A learner still catching up is tried again; anything else is final.
             match gates::promotion(self.etcd.promote(&ctx.endpoints, m.id).await, m.id) {
-                Try::Done(msg) => Try::Done(StepEnd::ok("changed", msg)),
+                Try::Done(msg) => Try::Done(StepEnd::ok(pb::Outcome::Changed, msg)),
                 Try::Again(e) => Try::Again(e),
                 Try::Stop(e) => Try::Stop(e),
             }
@@ -1037,7 +1041,10 @@ impl Runner {
             Err(e) => return StepEnd::failed(e),
         };
         let Some(gone) = by_peer(&members, peer_url) else {
-            return StepEnd::ok("skipped", format!("{host} is no longer a member"));
+            return StepEnd::ok(
+                pb::Outcome::Skipped,
+                format!("{host} is no longer a member"),
+            );
         };
         let leader = match self.etcd.leader(&ctx.endpoints).await {
             Ok(l) => l,
@@ -1045,7 +1052,7 @@ impl Runner {
         };
         if leader != gone.id {
             return StepEnd::ok(
-                "skipped",
+                pb::Outcome::Skipped,
                 format!("{host} does not lead (leader {leader:x})"),
             );
         }
@@ -1106,8 +1113,7 @@ impl Runner {
             ));
         };
         match self.etcd.move_leader(url, target).await {
-            Ok(()) => StepEnd::ok(
-                "changed",
+            Ok(()) => StepEnd::ok(pb::Outcome::Changed,
                 format!(
                     "leadership moved from {:x} ({host}) to {target:x} ({label}{}, applied index {applied} >= the leader's {leader_index})",
                     gone.id,
@@ -1146,7 +1152,7 @@ impl Runner {
             Err(e) => return StepEnd::failed(e),
         };
         let Some(gone) = by_peer(&members, peer_url) else {
-            return StepEnd::ok("unchanged", format!("{host} is already removed"));
+            return StepEnd::ok(pb::Outcome::Unchanged, format!("{host} is already removed"));
         };
         // Re-checked right before the change: the remaining members must hold quorum.
         if let Err(why) = self.others_healthy(&members, host).await {
@@ -1159,7 +1165,10 @@ impl Runner {
             .retry_unhealthy(|| self.etcd.remove(&ctx.endpoints, id))
             .await
         {
-            Ok(()) => StepEnd::ok("changed", format!("removed member {id:x} ({host})")),
+            Ok(()) => StepEnd::ok(
+                pb::Outcome::Changed,
+                format!("removed member {id:x} ({host})"),
+            ),
             Err(e) => StepEnd::failed(e),
         }
     }
@@ -1192,7 +1201,7 @@ impl Runner {
         let id = format!("{}-cleanup", run.id);
         if self.store.get_run(&id).is_ok() {
             return StepEnd::ok(
-                "unchanged",
+                pb::Outcome::Unchanged,
                 format!("the cleanup of {host} is recorded already as run {id}"),
             );
         }
@@ -1246,14 +1255,12 @@ impl Runner {
                 .collect(),
         };
         match self.store.create_run_locked(&record, &lock) {
-            Ok(()) => StepEnd::ok(
-                "changed",
+            Ok(()) => StepEnd::ok(pb::Outcome::Changed,
                 format!(
                     "run {id} waits for the agent on {host}: it stops etcd, wipes the data dir and retires etcd there as soon as the agent connects, and no other SOP may touch {host} before (`quorum run show {id}`; `quorum member remove {host} --forget` drops it)"
                 ),
             ),
-            Err(crate::store::StoreError::Locked { holder, state, .. }) => StepEnd::ok(
-                "unchanged",
+            Err(crate::store::StoreError::Locked { holder, state, .. }) => StepEnd::ok(pb::Outcome::Unchanged,
                 format!("the cleanup of {host} is pending already as run {holder} ({state})"),
             ),
             Err(e) => StepEnd::failed(e.to_string()),
@@ -1274,7 +1281,7 @@ impl Runner {
         .await;
         match gate {
             Ok(n) => StepEnd::ok(
-                "ok",
+                pb::Outcome::Ok,
                 format!(
                     "{n} voting member(s) healthy after {:.1}s",
                     start.elapsed().as_secs_f64()
@@ -1308,7 +1315,7 @@ impl Runner {
         })
         .await;
         match guard {
-            Ok(msg) => StepEnd::ok("ok", msg),
+            Ok(msg) => StepEnd::ok(pb::Outcome::Ok, msg),
             Err(Waited::Stopped(why)) => StepEnd::refused(why),
             Err(Waited::TimedOut(why)) => StepEnd::refused(format!(
                 "{why}; restarting Patroni on {host} now could leave {} without a primary. Fix it, then `quorum run resume`",
@@ -1343,7 +1350,7 @@ impl Runner {
         })
         .await;
         match gate {
-            Ok(msg) => StepEnd::ok("ok", msg),
+            Ok(msg) => StepEnd::ok(pb::Outcome::Ok, msg),
             Err(why) => StepEnd::failed(format!(
                 "Patroni was not healthy within {:?}: {}; the run halts here and touches no other host",
                 self.timeouts.gate,
@@ -1378,7 +1385,7 @@ impl Runner {
         };
         if leader_node.ip != host {
             return StepEnd::ok(
-                "ok",
+                pb::Outcome::Ok,
                 format!(
                     "{} leads already, not {host}: nothing to switch",
                     leader.name
@@ -1423,7 +1430,7 @@ impl Runner {
         })
         .await;
         match settled {
-            Ok(summary) => StepEnd::ok("changed", format!("{said}; {summary}")),
+            Ok(summary) => StepEnd::ok(pb::Outcome::Changed, format!("{said}; {summary}")),
             Err(why) => StepEnd::failed(format!(
                 "after the switchover ({said}) the cluster did not settle within {:?}: {}",
                 self.timeouts.gate,
@@ -1456,7 +1463,7 @@ impl Runner {
         })
         .await;
         match gate {
-            Ok(msg) => StepEnd::ok("ok", msg),
+            Ok(msg) => StepEnd::ok(pb::Outcome::Ok, msg),
             Err(why) => StepEnd::failed(format!(
                 "the VIP of {} did not settle within {:?}: {}; the run halts here",
                 pg.name,
@@ -1587,23 +1594,23 @@ fn service_kind(service: pb::Service, action: pb::Action) -> pb::task::Kind {
 
 fn join_ends(hosts: &[IpAddr], ends: Vec<StepEnd>) -> StepEnd {
     let ok = ends.iter().all(|e| e.ok);
-    let refused = ends.iter().any(|e| e.outcome == "refused");
+    let refused = ends.iter().any(|e| e.outcome == pb::Outcome::Refused);
     let output = hosts
         .iter()
         .zip(&ends)
-        .map(|(h, e)| format!("{h}: {} {}", e.outcome, e.output.trim()))
+        .map(|(h, e)| format!("{h}: {} {}", outcome_word(e.outcome), e.output.trim()))
         .collect::<Vec<_>>()
         .join("\n");
     let outcome = if ok {
-        if ends.iter().any(|e| e.outcome == "changed") {
-            "changed"
+        if ends.iter().any(|e| e.outcome == pb::Outcome::Changed) {
+            pb::Outcome::Changed
         } else {
-            "ok"
+            pb::Outcome::Ok
         }
     } else if refused {
-        "refused"
+        pb::Outcome::Refused
     } else {
-        "failed"
+        pb::Outcome::Failed
     };
     // Answered from the journals only if every host's task was.
     let journal = ends
@@ -1618,7 +1625,7 @@ fn join_ends(hosts: &[IpAddr], ends: Vec<StepEnd>) -> StepEnd {
         });
     StepEnd {
         ok,
-        outcome: outcome.into(),
+        outcome,
         output,
         journal,
     }
@@ -1833,7 +1840,7 @@ mod tests {
         let mut grown = live.clone();
         grown.push(member(5, false));
         let refused = roster_disagrees(&ctx, &grown, joining).expect("refused");
-        assert_eq!(refused.outcome, "refused");
+        assert_eq!(refused.outcome, pb::Outcome::Refused);
         assert!(
             refused
                 .output

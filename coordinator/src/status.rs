@@ -14,10 +14,10 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::agreement::{host_of_url, Disagreement};
-use crate::cli::service_state_word;
 use crate::etcd::EtcdAccess;
 use crate::inventory::Inventory;
 use crate::registry::Registry;
+use crate::words::service_state_word;
 
 /// Builds the status of the cluster `req` names (the coordinator's side).
 pub async fn cluster_status(

@@ -173,14 +173,19 @@ async fn watch_run_sends_each_change_and_ends_with_the_run() -> Result<()> {
     };
     let views = watch(&mut admin, started.run_id.clone()).await?;
     let last = views.last().context("no view at all")?;
-    assert_eq!(last.state, "succeeded", "{last:?}");
+    assert_eq!(last.state(), pb::RunState::Succeeded, "{last:?}");
     assert_eq!(last.steps.len(), 3);
     assert!(last.finished_unix_ms >= last.created_unix_ms);
     assert!(views.iter().all(|v| v.now_unix_ms > 0));
     // Each view is a change, and steps only move forward.
     let done: Vec<usize> = views
         .iter()
-        .map(|v| v.steps.iter().filter(|s| s.state == "done").count())
+        .map(|v| {
+            v.steps
+                .iter()
+                .filter(|s| s.state() == pb::StepState::Done)
+                .count()
+        })
         .collect();
     assert!(done.windows(2).all(|p| p[0] <= p[1]), "{done:?}");
     assert!(
