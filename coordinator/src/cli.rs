@@ -761,7 +761,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
                     conn,
                 } => {
                     let mut client = client::admin_client(&conn.resolve()?).await?;
-                    return crate::status::status_command(
+                    return crate::cli_status::status_command(
                         &mut client,
                         cluster,
                         output == Format::Json,
@@ -824,12 +824,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
                     cluster,
                     output,
                     conn,
-                } => run(SnapshotOp::List, cluster, output, &conn).await,
+                } => run(SnapshotOp::List, cluster, output == Format::Json, &conn.resolve()?).await,
                 SnapshotCommand::Save {
                     cluster,
                     output,
                     conn,
-                } => run(SnapshotOp::Save, cluster, output, &conn).await,
+                } => run(SnapshotOp::Save, cluster, output == Format::Json, &conn.resolve()?).await,
                 SnapshotCommand::Restore {
                     plan: false, id, ..
                 } => {
@@ -844,7 +844,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
                     output,
                     conn,
                     ..
-                } => run(SnapshotOp::RestorePlan(id), cluster, output, &conn).await,
+                } => {
+                    let conn = conn.resolve()?;
+                    run(SnapshotOp::RestorePlan(id), cluster, output == Format::Json, &conn).await
+                }
             }
         }
         Command::Completions { shell } => {

@@ -5,8 +5,7 @@ use quorum_proto::exit::Exit;
 use quorum_proto::pb;
 use quorum_proto::pb::snapshot_request::Action;
 
-use crate::cli::{ConnArgs, Format};
-use crate::client;
+use crate::client::Connection;
 
 /// What `quorum snapshot` was asked to do.
 pub enum SnapshotOp {
@@ -22,8 +21,8 @@ pub enum SnapshotOp {
 pub async fn run(
     op: SnapshotOp,
     cluster: Option<String>,
-    output: Format,
-    conn: &ConnArgs,
+    json: bool,
+    conn: &Connection,
 ) -> anyhow::Result<Exit> {
     let action = match op {
         SnapshotOp::List => Action::List(pb::SnapshotListAction {}),
@@ -31,7 +30,7 @@ pub async fn run(
         SnapshotOp::RestorePlan(id) => Action::RestorePlan(pb::SnapshotRestorePlanAction { id }),
     };
     let restore = matches!(action, Action::RestorePlan(_));
-    let mut client = client::admin_client(&conn.resolve()?).await?;
+    let mut client = crate::client::admin_client(conn).await?;
     let resp = client
         .snapshot(pb::SnapshotRequest {
             cluster: cluster.unwrap_or_default(),
@@ -39,8 +38,8 @@ pub async fn run(
         })
         .await?
         .into_inner();
-    if output == Format::Json {
-        let list: Vec<serde_json::Value> = resp.snapshots.iter().map(json).collect();
+    if json {
+        let list: Vec<serde_json::Value> = resp.snapshots.iter().map(snapshot_json).collect();
         let v = if restore {
             serde_json::json!({"snapshot": list.first(), "restore_plan": resp.restore_plan})
         } else {
@@ -75,7 +74,7 @@ pub async fn run(
     Ok(Exit::Ok)
 }
 
-fn json(s: &pb::SnapshotView) -> serde_json::Value {
+fn snapshot_json(s: &pb::SnapshotView) -> serde_json::Value {
     serde_json::json!({
         "id": s.id,
         "cluster": s.cluster,

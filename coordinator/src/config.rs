@@ -5,6 +5,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Default CA directory, as Pigsty lays it out on the admin node (relative to Pigsty's home:
+/// `quorum pki` resolves it against the current directory and says so).
+pub const DEFAULT_CA_DIR: &str = "files/pki/ca";
+/// The coordinator config `quorum pki` reads the CA's location from when it exists.
+pub const DEFAULT_COORDINATOR_CONFIG: &str = "/etc/quorum/coordinator.yml";
+/// Pigsty's leaf certificate validity (`cert_validity: 7300d`).
+pub const DEFAULT_LEAF_DAYS: u32 = 7300;
+
 /// Errors reading the coordinator config.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -108,7 +116,7 @@ fn default_stale_after() -> u64 {
     90
 }
 fn default_enroll_days() -> u32 {
-    crate::pki::DEFAULT_LEAF_DAYS
+    DEFAULT_LEAF_DAYS
 }
 fn default_task_timeout() -> u64 {
     120

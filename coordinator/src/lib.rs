@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod sop;
 pub mod statedir;
 pub mod status;
+pub mod cli_status;
 pub mod store;
 pub mod wait;
 pub mod words;

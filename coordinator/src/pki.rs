@@ -19,13 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
-/// Default CA directory, as Pigsty lays it out on the admin node (relative to Pigsty's home:
-/// `quorum pki` resolves it against the current directory and says so).
-pub const DEFAULT_CA_DIR: &str = "files/pki/ca";
-/// The coordinator config `quorum pki` reads the CA's location from when it exists.
-pub const DEFAULT_COORDINATOR_CONFIG: &str = "/etc/quorum/coordinator.yml";
-/// Pigsty's leaf certificate validity (`cert_validity: 7300d`).
-pub const DEFAULT_LEAF_DAYS: u32 = 7300;
+pub use crate::config::{DEFAULT_CA_DIR, DEFAULT_COORDINATOR_CONFIG, DEFAULT_LEAF_DAYS};
 /// Validity of a CA Quorum creates (Pigsty's CA: 100 years).
 const CA_DAYS: i64 = 36500;
 /// Name of the file beside the CA that records the trust domain.

@@ -12,9 +12,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::agreement::{Disagreement, Roster};
 use crate::etcd::MemberInfo;
+use crate::inventory::{EtcdCluster, EtcdInit};
 use crate::patroni::PgRef;
 
 pub use crate::agreement::MemberSpec;
+
+/// Builds the planner's view of `cluster`: members and the files rendered for each.
+pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
+    let mut spec = ClusterSpec {
+        name: cluster.name.clone(),
+        members: Vec::new(),
+        safeguard: cluster.params.safeguard,
+        clean: cluster.params.clean,
+        etcd_conf: HashMap::new(),
+        profile: HashMap::new(),
+        group: cluster.group.clone(),
+        client_port: cluster.params.port,
+        peer_port: cluster.params.peer_port,
+    };
+    for m in &cluster.members {
+        spec.members.push(MemberSpec {
+            ip: m.ip,
+            name: m.name.clone(),
+            client_url: crate::render::client_url(m),
+            peer_url: crate::render::peer_url(m),
+        });
+        spec.etcd_conf
+            .insert(m.ip, crate::render::etcd_conf_spec(cluster, m.ip, init));
+        spec.profile
+            .insert(m.ip, crate::render::etcdctl_profile_spec(cluster, m.ip));
+    }
+    spec
+}
 
 /// One etcd cluster as planned, with the files rendered for each member.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -295,3 +295,81 @@ impl Registry {
         out.into_iter().map(|(_, v)| v).collect()
     }
 }
+
+/// A new unique task id.
+pub fn new_task_id() -> String {
+    let r: [u8; 8] = rand::random();
+    format!("t-{}", hex::encode(r))
+}
+
+/// How long a plan waits for an agent's fresh facts.
+const FACTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks every connected agent of `hosts` for fresh facts and waits (briefly) for them: facts
+/// that ride on polls can be half a minute old, and a plan must not rest on a stale "etcd is
+/// stopped". An agent that does not answer in time keeps its last facts and is marked silent:
+/// until it polls or reports again, later plans (the CLI plans once to show, once to run) do
+/// not wait for it again. Returns a note naming each silent agent.
+pub async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) -> Vec<String> {
+    let mut waits = Vec::new();
+    let mut notes = Vec::new();
+    for h in hosts {
+        if matches!(
+            registry.state(*h),
+            Some(AgentState::Connected | AgentState::Idle)
+        ) {
+            if let Some(asked) = registry.silent_since(*h) {
+                notes.push(silent_note(registry, *h, Some(asked)));
+                continue;
+            }
+            let id = format!("facts-{}", new_task_id());
+            let rx = registry.queue(
+                *h,
+                pb::Task {
+                    id: id.clone(),
+                    kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
+                },
+            );
+            waits.push((*h, id, rx));
+        }
+    }
+    let asked = std::time::SystemTime::now();
+    let deadline = tokio::time::Instant::now() + FACTS_WAIT;
+    for (h, id, rx) in waits {
+        if tokio::time::timeout_at(deadline, rx).await.is_err() {
+            registry.cancel(h, &id);
+            registry.mark_silent(h, asked);
+            notes.push(silent_note(registry, h, None));
+        }
+    }
+    notes
+}
+
+/// What a plan says of an agent that did not answer a request for fresh facts: just now
+/// (`asked` is None), or at `asked`, so it was not asked again.
+fn silent_note(registry: &Registry, host: IpAddr, asked: Option<std::time::SystemTime>) -> String {
+    let ago = |t: std::time::SystemTime| {
+        std::time::SystemTime::now()
+            .duration_since(t)
+            .unwrap_or_default()
+            .as_secs()
+    };
+    let heard = match registry.last_seen(host) {
+        Some(t) => format!("last heard from {} s ago", ago(t)),
+        None => "never heard from".to_string(),
+    };
+    let stale = registry.stale_after().as_secs();
+    let what = match asked {
+        None => format!(
+            "did not answer a request for fresh facts within {} s",
+            FACTS_WAIT.as_secs()
+        ),
+        Some(t) => format!(
+            "has not answered a request for fresh facts made {} s ago, so it was not asked again",
+            ago(t)
+        ),
+    };
+    format!(
+        "the agent on {host} {what} ({heard}; it counts as stale after {stale} s): this plan uses the facts it sent last. Check quorum-agent on {host}"
+    )
+}

@@ -347,7 +347,7 @@ impl Runner {
                 removal,
             } => {
                 // Runs planned by 0.2 did not mark the removal's check; their SOP does.
-                let removal = *removal || run.sop == crate::sop::sop_name::CLUSTER_REMOVE;
+                let removal = *removal || run.sop == crate::request::sop_name::CLUSTER_REMOVE;
                 let rules = Safeguard {
                     safeguard: *safeguard,
                     clean: *clean,
@@ -1236,7 +1236,7 @@ impl Runner {
         };
         let record = RunRecord {
             id: id.clone(),
-            sop: crate::sop::sop_name::HOST_CLEANUP.into(),
+            sop: crate::request::sop_name::HOST_CLEANUP.into(),
             cluster: run.cluster.clone(),
             context: match serde_json::to_string(&context) {
                 Ok(c) => c,
@@ -1443,9 +1443,7 @@ impl Runner {
     /// they are never stored with a run, so a resumed run (or one walked by a restarted
     /// coordinator) reads them again, and fails with the reason if it cannot.
     async fn patroni_auth(&self, run: &RunRecord, pg: &str) -> Result<(String, String), String> {
-        let inv = crate::sop::load_inventory(&self.inventory)
-            .await
-            .map_err(|s| s.message().to_string());
+        let inv = crate::inventory::Inventory::load_off_runtime(&self.inventory).await;
         patroni_credentials(inv.as_ref().map_err(String::as_str), pg, run)
     }
 

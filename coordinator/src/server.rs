@@ -621,7 +621,7 @@ impl AdminService for AdminSvc {
         }
         let ip = self.0.live_agent(&r.agent_id)?;
         if task.id.is_empty() {
-            task.id = new_task_id();
+            task.id = crate::registry::new_task_id();
         }
         let id = task.id.clone();
         tracing::info!(%admin, agent = %ip, task = %id, "ad-hoc task");
@@ -665,14 +665,14 @@ impl AdminService for AdminSvc {
         if let Some(kind) = &task.kind {
             // Only a fan-out that could take members down needs the inventory.
             if adhoc::needs_fan_out_guard(kind, &ips) {
-                let inv = sop::load_inventory(&self.0.config.inventory)
+                let inv = crate::sop::load_inventory(&self.0.config.inventory)
                     .await
                     .map_err(|s| s.message().to_string());
                 adhoc::fan_out_guard(kind, &ips, inv.as_ref().map_err(Clone::clone))?;
             }
         }
         let base = if task.id.is_empty() {
-            new_task_id()
+            crate::registry::new_task_id()
         } else {
             task.id.clone()
         };
@@ -1007,12 +1007,6 @@ fn store_status(e: StoreError) -> Status {
         StoreError::NoRun(_) => Status::not_found(e.to_string()),
         other => Status::internal(other.to_string()),
     }
-}
-
-/// A new unique task id.
-pub fn new_task_id() -> String {
-    let r: [u8; 8] = rand::random();
-    format!("t-{}", hex::encode(r))
 }
 
 /// Agents and the CLI accept a server only if its certificate names the coordinator role; say

@@ -400,7 +400,7 @@ pub async fn answer(
         let cluster = inv
             .etcd_cluster(name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(crate::sop::cluster_spec(cluster, cluster.params.init))
+        Ok(crate::plan::cluster_spec(cluster, cluster.params.init))
     };
     match req.action {
         Some(Action::List(_)) => {

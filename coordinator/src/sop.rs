@@ -2,7 +2,6 @@
 //! and etcd say right now, plan the SOP, and (unless only a plan was asked for) store the run
 //! under the cluster's lock and hand it to the runner.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use quorum_proto::pb;
@@ -20,34 +19,6 @@ use crate::store::{now_ms, RunRecord, StepRecord};
 
 pub use crate::request::sop_name;
 
-/// Builds the planner's view of `cluster`: members and the files rendered for each.
-pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
-    let mut spec = ClusterSpec {
-        name: cluster.name.clone(),
-        members: Vec::new(),
-        safeguard: cluster.params.safeguard,
-        clean: cluster.params.clean,
-        etcd_conf: HashMap::new(),
-        profile: HashMap::new(),
-        group: cluster.group.clone(),
-        client_port: cluster.params.port,
-        peer_port: cluster.params.peer_port,
-    };
-    for m in &cluster.members {
-        spec.members.push(MemberSpec {
-            ip: m.ip,
-            name: m.name.clone(),
-            client_url: crate::render::client_url(m),
-            peer_url: crate::render::peer_url(m),
-        });
-        spec.etcd_conf
-            .insert(m.ip, crate::render::etcd_conf_spec(cluster, m.ip, init));
-        spec.profile
-            .insert(m.ip, crate::render::etcdctl_profile_spec(cluster, m.ip));
-    }
-    spec
-}
-
 /// What the planner needs to know now: facts of the SOP's hosts, and etcd's view; and a note
 /// for each agent that did not answer with fresh facts.
 pub async fn gather_live(
@@ -56,7 +27,7 @@ pub async fn gather_live(
     spec: &ClusterSpec,
     hosts: &[IpAddr],
 ) -> (Live, Vec<String>) {
-    let silent = refresh_facts(registry, hosts).await;
+    let silent = crate::registry::refresh_facts(registry, hosts).await;
     let mut live = agents_live(registry, hosts);
     match etcd.member_list(&spec.client_urls()).await {
         Ok(m) => live.members = Some(m),
@@ -87,78 +58,6 @@ fn agents_live(registry: &Registry, hosts: &[IpAddr]) -> Live {
         }
     }
     live
-}
-
-/// How long planning waits for an agent's fresh facts.
-const FACTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Asks every connected agent of `hosts` for fresh facts and waits (briefly) for them: facts
-/// that ride on polls can be half a minute old, and a plan must not rest on a stale "etcd is
-/// stopped". An agent that does not answer in time keeps its last facts and is marked silent:
-/// until it polls or reports again, later plans (the CLI plans once to show, once to run) do
-/// not wait for it again. Returns a note naming each silent agent.
-pub(crate) async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) -> Vec<String> {
-    let mut waits = Vec::new();
-    let mut notes = Vec::new();
-    for h in hosts {
-        if matches!(
-            registry.state(*h),
-            Some(AgentState::Connected | AgentState::Idle)
-        ) {
-            if let Some(asked) = registry.silent_since(*h) {
-                notes.push(silent_note(registry, *h, Some(asked)));
-                continue;
-            }
-            let id = format!("facts-{}", crate::server::new_task_id());
-            let rx = registry.queue(
-                *h,
-                pb::Task {
-                    id: id.clone(),
-                    kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
-                },
-            );
-            waits.push((*h, id, rx));
-        }
-    }
-    let asked = std::time::SystemTime::now();
-    let deadline = tokio::time::Instant::now() + FACTS_WAIT;
-    for (h, id, rx) in waits {
-        if tokio::time::timeout_at(deadline, rx).await.is_err() {
-            registry.cancel(h, &id);
-            registry.mark_silent(h, asked);
-            notes.push(silent_note(registry, h, None));
-        }
-    }
-    notes
-}
-
-/// What a plan says of an agent that did not answer a request for fresh facts: just now
-/// (`asked` is None), or at `asked`, so it was not asked again.
-fn silent_note(registry: &Registry, host: IpAddr, asked: Option<std::time::SystemTime>) -> String {
-    let ago = |t: std::time::SystemTime| {
-        std::time::SystemTime::now()
-            .duration_since(t)
-            .unwrap_or_default()
-            .as_secs()
-    };
-    let heard = match registry.last_seen(host) {
-        Some(t) => format!("last heard from {} s ago", ago(t)),
-        None => "never heard from".to_string(),
-    };
-    let stale = registry.stale_after().as_secs();
-    let what = match asked {
-        None => format!(
-            "did not answer a request for fresh facts within {} s",
-            FACTS_WAIT.as_secs()
-        ),
-        Some(t) => format!(
-            "has not answered a request for fresh facts made {} s ago, so it was not asked again",
-            ago(t)
-        ),
-    };
-    format!(
-        "the agent on {host} {what} ({heard}; it counts as stale after {stale} s): this plan uses the facts it sent last. Check quorum-agent on {host}"
-    )
 }
 
 /// Maps a plan refusal to a gRPC status: usage errors are INVALID_ARGUMENT, safety refusals
@@ -228,19 +127,12 @@ fn resolve_hosts(
     Ok(out)
 }
 
-/// Reads and resolves the inventory off the async runtime: a big inventory takes libyaml
-/// seconds, and on a worker thread that would stall every other call (agents' polls,
-/// `quorum agents`) meanwhile.
+/// The inventory, read off the async runtime ([`Inventory::load_off_runtime`]); invalid is
+/// bad input.
 pub async fn load_inventory(path: &std::path::Path) -> Result<Inventory, Status> {
-    let owned = path.to_path_buf();
-    tokio::task::spawn_blocking(move || Inventory::load(&owned))
+    Inventory::load_off_runtime(path)
         .await
-        .map_err(|e| Status::internal(format!("the inventory reader stopped: {e}")))?
-        .map_err(|e| {
-            Status::invalid_argument(format!(
-                "the coordinator's inventory is invalid, nothing was planned:\n{e}"
-            ))
-        })
+        .map_err(Status::invalid_argument)
 }
 
 /// Refuses a plan when the inventory's `etcd_data` of a member differs from the data dir its
@@ -310,7 +202,7 @@ pub async fn plan_request(
     if let SopRequest::MemberAdd { .. } | SopRequest::MemberRemove { .. } = req.sop {
         return plan_membership(&inv, cluster, req, registry, etcd).await;
     }
-    let spec = cluster_spec(cluster, cluster.params.init);
+    let spec = plan::cluster_spec(cluster, cluster.params.init);
     let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
     let service_target = if let SopRequest::Service {
         service,
@@ -511,7 +403,7 @@ async fn plan_pg(
     let cluster = inv
         .etcd_cluster(Some(etcd_name))
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let spec = cluster_spec(cluster, cluster.params.init);
+    let spec = plan::cluster_spec(cluster, cluster.params.init);
     let mut notes = Vec::new();
     // Patroni and vip-manager get the inventory's etcd members: refuse if that is not
     // etcd's member list (a host that never joined, or a learner not yet promoted, must
@@ -536,7 +428,7 @@ async fn plan_pg(
         .iter()
         .flat_map(|t| t.pg.members.iter().map(|m| m.ip))
         .collect();
-    let silent = refresh_facts(registry, &hosts).await;
+    let silent = crate::registry::refresh_facts(registry, &hosts).await;
     let live = agents_live(registry, &hosts);
     let mut plan = match req.sop {
         SopRequest::PatroniReload {
@@ -603,7 +495,7 @@ async fn plan_membership(
                 )));
             }
         };
-        let mut spec = cluster_spec(&target, target.params.init);
+        let mut spec = plan::cluster_spec(&target, target.params.init);
         // The joining member starts against a running cluster.
         spec.etcd_conf.insert(
             host,
@@ -634,7 +526,7 @@ async fn plan_membership(
             peer_url: crate::render::peer_url(&gone_member),
         };
         let remaining = cluster.without_member(host);
-        let spec = cluster_spec(&remaining, remaining.params.init);
+        let spec = plan::cluster_spec(&remaining, remaining.params.init);
         let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
         hosts.push(host);
         hosts.extend(pg_hosts.iter().copied());

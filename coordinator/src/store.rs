@@ -463,6 +463,30 @@ mod tests {
     /// Probe L2: runs of 0.2.0 kept the Patroni REST password in the store (0644). Opening
     /// such a store scrubs it from every file of the store, and a new store file is 0600.
     #[test]
+    fn the_stores_words_are_the_words_the_wire_enums_read() {
+        use crate::words;
+        use quorum_proto::pb;
+        for w in [
+            run_state::RUNNING,
+            run_state::INTERRUPTED,
+            run_state::SUCCEEDED,
+            run_state::FAILED,
+            run_state::ABORTED,
+            run_state::WAITING,
+        ] {
+            assert_ne!(words::run_state(w), pb::RunState::Unspecified, "{w}");
+        }
+        for w in [
+            step_state::PENDING,
+            step_state::RUNNING,
+            step_state::DONE,
+            step_state::FAILED,
+        ] {
+            assert_ne!(words::step_state(w), pb::StepState::Unspecified, "{w}");
+        }
+    }
+
+    #[test]
     fn a_host_lock_is_apart_from_the_cluster_lock_and_released_by_an_abort(
     ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;

@@ -133,24 +133,5 @@ mod tests {
         ] {
             assert_eq!(outcome(outcome_word(o)), o);
         }
-        // The store's words are these words.
-        for w in [
-            crate::store::run_state::RUNNING,
-            crate::store::run_state::INTERRUPTED,
-            crate::store::run_state::SUCCEEDED,
-            crate::store::run_state::FAILED,
-            crate::store::run_state::ABORTED,
-            crate::store::run_state::WAITING,
-        ] {
-            assert_ne!(run_state(w), pb::RunState::Unspecified, "{w}");
-        }
-        for w in [
-            crate::store::step_state::PENDING,
-            crate::store::step_state::RUNNING,
-            crate::store::step_state::DONE,
-            crate::store::step_state::FAILED,
-        ] {
-            assert_ne!(step_state(w), pb::StepState::Unspecified, "{w}");
-        }
     }
 }

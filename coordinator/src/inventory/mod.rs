@@ -350,6 +350,19 @@ pub struct Inventory {
 }
 
 impl Inventory {
+    /// [`Self::load`] off the async runtime: a big inventory takes libyaml seconds, and on a
+    /// worker thread that would stall every other call (agents' polls, `quorum agents`)
+    /// meanwhile. The error says what is wrong and that nothing was planned.
+    pub async fn load_off_runtime(path: &Path) -> Result<Inventory, String> {
+        let owned = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Inventory::load(&owned))
+            .await
+            .map_err(|e| format!("the inventory reader stopped: {e}"))?
+            .map_err(|e| {
+                format!("the coordinator's inventory is invalid, nothing was planned:\n{e}")
+            })
+    }
+
     /// Reads and resolves the inventory at `path`. Every problem is collected; any error
     /// makes the whole inventory unusable, so nothing is planned from a half-valid file.
     pub fn load(path: &Path) -> Result<Inventory, InventoryErrors> {
