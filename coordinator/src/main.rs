@@ -28,7 +28,7 @@ fn quiet_on_closed_stdout() {
 }
 
 fn main() -> ExitCode {
-    let cli = match quorum_coordinator::cli::Cli::from_args() {
+    let cli = match quorum_coordinator::operator::cli::Cli::from_args() {
         Ok(cli) => cli,
         Err(exit) => return exit.into(),
     };
@@ -58,5 +58,6 @@ fn main() -> ExitCode {
             return Exit::Failed.into();
         }
     };
-    rt.block_on(quorum_coordinator::cli::run(cli)).into()
+    rt.block_on(quorum_coordinator::operator::cli::run(cli))
+        .into()
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use quorum_coordinator::inventory_cli::{
+use quorum_coordinator::operator::inventory::{
     inventory_check, render_etcd_conf_cmd, render_etcdctl_env_cmd,
 };
 use quorum_proto::exit::Exit;

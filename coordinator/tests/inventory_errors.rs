@@ -2,7 +2,7 @@
 //! host, what is wrong and what to do. Line numbers are counted in the literal below each case
 //! (line 1 is `all:`).
 
-use quorum_coordinator::inventory::Inventory;
+use quorum_coordinator::model::inventory::Inventory;
 
 /// Parses `text` as `pigsty.yml` and returns every error and warning as printed.
 fn problems(text: &str) -> (Vec<String>, Vec<String>) {

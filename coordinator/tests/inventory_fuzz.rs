@@ -3,7 +3,7 @@
 //! needs a nightly toolchain). Whatever it returns, errors carry a message.
 
 use proptest::prelude::*;
-use quorum_coordinator::inventory::Inventory;
+use quorum_coordinator::model::inventory::Inventory;
 
 const SEED: &str = "\
 all:
@@ -27,8 +27,9 @@ fn check(text: &str) {
                 assert!(!c.members.is_empty());
                 for m in &c.members {
                     // Rendering anything the inventory accepted must work too.
-                    let _ = quorum_coordinator::render::render_etcd_conf(c, m.ip, m.params.init);
-                    let _ = quorum_coordinator::render::render_etcdctl_profile(c, m.ip);
+                    let _ =
+                        quorum_coordinator::model::render::render_etcd_conf(c, m.ip, m.params.init);
+                    let _ = quorum_coordinator::model::render::render_etcdctl_profile(c, m.ip);
                 }
             }
         }

@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 
-use quorum_coordinator::inventory::{EtcdInit, EtcdParams, Inventory, LookupError, QuorumExt};
+use quorum_coordinator::model::inventory::{
+    EtcdInit, EtcdParams, Inventory, LookupError, QuorumExt,
+};
 
 fn parse(text: &str) -> Inventory {
     Inventory::parse("pigsty.yml", text).unwrap_or_else(|e| panic!("{e}"))

@@ -13,13 +13,13 @@
 //!   quoted and string-sorted, `ETCDCTL_CACERT=/etc/pki/ca.crt`, the server cert and key (the
 //!   infra cert and key on infra hosts), after the same managed comment line.
 //! - The Quorum extension keys (loopback case) follow the module docs of
-//!   `quorum_coordinator::inventory` and real-components.md §3.1.
+//!   `quorum_coordinator::model::inventory` and real-components.md §3.1.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use quorum_coordinator::inventory::{EtcdInit, Inventory};
-use quorum_coordinator::render::{
+use quorum_coordinator::model::inventory::{EtcdInit, Inventory};
+use quorum_coordinator::model::render::{
     client_endpoints, patroni_dcs_hosts, render_etcd_conf, render_etcdctl_profile,
     try_render_etcd_conf, vip_endpoints,
 };

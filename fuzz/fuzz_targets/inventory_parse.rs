@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quorum_coordinator::inventory::Inventory;
-use quorum_coordinator::render::{render_etcd_conf, render_etcdctl_profile};
+use quorum_coordinator::model::inventory::Inventory;
+use quorum_coordinator::model::render::{render_etcd_conf, render_etcdctl_profile};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use quorum_proto::pb;
 use quorum_proto::render::in_dir;
 
-use crate::inventory::{EtcdCluster, EtcdInit, EtcdMember};
+use crate::model::inventory::{EtcdCluster, EtcdInit, EtcdMember};
 
 /// Why a file could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,7 +124,7 @@ pub fn try_render_etcd_conf(
 /// `initial-cluster-state`: [`EtcdInit::New`] when creating the cluster,
 /// [`EtcdInit::Existing`] for a member joining a running one, **a learner join included**
 /// (the learner flag belongs to `member add`, not to the config). Quorum's extension
-/// variables add keys only when enabled (see [`crate::inventory`]).
+/// variables add keys only when enabled (see [`crate::model::inventory`]).
 ///
 /// `member_ip` should be a member (render member add with [`EtcdCluster::with_members`]). A
 /// host that is not one is rendered as if it had just been added to the group with the next

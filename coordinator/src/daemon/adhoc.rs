@@ -10,7 +10,7 @@ use pb::task::Kind;
 use quorum_proto::pb;
 use tonic::Status;
 
-use crate::inventory::Inventory;
+use crate::model::inventory::Inventory;
 
 /// What a task stops, restarts or wipes, in the operator's words; `None` when it is harmless
 /// (facts, a status, a start, a reload, a file write without a restart).

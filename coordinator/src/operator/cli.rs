@@ -9,11 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use quorum_proto::exit::{BadInput, Exit};
 use quorum_proto::pb;
 
-use crate::client;
-use crate::pki::{self, LeafKind};
-use crate::plan::{ActionName, RestartPolicy, ServiceName};
-use crate::request::{PgPick, Request, SopRequest};
-use crate::words::{outcome_word, service_state_word};
+use crate::model::pki::{self, LeafKind};
+use crate::model::words::{outcome_word, service_state_word};
+use crate::operator::client;
+use crate::sop::plan::{ActionName, RestartPolicy, ServiceName};
+use crate::sop::request::{PgPick, Request, SopRequest};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -689,7 +689,7 @@ fn classify(e: &anyhow::Error) -> Exit {
         };
     }
     let pki_error = e.downcast_ref::<pki::PkiError>().or_else(|| {
-        e.downcast_ref::<crate::server::ConfiguredCaError>()
+        e.downcast_ref::<crate::daemon::server::ConfiguredCaError>()
             .map(|c| &c.0)
     });
     if let Some(pki_error) = pki_error {
@@ -713,7 +713,7 @@ fn classify(e: &anyhow::Error) -> Exit {
         };
     }
     if e.is::<BadInput>()
-        || e.is::<crate::config::ConfigError>()
+        || e.is::<crate::model::config::ConfigError>()
         || e.is::<quorum_proto::tls::TlsError>()
     {
         return Exit::Usage;
@@ -726,22 +726,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         Command::Serve { config } => {
             // Everything the daemon creates (run store, used tokens, member keys) is its own.
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-            let cfg = crate::config::CoordinatorConfig::load(&config)?;
-            crate::server::serve(cfg).await?;
+            let cfg = crate::model::config::CoordinatorConfig::load(&config)?;
+            crate::daemon::server::serve(cfg).await?;
             Ok(Exit::Ok)
         }
         Command::Pki(cmd) => pki_command(cmd),
         Command::Agents { output, conn } => agents(output, &conn).await,
         Command::Inventory(InventoryCommand::Check { inventory, output }) => {
-            crate::inventory_cli::inventory_check(&inventory, output == Format::Json)
+            crate::operator::inventory::inventory_check(&inventory, output == Format::Json)
         }
         Command::Render(RenderCommand::EtcdConf {
             host,
             inventory,
             init,
-        }) => crate::inventory_cli::render_etcd_conf_cmd(&inventory, host, init.as_deref()),
+        }) => crate::operator::inventory::render_etcd_conf_cmd(&inventory, host, init.as_deref()),
         Command::Render(RenderCommand::EtcdctlEnv { host, inventory }) => {
-            crate::inventory_cli::render_etcdctl_env_cmd(&inventory, host)
+            crate::operator::inventory::render_etcdctl_env_cmd(&inventory, host)
         }
         Command::Task {
             host,
@@ -761,7 +761,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
                     conn,
                 } => {
                     let mut client = client::admin_client(&conn.resolve()?).await?;
-                    return crate::cli_status::status_command(
+                    return crate::operator::status::status_command(
                         &mut client,
                         cluster,
                         output == Format::Json,
@@ -818,18 +818,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Run(cmd) => run_command(cmd).await,
         Command::Snapshot(cmd) => {
-            use crate::cli_snapshot::{run, SnapshotOp};
+            use crate::operator::snapshot::{run, SnapshotOp};
             match cmd {
                 SnapshotCommand::List {
                     cluster,
                     output,
                     conn,
-                } => run(SnapshotOp::List, cluster, output == Format::Json, &conn.resolve()?).await,
+                } => {
+                    run(
+                        SnapshotOp::List,
+                        cluster,
+                        output == Format::Json,
+                        &conn.resolve()?,
+                    )
+                    .await
+                }
                 SnapshotCommand::Save {
                     cluster,
                     output,
                     conn,
-                } => run(SnapshotOp::Save, cluster, output == Format::Json, &conn.resolve()?).await,
+                } => {
+                    run(
+                        SnapshotOp::Save,
+                        cluster,
+                        output == Format::Json,
+                        &conn.resolve()?,
+                    )
+                    .await
+                }
                 SnapshotCommand::Restore {
                     plan: false, id, ..
                 } => {
@@ -846,7 +862,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
                     ..
                 } => {
                     let conn = conn.resolve()?;
-                    run(SnapshotOp::RestorePlan(id), cluster, output == Format::Json, &conn).await
+                    run(
+                        SnapshotOp::RestorePlan(id),
+                        cluster,
+                        output == Format::Json,
+                        &conn,
+                    )
+                    .await
                 }
             }
         }
@@ -873,7 +895,7 @@ async fn sop_command(sop: SopRequest, a: SopArgs) -> anyhow::Result<Exit> {
         sop,
     };
     let mut client = client::admin_client(&a.run.conn.resolve()?).await?;
-    crate::cli_runs::start_sop(
+    crate::operator::runs::start_sop(
         &mut client,
         request,
         a.run.yes,
@@ -886,11 +908,11 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<Exit> {
     match cmd {
         RunCommand::List { output, conn } => {
             let mut client = client::admin_client(&conn.resolve()?).await?;
-            crate::cli_runs::list(&mut client, output == Format::Json).await
+            crate::operator::runs::list(&mut client, output == Format::Json).await
         }
         RunCommand::Show { id, output, conn } => {
             let mut client = client::admin_client(&conn.resolve()?).await?;
-            crate::cli_runs::show(&mut client, &id, output == Format::Json).await
+            crate::operator::runs::show(&mut client, &id, output == Format::Json).await
         }
         RunCommand::Resume { id, conn } => {
             let mut client = client::admin_client(&conn.resolve()?).await?;
@@ -922,11 +944,11 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<Exit> {
                 ),
                 _ => eprintln!("run {} resumed", run.run_id),
             }
-            crate::cli_runs::follow(
+            crate::operator::runs::follow(
                 &mut client,
                 &id,
                 false,
-                crate::cli_runs::printed_as(&before),
+                crate::operator::runs::printed_as(&before),
             )
             .await
         }
@@ -1112,7 +1134,7 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
                 let etcd = if a.state == "stale" {
                     format!(
                         "unknown (stale since {})",
-                        crate::cli_runs::local_time(a.last_seen_unix.saturating_mul(1000))
+                        crate::operator::runs::local_time(a.last_seen_unix.saturating_mul(1000))
                     )
                 } else {
                     a.facts
@@ -1142,7 +1164,7 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
                     println!(
                         "warning: {}: no poll since {}: its services' states are unknown, and SOPs that touch this host are refused until quorum-agent there polls again",
                         a.agent_id,
-                        crate::cli_runs::local_time(a.last_seen_unix.saturating_mul(1000))
+                        crate::operator::runs::local_time(a.last_seen_unix.saturating_mul(1000))
                     );
                     continue;
                 }
@@ -1205,8 +1227,9 @@ async fn ad_hoc_task(
     let (kind, destructive) = match task {
         TaskCommand::Facts => (Kind::CollectFacts(pb::CollectFacts {}), false),
         TaskCommand::WriteEtcdConf { inventory, init } => {
-            let conf = crate::inventory_cli::member_conf_spec(&inventory, host, init.as_deref())
-                .ok_or_else(|| BadInput("no task was sent (see above)".into()))?;
+            let conf =
+                crate::operator::inventory::member_conf_spec(&inventory, host, init.as_deref())
+                    .ok_or_else(|| BadInput("no task was sent (see above)".into()))?;
             (
                 Kind::WriteEtcdConf(pb::WriteEtcdConf { conf: Some(conf) }),
                 false,
@@ -1225,7 +1248,7 @@ async fn ad_hoc_task(
             false,
         ),
         TaskCommand::WriteEtcdctlProfile { inventory } => {
-            let profile = crate::inventory_cli::host_profile_spec(&inventory, host)
+            let profile = crate::operator::inventory::host_profile_spec(&inventory, host)
                 .ok_or_else(|| BadInput("no task was sent (see above)".into()))?;
             (
                 Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
@@ -1333,7 +1356,7 @@ mod tests {
     #[test]
     fn bad_input_is_usage_by_its_type() {
         let missing = PathBuf::from("/nonexistent/quorum-test/coordinator.yml");
-        let config = crate::config::CoordinatorConfig::load(&missing).unwrap_err();
+        let config = crate::model::config::CoordinatorConfig::load(&missing).unwrap_err();
         assert_eq!(classify(&config.into()), Exit::Usage);
         let tls = quorum_proto::tls::TlsMaterial::load(&missing, &missing, &missing).unwrap_err();
         assert_eq!(classify(&tls.into()), Exit::Usage);
@@ -1344,7 +1367,7 @@ mod tests {
             source: io("permission denied"),
         };
         assert_eq!(classify(&unreadable_ca.into()), Exit::Usage);
-        let configured = crate::server::ConfiguredCaError(pki::PkiError::MissingFile {
+        let configured = crate::daemon::server::ConfiguredCaError(pki::PkiError::MissingFile {
             what: "CA key (tls.ca_key)".into(),
             path: missing.clone(),
             hint: "restore it".into(),

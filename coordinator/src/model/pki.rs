@@ -19,7 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::{DEFAULT_CA_DIR, DEFAULT_COORDINATOR_CONFIG, DEFAULT_LEAF_DAYS};
+pub use crate::model::config::{DEFAULT_CA_DIR, DEFAULT_COORDINATOR_CONFIG, DEFAULT_LEAF_DAYS};
 /// Validity of a CA Quorum creates (Pigsty's CA: 100 years).
 const CA_DAYS: i64 = 36500;
 /// Name of the file beside the CA that records the trust domain.
@@ -166,7 +166,7 @@ pub fn locate_ca(dir: Option<&Path>, config: Option<&Path>) -> Result<CaLocation
     };
     let cfg = if explicit || config_path.exists() {
         Some(
-            crate::config::CoordinatorConfig::load(&config_path).map_err(|e| {
+            crate::model::config::CoordinatorConfig::load(&config_path).map_err(|e| {
                 PkiError::Usage(format!("{e}; or pass --dir with the CA directory"))
             })?,
         )

@@ -10,10 +10,10 @@ use std::path::Path;
 use quorum_proto::pb;
 use tonic::Status;
 
-use crate::agreement::{host_of_url, Disagreement};
-use crate::etcd::EtcdAccess;
-use crate::inventory::Inventory;
-use crate::registry::Registry;
+use crate::clients::etcd::EtcdAccess;
+use crate::clients::registry::Registry;
+use crate::model::inventory::Inventory;
+use crate::sop::agreement::{host_of_url, Disagreement};
 
 /// Builds the status of the cluster `req` names (the coordinator's side).
 pub async fn cluster_status(
@@ -29,7 +29,7 @@ pub async fn cluster_status(
     let cluster = inv
         .etcd_cluster(name)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let spec = crate::plan::cluster_spec(cluster, cluster.params.init);
+    let spec = crate::sop::plan::cluster_spec(cluster, cluster.params.init);
     let roster = spec.roster();
     let mut out = pb::ClusterStatusResponse {
         cluster: spec.name.clone(),
@@ -102,7 +102,8 @@ pub async fn cluster_status(
         }
         Err(e) => out.members_error = e.to_string(),
     }
-    crate::registry::refresh_facts(registry, &hosts.iter().copied().collect::<Vec<_>>()).await;
+    crate::clients::registry::refresh_facts(registry, &hosts.iter().copied().collect::<Vec<_>>())
+        .await;
     for h in hosts {
         let facts = registry.facts(h);
         out.agents.push(pb::HostAgentStatus {

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::plan::StepKind;
+use crate::sop::plan::StepKind;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -460,11 +460,9 @@ fn scrub_stored_credentials(conn: &Connection) -> Result<usize, StoreError> {
 mod tests {
     use super::*;
 
-    /// Probe L2: runs of 0.2.0 kept the Patroni REST password in the store (0644). Opening
-    /// such a store scrubs it from every file of the store, and a new store file is 0600.
     #[test]
     fn the_stores_words_are_the_words_the_wire_enums_read() {
-        use crate::words;
+        use crate::model::words;
         use quorum_proto::pb;
         for w in [
             run_state::RUNNING,
@@ -512,6 +510,8 @@ mod tests {
         Ok(())
     }
 
+    /// Probe L2: runs of 0.2.0 kept the Patroni REST password in the store (0644). Opening
+    /// such a store scrubs it from every file of the store, and a new store file is 0600.
     #[test]
     fn stored_credentials_are_scrubbed_and_files_are_private(
     ) -> Result<(), Box<dyn std::error::Error>> {

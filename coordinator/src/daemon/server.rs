@@ -15,16 +15,16 @@ use quorum_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
 use quorum_proto::tls::TlsMaterial;
 use tonic::{Request, Response, Status};
 
-use crate::adhoc;
-use crate::config::CoordinatorConfig;
-use crate::etcd::EtcdAccess;
-use crate::limit::{IpBuckets, LogLimit};
-use crate::pki::Ca;
-use crate::registry::{AgentState, Registry};
-use crate::request::SopRequest;
-use crate::runner::{Runner, Timeouts};
-use crate::sop;
-use crate::store::{run_state, Store, StoreError};
+use crate::clients::etcd::EtcdAccess;
+use crate::clients::registry::{AgentState, Registry};
+use crate::daemon::adhoc;
+use crate::daemon::limit::{IpBuckets, LogLimit};
+use crate::model::config::CoordinatorConfig;
+use crate::model::pki::Ca;
+use crate::sop::planning as sop;
+use crate::sop::request::SopRequest;
+use crate::sop::runner::{Runner, Timeouts};
+use crate::sop::store::{run_state, Store, StoreError};
 
 /// Reads the caller's role from its TLS client certificate.
 pub fn authenticate<T>(req: &Request<T>, trust_domain: &str) -> Result<Peer, Status> {
@@ -156,7 +156,7 @@ impl UsedTokens {
 /// files or the config are wrong, and the daemon does not start.
 #[derive(Debug, thiserror::Error)]
 #[error("{0} (tls.ca_cert and tls.ca_key in the coordinator config)")]
-pub struct ConfiguredCaError(pub crate::pki::PkiError);
+pub struct ConfiguredCaError(pub crate::model::pki::PkiError);
 
 /// Shared state of the services.
 pub struct Coordinator {
@@ -184,7 +184,7 @@ const ENROLL_PER_SEC: f64 = 2.0;
 impl Coordinator {
     /// Builds the coordinator state from its config (the state dir is created if missing).
     pub fn new(config: CoordinatorConfig, tls: TlsMaterial) -> anyhow::Result<Arc<Self>> {
-        let changes = crate::statedir::prepare(&config.state_dir).map_err(|e| {
+        let changes = crate::model::statedir::prepare(&config.state_dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot prepare state dir {}: {e}; set state_dir in the config to a writable directory",
                 config.state_dir.display()
@@ -203,7 +203,7 @@ impl Coordinator {
         };
         // Member certificates and keys live in the state dir, which the packaged unit may
         // write (the CA's directory may be read-only to it).
-        let member_cert_dir = crate::statedir::member_cert_dir(&config.state_dir);
+        let member_cert_dir = crate::model::statedir::member_cert_dir(&config.state_dir);
         let legacy = [
             config
                 .tls
@@ -214,14 +214,16 @@ impl Coordinator {
                 .map(|p| p.join("etcd")),
             Some(config.state_dir.join("pki-etcd")),
         ];
-        let adopted =
-            crate::statedir::create_member_cert_dir(&member_cert_dir, legacy.iter().flatten())
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot create {}: {e}; the state dir must be writable",
-                        member_cert_dir.display()
-                    )
-                })?;
+        let adopted = crate::model::statedir::create_member_cert_dir(
+            &member_cert_dir,
+            legacy.iter().flatten(),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create {}: {e}; the state dir must be writable",
+                member_cert_dir.display()
+            )
+        })?;
         for a in adopted {
             tracing::info!("{a}");
         }
@@ -236,12 +238,12 @@ impl Coordinator {
             registry.clone(),
             etcd.clone(),
             ca.clone(),
-            crate::runner::Places {
+            crate::sop::runner::Places {
                 member_cert_dir,
                 inventory: config.inventory.clone(),
-                snapshots: crate::snapshot::Snapshots::new(
+                snapshots: crate::sop::snapshot::Snapshots::new(
                     &config.state_dir,
-                    crate::snapshot::Retention {
+                    crate::sop::snapshot::Retention {
                         keep: config.snapshot_keep,
                         max_age: Duration::from_secs(config.snapshot_max_age_days * 86_400),
                     },
@@ -278,7 +280,7 @@ impl Coordinator {
     /// once the new run is stored) and the plan says so.
     fn pending_cleanup_in_the_way(
         &self,
-        r: &crate::request::Request,
+        r: &crate::sop::request::Request,
         hosts: impl IntoIterator<Item = IpAddr>,
         notes: &mut Vec<String>,
     ) -> Result<Option<String>, Status> {
@@ -291,7 +293,7 @@ impl Coordinator {
             let held = self
                 .runner
                 .store
-                .lock_holder(&crate::store::host_lock(h))
+                .lock_holder(&crate::sop::store::host_lock(h))
                 .map_err(store_status)?;
             let Some((holder, state)) = held else {
                 continue;
@@ -331,7 +333,7 @@ impl Coordinator {
             let Ok(run) = self.runner.store.get_run(&id) else {
                 continue;
             };
-            let host = serde_json::from_str::<crate::runner::RunContext>(&run.context)
+            let host = serde_json::from_str::<crate::sop::runner::RunContext>(&run.context)
                 .ok()
                 .and_then(|c| match c.request {
                     Some(SopRequest::HostCleanup { host, .. }) => Some(host),
@@ -621,7 +623,7 @@ impl AdminService for AdminSvc {
         }
         let ip = self.0.live_agent(&r.agent_id)?;
         if task.id.is_empty() {
-            task.id = crate::registry::new_task_id();
+            task.id = crate::clients::registry::new_task_id();
         }
         let id = task.id.clone();
         tracing::info!(%admin, agent = %ip, task = %id, "ad-hoc task");
@@ -665,14 +667,14 @@ impl AdminService for AdminSvc {
         if let Some(kind) = &task.kind {
             // Only a fan-out that could take members down needs the inventory.
             if adhoc::needs_fan_out_guard(kind, &ips) {
-                let inv = crate::sop::load_inventory(&self.0.config.inventory)
+                let inv = crate::sop::planning::load_inventory(&self.0.config.inventory)
                     .await
                     .map_err(|s| s.message().to_string());
                 adhoc::fan_out_guard(kind, &ips, inv.as_ref().map_err(Clone::clone))?;
             }
         }
         let base = if task.id.is_empty() {
-            crate::registry::new_task_id()
+            crate::clients::registry::new_task_id()
         } else {
             task.id.clone()
         };
@@ -726,7 +728,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::RunView>, Status> {
         let admin = authorize_admin(&req, self.0.td())?;
-        let r = crate::request::Request::from_pb(req.get_ref())?;
+        let r = crate::sop::request::Request::from_pb(req.get_ref())?;
         let c = &self.0;
         // A host re-added before its pending cleanup ran is refused for that first (its agent
         // may well be missing too, which the planner would name instead).
@@ -908,7 +910,7 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let admin = authorize_admin(&req, self.0.td())?;
         let c = &self.0;
-        crate::snapshot::answer(
+        crate::sop::snapshot::answer(
             req.into_inner(),
             &c.config,
             &c.etcd,
@@ -928,14 +930,14 @@ impl AdminService for AdminSvc {
 }
 
 impl AdminSvc {
-    /// `ClusterStatus`, answered by [`crate::status`].
+    /// `ClusterStatus`, answered by [`crate::sop::status`].
     async fn cluster_status_of(
         &self,
         req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         authorize_admin(&req, self.0.td())?;
         let c = &self.0;
-        let status = crate::status::cluster_status(
+        let status = crate::sop::status::cluster_status(
             &c.config.inventory,
             &c.registry,
             &c.etcd,
@@ -983,7 +985,7 @@ impl RunWatch {
                         | run_state::INTERRUPTED
                 );
                 self.last = Some(view.clone());
-                view.now_unix_ms = crate::store::now_ms();
+                view.now_unix_ms = crate::sop::store::now_ms();
                 return Some(Ok(view));
             }
             let stopping = tokio::select! {
@@ -1034,7 +1036,7 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let server_tls = tls.server_config()?;
     warn_unless_coordinator(&config, &tls);
     let listen = config.listen;
-    let limits = crate::listener::Limits {
+    let limits = crate::daemon::listener::Limits {
         max_connections: config.max_connections,
         handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
         anonymous_lifetime: Duration::from_secs(config.anonymous_connection_secs),
@@ -1068,7 +1070,7 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     );
     // TLS is done by the listener (handshake timeout, connection cap, refusals logged), so
     // tonic gets finished TLS streams and no TLS config of its own.
-    let incoming = crate::listener::incoming(listener, server_tls, limits);
+    let incoming = crate::daemon::listener::incoming(listener, server_tls, limits);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))

@@ -103,7 +103,7 @@ pub fn create_member_cert_dir<'a>(
                 continue;
             }
             let data = std::fs::read(&from)?;
-            crate::pki::write_new(&to, &data, mode).map_err(std::io::Error::other)?;
+            crate::model::pki::write_new(&to, &data, mode).map_err(std::io::Error::other)?;
             done.push(format!(
                 "copied the etcd member certificate file {} to {}",
                 from.display(),

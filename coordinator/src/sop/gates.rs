@@ -1,14 +1,14 @@
 //! What each guard and gate decides from what it observed. The runner probes etcd, Patroni and
 //! the agents, hands the observation to one of these pure functions, and waits with
-//! [`crate::wait::until`] on its answer; so a gate's logic and its timing are tested here with
+//! [`crate::sop::wait::until`] on its answer; so a gate's logic and its timing are tested here with
 //! fake observations under paused time, and end to end in `tests/`.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::etcd::{EtcdError, Fault};
-use crate::patroni::{ClusterView, PgRef};
-use crate::wait::{Pace, Try};
+use crate::clients::etcd::{EtcdError, Fault};
+use crate::clients::patroni::{ClusterView, PgRef};
+use crate::sop::wait::{Pace, Try};
 
 /// One voting member's health as a guard sees it: its label (name, or id in hex), its host
 /// (from its peer URL) and whether it answered `/health`.
@@ -170,8 +170,8 @@ pub fn vip(holders: &[(IpAddr, String)], leader: &str, leader_ip: IpAddr) -> Try
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::patroni::{ClusterMember, PgNode};
-    use crate::wait::{until, Waited};
+    use crate::clients::patroni::{ClusterMember, PgNode};
+    use crate::sop::wait::{until, Waited};
     use tokio::time::Instant;
 
     fn ip(last: u8) -> IpAddr {

@@ -11,8 +11,8 @@ use quorum_proto::exit::Exit;
 use quorum_proto::pb;
 use serde_json::json;
 
-use crate::inventory::{EtcdCluster, EtcdInit, EtcdMember, Inventory, InventoryErrors};
-use crate::render;
+use crate::model::inventory::{EtcdCluster, EtcdInit, EtcdMember, Inventory, InventoryErrors};
+use crate::model::render;
 
 /// `quorum inventory check`: resolves the inventory and prints its etcd and PostgreSQL
 /// clusters as tables (or with `json`, one JSON object

@@ -7,7 +7,7 @@ use quorum_proto::pb;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use crate::plan::{ActionName, RestartPolicy, ServiceName};
+use crate::sop::plan::{ActionName, RestartPolicy, ServiceName};
 
 /// Which PostgreSQL clusters a Patroni or VIP SOP visits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use quorum_proto::exit::Exit;
 use quorum_proto::pb;
 use quorum_proto::pb::snapshot_request::Action;
 
-use crate::client::Connection;
+use crate::operator::client::Connection;
 
 /// What `quorum snapshot` was asked to do.
 pub enum SnapshotOp {
@@ -30,7 +30,7 @@ pub async fn run(
         SnapshotOp::RestorePlan(id) => Action::RestorePlan(pb::SnapshotRestorePlanAction { id }),
     };
     let restore = matches!(action, Action::RestorePlan(_));
-    let mut client = crate::client::admin_client(conn).await?;
+    let mut client = crate::operator::client::admin_client(conn).await?;
     let resp = client
         .snapshot(pb::SnapshotRequest {
             cluster: cluster.unwrap_or_default(),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tonic::Status;
 
-use crate::plan::ClusterSpec;
+use crate::sop::plan::ClusterSpec;
 
 /// Retention of stored snapshots, per cluster.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +84,7 @@ impl Snapshots {
     /// verification.
     pub async fn take(
         &self,
-        etcd: &crate::etcd::EtcdAccess,
+        etcd: &crate::clients::etcd::EtcdAccess,
         cluster: &str,
         endpoints: &[String],
         reason: &str,
@@ -93,7 +93,7 @@ impl Snapshots {
         fs::create_dir_all(&dir)
             .and_then(|_| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let now = crate::store::now_ms();
+        let now = crate::sop::store::now_ms();
         let id = format!("{cluster}-{}", utc_stamp(now));
         let path = dir.join(format!("{id}.db"));
         let partial = dir.join(format!(".{id}.partial"));
@@ -139,7 +139,7 @@ impl Snapshots {
             status,
         };
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
-        crate::pki::write_replace(&dir.join(format!("{}.json", meta.id)), &json, 0o600)
+        crate::model::pki::write_replace(&dir.join(format!("{}.json", meta.id)), &json, 0o600)
             .map_err(|e| e.to_string())?;
         self.prune(cluster, now);
         Ok(meta)
@@ -385,22 +385,22 @@ impl From<&SnapshotMeta> for pb::SnapshotView {
 /// The admin service's `Snapshot` call: list, save now, or print the restore steps.
 pub async fn answer(
     req: pb::SnapshotRequest,
-    config: &crate::config::CoordinatorConfig,
-    etcd: &crate::etcd::EtcdAccess,
+    config: &crate::model::config::CoordinatorConfig,
+    etcd: &crate::clients::etcd::EtcdAccess,
     snapshots: &Snapshots,
     admin: &str,
 ) -> Result<pb::SnapshotResponse, Status> {
     let inventory = config.inventory.as_path();
     use pb::snapshot_request::Action;
     let cluster_spec = || -> Result<ClusterSpec, Status> {
-        let inv = crate::inventory::Inventory::load(inventory).map_err(|e| {
+        let inv = crate::model::inventory::Inventory::load(inventory).map_err(|e| {
             Status::invalid_argument(format!("the coordinator's inventory is invalid:\n{e}"))
         })?;
         let name = (!req.cluster.is_empty()).then_some(req.cluster.as_str());
         let cluster = inv
             .etcd_cluster(name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(crate::plan::cluster_spec(cluster, cluster.params.init))
+        Ok(crate::sop::plan::cluster_spec(cluster, cluster.params.init))
     };
     match req.action {
         Some(Action::List(_)) => {
@@ -440,7 +440,7 @@ pub async fn answer(
             let files = RestoreFiles {
                 inventory,
                 ca_cert: &config.tls.ca_cert,
-                member_cert_dir: &crate::statedir::member_cert_dir(&config.state_dir),
+                member_cert_dir: &crate::model::statedir::member_cert_dir(&config.state_dir),
             };
             Ok(pb::SnapshotResponse {
                 restore_plan: restore_plan(&spec, &meta, &files),

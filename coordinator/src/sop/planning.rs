@@ -7,27 +7,27 @@ use std::net::IpAddr;
 use quorum_proto::pb;
 use tonic::Status;
 
-use crate::inventory::{EtcdCluster, EtcdInit, EtcdMember, Inventory, PgCluster};
-use crate::patroni::{PgNode, PgRef};
-use crate::plan::{
+use crate::clients::patroni::{PgNode, PgRef};
+use crate::clients::registry::{AgentState, Registry};
+use crate::model::inventory::{EtcdCluster, EtcdInit, EtcdMember, Inventory, PgCluster};
+use crate::sop::plan::{
     self, ClusterSpec, Live, MemberSpec, PgTarget, Plan, PlanError, ServiceName, StepKind,
 };
-use crate::registry::{AgentState, Registry};
-use crate::request::{PgPick, Request, SopRequest};
-use crate::runner::RunContext;
-use crate::store::{now_ms, RunRecord, StepRecord};
+use crate::sop::request::{PgPick, Request, SopRequest};
+use crate::sop::runner::RunContext;
+use crate::sop::store::{now_ms, RunRecord, StepRecord};
 
-pub use crate::request::sop_name;
+pub use crate::sop::request::sop_name;
 
 /// What the planner needs to know now: facts of the SOP's hosts, and etcd's view; and a note
 /// for each agent that did not answer with fresh facts.
 pub async fn gather_live(
     registry: &Registry,
-    etcd: &crate::etcd::EtcdAccess,
+    etcd: &crate::clients::etcd::EtcdAccess,
     spec: &ClusterSpec,
     hosts: &[IpAddr],
 ) -> (Live, Vec<String>) {
-    let silent = crate::registry::refresh_facts(registry, hosts).await;
+    let silent = crate::clients::registry::refresh_facts(registry, hosts).await;
     let mut live = agents_live(registry, hosts);
     match etcd.member_list(&spec.client_urls()).await {
         Ok(m) => live.members = Some(m),
@@ -155,7 +155,7 @@ fn check_data_dirs<'a>(
             continue;
         };
         let wanted = &m.params.data_dir;
-        if crate::inventory::same_dir(wanted, agent_dir) {
+        if crate::model::inventory::same_dir(wanted, agent_dir) {
             continue;
         }
         let at = m.line.map(|l| format!(":{l}")).unwrap_or_default();
@@ -186,7 +186,7 @@ pub struct Planned {
 pub async fn plan_request(
     inventory_path: &std::path::Path,
     registry: &Registry,
-    etcd: &crate::etcd::EtcdAccess,
+    etcd: &crate::clients::etcd::EtcdAccess,
     req: &Request,
 ) -> Result<Planned, Status> {
     let inv = load_inventory(inventory_path).await?;
@@ -378,7 +378,7 @@ async fn plan_pg(
     req: &Request,
     pick: &PgPick,
     registry: &Registry,
-    etcd: &crate::etcd::EtcdAccess,
+    etcd: &crate::clients::etcd::EtcdAccess,
 ) -> Result<Planned, Status> {
     let pgs = select_pg(inv, pick)?;
     let mut dcs: Vec<&str> = pgs.iter().filter_map(|p| p.dcs.as_deref()).collect();
@@ -428,7 +428,7 @@ async fn plan_pg(
         .iter()
         .flat_map(|t| t.pg.members.iter().map(|m| m.ip))
         .collect();
-    let silent = crate::registry::refresh_facts(registry, &hosts).await;
+    let silent = crate::clients::registry::refresh_facts(registry, &hosts).await;
     let live = agents_live(registry, &hosts);
     let mut plan = match req.sop {
         SopRequest::PatroniReload {
@@ -458,7 +458,7 @@ async fn plan_membership(
     cluster: &EtcdCluster,
     req: &Request,
     registry: &Registry,
-    etcd: &crate::etcd::EtcdAccess,
+    etcd: &crate::clients::etcd::EtcdAccess,
 ) -> Result<Planned, Status> {
     let (host, seq, forget) = match req.sop {
         SopRequest::MemberAdd { host, seq } => (host, seq, false),
@@ -499,7 +499,7 @@ async fn plan_membership(
         // The joining member starts against a running cluster.
         spec.etcd_conf.insert(
             host,
-            crate::render::etcd_conf_spec(&target, host, EtcdInit::Existing),
+            crate::model::render::etcd_conf_spec(&target, host, EtcdInit::Existing),
         );
         let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
         hosts.extend(pg_hosts.iter().copied());
@@ -522,8 +522,8 @@ async fn plan_membership(
         let guessed = MemberSpec {
             ip: host,
             name: gone_member.name.clone(),
-            client_url: crate::render::client_url(&gone_member),
-            peer_url: crate::render::peer_url(&gone_member),
+            client_url: crate::model::render::client_url(&gone_member),
+            peer_url: crate::model::render::peer_url(&gone_member),
         };
         let remaining = cluster.without_member(host);
         let spec = plan::cluster_spec(&remaining, remaining.params.init);
@@ -650,7 +650,7 @@ pub fn run_record(
         cluster: planned.cluster.clone(),
         context: serde_json::to_string(&planned.context)
             .map_err(|e| Status::internal(e.to_string()))?,
-        state: crate::store::run_state::RUNNING.into(),
+        state: crate::sop::store::run_state::RUNNING.into(),
         started_by: started_by.to_string(),
         inventory_digest: planned.digest.clone(),
         created_ms: now_ms(),
@@ -672,7 +672,7 @@ pub fn run_view(run: &RunRecord) -> pb::RunView {
         run_id: run.id.clone(),
         sop: run.sop.clone(),
         cluster: run.cluster.clone(),
-        state: crate::words::run_state(&run.state) as i32,
+        state: crate::model::words::run_state(&run.state) as i32,
         started_by: run.started_by.clone(),
         inventory_digest: run.inventory_digest.clone(),
         created_unix_ms: run.created_ms,
@@ -689,8 +689,8 @@ pub fn run_view(run: &RunRecord) -> pb::RunView {
                 kind: s.kind.name().into(),
                 host: s.host.clone(),
                 description: s.description.clone(),
-                state: crate::words::step_state(&s.state) as i32,
-                outcome: crate::words::outcome(&s.outcome) as i32,
+                state: crate::model::words::step_state(&s.state) as i32,
+                outcome: crate::model::words::outcome(&s.outcome) as i32,
                 output: s.output.clone(),
                 started_unix_ms: s.started_ms,
                 finished_unix_ms: s.finished_ms,

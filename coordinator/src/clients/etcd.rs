@@ -587,10 +587,10 @@ mod tests {
 
     /// TLS material from a fresh CA: what the coordinator presents to etcd.
     fn material(dir: &std::path::Path) -> Result<TlsMaterial, Box<dyn std::error::Error>> {
-        crate::pki::init_ca(dir, "quorum.test")?;
-        let ca = crate::pki::Ca::load(dir, None)?;
+        crate::model::pki::init_ca(dir, "quorum.test")?;
+        let ca = crate::model::pki::Ca::load(dir, None)?;
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let (cert, key) = ca.issue(crate::pki::LeafKind::Coordinator, &[ip], None, 1)?;
+        let (cert, key) = ca.issue(crate::model::pki::LeafKind::Coordinator, &[ip], None, 1)?;
         Ok(TlsMaterial {
             ca_pem: ca.cert_pem().as_bytes().to_vec(),
             cert_pem: cert.into_bytes(),

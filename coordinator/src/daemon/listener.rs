@@ -22,7 +22,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
-use crate::limit::LogLimit;
+use crate::daemon::limit::LogLimit;
 
 /// How the front door limits connections.
 #[derive(Debug, Clone, Copy)]

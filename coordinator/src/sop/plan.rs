@@ -10,12 +10,12 @@ use std::net::IpAddr;
 use quorum_proto::pb;
 use serde::{Deserialize, Serialize};
 
-use crate::agreement::{Disagreement, Roster};
-use crate::etcd::MemberInfo;
-use crate::inventory::{EtcdCluster, EtcdInit};
-use crate::patroni::PgRef;
+use crate::clients::etcd::MemberInfo;
+use crate::clients::patroni::PgRef;
+use crate::model::inventory::{EtcdCluster, EtcdInit};
+use crate::sop::agreement::{Disagreement, Roster};
 
-pub use crate::agreement::MemberSpec;
+pub use crate::sop::agreement::MemberSpec;
 
 /// Builds the planner's view of `cluster`: members and the files rendered for each.
 pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
@@ -34,13 +34,17 @@ pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
         spec.members.push(MemberSpec {
             ip: m.ip,
             name: m.name.clone(),
-            client_url: crate::render::client_url(m),
-            peer_url: crate::render::peer_url(m),
+            client_url: crate::model::render::client_url(m),
+            peer_url: crate::model::render::peer_url(m),
         });
-        spec.etcd_conf
-            .insert(m.ip, crate::render::etcd_conf_spec(cluster, m.ip, init));
-        spec.profile
-            .insert(m.ip, crate::render::etcdctl_profile_spec(cluster, m.ip));
+        spec.etcd_conf.insert(
+            m.ip,
+            crate::model::render::etcd_conf_spec(cluster, m.ip, init),
+        );
+        spec.profile.insert(
+            m.ip,
+            crate::model::render::etcdctl_profile_spec(cluster, m.ip),
+        );
     }
     spec
 }
@@ -964,7 +968,7 @@ pub enum PlanError {
         cluster: String,
     },
     /// pigsty.yml and etcd's live member list disagree.
-    #[error("{}", crate::agreement::refusal(cluster, problems))]
+    #[error("{}", crate::sop::agreement::refusal(cluster, problems))]
     InventoryDisagrees {
         /// Cluster.
         cluster: String,
@@ -1878,7 +1882,7 @@ pub fn leaving_member(
     let listed = live.members.iter().flatten().find(|m| {
         m.peer_urls
             .iter()
-            .any(|u| crate::agreement::host_of_url(u) == Some(host))
+            .any(|u| crate::sop::agreement::host_of_url(u) == Some(host))
     });
     match listed {
         Some(m) => MemberSpec {
@@ -2475,11 +2479,11 @@ mod tests {
 
     fn pg_target(n: u8, leader: u8) -> (PgTarget, Live) {
         let mut live = Live::default();
-        let members: Vec<crate::patroni::PgNode> = (1..=n)
+        let members: Vec<crate::clients::patroni::PgNode> = (1..=n)
             .map(|i| {
                 let a = ip(&format!("10.10.10.{}", 20 + i));
                 live.facts.insert(a, facts(false, false, false));
-                crate::patroni::PgNode {
+                crate::clients::patroni::PgNode {
                     ip: a,
                     name: format!("pg-test-{i}"),
                     api: format!("http://{a}:8008"),

@@ -6,7 +6,7 @@ use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 
-use crate::words::service_state_word;
+use crate::model::words::service_state_word;
 
 /// Whether the status shows a problem: no member list, a disagreement, an unhealthy member.
 pub fn has_problem(s: &pb::ClusterStatusResponse) -> bool {

@@ -13,15 +13,15 @@ use std::time::Duration;
 use quorum_proto::pb;
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::{EtcdAccess, Fault, MemberInfo};
-use crate::gates;
-use crate::patroni::PgRef;
-use crate::pki::{Ca, LeafKind};
-use crate::plan::StepKind;
-use crate::registry::{AgentState, Registry};
-use crate::store::{now_ms, run_state, step_state, RanBefore, RunRecord, StepRecord, Store};
-use crate::wait::{until, Try, Waited};
-use crate::words::{outcome, outcome_word, service_state_word};
+use crate::clients::etcd::{EtcdAccess, Fault, MemberInfo};
+use crate::clients::patroni::PgRef;
+use crate::clients::registry::{AgentState, Registry};
+use crate::model::pki::{Ca, LeafKind};
+use crate::model::words::{outcome, outcome_word, service_state_word};
+use crate::sop::gates;
+use crate::sop::plan::StepKind;
+use crate::sop::store::{now_ms, run_state, step_state, RanBefore, RunRecord, StepRecord, Store};
+use crate::sop::wait::{until, Try, Waited};
 
 /// What the runner needs beyond the steps, stored with the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ pub struct RunContext {
     /// The SOP as the operator asked for it (the audit trail). Absent in runs stored before
     /// requests were typed, which keep their untyped `args` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<crate::request::SopRequest>,
+    pub request: Option<crate::sop::request::SopRequest>,
     /// The SOP's untyped arguments, as runs stored by 0.2 kept them (read, never written).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub args: BTreeMap<String, String>,
@@ -44,7 +44,7 @@ pub struct RunContext {
     /// the joining one; for member remove, without the leaving one): the membership checks
     /// compare etcd's member list with it again before the change. Absent in older runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub roster: Option<crate::agreement::Roster>,
+    pub roster: Option<crate::sop::agreement::Roster>,
 }
 
 /// Whether the plan put a QuorumGuard for `host` before step `index` with no other step
@@ -129,7 +129,7 @@ pub struct Places {
     /// The inventory (re-read for credentials a step needs, never stored).
     pub inventory: PathBuf,
     /// Where snapshots before destructive steps are kept.
-    pub snapshots: crate::snapshot::Snapshots,
+    pub snapshots: crate::sop::snapshot::Snapshots,
 }
 
 /// Timeouts of the runner.
@@ -185,7 +185,7 @@ pub struct Runner {
     timeouts: Timeouts,
     active: Mutex<HashSet<String>>,
     /// Where snapshots before destructive steps are kept.
-    pub snapshots: crate::snapshot::Snapshots,
+    pub snapshots: crate::sop::snapshot::Snapshots,
 }
 
 /// Deterministic task id of a step's dispatch to `host` in `attempt`: the same on a resume of
@@ -347,7 +347,7 @@ impl Runner {
                 removal,
             } => {
                 // Runs planned by 0.2 did not mark the removal's check; their SOP does.
-                let removal = *removal || run.sop == crate::request::sop_name::CLUSTER_REMOVE;
+                let removal = *removal || run.sop == crate::sop::request::sop_name::CLUSTER_REMOVE;
                 let rules = Safeguard {
                     safeguard: *safeguard,
                     clean: *clean,
@@ -696,11 +696,13 @@ impl Runner {
                     LeafKind::Etcd,
                     &[host],
                     Some(member),
-                    crate::pki::DEFAULT_LEAF_DAYS,
+                    crate::model::pki::DEFAULT_LEAF_DAYS,
                 )
                 .map_err(|e| e.to_string())?;
-            crate::pki::write_replace(&key, k.as_bytes(), 0o600).map_err(|e| e.to_string())?;
-            crate::pki::write_replace(&crt, c.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+            crate::model::pki::write_replace(&key, k.as_bytes(), 0o600)
+                .map_err(|e| e.to_string())?;
+            crate::model::pki::write_replace(&crt, c.as_bytes(), 0o644)
+                .map_err(|e| e.to_string())?;
         }
         let read = |p: &PathBuf| {
             std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
@@ -886,7 +888,7 @@ impl Runner {
     async fn retry_unhealthy<T, F, Fut>(&self, op: F) -> Result<T, String>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, crate::etcd::EtcdError>>,
+        Fut: std::future::Future<Output = Result<T, crate::clients::etcd::EtcdError>>,
     {
         self.retry_unhealthy_typed(op)
             .await
@@ -894,10 +896,13 @@ impl Runner {
     }
 
     /// [`Self::retry_unhealthy`], keeping etcd's typed error.
-    async fn retry_unhealthy_typed<T, F, Fut>(&self, op: F) -> Result<T, crate::etcd::EtcdError>
+    async fn retry_unhealthy_typed<T, F, Fut>(
+        &self,
+        op: F,
+    ) -> Result<T, crate::clients::etcd::EtcdError>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, crate::etcd::EtcdError>>,
+        Fut: std::future::Future<Output = Result<T, crate::clients::etcd::EtcdError>>,
     {
         until(self.timeouts.gate, gates::SLOW_PACE, || async {
             match op().await {
@@ -953,7 +958,7 @@ impl Runner {
         &self,
         ctx: &RunContext,
         peer_url: &str,
-    ) -> Result<StepEnd, crate::etcd::EtcdError> {
+    ) -> Result<StepEnd, crate::clients::etcd::EtcdError> {
         let members = match self.members(ctx).await {
             Ok(m) => m,
             Err(e) => return Ok(StepEnd::failed(e)),
@@ -1205,7 +1210,7 @@ impl Runner {
                 format!("the cleanup of {host} is recorded already as run {id}"),
             );
         }
-        let lock = crate::store::host_lock(host);
+        let lock = crate::sop::store::host_lock(host);
         let steps = [
             StepKind::StopEtcd { host },
             StepKind::WipeRemovedMember {
@@ -1223,7 +1228,7 @@ impl Runner {
                 .filter(|u| host_of_url(u) != Some(host))
                 .cloned()
                 .collect(),
-            request: Some(crate::request::SopRequest::HostCleanup {
+            request: Some(crate::sop::request::SopRequest::HostCleanup {
                 host,
                 parent: run.id.clone(),
             }),
@@ -1236,7 +1241,7 @@ impl Runner {
         };
         let record = RunRecord {
             id: id.clone(),
-            sop: crate::request::sop_name::HOST_CLEANUP.into(),
+            sop: crate::sop::request::sop_name::HOST_CLEANUP.into(),
             cluster: run.cluster.clone(),
             context: match serde_json::to_string(&context) {
                 Ok(c) => c,
@@ -1260,7 +1265,7 @@ impl Runner {
                     "run {id} waits for the agent on {host}: it stops etcd, wipes the data dir and retires etcd there as soon as the agent connects, and no other SOP may touch {host} before (`quorum run show {id}`; `quorum member remove {host} --forget` drops it)"
                 ),
             ),
-            Err(crate::store::StoreError::Locked { holder, state, .. }) => StepEnd::ok(pb::Outcome::Unchanged,
+            Err(crate::sop::store::StoreError::Locked { holder, state, .. }) => StepEnd::ok(pb::Outcome::Unchanged,
                 format!("the cleanup of {host} is pending already as run {holder} ({state})"),
             ),
             Err(e) => StepEnd::failed(e.to_string()),
@@ -1330,7 +1335,7 @@ impl Runner {
             return StepEnd::failed(format!("{host} is not an instance of {}", pg.name));
         };
         let gate = until(self.timeouts.gate, gates::SLOW_PACE, || async {
-            match crate::patroni::instance_state(&node.api).await {
+            match crate::clients::patroni::instance_state(&node.api).await {
                 Err(e) => Try::Again(e),
                 Ok((state, role)) => {
                     // The cluster is asked only once the instance runs.
@@ -1409,7 +1414,7 @@ impl Runner {
             Ok(auth) => auth,
             Err(e) => return StepEnd::failed(e),
         };
-        let said = match crate::patroni::switchover(
+        let said = match crate::clients::patroni::switchover(
             &leader_node.api,
             Some((user.as_str(), password.as_str())),
             &leader.name,
@@ -1443,7 +1448,7 @@ impl Runner {
     /// they are never stored with a run, so a resumed run (or one walked by a restarted
     /// coordinator) reads them again, and fails with the reason if it cannot.
     async fn patroni_auth(&self, run: &RunRecord, pg: &str) -> Result<(String, String), String> {
-        let inv = crate::inventory::Inventory::load_off_runtime(&self.inventory).await;
+        let inv = crate::model::inventory::Inventory::load_off_runtime(&self.inventory).await;
         patroni_credentials(inv.as_ref().map_err(String::as_str), pg, run)
     }
 
@@ -1520,7 +1525,7 @@ fn roster_disagrees(ctx: &RunContext, members: &[MemberInfo], changing: &str) ->
     (!problems.is_empty()).then(|| {
         StepEnd::refused(format!(
             "{} (the run was planned against that inventory: abort it, fix pigsty.yml, plan again)",
-            crate::agreement::refusal(&roster.cluster, &problems)
+            crate::sop::agreement::refusal(&roster.cluster, &problems)
         ))
     })
 }
@@ -1531,7 +1536,7 @@ fn roster_disagrees(ctx: &RunContext, members: &[MemberInfo], changing: &str) ->
 /// as the plan used. When they cannot be found the message says why, and that the run is
 /// planned from another inventory if the digest changed.
 fn patroni_credentials(
-    inventory: Result<&crate::inventory::Inventory, &str>,
+    inventory: Result<&crate::model::inventory::Inventory, &str>,
     pg: &str,
     run: &RunRecord,
 ) -> Result<(String, String), String> {
@@ -1648,7 +1653,7 @@ mod tests {
     #[test]
     fn patroni_credentials_are_read_from_the_inventory() -> Result<(), Box<dyn std::error::Error>> {
         let text = "all:\n  children:\n    pg-test:\n      hosts:\n        10.0.0.21: { pg_seq: 1, pg_role: primary }\n      vars: { pg_cluster: pg-test, patroni_password: S3cr3t }\n";
-        let inv = crate::inventory::Inventory::parse("pigsty.yml", text)?;
+        let inv = crate::model::inventory::Inventory::parse("pigsty.yml", text)?;
         let run = RunRecord {
             id: "r1".into(),
             sop: "patroni-reload".into(),
@@ -1666,8 +1671,10 @@ mod tests {
             patroni_credentials(Ok(&inv), "pg-test", &run)?,
             ("postgres".to_string(), "S3cr3t".to_string())
         );
-        let other =
-            crate::inventory::Inventory::parse("pigsty.yml", &text.replace("pg-test", "pg-other"))?;
+        let other = crate::model::inventory::Inventory::parse(
+            "pigsty.yml",
+            &text.replace("pg-test", "pg-other"),
+        )?;
         let err = patroni_credentials(Ok(&other), "pg-test", &run).unwrap_err();
         assert!(
             err.contains("pigsty.yml no longer defines PostgreSQL cluster pg-test (it changed since the run was planned")
@@ -1811,7 +1818,7 @@ mod tests {
             client_urls: vec![format!("https://127.0.0.{}:2379", 10 + i)],
             is_learner: learner,
         };
-        let spec = |i: u8| crate::plan::MemberSpec {
+        let spec = |i: u8| crate::sop::plan::MemberSpec {
             ip: IpAddr::from([127, 0, 0, 10 + i]),
             name: format!("etcd-{i}"),
             client_url: format!("https://127.0.0.{}:2379", 10 + i),
@@ -1819,7 +1826,7 @@ mod tests {
         };
         // A member add of etcd-4, planned with etcd-1..3 in the inventory.
         let ctx = RunContext {
-            roster: Some(crate::agreement::Roster {
+            roster: Some(crate::sop::agreement::Roster {
                 cluster: "etcd".into(),
                 group: "etcd".into(),
                 client_port: 2379,

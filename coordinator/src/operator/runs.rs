@@ -13,9 +13,9 @@ use quorum_proto::pb;
 use quorum_proto::pb::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 
-use crate::client::Unreachable;
-use crate::request::Request;
-use crate::words::{outcome_word, run_state_word, step_state_word};
+use crate::model::words::{outcome_word, run_state_word, step_state_word};
+use crate::operator::client::Unreachable;
+use crate::sop::request::Request;
 
 /// Starts an SOP (or prints its plan, when `request.plan_only`) and follows it. The plan is
 /// asked for first: its wipes are confirmed (`yes`, or at the prompt) before the run starts.
@@ -122,7 +122,7 @@ fn local(ms: i64) -> Option<chrono::DateTime<chrono::Local>> {
 
 /// Now, Unix ms, by this machine's clock.
 fn local_now_ms() -> i64 {
-    crate::store::now_ms()
+    crate::sop::store::now_ms()
 }
 
 /// A duration for people: `0.4s`, `12.3s`, `2m05s`, `1h02m`.
@@ -645,7 +645,7 @@ mod tests {
             kind: "RestartEtcd".into(),
             host: "127.0.0.13".into(),
             description: "restart etcd".into(),
-            state: crate::words::step_state(state) as i32,
+            state: crate::model::words::step_state(state) as i32,
             outcome: if finished > 0 {
                 pb::Outcome::Changed as i32
             } else {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::MemberInfo;
+use crate::clients::etcd::MemberInfo;
 
 /// One etcd member as planned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

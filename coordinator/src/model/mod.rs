@@ -1,0 +1,9 @@
+//! The model under everything: Pigsty's inventory, the files rendered from it, the
+//! coordinator's config, its PKI and state dir, and the words shown for enums.
+
+pub mod config;
+pub mod inventory;
+pub mod pki;
+pub mod render;
+pub mod statedir;
+pub mod words;
