@@ -417,32 +417,8 @@ impl Runner {
                 if_changed,
                 force,
             } => {
-                let prior: Vec<&StepRecord> = if_changed
-                    .iter()
-                    .filter_map(|i| run.steps.get(*i))
-                    .collect();
-                if !force
-                    && !prior.is_empty()
-                    && prior
-                        .iter()
-                        .all(|s| outcome(&s.outcome) != pb::Outcome::Changed)
-                {
-                    return StepEnd::ok(
-                        pb::Outcome::Skipped,
-                        "etcd.conf unchanged: no restart needed",
-                    );
-                }
-                if let Some(refused) = self.guard_again(run, step, ctx, *host).await {
-                    return refused;
-                }
-                let kind = Kind::ServiceAction(pb::ServiceAction {
-                    service: pb::Service::Etcd as i32,
-                    action: pb::Action::Restart as i32,
-                    if_changed: prior.iter().flat_map(|s| s.task_ids.clone()).collect(),
-                    force: *force,
-                    with_log: false,
-                });
-                self.agent_task(*host, id(0), kind).await
+                self.restart_etcd(run, ctx, step, *host, if_changed, *force)
+                    .await
             }
             StepKind::WipeEtcdData {
                 host,
@@ -450,39 +426,10 @@ impl Runner {
                 member_id,
                 cluster_id,
             } => {
-                // A wipe planned with the member's id also names its cluster: asked now when
-                // the plan could not, and left out when no member answers (the agent then
-                // checks the member id alone).
-                let cluster_id = match (member_id, cluster_id) {
-                    (Some(_), None) => self.cluster_id(ctx).await,
-                    (_, c) => c.clone(),
-                };
-                let task = pb::WipeEtcdData {
-                    purge: *purge,
-                    member_id: member_id.clone().unwrap_or_default(),
-                    cluster_id: cluster_id.unwrap_or_default(),
-                };
-                self.agent_task(*host, id(0), Kind::WipeEtcdData(task))
+                self.wipe_etcd_data(ctx, step, *host, *purge, member_id, cluster_id)
                     .await
             }
-            StepKind::SnapshotSave { cluster } => {
-                let reason = format!("run {} ({})", run.id, run.sop);
-                match self
-                    .snapshots
-                    .take(&self.etcd, cluster, &ctx.endpoints, &reason)
-                    .await
-                {
-                    Ok(m) => StepEnd::ok(pb::Outcome::Changed,
-                        format!(
-                            "snapshot {} saved: {} bytes, revision {}, sha256 {}, verified; restore steps: `quorum snapshot restore --plan {}`",
-                            m.path, m.size, m.revision, m.sha256, m.id
-                        ),
-                    ),
-                    Err(e) => StepEnd::refused(format!(
-                        "{e}; nothing destructive was done. Make a member answer and `quorum run resume`, or abort and plan again with --no-snapshot to go on without one"
-                    )),
-                }
-            }
+            StepKind::SnapshotSave { cluster } => self.snapshot_save(run, ctx, cluster).await,
             StepKind::RetireEtcd { host } => {
                 self.agent_task(*host, id(0), Kind::RetireEtcd(pb::RetireEtcd {}))
                     .await
@@ -495,28 +442,9 @@ impl Runner {
             }
             StepKind::AddLearner { peer_url, .. } => self.add_learner(ctx, peer_url).await,
             StepKind::PromoteLearner { peer_url, .. } => self.promote_learner(ctx, peer_url).await,
-            StepKind::MemberRemoveCheck { host, peer_url } => match self.members(ctx).await {
-                Err(e) => StepEnd::refused(e),
-                Ok(members) => {
-                    if let Some(refused) = roster_disagrees(ctx, &members, peer_url) {
-                        return refused;
-                    }
-                    if !members.iter().any(|m| m.peer_urls.contains(peer_url)) {
-                        return StepEnd::ok(
-                            pb::Outcome::Ok,
-                            format!("{host} is no longer a member"),
-                        );
-                    }
-                    match self.others_healthy(&members, *host).await {
-                        Ok(()) => {
-                            StepEnd::ok(pb::Outcome::Ok, "every other voting member is healthy")
-                        }
-                        Err(why) => StepEnd::refused(format!(
-                            "{why}; removing {host} now would put quorum at risk"
-                        )),
-                    }
-                }
-            },
+            StepKind::MemberRemoveCheck { host, peer_url } => {
+                self.member_remove_check(ctx, *host, peer_url).await
+            }
             StepKind::MoveLeaderAway {
                 host,
                 peer_url,
@@ -524,33 +452,13 @@ impl Runner {
                 if_changed,
                 force,
             } => {
-                let prior: Vec<&StepRecord> = if_changed
-                    .iter()
-                    .filter_map(|i| run.steps.get(*i))
-                    .collect();
-                if !force
-                    && !prior.is_empty()
-                    && prior
-                        .iter()
-                        .all(|s| outcome(&s.outcome) != pb::Outcome::Changed)
-                {
+                if changed_before(run, if_changed, *force).is_none() {
                     return StepEnd::ok(
                         pb::Outcome::Skipped,
                         "etcd.conf unchanged: no restart follows, so leadership stays",
                     );
                 }
-                // Of the preferred members, those whose restart in this run really happened.
-                let restarted: Vec<IpAddr> =
-                    prefer
-                        .iter()
-                        .copied()
-                        .filter(|h| {
-                            run.steps[..step.index.min(run.steps.len())].iter().any(|s| {
-                            matches!(s.kind, StepKind::RestartEtcd { host, .. } if host == *h)
-                                && outcome(&s.outcome) == pb::Outcome::Changed
-                        })
-                        })
-                        .collect();
+                let restarted = restarted_before(run, step.index, prefer);
                 self.move_leader_away(ctx, *host, peer_url, prefer, &restarted)
                     .await
             }
@@ -561,30 +469,10 @@ impl Runner {
                 host,
                 peer_url,
                 member_id,
-            } => match self.etcd.member_list_of_cluster(&ctx.endpoints).await {
-                Err(e) => StepEnd::refused(format!(
-                    "cannot read the member list: {e}; cannot prove {host} left, so its data stays"
-                )),
-                Ok((_, members)) if members.iter().any(|m| m.peer_urls.contains(peer_url)) => {
-                    StepEnd::refused(format!(
-                        "{host} is still listed as a member: refusing to wipe a live member's data"
-                    ))
-                }
-                Ok((cluster, _)) => {
-                    // The member left this cluster, so its data names this cluster's id.
-                    // Runs planned before ids were known name none and are not checked.
-                    let task = pb::WipeEtcdData {
-                        purge: false,
-                        member_id: member_id.clone().unwrap_or_default(),
-                        cluster_id: match member_id {
-                            Some(_) if cluster != 0 => format!("{cluster:x}"),
-                            _ => String::new(),
-                        },
-                    };
-                    self.agent_task(*host, id(0), Kind::WipeEtcdData(task))
-                        .await
-                }
-            },
+            } => {
+                self.wipe_removed_member(ctx, step, *host, peer_url, member_id)
+                    .await
+            }
             StepKind::DeferCleanup {
                 host,
                 peer_url,
@@ -598,23 +486,8 @@ impl Runner {
                 hosts,
                 restart,
             } => {
-                if *restart {
-                    if let Some(pg) = guarding_patroni(run, step.index, *host) {
-                        let guard = self.patroni_guard(*host, pg).await;
-                        if !guard.ok {
-                            return guard;
-                        }
-                    }
-                }
-                self.agent_task(
-                    *host,
-                    id(0),
-                    Kind::SetPatroniDcsHosts(pb::SetPatroniDcsHosts {
-                        hosts: hosts.clone(),
-                        restart: *restart,
-                    }),
-                )
-                .await
+                self.set_patroni_hosts(run, step, *host, hosts, *restart)
+                    .await
             }
             StepKind::PatroniGuard { host, pg } => self.patroni_guard(*host, pg).await,
             StepKind::PatroniGate { host, pg } => self.patroni_gate(*host, pg).await,
@@ -1593,6 +1466,219 @@ fn service_kind(service: pb::Service, action: pb::Action) -> pb::task::Kind {
         force: true,
         with_log: false,
     })
+}
+
+/// The step executors too long for a line of `exec_step`.
+impl Runner {
+    /// Restarts etcd on `host` if a write before it (`if_changed`) changed its config, or
+    /// `force`; the quorum guard again right before the agent is told to.
+    async fn restart_etcd(
+        &self,
+        run: &RunRecord,
+        ctx: &RunContext,
+        step: &StepRecord,
+        host: IpAddr,
+        if_changed: &[usize],
+        force: bool,
+    ) -> StepEnd {
+        let Some(prior) = changed_before(run, if_changed, force) else {
+            return StepEnd::ok(
+                pb::Outcome::Skipped,
+                "etcd.conf unchanged: no restart needed",
+            );
+        };
+        if let Some(refused) = self.guard_again(run, step, ctx, host).await {
+            return refused;
+        }
+        let kind = pb::task::Kind::ServiceAction(pb::ServiceAction {
+            service: pb::Service::Etcd as i32,
+            action: pb::Action::Restart as i32,
+            if_changed: prior.iter().flat_map(|s| s.task_ids.clone()).collect(),
+            force,
+            with_log: false,
+        });
+        self.agent_task(host, first_task(step), kind).await
+    }
+
+    /// Wipes (or purges) etcd's data on `host`, only if it holds the member and cluster the
+    /// plan names.
+    async fn wipe_etcd_data(
+        &self,
+        ctx: &RunContext,
+        step: &StepRecord,
+        host: IpAddr,
+        purge: bool,
+        member_id: &Option<String>,
+        cluster_id: &Option<String>,
+    ) -> StepEnd {
+        // A wipe planned with the member's id also names its cluster: asked now when the plan
+        // could not, and left out when no member answers (the agent then checks the member id
+        // alone).
+        let cluster_id = match (member_id, cluster_id) {
+            (Some(_), None) => self.cluster_id(ctx).await,
+            (_, c) => c.clone(),
+        };
+        let task = pb::WipeEtcdData {
+            purge,
+            member_id: member_id.clone().unwrap_or_default(),
+            cluster_id: cluster_id.unwrap_or_default(),
+        };
+        self.agent_task(host, first_task(step), pb::task::Kind::WipeEtcdData(task))
+            .await
+    }
+
+    /// A verified snapshot kept on the coordinator; refused (nothing destroyed) without one.
+    async fn snapshot_save(&self, run: &RunRecord, ctx: &RunContext, cluster: &str) -> StepEnd {
+        let reason = format!("run {} ({})", run.id, run.sop);
+        match self
+            .snapshots
+            .take(&self.etcd, cluster, &ctx.endpoints, &reason)
+            .await
+        {
+            Ok(m) => StepEnd::ok(
+                pb::Outcome::Changed,
+                format!(
+                    "snapshot {} saved: {} bytes, revision {}, sha256 {}, verified; restore steps: `quorum snapshot restore --plan {}`",
+                    m.path, m.size, m.revision, m.sha256, m.id
+                ),
+            ),
+            Err(e) => StepEnd::refused(format!(
+                "{e}; nothing destructive was done. Make a member answer and `quorum run resume`, or abort and plan again with --no-snapshot to go on without one"
+            )),
+        }
+    }
+
+    /// Before a member leaves: etcd's list still matches the plan's, and every other voting
+    /// member is healthy (a member already gone passes).
+    async fn member_remove_check(&self, ctx: &RunContext, host: IpAddr, peer_url: &str) -> StepEnd {
+        let members = match self.members(ctx).await {
+            Err(e) => return StepEnd::refused(e),
+            Ok(m) => m,
+        };
+        if let Some(refused) = roster_disagrees(ctx, &members, peer_url) {
+            return refused;
+        }
+        if !members
+            .iter()
+            .any(|m| m.peer_urls.iter().any(|u| u == peer_url))
+        {
+            return StepEnd::ok(pb::Outcome::Ok, format!("{host} is no longer a member"));
+        }
+        match self.others_healthy(&members, host).await {
+            Ok(()) => StepEnd::ok(pb::Outcome::Ok, "every other voting member is healthy"),
+            Err(why) => StepEnd::refused(format!(
+                "{why}; removing {host} now would put quorum at risk"
+            )),
+        }
+    }
+
+    /// Wipes a removed member's data once etcd no longer lists it, only if the data dir holds
+    /// that member of this cluster.
+    async fn wipe_removed_member(
+        &self,
+        ctx: &RunContext,
+        step: &StepRecord,
+        host: IpAddr,
+        peer_url: &str,
+        member_id: &Option<String>,
+    ) -> StepEnd {
+        let cluster = match self.etcd.member_list_of_cluster(&ctx.endpoints).await {
+            Err(e) => {
+                return StepEnd::refused(format!(
+                    "cannot read the member list: {e}; cannot prove {host} left, so its data stays"
+                ))
+            }
+            Ok((_, members))
+                if members
+                    .iter()
+                    .any(|m| m.peer_urls.iter().any(|u| u == peer_url)) =>
+            {
+                return StepEnd::refused(format!(
+                    "{host} is still listed as a member: refusing to wipe a live member's data"
+                ))
+            }
+            Ok((cluster, _)) => cluster,
+        };
+        // The member left this cluster, so its data names this cluster's id. Runs planned
+        // before ids were known name none and are not checked.
+        let task = pb::WipeEtcdData {
+            purge: false,
+            member_id: member_id.clone().unwrap_or_default(),
+            cluster_id: match member_id {
+                Some(_) if cluster != 0 => format!("{cluster:x}"),
+                _ => String::new(),
+            },
+        };
+        self.agent_task(host, first_task(step), pb::task::Kind::WipeEtcdData(task))
+            .await
+    }
+
+    /// Points Patroni on `host` at the etcd hosts, then reloads it, or restarts it after its
+    /// Patroni guard again.
+    async fn set_patroni_hosts(
+        &self,
+        run: &RunRecord,
+        step: &StepRecord,
+        host: IpAddr,
+        hosts: &[String],
+        restart: bool,
+    ) -> StepEnd {
+        if restart {
+            if let Some(pg) = guarding_patroni(run, step.index, host) {
+                let guard = self.patroni_guard(host, pg).await;
+                if !guard.ok {
+                    return guard;
+                }
+            }
+        }
+        let task = pb::SetPatroniDcsHosts {
+            hosts: hosts.to_vec(),
+            restart,
+        };
+        self.agent_task(
+            host,
+            first_task(step),
+            pb::task::Kind::SetPatroniDcsHosts(task),
+        )
+        .await
+    }
+}
+
+/// The id of a single-host step's task.
+fn first_task(step: &StepRecord) -> String {
+    step.task_ids.first().cloned().unwrap_or_default()
+}
+
+/// The writes a restart (or the leadership hand-over before it) follows, if it is to happen:
+/// `None` when none of them changed anything (and it is not forced).
+fn changed_before<'a>(
+    run: &'a RunRecord,
+    if_changed: &[usize],
+    force: bool,
+) -> Option<Vec<&'a StepRecord>> {
+    let prior: Vec<&StepRecord> = if_changed
+        .iter()
+        .filter_map(|i| run.steps.get(*i))
+        .collect();
+    let unchanged = !prior.is_empty()
+        && prior
+            .iter()
+            .all(|s| outcome(&s.outcome) != pb::Outcome::Changed);
+    (force || !unchanged).then_some(prior)
+}
+
+/// Of the members `prefer` names, those whose restart earlier in this run really happened.
+fn restarted_before(run: &RunRecord, index: usize, prefer: &[IpAddr]) -> Vec<IpAddr> {
+    prefer
+        .iter()
+        .copied()
+        .filter(|h| {
+            run.steps[..index.min(run.steps.len())].iter().any(|s| {
+                matches!(s.kind, StepKind::RestartEtcd { host, .. } if host == *h)
+                    && outcome(&s.outcome) == pb::Outcome::Changed
+            })
+        })
+        .collect()
 }
 
 fn join_ends(hosts: &[IpAddr], ends: Vec<StepEnd>) -> StepEnd {
