@@ -295,11 +295,11 @@ fn select_pg<'a>(inv: &'a Inventory, pick: &PgPick) -> Result<Vec<&'a PgCluster>
     )))
 }
 
-/// The planner's view of PostgreSQL clusters on etcd cluster `etcd_spec`: their instances,
+/// The planner's view of PostgreSQL clusters on etcd cluster `etcd`: their instances,
 /// who leads now (asked from Patroni), and the etcd member list to write.
 async fn pg_targets(
     pgs: &[&PgCluster],
-    etcd_spec: &ClusterSpec,
+    etcd: &EtcdCluster,
     strict: bool,
     notes: &mut Vec<String>,
 ) -> Result<Vec<PgTarget>, Status> {
@@ -354,18 +354,9 @@ async fn pg_targets(
         out.push(PgTarget {
             pg,
             leader,
-            dcs_hosts: etcd_spec
-                .client_urls()
-                .iter()
-                .map(|u| {
-                    u.split("://")
-                        .nth(1)
-                        .unwrap_or(u)
-                        .trim_end_matches('/')
-                        .to_string()
-                })
-                .collect(),
-            dcs_endpoints: etcd_spec.client_urls(),
+            // As Pigsty renders them (pg_conf, pg_vip_config): one rule for plans and files.
+            dcs_hosts: crate::model::render::patroni_dcs_hosts(etcd),
+            dcs_endpoints: crate::model::render::vip_endpoints(etcd),
         });
     }
     Ok(out)
@@ -423,7 +414,7 @@ async fn plan_pg(
             spec.name
         )),
     }
-    let targets = pg_targets(&pgs, &spec, true, &mut notes).await?;
+    let targets = pg_targets(&pgs, cluster, true, &mut notes).await?;
     let hosts: Vec<IpAddr> = targets
         .iter()
         .flat_map(|t| t.pg.members.iter().map(|m| m.ip))
@@ -509,7 +500,7 @@ async fn plan_membership(
         check_data_dirs(inv.file(), &target.members, &live)?;
         let mut plan = plan::plan_member_add(&spec, host, &live).map_err(plan_status)?;
         plan.notes.splice(0..0, silent);
-        let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
+        let targets = pg_targets(&pgs, &target, false, &mut plan.notes).await?;
         plan::push_pg_refresh(&mut plan, &targets, &live, None).map_err(plan_status)?;
         (spec.roster(), spec.client_urls(), plan)
     } else {
@@ -561,7 +552,7 @@ async fn plan_membership(
             plan::plan_member_remove(&spec, &gone, &live, forget).map_err(plan_status)?;
         snapshot_before_destruction(&mut plan, &spec.name, req.no_snapshot, &live)?;
         plan.notes.splice(0..0, silent);
-        let targets = pg_targets(&pgs, &spec, false, &mut plan.notes).await?;
+        let targets = pg_targets(&pgs, &remaining, false, &mut plan.notes).await?;
         let unreachable = (!live.facts.contains_key(&host)).then_some(host);
         plan::push_pg_refresh(&mut plan, &targets, &live, unreachable).map_err(plan_status)?;
         let mut endpoints = spec.client_urls();
