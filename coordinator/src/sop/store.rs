@@ -652,6 +652,35 @@ mod tests {
         Ok(())
     }
 
+    /// A run as 0.2 stored it (untyped `args` in its context, a refused step as words) loads,
+    /// its context still reads, and it shows with the typed states and outcome.
+    #[test]
+    fn a_run_stored_by_0_2_loads_and_shows_typed() -> Result<(), Box<dyn std::error::Error>> {
+        use quorum_proto::pb;
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("runs.sqlite"))?;
+        let mut old = run("old", "etcd");
+        old.sop = "member-remove".into();
+        old.context = r#"{"endpoints":["https://10.10.10.11:2379"],"args":{"host":"10.10.10.13","confirmed":"true"},"notes":[]}"#.into();
+        old.state = run_state::FAILED.into();
+        old.steps[0].state = step_state::FAILED.into();
+        old.steps[0].outcome = "refused".into();
+        store.create_run(&old)?;
+        let loaded = store.get_run("old")?;
+        let ctx: crate::sop::runner::RunContext = serde_json::from_str(&loaded.context)?;
+        assert_eq!(ctx.request, None);
+        assert_eq!(
+            ctx.args.get("host").map(String::as_str),
+            Some("10.10.10.13")
+        );
+        assert_eq!(ctx.endpoints, vec!["https://10.10.10.11:2379".to_string()]);
+        let view = crate::sop::planning::run_view(&loaded);
+        assert_eq!(view.state(), pb::RunState::Failed);
+        assert_eq!(view.steps[0].state(), pb::StepState::Failed);
+        assert_eq!(view.steps[0].outcome(), pb::Outcome::Refused);
+        Ok(())
+    }
+
     #[test]
     fn steps_and_interruptions_survive_a_reopen() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
