@@ -972,3 +972,52 @@ async fn forget_drops_the_cleanup_of_a_host_gone_for_good() -> Result<()> {
     assert!(std::fs::read_dir(dead.data())?.count() > 0);
     Ok(())
 }
+
+/// Item 2 with two dead hosts of five: a healthy member may not leave while another is down,
+/// but each dead one may, in turn, since its removal takes no live member away and three of
+/// five (then three of four) are a healthy majority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dead_hosts_of_five_are_removed_in_turn() -> Result<()> {
+    let all = inventory_all();
+    let (mut w, f) = setup(&all[..4])?;
+    w.admin(&["member", "add", IPS[3], "--yes"])?.ok()?;
+    f.write_inventory(&w, &all, "")?;
+    w.admin(&["member", "add", IPS[4], "--yes"])?.ok()?;
+    assert_eq!(members(&w, &f).await?, names(&[1, 2, 3, 4, 5]));
+    let writer = Writer::start(&w, eps(&f, 3)).await?;
+    kill_host(&mut w, &f, 3)?;
+    kill_host(&mut w, &f, 4)?;
+    // A live member may not leave with others down.
+    f.write_inventory(&w, &all[1..], "")?;
+    let out = w.admin(&["member", "remove", IPS[0], "--plan"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("is unhealthy"), "{out:?}");
+    // The dead ones may, one after the other.
+    f.write_inventory(&w, &all[..4], "")?;
+    let plan = w.admin(&["member", "remove", IPS[4], "--plan"])?.ok()?;
+    assert!(
+        plan.stdout.contains("etcd-4 down as well"),
+        "{}",
+        plan.stdout
+    );
+    w.admin(&["member", "remove", IPS[4], "--yes"])?.ok()?;
+    assert_eq!(members(&w, &f).await?, names(&[1, 2, 3, 4]));
+    f.write_inventory(&w, &all[..3], "")?;
+    w.admin(&["member", "remove", IPS[3], "--yes"])?.ok()?;
+    assert_eq!(members(&w, &f).await?, names(&[1, 2, 3]));
+    confs_list_exactly(&f, &[0, 1, 2])?;
+    // Each left its cleanup waiting for its agent.
+    let out = w.admin(&["run", "list", "-o", "json"])?.ok()?;
+    let runs: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let waiting = runs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["sop"] == "host-cleanup" && r["state"] == "waiting")
+        .count();
+    assert_eq!(waiting, 2, "{runs}");
+    let (acked, missing, lost) = writer.finish(&w, eps(&f, 3)).await?;
+    assert!(acked > 0);
+    assert_eq!((missing, lost), (0, 0), "{acked} acked");
+    Ok(())
+}

@@ -34,6 +34,50 @@ pub fn unhealthy_other(health: &[Health], host: IpAddr) -> Option<(&str, Option<
     })
 }
 
+/// Whether the member on `host` may leave, by the health of every voting member (`health`,
+/// the leaving one included). A healthy member leaves only while every other voter is healthy
+/// (taking it out with another down would leave no margin). A member that is down itself (a
+/// dead host) takes no live member away and lowers the majority needed, so it may leave while
+/// others are down too, as long as the cluster has a healthy majority now: with two dead hosts
+/// of five, each can be removed in turn. `Ok` carries a note when others are down; `Err` why not.
+pub fn removal(health: &[Health], host: IpAddr) -> Result<Option<String>, String> {
+    let Some((label, h, why)) = unhealthy_other(health, host) else {
+        return Ok(None);
+    };
+    let usual = || {
+        format!(
+            "member {label} ({}) is unhealthy: {why}",
+            h.map(|h| h.to_string()).unwrap_or_default()
+        )
+    };
+    let leaving_down = health
+        .iter()
+        .any(|(_, mh, r)| *mh == Some(host) && r.is_err());
+    if !leaving_down {
+        return Err(usual());
+    }
+    let healthy = health.iter().filter(|(_, _, r)| r.is_ok()).count();
+    let majority = health.len() / 2 + 1;
+    let down: Vec<&str> = health
+        .iter()
+        .filter(|(_, mh, r)| r.is_err() && *mh != Some(host))
+        .map(|(l, _, _)| l.as_str())
+        .collect();
+    if healthy >= majority {
+        Ok(Some(format!(
+            "{} down as well; the leaving member is down itself, so its removal takes no live member away: {healthy} of the {} voting members are healthy, a majority now and after",
+            down.join(", "),
+            health.len()
+        )))
+    } else {
+        Err(format!(
+            "{}; only {healthy} of the {} voting members are healthy, no majority: the cluster cannot commit a removal",
+            usual(),
+            health.len()
+        ))
+    }
+}
+
 /// Why the health gate is not passed yet, and the hosts to ask about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotHealthy {
@@ -217,6 +261,36 @@ mod tests {
             Some(("etcd-3", Some(ip(3)), "connection refused"))
         );
         assert_eq!(unhealthy_other(&h[..2], ip(1)), None);
+    }
+
+    #[test]
+    fn a_dead_member_may_leave_while_others_are_down_if_a_majority_is_healthy() {
+        // Five members, two dead hosts: each can be removed in turn.
+        let five = vec![
+            ok("etcd-1", 1),
+            ok("etcd-2", 2),
+            ok("etcd-3", 3),
+            down("etcd-4", 4),
+            down("etcd-5", 5),
+        ];
+        let note = removal(&five, ip(4)).expect("etcd-4 may leave");
+        assert!(note.is_some_and(|n| n.starts_with("etcd-5 down as well")));
+        assert!(removal(&five[..4], ip(4)).is_ok());
+        // A healthy member never leaves while another is down.
+        let e = removal(&five, ip(1)).expect_err("etcd-1 is healthy");
+        assert!(
+            e.starts_with("member etcd-4 (10.10.10.4) is unhealthy"),
+            "{e}"
+        );
+        // No healthy majority now: refused, even for a dead member.
+        let lost = vec![ok("etcd-1", 1), down("etcd-2", 2), down("etcd-3", 3)];
+        let e = removal(&lost, ip(3)).expect_err("no majority");
+        assert!(
+            e.contains("only 1 of the 3 voting members are healthy"),
+            "{e}"
+        );
+        // Everyone else healthy: no note.
+        assert_eq!(removal(&five[..3], ip(1)), Ok(None));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1753,7 +1753,19 @@ pub fn plan_member_remove(
     live: &Live,
     forget: bool,
 ) -> Result<Plan, PlanError> {
-    live.require_agents(&hosts(spec))?;
+    // Remaining members that are dead too (etcd down, agent unreachable): their files wait
+    // (they are likely the next to leave); every other remaining host needs its agent.
+    let dead_too: Vec<IpAddr> = spec
+        .members
+        .iter()
+        .map(|m| m.ip)
+        .filter(|h| !live.facts.contains_key(h) && live.health.get(h).is_some_and(|r| r.is_err()))
+        .collect();
+    let reachable: Vec<IpAddr> = hosts(spec)
+        .into_iter()
+        .filter(|h| !dead_too.contains(h))
+        .collect();
+    live.require_agents(&reachable)?;
     let unreachable = if live.facts.contains_key(&gone.ip) {
         None
     } else if live.stale.contains(&gone.ip) {
@@ -1781,30 +1793,63 @@ pub fn plan_member_remove(
             member_label(gone), spec.name
         )));
     }
-    if let Some(why) = unhealthy_others(spec, live, gone.ip) {
-        return Err(PlanError::Unsafe(format!(
-            "{why}; removing {} now would put quorum at risk. Fix it first",
-            member_label(gone)
-        )));
-    }
     if live.local_safeguard(gone.ip) {
         return Err(PlanError::LocalSafeguard { host: gone.ip });
     }
     // The remaining members' files are rewritten from the inventory: it must name exactly
     // the members etcd keeps.
     live.check_agreement(spec, Some(&gone.peer_url))?;
+    // The voting members' health, the leaving one included (it may be a dead host).
+    let health: Vec<crate::sop::gates::Health> = live
+        .members
+        .iter()
+        .flatten()
+        .filter(|m| !m.is_learner)
+        .map(|m| {
+            let host = m
+                .peer_urls
+                .first()
+                .and_then(|u| crate::sop::agreement::host_of_url(u));
+            let label = if m.name.is_empty() {
+                format!("{:x}", m.id)
+            } else {
+                m.name.clone()
+            };
+            let r = match host.and_then(|h| live.health.get(&h)) {
+                Some(r) => r.clone(),
+                None => Err("not checked".to_string()),
+            };
+            (label, host, r)
+        })
+        .collect();
+    let removal_note = match crate::sop::gates::removal(&health, gone.ip) {
+        Ok(note) => note,
+        Err(why) => {
+            return Err(PlanError::Unsafe(format!(
+                "{why}; removing {} now would put quorum at risk. Fix it first",
+                member_label(gone)
+            )))
+        }
+    };
     let mut plan = Plan::default();
+    plan.notes.extend(removal_note);
     if listed.is_none() {
         plan.notes.push(format!(
             "{} is no longer a member: only the cleanup and refresh remain",
             member_label(gone)
         ));
     }
+    for h in &dead_too {
+        let name = spec.member(*h).map(|m| m.name.as_str()).unwrap_or_default();
+        plan.notes.push(format!(
+            "{name} ({h}) is down and its agent unreachable too: its etcd.conf and profile are left as they are; remove it the same way, or run `quorum config reload` and `quorum env refresh` once it is back"
+        ));
+    }
     plan.push(StepKind::MemberRemoveCheck {
         host: gone.ip,
         peer_url: gone.peer_url.clone(),
     });
-    for m in &spec.members {
+    for m in spec.members.iter().filter(|m| !dead_too.contains(&m.ip)) {
         plan.write_conf(spec, live, m.ip)?;
     }
     plan.push(StepKind::MoveLeaderAway {
@@ -1852,7 +1897,7 @@ pub fn plan_member_remove(
             plan.wipes.push(format!("{label} (once its agent is back)"));
         }
     }
-    for m in &spec.members {
+    for m in spec.members.iter().filter(|m| !dead_too.contains(&m.ip)) {
         plan.write_profile(spec, live, m.ip)?;
     }
     Ok(plan)

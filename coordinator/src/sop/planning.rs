@@ -548,6 +548,9 @@ async fn plan_membership(
         } else {
             plan::leaving_member(&live, host, guessed, seq.is_some())
         };
+        // The leaving member's own health: a dead one may leave while others are down too.
+        live.health
+            .insert(gone.ip, etcd.member_health(&gone.client_url).await);
         let mut plan =
             plan::plan_member_remove(&spec, &gone, &live, forget).map_err(plan_status)?;
         snapshot_before_destruction(&mut plan, &spec.name, req.no_snapshot, &live)?;

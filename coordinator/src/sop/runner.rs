@@ -684,6 +684,23 @@ impl Runner {
     }
 
     /// Ok when every voting member but `host` is healthy, else why not.
+    /// [`gates::removal`] on the voting members' health now; a refusal adds what the agent on
+    /// the unhealthy member's host says.
+    async fn removal_allowed(
+        &self,
+        members: &[MemberInfo],
+        host: IpAddr,
+    ) -> Result<Option<String>, String> {
+        let health = self.voting_health(members).await;
+        match gates::removal(&health, host) {
+            Ok(note) => Ok(note),
+            Err(why) => {
+                let h = gates::unhealthy_other(&health, host).and_then(|(_, h, _)| h);
+                Err(format!("{why}\n{}", self.etcd_on(h).await))
+            }
+        }
+    }
+
     async fn others_healthy(&self, members: &[MemberInfo], host: IpAddr) -> Result<(), String> {
         let health = self.voting_health(members).await;
         match gates::unhealthy_other(&health, host) {
@@ -1033,7 +1050,7 @@ impl Runner {
             return StepEnd::ok(pb::Outcome::Unchanged, format!("{host} is already removed"));
         };
         // Re-checked right before the change: the remaining members must hold quorum.
-        if let Err(why) = self.others_healthy(&members, host).await {
+        if let Err(why) = self.removal_allowed(&members, host).await {
             return StepEnd::refused(format!(
                 "{why}; removing {host} now would put quorum at risk"
             ));
@@ -1564,8 +1581,9 @@ impl Runner {
         {
             return StepEnd::ok(pb::Outcome::Ok, format!("{host} is no longer a member"));
         }
-        match self.others_healthy(&members, host).await {
-            Ok(()) => StepEnd::ok(pb::Outcome::Ok, "every other voting member is healthy"),
+        match self.removal_allowed(&members, host).await {
+            Ok(None) => StepEnd::ok(pb::Outcome::Ok, "every other voting member is healthy"),
+            Ok(Some(note)) => StepEnd::ok(pb::Outcome::Ok, note),
             Err(why) => StepEnd::refused(format!(
                 "{why}; removing {host} now would put quorum at risk"
             )),
