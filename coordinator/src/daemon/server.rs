@@ -305,12 +305,14 @@ impl Coordinator {
                 dropped = Some(holder);
                 continue;
             }
-            let what = if state == run_state::RUNNING {
-                "is running now; wait for it".to_string()
-            } else {
-                format!(
-                    "is {state}: it stops etcd, wipes the data dir and retires etcd there, and starts by itself when the agent on {h} connects (`quorum run show {holder}`). Start quorum-agent on {h}, or drop it with `quorum member remove {h} --forget`"
-                )
+            let what = match state.as_str() {
+                run_state::RUNNING => "is running now; wait for it".to_string(),
+                run_state::WAITING => format!(
+                    "is waiting: it stops etcd, wipes the data dir and retires etcd there, and starts by itself when the agent on {h} connects (`quorum run show {holder}`). Start quorum-agent on {h}, or drop it with `quorum member remove {h} --forget`"
+                ),
+                other => format!(
+                    "is {other}: see why with `quorum run show {holder}`, fix it and `quorum run resume {holder}`, or drop it with `quorum run abort {holder}`"
+                ),
             };
             return Err(Status::failed_precondition(format!(
                 "{h} has a pending cleanup of a member removed while its agent was unreachable: run {holder} {what}. Nothing was changed"
