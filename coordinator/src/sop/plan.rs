@@ -1793,12 +1793,6 @@ pub fn plan_member_remove(
             member_label(gone), spec.name
         )));
     }
-    if live.local_safeguard(gone.ip) {
-        return Err(PlanError::LocalSafeguard { host: gone.ip });
-    }
-    // The remaining members' files are rewritten from the inventory: it must name exactly
-    // the members etcd keeps.
-    live.check_agreement(spec, Some(&gone.peer_url))?;
     // The voting members' health, the leaving one included (it may be a dead host).
     let health: Vec<crate::sop::gates::Health> = live
         .members
@@ -1831,6 +1825,12 @@ pub fn plan_member_remove(
             )))
         }
     };
+    if live.local_safeguard(gone.ip) {
+        return Err(PlanError::LocalSafeguard { host: gone.ip });
+    }
+    // The remaining members' files are rewritten from the inventory: it must name exactly
+    // the members etcd keeps.
+    live.check_agreement(spec, Some(&gone.peer_url))?;
     let mut plan = Plan::default();
     plan.notes.extend(removal_note);
     if listed.is_none() {

@@ -548,9 +548,28 @@ async fn plan_membership(
         } else {
             plan::leaving_member(&live, host, guessed, seq.is_some())
         };
-        // The leaving member's own health: a dead one may leave while others are down too.
+        // The leaving member's own health (a dead one may leave while others are down too),
+        // and that of any other voter etcd lists that the inventory lacks: the removal rule
+        // weighs every voter.
         live.health
             .insert(gone.ip, etcd.member_health(&gone.client_url).await);
+        let unchecked: Vec<(IpAddr, String)> = live
+            .members
+            .iter()
+            .flatten()
+            .filter(|m| !m.is_learner)
+            .filter_map(|m| {
+                let h = m
+                    .peer_urls
+                    .first()
+                    .and_then(|u| crate::sop::agreement::host_of_url(u))?;
+                Some((h, m.client_urls.first()?.clone()))
+            })
+            .filter(|(h, _)| !live.health.contains_key(h))
+            .collect();
+        for (h, url) in unchecked {
+            live.health.insert(h, etcd.member_health(&url).await);
+        }
         let mut plan =
             plan::plan_member_remove(&spec, &gone, &live, forget).map_err(plan_status)?;
         snapshot_before_destruction(&mut plan, &spec.name, req.no_snapshot, &live)?;
