@@ -270,16 +270,7 @@ enum ClusterCommand {
     Purge(SopArgs),
     /// Members, learners, the leader, each member's raft index and health, the inventory
     /// compared with etcd's member list, and the agents; exit 1 if anything is wrong.
-    Status {
-        /// The etcd cluster (default: the only one in the inventory).
-        #[arg(long)]
-        cluster: Option<String>,
-        /// Output format.
-        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
-        output: Format,
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
+    Status(ClusterQuery),
 }
 
 #[derive(Subcommand)]
@@ -334,6 +325,19 @@ enum EnvCommand {
     Refresh(SopArgs),
 }
 
+/// A read of one etcd cluster: which, how to print it, where the coordinator is.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterQuery {
+    /// The etcd cluster (default: the only one in the inventory).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    output: Format,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
 #[derive(Subcommand)]
 enum SnapshotCommand {
     /// The snapshots kept (newest first), of one cluster or of all.
@@ -348,16 +352,7 @@ enum SnapshotCommand {
         conn: ConnArgs,
     },
     /// Take a verified snapshot now and keep it.
-    Save {
-        /// The etcd cluster (default: the only one in the inventory).
-        #[arg(long)]
-        cluster: Option<String>,
-        /// Output format.
-        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
-        output: Format,
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
+    Save(ClusterQuery),
     /// Print the exact steps that restore a snapshot onto the inventory's members (Quorum
     /// never runs a restore by itself).
     Restore {
@@ -366,14 +361,8 @@ enum SnapshotCommand {
         /// Print the steps (required: a restore is never run by Quorum).
         #[arg(long)]
         plan: bool,
-        /// The etcd cluster (default: the only one in the inventory).
-        #[arg(long)]
-        cluster: Option<String>,
-        /// Output format.
-        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
-        output: Format,
         #[command(flatten)]
-        conn: ConnArgs,
+        query: ClusterQuery,
     },
 }
 
@@ -755,16 +744,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
                 ClusterCommand::Create(a) => (SopRequest::ClusterCreate, a),
                 ClusterCommand::Remove(a) => (SopRequest::ClusterRemove, a),
                 ClusterCommand::Purge(a) => (SopRequest::ClusterPurge, a),
-                ClusterCommand::Status {
-                    cluster,
-                    output,
-                    conn,
-                } => {
-                    let mut client = client::admin_client(&conn.resolve()?).await?;
+                ClusterCommand::Status(q) => {
+                    let mut client = client::admin_client(&q.conn.resolve()?).await?;
                     return crate::operator::status::status_command(
                         &mut client,
-                        cluster,
-                        output == Format::Json,
+                        q.cluster,
+                        q.output == Format::Json,
                     )
                     .await;
                 }
@@ -819,58 +804,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         Command::Run(cmd) => run_command(cmd).await,
         Command::Snapshot(cmd) => {
             use crate::operator::snapshot::{run, SnapshotOp};
-            match cmd {
+            let (op, cluster, output, conn) = match cmd {
                 SnapshotCommand::List {
                     cluster,
                     output,
                     conn,
-                } => {
-                    run(
-                        SnapshotOp::List,
-                        cluster,
-                        output == Format::Json,
-                        &conn.resolve()?,
-                    )
-                    .await
-                }
-                SnapshotCommand::Save {
-                    cluster,
-                    output,
-                    conn,
-                } => {
-                    run(
-                        SnapshotOp::Save,
-                        cluster,
-                        output == Format::Json,
-                        &conn.resolve()?,
-                    )
-                    .await
-                }
+                } => (SnapshotOp::List, cluster, output, conn),
+                SnapshotCommand::Save(q) => (SnapshotOp::Save, q.cluster, q.output, q.conn),
                 SnapshotCommand::Restore {
                     plan: false, id, ..
                 } => {
                     eprintln!(
                         "error: Quorum prints the restore steps of a snapshot but never runs them: use `quorum snapshot restore --plan {id}` and follow them"
                     );
-                    Ok(Exit::Usage)
+                    return Ok(Exit::Usage);
                 }
-                SnapshotCommand::Restore {
-                    id,
-                    cluster,
-                    output,
-                    conn,
-                    ..
-                } => {
-                    let conn = conn.resolve()?;
-                    run(
-                        SnapshotOp::RestorePlan(id),
-                        cluster,
-                        output == Format::Json,
-                        &conn,
-                    )
-                    .await
+                SnapshotCommand::Restore { id, query: q, .. } => {
+                    (SnapshotOp::RestorePlan(id), q.cluster, q.output, q.conn)
                 }
-            }
+            };
+            run(op, cluster, output == Format::Json, &conn.resolve()?).await
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
