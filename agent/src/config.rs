@@ -90,6 +90,10 @@ pub struct Paths {
     pub etcd_cert: PathBuf,
     /// etcd's server key.
     pub etcd_key: PathBuf,
+    /// etcd's RBAC root password file (Pigsty v4). Unset: `etcd.pass` beside `etcd_ca`
+    /// (Pigsty's `/etc/etcd/etcd.pass`); see [`Paths::etcd_pass`].
+    #[serde(rename = "etcd_pass")]
+    pub etcd_pass_file: Option<PathBuf>,
     /// The etcdctl profile.
     pub etcdctl_profile: PathBuf,
     /// Patroni's config.
@@ -109,6 +113,7 @@ impl Default for Paths {
             etcd_ca: "/etc/etcd/ca.crt".into(),
             etcd_cert: "/etc/etcd/server.crt".into(),
             etcd_key: "/etc/etcd/server.key".into(),
+            etcd_pass_file: None,
             etcdctl_profile: "/etc/profile.d/etcdctl.sh".into(),
             patroni_conf: "/etc/patroni/patroni.yml".into(),
             vip_conf: "/etc/default/vip-manager.yml".into(),
@@ -119,6 +124,18 @@ impl Default for Paths {
 }
 
 impl Paths {
+    /// The root password file: `paths.etcd_pass`, else `etcd.pass` in `etcd_ca`'s directory.
+    pub fn etcd_pass(&self) -> PathBuf {
+        match &self.etcd_pass_file {
+            Some(p) => p.clone(),
+            None => self
+                .etcd_ca
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new("/etc/etcd"))
+                .join("etcd.pass"),
+        }
+    }
+
     /// Whether `path` may be a symbolic link that the agent reads and writes through (to a
     /// regular file inside allowed_prefixes, keeping the link). Only Patroni's config: Pigsty
     /// renders `/pg/conf/<cluster>-<seq>.yml` and links `/etc/patroni/patroni.yml` to it, so
@@ -373,8 +390,10 @@ impl AgentConfig {
             return Err(invalid("paths.etcd_data", message));
         }
         let p = &cfg.paths;
+        let pass = p.etcd_pass();
         for (key, path) in [
             ("paths.etcd_conf", &p.etcd_conf),
+            ("paths.etcd_pass", &pass),
             ("paths.etcd_ca", &p.etcd_ca),
             ("paths.etcd_cert", &p.etcd_cert),
             ("paths.etcd_key", &p.etcd_key),

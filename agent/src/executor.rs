@@ -95,6 +95,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::WipeEtcdData(_) => "WipeEtcdData",
         Kind::CollectFacts(_) => "CollectFacts",
         Kind::RetireEtcd(_) => "RetireEtcd",
+        Kind::WriteEtcdPass(_) => "WriteEtcdPass",
     }
 }
 
@@ -232,18 +233,19 @@ impl Executor {
         match kind {
             Kind::WriteEtcdConf(t) => {
                 match render_typed(t.conf.as_ref(), "etcd.conf", render::etcd_conf) {
+                    Ok(text)
+                        if self.alike(&p.etcd_conf, &text, |a, b| {
+                            render::same_etcd_conf(a, b, &[])
+                        }) =>
+                    {
+                        Self::alike_report(&p.etcd_conf)
+                    }
                     Ok(text) => self.write(&p.etcd_conf, &text, 0o644, self.etcd_owner),
                     Err(r) => r,
                 }
             }
-            Kind::WriteEtcdctlProfile(t) => match render_typed(
-                t.profile.as_ref(),
-                "the etcdctl profile",
-                render::etcdctl_profile,
-            ) {
-                Ok(text) => self.write(&p.etcdctl_profile, &text, 0o644, self.profile_owner),
-                Err(r) => r,
-            },
+            Kind::WriteEtcdctlProfile(t) => self.write_profile(t.profile.as_ref()),
+            Kind::WriteEtcdPass(t) => self.write_pass(&t.password),
             Kind::WriteEtcdCerts(t) => self.write_certs(t),
             Kind::ServiceAction(a) => self.service_action(a).await,
             Kind::SetPatroniDcsHosts(t) => self.set_patroni_hosts(t).await,
@@ -276,6 +278,89 @@ impl Executor {
             Err(e) if e.is_refusal() => TaskReport::refused(format!("{e}; nothing was written")),
             Err(e) => TaskReport::failed(e.to_string()),
         }
+    }
+
+    /// The etcdctl profile, with the owner and mode of its Pigsty generation. Its root
+    /// password block may only read this agent's own password file.
+    fn write_profile(&self, profile: Option<&pb::EtcdctlProfile>) -> TaskReport {
+        let text = match render_typed(profile, "the etcdctl profile", render::etcdctl_profile) {
+            Ok(text) => text,
+            Err(r) => return r,
+        };
+        let p = &self.cfg.paths;
+        let (file, pass_file) = match profile {
+            Some(t) => (t.file(), t.pass_file.as_str()),
+            None => (pb::ProfileFile::Root0644, ""),
+        };
+        let own = p.etcd_pass();
+        if profile.is_some_and(|t| !t.login_users.is_empty()) && Path::new(pass_file) != own {
+            return TaskReport::refused(format!(
+                "the profile would read the root password from {pass_file}, but this agent keeps it at {} (paths.etcd_pass in its agent.yml); set quorum_etcd_conf_dir in pigsty.yml to that directory; {} was not touched",
+                own.display(),
+                p.etcdctl_profile.display()
+            ));
+        }
+        if self.alike(&p.etcdctl_profile, &text, render::same_profile) {
+            return Self::alike_report(&p.etcdctl_profile);
+        }
+        let (mode, owner) = match file {
+            pb::ProfileFile::Root0644 => (0o644, self.profile_owner),
+            pb::ProfileFile::Root0755 => (0o755, self.profile_owner),
+            pb::ProfileFile::Etcd0755 => (0o755, self.etcd_owner),
+        };
+        self.write(&p.etcdctl_profile, &text, mode, owner)
+    }
+
+    /// Whether the file at `path` already says what `new` says (as `same` reads them),
+    /// though its bytes differ: a file Pigsty rendered, which is left as it is so that
+    /// adopting a Pigsty-built cluster rewrites nothing and restarts nothing.
+    fn alike(&self, path: &Path, new: &str, same: fn(&str, &str) -> bool) -> bool {
+        // Larger than any file Pigsty renders here: not worth reading or parsing.
+        if std::fs::symlink_metadata(path).map_or(true, |m| m.len() > FACT_CONTENT_CAP as u64) {
+            return false;
+        }
+        match self.managed(path).read() {
+            Ok(Some(c)) if c.data.len() <= FACT_CONTENT_CAP => {
+                std::str::from_utf8(&c.data).is_ok_and(|old| old != new && same(old, new))
+            }
+            _ => false,
+        }
+    }
+
+    fn alike_report(path: &Path) -> TaskReport {
+        TaskReport::new(
+            pb::Outcome::Unchanged,
+            format!(
+                "{} already says the same (in other words, e.g. as Pigsty rendered it); left as it is",
+                path.display()
+            ),
+        )
+    }
+
+    /// `/etc/etcd/etcd.pass`: root and etcd's group may read it (Pigsty's root:etcd 0640).
+    /// The owner is resolved here, not at start: hosts without etcd never get this task.
+    fn write_pass(&self, password: &str) -> TaskReport {
+        let path = self.cfg.paths.etcd_pass();
+        if let Err(e) = render::validate_etcd_pass(password) {
+            return TaskReport::refused(format!(
+                "the root password is unusable: {e}; {} was not touched",
+                path.display()
+            ));
+        }
+        let o = &self.cfg.owners;
+        let owner = match files::resolve_owner(&o.profile.user, &o.etcd.group) {
+            Ok(ids) => ids,
+            Err(message) => {
+                return TaskReport::failed(format!(
+                    "cannot own {} as {}:{}: {message}; {} was not touched",
+                    path.display(),
+                    o.profile.user,
+                    o.etcd.group,
+                    path.display()
+                ))
+            }
+        };
+        self.write(&path, password, 0o640, owner)
     }
 
     fn write_certs(&self, t: &pb::WriteEtcdCerts) -> TaskReport {
@@ -659,6 +744,7 @@ impl Executor {
             &p.etcd_ca,
             &p.etcd_cert,
             &p.etcd_key,
+            &p.etcd_pass(),
             &p.etcdctl_profile,
         ] {
             match self.managed(path).remove() {
@@ -909,6 +995,7 @@ impl Executor {
             ("etcd_ca", &p.etcd_ca, false),
             ("etcd_cert", &p.etcd_cert, false),
             ("etcd_key", &p.etcd_key, false),
+            ("etcd_pass", &p.etcd_pass(), false),
             ("etcdctl_profile", &p.etcdctl_profile, true),
             ("patroni_conf", &p.patroni_conf, false),
             ("vip_conf", &p.vip_conf, false),

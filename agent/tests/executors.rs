@@ -167,6 +167,7 @@ async fn writes_are_atomic_idempotent_and_keep_the_previous_version() -> Result<
             cacert: "/etc/etcd/ca.crt".into(),
             cert: "/etc/etcd/server.crt".into(),
             key: "/etc/etcd/server.key".into(),
+            ..Default::default()
         }),
     });
     assert_eq!(

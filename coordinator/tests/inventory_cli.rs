@@ -33,43 +33,43 @@ fn bad_inventory(dir: &Path) -> PathBuf {
 #[test]
 fn exit_codes() {
     let seed = golden("seed/pigsty.yml");
-    assert_eq!(inventory_check(&seed, false).unwrap(), Exit::Ok);
-    assert_eq!(inventory_check(&seed, true).unwrap(), Exit::Ok);
+    assert_eq!(inventory_check(&seed, false, None).unwrap(), Exit::Ok);
+    assert_eq!(inventory_check(&seed, true, None).unwrap(), Exit::Ok);
     let dir = tempfile::tempdir().unwrap();
     let bad = bad_inventory(dir.path());
-    assert_eq!(inventory_check(&bad, false).unwrap(), Exit::Usage);
-    assert_eq!(inventory_check(&bad, true).unwrap(), Exit::Usage);
+    assert_eq!(inventory_check(&bad, false, None).unwrap(), Exit::Usage);
+    assert_eq!(inventory_check(&bad, true, None).unwrap(), Exit::Usage);
     assert_eq!(
-        inventory_check(&dir.path().join("missing.yml"), false).unwrap(),
+        inventory_check(&dir.path().join("missing.yml"), false, None).unwrap(),
         Exit::Usage
     );
 
     assert_eq!(
-        render_etcd_conf_cmd(&seed, ip("10.10.10.10"), None).unwrap(),
+        render_etcd_conf_cmd(&seed, ip("10.10.10.10"), None, None).unwrap(),
         Exit::Ok
     );
     assert_eq!(
-        render_etcd_conf_cmd(&seed, ip("10.10.10.10"), Some("learner")).unwrap(),
+        render_etcd_conf_cmd(&seed, ip("10.10.10.10"), Some("learner"), None).unwrap(),
         Exit::Ok
     );
     assert_eq!(
-        render_etcd_conf_cmd(&seed, ip("10.10.10.10"), Some("join")).unwrap(),
+        render_etcd_conf_cmd(&seed, ip("10.10.10.10"), Some("join"), None).unwrap(),
         Exit::Usage
     );
     assert_eq!(
-        render_etcd_conf_cmd(&seed, ip("10.10.10.13"), None).unwrap(),
+        render_etcd_conf_cmd(&seed, ip("10.10.10.13"), None, None).unwrap(),
         Exit::Usage
     );
     assert_eq!(
-        render_etcd_conf_cmd(&bad, ip("10.10.10.10"), None).unwrap(),
+        render_etcd_conf_cmd(&bad, ip("10.10.10.10"), None, None).unwrap(),
         Exit::Usage
     );
     assert_eq!(
-        render_etcdctl_env_cmd(&seed, ip("10.10.10.12")).unwrap(),
+        render_etcdctl_env_cmd(&seed, ip("10.10.10.12"), None).unwrap(),
         Exit::Ok
     );
     assert_eq!(
-        render_etcdctl_env_cmd(&seed, ip("10.10.10.13")).unwrap(),
+        render_etcdctl_env_cmd(&seed, ip("10.10.10.13"), None).unwrap(),
         Exit::Usage
     );
 }

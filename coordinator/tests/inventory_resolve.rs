@@ -36,6 +36,7 @@ fn pigsty_defaults_when_nothing_is_set() {
         learner: false,
         election_timeout: 1000,
         heartbeat_interval: 100,
+        admin_user: Some("dba".into()),
         quorum: QuorumExt {
             conf_dir: "/etc/etcd".into(),
             etcdctl_cacert: "/etc/pki/ca.crt".into(),

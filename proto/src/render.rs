@@ -25,6 +25,8 @@ const MAX_MEMBERS: usize = 128;
 const MAX_PATH: usize = 1024;
 /// Longest member or cluster name accepted.
 const MAX_NAME: usize = 128;
+/// Most login users a profile exports `ETCDCTL_USER` for.
+const MAX_LOGIN_USERS: usize = 8;
 
 /// A field that cannot be rendered, named as the task carries it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,9 +147,69 @@ pub fn validate_etcdctl_profile(p: &pb::EtcdctlProfile) -> Result<(), SpecError>
         check_ip(&format!("profile.endpoints[{i}].ip"), &e.ip)?;
         check_port(&format!("profile.endpoints[{i}].port"), e.port)?;
     }
-    check_path("profile.cacert", &p.cacert)?;
-    check_path("profile.cert", &p.cert)?;
-    check_path("profile.key", &p.key)?;
+    if !(p.cacert.is_empty() && p.cert.is_empty() && p.key.is_empty()) {
+        check_path("profile.cacert", &p.cacert)?;
+        check_path("profile.cert", &p.cert)?;
+        check_path("profile.key", &p.key)?;
+    }
+    if p.login_users.len() > MAX_LOGIN_USERS {
+        return Err(bad(
+            "profile.login_users",
+            &p.login_users.len().to_string(),
+            "must list at most 8 users",
+        ));
+    }
+    for (i, u) in p.login_users.iter().enumerate() {
+        check_user(&format!("profile.login_users[{i}]"), u)?;
+    }
+    if !p.login_users.is_empty() {
+        check_path("profile.pass_file", &p.pass_file)?;
+    }
+    if pb::ProfileFile::try_from(p.file).is_err() {
+        return Err(bad(
+            "profile.file",
+            &p.file.to_string(),
+            "is not a known owner and mode",
+        ));
+    }
+    Ok(())
+}
+
+/// A Unix login name as `useradd` takes it: `[a-z_][a-z0-9_-]*`, 1 to 32 characters. It is
+/// written into a shell `case` pattern, so nothing else may pass.
+fn check_user(field: &str, s: &str) -> Result<(), SpecError> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            s,
+            "is not a login name ([a-z_][a-z0-9_-]*, at most 32 characters)",
+        ))
+    }
+}
+
+/// Longest etcd root password accepted.
+pub const MAX_PASSWORD: usize = 256;
+
+/// Checks the root password of a `WriteEtcdPass` task: one line of 1 to 256 bytes without
+/// control characters. The error never carries the password.
+pub fn validate_etcd_pass(password: &str) -> Result<(), SpecError> {
+    if password.is_empty() || password.len() > MAX_PASSWORD {
+        return Err(bad("password", "(not shown)", "must be 1 to 256 bytes"));
+    }
+    if password.chars().any(char::is_control) {
+        return Err(bad(
+            "password",
+            "(not shown)",
+            "contains a control character",
+        ));
+    }
     Ok(())
 }
 
@@ -302,13 +364,32 @@ pub fn format_etcdctl_profile(p: &pb::EtcdctlProfile) -> String {
         .map(|e| format!("https://{}:{}", url_host(&e.ip), e.port))
         .collect::<Vec<_>>()
         .join(",");
-    format!(
-        "{MANAGED}\nalias e=\"etcdctl\"\nalias em=\"etcdctl member\"\nexport ETCDCTL_ENDPOINTS={}\nexport ETCDCTL_CACERT={}\nexport ETCDCTL_CERT={}\nexport ETCDCTL_KEY={}\n",
-        shell_double_quoted(&endpoints),
-        shell_word(&p.cacert),
-        shell_word(&p.cert),
-        shell_word(&p.key),
-    )
+    let mut out = format!("{MANAGED}\nalias e=\"etcdctl\"\nalias em=\"etcdctl member\"\n");
+    if p.api3 {
+        out.push_str("export ETCDCTL_API=3\n");
+    }
+    out.push_str(&format!(
+        "export ETCDCTL_ENDPOINTS={}\n",
+        shell_double_quoted(&endpoints)
+    ));
+    if !(p.cacert.is_empty() && p.cert.is_empty() && p.key.is_empty()) {
+        out.push_str(&format!(
+            "export ETCDCTL_CACERT={}\nexport ETCDCTL_CERT={}\nexport ETCDCTL_KEY={}\n",
+            shell_word(&p.cacert),
+            shell_word(&p.cert),
+            shell_word(&p.key),
+        ));
+    }
+    if !p.login_users.is_empty() {
+        // Pigsty v4's guard: only these users read the root password (the file is root:etcd
+        // 0640, so others could not anyway, and get no ETCDCTL_USER).
+        let pass = shell_word(&p.pass_file);
+        out.push_str(&format!(
+            "\ncase \"$(id -un)\" in\n  {})\n    [ -r {pass} ] && export ETCDCTL_USER=\"root:$(cat {pass})\"\n    ;;\nesac\n",
+            p.login_users.join("|"),
+        ));
+    }
+    out
 }
 
 /// `"…"` as Pigsty writes ETCDCTL_ENDPOINTS; text that would mean something inside double
@@ -318,6 +399,109 @@ fn shell_double_quoted(s: &str) -> String {
         return format!("'{}'", s.replace('\'', "'\\''"));
     }
     format!("\"{s}\"")
+}
+
+/// Whether two etcd.conf texts configure etcd alike: equal as YAML mappings, with comments,
+/// blank lines, quoting and key order aside, and the keys in `ignore` left out. A file Pigsty
+/// rendered and Quorum's render of the same inventory are alike, so adopting a cluster that
+/// Pigsty built changes nothing. Text that is not a YAML mapping is alike only to itself.
+pub fn same_etcd_conf(a: &str, b: &str, ignore: &[&str]) -> bool {
+    if a == b {
+        return true;
+    }
+    let read = |t: &str| -> Option<crate::yaml::Mapping> {
+        let mut m = match crate::yaml::from_str::<crate::yaml::Value>(t).ok()? {
+            crate::yaml::Value::Mapping(m) => m,
+            _ => return None,
+        };
+        for k in ignore {
+            m.remove(*k);
+        }
+        Some(m)
+    };
+    match (read(a), read(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// What an etcdctl profile does, line by line, with comments, blank lines, order and quoting
+/// aside: its aliases, its exports, and Pigsty v4's root password block (the users of its
+/// `case` and the line inside). Any other line is kept as it is written.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProfileMeaning {
+    /// `alias NAME=VALUE`, unquoted.
+    pub aliases: std::collections::BTreeMap<String, String>,
+    /// `export NAME=VALUE` outside the guard, unquoted.
+    pub exports: std::collections::BTreeMap<String, String>,
+    /// The users of `case "$(id -un)" in`, sorted; empty without the block.
+    pub guard_users: Vec<String>,
+    /// The lines inside the guard, trimmed.
+    pub guarded: Vec<String>,
+    /// Every other line, trimmed.
+    pub other: Vec<String>,
+}
+
+fn unquote(v: &str) -> String {
+    let v = v.trim();
+    for q in ['"', '\''] {
+        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+            return v[1..v.len() - 1].to_string();
+        }
+    }
+    v.to_string()
+}
+
+/// Reads an etcdctl profile into its [`ProfileMeaning`].
+pub fn profile_meaning(text: &str) -> ProfileMeaning {
+    let mut m = ProfileMeaning::default();
+    let mut in_case = false;
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line == "case \"$(id -un)\" in" {
+            in_case = true;
+            continue;
+        }
+        if in_case {
+            match line {
+                "esac" => in_case = false,
+                ";;" => {}
+                l if l.ends_with(')') && !l.contains(' ') => {
+                    let mut users: Vec<String> = l
+                        .trim_end_matches(')')
+                        .split('|')
+                        .map(str::to_string)
+                        .collect();
+                    users.sort();
+                    m.guard_users = users;
+                }
+                l => m.guarded.push(l.to_string()),
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("alias ") {
+            if let Some((k, v)) = rest.split_once('=') {
+                m.aliases.insert(k.trim().to_string(), unquote(v));
+                continue;
+            }
+        }
+        if let Some(rest) = line.strip_prefix("export ") {
+            if let Some((k, v)) = rest.split_once('=') {
+                m.exports.insert(k.trim().to_string(), unquote(v));
+                continue;
+            }
+        }
+        m.other.push(line.to_string());
+    }
+    m
+}
+
+/// Whether two etcdctl profiles set up the same environment ([`profile_meaning`]).
+pub fn same_profile(a: &str, b: &str) -> bool {
+    a == b || profile_meaning(a) == profile_meaning(b)
 }
 
 #[cfg(test)]
@@ -441,6 +625,7 @@ mod tests {
             cacert: "/etc/pki/ca.crt".into(),
             cert: "/etc/etcd/server.crt".into(),
             key: "/etc/etcd/server.key".into(),
+            ..Default::default()
         };
         let text = etcdctl_profile(&p)?;
         for line in text.lines().skip(1) {
@@ -461,6 +646,59 @@ mod tests {
         evil = p;
         evil.endpoints[0].ip = "$(id)".into();
         assert!(etcdctl_profile(&evil).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_v4_profile_guards_etcdctl_user_and_refuses_odd_users() -> Result<(), SpecError> {
+        let p = pb::EtcdctlProfile {
+            endpoints: vec![pb::EtcdEndpoint {
+                ip: "10.10.10.10".into(),
+                port: 2379,
+            }],
+            cacert: "/etc/etcd/ca.crt".into(),
+            cert: "/etc/etcd/server.crt".into(),
+            key: "/etc/etcd/server.key".into(),
+            login_users: vec!["root".into(), "dba".into()],
+            pass_file: "/etc/etcd/etcd.pass".into(),
+            ..Default::default()
+        };
+        let text = etcdctl_profile(&p)?;
+        assert!(
+            text.ends_with("\ncase \"$(id -un)\" in\n  root|dba)\n    [ -r /etc/etcd/etcd.pass ] && export ETCDCTL_USER=\"root:$(cat /etc/etcd/etcd.pass)\"\n    ;;\nesac\n"),
+            "{text}"
+        );
+        assert!(!text.contains("ETCDCTL_API"));
+        // A host that is no member: no certificate lines at all.
+        let mut bare = p.clone();
+        (bare.cacert, bare.cert, bare.key) = (String::new(), String::new(), String::new());
+        assert!(!etcdctl_profile(&bare)?.contains("ETCDCTL_CERT"));
+        // Half a set is a mistake.
+        bare.cert = "/etc/etcd/server.crt".into();
+        assert_eq!(
+            etcdctl_profile(&bare).map_err(|e| e.field),
+            Err("profile.cacert".to_string())
+        );
+        for user in ["root)", "a b", "Dba", "x;id", ""] {
+            let mut evil = p.clone();
+            evil.login_users = vec![user.into()];
+            assert_eq!(
+                etcdctl_profile(&evil).map_err(|e| e.field),
+                Err("profile.login_users[0]".to_string()),
+                "{user:?}"
+            );
+        }
+        let mut old = p;
+        old.login_users.clear();
+        old.api3 = true;
+        let text = etcdctl_profile(&old)?;
+        assert!(text.contains("\nexport ETCDCTL_API=3\nexport ETCDCTL_ENDPOINTS="));
+        assert!(!text.contains("case"));
+        assert!(validate_etcd_pass("Etcd.Root").is_ok());
+        for bad in ["", "a\nb"] {
+            let e = validate_etcd_pass(bad).err();
+            assert!(e.is_some_and(|e| !e.to_string().contains(bad) || bad.is_empty()));
+        }
         Ok(())
     }
 }

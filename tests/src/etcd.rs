@@ -207,7 +207,9 @@ impl Fleet {
     }
 
     /// Writes `pigsty.yml` naming `members` (ip, seq) in the etcd group, with `vars` added to
-    /// the group's vars (e.g. "etcd_safeguard: true").
+    /// the group's vars (e.g. "etcd_safeguard: true"). Without a `version:` among them the
+    /// inventory says `version: v3.6.1` (Pigsty v3.6, no etcd RBAC); tests of Pigsty v4 pass
+    /// `version: v4.5.0`.
     pub fn write_inventory(
         &self,
         world: &World,
@@ -235,6 +237,11 @@ impl Fleet {
                 conf = h.etc_etcd().display(),
             ));
         }
+        let vars = if vars.lines().any(|l| l.trim_start().starts_with("version:")) {
+            vars.to_string()
+        } else {
+            format!("version: v3.6.1\n{vars}")
+        };
         let text = format!(
             "all:\n  children:\n    etcd:\n      hosts:\n{hosts}      vars:\n        etcd_cluster: etcd\n        etcd_port: {port}\n        etcd_peer_port: {peer}\n        quorum_etcd_listen_localhost: false\n        quorum_etcd_client_cert_auth: true\n        quorum_etcd_grpc_gateway: true\n{vars}",
             port = self.port,

@@ -2,6 +2,8 @@
 //! member list, each member's health, and the membership changes (learner add, promote,
 //! remove, move-leader) that only the cluster can make.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, MemberAddOptions, TlsOptions};
@@ -68,6 +70,10 @@ pub enum Fault {
     /// "etcdserver: member not found": seen from `member add` right after a member of the
     /// same peer URL was removed, while the removal settles.
     MemberNotFound,
+    /// etcd RBAC refused the root password Quorum read from the inventory.
+    AuthFailed,
+    /// etcd RBAC is on and the request carried no (valid) user, or the user may not do it.
+    PermissionDenied(String),
     /// Anything else, in etcd's (or the client's) own words.
     Other(String),
 }
@@ -113,6 +119,11 @@ impl Fault {
             }
             "etcdserver: no leader" | "etcdserver: leader changed" => Fault::NoLeader,
             "etcdserver: member not found" => Fault::MemberNotFound,
+            "etcdserver: authentication failed, invalid user ID or password" => Fault::AuthFailed,
+            "etcdserver: permission denied"
+            | "etcdserver: user name is empty"
+            | "etcdserver: user name not found"
+            | "etcdserver: invalid auth token" => Fault::PermissionDenied(m.to_string()),
             "etcdserver: request timed out"
             | "etcdserver: request timed out, possibly due to previous leader failure"
             | "etcdserver: request timed out, possibly due to connection lost"
@@ -163,6 +174,12 @@ impl Fault {
                 "{endpoint}: the member has no leader (an election is under way, or quorum is lost)"
             ),
             Fault::MemberNotFound => format!("{endpoint}: etcdserver: member not found"),
+            Fault::AuthFailed => format!(
+                "{endpoint}: etcd refused the root password: etcd_root_password in pigsty.yml is not the password of the cluster's root user. Nothing was changed. Put the cluster's current root password back in pigsty.yml (change it in etcd first with `etcdctl user passwd root` if a new one is meant)"
+            ),
+            Fault::PermissionDenied(m) => format!(
+                "{endpoint}: {m} (etcd RBAC is on: set the inventory's Pigsty version to v4 or later, or quorum_pigsty_version, so that Quorum logs in as root with etcd_root_password)"
+            ),
             Fault::Other(m) => format!("{endpoint}: {m}"),
         }
     }
@@ -285,27 +302,91 @@ impl Unhealthy {
     }
 }
 
-/// Client access to etcd with the coordinator's certificate.
+/// Client access to etcd with the coordinator's certificate, and under etcd RBAC (Pigsty v4)
+/// as root with the inventory's `etcd_root_password`.
 #[derive(Clone)]
 pub struct EtcdAccess {
     tls: TlsMaterial,
+    /// Client URL → (user, password) of members whose cluster runs RBAC, as the inventory
+    /// said when last read ([`Self::remember`]). Never printed.
+    logins: Arc<RwLock<HashMap<String, Login>>>,
 }
+
+type Login = (String, crate::model::inventory::Secret);
+
+/// etcd's answer to a login while RBAC is off.
+const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
 
 impl EtcdAccess {
     /// Access with this TLS material (the coordinator's certificate has clientAuth).
     pub fn new(tls: TlsMaterial) -> Self {
-        Self { tls }
+        Self {
+            tls,
+            logins: Arc::default(),
+        }
+    }
+
+    /// Learns from the inventory (just read) how to log in to `cluster`'s members: as root
+    /// with `etcd_root_password` when its Pigsty generation runs RBAC, not at all otherwise.
+    /// Called wherever the inventory is read for a cluster (planning, a run's start, status),
+    /// so a changed password is used from then on.
+    pub fn remember(&self, cluster: &crate::model::inventory::EtcdCluster) {
+        let login = cluster
+            .root_auth()
+            .map(|(user, password)| (user.to_string(), password.clone()));
+        let Ok(mut logins) = self.logins.write() else {
+            return;
+        };
+        for m in &cluster.members {
+            let url = crate::model::render::client_url(m);
+            match &login {
+                Some(l) => logins.insert(url, l.clone()),
+                None => logins.remove(&url),
+            };
+        }
+    }
+
+    fn login_for(&self, endpoint: &str) -> Option<Login> {
+        self.logins.read().ok()?.get(endpoint).cloned()
+    }
+
+    fn base_options(&self) -> ConnectOptions {
+        ConnectOptions::new().with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
+                .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem)),
+        )
     }
 
     fn options(&self, timeout: Duration) -> ConnectOptions {
-        ConnectOptions::new()
-            .with_tls(
-                TlsOptions::new()
-                    .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
-                    .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem)),
-            )
+        self.base_options()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
+    }
+
+    /// Connects with `options`, logged in when RBAC credentials are set. The token is
+    /// renewed by the client when etcd says it expired (a long run outlives etcd's
+    /// `auth-token-ttl`, 300 s by default). A cluster whose RBAC is still off (one built
+    /// before Pigsty v4, or a create before its `auth enable` step) answers the login with
+    /// "authentication is not enabled": then the connection goes on without credentials.
+    async fn connect(
+        &self,
+        endpoints: &[&str],
+        options: ConnectOptions,
+    ) -> Result<Client, etcd_client::Error> {
+        let Some((user, password)) = endpoints.first().and_then(|e| self.login_for(e)) else {
+            return Client::connect(endpoints, Some(options)).await;
+        };
+        let logged_in = options
+            .clone()
+            .with_user(user.clone(), password.expose())
+            .with_auto_token_refresh(true);
+        match Client::connect(endpoints, Some(logged_in)).await {
+            Err(etcd_client::Error::GRpcStatus(st)) if st.message() == AUTH_NOT_ENABLED => {
+                Client::connect(endpoints, Some(options)).await
+            }
+            other => other,
+        }
     }
 
     /// Runs `op` against each of `endpoints` in turn until one answers. One endpoint at a
@@ -324,14 +405,16 @@ impl EtcdAccess {
     {
         let mut tried = Vec::new();
         for ep in endpoints {
-            let client =
-                match Client::connect([ep.as_str()], Some(self.options(PROBE_TIMEOUT * 2))).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tried.push((ep.clone(), Fault::of(&e)));
-                        continue;
-                    }
-                };
+            let client = match self
+                .connect(&[ep.as_str()], self.options(PROBE_TIMEOUT * 2))
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tried.push((ep.clone(), Fault::of(&e)));
+                    continue;
+                }
+            };
             // Bounded here too: a member without a leader can hold a request (a
             // linearizable member list) past the client's own deadline, and a gate that waits
             // on it must still end at its own deadline.
@@ -379,7 +462,8 @@ impl EtcdAccess {
         let eps = [endpoint.to_string()];
         let probe = async {
             let fault = |e: etcd_client::Error| Unhealthy::Fault(Fault::of(&e));
-            let mut c = Client::connect(&eps, Some(self.options(PROBE_TIMEOUT)))
+            let mut c = self
+                .connect(&[eps[0].as_str()], self.options(PROBE_TIMEOUT))
                 .await
                 .map_err(fault)?;
             let st = c.status().await.map_err(fault)?;
@@ -489,6 +573,135 @@ impl EtcdAccess {
     }
 }
 
+/// What [`EtcdAccess::enable_auth`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthEnabled {
+    /// RBAC was on already and root logs in with the inventory's password.
+    Already,
+    /// Root was created (or its password set) and RBAC turned on now.
+    Now,
+}
+
+/// etcd's answers that an idempotent RBAC step takes as done.
+fn exists(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(st) if matches!(
+        st.message(),
+        "etcdserver: user name already exists" | "etcdserver: role name already exists"
+    ))
+}
+
+impl EtcdAccess {
+    /// Turns etcd RBAC on as Pigsty v4's `etcd_auth` does, idempotently: when root already
+    /// logs in with `password`, nothing; while RBAC is off, user root with `password` (its
+    /// password set when it exists), the root role granted, then `auth enable`. A cluster
+    /// whose RBAC is on with another root password is refused ([`Fault::AuthFailed`]).
+    pub async fn enable_auth(
+        &self,
+        endpoints: &[String],
+        password: &crate::model::inventory::Secret,
+    ) -> Result<AuthEnabled, EtcdError> {
+        let op = "auth enable";
+        let mut tried = Vec::new();
+        for ep in endpoints {
+            let options = self.options(PROBE_TIMEOUT * 2);
+            let logged_in = options
+                .clone()
+                .with_user("root", password.expose())
+                .with_auto_token_refresh(true);
+            match Client::connect([ep.as_str()], Some(logged_in)).await {
+                Ok(_) => return Ok(AuthEnabled::Already),
+                Err(etcd_client::Error::GRpcStatus(st)) if st.message() == AUTH_NOT_ENABLED => {}
+                Err(e) => {
+                    let fault = Fault::of(&e);
+                    if !fault.try_elsewhere() {
+                        return Err(EtcdError::Refused {
+                            op,
+                            endpoint: ep.clone(),
+                            fault,
+                        });
+                    }
+                    tried.push((ep.clone(), fault));
+                    continue;
+                }
+            }
+            let steps = async {
+                let mut c = Client::connect([ep.as_str()], Some(options)).await?;
+                match c.user_add("root", password.expose(), None).await {
+                    Err(e) if exists(&e) => {
+                        c.user_change_password("root", password.expose()).await?;
+                    }
+                    other => {
+                        other?;
+                    }
+                }
+                match c.role_add("root").await {
+                    Err(e) if exists(&e) => {}
+                    other => {
+                        other?;
+                    }
+                }
+                c.user_grant_role("root", "root").await?;
+                c.auth_enable().await?;
+                Ok::<_, etcd_client::Error>(())
+            };
+            return match tokio::time::timeout(PROBE_TIMEOUT * 4, steps).await {
+                Ok(Ok(())) => Ok(AuthEnabled::Now),
+                Ok(Err(e)) => Err(EtcdError::Refused {
+                    op,
+                    endpoint: ep.clone(),
+                    fault: Fault::of(&e),
+                }),
+                Err(_) => Err(EtcdError::Refused {
+                    op,
+                    endpoint: ep.clone(),
+                    fault: Fault::Timeout,
+                }),
+            };
+        }
+        Err(EtcdError::NoAnswer { op, tried })
+    }
+
+    /// Creates or repairs a PostgreSQL cluster's etcd login as Pigsty v4's `pg_etcd` does:
+    /// role `user` with read-write on keys under `prefix`, user `user` with `password` (set
+    /// again when it exists), the role granted. Idempotent; needs root's login.
+    pub async fn ensure_pg_user(
+        &self,
+        endpoints: &[String],
+        user: &str,
+        password: &crate::model::inventory::Secret,
+        prefix: &str,
+    ) -> Result<(), EtcdError> {
+        self.on_any(endpoints, "pg etcd user", |mut c| async move {
+            match c.role_add(user).await {
+                Err(e) if exists(&e) => {}
+                other => {
+                    other?;
+                }
+            }
+            c.role_grant_permission(
+                user,
+                etcd_client::Permission::read_write(prefix).with_prefix(),
+            )
+            .await?;
+            if c.user_get(user).await.is_ok() {
+                c.user_change_password(user, password.expose()).await?;
+            } else {
+                match c.user_add(user, password.expose(), None).await {
+                    Err(e) if exists(&e) => {
+                        c.user_change_password(user, password.expose()).await?;
+                    }
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            c.user_grant_role(user, user).await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 impl EtcdAccess {
     /// The status of the member at `endpoint` (that member only, not any other).
     pub async fn member_status(&self, endpoint: &str) -> Result<MemberStatus, EtcdError> {
@@ -537,14 +750,9 @@ impl EtcdAccess {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         // A large database streams for long: a connect timeout, no request deadline.
-        let options = ConnectOptions::new()
-            .with_tls(
-                TlsOptions::new()
-                    .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
-                    .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem)),
-            )
-            .with_connect_timeout(PROBE_TIMEOUT * 2);
-        let mut c = Client::connect([ep], Some(options))
+        let options = self.base_options().with_connect_timeout(PROBE_TIMEOUT * 2);
+        let mut c = self
+            .connect(&[ep], options)
             .await
             .map_err(|e| Fault::of(&e))?;
         // The revision the snapshot holds at least (its stream carries none on etcd 3.4).

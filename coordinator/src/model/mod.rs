@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod inventory;
+pub mod pigsty;
 pub mod pki;
 pub mod render;
 pub mod statedir;

@@ -18,6 +18,7 @@ use quorum_proto::pb;
 use quorum_proto::render::in_dir;
 
 use crate::model::inventory::{EtcdCluster, EtcdInit, EtcdMember};
+use crate::model::pigsty::ProfileFile;
 
 /// Why a file could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,9 +36,6 @@ pub enum RenderError {
         members: String,
     },
 }
-
-/// `quota-backend-bytes` of Pigsty v3.x (16 GiB).
-pub const QUOTA_BACKEND_BYTES: u64 = 17_179_869_184;
 
 pub use quorum_proto::render::MANAGED;
 
@@ -173,7 +171,7 @@ fn conf_spec(cluster: &EtcdCluster, m: &EtcdMember, init: EtcdInit) -> pb::EtcdC
         listen_localhost: p.quorum.listen_localhost,
         election_timeout_ms: p.election_timeout,
         heartbeat_interval_ms: p.heartbeat_interval,
-        quota_backend_bytes: QUOTA_BACKEND_BYTES,
+        quota_backend_bytes: cluster.generation().quota_backend_bytes().unwrap_or(0),
         cert_dir: p.quorum.conf_dir.clone(),
         client_cert_auth: p.quorum.client_cert_auth,
         grpc_gateway: p.quorum.grpc_gateway,
@@ -181,15 +179,55 @@ fn conf_spec(cluster: &EtcdCluster, m: &EtcdMember, init: EtcdInit) -> pb::EtcdC
     }
 }
 
-/// The typed etcdctl profile of the host at `host_ip`, as Pigsty's template fills it:
-/// `ETCDCTL_ENDPOINTS` of every member, and the CA, cert and key (Pigsty's infra cert on
-/// hosts of group `infra`, the member's server cert elsewhere). A host that is not a member
-/// gets the group's settings and the server cert.
+/// The typed etcdctl profile of the host at `host_ip`, as the template of the cluster's
+/// Pigsty generation fills it (see [`crate::model::pigsty`]). Up to v3.x: `ETCDCTL_ENDPOINTS`
+/// of every member in Pigsty's order, the CA (`/etc/pki/ca.crt`), and Pigsty's infra cert on
+/// hosts of group `infra`, the member's server cert elsewhere; `ETCDCTL_API=3` up to v3.4.
+/// From v4: the endpoints in inventory order, the etcd CA and server cert, and
+/// `ETCDCTL_USER` from the root password file for root and the admin user. A host that is
+/// not a member gets the group's settings.
 pub fn etcdctl_profile_spec(cluster: &EtcdCluster, host_ip: IpAddr) -> pb::EtcdctlProfile {
-    let (q, infra) = match cluster.member(host_ip) {
-        Some(m) => (&m.params.quorum, m.infra),
-        None => (&cluster.params.quorum, false),
+    let generation = cluster.generation();
+    let file = match generation.profile_file() {
+        ProfileFile::Root0644 => pb::ProfileFile::Root0644,
+        ProfileFile::Root0755 => pb::ProfileFile::Root0755,
+        ProfileFile::Etcd0755 => pb::ProfileFile::Etcd0755,
+    } as i32;
+    let (p, infra) = match cluster.member(host_ip) {
+        Some(m) => (&m.params, m.infra),
+        None => (&cluster.params, false),
     };
+    let q = &p.quorum;
+    if generation.v4() {
+        let mut members: Vec<&EtcdMember> = cluster.members.iter().collect();
+        members.sort_by_key(|m| m.position);
+        let mut login_users = vec!["root".to_string()];
+        login_users.extend(p.admin_user.clone());
+        let member = cluster.member(host_ip).is_some();
+        let in_dir_if = |f: &str| {
+            if member {
+                in_dir(&q.conf_dir, f)
+            } else {
+                String::new()
+            }
+        };
+        return pb::EtcdctlProfile {
+            endpoints: members
+                .into_iter()
+                .map(|m| pb::EtcdEndpoint {
+                    ip: m.ip.to_string(),
+                    port: u32::from(p.port),
+                })
+                .collect(),
+            cacert: in_dir_if("ca.crt"),
+            cert: in_dir_if("server.crt"),
+            key: in_dir_if("server.key"),
+            api3: false,
+            login_users,
+            pass_file: in_dir(&q.conf_dir, "etcd.pass"),
+            file,
+        };
+    }
     let (cert, key) = if infra {
         (
             "/etc/pki/infra.crt".to_string(),
@@ -212,6 +250,10 @@ pub fn etcdctl_profile_spec(cluster: &EtcdCluster, host_ip: IpAddr) -> pb::Etcdc
         cacert: q.etcdctl_cacert.clone(),
         cert,
         key,
+        api3: generation.exports_api3(),
+        login_users: Vec::new(),
+        pass_file: String::new(),
+        file,
     }
 }
 

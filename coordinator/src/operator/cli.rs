@@ -479,6 +479,10 @@ enum InventoryCommand {
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
+        /// Render for this Pigsty release (e.g. v3.6.1), whatever the inventory's `version`
+        /// or `quorum_pigsty_version` says.
+        #[arg(long = "pigsty-version", value_name = "VERSION")]
+        pigsty_version: Option<String>,
     },
 }
 
@@ -495,6 +499,9 @@ enum RenderCommand {
         /// Override etcd_init (new | existing).
         #[arg(long)]
         init: Option<String>,
+        /// Render for this Pigsty release (e.g. v3.6.1), whatever the inventory says.
+        #[arg(long = "pigsty-version", value_name = "VERSION")]
+        pigsty_version: Option<String>,
     },
     /// /etc/profile.d/etcdctl.sh of one host.
     EtcdctlEnv {
@@ -504,6 +511,9 @@ enum RenderCommand {
         /// The Pigsty inventory.
         #[arg(short = 'i', long, default_value = "pigsty.yml")]
         inventory: PathBuf,
+        /// Render for this Pigsty release (e.g. v3.6.1), whatever the inventory says.
+        #[arg(long = "pigsty-version", value_name = "VERSION")]
+        pigsty_version: Option<String>,
     },
 }
 
@@ -721,17 +731,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Pki(cmd) => pki_command(cmd),
         Command::Agents { output, conn } => agents(output, &conn).await,
-        Command::Inventory(InventoryCommand::Check { inventory, output }) => {
-            crate::operator::inventory::inventory_check(&inventory, output == Format::Json)
-        }
+        Command::Inventory(InventoryCommand::Check {
+            inventory,
+            output,
+            pigsty_version,
+        }) => crate::operator::inventory::inventory_check(
+            &inventory,
+            output == Format::Json,
+            pigsty_version.as_deref(),
+        ),
         Command::Render(RenderCommand::EtcdConf {
             host,
             inventory,
             init,
-        }) => crate::operator::inventory::render_etcd_conf_cmd(&inventory, host, init.as_deref()),
-        Command::Render(RenderCommand::EtcdctlEnv { host, inventory }) => {
-            crate::operator::inventory::render_etcdctl_env_cmd(&inventory, host)
-        }
+            pigsty_version,
+        }) => crate::operator::inventory::render_etcd_conf_cmd(
+            &inventory,
+            host,
+            init.as_deref(),
+            pigsty_version.as_deref(),
+        ),
+        Command::Render(RenderCommand::EtcdctlEnv {
+            host,
+            inventory,
+            pigsty_version,
+        }) => crate::operator::inventory::render_etcdctl_env_cmd(
+            &inventory,
+            host,
+            pigsty_version.as_deref(),
+        ),
         Command::Task {
             host,
             timeout,
@@ -1180,9 +1208,13 @@ async fn ad_hoc_task(
     let (kind, destructive) = match task {
         TaskCommand::Facts => (Kind::CollectFacts(pb::CollectFacts {}), false),
         TaskCommand::WriteEtcdConf { inventory, init } => {
-            let conf =
-                crate::operator::inventory::member_conf_spec(&inventory, host, init.as_deref())
-                    .ok_or_else(|| BadInput("no task was sent (see above)".into()))?;
+            let conf = crate::operator::inventory::member_conf_spec(
+                &inventory,
+                host,
+                init.as_deref(),
+                None,
+            )
+            .ok_or_else(|| BadInput("no task was sent (see above)".into()))?;
             (
                 Kind::WriteEtcdConf(pb::WriteEtcdConf { conf: Some(conf) }),
                 false,
@@ -1201,7 +1233,7 @@ async fn ad_hoc_task(
             false,
         ),
         TaskCommand::WriteEtcdctlProfile { inventory } => {
-            let profile = crate::operator::inventory::host_profile_spec(&inventory, host)
+            let profile = crate::operator::inventory::host_profile_spec(&inventory, host, None)
                 .ok_or_else(|| BadInput("no task was sent (see above)".into()))?;
             (
                 Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {

@@ -19,8 +19,8 @@ use crate::model::render;
 /// `{"ok", "file", "sha256", "errors", "warnings", "etcd_clusters", "pg_clusters"}` on
 /// stdout), or every problem found. Warnings are printed too. Returns 0 when the inventory
 /// is usable, 2 (`Usage`) when it has errors (printed to stderr in text mode).
-pub fn inventory_check(path: &Path, json: bool) -> anyhow::Result<Exit> {
-    let loaded = Inventory::load(path);
+pub fn inventory_check(path: &Path, json: bool, pigsty: Option<&str>) -> anyhow::Result<Exit> {
+    let loaded = Inventory::load_as(path, pigsty);
     let mut out = std::io::stdout().lock();
     if json {
         let doc = match &loaded {
@@ -58,6 +58,20 @@ pub fn inventory_check(path: &Path, json: bool) -> anyhow::Result<Exit> {
         }
     };
     writeln!(out, "inventory {} (sha256 {})", inv.file(), inv.digest())?;
+    for c in inv.etcd_clusters() {
+        writeln!(
+            out,
+            "etcd cluster {}: Pigsty generation {} ({}); etcd RBAC {}",
+            c.name,
+            c.generation(),
+            c.pigsty.why,
+            if c.generation().v4() {
+                "on (Quorum logs in as root with etcd_root_password)"
+            } else {
+                "off"
+            }
+        )?;
+    }
     let mut etcd = vec![row(&[
         "ETCD CLUSTER",
         "MEMBER",
@@ -128,8 +142,13 @@ pub fn inventory_check(path: &Path, json: bool) -> anyhow::Result<Exit> {
 /// member's `etcd_init` is used; `learner` renders as `existing`, as a learner joins a running
 /// cluster. Returns 2 (`Usage`) for a bad inventory, a host that is not an etcd member, or a
 /// bad `init`.
-pub fn render_etcd_conf_cmd(path: &Path, host: IpAddr, init: Option<&str>) -> anyhow::Result<Exit> {
-    let Some(conf) = member_conf_spec(path, host, init) else {
+pub fn render_etcd_conf_cmd(
+    path: &Path,
+    host: IpAddr,
+    init: Option<&str>,
+    pigsty: Option<&str>,
+) -> anyhow::Result<Exit> {
+    let Some(conf) = member_conf_spec(path, host, init, pigsty) else {
         return Ok(Exit::Usage);
     };
     let text = quorum_proto::render::format_etcd_conf(&conf);
@@ -140,8 +159,13 @@ pub fn render_etcd_conf_cmd(path: &Path, host: IpAddr, init: Option<&str>) -> an
 /// The typed etcd.conf of member `host` (see [`render_etcd_conf_cmd`] for `init`): what
 /// `quorum render etcd-conf` prints and `quorum task write-etcd-conf` sends. `None` after
 /// the reasons were printed.
-pub fn member_conf_spec(path: &Path, host: IpAddr, init: Option<&str>) -> Option<pb::EtcdConf> {
-    let inv = load_or_report(path)?;
+pub fn member_conf_spec(
+    path: &Path,
+    host: IpAddr,
+    init: Option<&str>,
+    pigsty: Option<&str>,
+) -> Option<pb::EtcdConf> {
+    let inv = load_or_report(path, pigsty)?;
     let (cluster, member) = member_or_report(&inv, host)?;
     let init = match init {
         None => member.params.init,
@@ -160,8 +184,12 @@ pub fn member_conf_spec(path: &Path, host: IpAddr, init: Option<&str>) -> Option
 /// `quorum render etcdctl-env --host IP`: prints the `/etc/profile.d/etcdctl.sh` Quorum (and
 /// Pigsty) would write on that member. Returns 2 (`Usage`) for a bad inventory or a host that
 /// is not an etcd member.
-pub fn render_etcdctl_env_cmd(path: &Path, host: IpAddr) -> anyhow::Result<Exit> {
-    let Some(profile) = host_profile_spec(path, host) else {
+pub fn render_etcdctl_env_cmd(
+    path: &Path,
+    host: IpAddr,
+    pigsty: Option<&str>,
+) -> anyhow::Result<Exit> {
+    let Some(profile) = host_profile_spec(path, host, pigsty) else {
         return Ok(Exit::Usage);
     };
     let text = quorum_proto::render::format_etcdctl_profile(&profile);
@@ -171,14 +199,18 @@ pub fn render_etcdctl_env_cmd(path: &Path, host: IpAddr) -> anyhow::Result<Exit>
 
 /// The typed etcdctl profile of member `host`: what `quorum render etcdctl-env` prints and
 /// `quorum task write-etcdctl-profile` sends. `None` after the reasons were printed.
-pub fn host_profile_spec(path: &Path, host: IpAddr) -> Option<pb::EtcdctlProfile> {
-    let inv = load_or_report(path)?;
+pub fn host_profile_spec(
+    path: &Path,
+    host: IpAddr,
+    pigsty: Option<&str>,
+) -> Option<pb::EtcdctlProfile> {
+    let inv = load_or_report(path, pigsty)?;
     let (cluster, _) = member_or_report(&inv, host)?;
     Some(render::etcdctl_profile_spec(cluster, host))
 }
 
-fn load_or_report(path: &Path) -> Option<Inventory> {
-    match Inventory::load(path) {
+fn load_or_report(path: &Path, pigsty: Option<&str>) -> Option<Inventory> {
+    match Inventory::load_as(path, pigsty) {
         Ok(inv) => {
             for w in inv.warnings() {
                 eprintln!("warning: {w}");

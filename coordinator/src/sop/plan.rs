@@ -29,6 +29,9 @@ pub fn cluster_spec(cluster: &EtcdCluster, init: EtcdInit) -> ClusterSpec {
         group: cluster.group.clone(),
         client_port: cluster.params.port,
         peer_port: cluster.params.peer_port,
+        rbac: cluster.generation().v4(),
+        pass_sha256: cluster.root_auth().map(|(_, p)| sha256_hex(p.expose())),
+        pg_users: Vec::new(),
     };
     for m in &cluster.members {
         spec.members.push(MemberSpec {
@@ -73,6 +76,16 @@ pub struct ClusterSpec {
     /// The group's `etcd_peer_port`.
     #[serde(default)]
     pub peer_port: u16,
+    /// Pigsty v4 and later: etcd runs RBAC, each member has `/etc/etcd/etcd.pass`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rbac: bool,
+    /// sha256 of `etcd_root_password`, to tell whether etcd.pass changes (planning only:
+    /// never serialized).
+    #[serde(skip)]
+    pub pass_sha256: Option<String>,
+    /// The etcd users of the PostgreSQL clusters that use this etcd cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pg_users: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -254,6 +267,29 @@ pub enum StepKind {
         /// The file's fields; `None` in runs planned by Quorum 0.2.
         #[serde(default)]
         profile: Option<pb::EtcdctlProfile>,
+    },
+    /// Write etcd's RBAC root password file (Pigsty v4's `/etc/etcd/etcd.pass`). The password
+    /// is read from the inventory when the step runs, never planned or stored.
+    ///
+    /// Runs: agent task `WriteEtcdPass`.
+    WriteEtcdPass {
+        /// Host.
+        host: IpAddr,
+    },
+    /// Turn etcd RBAC on as Pigsty v4's `etcd_auth` does: user root with
+    /// `etcd_root_password` and the root role, then `auth enable`; nothing when it is on.
+    ///
+    /// Runs: coordinator, through etcd's API.
+    EnableAuth,
+    /// Create or repair each PostgreSQL cluster's etcd role (read-write on
+    /// `<pg_namespace>/<user>/`) and user (`pg_etcd_password`), as Pigsty v4's `pg_etcd`
+    /// does, so that Patroni logs in (again, after a purge and re-create). Passwords are read
+    /// from the inventory when the step runs.
+    ///
+    /// Runs: coordinator, through etcd's API.
+    EnsurePgEtcdUsers {
+        /// The PostgreSQL clusters' etcd users.
+        users: Vec<String>,
     },
     /// Start etcd on all `hosts` at once (a new cluster needs its members up together).
     ///
@@ -534,6 +570,8 @@ impl StepKind {
             StepKind::WriteEtcdCerts { .. } => Agent("WriteEtcdCerts"),
             StepKind::WriteEtcdConf { .. } => Agent("WriteEtcdConf"),
             StepKind::WriteEtcdctlProfile { .. } => Agent("WriteEtcdctlProfile"),
+            StepKind::WriteEtcdPass { .. } => Agent("WriteEtcdPass"),
+            StepKind::EnableAuth | StepKind::EnsurePgEtcdUsers { .. } => Coordinator("etcd's API"),
             StepKind::StartEtcd { .. }
             | StepKind::StopEtcd { .. }
             | StepKind::RestartEtcd { .. }
@@ -582,6 +620,7 @@ impl StepKind {
             StepKind::WriteEtcdCerts { host, .. }
             | StepKind::WriteEtcdConf { host, .. }
             | StepKind::WriteEtcdctlProfile { host, .. }
+            | StepKind::WriteEtcdPass { host }
             | StepKind::StopEtcd { host }
             | StepKind::RestartEtcd { host, .. }
             | StepKind::WipeEtcdData { host, .. }
@@ -631,6 +670,9 @@ impl StepKind {
             StepKind::WriteEtcdCerts { .. } => "WriteEtcdCerts",
             StepKind::WriteEtcdConf { .. } => "WriteEtcdConf",
             StepKind::WriteEtcdctlProfile { .. } => "WriteEtcdctlProfile",
+            StepKind::WriteEtcdPass { .. } => "WriteEtcdPass",
+            StepKind::EnableAuth => "EnableAuth",
+            StepKind::EnsurePgEtcdUsers { .. } => "EnsurePgEtcdUsers",
             StepKind::StartEtcd { .. } => "StartEtcd",
             StepKind::StopEtcd { .. } => "StopEtcd",
             StepKind::RestartEtcd { .. } => "RestartEtcd",
@@ -687,6 +729,16 @@ impl StepKind {
             StepKind::WriteEtcdctlProfile { .. } => {
                 "write the etcdctl profile (rendered by the agent)".into()
             }
+            StepKind::WriteEtcdPass { .. } => {
+                "write /etc/etcd/etcd.pass (etcd_root_password, read from the inventory now)".into()
+            }
+            StepKind::EnableAuth => {
+                "etcd RBAC: user root with etcd_root_password and the root role, auth enable (nothing if on)".into()
+            }
+            StepKind::EnsurePgEtcdUsers { users } => format!(
+                "etcd RBAC: role and user for each PostgreSQL cluster ({}), read-write on its prefix",
+                users.join(", ")
+            ),
             StepKind::StartEtcd { hosts } => match hosts.len() {
                 1 => "start etcd".into(),
                 n => format!("start etcd on {n} hosts together"),
@@ -837,10 +889,11 @@ impl Plan {
         bootstrap_only: bool,
     ) -> Result<usize, PlanError> {
         let (conf, text) = conf_of(spec, host)?;
-        let diff = file_diff(
+        let diff = alike_diff(
             &live.path_of(host, "etcd_conf", "/etc/etcd/etcd.conf"),
             live.file(host, "etcd_conf"),
             &text,
+            |a, b| quorum_proto::render::same_etcd_conf(a, b, &[]),
         );
         let kind = StepKind::WriteEtcdConf {
             host,
@@ -858,10 +911,11 @@ impl Plan {
         host: IpAddr,
     ) -> Result<usize, PlanError> {
         let (profile, text) = profile_of(spec, host)?;
-        let diff = file_diff(
+        let diff = alike_diff(
             &live.path_of(host, "etcdctl_profile", "/etc/profile.d/etcdctl.sh"),
             live.file(host, "etcdctl_profile"),
             &text,
+            quorum_proto::render::same_profile,
         );
         let kind = StepKind::WriteEtcdctlProfile {
             host,
@@ -900,6 +954,37 @@ impl Plan {
             },
         );
         true
+    }
+
+    /// Pigsty v4: the root password file beside the etcd config, with whether it changes.
+    fn write_pass(&mut self, spec: &ClusterSpec, live: &Live, host: IpAddr) {
+        if !spec.rbac {
+            return;
+        }
+        let path = live.path_of(host, "etcd_pass", "/etc/etcd/etcd.pass");
+        let diff = match (live.file(host, "etcd_pass"), &spec.pass_sha256) {
+            (Some(f), Some(sum)) if f.exists && f.problem.is_empty() && &f.sha256 == sum => {
+                String::new()
+            }
+            (Some(f), _) if f.exists => {
+                format!("--- {path}\n+++ {path}\n(the root password changes; content not shown)\n")
+            }
+            _ => format!("--- /dev/null\n+++ {path}\n(the root password; content not shown)\n"),
+        };
+        self.push_with_diff(StepKind::WriteEtcdPass { host }, diff);
+    }
+
+    /// Pigsty v4: RBAC on and the PostgreSQL clusters' users, once the cluster is healthy.
+    fn enable_rbac(&mut self, spec: &ClusterSpec) {
+        if !spec.rbac {
+            return;
+        }
+        self.push(StepKind::EnableAuth);
+        if !spec.pg_users.is_empty() {
+            self.push(StepKind::EnsurePgEtcdUsers {
+                users: spec.pg_users.clone(),
+            });
+        }
     }
 
     fn push(&mut self, kind: StepKind) -> usize {
@@ -1145,6 +1230,27 @@ pub fn file_diff(path: &str, current: Option<&pb::FileFact>, new: &str) -> Strin
     }
 }
 
+/// [`file_diff`], but "" when the file on the host says what `new` says in other words (as
+/// `same` reads them; e.g. as Pigsty rendered it): the agent leaves such a file as it is.
+pub fn alike_diff(
+    path: &str,
+    current: Option<&pb::FileFact>,
+    new: &str,
+    same: fn(&str, &str) -> bool,
+) -> String {
+    match current {
+        Some(f)
+            if f.exists
+                && f.problem.is_empty()
+                && !f.content.is_empty()
+                && same(&f.content, new) =>
+        {
+            String::new()
+        }
+        _ => file_diff(path, current, new),
+    }
+}
+
 /// The typed etcd.conf of `host` and its text as the agent will render it; a field the
 /// agent would refuse refuses the plan now.
 fn conf_of(spec: &ClusterSpec, host: IpAddr) -> Result<(&pb::EtcdConf, String), PlanError> {
@@ -1220,10 +1326,23 @@ pub fn plan_cluster_create(spec: &ClusterSpec, live: &Live) -> Result<Plan, Plan
             .iter()
             .filter(|h| {
                 let conf_same = conf_of(spec, **h)
-                    .map(|(_, c)| file_diff("", live.file(**h, "etcd_conf"), &c).is_empty())
+                    .map(|(_, c)| {
+                        alike_diff("", live.file(**h, "etcd_conf"), &c, |a, b| {
+                            quorum_proto::render::same_etcd_conf(a, b, &[])
+                        })
+                        .is_empty()
+                    })
                     .unwrap_or(false);
                 let prof_same = profile_of(spec, **h)
-                    .map(|(_, c)| file_diff("", live.file(**h, "etcdctl_profile"), &c).is_empty())
+                    .map(|(_, c)| {
+                        alike_diff(
+                            "",
+                            live.file(**h, "etcdctl_profile"),
+                            &c,
+                            quorum_proto::render::same_profile,
+                        )
+                        .is_empty()
+                    })
                     .unwrap_or(false);
                 !(conf_same && prof_same)
             })
@@ -1283,10 +1402,12 @@ pub fn plan_cluster_create(spec: &ClusterSpec, live: &Live) -> Result<Plan, Plan
             member: m.name.clone(),
         });
         plan.write_conf(spec, live, m.ip)?;
+        plan.write_pass(spec, live, m.ip);
         plan.write_profile(spec, live, m.ip)?;
     }
     plan.push(StepKind::StartEtcd { hosts: hs });
     plan.push(StepKind::ClusterHealthGate);
+    plan.enable_rbac(spec);
     Ok(plan)
 }
 
@@ -1381,6 +1502,7 @@ pub fn plan_config_reload(
     if restart == RestartPolicy::Never {
         for h in hs {
             plan.write_conf(spec, live, h)?;
+            plan.write_pass(spec, live, h);
         }
         return Ok(plan);
     }
@@ -1388,6 +1510,7 @@ pub fn plan_config_reload(
     let mut restarted: Vec<IpAddr> = Vec::new();
     let mut quiet: Vec<String> = Vec::new();
     for m in roll_order(spec, leader) {
+        plan.write_pass(spec, live, m.ip);
         if restart == RestartPolicy::IfChanged && bootstrap_only_change(spec, live, m.ip)? {
             plan.write_conf_marked(spec, live, m.ip, true)?;
             quiet.push(format!("{} ({})", m.name, m.ip));
@@ -1464,16 +1587,11 @@ fn bootstrap_only_change(spec: &ClusterSpec, live: &Live, host: IpAddr) -> Resul
     {
         return Ok(false);
     }
-    let kept = |text: &str| -> Vec<String> {
-        text.lines()
-            .filter(|l| {
-                let key = l.split(':').next().unwrap_or("").trim();
-                key != "initial-cluster" && key != "initial-cluster-state"
-            })
-            .map(str::to_string)
-            .collect()
-    };
-    Ok(kept(&cur.content) == kept(&new))
+    Ok(quorum_proto::render::same_etcd_conf(
+        &cur.content,
+        &new,
+        &["initial-cluster", "initial-cluster-state"],
+    ))
 }
 
 /// `quorum env refresh` (`-t etcd_env`): the etcdctl profile on every host.
@@ -1708,6 +1826,7 @@ pub fn plan_member_add(spec: &ClusterSpec, new: IpAddr, live: &Live) -> Result<P
             member: joining.name.clone(),
         });
         plan.write_conf(spec, live, new)?;
+        plan.write_pass(spec, live, new);
         plan.push(StepKind::StartEtcd { hosts: vec![new] });
         plan.push(StepKind::PromoteLearner {
             host: new,
@@ -2160,6 +2279,9 @@ mod tests {
             group: "etcd".into(),
             client_port: 2379,
             peer_port: 2380,
+            rbac: false,
+            pass_sha256: None,
+            pg_users: Vec::new(),
         };
         for i in 1..=n {
             let a = ip(&format!("10.10.10.{}", 9 + i));
@@ -2201,6 +2323,7 @@ mod tests {
                 cacert: "/etc/pki/ca.crt".into(),
                 cert: "/etc/etcd/server.crt".into(),
                 key: "/etc/etcd/server.key".into(),
+                ..Default::default()
             };
             s.etcd_conf.insert(m.ip, conf);
             s.profile.insert(m.ip, profile);

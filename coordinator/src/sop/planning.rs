@@ -182,6 +182,20 @@ pub struct Planned {
     pub digest: String,
 }
 
+/// The planner's view of `cluster`, with the etcd users of the PostgreSQL clusters that use
+/// it (Pigsty v4 creates and repairs them with the cluster).
+fn spec_of(inv: &Inventory, cluster: &EtcdCluster) -> plan::ClusterSpec {
+    let mut spec = plan::cluster_spec(cluster, cluster.params.init);
+    spec.pg_users = inv
+        .pg_clusters_using(&cluster.name)
+        .into_iter()
+        .map(|p| p.etcd_user.clone())
+        .collect();
+    spec.pg_users.sort();
+    spec.pg_users.dedup();
+    spec
+}
+
 /// Plans `req` against the inventory at `inventory_path` and the live state.
 pub async fn plan_request(
     inventory_path: &std::path::Path,
@@ -199,10 +213,11 @@ pub async fn plan_request(
     let cluster = inv
         .etcd_cluster(req.cluster.as_deref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    etcd.remember(cluster);
     if let SopRequest::MemberAdd { .. } | SopRequest::MemberRemove { .. } = req.sop {
         return plan_membership(&inv, cluster, req, registry, etcd).await;
     }
-    let spec = plan::cluster_spec(cluster, cluster.params.init);
+    let spec = spec_of(&inv, cluster);
     let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
     let service_target = if let SopRequest::Service {
         service,
@@ -394,7 +409,8 @@ async fn plan_pg(
     let cluster = inv
         .etcd_cluster(Some(etcd_name))
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let spec = plan::cluster_spec(cluster, cluster.params.init);
+    etcd.remember(cluster);
+    let spec = spec_of(inv, cluster);
     let mut notes = Vec::new();
     // Patroni and vip-manager get the inventory's etcd members: refuse if that is not
     // etcd's member list (a host that never joined, or a learner not yet promoted, must
@@ -486,7 +502,7 @@ async fn plan_membership(
                 )));
             }
         };
-        let mut spec = plan::cluster_spec(&target, target.params.init);
+        let mut spec = spec_of(inv, &target);
         // The joining member starts against a running cluster.
         spec.etcd_conf.insert(
             host,
@@ -517,7 +533,7 @@ async fn plan_membership(
             peer_url: crate::model::render::peer_url(&gone_member),
         };
         let remaining = cluster.without_member(host);
-        let spec = plan::cluster_spec(&remaining, remaining.params.init);
+        let spec = spec_of(inv, &remaining);
         let mut hosts: Vec<IpAddr> = spec.members.iter().map(|m| m.ip).collect();
         hosts.push(host);
         hosts.extend(pg_hosts.iter().copied());

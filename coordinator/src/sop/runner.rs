@@ -278,6 +278,13 @@ impl Runner {
         };
         self.store.set_run_state(run_id, run_state::RUNNING, "")?;
         tracing::info!(run = %run_id, sop = %run.sop, "run walking");
+        // How to log in to the cluster's etcd (Pigsty v4 RBAC), as the inventory says now.
+        if let Ok(inv) = crate::model::inventory::Inventory::load_off_runtime(&self.inventory).await
+        {
+            if let Ok(cluster) = inv.etcd_cluster(Some(&run.cluster)) {
+                self.etcd.remember(cluster);
+            }
+        }
         for i in 0..run.steps.len() {
             if run.steps[i].state == step_state::DONE {
                 continue;
@@ -339,6 +346,85 @@ impl Runner {
         use pb::task::Kind;
         let id = |n: usize| step.task_ids.get(n).cloned().unwrap_or_default();
         match &step.kind {
+            StepKind::WriteEtcdPass { host } => match self.rbac_cluster(run).await {
+                Ok((_, cluster)) => {
+                    let password = cluster.root_password.expose().to_string();
+                    self.agent_task(
+                        *host,
+                        id(0),
+                        Kind::WriteEtcdPass(pb::WriteEtcdPass { password }),
+                    )
+                    .await
+                }
+                Err(e) => StepEnd::failed(e),
+            },
+            StepKind::EnableAuth => match self.rbac_cluster(run).await {
+                Ok((_, cluster)) => {
+                    match self.etcd.enable_auth(&ctx.endpoints, &cluster.root_password).await {
+                        Ok(crate::clients::etcd::AuthEnabled::Already) => StepEnd::ok(
+                            pb::Outcome::Unchanged,
+                            "etcd RBAC is on and root logs in with etcd_root_password",
+                        ),
+                        Ok(crate::clients::etcd::AuthEnabled::Now) => StepEnd::ok(
+                            pb::Outcome::Changed,
+                            "user root with etcd_root_password and the root role; etcd RBAC enabled",
+                        ),
+                        Err(e) => StepEnd::failed(e.to_string()),
+                    }
+                }
+                Err(e) => StepEnd::failed(e),
+            },
+            StepKind::EnsurePgEtcdUsers { users } => match self.rbac_cluster(run).await {
+                Ok((inv, cluster)) => {
+                    let mut done = Vec::new();
+                    for pg in inv.pg_clusters_using(&cluster.name) {
+                        if !users.contains(&pg.etcd_user) || done.contains(&pg.etcd_user) {
+                            continue;
+                        }
+                        let prefix =
+                            format!("{}/{}/", pg.namespace.trim_end_matches('/'), pg.etcd_user);
+                        if let Err(e) = self
+                            .etcd
+                            .ensure_pg_user(
+                                &ctx.endpoints,
+                                &pg.etcd_user,
+                                &pg.etcd_password,
+                                &prefix,
+                            )
+                            .await
+                        {
+                            return StepEnd::failed(format!(
+                                "the etcd user of PostgreSQL cluster {} ({}): {e}{}",
+                                pg.name,
+                                pg.etcd_user,
+                                if done.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("; done before: {}", done.join(", "))
+                                }
+                            ));
+                        }
+                        done.push(pg.etcd_user.clone());
+                    }
+                    let missing: Vec<&String> =
+                        users.iter().filter(|u| !done.contains(u)).collect();
+                    if !missing.is_empty() {
+                        return StepEnd::failed(format!(
+                            "the inventory no longer names a PostgreSQL cluster with etcd user {} on etcd cluster {}; restore it, or plan the SOP again",
+                            missing.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", "),
+                            cluster.name
+                        ));
+                    }
+                    StepEnd::ok(
+                        pb::Outcome::Ok,
+                        format!(
+                            "etcd role and user with read-write on its prefix: {}",
+                            done.join(", ")
+                        ),
+                    )
+                }
+                Err(e) => StepEnd::failed(e),
+            },
             StepKind::SafeguardCheck {
                 hosts,
                 safeguard,
@@ -1332,6 +1418,45 @@ impl Runner {
                 why.reason()
             )),
         }
+    }
+
+    /// The inventory, read now, and the run's etcd cluster in it: the RBAC steps take their
+    /// passwords from it (never stored with a run). Also remembers how to log in to it.
+    async fn rbac_cluster(
+        &self,
+        run: &RunRecord,
+    ) -> Result<
+        (
+            crate::model::inventory::Inventory,
+            crate::model::inventory::EtcdCluster,
+        ),
+        String,
+    > {
+        let resume = format!(
+            "then `quorum run resume {id}`, or `quorum run abort {id}`",
+            id = run.id
+        );
+        let inv = crate::model::inventory::Inventory::load_off_runtime(&self.inventory)
+            .await
+            .map_err(|e| {
+                format!(
+                    "etcd's RBAC passwords are read from the inventory when a step needs them (never stored with a run), and it cannot be read: {e}; fix it, {resume}"
+                )
+            })?;
+        let cluster = inv
+            .etcd_cluster(Some(&run.cluster))
+            .map_err(|e| format!("{e}; {resume}"))?
+            .clone();
+        if !cluster.generation().v4() {
+            return Err(format!(
+                "the inventory now renders etcd cluster {} for {} ({}), which runs no etcd RBAC; plan the SOP again ({resume})",
+                cluster.name,
+                cluster.generation().releases(),
+                cluster.pigsty.why
+            ));
+        }
+        self.etcd.remember(&cluster);
+        Ok((inv, cluster))
     }
 
     /// The Patroni REST credentials of PostgreSQL cluster `pg`, read from the inventory now:

@@ -400,6 +400,7 @@ pub async fn answer(
         let cluster = inv
             .etcd_cluster(name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        etcd.remember(cluster);
         Ok(crate::sop::plan::cluster_spec(cluster, cluster.params.init))
     };
     match req.action {

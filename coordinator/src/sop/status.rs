@@ -29,6 +29,7 @@ pub async fn cluster_status(
     let cluster = inv
         .etcd_cluster(name)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    etcd.remember(cluster);
     let spec = crate::sop::plan::cluster_spec(cluster, cluster.params.init);
     let roster = spec.roster();
     let mut out = pb::ClusterStatusResponse {

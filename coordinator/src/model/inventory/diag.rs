@@ -183,6 +183,19 @@ pub enum Problem {
         value: String,
     },
 
+    /// A password that cannot be used.
+    #[error("{var} is not a usable password: it must be one line of 1 to 256 characters without control characters")]
+    BadPassword {
+        /// The variable.
+        var: &'static str,
+    },
+    /// `quorum_pigsty_version` or `--pigsty-version` names no generation Quorum renders.
+    #[error("{detail}")]
+    BadPigstyVersion {
+        /// What is wrong and what to do.
+        detail: String,
+    },
+
     // ---- errors: PostgreSQL ----
     /// A PostgreSQL host without `pg_seq`.
     #[error("no pg_seq, but it is in pg cluster `{cluster}`; add `pg_seq: <n>`, an integer >= 0 unique in the cluster")]

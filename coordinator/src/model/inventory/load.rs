@@ -9,8 +9,14 @@ use quorum_proto::yaml::{self, Node, NodeKind, Value};
 
 use super::{
     sort_members, Diagnostic, EtcdCluster, EtcdInit, EtcdMember, EtcdParams, PgCluster, PgMember,
-    Problem, QuorumExt, Vip,
+    Problem, QuorumExt, Secret, Vip,
 };
+use crate::model::pigsty::Choice;
+
+/// Pigsty's `etcd_root_password` default.
+const DEFAULT_ROOT_PASSWORD: &str = "Etcd.Root";
+/// Longest password accepted (etcd has no limit; Pigsty's are short).
+const MAX_PASSWORD: usize = 256;
 
 /// What [`resolve`] found.
 pub(super) struct Resolved {
@@ -26,13 +32,15 @@ const DEFAULT_VIP_INTERFACE: &str = "eth0";
 /// Pigsty's `pg_vip_address` default (only used when a VIP is enabled without an address).
 const DEFAULT_VIP_ADDRESS: &str = "127.0.0.1/24";
 
-/// Resolves inventory `text`; `file` names it in messages.
-pub(super) fn resolve(file: &str, text: &str) -> Resolved {
+/// Resolves inventory `text`; `file` names it in messages. `pigsty_version` is the
+/// `--pigsty-version` flag, over the inventory's own version.
+pub(super) fn resolve(file: &str, text: &str, pigsty_version: Option<&str>) -> Resolved {
     let mut cx = Cx {
         file: file.to_string(),
         errors: Vec::new(),
         warnings: Vec::new(),
         loc: HashMap::new(),
+        pigsty_flag: pigsty_version.map(str::to_string),
     };
     let out = run(&mut cx, text);
     let (etcd, pg) = out.unwrap_or_default();
@@ -56,6 +64,8 @@ struct Cx {
     warnings: Vec<Diagnostic>,
     /// Key path (`["all", "children", "etcd", "hosts", "10.10.10.10"]`) → (line, column).
     loc: HashMap<Vec<String>, (usize, usize)>,
+    /// `--pigsty-version`.
+    pigsty_flag: Option<String>,
 }
 
 impl Cx {
@@ -718,6 +728,27 @@ fn as_text(v: &Value) -> Option<String> {
     }
 }
 
+/// The newest generation, from a resolve that cannot fail (no flag, no override).
+fn unreachable_choice() -> Choice {
+    let g = crate::model::pigsty::Generation::NEWEST;
+    Choice {
+        generation: g,
+        source: crate::model::pigsty::Source::Default,
+        version: String::new(),
+        why: format!("the newest generation ({})", g.releases()),
+    }
+}
+
+/// A Unix user name as `useradd` takes it: `[a-z_][a-z0-9_-]*`, at most 32 characters.
+fn user_ok(s: &str) -> bool {
+    s.len() <= 32
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
+}
+
 /// Names end up in member names, URLs' neighbours and etcd keys: keep them boring.
 fn name_ok(s: &str) -> bool {
     s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -858,6 +889,74 @@ impl Reader<'_> {
         }
     }
 
+    /// A password: any one line of 1 to 256 bytes (it is written to a file and sent to
+    /// etcd, never to a shell). A bad one is reported and `default` used.
+    fn password(&mut self, var: &'static str, default: &str) -> Secret {
+        let Some((v, line)) = self.get(var) else {
+            return Secret::new(default);
+        };
+        match as_text(v) {
+            Some(s) if s.is_empty() => Secret::new(default),
+            Some(s) if s.len() <= MAX_PASSWORD && !s.chars().any(char::is_control) => {
+                Secret::new(s)
+            }
+            _ => {
+                self.bad(line, Problem::BadPassword { var });
+                Secret::new(default)
+            }
+        }
+    }
+
+    /// The generation its files render with (`quorum_pigsty_version`, Pigsty's `version`,
+    /// the `--pigsty-version` flag); a bad override is reported.
+    fn pigsty(&mut self, flag: Option<&str>) -> Choice {
+        let text = |r: &Self, var: &str| r.get(var).and_then(|(v, l)| as_text(v).map(|t| (t, l)));
+        let over = text(self, "quorum_pigsty_version");
+        let version = text(self, "version");
+        match Choice::resolve(
+            flag,
+            over.as_ref().map(|(t, _)| t.as_str()),
+            version.as_ref().map(|(t, _)| t.as_str()),
+        ) {
+            Ok(c) => c,
+            Err(detail) => {
+                let line = if flag.is_some() {
+                    None
+                } else {
+                    over.and_then(|(_, l)| l)
+                };
+                self.bad(line, Problem::BadPigstyVersion { detail });
+                Choice::resolve(None, None, None).unwrap_or_else(|_| unreachable_choice())
+            }
+        }
+    }
+
+    /// `node_admin_username` when `node_admin_enabled` and it is neither empty nor `root`
+    /// (Pigsty v4's etcdctl profile guard).
+    fn admin_user(&mut self) -> Option<String> {
+        if !self.bool("node_admin_enabled", true) {
+            return None;
+        }
+        let Some((v, line)) = self.get("node_admin_username") else {
+            return Some("dba".into());
+        };
+        match as_text(v) {
+            Some(u) if u.is_empty() || u == "root" => None,
+            Some(u) if user_ok(&u) => Some(u),
+            _ => {
+                let value = show(v);
+                self.bad(
+                    line,
+                    Problem::BadName {
+                        var: "node_admin_username",
+                        value,
+                    },
+                );
+                None
+            }
+        }
+    }
+
     /// `etcd_seq` / `pg_seq`: `Ok(None)` when unset, `Err` when bad (already reported).
     fn seq(&mut self, var: &'static str) -> Result<Option<(u32, Option<usize>)>, ()> {
         let Some((v, line)) = self.get(var) else {
@@ -918,6 +1017,7 @@ impl Reader<'_> {
             learner: self.bool("etcd_learner", d.learner),
             election_timeout: self.millis("etcd_election_timeout", d.election_timeout),
             heartbeat_interval: self.millis("etcd_heartbeat_interval", d.heartbeat_interval),
+            admin_user: self.admin_user(),
             quorum: QuorumExt {
                 conf_dir: self.path("quorum_etcd_conf_dir", &q.conf_dir),
                 etcdctl_cacert: self.path("quorum_etcdctl_cacert", &q.etcdctl_cacert),
@@ -1010,17 +1110,20 @@ fn build_etcd(cx: &mut Cx, tree: &Tree) -> Vec<EtcdCluster> {
                 },
             );
         }
-        let params = Reader {
+        let flag = cx.pigsty_flag.clone();
+        let mut group_reader = Reader {
             cx: &mut *cx,
             vars: &gvars,
             host: None,
             fallback: g.line,
-        }
-        .etcd_params();
+        };
+        let params = group_reader.etcd_params();
+        let pigsty = group_reader.pigsty(flag.as_deref());
+        let root_password = group_reader.password("etcd_root_password", DEFAULT_ROOT_PASSWORD);
         let below = tree.descendants(&g.name);
         let mut members: Vec<EtcdMember> = Vec::new();
         let mut seqs: HashMap<u32, (String, Option<usize>)> = HashMap::new();
-        for (h, vars) in hosts.iter().zip(&host_vars) {
+        for (position, (h, vars)) in hosts.iter().zip(&host_vars).enumerate() {
             // Point at the host's listing inside this cluster's group.
             let line = h
                 .listings
@@ -1100,6 +1203,7 @@ fn build_etcd(cx: &mut Cx, tree: &Tree) -> Vec<EtcdCluster> {
                 name: format!("{cname}-{seq}"),
                 infra: tree.groups_of(h).contains("infra"),
                 line,
+                position,
                 params: p,
             });
         }
@@ -1145,6 +1249,8 @@ fn build_etcd(cx: &mut Cx, tree: &Tree) -> Vec<EtcdCluster> {
             group: g.name.clone(),
             members,
             params,
+            pigsty,
+            root_password,
         });
     }
     // Hosts that carry etcd_seq (their own, or a group's other than `all`) but belong to no
@@ -1182,6 +1288,8 @@ fn parse_vip(s: &str) -> Option<(IpAddr, u8)> {
 
 fn build_pg(cx: &mut Cx, tree: &Tree, etcd: &[EtcdCluster]) -> Vec<PgCluster> {
     let mut by_name: BTreeMap<String, Vec<PgMember>> = BTreeMap::new();
+    // Cluster → (etcd user, its password), from the first instance listed.
+    let mut logins: HashMap<String, (String, Secret)> = HashMap::new();
     let mut seqs: HashMap<(String, u32), (String, Option<usize>)> = HashMap::new();
     for h in tree.hosts_of("all") {
         let vars = tree.host_vars(h);
@@ -1208,6 +1316,17 @@ fn build_pg(cx: &mut Cx, tree: &Tree, etcd: &[EtcdCluster]) -> Vec<PgCluster> {
         let patroni_password = r.text("patroni_password", "Patroni.API");
         let patroni_ssl = r.bool("patroni_ssl_enabled", false);
         let namespace = r.text("pg_namespace", "/pg");
+        let citus = r.text("pg_mode", "pgsql") == "citus";
+        let etcd_user = if citus {
+            r.name("pg_shard", &cluster)
+                .unwrap_or_else(|| cluster.clone())
+        } else {
+            cluster.clone()
+        };
+        let etcd_password = r.password("pg_etcd_password", &etcd_user);
+        logins
+            .entry(cluster.clone())
+            .or_insert((etcd_user, etcd_password));
         let vip = if vip_enabled {
             let (text, vline) = match r.get("pg_vip_address") {
                 Some((v, l)) => (show(v), l),
@@ -1305,10 +1424,20 @@ fn build_pg(cx: &mut Cx, tree: &Tree, etcd: &[EtcdCluster]) -> Vec<PgCluster> {
                     },
                 );
             }
+            let (etcd_user, etcd_password) = logins
+                .remove(&name)
+                .unwrap_or_else(|| (name.clone(), Secret::new(name.clone())));
+            let namespace = members
+                .first()
+                .map(|m| m.namespace.clone())
+                .unwrap_or_else(|| "/pg".into());
             PgCluster {
                 name,
                 members,
                 dcs: dcs.clone(),
+                etcd_user,
+                etcd_password,
+                namespace,
             }
         })
         .collect()

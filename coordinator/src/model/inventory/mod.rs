@@ -40,6 +40,15 @@
 //! | `quorum_etcd_client_cert_auth` | `false` | `client-cert-auth: true` in both transport-security blocks |
 //! | `quorum_etcd_grpc_gateway` | `false` | `enable-grpc-gateway: true` (etcd 3.4 with `--config-file` turns the gateway off; Patroni needs it) |
 //! | `quorum_etcd_enable_v2` | `false` | `enable-v2: true` (vip-manager 1.x reads the v2 API) |
+//! | `quorum_pigsty_version` | unset | the Pigsty generation to render for, over `version` (see [`crate::model::pigsty`]) |
+//!
+//! # Pigsty generations and etcd RBAC
+//! Each etcd cluster renders with the generation of Pigsty its inventory was written for
+//! ([`EtcdCluster::pigsty`]). From Pigsty v4 on, etcd runs with RBAC: Quorum talks to it as
+//! `root` with `etcd_root_password` (default `Etcd.Root`, as Pigsty's), and each PostgreSQL
+//! cluster's Patroni logs in as its own user (`pg_cluster`, or `pg_shard` for Citus) with
+//! `pg_etcd_password` (default: the user name). Passwords are [`Secret`]s: never printed,
+//! serialized or stored with a run.
 
 mod diag;
 mod load;
@@ -50,6 +59,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use crate::model::pigsty::{Choice, Generation};
 
 pub use diag::{Diagnostic, InventoryErrors, Problem};
 
@@ -89,6 +100,29 @@ impl FromStr for EtcdInit {
             "existing" => Ok(EtcdInit::Existing),
             other => Err(format!("etcd_init `{other}` is not `new` or `existing`")),
         }
+    }
+}
+
+/// A password from the inventory: its Debug says only that it is set, and it is never
+/// serialized (it is skipped wherever it sits in a serialized struct).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `s`.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The password itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -143,6 +177,9 @@ pub struct EtcdParams {
     pub election_timeout: u32,
     /// `etcd_heartbeat_interval` in ms (default 100).
     pub heartbeat_interval: u32,
+    /// `node_admin_username` when `node_admin_enabled` (defaults `dba`, true) and it is not
+    /// empty or `root`: Pigsty v4's profile exports `ETCDCTL_USER` for root and this user.
+    pub admin_user: Option<String>,
     /// Quorum's extension variables.
     pub quorum: QuorumExt,
 }
@@ -160,6 +197,7 @@ impl Default for EtcdParams {
             learner: false,
             election_timeout: 1000,
             heartbeat_interval: 100,
+            admin_user: Some("dba".into()),
             quorum: QuorumExt::default(),
         }
     }
@@ -178,6 +216,9 @@ pub struct EtcdMember {
     pub infra: bool,
     /// Line of the host's key in the etcd group, when known.
     pub line: Option<usize>,
+    /// Its place in Ansible's `groups[etcd_cluster]` (inventory order, 0-based): Pigsty v4's
+    /// `ETCDCTL_ENDPOINTS` lists members in this order, unsorted.
+    pub position: usize,
     /// The host's resolved parameters.
     pub params: EtcdParams,
 }
@@ -194,6 +235,25 @@ pub struct EtcdCluster {
     pub members: Vec<EtcdMember>,
     /// The group-level parameters.
     pub params: EtcdParams,
+    /// The Pigsty generation its files are rendered for, and why.
+    pub pigsty: Choice,
+    /// `etcd_root_password` (default `Etcd.Root`): the RBAC root password from Pigsty v4 on.
+    #[serde(skip)]
+    pub root_password: Secret,
+}
+
+impl EtcdCluster {
+    /// The generation its files are rendered for.
+    pub fn generation(&self) -> Generation {
+        self.pigsty.generation
+    }
+
+    /// The root credentials Quorum authenticates with, when the generation runs etcd RBAC.
+    pub fn root_auth(&self) -> Option<(&'static str, &Secret)> {
+        self.generation()
+            .v4()
+            .then_some(("root", &self.root_password))
+    }
 }
 
 /// Pigsty's order for members: by IP text, as Jinja's `|sort` orders inventory hostnames.
@@ -237,6 +297,12 @@ impl EtcdCluster {
             name: format!("{}-{seq}", self.name),
             infra: false,
             line: None,
+            position: self
+                .members
+                .iter()
+                .map(|m| m.position + 1)
+                .max()
+                .unwrap_or(0),
             params: self.params.clone(),
         }
     }
@@ -291,6 +357,15 @@ pub struct PgCluster {
     /// The etcd cluster its Patroni and vip-manager use: the one defined by group `etcd`
     /// (Pigsty's templates read `groups['etcd']`), else the only etcd cluster, else none.
     pub dcs: Option<String>,
+    /// Its etcd user and role under RBAC (Pigsty v4): `pg_shard` for a Citus cluster
+    /// (`pg_mode: citus`), else `pg_cluster`.
+    pub etcd_user: String,
+    /// `pg_etcd_password`, or the user name when unset or empty (Pigsty's default).
+    #[serde(skip)]
+    pub etcd_password: Secret,
+    /// `pg_namespace` (default `/pg`): the user's role may read and write
+    /// `<pg_namespace>/<etcd_user>/`.
+    pub namespace: String,
 }
 
 impl PgCluster {
@@ -366,6 +441,15 @@ impl Inventory {
     /// Reads and resolves the inventory at `path`. Every problem is collected; any error
     /// makes the whole inventory unusable, so nothing is planned from a half-valid file.
     pub fn load(path: &Path) -> Result<Inventory, InventoryErrors> {
+        Self::load_as(path, None)
+    }
+
+    /// [`Self::load`], rendering for Pigsty release `pigsty_version` (`--pigsty-version`)
+    /// whatever the inventory says.
+    pub fn load_as(
+        path: &Path,
+        pigsty_version: Option<&str>,
+    ) -> Result<Inventory, InventoryErrors> {
         let file = path.display().to_string();
         let fail = |problem| InventoryErrors {
             errors: vec![Diagnostic {
@@ -405,13 +489,22 @@ impl Inventory {
             }));
         }
         let text = std::str::from_utf8(&bytes).map_err(|_| fail(Problem::NotUtf8))?;
-        Self::parse(&file, text)
+        Self::parse_as(&file, text, pigsty_version)
     }
 
     /// Resolves inventory `text`; `file` names it in messages.
     pub fn parse(file: &str, text: &str) -> Result<Inventory, InventoryErrors> {
+        Self::parse_as(file, text, None)
+    }
+
+    /// [`Self::parse`] for Pigsty release `pigsty_version` (see [`Self::load_as`]).
+    pub fn parse_as(
+        file: &str,
+        text: &str,
+        pigsty_version: Option<&str>,
+    ) -> Result<Inventory, InventoryErrors> {
         let digest = hex::encode(Sha256::digest(text.as_bytes()));
-        let out = load::resolve(file, text);
+        let out = load::resolve(file, text, pigsty_version);
         if !out.errors.is_empty() {
             return Err(InventoryErrors {
                 errors: out.errors,
