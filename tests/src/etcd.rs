@@ -1,6 +1,7 @@
 //! Real etcd for the end-to-end tests: a host layout per loopback IP (the paths the agent's
 //! config points at instead of /etc and /data), a Pigsty inventory for those hosts, the
-//! agent's `exec` backend driving `start-stop-daemon` around `/usr/bin/etcd`, and clients
+//! agent's `exec` backend driving `start-stop-daemon` around the selected etcd
+//! ([`crate::etcd_dir`]: Debian's /usr/bin/etcd unless `QUORUM_TEST_ETCD_DIR` names another), and clients
 //! that sample health and write in the background while an SOP runs.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -110,17 +111,18 @@ impl HostPaths {
         let pid = r(self.pidfile());
         let log = r(self.etcd_log());
         let conf = r(self.etcd_conf());
+        let etcd = r(crate::etcd_dir().join("etcd"));
         let start = format!(
-            "[start-stop-daemon, --start, --background, --oknodo, --make-pidfile, --pidfile, {pid}, --output, {log}, --exec, /usr/bin/etcd, --, --config-file, {conf}]"
+            "[start-stop-daemon, --start, --background, --oknodo, --make-pidfile, --pidfile, {pid}, --output, {log}, --exec, {etcd}, --, --config-file, {conf}]"
         );
         // `--exec` on the stop too: without it start-stop-daemon waits until the pid is gone
         // from /proc, and PID 1 here reaps an exited etcd only ~1.5 s later; a zombie has no
         // executable, so with `--exec` the stop ends when etcd has exited.
         let stop = format!(
-            "[start-stop-daemon, --stop, --oknodo, --pidfile, {pid}, --exec, /usr/bin/etcd, --retry, TERM/30/KILL/5, --remove-pidfile]"
+            "[start-stop-daemon, --stop, --oknodo, --pidfile, {pid}, --exec, {etcd}, --retry, TERM/30/KILL/5, --remove-pidfile]"
         );
         let restart = format!(
-            "[/bin/sh, -c, 'echo restart >> {restarts} && start-stop-daemon --stop --oknodo --pidfile {pid} --exec /usr/bin/etcd --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --oknodo --make-pidfile --pidfile {pid} --output {log} --exec /usr/bin/etcd -- --config-file {conf}']",
+            "[/bin/sh, -c, 'echo restart >> {restarts} && start-stop-daemon --stop --oknodo --pidfile {pid} --exec {etcd} --retry TERM/30/KILL/5 --remove-pidfile && start-stop-daemon --start --background --oknodo --make-pidfile --pidfile {pid} --output {log} --exec {etcd} -- --config-file {conf}']",
             restarts = r(self.restarts())
         );
         // Not `start-stop-daemon --status`: PID 1 here reaps orphans late, and a zombie etcd
@@ -286,6 +288,7 @@ impl Fleet {
     pub fn etcdctl_via_profile(&self, ip: &str, args: &str) -> Result<crate::CliOutput> {
         let h = self.host(ip)?;
         let out = std::process::Command::new("bash")
+            .env("PATH", crate::etcd_path())
             .arg("-c")
             .arg(format!(
                 ". {} && etcdctl --dial-timeout=2s {args}",

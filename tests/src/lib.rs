@@ -35,6 +35,33 @@ pub fn bin_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The directory of the `etcd` and `etcdctl` every end-to-end test runs:
+/// `QUORUM_TEST_ETCD_DIR` (`QUORUM_ETCD=3.5 scripts/test` points it at Debian trixie's 3.5,
+/// unpacked by scripts/etcd-3.5), else Debian's own in /usr/bin (bookworm: 3.4). The agents'
+/// exec backend starts `etcd_dir()/etcd`; the coordinator, the agents and the shell lines
+/// the tests run find `etcdctl` here first ([`etcd_path`]).
+pub fn etcd_dir() -> PathBuf {
+    std::env::var_os("QUORUM_TEST_ETCD_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/usr/bin"), PathBuf::from)
+}
+
+/// `PATH` with [`etcd_dir`] first, for every process the harness starts.
+pub fn etcd_path() -> std::ffi::OsString {
+    let mut dirs = vec![etcd_dir()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+/// A command for one of etcd's binaries (`etcd`, `etcdctl`) from [`etcd_dir`].
+pub fn etcd_command(name: &str) -> Command {
+    let mut cmd = Command::new(etcd_dir().join(name));
+    cmd.env("PATH", etcd_path());
+    cmd
+}
+
 /// Path of one of the workspace's binaries.
 pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(bin_dir()?.join(name))
@@ -179,7 +206,7 @@ impl CliOutput {
 /// Runs a binary of the workspace with arguments and extra environment.
 pub fn run(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Result<CliOutput> {
     let mut cmd = Command::new(bin(binary)?);
-    cmd.args(args).stdin(Stdio::null());
+    cmd.args(args).stdin(Stdio::null()).env("PATH", etcd_path());
     for var in [
         "QUORUM_COORDINATOR",
         "QUORUM_CERT",
@@ -325,6 +352,7 @@ impl World {
     fn admin_command(&self, args: &[&str]) -> Result<Command> {
         let mut cmd = Command::new(bin("quorum")?);
         cmd.args(args)
+            .env("PATH", etcd_path())
             .env("QUORUM_COORDINATOR", self.url())
             .env("QUORUM_CERT", self.p("admin/admin.crt"))
             .env("QUORUM_KEY", self.p("admin/admin.key"))
@@ -363,7 +391,9 @@ impl World {
         );
         std::fs::write(self.dir.path().join("coordinator.yml"), cfg)?;
         let mut cmd = Command::new(bin("quorum")?);
-        cmd.args(["serve", "--config", &self.p("coordinator.yml")]);
+        // Its snapshots are checked with the selected etcdctl.
+        cmd.args(["serve", "--config", &self.p("coordinator.yml")])
+            .env("PATH", etcd_path());
         let log = self.dir.path().join("coordinator.log");
         let mut proc = Proc::spawn("coordinator", cmd, &log)?;
         let addr = self.listen;
@@ -452,7 +482,7 @@ impl World {
             }
             None => Command::new(&agent),
         };
-        cmd.args(["run", "--config", &cfg]);
+        cmd.args(["run", "--config", &cfg]).env("PATH", etcd_path());
         let log = self.dir.path().join(format!("agent-{ip}.log"));
         let ip: IpAddr = ip.parse()?;
         // A restarted agent replaces the old handle (dropping it kills the old process).

@@ -101,7 +101,7 @@ fn a_wipe_is_refused_while_etcd_runs_and_its_state_cannot_be_read() -> Result<()
         format!("http://127.0.0.1:{port}"),
         format!("http://127.0.0.1:{}", port + 1),
     );
-    let mut cmd = Command::new("etcd");
+    let mut cmd = quorum_tests::etcd_command("etcd");
     cmd.args(["--name", "solo", "--data-dir"])
         .arg(h.data())
         .args([
@@ -118,7 +118,7 @@ fn a_wipe_is_refused_while_etcd_runs_and_its_state_cannot_be_read() -> Result<()
         ]);
     let _etcd = Proc::spawn("etcd", cmd, &h.etcd_log())?;
     let etcdctl = |args: &[&str]| {
-        Command::new("etcdctl")
+        quorum_tests::etcd_command("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &client, "--dial-timeout=2s"])
             .args(args)

@@ -1,5 +1,5 @@
 //! The SOP engine end to end: a real 3-member etcd cluster on 127.0.0.11-13 created and
-//! rolled through real agents (exec backend around start-stop-daemon and /usr/bin/etcd) by a
+//! rolled through real agents (exec backend around start-stop-daemon and etcd) by a
 //! real coordinator, checked against etcd itself.
 
 use std::time::Duration;
@@ -699,7 +699,7 @@ async fn destructive_runs_snapshot_first_and_the_printed_restore_brings_data_bac
         .as_str()
         .context("snapshot path")?
         .to_string();
-    let status = std::process::Command::new("etcdctl")
+    let status = quorum_tests::etcd_command("etcdctl")
         .args(["snapshot", "status", &path])
         .env("ETCDCTL_API", "3")
         .output()?;
@@ -746,6 +746,7 @@ async fn destructive_runs_snapshot_first_and_the_printed_restore_brings_data_bac
         if line.starts_with("mv ") || line.starts_with("ETCDCTL_API=3 etcdctl snapshot restore ") {
             let line = line.replace(&copy, &file);
             let out = std::process::Command::new("sh")
+                .env("PATH", quorum_tests::etcd_path())
                 .args(["-c", &line])
                 .output()?;
             assert!(out.status.success(), "{line}: {out:?}");
