@@ -20,6 +20,7 @@ Only python3, python3-yaml and python3-jinja2 are needed; Pigsty is read with
 `git show`, nothing is checked out.
 """
 
+import ast
 import json
 import os
 import re
@@ -472,7 +473,6 @@ def convert(s):
     if s in ("True", "False"):
         return s == "True"
     if s.startswith("[") or (s.startswith("{") and not s.startswith("{{")):
-        import ast
         try:
             return ast.literal_eval(s)
         except (ValueError, SyntaxError):
@@ -781,6 +781,7 @@ def main(argv):
         defaults = role_defaults(git, ref)
         ivars = import_vars(git, ref)
         entry = {"ref": ref, "commit": git.commit(ref),
+                 "role_defaults": {k: v for k, v in defaults.items() if keep_var(k)},
                  "files": {s.key: {"dest": next(d for d, (k, _) in WANTED_DEST.items() if k == s.key),
                                    "how": s.kind} for s in specs},
                  "rendered": {}, "skipped": {}}
