@@ -1,0 +1,8 @@
+#!/bin/bash
+alias e="etcdctl"
+alias em="etcdctl member"
+export ETCDCTL_API=3
+export ETCDCTL_ENDPOINTS="https://10.10.10.7:2379,https://10.10.10.8:2379,https://10.10.10.9:2379"
+export ETCDCTL_CACERT=/etc/pki/ca.crt
+export ETCDCTL_CERT=/etc/pki/infra.crt
+export ETCDCTL_KEY=/etc/pki/infra.key
