@@ -211,7 +211,7 @@ impl Fleet {
     /// Writes `pigsty.yml` naming `members` (ip, seq) in the etcd group, with `vars` added to
     /// the group's vars (e.g. "etcd_safeguard: true"). Without a `version:` among them the
     /// inventory says `version: v3.6.1` (Pigsty v3.6, no etcd RBAC); tests of Pigsty v4 pass
-    /// `version: v4.5.0`.
+    /// `version: v4.5.0`. The loopback extensions default as below unless `vars` sets them.
     pub fn write_inventory(
         &self,
         world: &World,
@@ -239,19 +239,30 @@ impl Fleet {
                 conf = h.etc_etcd().display(),
             ));
         }
-        let vars = if vars.lines().any(|l| l.trim_start().starts_with("version:")) {
-            vars.to_string()
-        } else {
-            format!("version: v3.6.1\n{vars}")
-        };
+        // The harness's defaults, each unless `vars` sets it: Pigsty v3.6 (no RBAC), and the
+        // loopback layout's extensions (see the inventory module's docs).
+        let defaults = [
+            ("version", "v3.6.1"),
+            ("quorum_etcd_listen_localhost", "false"),
+            ("quorum_etcd_client_cert_auth", "true"),
+            ("quorum_etcd_grpc_gateway", "true"),
+        ];
+        let mut all = String::new();
+        for (key, value) in defaults {
+            let given = vars
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{key}:")));
+            if !given {
+                all.push_str(&format!("        {key}: {value}\n"));
+            }
+        }
+        for l in vars.lines() {
+            all.push_str(&format!("        {l}\n"));
+        }
         let text = format!(
-            "all:\n  children:\n    etcd:\n      hosts:\n{hosts}      vars:\n        etcd_cluster: etcd\n        etcd_port: {port}\n        etcd_peer_port: {peer}\n        quorum_etcd_listen_localhost: false\n        quorum_etcd_client_cert_auth: true\n        quorum_etcd_grpc_gateway: true\n{vars}",
+            "all:\n  children:\n    etcd:\n      hosts:\n{hosts}      vars:\n        etcd_cluster: etcd\n        etcd_port: {port}\n        etcd_peer_port: {peer}\n{all}",
             port = self.port,
             peer = self.peer_port,
-            vars = vars
-                .lines()
-                .map(|l| format!("        {l}\n"))
-                .collect::<String>(),
         ) + groups;
         std::fs::write(world.dir.path().join("pigsty.yml"), text)?;
         Ok(())

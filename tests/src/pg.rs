@@ -267,6 +267,10 @@ pub struct PgCluster {
     pub vip: IpAddr,
     /// The lab's subnet prefix, e.g. `10.99.123`.
     pub net: String,
+    /// Pigsty v4: Patroni logs in to etcd with this cluster's own user and password (its
+    /// `etcd3:` DCS, no vip-manager: vip-manager 1.x reads only the v2 API). `None`: Pigsty
+    /// v3, `etcd:` (v2) DCS and vip-manager.
+    pub etcd_login: Option<(String, String)>,
 }
 
 /// Patroni's REST credentials in these tests (Pigsty's defaults).
@@ -327,6 +331,7 @@ impl PgCluster {
             hosts,
             vip: lab.addr(100),
             net: format!("10.99.{}", lab.k),
+            etcd_login: None,
         })
     }
 
@@ -341,9 +346,14 @@ impl PgCluster {
             ));
         }
         s.push_str(&format!(
-            "      vars:\n        pg_cluster: {}\n        pg_vip_enabled: true\n        pg_vip_address: {}/24\n        pg_vip_interface: eth0\n        pg_namespace: /service\n        patroni_username: {PATRONI_USER}\n        patroni_password: {PATRONI_PASSWORD}\n",
-            self.name, self.vip
+            "      vars:\n        pg_cluster: {}\n        pg_vip_enabled: {}\n        pg_vip_address: {}/24\n        pg_vip_interface: eth0\n        pg_namespace: /service\n        patroni_username: {PATRONI_USER}\n        patroni_password: {PATRONI_PASSWORD}\n",
+            self.name,
+            self.etcd_login.is_none(),
+            self.vip
         ));
+        if let Some((_, password)) = &self.etcd_login {
+            s.push_str(&format!("        pg_etcd_password: {password}\n"));
+        }
         s
     }
 
@@ -351,6 +361,14 @@ impl PgCluster {
     /// entries) as Pigsty's pgsql playbook would.
     pub fn write_configs(&self, etcd: &[String]) -> Result<()> {
         let hosts_list: String = etcd.iter().map(|e| format!("    - {e}\n")).collect();
+        // Pigsty v4's oltp.yml: `etcd3:` with the cluster's own etcd user.
+        let (dcs, login) = match &self.etcd_login {
+            Some((user, password)) => (
+                "etcd3",
+                format!("  username: {user}\n  password: {password}\n"),
+            ),
+            None => ("etcd", String::new()),
+        };
         let endpoints: String = etcd.iter().map(|e| format!("  - https://{e}\n")).collect();
         for h in &self.hosts {
             let certs = h.pg_dir().join("certs");
@@ -360,7 +378,7 @@ impl PgCluster {
                 "# rendered by the test as Pigsty's pgsql role would\nscope: {name}\nnamespace: /service/\nname: {name}-{seq}\n\
                  log:\n  level: INFO\n\
                  restapi:\n  listen: 0.0.0.0:8008\n  connect_address: {ip}:8008\n  authentication:\n    username: {PATRONI_USER}\n    password: {PATRONI_PASSWORD}\n\
-                 etcd:\n  hosts:\n{hosts_list}  protocol: https\n  cacert: {ca}\n  cert: {crt}\n  key: {key}\n\
+                 {dcs}:\n  hosts:\n{hosts_list}  protocol: https\n  cacert: {ca}\n  cert: {crt}\n  key: {key}\n{login}\
                  bootstrap:\n  dcs:\n    ttl: 30\n    loop_wait: 2\n    retry_timeout: 10\n    maximum_lag_on_failover: 1048576\n    postgresql:\n      use_pg_rewind: true\n  initdb:\n    - encoding: UTF8\n    - locale: C.UTF-8\n\
                  postgresql:\n  listen: 0.0.0.0:5432\n  connect_address: {ip}:5432\n  data_dir: {data}\n  bin_dir: /usr/lib/postgresql/15/bin\n  pgpass: {pgpass}\n\
                  \x20 authentication:\n    superuser: {{username: postgres, password: {PG_PASSWORD}}}\n    replication: {{username: replicator, password: replicator-test}}\n    rewind: {{username: postgres, password: {PG_PASSWORD}}}\n\
@@ -436,6 +454,9 @@ impl PgCluster {
             .admin(&["service", "start", "patroni", "--hosts", &rest.join(",")])?
             .ok()?;
         self.wait_all_running(Duration::from_secs(90))?;
+        if self.etcd_login.is_some() {
+            return Ok(());
+        }
         let all: Vec<String> = self.hosts.iter().map(|h| h.ip.to_string()).collect();
         world
             .admin(&["service", "start", "vip-manager", "--hosts", &all.join(",")])?

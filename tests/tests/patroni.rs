@@ -28,6 +28,12 @@ struct Setup {
 }
 
 fn setup(etcd_n: u8) -> Result<Setup> {
+    setup_with(etcd_n, None)
+}
+
+/// [`setup`]; with `etcd_login` the inventory is Pigsty v4.5's (etcd RBAC) and Patroni logs
+/// in to etcd with that user and password (no VIP: vip-manager 1.x reads only etcd's v2 API).
+fn setup_with(etcd_n: u8, etcd_login: Option<(&str, &str)>) -> Result<Setup> {
     let mut lab = Lab::new()?;
     let mut etcd_ips = Vec::new();
     for i in 0..etcd_n {
@@ -40,7 +46,8 @@ fn setup(etcd_n: u8) -> Result<Setup> {
     let ips: Vec<String> = etcd_ips.iter().map(|i| i.to_string()).collect();
     let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
     let fleet = Fleet::with_port(&world, &ip_refs, PORT)?;
-    let pg = PgCluster::new(&world, &lab, "pg-test", &pg_ips)?;
+    let mut pg = PgCluster::new(&world, &lab, "pg-test", &pg_ips)?;
+    pg.etcd_login = etcd_login.map(|(u, p)| (u.to_string(), p.to_string()));
     let setup = Setup {
         lab,
         world,
@@ -83,12 +90,16 @@ impl Setup {
             .zip(&ips)
             .map(|(i, ip)| (ip.as_str(), *i as u32 + 1))
             .collect();
-        self.fleet.write_inventory_with(
-            &self.world,
-            &list,
-            "quorum_etcd_enable_v2: true",
-            &self.pg.inventory_group(),
-        )
+        let vars = if self.pg.etcd_login.is_some() {
+            // As Pigsty's etcd.conf: no client-cert-auth. With it and RBAC on, etcd 3.4's
+            // gRPC gateway refuses Patroni's requests, which carry a client certificate
+            // ("CommonName of client sending a request against gateway will be ignored").
+            "version: v4.5.0\nquorum_etcd_enable_v2: true\nquorum_etcd_client_cert_auth: false"
+        } else {
+            "quorum_etcd_enable_v2: true"
+        };
+        self.fleet
+            .write_inventory_with(&self.world, &list, vars, &self.pg.inventory_group())
     }
 
     fn write_inventory(&self, n: usize) -> Result<()> {
@@ -140,6 +151,19 @@ impl Setup {
             }
         }
         anyhow::bail!("no etcd member answered as a follower")
+    }
+
+    /// Every instance's patroni.yml names exactly `members`.
+    fn configs_name_patroni(&self, members: &[usize]) -> Result<()> {
+        let hosts = self.dcs_hosts(members);
+        for (h, got) in self.pg.hosts.iter().zip(self.pg.patroni_hosts()?) {
+            anyhow::ensure!(
+                got == hosts,
+                "{}: patroni.yml lists {got:?}, want {hosts:?}",
+                h.ip
+            );
+        }
+        Ok(())
     }
 
     fn configs_name(&self, members: &[usize]) -> Result<()> {
@@ -469,6 +493,40 @@ fn patroni_reload_halts_on_a_broken_patroni_yml_and_restart_switches_over() -> R
         assert_ne!(
             leader_after, leader_before,
             "boundary {boundary}: no switchover"
+        );
+    }
+    Ok(())
+}
+
+/// Pigsty v4 (#13): etcd runs RBAC and Patroni logs in with its cluster's own etcd user, which
+/// `cluster create` made. Through a member add and a member remove, Patroni keeps its leader
+/// and timeline, and the patched patroni.yml keeps its username and password.
+#[test]
+fn patroni_with_its_own_etcd_user_keeps_its_leader_through_member_add_and_remove() -> Result<()> {
+    let s = setup_with(4, Some(("pg-test", "Pg.Test.Etcd")))?;
+    let before = s.pg.cluster()?;
+    let timeline = timeline_of(&before).context("no timeline")?;
+    assert_eq!(leader_of(&before).as_deref(), Some("pg-test-1"), "{before}");
+    s.write_inventory(4)?;
+    let (code, run) = s.sop(&["member", "add", &s.etcd_ips[3].to_string()])?;
+    assert_eq!(code, 0, "member add: {run}");
+    s.configs_name_patroni(&[0, 1, 2, 3])?;
+    s.write_inventory(3)?;
+    let (code, run) = s.sop(&["member", "remove", &s.etcd_ips[3].to_string()])?;
+    assert_eq!(code, 0, "member remove: {run}");
+    s.configs_name_patroni(&[0, 1, 2])?;
+    s.pg.wait_all_running(Duration::from_secs(60))?;
+    let after = s.pg.cluster()?;
+    assert_eq!(leader_of(&after).as_deref(), Some("pg-test-1"), "{after}");
+    assert_eq!(timeline_of(&after), Some(timeline), "{after}");
+    for h in &s.pg.hosts {
+        let text = std::fs::read_to_string(h.patroni_yml())?;
+        assert!(
+            text.contains("etcd3:\n")
+                && text.contains("  username: pg-test\n")
+                && text.contains("  password: Pg.Test.Etcd\n"),
+            "{}: {text}",
+            h.ip
         );
     }
     Ok(())
