@@ -260,3 +260,33 @@ fn rendered_conf_is_yaml_etcd_can_read() {
         Some("/etc/etcd/ca.crt")
     );
 }
+
+/// Pigsty v4's profile lists `groups[etcd_cluster]` unsorted, in inventory order, while
+/// `initial-cluster` stays sorted as strings (no shipped inventory lists its members out of
+/// order, so the goldens cannot show it; the template says so).
+#[test]
+fn v4_profile_endpoints_keep_inventory_order() {
+    let text = "all:\n  children:\n    etcd:\n      hosts:\n        10.10.10.12: { etcd_seq: 3 }\n        10.10.10.10: { etcd_seq: 1 }\n        10.10.10.100: { etcd_seq: 2 }\n      vars: { etcd_cluster: etcd }\n  vars: { version: v4.5.0 }\n";
+    let inv = Inventory::parse("pigsty.yml", text).unwrap();
+    let c = inv.etcd_cluster(None).unwrap();
+    let profile = render_etcdctl_profile(c, ip("10.10.10.10"));
+    assert!(
+        profile.contains("export ETCDCTL_ENDPOINTS=\"https://10.10.10.12:2379,https://10.10.10.10:2379,https://10.10.10.100:2379\"\n"),
+        "{profile}"
+    );
+    let conf = render_etcd_conf(c, ip("10.10.10.10"), EtcdInit::New);
+    assert!(
+        conf.contains("initial-cluster: \"etcd-1=https://10.10.10.10:2380,etcd-2=https://10.10.10.100:2380,etcd-3=https://10.10.10.12:2380\"\n"),
+        "{conf}"
+    );
+    // Before v4: sorted as strings.
+    let v3 = text.replace("v4.5.0", "v3.6.1");
+    let inv = Inventory::parse("pigsty.yml", &v3).unwrap();
+    let profile = render_etcdctl_profile(inv.etcd_cluster(None).unwrap(), ip("10.10.10.10"));
+    assert!(
+        profile.contains(
+            "https://10.10.10.10:2379,https://10.10.10.100:2379,https://10.10.10.12:2379"
+        ),
+        "{profile}"
+    );
+}
