@@ -1149,6 +1149,9 @@ pub fn log_summary(name: &str, text: &str, last: usize, errors: usize) -> String
             || l.contains("\"level\":\"fatal\"")
             || l.contains("\"level\":\"panic\"")
             || l.trim_start().starts_with("panic:")
+            // etcd 3.5 logs the error that stops the server ("the member has been
+            // permanently removed from the cluster") at warn level, as "server error".
+            || l.contains("\"msg\":\"server error\"")
     };
     let earlier: Vec<&str> = lines[..split]
         .iter()
@@ -1209,6 +1212,20 @@ mod tests {
         assert_eq!(
             log_summary("etcd", json, 20, 5),
             format!("--- the last lines of etcd's log ---\n{json}")
+        );
+        // 3.5 logs a removed member's reason at warn level, then ~25 shutdown lines.
+        let mut log = vec![
+            "{\"level\":\"warn\",\"msg\":\"server error\",\"error\":\"the member has been permanently removed from the cluster\"}".to_string(),
+        ];
+        for i in 0..25 {
+            log.push(format!(
+                "{{\"level\":\"info\",\"msg\":\"stopped remote peer {i}\"}}"
+            ));
+        }
+        let out = log_summary("etcd", &log.join("\n"), 20, 5);
+        assert!(
+            out.starts_with("--- errors earlier in etcd's log ---\n{\"level\":\"warn\",\"msg\":\"server error\",\"error\":\"the member has been permanently removed"),
+            "{out}"
         );
     }
 }

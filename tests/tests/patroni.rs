@@ -515,6 +515,9 @@ fn patroni_with_its_own_etcd_user_keeps_its_leader_through_member_add_and_remove
     let (code, run) = s.sop(&["member", "remove", &s.etcd_ips[3].to_string()])?;
     assert_eq!(code, 0, "member remove: {run}");
     s.configs_name_patroni(&[0, 1, 2])?;
+    // `patroni reload` (Pigsty's pg_conf + reload) under RBAC too.
+    let (code, run) = s.sop(&["patroni", "reload"])?;
+    assert_eq!(code, 0, "patroni reload: {run}");
     s.pg.wait_all_running(Duration::from_secs(60))?;
     let after = s.pg.cluster()?;
     assert_eq!(leader_of(&after).as_deref(), Some("pg-test-1"), "{after}");

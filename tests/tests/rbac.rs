@@ -232,6 +232,54 @@ async fn a_v4_cluster_runs_rbac_through_every_sop() -> Result<()> {
     w.admin(&["cluster", "create", "--yes"])?.ok()?;
     check_rbac(&w, &f, 3).await?;
     etcdctl_works(&f, IPS[0])?;
+    // And `cluster remove` (etcd_clean): every member stopped, wiped and retired.
+    w.admin(&["cluster", "remove", "--yes"])?.ok()?;
+    for h in &f.hosts[..3] {
+        assert!(h.etcd_pid().is_none(), "{} still runs etcd", h.ip);
+        assert!(!h.etc_etcd().join("etcd.pass").exists());
+        assert!(!h.etcd_conf().exists());
+    }
+    Ok(())
+}
+
+/// etcd's simple auth tokens expire (`auth-token-ttl`, 300 s by default): a run that lasts
+/// longer than a token must not fail on an expired one. Quorum opens a client (and logs in)
+/// per etcd call, and asks the client to log in again when etcd says a token expired; here
+/// the TTL is 1 s and a member add, whose learner catch-up and gates take longer, goes
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_outlives_etcds_auth_token_ttl() -> Result<()> {
+    let mut w = World::new()?;
+    w.coordinator_extra =
+        "gate_timeout_secs: 30\nstale_after_secs: 10\ntask_timeout_secs: 60\n".into();
+    let f = Fleet::new(&w, &IPS)?;
+    let vars = v4_vars(ROOT_PASSWORD);
+    f.write_inventory(&w, &members(3), &vars)?;
+    w.start_coordinator()?;
+    f.start_agents(&mut w)?;
+    w.admin(&["cluster", "create", "--yes"])?.ok()?;
+    // A 1 s token TTL, set by hand in each member's etcd.conf, one member at a time.
+    for h in &f.hosts[..3] {
+        let mut conf = std::fs::read_to_string(h.etcd_conf())?;
+        conf.push_str("auth-token-ttl: 1\n");
+        std::fs::write(h.etcd_conf(), conf)?;
+        w.admin(&[
+            "service",
+            "restart",
+            "etcd",
+            "--hosts",
+            &h.ip.to_string(),
+            "--yes",
+        ])?
+        .ok()?;
+    }
+    f.write_inventory(&w, &members(4), &vars)?;
+    let add = w.admin(&["member", "add", IPS[3], "--yes"])?;
+    assert_eq!(add.code, 0, "{add:?}");
+    assert_eq!(
+        member_names(&w, &f, 4).await?,
+        ["etcd-1", "etcd-2", "etcd-3", "etcd-4"]
+    );
     Ok(())
 }
 
