@@ -950,3 +950,72 @@ async fn a_wipe_meant_for_another_member_is_refused_and_the_data_survives() -> R
     assert_eq!(std::fs::read_dir(h.p("data/etcd"))?.count(), 0);
     Ok(())
 }
+
+/// Pigsty v4's root password file: the password alone, 0640, never echoed; a profile whose
+/// root-password block would read another file than this agent's own is refused; a file
+/// that already says what the profile says, in Pigsty's words, is left as it is.
+#[tokio::test]
+async fn the_root_password_file_and_the_profile_that_reads_it() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Host::new()?;
+    let ex = h.executor(false, &h.marker_exec())?;
+    let pass = |id: &str, p: &str| {
+        task(
+            id,
+            Kind::WriteEtcdPass(pb::WriteEtcdPass { password: p.into() }),
+        )
+    };
+    let r = ex.execute(&pass("p1", "R00t.Secret")).await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{r:?}");
+    assert!(!r.output.contains("R00t.Secret"), "{}", r.output);
+    let file = h.p("etc/etcd/etcd.pass");
+    assert_eq!(std::fs::read_to_string(&file)?, "R00t.Secret");
+    assert_eq!(
+        std::fs::metadata(&file)?.permissions().mode() & 0o777,
+        0o640
+    );
+    assert_eq!(
+        ex.execute(&pass("p2", "R00t.Secret")).await.outcome,
+        pb::Outcome::Unchanged
+    );
+    for (i, bad) in ["", "two\nlines"].into_iter().enumerate() {
+        let r = ex.execute(&pass(&format!("bad{i}"), bad)).await;
+        assert_eq!(r.outcome, pb::Outcome::Refused, "{bad:?}: {r:?}");
+        assert_eq!(std::fs::read_to_string(&file)?, "R00t.Secret");
+    }
+    let profile = |id: &str, pass_file: String| {
+        task(
+            id,
+            Kind::WriteEtcdctlProfile(pb::WriteEtcdctlProfile {
+                profile: Some(pb::EtcdctlProfile {
+                    endpoints: vec![pb::EtcdEndpoint {
+                        ip: "127.0.0.1".into(),
+                        port: 2379,
+                    }],
+                    cacert: "/etc/etcd/ca.crt".into(),
+                    cert: "/etc/etcd/server.crt".into(),
+                    key: "/etc/etcd/server.key".into(),
+                    login_users: vec!["root".into(), "dba".into()],
+                    pass_file,
+                    ..Default::default()
+                }),
+            }),
+        )
+    };
+    let r = ex.execute(&profile("pr1", "/etc/shadow".into())).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(!h.p("etc/profile.d/etcdctl.sh").exists());
+    // Pigsty's own words for the same profile: left as they are.
+    let pigsty = format!(
+        "#!/bin/bash\nalias e=\"etcdctl\"\nalias em=\"etcdctl member\"\nexport ETCDCTL_ENDPOINTS=\"https://127.0.0.1:2379\"\nexport ETCDCTL_CACERT=/etc/etcd/ca.crt\nexport ETCDCTL_CERT=/etc/etcd/server.crt\nexport ETCDCTL_KEY=/etc/etcd/server.key\n\ncase \"$(id -un)\" in\n  root|dba)\n    [ -r {f} ] && export ETCDCTL_USER=\"root:$(cat {f})\"\n    ;;\nesac",
+        f = file.display()
+    );
+    std::fs::write(h.p("etc/profile.d/etcdctl.sh"), &pigsty)?;
+    let r = ex.execute(&profile("pr2", h.s("etc/etcd/etcd.pass"))).await;
+    assert_eq!(r.outcome, pb::Outcome::Unchanged, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(h.p("etc/profile.d/etcdctl.sh"))?,
+        pigsty
+    );
+    Ok(())
+}
