@@ -590,6 +590,14 @@ fn exists(e: &etcd_client::Error) -> bool {
     ))
 }
 
+/// `r`, with "already exists" taken as done.
+fn done_if_exists<T>(r: Result<T, etcd_client::Error>) -> Result<(), etcd_client::Error> {
+    match r {
+        Err(e) if !exists(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 impl EtcdAccess {
     /// Turns etcd RBAC on as Pigsty v4's `etcd_auth` does, idempotently: when root already
     /// logs in with `password`, nothing; while RBAC is off, user root with `password` (its
@@ -634,12 +642,7 @@ impl EtcdAccess {
                         other?;
                     }
                 }
-                match c.role_add("root").await {
-                    Err(e) if exists(&e) => {}
-                    other => {
-                        other?;
-                    }
-                }
+                done_if_exists(c.role_add("root").await)?;
                 c.user_grant_role("root", "root").await?;
                 c.auth_enable().await?;
                 Ok::<_, etcd_client::Error>(())
@@ -672,27 +675,20 @@ impl EtcdAccess {
         prefix: &str,
     ) -> Result<(), EtcdError> {
         self.on_any(endpoints, "pg etcd user", |mut c| async move {
-            match c.role_add(user).await {
-                Err(e) if exists(&e) => {}
-                other => {
-                    other?;
-                }
-            }
+            done_if_exists(c.role_add(user).await)?;
             c.role_grant_permission(
                 user,
                 etcd_client::Permission::read_write(prefix).with_prefix(),
             )
             .await?;
-            if c.user_get(user).await.is_ok() {
-                c.user_change_password(user, password.expose()).await?;
-            } else {
-                match c.user_add(user, password.expose(), None).await {
-                    Err(e) if exists(&e) => {
-                        c.user_change_password(user, password.expose()).await?;
-                    }
-                    other => {
-                        other?;
-                    }
+            // Added, or there already (by Pigsty, or a Citus primary at the same time): then
+            // its password is set again.
+            match c.user_add(user, password.expose(), None).await {
+                Err(e) if exists(&e) => {
+                    c.user_change_password(user, password.expose()).await?;
+                }
+                other => {
+                    other?;
                 }
             }
             c.user_grant_role(user, user).await?;

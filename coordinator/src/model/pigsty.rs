@@ -199,6 +199,16 @@ pub struct Choice {
 }
 
 impl Choice {
+    /// The newest generation, chosen for want of a version.
+    pub fn newest(version: &str, why: String) -> Choice {
+        Choice {
+            generation: Generation::NEWEST,
+            source: Source::Default,
+            version: version.to_string(),
+            why,
+        }
+    }
+
     /// The generation for `flag` (`--pigsty-version`), `override_var`
     /// (`quorum_pigsty_version`) and `version` (Pigsty's), highest first. A value that is
     /// not a version, or one older than v2.6, is an error for the flag and the override (the
@@ -248,25 +258,21 @@ impl Choice {
                     version: v.to_string(),
                     why: format!("version: {v} in the inventory ({})", g.releases()),
                 },
-                Err(_) => Choice {
-                    generation: newest,
-                    source: Source::Default,
-                    version: v.to_string(),
-                    why: format!(
+                Err(_) => Choice::newest(
+                    v,
+                    format!(
                         "version: {v} in the inventory is not a Pigsty release Quorum knows; using the newest generation ({}); set quorum_pigsty_version to choose another",
                         newest.releases()
                     ),
-                },
+                ),
             },
-            None => Choice {
-                generation: newest,
-                source: Source::Default,
-                version: String::new(),
-                why: format!(
+            None => Choice::newest(
+                "",
+                format!(
                     "the inventory sets no version; using the newest generation ({}); set version or quorum_pigsty_version to choose another",
                     newest.releases()
                 ),
-            },
+            ),
         })
     }
 }

@@ -728,17 +728,6 @@ fn as_text(v: &Value) -> Option<String> {
     }
 }
 
-/// The newest generation, from a resolve that cannot fail (no flag, no override).
-fn unreachable_choice() -> Choice {
-    let g = crate::model::pigsty::Generation::NEWEST;
-    Choice {
-        generation: g,
-        source: crate::model::pigsty::Source::Default,
-        version: String::new(),
-        why: format!("the newest generation ({})", g.releases()),
-    }
-}
-
 /// A Unix user name as `useradd` takes it: `[a-z_][a-z0-9_-]*`, at most 32 characters.
 fn user_ok(s: &str) -> bool {
     s.len() <= 32
@@ -925,8 +914,9 @@ impl Reader<'_> {
                 } else {
                     over.and_then(|(_, l)| l)
                 };
+                let why = format!("{detail} (rendering the newest generation meanwhile)");
                 self.bad(line, Problem::BadPigstyVersion { detail });
-                Choice::resolve(None, None, None).unwrap_or_else(|_| unreachable_choice())
+                Choice::newest("", why)
             }
         }
     }
