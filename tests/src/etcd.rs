@@ -319,18 +319,38 @@ impl Drop for Fleet {
 /// An etcd client with the world's admin-side certificate (the coordinator's, which has
 /// clientAuth), for sampling and writing from the test.
 pub async fn client(world: &World, endpoints: &[String]) -> Result<etcd_client::Client> {
-    let ca = std::fs::read_to_string(world.p("ca/ca.crt"))?;
-    let crt = std::fs::read_to_string(world.p("coordinator/coordinator.crt"))?;
-    let key = std::fs::read_to_string(world.p("coordinator/coordinator.key"))?;
-    let opts = etcd_client::ConnectOptions::new()
-        .with_tls(
-            etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(ca))
-                .identity(etcd_client::Identity::from_pem(crt, key)),
-        )
+    let opts = tls_options(world)?
         .with_connect_timeout(Duration::from_millis(500))
         .with_timeout(Duration::from_secs(2));
     Ok(etcd_client::Client::connect(endpoints, Some(opts)).await?)
+}
+
+/// [`client`] logged in as `user` (user, password) when given, under etcd RBAC (Pigsty v4),
+/// with room for the login (etcd checks the password with bcrypt).
+pub async fn client_as(
+    world: &World,
+    endpoints: &[String],
+    user: Option<(&str, &str)>,
+) -> Result<etcd_client::Client> {
+    let mut opts = tls_options(world)?
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5));
+    if let Some((u, p)) = user {
+        opts = opts.with_user(u, p);
+    }
+    Ok(etcd_client::Client::connect(endpoints, Some(opts)).await?)
+}
+
+/// mTLS with the coordinator's certificate, trusting the world's CA.
+fn tls_options(world: &World) -> Result<etcd_client::ConnectOptions> {
+    let ca = std::fs::read_to_string(world.p("ca/ca.crt"))?;
+    let crt = std::fs::read_to_string(world.p("coordinator/coordinator.crt"))?;
+    let key = std::fs::read_to_string(world.p("coordinator/coordinator.key"))?;
+    Ok(etcd_client::ConnectOptions::new().with_tls(
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(ca))
+            .identity(etcd_client::Identity::from_pem(crt, key)),
+    ))
 }
 
 /// Whether one member answers a linearizable read through its own endpoint.

@@ -6,10 +6,9 @@
 //! is touched. Real etcd, real agents and coordinator over mTLS, on 127.0.0.71-74.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use quorum_tests::etcd::Fleet;
+use quorum_tests::etcd::{client_as, Fleet};
 use quorum_tests::World;
 
 const IPS: [&str; 4] = ["127.0.0.71", "127.0.0.72", "127.0.0.73", "127.0.0.74"];
@@ -39,29 +38,6 @@ fn members(n: usize) -> Vec<(&'static str, u32)> {
 
 fn eps(f: &Fleet, n: usize) -> Vec<String> {
     f.hosts[..n].iter().map(|h| f.client_url(h.ip)).collect()
-}
-
-/// A client with the coordinator's certificate, logged in as `user` when given.
-async fn client_as(
-    w: &World,
-    endpoints: &[String],
-    user: Option<(&str, &str)>,
-) -> Result<etcd_client::Client> {
-    let ca = std::fs::read_to_string(w.p("ca/ca.crt"))?;
-    let crt = std::fs::read_to_string(w.p("coordinator/coordinator.crt"))?;
-    let key = std::fs::read_to_string(w.p("coordinator/coordinator.key"))?;
-    let mut opts = etcd_client::ConnectOptions::new()
-        .with_tls(
-            etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(ca))
-                .identity(etcd_client::Identity::from_pem(crt, key)),
-        )
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5));
-    if let Some((u, p)) = user {
-        opts = opts.with_user(u, p);
-    }
-    Ok(etcd_client::Client::connect(endpoints, Some(opts)).await?)
 }
 
 /// (name, is_learner) of every member, asked as root.
