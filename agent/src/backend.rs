@@ -340,7 +340,15 @@ impl Backend {
             argv: joined.clone(),
             source,
         })?;
-        let mut child = tokio::process::Command::new(prog)
+        let mut cmd = tokio::process::Command::new(prog);
+        if self.cfg.service_backend == BackendKind::Systemd {
+            // Debian's etcd also ships a SysV script, so `systemctl enable etcd` would run
+            // update-rc.d here to sync /etc/rc?.d, which the agent's unit keeps read-only
+            // (ProtectSystem=full): the enable fails. systemd starts native units only, and
+            // PID 1 makes the unit's own links, so the SysV sync is skipped.
+            cmd.env("SYSTEMCTL_SKIP_SYSV", "1");
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)

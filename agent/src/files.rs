@@ -69,7 +69,7 @@ pub enum FileError {
         cap: usize,
     },
     /// A system call failed.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {source}{}", path.display(), io_hint(source))]
     Io {
         /// What was being done.
         action: &'static str,
@@ -78,6 +78,21 @@ pub enum FileError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// What to do about an I/O error whose cause the operator can fix on the host.
+pub fn io_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(code) if code == nix::errno::Errno::EROFS as i32 => {
+            "; the agent's unit (quorum-agent.service, ProtectSystem=full) may write in /etc only in the \
+             directories its ReadWritePaths= names that existed when it started: make sure the \
+             directory exists, then `systemctl restart quorum-agent`"
+        }
+        Some(code) if code == nix::errno::Errno::ENOSPC as i32 => {
+            "; the file system is full: free space there, then `quorum run resume`"
+        }
+        _ => "",
+    }
 }
 
 impl FileError {

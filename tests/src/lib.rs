@@ -3,6 +3,7 @@
 //! test starts is killed by pid when its handle drops.
 
 pub mod etcd;
+pub mod lab;
 pub mod pg;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

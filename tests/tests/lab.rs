@@ -1,0 +1,558 @@
+//! The SOPs on real hosts: Debian bookworm hosts booted by systemd-nspawn (the host lab,
+//! `quorum_tests::lab`), the coordinator and the agents installed from the packages
+//! `packaging/build.sh` built and run by their units, etcd at Pigsty's paths under Pigsty's
+//! unit (Type=notify), Patroni with /etc/patroni/patroni.yml a link to /pg/conf/pg-test-1.yml.
+//! Then the faults a loopback lab cannot make: a partitioned host, a power cut mid-SOP, a full
+//! disk under the agent's state dir, the agent's unit restarted by systemd after a crash, and
+//! the agent package upgraded from 0.2 mid-fleet while a run goes on.
+//!
+//! The labs of this file run one at a time (each boots five or six hosts with etcd, on two
+//! cores); `LAB` serializes them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use quorum_tests::lab::{Fleet, CA_DIR};
+use quorum_tests::pg::http_get;
+use quorum_tests::wait_for;
+
+/// One lab at a time.
+static LAB: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LAB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The octets of the etcd hosts.
+const ETCD: [u8; 3] = [11, 12, 13];
+
+fn members(f: &Fleet, lasts: &[u8]) -> Vec<(IpAddr, u32)> {
+    lasts
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (f.lab.addr(*l), i as u32 + 1))
+        .collect()
+}
+
+fn names(seqs: &[u32]) -> Vec<String> {
+    seqs.iter().map(|s| format!("etcd-{s}")).collect()
+}
+
+/// A fleet with agents on `hosts` and a created 3-member cluster on `ETCD`.
+fn created(hosts: &[u8], groups: &str) -> Result<Fleet> {
+    let f = Fleet::new(hosts, None)?;
+    f.write_inventory(&members(&f, &ETCD), "", groups)?;
+    let out = f.admin(&["cluster", "create", "--yes"])?;
+    ensure!(out.code == 0, "create failed: {out:?}");
+    Ok(f)
+}
+
+/// A writer on the admin node: etcdctl puts keys w1, w2, ... through every member (each put
+/// tried up to 5 times), until /root/writer.stop appears; acked and lost keys are logged.
+fn start_writer(f: &Fleet) -> Result<()> {
+    let eps: Vec<String> = ETCD
+        .iter()
+        .map(|l| format!("https://{}:2379", f.lab.addr(*l)))
+        .collect();
+    let script = format!(
+        "i=0; while [ ! -e /root/writer.stop ]; do i=$((i+1)); n=0; \
+         until ETCDCTL_API=3 etcdctl --endpoints={eps} --cacert={CA_DIR}/ca.crt --cert=/etc/quorum/coordinator.crt --key=/etc/quorum/coordinator.key --command-timeout=5s put w$i $i >/dev/null 2>&1; do \
+           n=$((n+1)); if [ $n -ge 5 ]; then echo $i >> /root/writer.lost; break; fi; sleep 0.5; done; \
+         [ $n -lt 5 ] && echo $i >> /root/writer.acked; sleep 0.05; done; echo done > /root/writer.done",
+        eps = eps.join(",")
+    );
+    f.lab.sh_ok(
+        f.admin,
+        &format!(
+            "rm -f /root/writer.*; nohup sh -c {} >/dev/null 2>&1 &",
+            quorum_tests::lab::shell_quote(&script)
+        ),
+    )?;
+    Ok(())
+}
+
+/// Stops the writer; (acked, lost, acked keys missing from etcd).
+fn stop_writer(f: &Fleet) -> Result<(usize, usize, usize)> {
+    f.lab.sh_ok(f.admin, "touch /root/writer.stop")?;
+    wait_for("the writer to stop", Duration::from_secs(60), || {
+        f.lab
+            .host(f.admin)
+            .ok()?
+            .path("/root/writer.done")
+            .exists()
+            .then_some(())
+    })?;
+    let read = |name: &str| -> Vec<String> {
+        f.lab
+            .host(f.admin)
+            .ok()
+            .and_then(|h| std::fs::read_to_string(h.path(name)).ok())
+            .map(|s| s.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let acked = read("/root/writer.acked");
+    let lost = read("/root/writer.lost");
+    let got = f
+        .etcdctl(f.lab.addr(ETCD[0]), "get w --prefix --keys-only")?
+        .ok()?;
+    let have: std::collections::HashSet<&str> = got.stdout.lines().collect();
+    let missing = acked
+        .iter()
+        .filter(|i| !have.contains(format!("w{i}").as_str()))
+        .count();
+    Ok((acked.len(), lost.len(), missing))
+}
+
+/// The Patroni host: PostgreSQL 15 under Patroni (Pigsty's unit), its config rendered as
+/// Pigsty's pgsql role does (/pg/conf/pg-test-1.yml, /etc/patroni/patroni.yml linking to it),
+/// etcd3 DCS over TLS with a certificate of the CA in /pg/cert; started through the agent.
+fn bring_up_patroni(f: &Fleet, ip: IpAddr) -> Result<()> {
+    let a = f.admin;
+    f.lab.sh_ok(
+        a,
+        &format!(
+            "quorum pki issue etcd --name pg-test-1 --ip {ip} --dir {CA_DIR} --out /root/pg-{ip}"
+        ),
+    )?;
+    let from = f.lab.host(a)?.path(&format!("/root/pg-{ip}"));
+    for file in ["ca.crt", "server.crt", "server.key"] {
+        f.lab
+            .copy_in(ip, &from.join(file), &format!("/pg/cert/{file}"))?;
+    }
+    let hosts: Vec<String> = ETCD
+        .iter()
+        .map(|l| format!("{}:2379", f.lab.addr(*l)))
+        .collect();
+    let net = format!("10.77.{}", f.lab.k);
+    let yml = format!(
+        "# rendered as Pigsty's pgsql role does\nscope: pg-test\nnamespace: /pg/\nname: pg-test-1\n\
+         restapi:\n  listen: {ip}:8008\n  connect_address: {ip}:8008\n  authentication:\n    username: postgres\n    password: Patroni.API\n\
+         etcd3:\n  hosts: '{hosts}'\n  protocol: https\n  cacert: /pg/cert/ca.crt\n  cert: /pg/cert/server.crt\n  key: /pg/cert/server.key\n\
+         bootstrap:\n  dcs:\n    ttl: 30\n    loop_wait: 2\n    retry_timeout: 10\n  initdb:\n    - encoding: UTF8\n    - locale: C.UTF-8\n\
+         postgresql:\n  listen: {ip}:5432\n  connect_address: {ip}:5432\n  data_dir: /pg/data\n  bin_dir: /usr/lib/postgresql/15/bin\n  pgpass: /pg/tmp/pgpass\n\
+         \x20 authentication:\n    superuser: {{username: postgres, password: postgres-test}}\n    replication: {{username: replicator, password: replicator-test}}\n\
+         \x20 parameters:\n    unix_socket_directories: /pg/tmp\n\
+         \x20 pg_hba:\n    - local all all trust\n    - host all all 127.0.0.1/32 scram-sha-256\n    - host all all {net}.0/24 scram-sha-256\n    - host replication replicator {net}.0/24 scram-sha-256\n",
+        hosts = hosts.join(","),
+    );
+    std::fs::create_dir_all(f.lab.host(ip)?.path("/pg/conf"))?;
+    std::fs::write(f.lab.host(ip)?.path("/pg/conf/pg-test-1.yml"), yml)?;
+    f.lab.sh_ok(
+        ip,
+        "mkdir -p /pg/data /pg/tmp /etc/patroni && chown -R postgres:postgres /pg && chmod 700 /pg/data && \
+         chmod 0750 /pg/conf/pg-test-1.yml && chmod 600 /pg/cert/server.key && \
+         ln -sfn /pg/conf/pg-test-1.yml /etc/patroni/patroni.yml",
+    )?;
+    f.admin(&["service", "start", "patroni", "--hosts", &ip.to_string()])?
+        .ok()?;
+    wait_for(
+        "Patroni to run PostgreSQL as the leader",
+        Duration::from_secs(90),
+        || {
+            let (_, body) = http_get(SocketAddr::new(ip, 8008), "/patroni").ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (v["state"] == "running" && (v["role"] == "master" || v["role"] == "primary"))
+                .then_some(())
+        },
+    )
+    .with_context(|| f.lab.journal(ip, "patroni", 40))?;
+    Ok(())
+}
+
+/// The DCS hosts Patroni's config names, read through the link inside the host.
+fn patroni_hosts(f: &Fleet, ip: IpAddr) -> Result<Vec<String>> {
+    let text = f.lab.sh_ok(ip, "cat /etc/patroni/patroni.yml")?.stdout;
+    Ok(quorum_proto::patch::read_patroni_hosts(&text)?)
+}
+
+fn pg_group(ip: IpAddr) -> String {
+    format!(
+        "    pg-test:\n      hosts:\n        {ip}: {{ pg_seq: 1, pg_role: primary }}\n      vars:\n        pg_cluster: pg-test\n        pg_vip_enabled: false\n        pg_namespace: /pg\n        patroni_username: postgres\n        patroni_password: Patroni.API\n"
+    )
+}
+
+#[test]
+fn every_sop_on_packaged_hosts_under_systemd() -> Result<()> {
+    let _one = lock();
+    let f = created(&[11, 12, 13, 14, 21], "")?;
+    let pg = f.lab.addr(21);
+    let etcd: Vec<IpAddr> = ETCD.iter().map(|l| f.lab.addr(*l)).collect();
+    // Create: three members, etcd run by Pigsty's unit (enabled, as Pigsty leaves it).
+    assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
+    for ip in &etcd {
+        assert_eq!(f.unit_state(*ip, "etcd")?, "active");
+        let enabled = f.lab.sh(*ip, "systemctl is-enabled etcd")?;
+        assert_eq!(enabled.stdout.trim(), "enabled", "{ip}: {enabled:?}");
+        let conf = f.lab.sh_ok(
+            *ip,
+            "stat -c '%U:%G %a' /etc/etcd/etcd.conf /etc/etcd/server.key",
+        )?;
+        assert_eq!(conf.stdout, "etcd:etcd 644\netcd:etcd 600\n", "{ip}");
+    }
+    // Patroni on the PostgreSQL host, its config behind Pigsty's link.
+    f.write_inventory(&members(&f, &ETCD), "", &pg_group(pg))?;
+    bring_up_patroni(&f, pg)?;
+
+    // reload --restart with a writer: every member restarted once by systemd, no write lost.
+    let before: Vec<u32> = etcd
+        .iter()
+        .map(|ip| f.main_pid(*ip, "etcd"))
+        .collect::<Result<_>>()?;
+    start_writer(&f)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let out = f.admin(&["config", "reload", "--restart", "--yes"])?;
+    ensure!(out.code == 0, "reload --restart: {out:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (acked, lost, missing) = stop_writer(&f)?;
+    assert!(acked > 20, "the writer wrote only {acked} keys");
+    assert_eq!((lost, missing), (0, 0), "{acked} acked");
+    for (ip, old) in etcd.iter().zip(&before) {
+        let now = f.main_pid(*ip, "etcd")?;
+        assert!(
+            now != 0 && now != *old,
+            "{ip}: etcd was not restarted ({old} -> {now})"
+        );
+    }
+
+    // env refresh: every host's profile, and it works for etcdctl.
+    f.admin(&["env", "refresh", "--yes"])?.ok()?;
+    let health = f.etcdctl(etcd[1], "endpoint health")?;
+    assert_eq!(health.code, 0, "{health:?}");
+
+    // member add: a fourth member; Patroni's hosts follow, its config stays behind the link.
+    let h14 = f.lab.addr(14);
+    f.write_inventory(&members(&f, &[11, 12, 13, 14]), "", &pg_group(pg))?;
+    let out = f.admin(&["member", "add", &h14.to_string(), "--yes"])?;
+    ensure!(out.code == 0, "member add: {out:?}");
+    assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3, 4]));
+    let link = f.lab.sh_ok(pg, "readlink /etc/patroni/patroni.yml")?;
+    assert_eq!(
+        link.stdout.trim(),
+        "/pg/conf/pg-test-1.yml",
+        "the link was replaced"
+    );
+    assert!(
+        patroni_hosts(&f, pg)?.contains(&format!("{h14}:2379")),
+        "Patroni's config does not name the new member"
+    );
+    assert_eq!(f.unit_state(pg, "patroni")?, "active");
+
+    // member remove: back to three; the link is kept again.
+    f.write_inventory(&members(&f, &ETCD), "", &pg_group(pg))?;
+    let out = f.admin(&["member", "remove", &h14.to_string(), "--yes"])?;
+    ensure!(out.code == 0, "member remove: {out:?}");
+    assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
+    assert_ne!(f.unit_state(h14, "etcd")?, "active");
+    let link = f.lab.sh_ok(pg, "readlink /etc/patroni/patroni.yml")?;
+    assert_eq!(link.stdout.trim(), "/pg/conf/pg-test-1.yml");
+    assert!(!patroni_hosts(&f, pg)?.contains(&format!("{h14}:2379")));
+
+    // remove, then create again and purge: each time every member is stopped, disabled (a
+    // boot does not bring it back) and wiped.
+    for sop in ["remove", "purge"] {
+        if sop == "purge" {
+            let out = f.admin(&["cluster", "create", "--yes"])?;
+            ensure!(out.code == 0, "create again: {out:?}");
+            assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
+        }
+        let out = f.admin(&["cluster", sop, "--yes"])?;
+        ensure!(out.code == 0, "cluster {sop}: {out:?}");
+        for ip in &etcd {
+            assert_ne!(f.unit_state(*ip, "etcd")?, "active", "{sop}: {ip}");
+            let enabled = f.lab.sh(*ip, "systemctl is-enabled etcd")?;
+            assert_ne!(enabled.stdout.trim(), "enabled", "{sop}: {ip}: {enabled:?}");
+            let left = f.lab.sh_ok(*ip, "ls -A /data/etcd")?;
+            assert_eq!(left.stdout, "", "{sop}: {ip}: data left");
+        }
+    }
+    Ok(())
+}
+
+/// Starts `quorum ARGS` on the admin node in the background, its output in /root/run.out
+/// and its exit code in /root/run.rc.
+fn spawn_admin(f: &Fleet, args: &[&str]) -> Result<()> {
+    let cmd = f.admin_command(args);
+    f.lab.sh_ok(
+        f.admin,
+        &format!(
+            "rm -f /root/run.out /root/run.rc; nohup sh -c {} >/dev/null 2>&1 &",
+            quorum_tests::lab::shell_quote(&format!(
+                "{cmd} > /root/run.out 2>&1; echo $? > /root/run.rc"
+            ))
+        ),
+    )?;
+    Ok(())
+}
+
+/// Waits for the background `quorum` of [`spawn_admin`]: (exit code, output).
+fn wait_admin(f: &Fleet, timeout: Duration) -> Result<(i32, String)> {
+    let host = f.lab.host(f.admin)?;
+    let rc = wait_for("the operator's command to end", timeout, || {
+        std::fs::read_to_string(host.path("/root/run.rc"))
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+    })?;
+    let out = std::fs::read_to_string(host.path("/root/run.out")).unwrap_or_default();
+    Ok((rc, out))
+}
+
+/// Waits until `unit`'s main pid on `ip` is neither `old` nor 0; the new pid.
+fn wait_restarted(f: &Fleet, ip: IpAddr, unit: &str, old: u32, timeout: Duration) -> Result<u32> {
+    wait_for(&format!("{unit} on {ip} to restart"), timeout, || {
+        let now = f.main_pid(ip, unit).ok()?;
+        (now != 0 && now != old).then_some(now)
+    })
+}
+
+fn etcd_pids(f: &Fleet) -> Result<Vec<u32>> {
+    ETCD.iter()
+        .map(|l| f.main_pid(f.lab.addr(*l), "etcd"))
+        .collect()
+}
+
+#[test]
+fn a_partitioned_member_stops_a_rolling_restart_before_quorum_is_at_risk() -> Result<()> {
+    let _one = lock();
+    let f = created(&ETCD, "")?;
+    let [h11, h12, h13] = ETCD.map(|l| f.lab.addr(l));
+    // Partitioned before the run: the quorum guard refuses to take anyone down.
+    let before = etcd_pids(&f)?;
+    f.lab.partition(h13)?;
+    let out = f.admin(&["config", "reload", "--restart", "--yes"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("({h13}) is unhealthy"))
+            && out.stderr.contains("quorum run resume"),
+        "the refusal names the partitioned member and what to do: {}",
+        out.stderr
+    );
+    assert_eq!(
+        etcd_pids(&f)?,
+        before,
+        "a member was restarted while another was cut off"
+    );
+    f.lab.heal(h13)?;
+    let run = f.newest_run()?;
+    let id = run["run_id"].as_str().context("run id")?.to_string();
+    wait_for(
+        "etcd-3 to be healthy again",
+        Duration::from_secs(60),
+        || (f.etcdctl(h11, "endpoint health --cluster").ok()?.code == 0).then_some(()),
+    )?;
+    let out = f.admin(&["run", "resume", &id])?;
+    assert_eq!(out.code, 0, "resume after the partition healed: {out:?}");
+
+    // Partitioned mid-run, just after the first member's restart: the run stops before the
+    // second, and goes on once the link is back.
+    let before = etcd_pids(&f)?;
+    start_writer(&f)?;
+    spawn_admin(&f, &["config", "reload", "--restart", "--yes"])?;
+    wait_restarted(&f, h11, "etcd", before[0], Duration::from_secs(120))?;
+    f.lab.partition(h13)?;
+    let (code, out) = wait_admin(&f, Duration::from_secs(180))?;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains(&format!("({h13}) is unhealthy")), "{out}");
+    assert_eq!(
+        f.main_pid(h12, "etcd")?,
+        before[1],
+        "etcd-2 was restarted while etcd-3 was cut off"
+    );
+    f.lab.heal(h13)?;
+    let id = f.newest_run()?["run_id"]
+        .as_str()
+        .context("run id")?
+        .to_string();
+    wait_for(
+        "etcd-3 to be healthy again",
+        Duration::from_secs(60),
+        || (f.etcdctl(h11, "endpoint health --cluster").ok()?.code == 0).then_some(()),
+    )?;
+    let out = f.admin(&["run", "resume", &id])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (acked, lost, missing) = stop_writer(&f)?;
+    assert!(acked > 0);
+    assert_eq!((lost, missing), (0, 0), "{acked} acked");
+    let after = etcd_pids(&f)?;
+    for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+        assert_ne!(a, b, "etcd-{} was not restarted", i + 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_power_cut_mid_sop_is_resumed_after_boot_on_a_member_and_on_the_admin_node() -> Result<()> {
+    let _one = lock();
+    let mut f = created(&ETCD, "")?;
+    let [h11, h12, h13] = ETCD.map(|l| f.lab.addr(l));
+    // A member loses power once the run has restarted the one before it.
+    let before = etcd_pids(&f)?;
+    spawn_admin(&f, &["config", "reload", "--restart", "--yes"])?;
+    wait_restarted(&f, h11, "etcd", before[0], Duration::from_secs(120))?;
+    f.lab.power_cut(h12)?;
+    let (code, out) = wait_admin(&f, Duration::from_secs(300))?;
+    assert_ne!(code, 0, "the run went on without etcd-2's host: {out}");
+    assert_eq!(
+        f.main_pid(h13, "etcd")?,
+        before[2],
+        "etcd-3 was restarted while etcd-2's host was off: {out}"
+    );
+    let id = f.newest_run()?["run_id"]
+        .as_str()
+        .context("run id")?
+        .to_string();
+    // Booted again: etcd comes back by its enabled unit, the agent by its own; the run resumes.
+    f.lab.boot(h12)?;
+    f.wait_agent(h12)?;
+    wait_for(
+        "the cluster healthy after the boot",
+        Duration::from_secs(60),
+        || (f.etcdctl(h11, "endpoint health --cluster").ok()?.code == 0).then_some(()),
+    )?;
+    let out = f.admin(&["run", "resume", &id])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(f.run_show(&id)?["state"], "succeeded");
+    assert_ne!(
+        f.main_pid(h13, "etcd")?,
+        before[2],
+        "etcd-3 was never restarted"
+    );
+    assert_eq!(f.member_names(h11)?, names(&[1, 2, 3]));
+
+    // The admin node loses power mid-run: the run is left as it was and resumes after boot.
+    let before = etcd_pids(&f)?;
+    spawn_admin(&f, &["config", "reload", "--restart", "--yes"])?;
+    wait_restarted(&f, h11, "etcd", before[0], Duration::from_secs(120))?;
+    let admin = f.admin;
+    f.lab.power_cut(admin)?;
+    f.lab.boot(admin)?;
+    for ip in [h11, h12, h13] {
+        f.wait_agent(ip)?;
+    }
+    let run = f.newest_run()?;
+    assert_eq!(run["sop"], "config reload", "{run}");
+    assert_ne!(run["state"], "succeeded", "{run}");
+    let id = run["run_id"].as_str().context("run id")?.to_string();
+    let out = f.admin(&["run", "resume", &id])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let after = etcd_pids(&f)?;
+    for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+        assert_ne!(a, b, "etcd-{} was not restarted", i + 1);
+    }
+    let restarts = f.run_show(&id)?;
+    let restart_steps = restarts["steps"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter(|s| s["kind"] == "RestartEtcd" && s["state"] == "done")
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(restart_steps, 3, "{restarts}");
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_under_the_agents_state_dir_fails_the_task_before_it_acts() -> Result<()> {
+    let _one = lock();
+    let f = created(&ETCD, "")?;
+    let h11 = f.lab.addr(ETCD[0]);
+    // The agent's state dir on a small tmpfs of its own, with the journal kept, then filled.
+    f.lab.sh_ok(
+        h11,
+        "systemctl stop quorum-agent && cp -a /var/lib/quorum /root/quorum-state && \
+         mount -t tmpfs -o size=256k,mode=0750 quorum-state /var/lib/quorum && \
+         cp -a /root/quorum-state/. /var/lib/quorum/ && systemctl start quorum-agent",
+    )?;
+    f.wait_agent(h11)?;
+    f.lab.sh(
+        h11,
+        "dd if=/dev/zero of=/var/lib/quorum/fill bs=4k 2>/dev/null; df -h /var/lib/quorum",
+    )?;
+    // A profile to write on that host.
+    f.lab.sh_ok(h11, "rm /etc/profile.d/etcdctl.sh")?;
+    let out = f.admin(&["env", "refresh", "--yes"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("No space left on device") || out.stderr.contains("no space"),
+        "the error says the disk is full: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("/var/lib/quorum"),
+        "and where: {}",
+        out.stderr
+    );
+    assert!(
+        !f.lab.host(h11)?.path("/etc/profile.d/etcdctl.sh").exists(),
+        "the task acted although it could not journal"
+    );
+    assert_eq!(
+        f.unit_state(h11, "quorum-agent")?,
+        "active",
+        "the agent died of the full disk"
+    );
+    let id = f.newest_run()?["run_id"]
+        .as_str()
+        .context("run id")?
+        .to_string();
+    f.lab.sh_ok(h11, "rm /var/lib/quorum/fill")?;
+    let out = f.admin(&["run", "resume", &id])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(f.lab.host(h11)?.path("/etc/profile.d/etcdctl.sh").exists());
+    Ok(())
+}
+
+#[test]
+fn an_agent_killed_inside_a_restart_is_restarted_by_systemd_and_never_restarts_etcd_twice(
+) -> Result<()> {
+    let _one = lock();
+    let f = created(&ETCD, "")?;
+    let [h11, h12, _] = ETCD.map(|l| f.lab.addr(l));
+    let before = etcd_pids(&f)?;
+    spawn_admin(&f, &["config", "reload", "--restart", "--yes"])?;
+    wait_restarted(&f, h11, "etcd", before[0], Duration::from_secs(120))?;
+    // The agent on etcd-2's host dies as its etcd restart begins.
+    let restarted = wait_restarted(&f, h12, "etcd", before[1], Duration::from_secs(120))?;
+    f.lab.sh_ok(h12, "systemctl kill -s KILL quorum-agent")?;
+    wait_for(
+        "systemd to restart the agent",
+        Duration::from_secs(30),
+        || {
+            let n = f
+                .lab
+                .sh(h12, "systemctl show -p NRestarts --value quorum-agent")
+                .ok()?;
+            (n.stdout.trim() == "1").then_some(())
+        },
+    )?;
+    let (code, out) = wait_admin(&f, Duration::from_secs(300))?;
+    let id = f.newest_run()?["run_id"]
+        .as_str()
+        .context("run id")?
+        .to_string();
+    if code != 0 {
+        // The redelivered restart is not run again: the run says the agent died inside it.
+        assert!(
+            out.contains("quorum run resume") || out.contains("run resume"),
+            "{out}"
+        );
+        let out = f.admin(&["run", "resume", &id])?;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    assert_eq!(f.run_show(&id)?["state"], "succeeded");
+    let restarts = f.lab.sh_ok(
+        h12,
+        "journalctl -u etcd --no-pager -o cat | grep -c '^Started etcd.service'",
+    )?;
+    let _ = restarts;
+    assert_eq!(
+        f.main_pid(h12, "etcd")?,
+        restarted,
+        "etcd on etcd-2's host was restarted again after the agent came back"
+    );
+    Ok(())
+}
