@@ -72,6 +72,10 @@ struct Inner {
     /// Started and not finished, with the start time.
     started: HashMap<String, i64>,
     lines: usize,
+    /// The file's length up to its last whole line: an append that fails part-way (a full
+    /// disk takes the first bytes of a line and refuses the rest) is cut back to it, so the
+    /// next line never glues onto a torn one, which would hide both.
+    good_len: u64,
 }
 
 /// The journal file.
@@ -82,10 +86,17 @@ pub struct Journal {
 
 /// Journal I/O errors.
 #[derive(Debug, thiserror::Error)]
-#[error("journal {path}: {source}; check journal_dir in the agent config")]
+#[error("journal {}: {source}{}", path.display(), journal_hint(source))]
 pub struct JournalError {
     path: PathBuf,
     source: std::io::Error,
+}
+
+fn journal_hint(e: &std::io::Error) -> &'static str {
+    match crate::files::io_hint(e) {
+        "" => "; check journal_dir in the agent config",
+        hint => hint,
+    }
 }
 
 /// Keeps the last `cap` bytes of `s`, on a char boundary.
@@ -119,7 +130,17 @@ impl Journal {
             order: VecDeque::new(),
             started: HashMap::new(),
             lines: 0,
+            good_len: 0,
         };
+        // A torn last line (a crash or a full disk mid-append) is cut off now, before the
+        // first append could glue onto it; if the cut fails, the first append cuts it.
+        let whole = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        inner.good_len = whole as u64;
+        if whole < text.len() {
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) {
+                let _ = f.set_len(inner.good_len).and_then(|_| f.sync_all());
+            }
+        }
         for l in text.lines() {
             // A torn last line (crash mid-append) is skipped: that task counts as unfinished.
             let Ok(line) = serde_json::from_str::<Line>(l) else {
@@ -197,8 +218,16 @@ impl Journal {
             .map_err(err)?;
         let mut text = serde_json::to_string(line).map_err(|e| err(std::io::Error::other(e)))?;
         text.push('\n');
-        f.write_all(text.as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
+        if f.metadata().map_err(err)?.len() != inner.good_len {
+            // The bytes of a failed append are still there: cut them first.
+            f.set_len(inner.good_len).map_err(err)?;
+        }
+        let written = f.write_all(text.as_bytes()).and_then(|_| f.sync_all());
+        if let Err(e) = written {
+            let _ = f.set_len(inner.good_len).and_then(|_| f.sync_all());
+            return Err(err(e));
+        }
+        inner.good_len += text.len() as u64;
         inner.lines += 1;
         Ok(())
     }
@@ -296,6 +325,7 @@ impl Journal {
         crate::files::replace_atomically(&self.path, text.as_bytes(), 0o600, None)
             .map_err(|e| err(std::io::Error::other(e.to_string())))?;
         inner.lines = inner.started.len() + inner.order.len();
+        inner.good_len = text.len() as u64;
         Ok(())
     }
 }
@@ -303,6 +333,43 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_torn_line_is_cut_so_the_next_line_is_never_hidden(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("journal.jsonl");
+        // What a full disk leaves: the first bytes of a "started" line, no newline.
+        std::fs::write(
+            &path,
+            "{\"id\":\"a\",\"state\":\"finished\",\"outcome\":1,\"output\":\"\"}\n{\"id\":\"b\",\"sta",
+        )?;
+        let j = Journal::open(dir.path())?;
+        assert!(std::fs::read_to_string(&path)?.ends_with('\n'));
+        j.start("c")?;
+        // Bytes of a failed append left behind (the cut after it failed too) are cut first.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)?
+            .write_all(b"{\"id\":\"x\",\"st")?;
+        j.start("d")?;
+        drop(j);
+        let text = std::fs::read_to_string(&path)?;
+        assert!(
+            text.lines()
+                .all(|l| serde_json::from_str::<Line>(l).is_ok()),
+            "{text}"
+        );
+        let j = Journal::open(dir.path())?;
+        assert_eq!(
+            j.seen("a"),
+            Seen::Finished(pb::Outcome::Changed, String::new())
+        );
+        assert_eq!(j.seen("b"), Seen::New);
+        assert_eq!(j.seen("c"), Seen::Interrupted);
+        assert_eq!(j.seen("d"), Seen::Interrupted);
+        Ok(())
+    }
 
     #[test]
     fn survives_reopen_and_knows_interrupted_tasks() -> Result<(), Box<dyn std::error::Error>> {
