@@ -127,6 +127,31 @@ impl Probe {
     }
 }
 
+/// A service's last transitions as systemd recorded them ([`Backend::transitions`]).
+#[derive(Debug, Clone)]
+pub struct Transitions {
+    /// `ActiveState`: active, activating, inactive, failed, ...
+    pub state: String,
+    /// When it last became active, Unix ms.
+    pub active_since_ms: Option<i64>,
+    /// When it last became inactive, Unix ms.
+    pub inactive_since_ms: Option<i64>,
+}
+
+/// A `CLOCK_MONOTONIC` stamp in microseconds (systemd's `...TimestampMonotonic`) as Unix ms,
+/// through the offset between the two clocks now.
+fn monotonic_us_to_unix_ms(us: i64) -> i64 {
+    use nix::time::{clock_gettime, ClockId};
+    let ms = |t: nix::sys::time::TimeSpec| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000;
+    match (
+        clock_gettime(ClockId::CLOCK_MONOTONIC),
+        clock_gettime(ClockId::CLOCK_REALTIME),
+    ) {
+        (Ok(mono), Ok(real)) => ms(real) - (ms(mono) - us / 1000),
+        _ => 0,
+    }
+}
+
 /// `systemctl is-active UNIT`: the one word it prints; a stopped word counts only with the
 /// non-zero exit systemctl gives it. Anything else is `Err` (unknown), never a guess from the
 /// exit code: a guess that says "inactive" would let a wipe through.
@@ -294,6 +319,55 @@ impl Backend {
         }
     }
 
+    /// When systemd last saw `svc` become active and become inactive (Unix ms; `None`:
+    /// never since boot), with its state word. `Err` when the backend cannot tell (exec) or
+    /// systemctl fails. systemd's monotonic stamps are used (every version has them), turned
+    /// into wall-clock time with this host's clocks.
+    pub async fn transitions(&self, svc: Svc) -> Result<Transitions, String> {
+        if self.cfg.service_backend != BackendKind::Systemd {
+            return Err(
+                "the exec backend does not record when a service started or stopped".into(),
+            );
+        }
+        let unit = match svc {
+            Svc::Etcd => &self.cfg.services.etcd,
+            Svc::Patroni => &self.cfg.services.patroni,
+            Svc::VipManager => &self.cfg.services.vip_manager,
+        };
+        let argv: Vec<String> = [
+            "systemctl",
+            "show",
+            "-p",
+            "ActiveState",
+            "-p",
+            "ActiveEnterTimestampMonotonic",
+            "-p",
+            "InactiveEnterTimestampMonotonic",
+            unit,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (code, out) = self.exec(&argv).await.map_err(|e| e.to_string())?;
+        if code != Some(0) {
+            return Err(format!("{} failed: {}", argv.join(" "), out.trim()));
+        }
+        let field = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::trim)
+        };
+        let stamp = |key: &str| -> Option<i64> {
+            let us: i64 = field(key)?.parse().ok()?;
+            (us > 0).then(|| monotonic_us_to_unix_ms(us))
+        };
+        Ok(Transitions {
+            state: field("ActiveState").unwrap_or("unknown").to_string(),
+            active_since_ms: stamp("ActiveEnterTimestampMonotonic"),
+            inactive_since_ms: stamp("InactiveEnterTimestampMonotonic"),
+        })
+    }
+
     /// The state of `svc`.
     pub async fn status(&self, svc: Svc) -> pb::ServiceState {
         self.probe(svc).await.state
@@ -387,6 +461,21 @@ impl Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_monotonic_stamp_of_now_is_now_in_unix_time() {
+        use nix::time::{clock_gettime, ClockId};
+        let mono = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
+        let us = mono.tv_sec() * 1_000_000 + mono.tv_nsec() / 1000;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as i64;
+        let got = monotonic_us_to_unix_ms(us);
+        assert!((got - now).abs() < 1000, "{got} vs {now}");
+        // Ten seconds earlier on the monotonic clock is ten seconds earlier in Unix time.
+        assert!((monotonic_us_to_unix_ms(us - 10_000_000) - (got - 10_000)).abs() < 5);
+    }
 
     #[test]
     fn systemctl_words_map_exactly_and_nothing_else_is_stopped() {

@@ -203,6 +203,12 @@ impl Executor {
                 return report;
             }
             Seen::Interrupted if repeat_is_unsafe(kind) => {
+                if let Some(report) = self.carried_out_before_the_stop(&task.id, kind).await {
+                    let _ = self
+                        .journal
+                        .finish(&task.id, report.outcome, &report.output);
+                    return report;
+                }
                 let report = TaskReport::failed(format!(
                     "task {} ({}) was interrupted by an agent stop while running; it is not run again because that could repeat a restart or a wipe. Check the service on this host, then resume the run",
                     task.id,
@@ -511,6 +517,73 @@ impl Executor {
             pb::Outcome::Changed,
             format!("{report}\n{out}").trim().to_string(),
         )
+    }
+
+    /// A restart or stop the agent died inside, whose job systemd carried out anyway: the
+    /// service entered the state the action asked for after the task began (the journal's
+    /// start). Then the task is done, and reported so (a restart of etcd after the same
+    /// health check as a restart), instead of being refused or run a second time. `None`:
+    /// it cannot be told (exec backend, no start time, another state), so the caller
+    /// refuses as before.
+    async fn carried_out_before_the_stop(&self, id: &str, kind: &Kind) -> Option<TaskReport> {
+        let Kind::ServiceAction(a) = kind else {
+            return None;
+        };
+        let svc = pb::Service::try_from(a.service)
+            .ok()
+            .and_then(Svc::from_pb)?;
+        let restart = a.action == pb::Action::Restart as i32;
+        if !restart && a.action != pb::Action::Stop as i32 {
+            return None;
+        }
+        let began = self.journal.started_at(id)?;
+        // A restart systemd is still carrying out (a slow start) is waited for, as long as a
+        // start would be.
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_secs(self.cfg.start_check_secs.max(5));
+        let (word, at) = loop {
+            let t = self.backend.transitions(svc).await.ok()?;
+            let done = if restart {
+                (t.state == "active")
+                    .then_some(t.active_since_ms)
+                    .flatten()
+                    .filter(|at| *at >= began)
+                    .map(|at| ("became active", at))
+            } else {
+                matches!(t.state.as_str(), "inactive" | "failed")
+                    .then_some(t.inactive_since_ms)
+                    .flatten()
+                    .filter(|at| *at >= began)
+                    .map(|at| ("stopped", at))
+            };
+            if let Some(done) = done {
+                break done;
+            }
+            let moving = ["activating", "deactivating", "reloading"].contains(&t.state.as_str());
+            if !moving || std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
+        let action = if restart { "restart" } else { "stop" };
+        let mut report = format!(
+            "{action} {}: the agent was stopped inside this task, but systemd carried it out: {} {word} {:.1} s after the task began; it is not run again",
+            svc.fact_key(),
+            svc.fact_key(),
+            (at - began) as f64 / 1000.0
+        );
+        if svc == Svc::Etcd && restart {
+            match self.confirm_etcd_running("restart").await {
+                Ok(note) => report = format!("{report}; {note}"),
+                Err(why) => {
+                    return Some(TaskReport::failed(format!(
+                        "{report}, but {why}\n{}",
+                        self.log_section(svc).await
+                    )))
+                }
+            }
+        }
+        Some(TaskReport::new(pb::Outcome::Changed, report))
     }
 
     /// "Start means running": after a start or restart, etcd must be running and answer its

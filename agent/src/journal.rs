@@ -190,6 +190,11 @@ impl Journal {
         Seen::New
     }
 
+    /// When a started, unfinished task started (Unix ms; `None` when not known).
+    pub fn started_at(&self, id: &str) -> Option<i64> {
+        self.lock().started.get(id).copied().filter(|ms| *ms > 0)
+    }
+
     /// When a finished task started and finished (Unix ms; 0 where the entry does not say).
     pub fn ran(&self, id: &str) -> Option<(i64, i64)> {
         self.lock()
