@@ -222,6 +222,15 @@ impl Lab {
             root.join("etc/hosts"),
             format!("127.0.0.1 localhost\n{ip} {name}\n"),
         )?;
+        // The etcd of the test run's leg: Debian bookworm's 3.4 from the base, or (with
+        // QUORUM_TEST_ETCD_DIR, the 3.5 leg) that dir's etcd and etcdctl over it.
+        let selected = crate::etcd_dir();
+        if selected != Path::new("/usr/bin") {
+            for bin in ["etcd", "etcdctl"] {
+                std::fs::copy(selected.join(bin), root.join("usr/bin").join(bin))
+                    .with_context(|| format!("copying {bin} from {}", selected.display()))?;
+            }
+        }
         self.boot(ip)?;
         Ok(ip)
     }
@@ -498,14 +507,33 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Where Pigsty's admin node keeps things: the admin user's home, the CA, the inventory.
-pub const PIGSTY_HOME: &str = "/home/dba/pigsty";
-/// The CA dir on the admin node.
-pub const CA_DIR: &str = "/home/dba/pigsty/files/pki/ca";
-/// The inventory on the admin node.
-pub const INVENTORY: &str = "/home/dba/pigsty/pigsty.yml";
-/// The operator's credentials on the admin node (`quorum pki issue admin --name dba`).
-pub const OPERATOR_DIR: &str = "/home/dba/.quorum";
+/// How a fleet is installed: which packages, what each host gets first, who the admin is.
+pub struct Spec<'a> {
+    /// The agent's .deb (the tree's, from `packaging/build.sh`, when `None`).
+    pub agent_deb: Option<&'a Path>,
+    /// The coordinator's .deb (the tree's when `None`).
+    pub quorum_deb: Option<&'a Path>,
+    /// A shell script run on each agent host before its agent is installed.
+    pub prepare: &'a str,
+    /// A shell script run on the admin node after the CA is made, before the coordinator
+    /// starts; `{net}` in it is the lab's `10.77.K`, `{ca}` the CA dir, `{home}` ~/pigsty.
+    pub prepare_admin: &'a str,
+    /// Pigsty's admin user on the admin node, who owns ~/pigsty and its CA: `dba` (Pigsty's
+    /// default admin user) or `root` (Pigsty installed by root, in /root/pigsty).
+    pub admin_user: &'static str,
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Self {
+            agent_deb: None,
+            quorum_deb: None,
+            prepare: "",
+            prepare_admin: "",
+            admin_user: "dba",
+        }
+    }
+}
 /// The coordinator's port.
 pub const COORDINATOR_PORT: u16 = 7443;
 
@@ -520,6 +548,8 @@ pub struct Fleet {
     pub admin: IpAddr,
     /// Hosts with an agent, in the order they were added.
     pub hosts: Vec<IpAddr>,
+    /// Pigsty's admin user on the admin node.
+    pub admin_user: &'static str,
 }
 
 impl Fleet {
@@ -527,21 +557,38 @@ impl Fleet {
     /// `hosts` and installs, enrolls and starts its agent from `agent_deb` (the tree's .deb
     /// when `None`). The inventory is written by [`Fleet::write_inventory`].
     pub fn new(hosts: &[u8], agent_deb: Option<&Path>) -> Result<Self> {
-        let (new_agent, quorum_deb) = packages()?;
-        let agent_deb = agent_deb.map(Path::to_path_buf).unwrap_or(new_agent);
+        Self::with(
+            hosts,
+            Spec {
+                agent_deb,
+                ..Spec::default()
+            },
+        )
+    }
+
+    /// As [`Fleet::new`], installed as `spec` says.
+    pub fn with(hosts: &[u8], spec: Spec) -> Result<Self> {
+        let (new_agent, new_quorum) = packages()?;
+        let agent_deb = spec.agent_deb.map(Path::to_path_buf).unwrap_or(new_agent);
+        let quorum_deb = spec.quorum_deb.map(Path::to_path_buf).unwrap_or(new_quorum);
+        let prepare = spec.prepare;
         let mut lab = Lab::new()?;
         let admin = lab.add_host(10)?;
         let mut fleet = Self {
             lab,
             admin,
             hosts: Vec::new(),
+            admin_user: spec.admin_user,
         };
-        fleet.install_coordinator(&quorum_deb)?;
+        fleet.install_coordinator(&quorum_deb, spec.prepare_admin)?;
         for last in hosts {
             let ip = fleet.lab.add_host(*last)?;
             fleet.hosts.push(ip);
         }
         for ip in fleet.hosts.clone() {
+            if !prepare.is_empty() {
+                fleet.lab.sh_ok(ip, prepare)?;
+            }
             fleet.install_agent(ip, &agent_deb)?;
             fleet.enroll(ip)?;
         }
@@ -549,6 +596,37 @@ impl Fleet {
             fleet.wait_agent(ip)?;
         }
         Ok(fleet)
+    }
+
+    /// Pigsty's home on the admin node: ~admin/pigsty.
+    pub fn home(&self) -> String {
+        match self.admin_user {
+            "root" => "/root/pigsty".into(),
+            user => format!("/home/{user}/pigsty"),
+        }
+    }
+
+    /// The CA dir on the admin node, where Pigsty keeps it.
+    pub fn ca_dir(&self) -> String {
+        format!("{}/files/pki/ca", self.home())
+    }
+
+    /// The inventory on the admin node.
+    pub fn inventory(&self) -> String {
+        format!("{}/pigsty.yml", self.home())
+    }
+
+    /// The operator's certificate dir (`quorum pki issue admin`).
+    pub fn operator_dir(&self) -> String {
+        format!("{}/../.quorum", self.home())
+    }
+
+    /// `cmd` as the admin user (a shell command line).
+    fn as_admin(&self, cmd: &str) -> String {
+        match self.admin_user {
+            "root" => cmd.to_string(),
+            user => format!("runuser -u {user} -- {cmd}"),
+        }
     }
 
     /// The coordinator's URL.
@@ -559,26 +637,67 @@ impl Fleet {
     /// The admin node, as Pigsty lays it out: the admin user's CA (`pki init` as dba: the key
     /// 0600, dba's), the coordinator's certificate, coordinator.yml naming both and the
     /// inventory in ~dba/pigsty; `dpkg -i` of the coordinator's package, then the unit started.
-    fn install_coordinator(&self, deb: &Path) -> Result<()> {
+    fn install_coordinator(&self, deb: &Path, prepare: &str) -> Result<()> {
         let a = self.admin;
         self.lab.copy_in(a, deb, "/root/quorum.deb")?;
-        self.lab.sh_ok(a, "dpkg -i /root/quorum.deb")?;
+        self.lab
+            .sh_ok(a, "dpkg -i --force-confold /root/quorum.deb")?;
+        let (home, ca) = (self.home(), self.ca_dir());
         self.lab.sh_ok(
             a,
             &format!(
-                "cd {PIGSTY_HOME} 2>/dev/null || runuser -u dba -- mkdir -p {PIGSTY_HOME}; \
-                 runuser -u dba -- quorum pki init --dir {CA_DIR} && \
-                 quorum pki issue coordinator --ip {a} --dir {CA_DIR} --out /etc/quorum && \
-                 runuser -u dba -- quorum pki issue admin --name dba --dir {CA_DIR} --out {OPERATOR_DIR}"
+                "{mkdir} && {init} && \
+                 quorum pki issue coordinator --ip {a} --dir {ca} --out /etc/quorum && {admin}",
+                mkdir = self.as_admin(&format!("mkdir -p {home}")),
+                init = self.as_admin(&format!("quorum pki init --dir {ca}")),
+                admin = self.as_admin(&format!(
+                    "quorum pki issue admin --name {} --dir {ca} --out {}",
+                    self.admin_user,
+                    self.operator_dir()
+                )),
             ),
         )?;
+        if !prepare.is_empty() {
+            let script = prepare
+                .replace("{net}", &format!("10.77.{}", self.lab.k))
+                .replace("{ca}", &ca)
+                .replace("{home}", &home);
+            self.lab.sh_ok(a, &script)?;
+        }
         let cfg = format!(
-            "listen: {a}:{COORDINATOR_PORT}\ntls:\n  ca_cert: {CA_DIR}/ca.crt\n  cert: /etc/quorum/coordinator.crt\n  key: /etc/quorum/coordinator.key\n  ca_key: {CA_DIR}/ca.key\ntrust_domain: pigsty\ninventory: {INVENTORY}\nstate_dir: /var/lib/quorum\npoll_hold_secs: 10\nstale_after_secs: 15\ntask_timeout_secs: 90\ngate_timeout_secs: 30\n"
+            "listen: {a}:{COORDINATOR_PORT}\ntls:\n  ca_cert: {ca}/ca.crt\n  cert: /etc/quorum/coordinator.crt\n  key: /etc/quorum/coordinator.key\n  ca_key: {ca}/ca.key\ntrust_domain: pigsty\ninventory: {inv}\nstate_dir: /var/lib/quorum\npoll_hold_secs: 10\nstale_after_secs: 15\ntask_timeout_secs: 90\ngate_timeout_secs: 30\n",
+            inv = self.inventory(),
         );
         std::fs::write(self.lab.host(a)?.path("/etc/quorum/coordinator.yml"), cfg)?;
         // An empty inventory until the test writes one: the coordinator needs the file.
-        self.write_file_as_dba(INVENTORY, "all:\n  children: {}\n")?;
+        self.write_admin_file(&self.inventory(), "all:\n  children: {}\n")?;
         self.lab.sh_ok(a, "systemctl start quorum.service")?;
+        self.wait_listening()?;
+        Ok(())
+    }
+
+    /// Writes a file on the admin node, the admin user's.
+    pub fn write_admin_file(&self, path: &str, text: &str) -> Result<()> {
+        let host = self.lab.host(self.admin)?;
+        std::fs::write(host.path(path), text)?;
+        let user = self.admin_user;
+        self.lab
+            .sh_ok(self.admin, &format!("chown {user}:{user} {path}"))?;
+        Ok(())
+    }
+
+    /// `dpkg -i` of a coordinator package on the admin node over the installed one (an
+    /// upgrade: its postinst restarts the unit); waits until it listens again.
+    pub fn install_quorum(&self, deb: &Path) -> Result<()> {
+        let a = self.admin;
+        self.lab.copy_in(a, deb, "/root/quorum.deb")?;
+        self.lab
+            .sh_ok(a, "dpkg -i --force-confold /root/quorum.deb")?;
+        self.wait_listening()
+    }
+
+    fn wait_listening(&self) -> Result<()> {
+        let a = self.admin;
         wait_for("the coordinator to listen", Duration::from_secs(30), || {
             let out = self
                 .lab
@@ -586,35 +705,29 @@ impl Fleet {
                 .ok()?;
             (!out.stdout.trim().is_empty()).then_some(())
         })
-        .with_context(|| self.lab.journal(a, "quorum", 40))?;
-        Ok(())
-    }
-
-    /// Writes a file in dba's home on the admin node, dba's.
-    pub fn write_file_as_dba(&self, path: &str, text: &str) -> Result<()> {
-        let host = self.lab.host(self.admin)?;
-        std::fs::write(host.path(path), text)?;
-        self.lab
-            .sh_ok(self.admin, &format!("chown dba:dba {path}"))?;
-        Ok(())
+        .with_context(|| self.lab.journal(a, "quorum", 40))
     }
 
     /// `dpkg -i` of an agent package on `ip` (an install or an upgrade).
     pub fn install_agent(&self, ip: IpAddr, deb: &Path) -> Result<CliOutput> {
         self.lab.copy_in(ip, deb, "/root/quorum-agent.deb")?;
-        self.lab.sh_ok(ip, "dpkg -i /root/quorum-agent.deb")
+        self.lab
+            .sh_ok(ip, "dpkg -i --force-confold /root/quorum-agent.deb")
     }
 
     /// Enrolls `ip`'s agent as README says: the CA certificate, a token minted on the admin
-    /// node by its admin user, `quorum-agent enroll`, agent.yml's coordinator and host_ip;
-    /// then `systemctl start quorum-agent`.
+    /// node by its admin user, `quorum-agent enroll` (with `--token-file`; an agent of 0.2
+    /// knows only `--token`), agent.yml's coordinator and host_ip; then `systemctl start
+    /// quorum-agent`.
     pub fn enroll(&self, ip: IpAddr) -> Result<()> {
         let token = self
             .lab
             .sh_ok(
                 self.admin,
                 &format!(
-                    "cd {PIGSTY_HOME} && runuser -u dba -- quorum pki token --host {ip} --ttl 15m"
+                    "cd {} && {}",
+                    self.home(),
+                    self.as_admin(&format!("quorum pki token --host {ip} --ttl 15m"))
                 ),
             )?
             .stdout
@@ -622,21 +735,28 @@ impl Fleet {
             .to_string();
         let host = self.lab.host(ip)?;
         std::fs::copy(
-            self.lab.host(self.admin)?.path(&format!("{CA_DIR}/ca.crt")),
+            self.lab
+                .host(self.admin)?
+                .path(&format!("{}/ca.crt", self.ca_dir())),
             host.path("/etc/quorum/ca.crt"),
         )?;
         // Pigsty's node role puts the CA in /etc/pki/ca.crt on every node (the profiles
         // before v4 name it).
         std::fs::create_dir_all(host.path("/etc/pki"))?;
         std::fs::copy(
-            self.lab.host(self.admin)?.path(&format!("{CA_DIR}/ca.crt")),
+            self.lab
+                .host(self.admin)?
+                .path(&format!("{}/ca.crt", self.ca_dir())),
             host.path("/etc/pki/ca.crt"),
         )?;
         std::fs::write(host.path("/root/token"), format!("{token}\n"))?;
         self.lab.sh_ok(
             ip,
             &format!(
-                "chmod 600 /root/token && quorum-agent enroll --coordinator {url} --ca-cert /etc/quorum/ca.crt --host-ip {ip} --token-file /root/token && rm /root/token && \
+                "chmod 600 /root/token && \
+                 if quorum-agent enroll --help | grep -q -- --token-file; then t='--token-file /root/token'; \
+                 else t=\"--token $(cat /root/token)\"; fi && \
+                 quorum-agent enroll --coordinator {url} --ca-cert /etc/quorum/ca.crt --host-ip {ip} $t && rm /root/token && \
                  sed -i -e 's|^coordinator: .*|coordinator: {url}|' -e 's|^host_ip: .*|host_ip: {ip}|' /etc/quorum/agent.yml && \
                  systemctl start quorum-agent.service",
                 url = self.url()
@@ -670,7 +790,7 @@ impl Fleet {
         Ok(serde_json::from_str(&out.stdout)?)
     }
 
-    /// Runs the operator CLI on the admin node as dba, with dba's certificate.
+    /// Runs the operator CLI on the admin node as its admin user, with that user's certificate.
     pub fn admin(&self, args: &[&str]) -> Result<CliOutput> {
         self.lab.sh(self.admin, &self.admin_command(args))
     }
@@ -678,11 +798,14 @@ impl Fleet {
     /// The shell command line of [`Fleet::admin`] (for a run left in the background).
     pub fn admin_command(&self, args: &[&str]) -> String {
         let quoted: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-        format!(
-            "cd {PIGSTY_HOME} && runuser -u dba -- env QUORUM_COORDINATOR={url} QUORUM_CERT={OPERATOR_DIR}/admin.crt QUORUM_KEY={OPERATOR_DIR}/admin.key QUORUM_CACERT={CA_DIR}/ca.crt quorum {}",
+        let op = self.operator_dir();
+        let cli = format!(
+            "env QUORUM_COORDINATOR={url} QUORUM_CERT={op}/admin.crt QUORUM_KEY={op}/admin.key QUORUM_CACERT={ca}/ca.crt quorum {}",
             quoted.join(" "),
             url = self.url(),
-        )
+            ca = self.ca_dir(),
+        );
+        format!("cd {} && {}", self.home(), self.as_admin(&cli))
     }
 
     /// Writes the inventory: etcd members `(ip, seq)` with Pigsty's defaults (v3.6, its paths)
@@ -710,7 +833,7 @@ impl Fleet {
         let text = format!(
             "all:\n  children:\n    etcd:\n      hosts:\n{hosts}      vars:\n        etcd_cluster: etcd\n{extra}{groups}"
         );
-        self.write_file_as_dba(INVENTORY, &text)
+        self.write_admin_file(&self.inventory(), &text)
     }
 
     /// A host's unit's main pid (0 when it does not run).

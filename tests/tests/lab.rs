@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use quorum_tests::lab::{Fleet, CA_DIR};
+use quorum_tests::lab::{Fleet, Spec};
 use quorum_tests::pg::http_get;
 use quorum_tests::wait_for;
 
@@ -56,9 +56,10 @@ fn start_writer(f: &Fleet) -> Result<()> {
         .iter()
         .map(|l| format!("https://{}:2379", f.lab.addr(*l)))
         .collect();
+    let ca = f.ca_dir();
     let script = format!(
         "i=0; while [ ! -e /root/writer.stop ]; do i=$((i+1)); n=0; \
-         until ETCDCTL_API=3 etcdctl --endpoints={eps} --cacert={CA_DIR}/ca.crt --cert=/etc/quorum/coordinator.crt --key=/etc/quorum/coordinator.key --command-timeout=5s put w$i $i >/dev/null 2>&1; do \
+         until ETCDCTL_API=3 etcdctl --endpoints={eps} --cacert={ca}/ca.crt --cert=/etc/quorum/coordinator.crt --key=/etc/quorum/coordinator.key --command-timeout=5s put w$i $i >/dev/null 2>&1; do \
            n=$((n+1)); if [ $n -ge 5 ]; then echo $i >> /root/writer.lost; break; fi; sleep 0.5; done; \
          [ $n -lt 5 ] && echo $i >> /root/writer.acked; sleep 0.05; done; echo done > /root/writer.done",
         eps = eps.join(",")
@@ -113,7 +114,8 @@ fn bring_up_patroni(f: &Fleet, ip: IpAddr) -> Result<()> {
     f.lab.sh_ok(
         a,
         &format!(
-            "quorum pki issue etcd --name pg-test-1 --ip {ip} --dir {CA_DIR} --out /root/pg-{ip}"
+            "quorum pki issue etcd --name pg-test-1 --ip {ip} --dir {} --out /root/pg-{ip}",
+            f.ca_dir()
         ),
     )?;
     let from = f.lab.host(a)?.path(&format!("/root/pg-{ip}"));
@@ -627,5 +629,157 @@ fn an_agent_killed_inside_a_restart_is_restarted_by_systemd_and_finds_the_restar
         "etcd on etcd-{}'s host was restarted again after its agent came back",
         victim + 1
     );
+    Ok(())
+}
+
+/// The .debs of Quorum 0.2 (agent, coordinator), built from this repository's history by
+/// `scripts/lab-0.2` (cached after the first build).
+fn quorum_0_2() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab-0.2");
+    let out = std::process::Command::new(&script)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let mut lines = text.lines();
+    let agent = lines.next().context("no agent .deb")?;
+    let quorum = lines.next().context("no coordinator .deb")?;
+    Ok((agent.into(), quorum.into()))
+}
+
+fn agent_versions(f: &Fleet) -> Result<Vec<String>> {
+    let agents = f.agents_json()?;
+    Ok(f.hosts
+        .iter()
+        .map(|ip| {
+            agents
+                .iter()
+                .find(|a| a["agent_id"] == ip.to_string())
+                .and_then(|a| a["version"].as_str())
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect())
+}
+
+#[test]
+fn a_0_2_fleet_upgraded_coordinator_first_then_each_agent_while_a_run_goes_on() -> Result<()> {
+    let _one = lock();
+    let (old_agent, old_quorum) = quorum_0_2()?;
+    let (new_agent, new_quorum) = quorum_tests::lab::packages()?;
+    // A fleet as 0.2 could run it: its agent's unit starts only where every dir it names
+    // exists (/pg, /etc/patroni: Pigsty's nodes with etcd and PostgreSQL together), and its
+    // coordinator's unit reads only root's files (Pigsty installed by root, in /root/pigsty)
+    // and writes none outside its state dir.
+    let f = Fleet::with(
+        &ETCD,
+        Spec {
+            agent_deb: Some(&old_agent),
+            quorum_deb: Some(&old_quorum),
+            prepare: "mkdir -p /pg /etc/patroni",
+            // 0.2 writes member certificates beside the CA (files/pki/etcd), which its unit
+            // keeps read-only: it runs where Pigsty has issued them already.
+            prepare_admin: "mkdir -p {home}/files/pki/etcd && for n in 1 2 3; do \
+                quorum pki issue etcd --name etcd-$n --ip {net}.1$n --dir {ca} --out /root/etcd-$n && \
+                mv /root/etcd-$n/server.crt {home}/files/pki/etcd/etcd-$n.crt && \
+                mv /root/etcd-$n/server.key {home}/files/pki/etcd/etcd-$n.key || exit 1; done",
+            admin_user: "root",
+        },
+    )?;
+    let etcd = ETCD.map(|l| f.lab.addr(l));
+    assert_eq!(agent_versions(&f)?, vec!["0.2.0"; 3]);
+    f.write_inventory(&members(&f, &ETCD), "", "")?;
+    let out = f.admin(&["cluster", "create", "--yes"])?;
+    ensure!(out.code == 0, "create with 0.2: {out:?}");
+    assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
+
+    // The coordinator first, as README says: its runs and certificates carry over.
+    let runs_before = f.admin(&["run", "list", "-o", "json"])?.ok()?.stdout;
+    f.install_quorum(&new_quorum)?;
+    for ip in etcd {
+        f.wait_agent(ip)?;
+    }
+    let runs_after = f.admin(&["run", "list", "-o", "json"])?.ok()?.stdout;
+    let ids = |text: &str| -> Result<Vec<String>> {
+        let v: Vec<serde_json::Value> = serde_json::from_str(text)?;
+        Ok(v.iter()
+            .filter_map(|r| r["run_id"].as_str().map(str::to_string))
+            .collect())
+    };
+    assert_eq!(
+        ids(&runs_after)?,
+        ids(&runs_before)?,
+        "the runs of 0.2 are kept"
+    );
+    // A 0.2 agent gets nothing that changes something: the run stops at its first step
+    // there, naming the upgrade, and nothing was done on that host.
+    let before = etcd_pids(&f)?;
+    let out = f.admin(&["config", "reload", "--restart", "--yes"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("runs quorum-agent 0.2.0")
+            && out.stderr.contains("Upgrade the quorum-agent package"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        etcd_pids(&f)?,
+        before,
+        "a member restarted through a 0.2 agent"
+    );
+    let refused = run_id(&f)?;
+
+    // Then the agents, one host at a time, while the run goes on: one upgraded, the run
+    // resumed in the background, and the other two upgraded while it runs (each package's
+    // postinst restarts its agent, maybe inside a task). Wherever the run meets an agent
+    // still old, it stops as above; the next resume, with every agent upgraded, finishes.
+    f.install_agent(etcd[0], &new_agent)?;
+    f.wait_agent(etcd[0])?;
+    spawn_admin(&f, &["run", "resume", &refused])?;
+    for ip in &etcd[1..] {
+        f.install_agent(*ip, &new_agent)?;
+    }
+    let (code, out) = wait_admin(&f, Duration::from_secs(300))?;
+    let mut last = out.clone();
+    if code != 0 {
+        assert_eq!(code, 3, "{out}");
+        assert!(out.contains("Upgrade the quorum-agent package"), "{out}");
+        for ip in etcd {
+            f.wait_agent(ip)?;
+        }
+        let again = f.admin(&["run", "resume", &refused])?;
+        assert_eq!(again.code, 0, "{again:?}");
+        last = format!("{out}\n{again:?}");
+    }
+    let run = f.run_show(&refused)?;
+    assert_eq!(run["state"], "succeeded", "{last}");
+    for (i, ip) in etcd.iter().enumerate() {
+        let restarts = run["steps"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter(|s| {
+                        s["kind"] == "RestartEtcd"
+                            && s["host"] == ip.to_string()
+                            && s["outcome"] == "changed"
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(restarts, 1, "{ip} restarted {restarts} times: {run}");
+        assert_ne!(
+            f.main_pid(*ip, "etcd")?,
+            before[i],
+            "etcd-{} was not restarted",
+            i + 1
+        );
+    }
+    assert_eq!(agent_versions(&f)?, vec!["0.3.0"; 3]);
+    assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
     Ok(())
 }

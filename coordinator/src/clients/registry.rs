@@ -70,6 +70,58 @@ pub struct Registry {
     stale_after: Duration,
 }
 
+/// The oldest agent this coordinator hands a task that changes something: its own major and
+/// minor version. Agents before it do not know the typed etcd.conf and profile tasks, and
+/// would ignore the member identity a wipe must match (protobuf skips unknown fields), so the
+/// documented order is the coordinator first, then the agents.
+const MIN_AGENT: (u64, u64) = {
+    let v = env!("CARGO_PKG_VERSION").as_bytes();
+    // "MAJOR.MINOR.PATCH": parsed at compile time.
+    let mut i = 0;
+    let mut major = 0u64;
+    while v[i] != b'.' {
+        major = major * 10 + (v[i] - b'0') as u64;
+        i += 1;
+    }
+    i += 1;
+    let mut minor = 0u64;
+    while i < v.len() && v[i] != b'.' {
+        minor = minor * 10 + (v[i] - b'0') as u64;
+        i += 1;
+    }
+    (major, minor)
+};
+
+/// Why an agent reporting `version` must not get `task`, or `None`. Facts and status reads
+/// go to any version (they show the operator which hosts to upgrade); an agent that has not
+/// said its version yet (no facts) gets the task, as before this check.
+pub fn too_old(version: &str, task: &pb::Task) -> Option<String> {
+    use pb::task::Kind;
+    let reads = match &task.kind {
+        Some(Kind::CollectFacts(_)) => true,
+        Some(Kind::ServiceAction(a)) => a.action == pb::Action::Status as i32,
+        _ => false,
+    };
+    if reads || version.is_empty() {
+        return None;
+    }
+    let mut parts = version
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u64>().ok());
+    let have = match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => (0, 0),
+    };
+    (have < MIN_AGENT).then(|| {
+        format!(
+            "the agent runs quorum-agent {version}, and this coordinator ({}) hands tasks that change something only to agents of {}.{} or later; nothing was done on this host. Upgrade the quorum-agent package here, then `quorum run resume`",
+            env!("CARGO_PKG_VERSION"),
+            MIN_AGENT.0,
+            MIN_AGENT.1
+        )
+    })
+}
+
 /// Marks a poll closed when dropped, also when the agent's connection dies mid-poll.
 struct PollGuard {
     registry: Registry,
@@ -189,6 +241,31 @@ impl Registry {
                 };
                 while let Some(t) = e.queue.pop_front() {
                     e.inflight.push(t);
+                }
+                // A task this agent's version cannot be trusted with is answered here, never
+                // handed over (checked at every poll: an agent can be replaced by another
+                // version between two).
+                let version = e.facts.agent_version.clone();
+                let mut refused = Vec::new();
+                e.inflight.retain(|t| match too_old(&version, t) {
+                    Some(why) => {
+                        refused.push(pb::TaskResult {
+                            task_id: t.id.clone(),
+                            outcome: pb::Outcome::Refused as i32,
+                            output: why,
+                            agent_id: agent.to_string(),
+                            journal: None,
+                        });
+                        false
+                    }
+                    None => true,
+                });
+                for r in refused {
+                    if let Some(waiters) = inner.waiters.remove(&r.task_id) {
+                        for w in waiters {
+                            let _ = w.send(r.clone());
+                        }
+                    }
                 }
                 e.inflight.clone()
             });
@@ -372,4 +449,78 @@ fn silent_note(registry: &Registry, host: IpAddr, asked: Option<std::time::Syste
     format!(
         "the agent on {host} {what} ({heard}; it counts as stale after {stale} s): this plan uses the facts it sent last. Check quorum-agent on {host}"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_conf(id: &str) -> pb::Task {
+        pb::Task {
+            id: id.into(),
+            kind: Some(pb::task::Kind::WriteEtcdConf(pb::WriteEtcdConf::default())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn agents_older_than_the_coordinators_minor_get_only_reads() {
+        let facts = pb::Task {
+            id: "f".into(),
+            kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts::default())),
+            ..Default::default()
+        };
+        let status = pb::Task {
+            id: "s".into(),
+            kind: Some(pb::task::Kind::ServiceAction(pb::ServiceAction {
+                action: pb::Action::Status as i32,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let (major, minor) = MIN_AGENT;
+        let now = format!("{major}.{minor}.0");
+        let later = format!("{major}.{}.0-2", minor + 1);
+        let older = format!("{major}.{}.9", minor.saturating_sub(1));
+        assert!(too_old(&now, &write_conf("w")).is_none());
+        assert!(too_old(&later, &write_conf("w")).is_none());
+        assert!(
+            too_old("", &write_conf("w")).is_none(),
+            "no facts yet: as before"
+        );
+        let why = too_old(&older, &write_conf("w")).expect("an older agent is refused");
+        assert!(
+            why.contains(&older) && why.contains("Upgrade the quorum-agent package"),
+            "{why}"
+        );
+        assert!(too_old("not-a-version", &write_conf("w")).is_some());
+        assert!(too_old(&older, &facts).is_none());
+        assert!(too_old(&older, &status).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_poll_answers_a_task_the_agent_is_too_old_for_and_hands_the_rest() {
+        let r = Registry::new(Duration::from_secs(60));
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        let facts = |v: &str| pb::Facts {
+            agent_version: v.into(),
+            ..Default::default()
+        };
+        let rx = r.queue(ip, write_conf("t1"));
+        let got = r
+            .poll(ip, Some(facts("0.0.1")), Duration::from_millis(10))
+            .await;
+        assert!(got.is_empty(), "{got:?}");
+        let result = rx.await.expect("answered");
+        assert_eq!(result.outcome, pb::Outcome::Refused as i32);
+        assert!(result.output.contains("0.0.1"), "{}", result.output);
+        // The same host upgraded: the next task is handed over.
+        let _rx = r.queue(ip, write_conf("t2"));
+        let version = env!("CARGO_PKG_VERSION");
+        let got = r
+            .poll(ip, Some(facts(version)), Duration::from_millis(10))
+            .await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, "t2");
+    }
 }
