@@ -716,6 +716,13 @@ fn a_0_2_fleet_upgraded_coordinator_first_then_each_agent_while_a_run_goes_on() 
         ids(&runs_before)?,
         "the runs of 0.2 are kept"
     );
+    // The member certificates 0.2 used (Pigsty's, beside the CA) are the ones 0.3 keeps in
+    // its state dir: members keep their certificates.
+    f.lab.sh_ok(
+        f.admin,
+        "for n in 1 2 3; do cmp /root/pigsty/files/pki/etcd/etcd-$n.crt /var/lib/quorum/pki/etcd/etcd-$n.crt && \
+         cmp /root/pigsty/files/pki/etcd/etcd-$n.key /var/lib/quorum/pki/etcd/etcd-$n.key || exit 1; done",
+    )?;
     // A 0.2 agent gets nothing that changes something: the run stops at its first step
     // there, naming the upgrade, and nothing was done on that host.
     let before = etcd_pids(&f)?;
