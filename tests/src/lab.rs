@@ -12,7 +12,8 @@
 //! Everything a lab makes is its own: the temp dir with the overlays, the bridge, the cgroups
 //! `qlab.<host>` and the nspawn processes (by pid); dropping the lab powers the hosts off and
 //! removes them. `QUORUM_KEEP=1` keeps the lab's dir (the hosts' overlay upper dirs: their
-//! logs, configs and journals) after the test.
+//! logs, configs and journals) after the test; `QUORUM_LAB_HOLD=SECONDS` keeps the hosts
+//! running that long after it, for `scripts/lab-enter NAME`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -431,6 +432,18 @@ exec unshare --mount --propagation private sh -c 'mount -t tmpfs -o mode=755 nsp
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // QUORUM_LAB_HOLD=SECONDS: keep the hosts up that long for a look (scripts/lab-enter).
+        if let Some(secs) = std::env::var("QUORUM_LAB_HOLD")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            let names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+            eprintln!(
+                "lab: holding {} for {secs} s (QUORUM_LAB_HOLD): scripts/lab-enter NAME",
+                names.join(", ")
+            );
+            std::thread::sleep(Duration::from_secs(secs));
+        }
         let ips: Vec<IpAddr> = self.hosts.iter().map(|h| h.ip).collect();
         // Power off side by side: SIGTERM to all first, then wait for each.
         for h in &self.hosts {

@@ -183,6 +183,22 @@ fn every_sop_on_packaged_hosts_under_systemd() -> Result<()> {
     let etcd: Vec<IpAddr> = ETCD.iter().map(|l| f.lab.addr(*l)).collect();
     // Create: three members, etcd run by Pigsty's unit (enabled, as Pigsty leaves it).
     assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
+    // The etcd of this leg runs there (bookworm's 3.4, or the 3.5 leg's over it).
+    let want = quorum_tests::etcd_command("etcd")
+        .arg("--version")
+        .output()?;
+    let want = String::from_utf8_lossy(&want.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version: ").map(str::to_string))
+        .context("no version from the selected etcd")?;
+    let status = f.etcdctl(etcd[0], "endpoint status -w json")?.ok()?;
+    let v: serde_json::Value = serde_json::from_str(&status.stdout)?;
+    assert_eq!(
+        v[0]["Status"]["version"],
+        want.as_str(),
+        "{}",
+        status.stdout
+    );
     for ip in &etcd {
         assert_eq!(f.unit_state(*ip, "etcd")?, "active");
         let enabled = f.lab.sh(*ip, "systemctl is-enabled etcd")?;
