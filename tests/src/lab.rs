@@ -709,7 +709,8 @@ impl Fleet {
         self.wait_listening()
     }
 
-    fn wait_listening(&self) -> Result<()> {
+    /// Waits until the coordinator on the admin node listens.
+    pub fn wait_listening(&self) -> Result<()> {
         let a = self.admin;
         wait_for("the coordinator to listen", Duration::from_secs(30), || {
             let out = self

@@ -806,3 +806,124 @@ fn a_0_2_fleet_upgraded_coordinator_first_then_each_agent_while_a_run_goes_on() 
     assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
     Ok(())
 }
+
+/// An upgrade package of `deb`: the same files, its version `+1` (dpkg-deb on the host).
+fn bumped(f: &Fleet, ip: IpAddr, deb: &str, out: &str) -> Result<()> {
+    f.lab.sh_ok(
+        ip,
+        &format!(
+            "rm -rf /root/bump && dpkg-deb -R {deb} /root/bump && \
+             sed -i -E 's/^(Version: .*)$/\\1+1/' /root/bump/DEBIAN/control && \
+             dpkg-deb --root-owner-group -b /root/bump {out} >/dev/null"
+        ),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn the_packages_install_upgrade_remove_and_purge_on_a_systemd_host() -> Result<()> {
+    let _one = lock();
+    let (agent, quorum) = quorum_tests::lab::packages()?;
+    // A fleet with no agent host: the admin node has the coordinator; a second host gets
+    // the agent's package by hand, as an operator would install it.
+    let mut f = Fleet::new(&[], None)?;
+    let h = f.lab.add_host(11)?;
+    f.lab.copy_in(h, &agent, "/root/quorum-agent.deb")?;
+    f.lab.sh_ok(h, "dpkg -i /root/quorum-agent.deb")?;
+    let v = f.lab.sh_ok(h, "quorum-agent --version")?.stdout;
+    assert!(v.contains(env!("CARGO_PKG_VERSION")), "{v}");
+    assert_eq!(
+        f.lab.sh_ok(h, "stat -c %a /var/lib/quorum")?.stdout.trim(),
+        "750"
+    );
+    // Enabled, not started: no certificate yet (the unit's condition says so).
+    assert_eq!(
+        f.lab
+            .sh(h, "systemctl is-enabled quorum-agent")?
+            .stdout
+            .trim(),
+        "enabled"
+    );
+    assert_eq!(f.unit_state(h, "quorum-agent")?, "inactive");
+    let cond = f
+        .lab
+        .sh_ok(h, "systemctl show -p ConditionResult --value quorum-agent")?;
+    assert_eq!(cond.stdout.trim(), "no", "{cond:?}");
+    // systemd itself finds nothing wrong in either unit (the man pages are checked in the
+    // package by .ci/packaging.sh; the base has no man).
+    for (ip, unit) in [(h, "quorum-agent.service"), (f.admin, "quorum.service")] {
+        let verify = f
+            .lab
+            .sh(ip, &format!("systemd-analyze verify --man=no {unit}"))?;
+        assert_eq!(verify.code, 0, "{unit}: {verify:?}");
+        assert!(
+            !verify.stderr.contains(unit),
+            "systemd-analyze complains about {unit}: {}",
+            verify.stderr
+        );
+    }
+    // Enrolled and started; then upgraded with an edited config: the edit is kept and the
+    // agent runs the new package.
+    f.hosts.push(h);
+    f.enroll(h)?;
+    f.wait_agent(h)?;
+    f.lab
+        .sh_ok(h, "echo '# edited on the host' >> /etc/quorum/agent.yml")?;
+    let pid = f.main_pid(h, "quorum-agent")?;
+    bumped(&f, h, "/root/quorum-agent.deb", "/root/quorum-agent-up.deb")?;
+    f.lab
+        .sh_ok(h, "dpkg -i --force-confold /root/quorum-agent-up.deb")?;
+    assert!(f
+        .lab
+        .sh_ok(h, "dpkg -s quorum-agent")?
+        .stdout
+        .contains(&format!("Version: {}-1+1", env!("CARGO_PKG_VERSION"))));
+    assert!(f
+        .lab
+        .sh_ok(h, "cat /etc/quorum/agent.yml")?
+        .stdout
+        .contains("# edited on the host"));
+    let now = f.main_pid(h, "quorum-agent")?;
+    assert!(
+        now != 0 && now != pid,
+        "the upgrade did not restart the agent ({pid} -> {now})"
+    );
+    f.wait_agent(h)?;
+    // remove keeps config and state; purge removes the package's own, nothing else.
+    // (A journal as an agent that ran tasks has; and a file of another tool's.)
+    f.lab.sh_ok(
+        h,
+        "touch /var/lib/quorum/journal.jsonl /var/lib/quorum/other-tool-state",
+    )?;
+    f.lab.sh_ok(h, "dpkg --remove quorum-agent")?;
+    assert_eq!(f.unit_state(h, "quorum-agent")?, "inactive");
+    f.lab.sh_ok(
+        h,
+        "test -f /etc/quorum/agent.yml && test -f /etc/quorum/agent.crt && test -f /var/lib/quorum/journal.jsonl",
+    )?;
+    f.lab.sh_ok(h, "dpkg --purge quorum-agent")?;
+    f.lab.sh_ok(
+        h,
+        "test ! -e /etc/quorum/agent.yml && test ! -e /etc/quorum/agent.key && \
+         test ! -e /var/lib/quorum/journal.jsonl && test -f /var/lib/quorum/other-tool-state",
+    )?;
+    // The coordinator: upgraded in place keeps its edited config and its runs, and runs.
+    let a = f.admin;
+    f.lab.sh_ok(
+        a,
+        "echo '# edited on the admin node' >> /etc/quorum/coordinator.yml",
+    )?;
+    f.lab.copy_in(a, &quorum, "/root/quorum.deb")?;
+    bumped(&f, a, "/root/quorum.deb", "/root/quorum-up.deb")?;
+    f.lab
+        .sh_ok(a, "dpkg -i --force-confold /root/quorum-up.deb")?;
+    f.wait_listening()?;
+    assert!(f
+        .lab
+        .sh_ok(a, "cat /etc/quorum/coordinator.yml")?
+        .stdout
+        .contains("# edited on the admin node"));
+    assert_eq!(f.unit_state(a, "quorum")?, "active");
+    f.admin(&["agents"])?.ok()?;
+    Ok(())
+}
