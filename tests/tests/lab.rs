@@ -209,6 +209,16 @@ fn every_sop_on_packaged_hosts_under_systemd() -> Result<()> {
         )?;
         assert_eq!(conf.stdout, "etcd:etcd 644\netcd:etcd 600\n", "{ip}");
     }
+    // The coordinator, under its unit's sandbox, issued the member certificates into its
+    // state dir (0.2 wrote them beside the CA, where its unit could not).
+    let certs = f.lab.sh_ok(
+        f.admin,
+        "stat -c '%n %a' /var/lib/quorum/pki/etcd/etcd-1.crt /var/lib/quorum/pki/etcd/etcd-1.key",
+    )?;
+    assert_eq!(
+        certs.stdout,
+        "/var/lib/quorum/pki/etcd/etcd-1.crt 600\n/var/lib/quorum/pki/etcd/etcd-1.key 600\n"
+    );
     // Patroni on the PostgreSQL host, its config behind Pigsty's link.
     f.write_inventory(&members(&f, &ETCD), "", &pg_group(pg))?;
     bring_up_patroni(&f, pg)?;
@@ -446,9 +456,11 @@ fn a_power_cut_mid_sop_is_resumed_after_boot_on_a_member_and_on_the_admin_node()
     let _one = lock();
     let mut f = created(&ETCD, "")?;
     let etcd = ETCD.map(|l| f.lab.addr(l));
-    // The leader's host (restarted last) loses power once the first follower has restarted.
+    // The leader's host (restarted last) loses power once the first follower has restarted;
+    // a writer goes on through all of it.
     let before = etcd_pids(&f)?;
     let victim = leader(&f)?;
+    start_writer(&f)?;
     spawn_admin(&f, &["config", "reload", "--restart", "--yes"])?;
     let first = first_restart(&f, &before)?;
     f.lab.power_cut(etcd[victim])?;
@@ -484,6 +496,9 @@ fn a_power_cut_mid_sop_is_resumed_after_boot_on_a_member_and_on_the_admin_node()
         other + 1
     );
     assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
+    let (acked, lost, missing) = stop_writer(&f)?;
+    assert!(acked > 0);
+    assert_eq!((lost, missing), (0, 0), "{acked} acked");
 
     // The admin node loses power mid-run: the run is left as it was and resumes after boot.
     wait_healthy(&f)?;
