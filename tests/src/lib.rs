@@ -511,10 +511,26 @@ impl World {
         states: &[&str],
         timeout: Duration,
     ) -> Result<String> {
+        let seen = std::cell::RefCell::new(String::from("no run listed"));
         wait_for(&format!("{done} steps of {sop} done"), timeout, || {
             let out = self.admin(&["run", "list", "-o", "json"]).ok()?;
             let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
             let r = runs.first()?;
+            *seen.borrow_mut() = format!(
+                "the newest run: {} {} {}, error {}; steps {}",
+                r["run_id"],
+                r["sop"],
+                r["state"],
+                r["error"],
+                r["steps"]
+                    .as_array()
+                    .map(|s| s
+                        .iter()
+                        .map(|s| format!("{}:{}:{}", s["kind"], s["host"], s["state"]))
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .unwrap_or_default()
+            );
             let n = r["steps"]
                 .as_array()?
                 .iter()
@@ -524,6 +540,7 @@ impl World {
                 .then(|| r["run_id"].as_str().map(str::to_string))
                 .flatten()
         })
+        .with_context(|| seen.borrow().clone())
     }
 
     /// After a crash at a step boundary: resumes `run_id` unless it had already finished

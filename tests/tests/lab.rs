@@ -942,3 +942,72 @@ fn the_packages_install_upgrade_remove_and_purge_on_a_systemd_host() -> Result<(
     f.admin(&["agents"])?.ok()?;
     Ok(())
 }
+
+#[test]
+fn a_member_whose_host_lost_power_leaves_and_is_cleaned_up_when_it_boots() -> Result<()> {
+    let _one = lock();
+    let mut f = Fleet::new(&[11, 12, 13, 14], None)?;
+    f.write_inventory(&members(&f, &[11, 12, 13, 14]), "", "")?;
+    let out = f.admin(&["cluster", "create", "--yes"])?;
+    ensure!(out.code == 0, "create: {out:?}");
+    let etcd = ETCD.map(|l| f.lab.addr(l));
+    let h14 = f.lab.addr(14);
+    assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3, 4]));
+    // etcd-4's host loses power; Pigsty's SOP takes it out of pigsty.yml, then removes it.
+    start_writer(&f)?;
+    f.lab.power_cut(h14)?;
+    f.write_inventory(&members(&f, &ETCD), "", "")?;
+    wait_for("its agent to be stale", Duration::from_secs(60), || {
+        f.agents_json()
+            .ok()?
+            .iter()
+            .any(|a| a["agent_id"] == h14.to_string() && a["state"] == "stale")
+            .then_some(())
+    })?;
+    let out = f.admin(&["member", "remove", &h14.to_string(), "--yes"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
+    let cleanup = f.newest_run()?;
+    assert_eq!(cleanup["sop"], "host-cleanup", "{cleanup}");
+    assert_eq!(cleanup["state"], "waiting", "{cleanup}");
+    let cleanup = cleanup["run_id"].as_str().context("run id")?.to_string();
+    // Booted again: Pigsty's enabled unit starts etcd on the removed member's data (it exits
+    // by itself: it was removed), the agent connects, and the cleanup runs by itself, once.
+    f.lab.boot(h14)?;
+    wait_for("the cleanup to run", Duration::from_secs(120), || {
+        (f.run_show(&cleanup).ok()?["state"] == "succeeded").then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "{}\n{}",
+            f.run_show(&cleanup)
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            f.lab.journal(h14, "etcd", 20)
+        )
+    })?;
+    assert_ne!(f.unit_state(h14, "etcd")?, "active");
+    let enabled = f.lab.sh(h14, "systemctl is-enabled etcd")?;
+    assert_ne!(
+        enabled.stdout.trim(),
+        "enabled",
+        "a boot would start it again"
+    );
+    assert_eq!(
+        f.lab.sh_ok(h14, "ls -A /data/etcd")?.stdout,
+        "",
+        "not wiped"
+    );
+    assert!(!f.lab.host(h14)?.path("/etc/etcd/etcd.conf").exists());
+    let run = f.run_show(&cleanup)?;
+    let wipes = run["steps"]
+        .as_array()
+        .map(|s| s.iter().filter(|s| s["kind"] == "WipeEtcdData").count())
+        .unwrap_or(0);
+    assert_eq!(wipes, 1, "{run}");
+    assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
+    let (acked, lost, missing) = stop_writer(&f)?;
+    assert!(acked > 0);
+    assert_eq!((lost, missing), (0, 0), "{acked} acked");
+    Ok(())
+}
