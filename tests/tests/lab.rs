@@ -355,14 +355,30 @@ fn leader(f: &Fleet) -> Result<usize> {
     anyhow::bail!("no member says it leads")
 }
 
-/// Waits until one member's etcd has a new main pid; its index in `ETCD`.
-fn first_restart(f: &Fleet, before: &[u32]) -> Result<usize> {
+/// Holds each member's etcd 3 s before it starts (a drop-in `ExecStartPre=/bin/sleep 3`), so
+/// a restart is under way long enough for a test to act inside it, whatever the machine's load.
+fn slow_starts(f: &Fleet) -> Result<()> {
+    for l in ETCD {
+        f.lab.sh_ok(
+            f.lab.addr(l),
+            "mkdir -p /etc/systemd/system/etcd.service.d && \
+             printf '[Service]\\nExecStartPre=/bin/sleep 3\\n' > /etc/systemd/system/etcd.service.d/slow.conf && \
+             systemctl daemon-reload",
+        )?;
+    }
+    Ok(())
+}
+
+/// Waits until a member's etcd is being restarted (its unit `activating`, held there by
+/// [`slow_starts`]); its index in `ETCD`.
+fn restarting(f: &Fleet) -> Result<usize> {
     wait_for(
-        "a member's etcd to restart",
+        "a member's etcd to be restarting",
         Duration::from_secs(120),
         || {
-            let now = etcd_pids(f).ok()?;
-            now.iter().zip(before).position(|(n, b)| *n != 0 && n != b)
+            ETCD.iter().position(|l| {
+                f.unit_state(f.lab.addr(*l), "etcd").ok().as_deref() == Some("activating")
+            })
         },
     )
 }
@@ -408,14 +424,15 @@ fn a_partitioned_member_stops_a_rolling_restart_before_quorum_is_at_risk() -> Re
     let out = f.admin(&["run", "resume", &id])?;
     assert_eq!(out.code, 0, "resume after the partition healed: {out:?}");
 
-    // Partitioned mid-run: the leader (restarted last) is cut off once the first follower has
-    // restarted; the run stops before the other follower, and goes on once the link is back.
+    // Partitioned mid-run: the leader (restarted last) is cut off while the first follower
+    // restarts; the run stops before the other follower, and goes on once the link is back.
     wait_healthy(&f)?;
+    slow_starts(&f)?;
     let before = etcd_pids(&f)?;
     let victim = leader(&f)?;
     start_writer(&f)?;
     spawn_admin(&f, &["config", "reload", "--restart", "--yes"])?;
-    let first = first_restart(&f, &before)?;
+    let first = restarting(&f)?;
     assert_ne!(first, victim, "the leader was restarted first");
     f.lab.partition(etcd[victim])?;
     let (code, out) = wait_admin(&f, Duration::from_secs(180))?;
@@ -456,13 +473,14 @@ fn a_power_cut_mid_sop_is_resumed_after_boot_on_a_member_and_on_the_admin_node()
     let _one = lock();
     let mut f = created(&ETCD, "")?;
     let etcd = ETCD.map(|l| f.lab.addr(l));
-    // The leader's host (restarted last) loses power once the first follower has restarted;
-    // a writer goes on through all of it.
+    // The leader's host (restarted last) loses power while the first follower restarts; a
+    // writer goes on through all of it.
+    slow_starts(&f)?;
     let before = etcd_pids(&f)?;
     let victim = leader(&f)?;
     start_writer(&f)?;
     spawn_admin(&f, &["config", "reload", "--restart", "--yes"])?;
-    let first = first_restart(&f, &before)?;
+    let first = restarting(&f)?;
     f.lab.power_cut(etcd[victim])?;
     let (code, out) = wait_admin(&f, Duration::from_secs(300))?;
     assert_ne!(
@@ -504,7 +522,7 @@ fn a_power_cut_mid_sop_is_resumed_after_boot_on_a_member_and_on_the_admin_node()
     wait_healthy(&f)?;
     let before = etcd_pids(&f)?;
     spawn_admin(&f, &["config", "reload", "--restart", "--yes"])?;
-    first_restart(&f, &before)?;
+    restarting(&f)?;
     let admin = f.admin;
     f.lab.power_cut(admin)?;
     f.lab.boot(admin)?;
@@ -595,25 +613,13 @@ fn an_agent_killed_inside_a_restart_is_restarted_by_systemd_and_finds_the_restar
     let _one = lock();
     let f = created(&ETCD, "")?;
     let etcd = ETCD.map(|l| f.lab.addr(l));
-    // The first follower's etcd starts slowly (3 s before it execs), so the agent is inside
-    // `systemctl restart` long enough to be killed there.
-    let victim = (0..3)
-        .find(|i| Some(*i) != leader(&f).ok())
-        .context("a follower")?;
-    let ip = etcd[victim];
-    f.lab.sh_ok(
-        ip,
-        "mkdir -p /etc/systemd/system/etcd.service.d && \
-         printf '[Service]\nExecStartPre=/bin/sleep 3\n' > /etc/systemd/system/etcd.service.d/slow.conf && \
-         systemctl daemon-reload",
-    )?;
+    // The first member restarted (a follower) is held 3 s before its etcd starts, so its
+    // agent is inside `systemctl restart` long enough to be killed there.
+    slow_starts(&f)?;
     let before = etcd_pids(&f)?;
     spawn_admin(&f, &["config", "reload", "--restart", "--yes"])?;
-    wait_for(
-        "etcd on the victim to be restarting",
-        Duration::from_secs(120),
-        || (f.unit_state(ip, "etcd").ok()? == "activating").then_some(()),
-    )?;
+    let victim = restarting(&f)?;
+    let ip = etcd[victim];
     f.lab.sh_ok(ip, "systemctl kill -s KILL quorum-agent")?;
     wait_for(
         "systemd to restart the agent",
@@ -1002,7 +1008,11 @@ fn a_member_whose_host_lost_power_leaves_and_is_cleaned_up_when_it_boots() -> Re
     let run = f.run_show(&cleanup)?;
     let wipes = run["steps"]
         .as_array()
-        .map(|s| s.iter().filter(|s| s["kind"] == "WipeEtcdData").count())
+        .map(|s| {
+            s.iter()
+                .filter(|s| s["kind"] == "WipeRemovedMember")
+                .count()
+        })
         .unwrap_or(0);
     assert_eq!(wipes, 1, "{run}");
     assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
