@@ -459,7 +459,6 @@ mod tests {
         pb::Task {
             id: id.into(),
             kind: Some(pb::task::Kind::WriteEtcdConf(pb::WriteEtcdConf::default())),
-            ..Default::default()
         }
     }
 
@@ -468,7 +467,6 @@ mod tests {
         let facts = pb::Task {
             id: "f".into(),
             kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts::default())),
-            ..Default::default()
         };
         let status = pb::Task {
             id: "s".into(),
@@ -476,7 +474,6 @@ mod tests {
                 action: pb::Action::Status as i32,
                 ..Default::default()
             })),
-            ..Default::default()
         };
         let (major, minor) = MIN_AGENT;
         let now = format!("{major}.{minor}.0");
