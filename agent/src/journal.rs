@@ -120,9 +120,11 @@ impl Journal {
             source,
         };
         std::fs::create_dir_all(dir).map_err(err)?;
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        // Bytes, not a String: a line torn inside a multi-byte character (a power cut
+        // mid-append) must not stop the agent from starting.
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(err(e)),
         };
         let mut inner = Inner {
@@ -134,13 +136,18 @@ impl Journal {
         };
         // A torn last line (a crash or a full disk mid-append) is cut off now, before the
         // first append could glue onto it; if the cut fails, the first append cuts it.
-        let whole = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let whole = bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
         inner.good_len = whole as u64;
-        if whole < text.len() {
+        if whole < bytes.len() {
             if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) {
                 let _ = f.set_len(inner.good_len).and_then(|_| f.sync_all());
             }
         }
+        let text = String::from_utf8_lossy(&bytes[..whole]);
         for l in text.lines() {
             // A torn last line (crash mid-append) is skipped: that task counts as unfinished.
             let Ok(line) = serde_json::from_str::<Line>(l) else {
@@ -344,11 +351,11 @@ mod tests {
     ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("journal.jsonl");
-        // What a full disk leaves: the first bytes of a "started" line, no newline.
-        std::fs::write(
-            &path,
-            "{\"id\":\"a\",\"state\":\"finished\",\"outcome\":1,\"output\":\"\"}\n{\"id\":\"b\",\"sta",
-        )?;
+        // What a full disk or a power cut leaves: the first bytes of a line, no newline, here
+        // cut inside a multi-byte character.
+        let mut torn = b"{\"id\":\"a\",\"state\":\"finished\",\"outcome\":1,\"output\":\"\"}\n{\"id\":\"b\",\"output\":\"".to_vec();
+        torn.extend_from_slice(&"\u{20ac}".as_bytes()[..2]);
+        std::fs::write(&path, torn)?;
         let j = Journal::open(dir.path())?;
         assert!(std::fs::read_to_string(&path)?.ends_with('\n'));
         j.start("c")?;
