@@ -15,6 +15,9 @@ use quorum_proto::exit::{BadInput, Exit};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written on stderr: text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: quorum_proto::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -107,15 +110,7 @@ fn main() -> ExitCode {
             return classify(&e.into()).into();
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUORUM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: escapes in a log file or the journal are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    quorum_proto::logging::init(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -35,19 +35,7 @@ fn main() -> ExitCode {
     if !cli.is_daemon() {
         quiet_on_closed_stdout();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUORUM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal, and not when NO_COLOR asks for none: escapes in a log
-        // file or the journal are noise.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
-        .init();
+    quorum_proto::logging::init(cli.log_format());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

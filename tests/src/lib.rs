@@ -235,6 +235,8 @@ pub struct World {
     pub agents: Vec<(IpAddr, Proc)>,
     /// Extra lines for coordinator.yml.
     pub coordinator_extra: String,
+    /// Extra flags for `quorum serve` (`--log-format json`, say).
+    pub coordinator_args: Vec<String>,
 }
 
 impl World {
@@ -262,6 +264,7 @@ impl World {
             coordinator: None,
             agents: Vec::new(),
             coordinator_extra: String::new(),
+            coordinator_args: Vec::new(),
         };
         w.quorum(&["pki", "init", "--dir", &w.p("ca")])?.ok()?;
         w.quorum(&[
@@ -394,6 +397,7 @@ impl World {
         let mut cmd = Command::new(bin("quorum")?);
         // Its snapshots are checked with the selected etcdctl.
         cmd.args(["serve", "--config", &self.p("coordinator.yml")])
+            .args(&self.coordinator_args)
             .env("PATH", etcd_path());
         let log = self.dir.path().join("coordinator.log");
         let mut proc = Proc::spawn("coordinator", cmd, &log)?;

@@ -41,6 +41,8 @@ struct Entry {
     notify: Arc<Notify>,
     /// When a facts request to it went unanswered, if it has sent nothing since.
     silent_since: Option<SystemTime>,
+    /// When each queued task was queued (until it is handed over), for the dispatch wait.
+    queued_at: HashMap<String, std::time::Instant>,
 }
 
 impl Entry {
@@ -53,6 +55,7 @@ impl Entry {
             inflight: Vec::new(),
             notify: Arc::new(Notify::new()),
             silent_since: None,
+            queued_at: HashMap::new(),
         }
     }
 }
@@ -68,6 +71,24 @@ struct Inner {
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
     stale_after: Duration,
+}
+
+/// The kind of a task, as the metrics and logs name it.
+pub fn kind_name(t: &pb::Task) -> &'static str {
+    use pb::task::Kind;
+    match &t.kind {
+        Some(Kind::WriteEtcdCerts(_)) => "WriteEtcdCerts",
+        Some(Kind::ServiceAction(_)) => "ServiceAction",
+        Some(Kind::SetPatroniDcsHosts(_)) => "SetPatroniDcsHosts",
+        Some(Kind::SetVipEndpoints(_)) => "SetVipEndpoints",
+        Some(Kind::WipeEtcdData(_)) => "WipeEtcdData",
+        Some(Kind::CollectFacts(_)) => "CollectFacts",
+        Some(Kind::WriteEtcdConf(_)) => "WriteEtcdConf",
+        Some(Kind::WriteEtcdctlProfile(_)) => "WriteEtcdctlProfile",
+        Some(Kind::RetireEtcd(_)) => "RetireEtcd",
+        Some(Kind::WriteEtcdPass(_)) => "WriteEtcdPass",
+        None => "none",
+    }
 }
 
 /// The oldest agent this coordinator hands a task that changes something: its own major and
@@ -239,7 +260,14 @@ impl Registry {
                 let Some(e) = inner.agents.get_mut(&agent) else {
                     return Vec::new();
                 };
+                let metrics = crate::daemon::metrics::metrics();
                 while let Some(t) = e.queue.pop_front() {
+                    let waited = e
+                        .queued_at
+                        .remove(&t.id)
+                        .map(|at| at.elapsed())
+                        .unwrap_or_default();
+                    metrics.task_dispatched(kind_name(&t), waited);
                     e.inflight.push(t);
                 }
                 // A task this agent's version cannot be trusted with is answered here, never
@@ -249,6 +277,7 @@ impl Registry {
                 let mut refused = Vec::new();
                 e.inflight.retain(|t| match too_old(&version, t) {
                     Some(why) => {
+                        metrics.task_result(kind_name(t), "refused");
                         refused.push(pb::TaskResult {
                             task_id: t.id.clone(),
                             outcome: pb::Outcome::Refused as i32,
@@ -295,6 +324,8 @@ impl Registry {
                 .chain(e.inflight.iter())
                 .any(|t| t.id == task.id);
             if !dup {
+                e.queued_at
+                    .insert(task.id.clone(), std::time::Instant::now());
                 e.queue.push_back(task);
             }
             e.notify.notify_one();
@@ -311,6 +342,12 @@ impl Registry {
                 return false;
             };
             let before = e.inflight.len();
+            if let Some(t) = e.inflight.iter().find(|t| t.id == result.task_id) {
+                let outcome = pb::Outcome::try_from(result.outcome)
+                    .map(crate::model::words::outcome_word)
+                    .unwrap_or("unknown");
+                crate::daemon::metrics::metrics().task_result(kind_name(t), outcome);
+            }
             e.inflight.retain(|t| t.id != result.task_id);
             let known = e.inflight.len() != before;
             if known {
@@ -329,6 +366,17 @@ impl Registry {
         self.with(|inner| {
             inner.waiters.remove(task_id);
             if let Some(e) = inner.agents.get_mut(&agent) {
+                let metrics = crate::daemon::metrics::metrics();
+                for (t, delivered) in e
+                    .queue
+                    .iter()
+                    .map(|t| (t, false))
+                    .chain(e.inflight.iter().map(|t| (t, true)))
+                    .filter(|(t, _)| t.id == task_id)
+                {
+                    metrics.task_timed_out(kind_name(t), delivered);
+                }
+                e.queued_at.remove(task_id);
                 e.queue.retain(|t| t.id != task_id);
                 e.inflight.retain(|t| t.id != task_id);
             }

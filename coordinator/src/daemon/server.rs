@@ -1064,6 +1064,19 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {listen}: {e}; is the address in use or not local?")
     })?;
+    if let Some(addr) = coordinator.config.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {addr} (metrics_listen in the coordinator config): {e}; is the address in use or not local?"
+            )
+        })?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz (plain HTTP)");
+        tokio::spawn(crate::daemon::metrics::serve(
+            metrics,
+            coordinator.registry.clone(),
+            coordinator.runner.store.clone(),
+        ));
+    }
     tracing::info!(
         %listen,
         max_connections = limits.max_connections,
@@ -1073,6 +1086,7 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     // TLS is done by the listener (handshake timeout, connection cap, refusals logged), so
     // tonic gets finished TLS streams and no TLS config of its own.
     let incoming = crate::daemon::listener::incoming(listener, server_tls, limits);
+    crate::daemon::metrics::set_ready(true);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -1080,6 +1094,7 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, async move {
             quorum_proto::shutdown::signal().await;
+            crate::daemon::metrics::set_ready(false);
             // Sessions last as long as their agents; end them, or the drain never finishes.
             coordinator.stopping.send_replace(true);
         })

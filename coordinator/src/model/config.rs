@@ -98,6 +98,10 @@ pub struct CoordinatorConfig {
     /// Snapshots older than this are removed (the newest always stays), days.
     #[serde(default = "default_snapshot_max_age")]
     pub snapshot_max_age_days: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over plain HTTP (the admin node's
+    /// address or loopback, for Prometheus); unset: no such listener.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_trust_domain() -> String {

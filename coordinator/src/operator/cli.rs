@@ -34,6 +34,9 @@ pub enum Format {
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written on stderr: text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: quorum_proto::logging::LogFormat,
 }
 
 impl Cli {
@@ -45,6 +48,11 @@ impl Cli {
             let _ = e.print();
             classify(&anyhow::Error::new(e))
         })
+    }
+
+    /// How this process writes its log lines.
+    pub fn log_format(&self) -> quorum_proto::logging::LogFormat {
+        self.log_format
     }
 
     /// Whether this invocation is the long-running daemon (as opposed to a one-shot command).

@@ -278,6 +278,9 @@ impl Runner {
         };
         self.store.set_run_state(run_id, run_state::RUNNING, "")?;
         tracing::info!(run = %run_id, sop = %run.sop, "run walking");
+        let metrics = crate::daemon::metrics::metrics();
+        metrics.run_started(&run.sop);
+        let walking = std::time::Instant::now();
         // How to log in to the cluster's etcd (Pigsty v4 RBAC), as the inventory says now.
         if let Ok(inv) = crate::model::inventory::Inventory::load_off_runtime(&self.inventory).await
         {
@@ -322,6 +325,11 @@ impl Runner {
             step.finished_ms = now_ms();
             self.store.put_step(run_id, &step)?;
             tracing::info!(run = %run_id, step = i, kind = step.kind.name(), host = %step.host, outcome = %step.outcome, "step finished");
+            metrics.step_finished(
+                step.kind.name(),
+                &step.outcome,
+                Duration::from_millis((step.finished_ms - step.started_ms).max(0) as u64),
+            );
             run.steps[i] = step.clone();
             if !end.ok {
                 let error = format!(
@@ -335,10 +343,12 @@ impl Runner {
                 );
                 self.store
                     .set_run_state(run_id, run_state::FAILED, &error)?;
+                metrics.run_finished(&run.sop, run_state::FAILED, walking.elapsed());
                 return Ok(());
             }
         }
         self.store.set_run_state(run_id, run_state::SUCCEEDED, "")?;
+        metrics.run_finished(&run.sop, run_state::SUCCEEDED, walking.elapsed());
         Ok(())
     }
 

@@ -173,6 +173,21 @@ pub struct Store {
     changes: watch::Sender<u64>,
 }
 
+/// A run stopped part-way, as [`Store::halted_runs`] lists it.
+#[derive(Debug, Clone)]
+pub struct HaltedRun {
+    /// Run id.
+    pub id: String,
+    /// The SOP.
+    pub sop: String,
+    /// The cluster (or host) it locks.
+    pub cluster: String,
+    /// failed, interrupted or waiting.
+    pub state: String,
+    /// When it stopped, Unix ms.
+    pub since_ms: i64,
+}
+
 /// Now, Unix ms.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -402,6 +417,43 @@ impl Store {
                 .query_map([run_state::WAITING], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             Ok(ids)
+        })
+    }
+
+    /// How many runs are in each state.
+    pub fn run_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT state, COUNT(*) FROM runs GROUP BY state")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Runs stopped part-way (failed, interrupted, waiting), which hold their lock until
+    /// resumed or aborted; `since_ms` is when they stopped (their creation when not recorded).
+    pub fn halted_runs(&self) -> Result<Vec<HaltedRun>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, sop, cluster, state, CASE WHEN finished_ms > 0 THEN finished_ms ELSE created_ms END \
+                 FROM runs WHERE state IN (?1, ?2, ?3) ORDER BY created_ms",
+            )?;
+            let rows = stmt
+                .query_map(
+                    [run_state::FAILED, run_state::INTERRUPTED, run_state::WAITING],
+                    |r| {
+                        Ok(HaltedRun {
+                            id: r.get(0)?,
+                            sop: r.get(1)?,
+                            cluster: r.get(2)?,
+                            state: r.get(3)?,
+                            since_ms: r.get(4)?,
+                        })
+                    },
+                )?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
         })
     }
 

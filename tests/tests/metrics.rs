@@ -1,0 +1,184 @@
+//! The coordinator's metrics as Prometheus sees them: Debian's Prometheus (unpacked by
+//! `scripts/prometheus`, run from the test's own dir on its own port) scrapes a running
+//! coordinator's `metrics_listen` while a cluster is created and rolled through real agents
+//! and real etcd; the test then asks Prometheus' HTTP API for the run, step, gate, task and
+//! agent series. `/healthz` and `/readyz` answer over the same plain-HTTP listener.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use quorum_tests::etcd::Fleet;
+use quorum_tests::pg::http_get;
+use quorum_tests::{free_port, wait_for, Proc, World};
+
+const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+
+fn prometheus_dir() -> Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/prometheus");
+    let out = Command::new(&script).output()?;
+    ensure!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().into())
+}
+
+/// `query` evaluated by Prometheus now: the first sample's value, if any.
+fn query(prom: SocketAddr, query: &str) -> Option<f64> {
+    let q: String = query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, body) = http_get(prom, &format!("/api/v1/query?query={q}")).ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_reload() -> Result<()>
+{
+    let bin = prometheus_dir()?;
+    let mut w = World::new()?;
+    let lo: IpAddr = "127.0.0.1".parse()?;
+    let metrics = SocketAddr::new(lo, free_port(lo)?);
+    w.coordinator_extra = format!("metrics_listen: {metrics}\ngate_timeout_secs: 20\n");
+    w.coordinator_args = vec!["--log-format".into(), "json".into()];
+    let fleet = Fleet::new(&w, &IPS)?;
+    fleet.write_inventory(&w, &[(IPS[0], 1), (IPS[1], 2), (IPS[2], 3)], "")?;
+    w.start_coordinator()?;
+    fleet.start_agents(&mut w)?;
+
+    // The plain-HTTP listener: health and readiness, and nothing else.
+    let (code, body) = http_get(metrics, "/healthz")?;
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, _) = http_get(metrics, "/readyz")?;
+    assert_eq!(code, 200);
+    let (code, _) = http_get(metrics, "/nope")?;
+    assert_eq!(code, 404);
+
+    // Prometheus scrapes it every second.
+    let prom = SocketAddr::new(lo, free_port(lo)?);
+    let cfg = w.dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: quorum\n    static_configs:\n      - targets: ['{metrics}']\n        labels: {{ cls: etcd, ins: coordinator, ip: '127.0.0.1' }}\n"
+        ),
+    )?;
+    let mut cmd = Command::new(bin.join("prometheus"));
+    cmd.arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            w.dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom}"));
+    let _prometheus = Proc::spawn("prometheus", cmd, &w.dir.path().join("prometheus.log"))?;
+    wait_for(
+        "Prometheus to scrape the coordinator",
+        Duration::from_secs(60),
+        || (query(prom, "up{job=\"quorum\"}")? == 1.0).then_some(()),
+    )
+    .with_context(|| {
+        std::fs::read_to_string(w.dir.path().join("prometheus.log")).unwrap_or_default()
+    })?;
+
+    let out = w.admin(&["cluster", "create", "--yes"])?;
+    ensure!(out.code == 0, "create: {out:?}");
+    let out = w.admin(&["config", "reload", "--restart", "--yes"])?;
+    ensure!(out.code == 0, "reload: {out:?}");
+
+    let checks: Vec<(String, f64)> = vec![
+        ("quorum_build_info".into(), 1.0),
+        (
+            "sum(quorum_runs_finished_total{sop=\"config-reload\",state=\"succeeded\"})".into(),
+            1.0,
+        ),
+        (
+            "sum(quorum_runs_finished_total{sop=\"cluster-create\",state=\"succeeded\"})".into(),
+            1.0,
+        ),
+        (
+            "sum(quorum_step_duration_seconds_count{kind=\"RestartEtcd\"})".into(),
+            3.0,
+        ),
+        (
+            "sum(quorum_gate_wait_seconds_count{gate=\"health\"})".into(),
+            3.0,
+        ),
+        (
+            "sum(quorum_task_results_total{kind=\"ServiceAction\",outcome=\"changed\"})".into(),
+            3.0,
+        ),
+        (
+            "sum(quorum_tasks_dispatched_total{kind=\"WriteEtcdConf\"})".into(),
+            6.0,
+        ),
+        ("sum(quorum_task_dispatch_wait_seconds_count)".into(), 6.0),
+        ("sum(quorum_agents{state=~\"connected|idle\"})".into(), 3.0),
+        (
+            format!(
+                "count(quorum_agent_info{{version=\"{}\"}})",
+                env!("CARGO_PKG_VERSION")
+            ),
+            3.0,
+        ),
+        (
+            "count(quorum_agent_last_seen_timestamp_seconds)".into(),
+            3.0,
+        ),
+        ("sum(quorum_runs{state=\"succeeded\"})".into(), 2.0),
+    ];
+    for (q, at_least) in &checks {
+        wait_for(
+            &format!("Prometheus to have {q} >= {at_least}"),
+            Duration::from_secs(30),
+            || (query(prom, q)? >= *at_least).then_some(()),
+        )
+        .with_context(|| {
+            http_get(metrics, "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default()
+        })?;
+    }
+    // --log-format json: every line of the coordinator's log is one JSON object.
+    let log = std::fs::read_to_string(w.dir.path().join("coordinator.log"))?;
+    let mut messages = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        ensure!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        messages.push(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(
+        messages.iter().any(|m| m == "coordinator listening"),
+        "{messages:?}"
+    );
+    // Nothing is halted: no run holds a lock.
+    assert_eq!(
+        query(prom, "count(quorum_run_halted_timestamp_seconds)"),
+        None,
+        "a run is reported halted"
+    );
+    Ok(())
+}
