@@ -153,6 +153,28 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
                 .unwrap_or_default()
         })?;
     }
+    // promtool (Prometheus' own linter) finds nothing wrong in the exposition.
+    let (_, text) = http_get(metrics, "/metrics")?;
+    let mut lint = std::process::Command::new(bin.join("promtool"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        lint.stdin
+            .take()
+            .context("promtool's stdin")?
+            .write_all(text.as_bytes())?;
+    }
+    let lint = lint.wait_with_output()?;
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
     // --log-format json: every line of the coordinator's log is one JSON object.
     let log = std::fs::read_to_string(w.dir.path().join("coordinator.log"))?;
     let mut messages = Vec::new();

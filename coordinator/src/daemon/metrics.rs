@@ -426,6 +426,47 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: Registry, store:
     }
 }
 
+fn accepts_openmetrics(req: &Request<hyper::body::Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+/// OpenMetrics text as the classic Prometheus text format 0.0.4: a counter's HELP and TYPE
+/// name its `_total` samples, and the `# EOF` and `# UNIT` lines go.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("# HELP ", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
+        match meta {
+            Some((tag, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{tag}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn answer(
     req: &Request<hyper::body::Incoming>,
     registry: &Registry,
@@ -448,10 +489,17 @@ fn answer(
         );
     }
     match req.uri().path() {
-        "/metrics" => reply(
+        // OpenMetrics to a scraper that asks for it (Prometheus does), else the classic text
+        // format 0.0.4 (curl, promtool, older scrapers).
+        "/metrics" if accepts_openmetrics(req) => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics().render(registry, store),
+        ),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            classic_text(&metrics().render(registry, store)),
         ),
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
         "/readyz" if READY.load(Ordering::SeqCst) => reply(StatusCode::OK, TEXT, "ready\n".into()),
@@ -465,5 +513,72 @@ fn answer(
             TEXT,
             format!("{other}: not here; /metrics, /healthz and /readyz are\n"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_by_their_samples_and_drops_eof() {
+        let om = "# HELP quorum_x Things done.\n# TYPE quorum_x counter\nquorum_x_total{a=\"b\"} 3\n# HELP quorum_g A gauge.\n# TYPE quorum_g gauge\nquorum_g 1\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP quorum_x_total Things done.\n# TYPE quorum_x_total counter\nquorum_x_total{a=\"b\"} 3\n# HELP quorum_g A gauge.\n# TYPE quorum_g gauge\nquorum_g 1\n"
+        );
+    }
+
+    #[test]
+    fn every_family_is_exposed_with_help_and_type() {
+        let m = metrics();
+        m.run_started("cluster-create");
+        m.run_finished("cluster-create", "succeeded", Duration::from_secs(2));
+        m.step_finished("HealthGate", "ok", Duration::from_millis(40));
+        m.step_finished("QuorumGuard", "refused", Duration::from_millis(1));
+        m.task_dispatched("ServiceAction", Duration::from_millis(3));
+        m.task_result("ServiceAction", "changed");
+        m.task_timed_out("ServiceAction", true);
+        let text = if let Ok(reg) = m.registry.lock() {
+            let mut t = String::new();
+            prometheus_client::encoding::text::encode(&mut t, &reg).expect("encodes");
+            t
+        } else {
+            String::new()
+        };
+        let classic = classic_text(&text);
+        for name in [
+            "quorum_build_info",
+            "quorum_runs_started_total",
+            "quorum_runs_finished_total",
+            "quorum_run_duration_seconds",
+            "quorum_steps_total",
+            "quorum_step_duration_seconds",
+            "quorum_gate_wait_seconds",
+            "quorum_quorum_guard_refusals_total",
+            "quorum_tasks_dispatched_total",
+            "quorum_task_results_total",
+            "quorum_task_timeouts_total",
+            "quorum_task_dispatch_wait_seconds",
+        ] {
+            assert!(
+                classic.contains(&format!("# HELP {name} ")),
+                "{name}:\n{classic}"
+            );
+            assert!(
+                classic.contains(&format!("# TYPE {name} ")),
+                "{name}:\n{classic}"
+            );
+        }
+        assert!(
+            classic.contains("quorum_gate_wait_seconds_count{gate=\"health\"} 1"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains(
+                "quorum_task_timeouts_total{kind=\"ServiceAction\",phase=\"execution\"} 1"
+            ),
+            "{classic}"
+        );
     }
 }
