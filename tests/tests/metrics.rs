@@ -140,6 +140,27 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
             3.0,
         ),
         ("sum(quorum_runs{state=\"succeeded\"})".into(), 2.0),
+        (
+            "sum(quorum_store_write_seconds_count{op=\"put_step\"})".into(),
+            10.0,
+        ),
+        (
+            "min(quorum_certificate_expiry_timestamp_seconds{role=\"coordinator\"} - time())"
+                .into(),
+            86400.0,
+        ),
+        (
+            "quorum_snapshot_last_size_bytes{cluster=\"etcd\"}".into(),
+            4096.0,
+        ),
+        (
+            "quorum_snapshot_last_timestamp_seconds{cluster=\"etcd\"} - time() + 600".into(),
+            0.0,
+        ),
+        (
+            "quorum_snapshot_duration_seconds{cluster=\"etcd\"}".into(),
+            0.000001,
+        ),
     ];
     for (q, at_least) in &checks {
         wait_for(

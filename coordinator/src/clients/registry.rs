@@ -260,7 +260,7 @@ impl Registry {
                 let Some(e) = inner.agents.get_mut(&agent) else {
                     return Vec::new();
                 };
-                let metrics = crate::daemon::metrics::metrics();
+                let metrics = crate::model::metrics::metrics();
                 while let Some(t) = e.queue.pop_front() {
                     let waited = e
                         .queued_at
@@ -346,7 +346,7 @@ impl Registry {
                 let outcome = pb::Outcome::try_from(result.outcome)
                     .map(crate::model::words::outcome_word)
                     .unwrap_or("unknown");
-                crate::daemon::metrics::metrics().task_result(kind_name(t), outcome);
+                crate::model::metrics::metrics().task_result(kind_name(t), outcome);
             }
             e.inflight.retain(|t| t.id != result.task_id);
             let known = e.inflight.len() != before;
@@ -366,7 +366,7 @@ impl Registry {
         self.with(|inner| {
             inner.waiters.remove(task_id);
             if let Some(e) = inner.agents.get_mut(&agent) {
-                let metrics = crate::daemon::metrics::metrics();
+                let metrics = crate::model::metrics::metrics();
                 for (t, delivered) in e
                     .queue
                     .iter()

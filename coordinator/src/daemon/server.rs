@@ -1043,6 +1043,15 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
         anonymous_lifetime: Duration::from_secs(config.anonymous_connection_secs),
     };
+    if let Some((_, not_after)) = quorum_proto::tls::first_cert_der(&tls.cert_pem)
+        .and_then(|der| quorum_proto::identity::validity_from_der(&der).ok())
+    {
+        crate::model::metrics::metrics().cert_expires(
+            "coordinator",
+            &config.tls.cert.display().to_string(),
+            not_after,
+        );
+    }
     let coordinator = Coordinator::new(config, tls)?;
     {
         let c = coordinator.clone();
@@ -1074,7 +1083,7 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         tokio::spawn(crate::daemon::metrics::serve(
             metrics,
             coordinator.registry.clone(),
-            coordinator.runner.store.clone(),
+            coordinator.runner.clone(),
         ));
     }
     tracing::info!(

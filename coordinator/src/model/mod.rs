@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod inventory;
+pub mod metrics;
+pub mod metrics_text;
 pub mod pigsty;
 pub mod pki;
 pub mod render;

@@ -278,7 +278,7 @@ impl Runner {
         };
         self.store.set_run_state(run_id, run_state::RUNNING, "")?;
         tracing::info!(run = %run_id, sop = %run.sop, "run walking");
-        let metrics = crate::daemon::metrics::metrics();
+        let metrics = crate::model::metrics::metrics();
         metrics.run_started(&run.sop);
         let walking = std::time::Instant::now();
         // How to log in to the cluster's etcd (Pigsty v4 RBAC), as the inventory says now.

@@ -89,6 +89,19 @@ impl Snapshots {
         endpoints: &[String],
         reason: &str,
     ) -> Result<SnapshotMeta, String> {
+        let start = std::time::Instant::now();
+        let taken = self.take_unmetered(etcd, cluster, endpoints, reason).await;
+        crate::model::metrics::metrics().snapshot_taken(cluster, start.elapsed(), taken.is_ok());
+        taken
+    }
+
+    async fn take_unmetered(
+        &self,
+        etcd: &crate::clients::etcd::EtcdAccess,
+        cluster: &str,
+        endpoints: &[String],
+        reason: &str,
+    ) -> Result<SnapshotMeta, String> {
         let dir = self.cluster_dir(cluster);
         fs::create_dir_all(&dir)
             .and_then(|_| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))

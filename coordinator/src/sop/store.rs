@@ -256,6 +256,18 @@ impl Store {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// As [`Store::with`] for a write, timed as `op` in the metrics.
+    fn write<R>(
+        &self,
+        op: &str,
+        f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let start = std::time::Instant::now();
+        let r = self.with(f);
+        crate::model::metrics::metrics().store_write(op, start.elapsed());
+        r
+    }
+
     fn with<R>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
@@ -291,7 +303,7 @@ impl Store {
 
     /// Stores a new run holding the lock `lock` (a cluster name, or [`host_lock`]).
     pub fn create_run_locked(&self, run: &RunRecord, lock: &str) -> Result<(), StoreError> {
-        self.with(|c| {
+        self.write("create_run", |c| {
             let tx = c.transaction()?;
             if let Some((holder, state)) = holder_of(&tx, lock)? {
                 return Err(StoreError::Locked {
@@ -333,7 +345,7 @@ impl Store {
 
     /// Writes one step's record (durably, before the runner goes on).
     pub fn put_step(&self, run_id: &str, step: &StepRecord) -> Result<(), StoreError> {
-        self.with(|c| {
+        self.write("put_step", |c| {
             c.execute(
                 "UPDATE steps SET record = ?3 WHERE run_id = ?1 AND idx = ?2",
                 params![run_id, step.index as i64, serde_json::to_string(step)?],
@@ -350,7 +362,7 @@ impl Store {
             run_state::SUCCEEDED | run_state::FAILED | run_state::ABORTED => now_ms(),
             _ => 0,
         };
-        self.with(|c| {
+        self.write("set_run_state", |c| {
             let tx = c.transaction()?;
             // An abort is final: a step that was still running when the operator aborted
             // must not turn the run back into failed or succeeded when it ends.
