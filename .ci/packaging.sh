@@ -30,6 +30,8 @@ grep -qx '/etc/quorum/agent.yml' <<<"$(dpkg-deb -I "$AGENT_DEB" conffiles)" || f
 for s in postinst prerm postrm; do dpkg-deb -I "$AGENT_DEB" $s >/dev/null || fail "agent $s missing"; done
 grep -q ' ./usr/bin/quorum$' <<<"$QUORUM_LIST" || fail "quorum binary missing"
 grep -q './usr/share/bash-completion/completions/quorum' <<<"$QUORUM_LIST" || fail "bash completion missing"
+grep -q './usr/share/quorum/monitoring/quorum.rules.yml' <<<"$QUORUM_LIST" || fail "alert rules missing"
+grep -q './usr/share/quorum/monitoring/quorum-overview.json' <<<"$QUORUM_LIST" || fail "dashboard missing"
 grep -qx '/etc/quorum/coordinator.yml' <<<"$(dpkg-deb -I "$QUORUM_DEB" conffiles)" || fail "coordinator.yml is not a conffile"
 
 echo "== rpm contents, config markings, scripts"

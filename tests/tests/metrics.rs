@@ -196,6 +196,25 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
+    // The alert rules pass promtool's check and their unit tests (that they name only series
+    // the coordinator exposes is a unit test of the metrics).
+    let monitoring = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/monitoring");
+    for args in [
+        vec!["check", "rules", "quorum.rules.yml"],
+        vec!["test", "rules", "quorum.rules.test.yml"],
+    ] {
+        let out = std::process::Command::new(bin.join("promtool"))
+            .args(&args)
+            .current_dir(&monitoring)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // --log-format json: every line of the coordinator's log is one JSON object.
     let log = std::fs::read_to_string(w.dir.path().join("coordinator.log"))?;
     let mut messages = Vec::new();
@@ -223,5 +242,36 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
         None,
         "a run is reported halted"
     );
+    // A member down: the next rolling restart is refused by the quorum guard, and its run,
+    // halted, holds the cluster's lock until aborted; Prometheus sees both.
+    let h3 = fleet.host(IPS[2])?;
+    let pid = h3.etcd_pid().context("etcd-3 runs")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    wait_for("etcd-3 to die", Duration::from_secs(10), || {
+        h3.etcd_pid().is_none().then_some(())
+    })?;
+    let two: Vec<String> = IPS[..2]
+        .iter()
+        .map(|ip| fleet.client_url(ip.parse().expect("an IP")))
+        .collect();
+    quorum_tests::etcd::wait_members_up(&w, &two, Duration::from_secs(20)).await?;
+    let out = w.admin(&["config", "reload", "--restart", "--yes"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    for (q, at_least) in [
+        ("sum(quorum_quorum_guard_refusals_total)", 1.0),
+        (
+            "count(quorum_run_halted_timestamp_seconds{sop=\"config-reload\",state=\"failed\",cluster=\"etcd\"})",
+            1.0,
+        ),
+    ] {
+        wait_for(
+            &format!("Prometheus to have {q} >= {at_least}"),
+            Duration::from_secs(30),
+            || (query(prom, q)? >= at_least).then_some(()),
+        )?;
+    }
     Ok(())
 }

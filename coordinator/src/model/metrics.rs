@@ -496,7 +496,73 @@ mod tests {
         m.task_dispatched("ServiceAction", Duration::from_millis(3));
         m.task_result("ServiceAction", "changed");
         m.task_timed_out("ServiceAction", true);
+        m.store_write("put_step", Duration::from_millis(2));
+        m.snapshot_taken("etcd", Duration::from_millis(300), true);
+        m.snapshot_taken("etcd", Duration::from_millis(300), false);
+        m.set_snapshots(std::iter::once((
+            "etcd".to_string(),
+            1_700_000_000_000,
+            8192,
+        )));
+        m.cert_expires("coordinator", "/etc/quorum/coordinator.crt", 1_900_000_000);
+        m.set_agents(std::iter::once((
+            "10.0.0.1",
+            "stale",
+            1_700_000_000,
+            "0.3.0",
+        )));
+        m.set_runs(
+            std::iter::once(("failed".to_string(), 1)),
+            std::iter::once((
+                "r1".to_string(),
+                "config-reload".to_string(),
+                "etcd".to_string(),
+                "failed".to_string(),
+                1_700_000_000_000,
+            )),
+        );
         let classic = crate::model::metrics_text::classic_text(&m.encode());
+        // Every family, and nothing else: the names the alert rules and the dashboard use.
+        let mut exposed = std::collections::HashSet::new();
+        for line in classic.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split(' ');
+                if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                    exposed.insert(name.to_string());
+                    if kind == "histogram" {
+                        for suffix in ["_bucket", "_sum", "_count"] {
+                            exposed.insert(format!("{name}{suffix}"));
+                        }
+                    }
+                }
+            }
+        }
+        let monitoring =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/monitoring");
+        let mut texts = Vec::new();
+        for file in ["quorum.rules.yml", "quorum-overview.json"] {
+            texts.push(std::fs::read_to_string(monitoring.join(file)).expect("monitoring file"));
+        }
+        let mut used = 0;
+        for text in &texts {
+            let mut rest = text.as_str();
+            while let Some(i) = rest.find("quorum_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                // Alert names and uids are not series.
+                if name != "quorum_" && !name.starts_with("quorum_overview") {
+                    assert!(exposed.contains(&name), "{name} is used but not exposed");
+                    used += 1;
+                }
+                rest = &rest[i + name.len()..];
+            }
+        }
+        assert!(
+            used > 20,
+            "only {used} series names found in the monitoring files"
+        );
         for name in [
             "quorum_build_info",
             "quorum_runs_started_total",
