@@ -84,6 +84,22 @@ impl HostPaths {
     pub fn etcd_pid(&self) -> Option<i32> {
         crate::live_pid(&self.pidfile())
     }
+    /// Kills this host's etcd (SIGKILL, by pid) and waits until it is gone.
+    pub fn kill_etcd(&self) -> Result<()> {
+        let pid = self
+            .etcd_pid()
+            .with_context(|| format!("etcd on {} does not run", self.ip))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        crate::wait_for(
+            &format!("etcd on {} to die", self.ip),
+            Duration::from_secs(10),
+            || self.etcd_pid().is_none().then_some(()),
+        )
+    }
+
     /// How many restarts the exec backend ran.
     pub fn restart_count(&self) -> usize {
         std::fs::read_to_string(self.restarts())

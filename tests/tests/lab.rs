@@ -383,6 +383,15 @@ fn restarting(f: &Fleet) -> Result<usize> {
     )
 }
 
+/// Fails unless every member's etcd has another main pid than in `before`.
+fn each_restarted(f: &Fleet, before: &[u32]) -> Result<()> {
+    let after = etcd_pids(f)?;
+    for (i, (a, b)) in after.iter().zip(before).enumerate() {
+        ensure!(a != b, "etcd-{} was not restarted", i + 1);
+    }
+    Ok(())
+}
+
 fn run_id(f: &Fleet) -> Result<String> {
     Ok(f.newest_run()?["run_id"]
         .as_str()
@@ -461,10 +470,7 @@ fn a_partitioned_member_stops_a_rolling_restart_before_quorum_is_at_risk() -> Re
     let (acked, lost, missing) = stop_writer(&f)?;
     assert!(acked > 0);
     assert_eq!((lost, missing), (0, 0), "{acked} acked");
-    let after = etcd_pids(&f)?;
-    for (i, (a, b)) in after.iter().zip(&before).enumerate() {
-        assert_ne!(a, b, "etcd-{} was not restarted", i + 1);
-    }
+    each_restarted(&f, &before)?;
     Ok(())
 }
 
@@ -535,10 +541,7 @@ fn a_power_cut_mid_sop_is_resumed_after_boot_on_a_member_and_on_the_admin_node()
     wait_healthy(&f)?;
     let out = f.admin(&["run", "resume", &id])?;
     assert_eq!(out.code, 0, "{out:?}");
-    let after = etcd_pids(&f)?;
-    for (i, (a, b)) in after.iter().zip(&before).enumerate() {
-        assert_ne!(a, b, "etcd-{} was not restarted", i + 1);
-    }
+    each_restarted(&f, &before)?;
     Ok(())
 }
 

@@ -362,14 +362,7 @@ async fn membership_refusals_name_the_problem() -> Result<()> {
     c.member_remove(learner_id).await?;
     // An unhealthy cluster: refused for add, and for removing another member.
     let h3 = &f.hosts[2];
-    let pid = h3.etcd_pid().context("etcd-3 runs")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    wait_for("etcd-3 to die", Duration::from_secs(10), || {
-        h3.etcd_pid().is_none().then_some(())
-    })?;
+    h3.kill_etcd()?;
     // If etcd-3 led, the others elect a new leader first; until then every member looks
     // unhealthy (rightly), which is not the refusal this test is about.
     quorum_tests::etcd::wait_members_up(&w, &eps(&f, 2), Duration::from_secs(20)).await?;

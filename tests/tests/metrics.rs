@@ -245,14 +245,7 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
     // A member down: the next rolling restart is refused by the quorum guard, and its run,
     // halted, holds the cluster's lock until aborted; Prometheus sees both.
     let h3 = fleet.host(IPS[2])?;
-    let pid = h3.etcd_pid().context("etcd-3 runs")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    wait_for("etcd-3 to die", Duration::from_secs(10), || {
-        h3.etcd_pid().is_none().then_some(())
-    })?;
+    h3.kill_etcd()?;
     let two: Vec<String> = IPS[..2]
         .iter()
         .map(|ip| fleet.client_url(ip.parse().expect("an IP")))

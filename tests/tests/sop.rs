@@ -146,14 +146,7 @@ async fn an_unhealthy_member_stops_the_reload_at_the_quorum_guard() -> Result<()
     let (w, f) = setup("")?;
     create(&w)?;
     let h3 = f.host(IPS[2])?;
-    let pid = h3.etcd_pid().context("etcd-3 runs")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    wait_for("etcd-3 to die", Duration::from_secs(10), || {
-        h3.etcd_pid().is_none().then_some(())
-    })?;
+    h3.kill_etcd()?;
     // A new leader first, if etcd-3 led: the refusal must name etcd-3, not an election.
     quorum_tests::etcd::wait_members_up(&w, &endpoints(&f)[..2], Duration::from_secs(20)).await?;
     let out = w.admin(&["config", "reload", "--restart"])?;
@@ -626,14 +619,7 @@ async fn service_actions_go_one_host_at_a_time_and_runs_can_be_aborted() -> Resu
     assert_eq!(out.code, 0, "{out:?}");
     // A failed run holds the cluster until it is aborted.
     let h3 = f.host(IPS[2])?;
-    let pid = h3.etcd_pid().context("etcd-3 runs")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    wait_for("etcd-3 to die", Duration::from_secs(10), || {
-        h3.etcd_pid().is_none().then_some(())
-    })?;
+    h3.kill_etcd()?;
     let out = w.admin(&["config", "reload", "--restart"])?;
     assert_eq!(out.code, 3, "{out:?}");
     let runs = w.admin(&["run", "list", "-o", "json"])?.ok()?;
