@@ -213,11 +213,11 @@ fn every_sop_on_packaged_hosts_under_systemd() -> Result<()> {
     // state dir (0.2 wrote them beside the CA, where its unit could not).
     let certs = f.lab.sh_ok(
         f.admin,
-        "stat -c '%n %a' /var/lib/quorum/pki/etcd/etcd-1.crt /var/lib/quorum/pki/etcd/etcd-1.key",
+        "stat -c '%n %a' /var/lib/quorum/pki/etcd /var/lib/quorum/pki/etcd/etcd-1.crt /var/lib/quorum/pki/etcd/etcd-1.key",
     )?;
     assert_eq!(
         certs.stdout,
-        "/var/lib/quorum/pki/etcd/etcd-1.crt 600\n/var/lib/quorum/pki/etcd/etcd-1.key 600\n"
+        "/var/lib/quorum/pki/etcd 700\n/var/lib/quorum/pki/etcd/etcd-1.crt 644\n/var/lib/quorum/pki/etcd/etcd-1.key 600\n"
     );
     // Patroni on the PostgreSQL host, its config behind Pigsty's link.
     f.write_inventory(&members(&f, &ETCD), "", &pg_group(pg))?;
@@ -288,11 +288,7 @@ fn every_sop_on_packaged_hosts_under_systemd() -> Result<()> {
         let out = f.admin(&["cluster", sop, "--yes"])?;
         ensure!(out.code == 0, "cluster {sop}: {out:?}");
         for ip in &etcd {
-            assert_ne!(f.unit_state(*ip, "etcd")?, "active", "{sop}: {ip}");
-            let enabled = f.lab.sh(*ip, "systemctl is-enabled etcd")?;
-            assert_ne!(enabled.stdout.trim(), "enabled", "{sop}: {ip}: {enabled:?}");
-            let left = f.lab.sh_ok(*ip, "ls -A /data/etcd")?;
-            assert_eq!(left.stdout, "", "{sop}: {ip}: data left");
+            retired(&f, *ip).with_context(|| format!("cluster {sop}"))?;
         }
     }
     Ok(())
@@ -389,6 +385,25 @@ fn each_restarted(f: &Fleet, before: &[u32]) -> Result<()> {
     for (i, (a, b)) in after.iter().zip(before).enumerate() {
         ensure!(a != b, "etcd-{} was not restarted", i + 1);
     }
+    Ok(())
+}
+
+/// Fails unless etcd on `ip` is stopped, disabled (a boot does not start it), its data dir
+/// empty and its etcd.conf gone: a member taken off its host.
+fn retired(f: &Fleet, ip: IpAddr) -> Result<()> {
+    let state = f.unit_state(ip, "etcd")?;
+    ensure!(state != "active", "{ip}: etcd is {state}");
+    let enabled = f.lab.sh(ip, "systemctl is-enabled etcd")?;
+    ensure!(
+        enabled.stdout.trim() != "enabled",
+        "{ip}: etcd is enabled, a boot would start it again"
+    );
+    let left = f.lab.sh_ok(ip, "ls -A /data/etcd")?.stdout;
+    ensure!(left.is_empty(), "{ip}: data left in /data/etcd: {left}");
+    ensure!(
+        !f.lab.host(ip)?.path("/etc/etcd/etcd.conf").exists(),
+        "{ip}: etcd.conf left"
+    );
     Ok(())
 }
 
@@ -995,19 +1010,7 @@ fn a_member_whose_host_lost_power_leaves_and_is_cleaned_up_when_it_boots() -> Re
             f.lab.journal(h14, "etcd", 20)
         )
     })?;
-    assert_ne!(f.unit_state(h14, "etcd")?, "active");
-    let enabled = f.lab.sh(h14, "systemctl is-enabled etcd")?;
-    assert_ne!(
-        enabled.stdout.trim(),
-        "enabled",
-        "a boot would start it again"
-    );
-    assert_eq!(
-        f.lab.sh_ok(h14, "ls -A /data/etcd")?.stdout,
-        "",
-        "not wiped"
-    );
-    assert!(!f.lab.host(h14)?.path("/etc/etcd/etcd.conf").exists());
+    retired(&f, h14)?;
     let run = f.run_show(&cleanup)?;
     let wipes = run["steps"]
         .as_array()
