@@ -159,17 +159,30 @@ pub fn patroni_gate(
     }
     match c {
         Err(e) => Try::Again(e.to_string()),
-        Ok(c) => match c.leader() {
-            Some(l) if l.is_running() => Try::Done(format!(
-                "Patroni on {host} is {state} ({role}); {}",
-                c.summary()
-            )),
-            _ => Try::Again(format!(
-                "{} has no running leader ({})",
-                pg.name,
-                c.summary()
-            )),
-        },
+        Ok(c) => {
+            // The cluster's view (the DCS) is what the next steps read, a switchover's
+            // choice of replica included; it lags the instance's own word by up to a loop.
+            let listed = c
+                .members
+                .iter()
+                .find(|m| pg.node_of(m).is_some_and(|n| n.ip == host));
+            match (c.leader(), listed) {
+                (Some(l), Some(m)) if l.is_running() && m.is_running() => Try::Done(format!(
+                    "Patroni on {host} is {state} ({role}); {}",
+                    c.summary()
+                )),
+                (Some(l), _) if l.is_running() => Try::Again(format!(
+                    "Patroni on {host} says {state}, but {} does not list it running yet ({})",
+                    pg.name,
+                    c.summary()
+                )),
+                _ => Try::Again(format!(
+                    "{} has no running leader ({})",
+                    pg.name,
+                    c.summary()
+                )),
+            }
+        }
     }
 }
 
@@ -442,9 +455,17 @@ mod tests {
             ("pg-test-1", "leader", "running"),
             ("pg-test-2", "replica", "streaming"),
         ]);
+        // The instance says it streams before the cluster's view (the DCS, which a
+        // switchover reads) lists it running: the gate waits for both.
+        let lagging = cluster(&[
+            ("pg-test-1", "leader", "running"),
+            ("pg-test-2", "replica", "stopped"),
+        ]);
         let seen: Vec<(&str, Result<ClusterView, String>)> = vec![
             ("starting", Ok(led.clone())),
             ("running", Err("no Patroni answered".into())),
+            ("streaming", Ok(lagging.clone())),
+            ("streaming", Ok(lagging)),
             ("streaming", Ok(led.clone())),
         ];
         let (r, ms) = gate(Duration::from_secs(60), SLOW_PACE, seen, |(state, c)| {
@@ -457,7 +478,7 @@ mod tests {
         })
         .await;
         assert!(r.is_ok(), "{r:?}");
-        assert_eq!(ms, 1000);
+        assert_eq!(ms, 2000);
     }
 
     #[tokio::test(start_paused = true)]
