@@ -225,6 +225,55 @@ pub fn etcdctl_profile(p: &pb::EtcdctlProfile) -> Result<String, SpecError> {
     Ok(format_etcdctl_profile(p))
 }
 
+/// Quorum's alert rules, as the agent writes them into Pigsty's rules directory (and as the
+/// `quorum` package installs them under `/usr/share/quorum/monitoring/`).
+pub const QUORUM_RULES: &str = include_str!("../../packaging/monitoring/quorum.rules.yml");
+
+/// Most scrape targets a monitoring task may name (one per coordinator).
+const MAX_TARGETS: usize = 16;
+
+/// Checks a monitoring task's targets: IP addresses, ports, instance names.
+pub fn validate_monitoring(t: &pb::WriteMonitoring) -> Result<(), SpecError> {
+    if t.remove {
+        return Ok(());
+    }
+    if t.targets.is_empty() || t.targets.len() > MAX_TARGETS {
+        return Err(bad(
+            "targets",
+            &t.targets.len().to_string(),
+            "must name 1 to 16 targets",
+        ));
+    }
+    for (i, target) in t.targets.iter().enumerate() {
+        check_ip(&format!("targets[{i}].ip"), &target.ip)?;
+        check_port(&format!("targets[{i}].port"), target.port)?;
+        check_name(&format!("targets[{i}].ins"), &target.ins)?;
+    }
+    Ok(())
+}
+
+/// The scrape target file, as Pigsty writes its own under `targets/infra/`: one entry per
+/// target with the labels `ip`, `ins` and `cls` (`quorum`).
+pub fn format_monitor_targets(t: &pb::WriteMonitoring) -> String {
+    let mut out =
+        format!("{MANAGED}\n# the Quorum coordinator's /metrics (`quorum monitor register`)\n");
+    for target in &t.targets {
+        out.push_str(&format!(
+            "- labels: {{ ip: {ip}, ins: {ins}, cls: quorum }}\n  targets: [ {address} ]\n",
+            ip = yaml_quoted(&target.ip),
+            ins = yaml_quoted(&target.ins),
+            address = yaml_quoted(&format!("{}:{}", url_host(&target.ip), target.port)),
+        ));
+    }
+    out
+}
+
+/// Validates, then renders the scrape target file: what an agent writes.
+pub fn monitor_targets(t: &pb::WriteMonitoring) -> Result<String, SpecError> {
+    validate_monitoring(t)?;
+    Ok(format_monitor_targets(t))
+}
+
 /// A host as it appears in a URL or `host:port`: IPv6 in brackets (which Pigsty's templates
 /// do not do, but etcd and Patroni need). Text that is not an IP is kept as it is.
 pub fn url_host(ip: &str) -> String {
@@ -531,6 +580,62 @@ mod tests {
             grpc_gateway: false,
             enable_v2: false,
         }
+    }
+
+    #[test]
+    fn the_target_file_is_pigstys_shape_and_refuses_what_is_not_a_target(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let target = |ip: &str, port: u32, ins: &str| pb::MonitorTarget {
+            ip: ip.into(),
+            port,
+            ins: ins.into(),
+        };
+        let task = pb::WriteMonitoring {
+            layout: pb::MonitoringLayout::Victoria as i32,
+            targets: vec![
+                target("10.10.10.10", 9808, "quorum-1"),
+                target("fd00::10", 9808, "quorum-2"),
+            ],
+            remove: false,
+        };
+        let text = monitor_targets(&task)?;
+        assert!(text.starts_with(MANAGED));
+        let v: crate::yaml::Value = crate::yaml::from_str(&text)?;
+        let first = &v[0];
+        assert_eq!(first["labels"]["ip"].as_str(), Some("10.10.10.10"));
+        assert_eq!(first["labels"]["ins"].as_str(), Some("quorum-1"));
+        assert_eq!(first["labels"]["cls"].as_str(), Some("quorum"));
+        assert_eq!(first["targets"][0].as_str(), Some("10.10.10.10:9808"));
+        assert_eq!(v[1]["targets"][0].as_str(), Some("[fd00::10]:9808"));
+        for (bad_target, field) in [
+            (target("10.0.0.1\n- labels: {}", 1, "q"), "targets[0].ip"),
+            (target("10.0.0.1", 0, "q"), "targets[0].port"),
+            (target("10.0.0.1", 70000, "q"), "targets[0].port"),
+            (target("10.0.0.1", 9808, "q }\n- x"), "targets[0].ins"),
+            (target("10.0.0.1", 9808, ""), "targets[0].ins"),
+        ] {
+            let t = pb::WriteMonitoring {
+                targets: vec![bad_target],
+                ..task.clone()
+            };
+            let err = monitor_targets(&t).expect_err("refused");
+            assert_eq!(err.field, field, "{err}");
+        }
+        let none = pb::WriteMonitoring {
+            targets: vec![],
+            ..task.clone()
+        };
+        assert!(monitor_targets(&none).is_err());
+        // A removal names no target.
+        assert!(validate_monitoring(&pb::WriteMonitoring {
+            remove: true,
+            ..none
+        })
+        .is_ok());
+        // The rules the agent writes are the ones the package ships, and YAML.
+        let rules: crate::yaml::Value = crate::yaml::from_str(QUORUM_RULES)?;
+        assert!(rules["groups"][0]["rules"][0]["alert"].as_str().is_some());
+        Ok(())
     }
 
     #[test]
