@@ -25,6 +25,10 @@ pub enum Svc {
     Patroni,
     /// vip-manager.
     VipManager,
+    /// vmalert (Pigsty v4's rule engine), reloaded after Quorum's rules change.
+    Vmalert,
+    /// Prometheus (Pigsty v3's), reloaded after Quorum's rules change.
+    Prometheus,
 }
 
 impl Svc {
@@ -43,6 +47,8 @@ impl Svc {
             Svc::Etcd => "etcd",
             Svc::Patroni => "patroni",
             Svc::VipManager => "vip_manager",
+            Svc::Vmalert => "vmalert",
+            Svc::Prometheus => "prometheus",
         }
     }
     /// The name in facts.
@@ -51,9 +57,11 @@ impl Svc {
             Svc::Etcd => "etcd",
             Svc::Patroni => "patroni",
             Svc::VipManager => "vip-manager",
+            Svc::Vmalert => "vmalert",
+            Svc::Prometheus => "prometheus",
         }
     }
-    /// All of them.
+    /// The services whose state the facts report.
     pub const ALL: [Svc; 3] = [Svc::Etcd, Svc::Patroni, Svc::VipManager];
 }
 
@@ -202,14 +210,22 @@ impl Backend {
         Self { cfg, scratch }
     }
 
+    /// `svc`'s systemd unit (`services:` in agent.yml).
+    fn unit(&self, svc: Svc) -> &String {
+        let s = &self.cfg.services;
+        match svc {
+            Svc::Etcd => &s.etcd,
+            Svc::Patroni => &s.patroni,
+            Svc::VipManager => &s.vip_manager,
+            Svc::Vmalert => &s.vmalert,
+            Svc::Prometheus => &s.prometheus,
+        }
+    }
+
     fn argv(&self, svc: Svc, action: &str) -> Option<Vec<String>> {
         match self.cfg.service_backend {
             BackendKind::Systemd => {
-                let unit = match svc {
-                    Svc::Etcd => &self.cfg.services.etcd,
-                    Svc::Patroni => &self.cfg.services.patroni,
-                    Svc::VipManager => &self.cfg.services.vip_manager,
-                };
+                let unit = self.unit(svc);
                 Some(match action {
                     "status" => vec!["systemctl".into(), "is-active".into(), unit.clone()],
                     // As Pigsty launches its services (`state: started, enabled: yes`): a
@@ -275,11 +291,7 @@ impl Backend {
     pub async fn log_tail(&self, svc: Svc, lines: usize) -> Result<String, String> {
         match self.cfg.service_backend {
             BackendKind::Systemd => {
-                let unit = match svc {
-                    Svc::Etcd => &self.cfg.services.etcd,
-                    Svc::Patroni => &self.cfg.services.patroni,
-                    Svc::VipManager => &self.cfg.services.vip_manager,
-                };
+                let unit = self.unit(svc);
                 let argv: Vec<String> = vec![
                     "journalctl".into(),
                     "-u".into(),
@@ -329,11 +341,7 @@ impl Backend {
                 "the exec backend does not record when a service started or stopped".into(),
             );
         }
-        let unit = match svc {
-            Svc::Etcd => &self.cfg.services.etcd,
-            Svc::Patroni => &self.cfg.services.patroni,
-            Svc::VipManager => &self.cfg.services.vip_manager,
-        };
+        let unit = self.unit(svc);
         let argv: Vec<String> = [
             "systemctl",
             "show",

@@ -192,6 +192,10 @@ pub struct Services {
     pub patroni: String,
     /// vip-manager's unit.
     pub vip_manager: String,
+    /// The rule engine of Pigsty v4's metrics stack, reloaded after Quorum's rules change.
+    pub vmalert: String,
+    /// Pigsty v3's Prometheus, reloaded after Quorum's rules change.
+    pub prometheus: String,
 }
 
 impl Default for Services {
@@ -200,6 +204,55 @@ impl Default for Services {
             etcd: "etcd".into(),
             patroni: "patroni".into(),
             vip_manager: "vip-manager".into(),
+            vmalert: "vmalert".into(),
+            prometheus: "prometheus".into(),
+        }
+    }
+}
+
+/// Where one Pigsty metrics stack reads scrape targets and alert rules, and who owns its
+/// files there.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringPaths {
+    /// Quorum's scrape target file (in the `infra` job's directory).
+    pub targets: PathBuf,
+    /// Quorum's alert rules file.
+    pub rules: PathBuf,
+    /// Owner of both files.
+    pub owner: Owner,
+}
+
+/// The two layouts of Pigsty's metrics stack (`monitoring:`); a task names which one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitoring {
+    /// Pigsty v4 and later: VictoriaMetrics and vmalert under `/infra` (a link to
+    /// `/data/infra`).
+    pub victoria: MonitoringPaths,
+    /// Pigsty up to v3: Prometheus under `/etc/prometheus`.
+    pub prometheus: MonitoringPaths,
+}
+
+impl Default for Monitoring {
+    fn default() -> Self {
+        Self {
+            victoria: MonitoringPaths {
+                targets: "/infra/targets/infra/quorum.yml".into(),
+                rules: "/infra/rules/quorum.yml".into(),
+                owner: Owner {
+                    user: "victoria".into(),
+                    group: "infra".into(),
+                },
+            },
+            prometheus: MonitoringPaths {
+                targets: "/etc/prometheus/targets/infra/quorum.yml".into(),
+                rules: "/etc/prometheus/rules/quorum.yml".into(),
+                owner: Owner {
+                    user: "prometheus".into(),
+                    group: "prometheus".into(),
+                },
+            },
         }
     }
 }
@@ -250,6 +303,9 @@ pub struct AgentConfig {
     /// Unit names.
     #[serde(default)]
     pub services: Services,
+    /// Where Pigsty's metrics stack reads targets and rules (infra hosts only).
+    #[serde(default)]
+    pub monitoring: Monitoring,
     /// systemd (default) or exec.
     #[serde(default)]
     pub service_backend: BackendKind,
@@ -284,6 +340,14 @@ fn default_exec_timeout() -> u64 {
 
 fn default_start_check() -> u64 {
     20
+}
+
+/// An absolute path without `..`.
+fn plain_absolute(path: &Path) -> bool {
+    path.is_absolute()
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
 }
 
 /// Paths a data dir may never be: wiping their contents would wreck the host.
@@ -445,19 +509,39 @@ impl AgentConfig {
                 ));
             }
         }
+        // Checked as plain absolute paths only: Pigsty v4's /infra is a link to /data/infra,
+        // so whether they lie inside allowed_prefixes is decided where they really are, when
+        // a monitoring task writes them (and an agent.yml from before `monitoring:` existed
+        // must still load).
+        let m = &cfg.monitoring;
+        for (key, path) in [
+            ("monitoring.victoria.targets", &m.victoria.targets),
+            ("monitoring.victoria.rules", &m.victoria.rules),
+            ("monitoring.prometheus.targets", &m.prometheus.targets),
+            ("monitoring.prometheus.rules", &m.prometheus.rules),
+        ] {
+            if !plain_absolute(path) || path.parent().is_none_or(|d| d == Path::new("/")) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} is not a plain absolute path of a file in a directory other than /; give one without '..'",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         for (service, svc) in &cfg.exec {
-            if !matches!(service.as_str(), "etcd" | "patroni" | "vip_manager") {
+            if !matches!(
+                service.as_str(),
+                "etcd" | "patroni" | "vip_manager" | "vmalert" | "prometheus"
+            ) {
                 return Err(invalid(
                     "exec",
-                    format!("unknown service {service:?}; use etcd, patroni or vip_manager"),
+                    format!("unknown service {service:?}; use etcd, patroni, vip_manager, vmalert or prometheus"),
                 ));
             }
             if let Some(log) = &svc.log {
-                let plain = log.is_absolute()
-                    && !log
-                        .components()
-                        .any(|c| matches!(c, std::path::Component::ParentDir));
-                if !plain {
+                if !plain_absolute(log) {
                     return Err(invalid(
                         &format!("exec.{service}.log"),
                         format!(
@@ -558,6 +642,14 @@ mod tests {
             ("paths: { etcd_data: /data/../etc }", "paths.etcd_data"),
             ("exec: { etcd: { restart: [] } }", "exec.etcd.restart"),
             ("exec: { postgres: { start: [x] } }", "exec"),
+            (
+                "monitoring: { victoria: { targets: infra/quorum.yml, rules: /infra/rules/quorum.yml, owner: { user: victoria, group: infra } } }",
+                "monitoring.victoria.targets",
+            ),
+            (
+                "monitoring: { prometheus: { targets: /etc/prometheus/targets/quorum.yml, rules: /etc/../rules.yml, owner: { user: prometheus, group: prometheus } } }",
+                "monitoring.prometheus.rules",
+            ),
         ] {
             match parse(extra) {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{extra}"),

@@ -3,9 +3,10 @@
 //! journal instead of running twice; and the safety rules (local safeguard, no wipe of a
 //! running etcd) are checked here, on the host, whatever the coordinator asked.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use quorum_proto::pb;
 use quorum_proto::pb::task::Kind;
@@ -28,6 +29,28 @@ const LOG_LINES: usize = 20;
 const LOG_SCAN_LINES: usize = 200;
 /// Error lines from above the last lines that go along (the cause often scrolled away).
 const LOG_ERROR_LINES: usize = 5;
+
+/// When the certificate at `path` stops being valid, Unix seconds.
+fn cert_not_after(path: &Path) -> Option<i64> {
+    let pem = std::fs::read(path).ok()?;
+    let der = quorum_proto::tls::first_cert_der(&pem)?;
+    quorum_proto::identity::validity_from_der(&der)
+        .ok()
+        .map(|(_, not_after)| not_after)
+}
+
+/// How long Prometheus takes at most to apply a removed target file (its discovery manager
+/// sends updates every 5 s), before it may be reloaded.
+const PROMETHEUS_SD_SETTLE: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// What a partial monitoring change did before it stopped.
+fn out_or_nothing(done: &[String]) -> String {
+    if done.is_empty() {
+        "nothing was changed".into()
+    } else {
+        format!("done before that: {}", done.join("; "))
+    }
+}
 
 /// A task's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +95,70 @@ pub enum ExecError {
     },
 }
 
+/// What the agent counts about itself since it started; reported with its facts (the
+/// coordinator exports them per agent: agents open no listener).
+#[derive(Debug)]
+pub struct Counters {
+    started_unix: i64,
+    tasks: Mutex<BTreeMap<&'static str, u64>>,
+    journal_answers: AtomicU64,
+    sessions: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Self {
+            started_unix: quorum_proto::tls::unix_now(),
+            tasks: Mutex::new(BTreeMap::new()),
+            journal_answers: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+        }
+    }
+
+    fn ran(&self, outcome: pb::Outcome) {
+        let word = match outcome {
+            pb::Outcome::Changed => "changed",
+            pb::Outcome::Unchanged => "unchanged",
+            pb::Outcome::Skipped => "skipped",
+            pb::Outcome::Refused => "refused",
+            pb::Outcome::Failed => "failed",
+            pb::Outcome::Ok => "ok",
+            pb::Outcome::Unspecified => "unspecified",
+        };
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        *tasks.entry(word).or_default() += 1;
+    }
+
+    /// A session with the coordinator opened (its first poll answered).
+    pub fn session_opened(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A session ended before its first poll was answered.
+    pub fn connect_failed(&self) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report(&self) -> pb::AgentCounters {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        pb::AgentCounters {
+            started_unix: self.started_unix,
+            tasks: tasks.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+            journal_answers: self.journal_answers.load(Ordering::Relaxed),
+            sessions: self.sessions.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            journal_bytes: 0,
+            cert_not_after_unix: 0,
+        }
+    }
+}
+
 /// Runs tasks on this host.
 pub struct Executor {
+    /// What the agent counts about itself.
+    pub counters: Counters,
     cfg: Arc<AgentConfig>,
     journal: Journal,
     backend: Backend,
@@ -96,6 +181,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::CollectFacts(_) => "CollectFacts",
         Kind::RetireEtcd(_) => "RetireEtcd",
         Kind::WriteEtcdPass(_) => "WriteEtcdPass",
+        Kind::WriteMonitoring(_) => "WriteMonitoring",
     }
 }
 
@@ -142,6 +228,7 @@ impl Executor {
             etcd_owner,
             profile_owner,
             etcd_unknown: AtomicBool::new(false),
+            counters: Counters::new(),
         })
     }
 
@@ -173,10 +260,15 @@ impl Executor {
             ));
         };
         if read_only(kind) {
-            return self.run(kind).await;
+            let report = self.run(kind).await;
+            self.counters.ran(report.outcome);
+            return report;
         }
         match self.journal.seen(&task.id) {
             Seen::Finished(outcome, output) => {
+                self.counters
+                    .journal_answers
+                    .fetch_add(1, Ordering::Relaxed);
                 let (started_unix_ms, finished_unix_ms) =
                     self.journal.ran(&task.id).unwrap_or((0, 0));
                 let took = if started_unix_ms > 0 && finished_unix_ms >= started_unix_ms {
@@ -225,6 +317,7 @@ impl Executor {
             return TaskReport::failed(format!("{e}; the task was not run"));
         }
         let report = self.run(kind).await;
+        self.counters.ran(report.outcome);
         if let Err(e) = self
             .journal
             .finish(&task.id, report.outcome, &report.output)
@@ -259,6 +352,145 @@ impl Executor {
             Kind::WipeEtcdData(t) => self.wipe(t).await,
             Kind::CollectFacts(_) => TaskReport::new(pb::Outcome::Ok, "facts collected"),
             Kind::RetireEtcd(_) => self.retire().await,
+            Kind::WriteMonitoring(t) => self.write_monitoring(t).await,
+        }
+    }
+
+    /// Registers the coordinator with Pigsty's metrics stack on this infra host (the target
+    /// file and Quorum's rules, where `monitoring.<layout>` says), or removes both; reloads
+    /// the rule engine when the rules changed and it runs. The directories must already be
+    /// there: Pigsty's infra role makes them, and a host without them is no infra node of
+    /// that layout.
+    async fn write_monitoring(&self, t: &pb::WriteMonitoring) -> TaskReport {
+        let (paths, svc, targets_mode, stack) = match pb::MonitoringLayout::try_from(t.layout) {
+            Ok(pb::MonitoringLayout::Victoria) => (
+                &self.cfg.monitoring.victoria,
+                Svc::Vmalert,
+                0o640,
+                "Pigsty v4 (VictoriaMetrics)",
+            ),
+            Ok(pb::MonitoringLayout::Prometheus) => (
+                &self.cfg.monitoring.prometheus,
+                Svc::Prometheus,
+                0o644,
+                "Pigsty v3 (Prometheus)",
+            ),
+            Err(_) => {
+                return TaskReport::refused(format!(
+                    "monitoring layout {} is not one this agent knows; nothing was written",
+                    t.layout
+                ))
+            }
+        };
+        let key = if svc == Svc::Vmalert {
+            "monitoring.victoria"
+        } else {
+            "monitoring.prometheus"
+        };
+        let targets = if t.remove {
+            None
+        } else {
+            match render::monitor_targets(t) {
+                Ok(text) => Some(text),
+                Err(e) => return TaskReport::refused(format!("{e}; nothing was written")),
+            }
+        };
+        let mut out = Vec::new();
+        let mut changed = false;
+        let mut rules_changed = false;
+        if t.remove {
+            for (what, path) in [("targets", &paths.targets), ("rules", &paths.rules)] {
+                if what == "rules" && changed && svc == Svc::Prometheus && paths.rules.exists() {
+                    // Prometheus (2.42, Pigsty v3's) keeps the targets of a file removed
+                    // just before a reload: its discovery manager passes changes on at most
+                    // every 5 s, and a reload in between loses the removal. The rules'
+                    // reload waits until the removal has been passed on.
+                    tokio::time::sleep(PROMETHEUS_SD_SETTLE).await;
+                }
+                match self.managed(path).remove() {
+                    Ok(true) => {
+                        changed = true;
+                        rules_changed |= what == "rules";
+                        out.push(format!("removed {}", path.display()));
+                    }
+                    Ok(false) => out.push(format!("{} was not there", path.display())),
+                    Err(e) if e.is_refusal() => {
+                        return TaskReport::refused(format!("{e}; {}", out_or_nothing(&out)))
+                    }
+                    Err(e) => return TaskReport::failed(format!("{e}; {}", out_or_nothing(&out))),
+                }
+            }
+        } else {
+            for path in [&paths.targets, &paths.rules] {
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                if !dir.is_dir() {
+                    return TaskReport::refused(format!(
+                        "{} does not exist, so this host is no infra node of {stack}, whose infra role makes that directory (or {key} in {} names another place); nothing was written",
+                        dir.display(),
+                        self.cfg.source.display()
+                    ));
+                }
+            }
+            let owner = match files::resolve_owner(&paths.owner.user, &paths.owner.group) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    return TaskReport::refused(format!(
+                        "{key}.owner in {}: {e}; nothing was written",
+                        self.cfg.source.display()
+                    ))
+                }
+            };
+            let text = targets.unwrap_or_default();
+            for (what, path, content, mode) in [
+                ("targets", &paths.targets, text.as_str(), targets_mode),
+                ("rules", &paths.rules, render::QUORUM_RULES, 0o644),
+            ] {
+                let r = self.write(path, content, mode, owner);
+                match r.outcome {
+                    pb::Outcome::Changed => {
+                        changed = true;
+                        rules_changed |= what == "rules";
+                    }
+                    pb::Outcome::Unchanged => {}
+                    _ => {
+                        return TaskReport::new(
+                            r.outcome,
+                            format!("{}; {}", r.output, out_or_nothing(&out)),
+                        )
+                    }
+                }
+                out.push(r.output);
+            }
+        }
+        if rules_changed {
+            out.push(self.reload_rule_engine(svc).await);
+        }
+        let outcome = if changed {
+            pb::Outcome::Changed
+        } else {
+            pb::Outcome::Unchanged
+        };
+        TaskReport::new(outcome, out.join("\n"))
+    }
+
+    /// Reloads the rule engine so it reads the rules now, when it runs; says what happened.
+    async fn reload_rule_engine(&self, svc: Svc) -> String {
+        let name = svc.fact_key();
+        if !self.backend.manages(svc) {
+            return format!(
+                "{name} is not managed by this agent (no exec.{} in {}): reload it to load the rules",
+                svc.exec_key(),
+                self.cfg.source.display()
+            );
+        }
+        match self.backend.status(svc).await {
+            pb::ServiceState::Active => match self.backend.run(svc, "reload").await {
+                Ok(_) => format!("reloaded {name}: the rules are loaded"),
+                Err(e) => format!(
+                    "the files are written, but reloading {name} failed ({e}): it loads the rules at its next reload or start"
+                ),
+            },
+            _ => format!("{name} is not running here: it loads the rules when it starts"),
         }
     }
 
@@ -1044,6 +1276,11 @@ impl Executor {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             safeguard: self.cfg.safeguard,
+            counters: Some(pb::AgentCounters {
+                journal_bytes: self.journal.bytes(),
+                cert_not_after_unix: cert_not_after(&self.cfg.tls.cert).unwrap_or(0),
+                ..self.counters.report()
+            }),
             ..Default::default()
         };
         // The status commands run side by side: each is a process spawn (`systemctl

@@ -182,6 +182,11 @@ impl Journal {
         }
     }
 
+    /// How many bytes the journal file holds (0 when it cannot be read).
+    pub fn bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
     /// What is known of `id`.
     pub fn seen(&self, id: &str) -> Seen {
         let inner = self.lock();

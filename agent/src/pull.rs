@@ -129,6 +129,9 @@ pub async fn run(
         let Err(status) = puller.session(&mut stop).await else {
             break;
         };
+        if !puller.connected {
+            puller.executor.counters.connect_failed();
+        }
         puller.connected = false;
         let delay = puller.backoff.next_delay();
         match (quorum_proto::tls::not_coordinator(&status), status.code()) {
@@ -219,6 +222,7 @@ impl Puller {
             if !self.connected {
                 tracing::info!("connected to the coordinator");
                 self.connected = true;
+                self.executor.counters.session_opened();
             }
             self.backoff.reset();
             let ran = !tasks.is_empty();

@@ -1019,3 +1019,145 @@ async fn the_root_password_file_and_the_profile_that_reads_it() -> Result<()> {
     );
     Ok(())
 }
+
+/// A monitoring task for the test's layout.
+fn monitoring(layout: pb::MonitoringLayout, port: u32, ins: &str, remove: bool) -> Kind {
+    Kind::WriteMonitoring(pb::WriteMonitoring {
+        layout: layout as i32,
+        targets: vec![pb::MonitorTarget {
+            ip: "127.0.0.1".into(),
+            port,
+            ins: ins.into(),
+        }],
+        remove,
+    })
+}
+
+#[tokio::test]
+async fn monitoring_files_land_where_pigsty_reads_them_and_leave_on_deregistration() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Host::new()?;
+    // Pigsty v4's layout: /infra is a link to /data/infra, which holds targets/ and rules/.
+    for d in ["data/infra/targets/infra", "data/infra/rules"] {
+        std::fs::create_dir_all(h.p(d))?;
+    }
+    std::os::unix::fs::symlink(h.p("data/infra"), h.p("infra"))?;
+    let m = h.s("log/marker");
+    let exec = format!(
+        "  vmalert:\n    status: ['true']\n    reload: [/bin/sh, -c, 'echo vmalert-reload >> {m}']\n\
+         monitoring:\n  victoria: {{ targets: {r}/infra/targets/infra/quorum.yml, rules: {r}/infra/rules/quorum.yml, owner: {{ user: root, group: root }} }}\n  \
+         prometheus: {{ targets: {r}/etc/prometheus/targets/infra/quorum.yml, rules: {r}/etc/prometheus/rules/quorum.yml, owner: {{ user: root, group: root }} }}\n",
+        r = h.dir.path().display()
+    );
+    let ex = h.executor(false, &exec)?;
+    let v4 = pb::MonitoringLayout::Victoria;
+    let targets = h.p("data/infra/targets/infra/quorum.yml");
+    let rules = h.p("data/infra/rules/quorum.yml");
+
+    let r = ex
+        .execute(&task("m1", monitoring(v4, 9808, "quorum-1", false)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{}", r.output);
+    assert!(r.output.contains("reloaded vmalert"), "{}", r.output);
+    let text = std::fs::read_to_string(&targets)?;
+    let v: quorum_proto::yaml::Value = quorum_proto::yaml::from_str(&text)?;
+    assert_eq!(v[0]["labels"]["cls"].as_str(), Some("quorum"), "{text}");
+    assert_eq!(v[0]["labels"]["ins"].as_str(), Some("quorum-1"), "{text}");
+    assert_eq!(
+        v[0]["targets"][0].as_str(),
+        Some("127.0.0.1:9808"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rules)?,
+        quorum_proto::render::QUORUM_RULES
+    );
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(
+        mode(&targets)?,
+        0o640,
+        "Pigsty's own target files there are 0640"
+    );
+    assert_eq!(mode(&rules)?, 0o644);
+    assert_eq!(h.marker(), vec!["vmalert-reload"]);
+
+    // The same again: nothing changes, nothing reloads.
+    let r = ex
+        .execute(&task("m2", monitoring(v4, 9808, "quorum-1", false)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Unchanged, "{}", r.output);
+    // A new port rewrites the targets only; the rules are the same, so no reload.
+    let r = ex
+        .execute(&task("m3", monitoring(v4, 9809, "quorum-1", false)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{}", r.output);
+    assert!(std::fs::read_to_string(&targets)?.contains(":9809"));
+    assert_eq!(h.marker(), vec!["vmalert-reload"]);
+
+    // A target that is not one is refused before anything is touched.
+    let r = ex
+        .execute(&task(
+            "m4",
+            monitoring(v4, 9808, "q }\n- labels: {}", false),
+        ))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{}", r.output);
+    assert!(r.output.contains("targets[0].ins"), "{}", r.output);
+    assert!(std::fs::read_to_string(&targets)?.contains(":9809"));
+
+    // Pigsty v3's directories are not on this host: refused, naming what is missing.
+    let r = ex
+        .execute(&task(
+            "m5",
+            monitoring(pb::MonitoringLayout::Prometheus, 9808, "quorum-1", false),
+        ))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{}", r.output);
+    assert!(
+        r.output
+            .contains("etc/prometheus/targets/infra does not exist")
+            && r.output.contains("no infra node of Pigsty v3 (Prometheus)"),
+        "{}",
+        r.output
+    );
+
+    // Deregistration removes both files and their .bak, and reloads vmalert.
+    let r = ex.execute(&task("m6", monitoring(v4, 0, "", true))).await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{}", r.output);
+    for p in [&targets, &rules] {
+        assert!(!p.exists(), "{} is still there", p.display());
+        let mut bak = p.clone().into_os_string();
+        bak.push(".bak");
+        assert!(!Path::new(&bak).exists());
+    }
+    assert_eq!(h.marker(), vec!["vmalert-reload", "vmalert-reload"]);
+    let r = ex.execute(&task("m7", monitoring(v4, 0, "", true))).await;
+    assert_eq!(r.outcome, pb::Outcome::Unchanged, "{}", r.output);
+
+    // The agent counted what it ran, and says so in its facts.
+    let counters = ex.facts().await.counters.context("counters")?;
+    assert_eq!(counters.tasks.get("changed"), Some(&3), "{counters:?}");
+    assert_eq!(counters.tasks.get("refused"), Some(&2), "{counters:?}");
+    assert!(counters.journal_bytes > 0 && counters.started_unix > 0);
+
+    // /infra leading outside allowed_prefixes: refused where it really is.
+    let outside = tempfile::Builder::new()
+        .prefix("quorum-agent-test-outside-")
+        .tempdir()?;
+    for d in ["targets/infra", "rules"] {
+        std::fs::create_dir_all(outside.path().join(d))?;
+    }
+    std::fs::remove_file(h.p("infra"))?;
+    std::os::unix::fs::symlink(outside.path(), h.p("infra"))?;
+    let r = ex
+        .execute(&task("m8", monitoring(v4, 9808, "quorum-1", false)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{}", r.output);
+    assert!(
+        r.output.contains("outside every allowed prefix"),
+        "{}",
+        r.output
+    );
+    assert!(!outside.path().join("targets/infra/quorum.yml").exists());
+    Ok(())
+}
