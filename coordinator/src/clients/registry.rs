@@ -43,6 +43,9 @@ struct Entry {
     silent_since: Option<SystemTime>,
     /// When each queued task was queued (until it is handed over), for the dispatch wait.
     queued_at: HashMap<String, std::time::Instant>,
+    /// When the certificate of its last session stops being valid, Unix seconds (0: none
+    /// since the coordinator started).
+    cert_not_after: i64,
 }
 
 impl Entry {
@@ -56,6 +59,7 @@ impl Entry {
             notify: Arc::new(Notify::new()),
             silent_since: None,
             queued_at: HashMap::new(),
+            cert_not_after: 0,
         }
     }
 }
@@ -87,6 +91,7 @@ pub fn kind_name(t: &pb::Task) -> &'static str {
         Some(Kind::WriteEtcdctlProfile(_)) => "WriteEtcdctlProfile",
         Some(Kind::RetireEtcd(_)) => "RetireEtcd",
         Some(Kind::WriteEtcdPass(_)) => "WriteEtcdPass",
+        Some(Kind::WriteMonitoring(_)) => "WriteMonitoring",
         None => "none",
     }
 }
@@ -207,6 +212,17 @@ impl Registry {
         });
     }
 
+    /// Records when the certificate `agent` opened a session with stops being valid.
+    pub fn certificate(&self, agent: IpAddr, not_after: i64) {
+        self.with(|inner| {
+            inner
+                .agents
+                .entry(agent)
+                .or_insert_with(Entry::new)
+                .cert_not_after = not_after;
+        });
+    }
+
     /// Notes that `agent` left a facts request made at `asked` unanswered (it is silent until
     /// it next polls or reports), so planning does not wait for it again.
     pub fn mark_silent(&self, agent: IpAddr, asked: SystemTime) {
@@ -261,19 +277,22 @@ impl Registry {
                     return Vec::new();
                 };
                 let metrics = crate::model::metrics::metrics();
+                let version = e.facts.agent_version.clone();
                 while let Some(t) = e.queue.pop_front() {
                     let waited = e
                         .queued_at
                         .remove(&t.id)
                         .map(|at| at.elapsed())
                         .unwrap_or_default();
-                    metrics.task_dispatched(kind_name(&t), waited);
+                    // One refused below is answered here, never handed over: not dispatched.
+                    if too_old(&version, &t).is_none() {
+                        metrics.task_dispatched(kind_name(&t), waited);
+                    }
                     e.inflight.push(t);
                 }
                 // A task this agent's version cannot be trusted with is answered here, never
                 // handed over (checked at every poll: an agent can be replaced by another
                 // version between two).
-                let version = e.facts.agent_version.clone();
                 let mut refused = Vec::new();
                 e.inflight.retain(|t| match too_old(&version, t) {
                     Some(why) => {
@@ -411,6 +430,7 @@ impl Registry {
                             last_seen_unix: unix(e.last_seen),
                             state: self.state_of(e, now).as_str().to_string(),
                             facts: Some(e.facts.clone()),
+                            cert_not_after_unix: e.cert_not_after,
                         },
                     )
                 })

@@ -39,6 +39,31 @@ pub fn render(registry: &Registry, runner: &Runner) -> String {
             a.version.as_str(),
         )
     }));
+    m.set_agent_reports(
+        agents
+            .iter()
+            .filter_map(|a| {
+                let c = a.facts.as_ref()?.counters.as_ref()?;
+                let mut tasks: Vec<(String, u64)> =
+                    c.tasks.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                tasks.sort();
+                Some(crate::model::metrics::AgentCounts {
+                    agent: a.agent_id.clone(),
+                    tasks,
+                    journal_answers: c.journal_answers,
+                    sessions: c.sessions,
+                    connect_failures: c.connect_failures,
+                    journal_bytes: c.journal_bytes,
+                    started_unix: c.started_unix,
+                })
+            })
+            .collect(),
+        agents
+            .iter()
+            .filter(|a| a.cert_not_after_unix > 0)
+            .map(|a| (a.agent_id.clone(), a.cert_not_after_unix))
+            .collect(),
+    );
     let counts = store.run_counts().unwrap_or_else(|e| {
         tracing::warn!("metrics: cannot count runs: {e}");
         Vec::new()

@@ -5,4 +5,5 @@ pub mod adhoc;
 pub mod limit;
 pub mod listener;
 pub mod metrics;
+pub mod monitoring;
 pub mod server;

@@ -433,6 +433,62 @@ impl Coordinator {
         })
     }
 
+    /// Queues `task` for each of `ips` (ids `<task id or a new one>-<ip>`) and streams each
+    /// report as it arrives; an agent that does not report within `timeout_secs` (0: the
+    /// configured default) gets a failed result of its own, never the end of the stream.
+    fn fan_out(
+        &self,
+        ips: Vec<IpAddr>,
+        task: pb::Task,
+        timeout_secs: u32,
+    ) -> <AdminSvc as AdminService>::RunTasksStream {
+        let base = if task.id.is_empty() {
+            crate::clients::registry::new_task_id()
+        } else {
+            task.id.clone()
+        };
+        let secs = if timeout_secs == 0 {
+            self.config.task_timeout_secs
+        } else {
+            u64::from(timeout_secs)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let (tx, rx) = tokio::sync::mpsc::channel(ips.len().clamp(1, 1024));
+        for ip in ips {
+            let mut t = task.clone();
+            t.id = format!("{base}-{ip}");
+            let id = t.id.clone();
+            let wait = self.registry.queue(ip, t);
+            let registry = self.registry.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // One agent's failure is its own result, never the end of the stream.
+                let failed = |output: String| pb::TaskResult {
+                    task_id: id.clone(),
+                    outcome: pb::Outcome::Failed as i32,
+                    output,
+                    agent_id: ip.to_string(),
+                    journal: None,
+                };
+                let answer = match tokio::time::timeout_at(deadline, wait).await {
+                    Ok(Ok(mut result)) => {
+                        result.agent_id = ip.to_string();
+                        result
+                    }
+                    Ok(Err(_)) => failed(format!("task {id} on {ip} was cancelled")),
+                    Err(_) => {
+                        registry.cancel(ip, &id);
+                        failed(format!(
+                            "agent {ip} did not report task {id} within {secs} s; check the agent's log"
+                        ))
+                    }
+                };
+                let _ = tx.send(Ok(answer)).await;
+            });
+        }
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
     /// The agent `agent_id` names, if it can take an ad-hoc task now (connected or idle).
     fn live_agent(&self, agent_id: &str) -> Result<IpAddr, Status> {
         let ip: IpAddr = agent_id.parse().map_err(|_| {
@@ -517,6 +573,14 @@ impl AgentService for AgentSvc {
         req: Request<tonic::Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let ip = agent_peer(&req, self.0.td())?;
+        if let Some(not_after) = req
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned())
+            .and_then(|der| quorum_proto::identity::validity_from_der(der.as_ref()).ok())
+            .map(|(_, not_after)| not_after)
+        {
+            self.0.registry.certificate(ip, not_after);
+        }
         let session = Session {
             stopping: self.0.stopping.subscribe(),
             c: self.0.clone(),
@@ -675,54 +739,26 @@ impl AdminService for AdminSvc {
                 adhoc::fan_out_guard(kind, &ips, inv.as_ref().map_err(Clone::clone))?;
             }
         }
-        let base = if task.id.is_empty() {
-            crate::clients::registry::new_task_id()
-        } else {
-            task.id.clone()
-        };
-        tracing::info!(%admin, agents = ips.len(), task = %base, "ad-hoc fan-out");
-        let secs = if r.timeout_secs == 0 {
-            self.0.config.task_timeout_secs
-        } else {
-            u64::from(r.timeout_secs)
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        let (tx, rx) = tokio::sync::mpsc::channel(ips.len().clamp(1, 1024));
-        for ip in ips {
-            let mut t = task.clone();
-            t.id = format!("{base}-{ip}");
-            let id = t.id.clone();
-            let wait = self.0.registry.queue(ip, t);
-            let registry = self.0.registry.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                // One agent's failure is its own result, never the end of the stream.
-                let failed = |output: String| pb::TaskResult {
-                    task_id: id.clone(),
-                    outcome: pb::Outcome::Failed as i32,
-                    output,
-                    agent_id: ip.to_string(),
-                    journal: None,
-                };
-                let answer = match tokio::time::timeout_at(deadline, wait).await {
-                    Ok(Ok(mut result)) => {
-                        result.agent_id = ip.to_string();
-                        result
-                    }
-                    Ok(Err(_)) => failed(format!("task {id} on {ip} was cancelled")),
-                    Err(_) => {
-                        registry.cancel(ip, &id);
-                        failed(format!(
-                            "agent {ip} did not report task {id} within {secs} s; check the agent's log"
-                        ))
-                    }
-                };
-                let _ = tx.send(Ok(answer)).await;
-            });
-        }
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        tracing::info!(%admin, agents = ips.len(), "ad-hoc fan-out");
+        Ok(Response::new(self.0.fan_out(ips, task, r.timeout_secs)))
+    }
+
+    type MonitoringStream = Self::RunTasksStream;
+
+    async fn monitoring(
+        &self,
+        req: Request<pb::MonitoringRequest>,
+    ) -> Result<Response<Self::MonitoringStream>, Status> {
+        let admin = authorize_admin(&req, self.0.td())?;
+        let r = req.into_inner();
+        let inv = sop::load_inventory(&self.0.config.inventory).await?;
+        let (ips, task) = crate::daemon::monitoring::plan(&inv, &r, self.0.config.metrics_listen)?;
+        let ips = ips
+            .iter()
+            .map(|ip| self.0.live_agent(&ip.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(%admin, hosts = ips.len(), deregister = r.deregister, "monitoring registration");
+        Ok(Response::new(self.0.fan_out(ips, task, r.timeout_secs)))
     }
 
     async fn start_run(

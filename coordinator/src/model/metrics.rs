@@ -130,6 +130,109 @@ pub struct Metrics {
     snapshot_duration: Family<Cluster, Gauge<f64, AtomicU64>>,
     snapshot_failures: Family<Cluster, Counter>,
     cert_expiry: Family<Role, Gauge<f64, AtomicU64>>,
+    /// The agent certificates set at the last scrape (removed at the next, so an agent that
+    /// is gone leaves no series).
+    agent_certs: Mutex<Vec<Role>>,
+    /// What each agent reported about itself, as of the last scrape.
+    agent_reported: std::sync::Arc<AgentReported>,
+}
+
+/// One agent's own counters, as its facts carry them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentCounts {
+    /// The agent (its IP).
+    pub agent: String,
+    /// Tasks run, by outcome.
+    pub tasks: Vec<(String, u64)>,
+    /// Tasks answered from the journal.
+    pub journal_answers: u64,
+    /// Sessions opened.
+    pub sessions: u64,
+    /// Connection attempts that failed.
+    pub connect_failures: u64,
+    /// Bytes in its journal.
+    pub journal_bytes: u64,
+    /// When it started, Unix seconds.
+    pub started_unix: i64,
+}
+
+/// One per-agent family: its name, its help, and its value of an agent's counts.
+type AgentFamily<T> = (&'static str, &'static str, fn(&AgentCounts) -> T);
+
+/// The families of what agents report about themselves: counted by the agents (they open no
+/// listener), sent with their facts, exported here per agent at each scrape.
+#[derive(Debug, Default)]
+struct AgentReported(Mutex<Vec<AgentCounts>>);
+
+impl prometheus_client::collector::Collector for AgentReported {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let agents = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut family = encoder.encode_descriptor(
+                "quorum_agent_tasks",
+                "Tasks each agent ran since it started (its own count; answers from its journal apart), by outcome",
+                None,
+                MetricType::Counter,
+            )?;
+            for a in agents.iter() {
+                for (outcome, n) in &a.tasks {
+                    let labels = [("agent", a.agent.as_str()), ("outcome", outcome.as_str())];
+                    ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let counters: [AgentFamily<u64>; 3] = [
+            (
+                "quorum_agent_journal_answers",
+                "Redelivered tasks each agent answered from its journal instead of running them again",
+                |a| a.journal_answers,
+            ),
+            (
+                "quorum_agent_sessions",
+                "Sessions each agent opened to a coordinator since it started (the first and every reconnect)",
+                |a| a.sessions,
+            ),
+            (
+                "quorum_agent_connect_failures",
+                "Attempts of each agent to open a session that failed since it started",
+                |a| a.connect_failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for a in agents.iter() {
+                let labels = [("agent", a.agent.as_str())];
+                ConstCounter::new(value(a)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [AgentFamily<i64>; 2] = [
+            (
+                "quorum_agent_journal_bytes",
+                "Bytes in each agent's task journal",
+                |a| i64::try_from(a.journal_bytes).unwrap_or(i64::MAX),
+            ),
+            (
+                "quorum_agent_start_timestamp_seconds",
+                "When each agent process started, Unix time",
+                |a| a.started_unix,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for a in agents.iter() {
+                let labels = [("agent", a.agent.as_str())];
+                ConstGauge::new(value(a)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -177,6 +280,8 @@ impl Metrics {
             snapshot_duration: Family::default(),
             snapshot_failures: Family::default(),
             cert_expiry: Family::default(),
+            agent_certs: Mutex::new(Vec::new()),
+            agent_reported: std::sync::Arc::new(AgentReported::default()),
         };
         r.register(
             "quorum_runs_started",
@@ -285,9 +390,10 @@ impl Metrics {
         );
         r.register(
             "quorum_certificate_expiry_timestamp_seconds",
-            "When a certificate in use expires, Unix time, by role (coordinator) and subject",
+            "When a certificate in use expires, Unix time, by role (coordinator; agent, with the agent's IP as subject, from its last session) and subject",
             m.cert_expiry.clone(),
         );
+        r.register_collector(Box::new(m.agent_reported.clone()));
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;
         }
@@ -446,6 +552,29 @@ impl Metrics {
         }
     }
 
+    /// Sets the agents' own counters (at a scrape), and the expiry of each agent's
+    /// certificate `(agent, not after Unix seconds)`; an agent missing from either leaves
+    /// no series.
+    pub fn set_agent_reports(&self, counts: Vec<AgentCounts>, certs: Vec<(String, i64)>) {
+        *self
+            .agent_reported
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = counts;
+        let mut last = self.agent_certs.lock().unwrap_or_else(|p| p.into_inner());
+        for old in last.drain(..) {
+            self.cert_expiry.remove(&old);
+        }
+        for (agent, not_after) in certs {
+            let role = Role {
+                role: "agent".into(),
+                subject: agent,
+            };
+            self.cert_expiry.get_or_create(&role).set(not_after as f64);
+            last.push(role);
+        }
+    }
+
     /// Sets the run gauges (at a scrape): runs by state, and the halted runs `(id, sop,
     /// cluster, state, since Unix ms)`.
     pub fn set_runs(
@@ -511,6 +640,27 @@ mod tests {
             1_700_000_000,
             "0.3.0",
         )));
+        let counts = |agent: &str| AgentCounts {
+            agent: agent.into(),
+            tasks: vec![("changed".into(), 4), ("ok".into(), 9)],
+            journal_answers: 1,
+            sessions: 2,
+            connect_failures: 3,
+            journal_bytes: 512,
+            started_unix: 1_700_000_000,
+        };
+        m.set_agent_reports(
+            vec![counts("10.0.0.1"), counts("10.0.0.2")],
+            vec![
+                ("10.0.0.1".into(), 1_800_000_000),
+                ("10.0.0.2".into(), 1_800_000_001),
+            ],
+        );
+        // The next scrape no longer knows 10.0.0.2: its series go.
+        m.set_agent_reports(
+            vec![counts("10.0.0.1")],
+            vec![("10.0.0.1".into(), 1_800_000_000)],
+        );
         m.set_runs(
             std::iter::once(("failed".to_string(), 1)),
             std::iter::once((
@@ -576,6 +726,12 @@ mod tests {
             "quorum_task_results_total",
             "quorum_task_timeouts_total",
             "quorum_task_dispatch_wait_seconds",
+            "quorum_agent_tasks_total",
+            "quorum_agent_journal_answers_total",
+            "quorum_agent_sessions_total",
+            "quorum_agent_connect_failures_total",
+            "quorum_agent_journal_bytes",
+            "quorum_agent_start_timestamp_seconds",
         ] {
             assert!(
                 classic.contains(&format!("# HELP {name} ")),
@@ -596,5 +752,15 @@ mod tests {
             ),
             "{classic}"
         );
+        for line in [
+            "quorum_agent_tasks_total{agent=\"10.0.0.1\",outcome=\"changed\"} 4",
+            "quorum_agent_sessions_total{agent=\"10.0.0.1\"} 2",
+            "quorum_agent_connect_failures_total{agent=\"10.0.0.1\"} 3",
+            "quorum_agent_journal_bytes{agent=\"10.0.0.1\"} 512",
+            "quorum_certificate_expiry_timestamp_seconds{role=\"agent\",subject=\"10.0.0.1\"} 1800000000",
+        ] {
+            assert!(classic.contains(line), "{line}:\n{classic}");
+        }
+        assert!(!classic.contains("10.0.0.2"), "{classic}");
     }
 }

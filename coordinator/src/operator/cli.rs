@@ -159,6 +159,10 @@ enum Command {
     /// etcd snapshots kept on the coordinator: list, save one now, print restore steps.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Pigsty's monitoring: register this coordinator's /metrics and Quorum's alert rules on
+    /// the infra nodes (through their agents), or remove both.
+    #[command(subcommand)]
+    Monitor(MonitorCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -372,6 +376,28 @@ enum SnapshotCommand {
         #[command(flatten)]
         query: ClusterQuery,
     },
+}
+
+#[derive(Subcommand)]
+enum MonitorCommand {
+    /// Write the coordinator's scrape target (job `infra`, `cls: quorum`) and Quorum's alert
+    /// rules where each infra node's metrics stack reads them, and reload its rule engine.
+    Register(MonitorArgs),
+    /// Remove that target and those rules from the infra nodes.
+    Deregister(MonitorArgs),
+}
+
+/// Which infra nodes, and how long to wait for them.
+#[derive(Args, Debug, Clone)]
+struct MonitorArgs {
+    /// Infra node IPs, comma-separated (default: every host of the inventory's `infra` group).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Seconds to wait for all reports.
+    #[arg(long, default_value_t = 120)]
+    timeout: u32,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Subcommand)]
@@ -775,6 +801,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
             task,
             conn,
         } => ad_hoc_task(host, timeout, yes, task, &conn).await,
+        Command::Monitor(cmd) => {
+            let (deregister, args) = match cmd {
+                MonitorCommand::Register(a) => (false, a),
+                MonitorCommand::Deregister(a) => (true, a),
+            };
+            monitor_command(deregister, args).await
+        }
         Command::Cluster(cmd) => {
             let (sop, args) = match cmd {
                 ClusterCommand::Create(a) => (SopRequest::ClusterCreate, a),
@@ -1078,6 +1111,15 @@ fn facts_json(f: &pb::Facts) -> serde_json::Value {
         "host_ip": f.host_ip,
         "hostname": f.hostname,
         "safeguard": f.safeguard,
+        "counters": f.counters.as_ref().map(|c| serde_json::json!({
+            "started_unix": c.started_unix,
+            "tasks": c.tasks,
+            "journal_answers": c.journal_answers,
+            "sessions": c.sessions,
+            "connect_failures": c.connect_failures,
+            "journal_bytes": c.journal_bytes,
+            "cert_not_after_unix": c.cert_not_after_unix,
+        })),
         "services": services,
         "files": files,
         "data_dir": f.data_dir.as_ref().map(|d| serde_json::json!({
@@ -1104,6 +1146,7 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
                         "version": a.version,
                         "state": a.state,
                         "last_seen_unix": a.last_seen_unix,
+                        "cert_not_after_unix": a.cert_not_after_unix,
                         "facts": a.facts.as_ref().map(facts_json),
                         // The facts are the last the agent sent; a stale agent's say nothing of now.
                         "facts_stale": a.state == "stale",
@@ -1336,6 +1379,33 @@ async fn ad_hoc_task(
         pb::Outcome::Failed | pb::Outcome::Unspecified => Exit::Failed,
         _ => Exit::Ok,
     })
+}
+
+/// `quorum monitor register|deregister`: one line per infra node, its outcome and what its
+/// agent did. Exit 0 when every node did it; 3 when one refused; 1 when one failed.
+async fn monitor_command(deregister: bool, args: MonitorArgs) -> anyhow::Result<Exit> {
+    let mut client = client::admin_client(&args.conn.resolve()?).await?;
+    let mut request = tonic::Request::new(pb::MonitoringRequest {
+        deregister,
+        hosts: args.hosts,
+        timeout_secs: args.timeout,
+    });
+    request.set_timeout(Duration::from_secs(u64::from(args.timeout) + 10));
+    let mut stream = client.monitoring(request).await?.into_inner();
+    let mut exit = Exit::Ok;
+    while let Some(result) = stream.message().await? {
+        let outcome = pb::Outcome::try_from(result.outcome).unwrap_or(pb::Outcome::Unspecified);
+        println!("{} {}", result.agent_id, outcome_word(outcome));
+        for line in result.output.lines() {
+            println!("  {line}");
+        }
+        match outcome {
+            pb::Outcome::Refused if exit == Exit::Ok => exit = Exit::Refused,
+            pb::Outcome::Failed | pb::Outcome::Unspecified => exit = Exit::Failed,
+            _ => {}
+        }
+    }
+    Ok(exit)
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use quorum_proto::yaml::{self, Node, NodeKind, Value};
 
 use super::{
-    sort_members, Diagnostic, EtcdCluster, EtcdInit, EtcdMember, EtcdParams, PgCluster, PgMember,
-    Problem, QuorumExt, Secret, Vip,
+    sort_members, Diagnostic, EtcdCluster, EtcdInit, EtcdMember, EtcdParams, Infra, InfraHost,
+    PgCluster, PgMember, Problem, QuorumExt, Secret, Vip,
 };
 use crate::model::pigsty::Choice;
 
@@ -24,6 +24,7 @@ pub(super) struct Resolved {
     pub warnings: Vec<Diagnostic>,
     pub etcd: Vec<EtcdCluster>,
     pub pg: Vec<PgCluster>,
+    pub infra: Infra,
 }
 
 /// Pigsty's `pg_vip_interface` default (roles/pgsql/defaults: "eth0 by default"; its
@@ -43,7 +44,17 @@ pub(super) fn resolve(file: &str, text: &str, pigsty_version: Option<&str>) -> R
         pigsty_flag: pigsty_version.map(str::to_string),
     };
     let out = run(&mut cx, text);
-    let (etcd, pg) = out.unwrap_or_default();
+    let (etcd, pg, infra) = out.unwrap_or_else(|| {
+        (
+            Vec::new(),
+            Vec::new(),
+            Infra {
+                hosts: Vec::new(),
+                pigsty: Choice::newest("", String::new()),
+                admin_ip: None,
+            },
+        )
+    });
     let mut errors = cx.errors;
     let mut warnings = cx.warnings;
     // File order; problems about the whole file (no line) first.
@@ -54,6 +65,7 @@ pub(super) fn resolve(file: &str, text: &str, pigsty_version: Option<&str>) -> R
         warnings,
         etcd,
         pg,
+        infra,
     }
 }
 
@@ -185,7 +197,7 @@ struct Tree {
     depth: HashMap<String, usize>,
 }
 
-fn run(cx: &mut Cx, text: &str) -> Option<(Vec<EtcdCluster>, Vec<PgCluster>)> {
+fn run(cx: &mut Cx, text: &str) -> Option<(Vec<EtcdCluster>, Vec<PgCluster>, Infra)> {
     // Before libyaml, whose time grows fast with size and flow depth.
     if let Err(e) = yaml::check_limits(text) {
         let line = match &e {
@@ -273,7 +285,8 @@ fn run(cx: &mut Cx, text: &str) -> Option<(Vec<EtcdCluster>, Vec<PgCluster>)> {
     compute_depths(cx, &mut tree);
     let etcd = build_etcd(cx, &tree);
     let pg = build_pg(cx, &tree, &etcd);
-    Some((etcd, pg))
+    let infra = build_infra(cx, &tree);
+    Some((etcd, pg, infra))
 }
 
 fn index_keys(node: &Node, path: &mut Vec<String>, out: &mut HashMap<Vec<String>, (usize, usize)>) {
@@ -1024,6 +1037,52 @@ fn sorted_groups(tree: &Tree) -> Vec<&Group> {
     let mut gs: Vec<&Group> = tree.groups.values().collect();
     gs.sort_by_key(|g| g.order);
     gs
+}
+
+/// Pigsty's `infra` group (the hosts that run its metrics stack, each with `infra_seq`), the
+/// generation of its files, and `admin_ip`.
+fn build_infra(cx: &mut Cx, tree: &Tree) -> Infra {
+    let flag = cx.pigsty_flag.clone();
+    // The infra group's variables over all's (Pigsty sets `version` and `admin_ip` in
+    // all.vars; an infra group may say more).
+    let all = tree.group_vars(&tree.ancestors("infra"));
+    let reader = Reader {
+        cx: &mut *cx,
+        vars: &all,
+        host: None,
+        fallback: None,
+    };
+    // A bad version is reported with the etcd clusters (which read the same variables); here
+    // it only falls back to the newest generation, as they do.
+    let text = |r: &Reader, var: &str| r.get(var).and_then(|(v, _)| as_text(v));
+    let pigsty = Choice::resolve(
+        flag.as_deref(),
+        text(&reader, "quorum_pigsty_version").as_deref(),
+        text(&reader, "version").as_deref(),
+    )
+    .unwrap_or_else(|detail| Choice::newest("", detail));
+    let admin_ip = reader
+        .get("admin_ip")
+        .and_then(|(v, _)| as_text(v))
+        .and_then(|t| t.parse().ok());
+    let mut hosts = Vec::new();
+    if tree.groups.contains_key("infra") {
+        for h in tree.hosts_of("infra") {
+            let Some(ip) = h.ip else { continue };
+            let vars = tree.host_vars(h);
+            let seq = vars
+                .get("infra_seq")
+                .and_then(|(v, _)| as_int(v))
+                .and_then(|n| u32::try_from(n).ok());
+            hosts.push(InfraHost { ip, seq });
+        }
+    }
+    hosts.sort_by_key(|h| h.ip);
+    Infra {
+        hosts,
+        pigsty,
+        admin_ip,
+    }
 }
 
 fn build_etcd(cx: &mut Cx, tree: &Tree) -> Vec<EtcdCluster> {

@@ -413,6 +413,26 @@ pub enum LookupError {
     },
 }
 
+/// Pigsty's `infra` group: where its metrics stack runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Infra {
+    /// Its hosts, by IP.
+    pub hosts: Vec<InfraHost>,
+    /// The Pigsty generation (`version` in `all.vars`, as for etcd clusters).
+    pub pigsty: Choice,
+    /// `admin_ip` in `all.vars`: the admin node, where the coordinator runs.
+    pub admin_ip: Option<IpAddr>,
+}
+
+/// One host of the `infra` group.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfraHost {
+    /// Its IP.
+    pub ip: IpAddr,
+    /// `infra_seq`.
+    pub seq: Option<u32>,
+}
+
 /// A loaded, valid inventory.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
@@ -420,6 +440,7 @@ pub struct Inventory {
     digest: String,
     etcd_clusters: Vec<EtcdCluster>,
     pg_clusters: Vec<PgCluster>,
+    infra: Infra,
     #[serde(skip)]
     warnings: Vec<Diagnostic>,
 }
@@ -516,8 +537,14 @@ impl Inventory {
             digest,
             etcd_clusters: out.etcd,
             pg_clusters: out.pg,
+            infra: out.infra,
             warnings: out.warnings,
         })
+    }
+
+    /// Pigsty's `infra` group.
+    pub fn infra(&self) -> &Infra {
+        &self.infra
     }
 
     /// The file name given to [`Inventory::load`] or [`Inventory::parse`].
