@@ -57,9 +57,41 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
     w.coordinator_extra = format!("metrics_listen: {metrics}\ngate_timeout_secs: 20\n");
     w.coordinator_args = vec!["--log-format".into(), "json".into()];
     let fleet = Fleet::new(&w, &IPS)?;
-    fleet.write_inventory(&w, &[(IPS[0], 1), (IPS[1], 2), (IPS[2], 3)], "")?;
+    // The first host is also Pigsty's infra node (v3.6: Prometheus, whose targets and rules
+    // live under /etc/prometheus), so `quorum monitor register` writes there.
+    fleet.write_inventory_with(
+        &w,
+        &[(IPS[0], 1), (IPS[1], 2), (IPS[2], 3)],
+        "",
+        &format!(
+            "    infra:\n      hosts:\n        {}: {{ infra_seq: 1 }}\n      vars: {{ version: v3.6.1 }}\n",
+            IPS[0]
+        ),
+    )?;
     w.start_coordinator()?;
-    fleet.start_agents(&mut w)?;
+    let infra = fleet.host(IPS[0])?;
+    let etc_prometheus = infra.root.join("etc/prometheus");
+    for d in ["targets/infra", "rules"] {
+        std::fs::create_dir_all(etc_prometheus.join(d))?;
+    }
+    let prom_pid = w.dir.path().join("prometheus.pid");
+    let monitoring_config = format!(
+        "  prometheus:\n    status: [/bin/sh, -c, 'kill -0 \"$(cat {pid})\"']\n    reload: [/bin/sh, -c, 'kill -HUP \"$(cat {pid})\"']\n\
+         monitoring:\n  prometheus: {{ targets: {p}/targets/infra/quorum.yml, rules: {p}/rules/quorum.yml, owner: {{ user: root, group: root }} }}\n",
+        pid = prom_pid.display(),
+        p = etc_prometheus.display()
+    );
+    for h in &fleet.hosts {
+        let mut config = h.agent_config(false);
+        if h.ip == infra.ip {
+            // Into the exec: map, whose last entry ends just before `safeguard:`.
+            config = config.replacen("safeguard:", &format!("{monitoring_config}safeguard:"), 1);
+        }
+        w.start_agent(&h.ip.to_string(), &config)?;
+    }
+    for ip in IPS {
+        w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(30))?;
+    }
 
     // The plain-HTTP listener: health and readiness, and nothing else.
     let (code, body) = http_get(metrics, "/healthz")?;
@@ -69,13 +101,16 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
     let (code, _) = http_get(metrics, "/nope")?;
     assert_eq!(code, 404);
 
-    // Prometheus scrapes it every second.
+    // Prometheus configured as Pigsty v3 configures it on its infra nodes: the `infra` job
+    // reads every target file in targets/infra/, every rule file in rules/ is loaded. Quorum
+    // is not in it until registered.
     let prom = SocketAddr::new(lo, free_port(lo)?);
     let cfg = w.dir.path().join("prometheus.yml");
     std::fs::write(
         &cfg,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: quorum\n    static_configs:\n      - targets: ['{metrics}']\n        labels: {{ cls: etcd, ins: coordinator, ip: '127.0.0.1' }}\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: ['{p}/rules/*.yml']\nscrape_configs:\n  - job_name: infra\n    file_sd_configs:\n      - refresh_interval: 1s\n        files: ['{p}/targets/infra/*.yml']\n",
+            p = etc_prometheus.display()
         ),
     )?;
     let mut cmd = Command::new(bin.join("prometheus"));
@@ -85,15 +120,51 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
             w.dir.path().join("tsdb").display()
         ))
         .arg(format!("--web.listen-address={prom}"));
-    let _prometheus = Proc::spawn("prometheus", cmd, &w.dir.path().join("prometheus.log"))?;
+    let prometheus = Proc::spawn("prometheus", cmd, &w.dir.path().join("prometheus.log"))?;
+    std::fs::write(&prom_pid, prometheus.pid().to_string())?;
+    let prom_log =
+        || std::fs::read_to_string(w.dir.path().join("prometheus.log")).unwrap_or_default();
+    wait_for("Prometheus to serve", Duration::from_secs(60), || {
+        http_get(prom, "/-/ready").ok().filter(|(c, _)| *c == 200)
+    })
+    .with_context(prom_log)?;
+    assert_eq!(query(prom, "count(up{cls=\"quorum\"})"), None);
+
+    let out = w.admin(&["monitor", "register"])?;
+    ensure!(out.code == 0, "monitor register: {out:?}");
+    assert!(
+        out.stdout.contains(&format!("{} changed", IPS[0]))
+            && out.stdout.contains("reloaded prometheus"),
+        "{out:?}"
+    );
+    let targets = std::fs::read_to_string(etc_prometheus.join("targets/infra/quorum.yml"))?;
+    assert!(targets.contains(&format!("\"{metrics}\"")), "{targets}");
     wait_for(
-        "Prometheus to scrape the coordinator",
+        "Prometheus to scrape the coordinator through the registered target file",
         Duration::from_secs(60),
-        || (query(prom, "up{job=\"quorum\"}")? == 1.0).then_some(()),
+        || {
+            (query(
+                prom,
+                "up{job=\"infra\",cls=\"quorum\",ins=\"quorum-1\",ip=\"127.0.0.1\"}",
+            )? == 1.0)
+                .then_some(())
+        },
     )
-    .with_context(|| {
-        std::fs::read_to_string(w.dir.path().join("prometheus.log")).unwrap_or_default()
-    })?;
+    .with_context(prom_log)?;
+    // The rules were loaded by the reload the agent made.
+    let rule_groups = || -> Option<String> {
+        let (code, body) = http_get(prom, "/api/v1/rules").ok()?;
+        (code == 200).then_some(body)
+    };
+    wait_for(
+        "Prometheus to load Quorum's rules",
+        Duration::from_secs(30),
+        || {
+            rule_groups()
+                .filter(|b| b.contains("\"quorum-alert\"") && b.contains("QuorumRunHalted"))
+        },
+    )
+    .with_context(prom_log)?;
 
     let out = w.admin(&["cluster", "create", "--yes"])?;
     ensure!(out.code == 0, "create: {out:?}");
@@ -137,6 +208,26 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
         ),
         (
             "count(quorum_agent_last_seen_timestamp_seconds)".into(),
+            3.0,
+        ),
+        // What the agents count themselves and report over their sessions.
+        (
+            "sum(quorum_agent_tasks_total{outcome=\"changed\"})".into(),
+            6.0,
+        ),
+        ("count(quorum_agent_sessions_total >= 1)".into(), 3.0),
+        ("count(quorum_agent_connect_failures_total)".into(), 3.0),
+        ("min(quorum_agent_journal_bytes)".into(), 1.0),
+        (
+            "count(quorum_agent_start_timestamp_seconds > 1700000000)".into(),
+            3.0,
+        ),
+        (
+            "min(quorum_certificate_expiry_timestamp_seconds{role=\"agent\"} - time())".into(),
+            86400.0,
+        ),
+        (
+            "count(quorum_certificate_expiry_timestamp_seconds{role=\"agent\"})".into(),
             3.0,
         ),
         ("sum(quorum_runs{state=\"succeeded\"})".into(), 2.0),
@@ -266,5 +357,44 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
             || (query(prom, q)? >= at_least).then_some(()),
         )?;
     }
+
+    // Deregistration: both files go, Prometheus drops the target and, reloaded, the rules.
+    let out = w.admin(&["monitor", "deregister"])?;
+    ensure!(out.code == 0, "monitor deregister: {out:?}");
+    assert!(
+        out.stdout.contains(&format!("{} changed", IPS[0])),
+        "{out:?}"
+    );
+    for f in ["targets/infra/quorum.yml", "rules/quorum.yml"] {
+        assert!(!etc_prometheus.join(f).exists(), "{f} is still there");
+    }
+    wait_for(
+        "Prometheus to drop the coordinator's target and Quorum's rules",
+        Duration::from_secs(30),
+        || {
+            let gone = query(prom, "count(up{cls=\"quorum\"})").is_none()
+                && rule_groups().is_some_and(|b| !b.contains("\"quorum-alert\""));
+            gone.then_some(())
+        },
+    )
+    .with_context(|| {
+        format!(
+            "up: {:?}; rules: {:?}; targets: {:?}; {out:?}",
+            query(prom, "count(up{cls=\"quorum\"})"),
+            rule_groups(),
+            http_get(prom, "/api/v1/targets")
+                .map(|(_, b)| b)
+                .unwrap_or_default()
+        )
+    })?;
+    // A host that is no infra node is refused, and nothing is written.
+    let out = w.admin(&["monitor", "register", "--hosts", IPS[1]])?;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("not a host of the `infra` group"),
+        "{out:?}"
+    );
+    assert!(!etc_prometheus.join("targets/infra/quorum.yml").exists());
+    drop(prometheus);
     Ok(())
 }
