@@ -4,7 +4,8 @@
 //! unit (Type=notify), Patroni with /etc/patroni/patroni.yml a link to /pg/conf/pg-test-1.yml.
 //! Then the faults a loopback lab cannot make: a partitioned host, a power cut mid-SOP, a full
 //! disk under the agent's state dir, the agent's unit restarted by systemd after a crash, and
-//! the agent package upgraded from 0.2 mid-fleet while a run goes on.
+//! the agent package upgraded from 0.2 mid-fleet while a run goes on. And Quorum's
+//! registration with Pigsty v4's metrics stack on an infra node, through its agent.
 //!
 //! The labs of this file run one at a time (each boots five or six hosts with etcd, on two
 //! cores); `LAB` serializes them.
@@ -841,7 +842,7 @@ fn a_0_2_fleet_upgraded_coordinator_first_then_each_agent_while_a_run_goes_on() 
             i + 1
         );
     }
-    assert_eq!(agent_versions(&f)?, vec!["0.3.0"; 3]);
+    assert_eq!(agent_versions(&f)?, vec![env!("CARGO_PKG_VERSION"); 3]);
     assert_eq!(f.member_names(etcd[0])?, names(&[1, 2, 3]));
     Ok(())
 }
@@ -1025,5 +1026,107 @@ fn a_member_whose_host_lost_power_leaves_and_is_cleaned_up_when_it_boots() -> Re
     let (acked, lost, missing) = stop_writer(&f)?;
     assert!(acked > 0);
     assert_eq!((lost, missing), (0, 0), "{acked} acked");
+    Ok(())
+}
+
+/// Pigsty v4's infra node as its infra role lays it out (the parts Quorum touches): group
+/// `infra`, user `victoria`, `/data/infra` (root:infra 0771) linked from `/infra`, the target
+/// and rules dirs (victoria:infra 0750), and vmalert's unit with Pigsty's `ExecReload`. The
+/// vmalert here only logs each reload it gets (Debian has no vmalert; the real rule loading
+/// is the Prometheus suite's).
+const V4_INFRA_NODE: &str = "groupadd --system infra && useradd --system --gid infra victoria \
+    && install -d -o root -g infra -m 0771 /data/infra \
+    && install -d -o victoria -g infra -m 0750 /data/infra/targets /data/infra/targets/infra /data/infra/rules \
+    && ln -s /data/infra /infra \
+    && printf '%s\\n' '#!/bin/sh' 'trap \"echo reload >> /var/log/vmalert-reloads\" HUP' 'while :; do sleep 0.2; done' > /usr/local/bin/vmalert \
+    && chmod 0755 /usr/local/bin/vmalert \
+    && printf '%s\\n' '[Unit]' 'Description=vmalert (stand-in)' '[Service]' 'ExecStart=/usr/local/bin/vmalert' 'ExecReload=/bin/kill -HUP $MAINPID' '[Install]' 'WantedBy=multi-user.target' > /etc/systemd/system/vmalert.service \
+    && systemctl daemon-reload && systemctl enable --now vmalert";
+
+#[test]
+fn monitoring_registers_on_a_pigsty_v4_infra_node_and_leaves_on_deregistration() -> Result<()> {
+    let _one = lock();
+    let f = Fleet::with(
+        &[11],
+        Spec {
+            prepare: V4_INFRA_NODE,
+            ..Default::default()
+        },
+    )?;
+    let (admin, infra) = (f.admin, f.hosts[0]);
+    // The packaged coordinator serves /metrics on the admin node's address.
+    f.lab.sh_ok(
+        admin,
+        "echo 'metrics_listen: 0.0.0.0:9808' >> /etc/quorum/coordinator.yml && systemctl restart quorum.service",
+    )?;
+    f.wait_listening()?;
+    f.write_inventory(
+        &[(infra, 1)],
+        "version: v4.5.0",
+        &format!(
+            "    infra:\n      hosts:\n        {infra}: {{ infra_seq: 1 }}\n      vars: {{ version: v4.5.0, admin_ip: {admin} }}\n"
+        ),
+    )?;
+    let out = f.admin(&["monitor", "register"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("{infra} changed")) && out.stdout.contains("reloaded vmalert"),
+        "{out:?}"
+    );
+    // Where Pigsty's own files are, owned and moded as theirs, naming admin_ip (the
+    // coordinator listens on 0.0.0.0).
+    let stat = f.lab.sh_ok(
+        infra,
+        "stat -c '%U:%G %a' /data/infra/targets/infra/quorum.yml /data/infra/rules/quorum.yml",
+    )?;
+    assert_eq!(
+        stat.stdout.lines().collect::<Vec<_>>(),
+        vec!["victoria:infra 640", "victoria:infra 644"],
+        "{stat:?}"
+    );
+    let target = f
+        .lab
+        .sh_ok(infra, "cat /infra/targets/infra/quorum.yml")?
+        .stdout;
+    assert!(
+        target.contains(&format!("\"{admin}:9808\"")) && target.contains("cls: quorum"),
+        "{target}"
+    );
+    // The infra node reaches that target over the lab network, as its scraper would.
+    let scrape = f.lab.sh_ok(
+        infra,
+        &format!(
+            "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://{admin}:9808/metrics').read().decode())\""
+        ),
+    )?;
+    assert!(scrape.stdout.contains("quorum_build_info"), "{scrape:?}");
+    let reloads = || -> Result<usize> {
+        Ok(f.lab
+            .sh(infra, "cat /var/log/vmalert-reloads")?
+            .stdout
+            .lines()
+            .count())
+    };
+    wait_for("vmalert's reload", Duration::from_secs(10), || {
+        (reloads().ok()? == 1).then_some(())
+    })?;
+    // Registering again changes nothing and reloads nothing.
+    let out = f.admin(&["monitor", "register"])?;
+    assert!(
+        out.code == 0 && out.stdout.contains(&format!("{infra} unchanged")),
+        "{out:?}"
+    );
+    assert_eq!(reloads()?, 1);
+
+    let out = f.admin(&["monitor", "deregister"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let left = f
+        .lab
+        .sh(infra, "ls /data/infra/targets/infra /data/infra/rules")?;
+    assert!(!left.stdout.contains("quorum"), "{left:?}");
+    wait_for("vmalert's second reload", Duration::from_secs(10), || {
+        (reloads().ok()? == 2).then_some(())
+    })?;
+    assert_eq!(f.unit_state(infra, "quorum-agent")?, "active");
     Ok(())
 }
