@@ -216,6 +216,43 @@ pub fn trust_domain_of(der: &[u8]) -> Option<String> {
     None
 }
 
+/// A certificate's serial number, as [`normalize_serial`] writes it.
+pub fn serial_from_der(der: &[u8]) -> Result<String, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+    let hex: String = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    normalize_serial(&hex).ok_or_else(|| IdentityError::Unparseable("an empty serial".into()))
+}
+
+/// One spelling for a serial number, however it was written (`openssl x509 -serial`'s
+/// `serial=1A2B`, `1a:2b`, `0x1a2b`, a DER INTEGER's leading zero byte): lowercase hex
+/// without leading zeros, in whole bytes. `None` when it is not hex or names no number.
+pub fn normalize_serial(text: &str) -> Option<String> {
+    let t = text.trim();
+    let t = t.strip_prefix("serial=").unwrap_or(t);
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    let digits: String = t.chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let trimmed = digits.trim_start_matches('0').to_ascii_lowercase();
+    if trimmed.is_empty() {
+        return Some("00".into());
+    }
+    Some(if trimmed.len() % 2 == 1 {
+        format!("0{trimmed}")
+    } else {
+        trimmed
+    })
+}
+
 /// A certificate's validity window, as Unix seconds (not before, not after).
 pub fn validity_from_der(der: &[u8]) -> Result<(i64, i64), IdentityError> {
     let (_, cert) =
@@ -227,6 +264,23 @@ pub fn validity_from_der(der: &[u8]) -> Result<(i64, i64), IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serials_have_one_spelling() {
+        for (given, want) in [
+            ("1A2B", Some("1a2b")),
+            ("serial=01A2B", Some("1a2b")),
+            ("00:1a:2b", Some("1a2b")),
+            ("0x0abc", Some("0abc")),
+            ("  7f01 ", Some("7f01")),
+            ("0", Some("00")),
+            ("", None),
+            ("xyz", None),
+            ("1a 2b", None),
+        ] {
+            assert_eq!(normalize_serial(given).as_deref(), want, "{given:?}");
+        }
+    }
 
     #[test]
     fn admin_names_are_plain_words() {
