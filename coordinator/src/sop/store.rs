@@ -188,6 +188,19 @@ pub struct HaltedRun {
     pub since_ms: i64,
 }
 
+/// A certificate on the deny list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Its serial, lowercase hex (`quorum_proto::identity::normalize_serial`).
+    pub serial: String,
+    /// Whose it was, as far as the coordinator knew ("agent 10.10.10.11"), or "".
+    pub subject: String,
+    /// Why.
+    pub reason: String,
+    /// When, Unix seconds.
+    pub revoked_unix: i64,
+}
+
 /// Now, Unix ms.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -222,7 +235,12 @@ impl Store {
              CREATE TABLE IF NOT EXISTS steps (
                 run_id TEXT NOT NULL, idx INTEGER NOT NULL, record TEXT NOT NULL,
                 PRIMARY KEY (run_id, idx));
-             CREATE TABLE IF NOT EXISTS locks (cluster TEXT PRIMARY KEY, run_id TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS locks (cluster TEXT PRIMARY KEY, run_id TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS revoked (
+                serial TEXT PRIMARY KEY, subject TEXT NOT NULL, reason TEXT NOT NULL,
+                revoked_unix INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS enrolled (
+                host TEXT PRIMARY KEY, serial TEXT NOT NULL, enrolled_unix INTEGER NOT NULL);",
         )?;
         let scrubbed = scrub_stored_credentials(&conn)?;
         if scrubbed > 0 {
@@ -482,6 +500,96 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Puts a serial on the deny list; the first revocation of a serial is the one kept.
+    /// Returns the revocation as stored.
+    pub fn revoke(&self, r: &Revocation) -> Result<Revocation, StoreError> {
+        self.write("revoke", |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO revoked (serial, subject, reason, revoked_unix) VALUES (?1, ?2, ?3, ?4)",
+                params![r.serial, r.subject, r.reason, r.revoked_unix],
+            )?;
+            Ok(c.query_row(
+                "SELECT serial, subject, reason, revoked_unix FROM revoked WHERE serial = ?1",
+                [&r.serial],
+                revocation_row,
+            )?)
+        })
+    }
+
+    /// The whole deny list, oldest first.
+    pub fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT serial, subject, reason, revoked_unix FROM revoked ORDER BY revoked_unix, serial",
+            )?;
+            let rows = stmt
+                .query_map([], revocation_row)?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Records `serial` as the certificate issued to `host` at its enrollment; returns the
+    /// serial issued to it before, if any (re-enrollment revokes that one).
+    pub fn record_enrollment(
+        &self,
+        host: std::net::IpAddr,
+        serial: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.write("enroll", |c| {
+            let tx = c.transaction()?;
+            let before: Option<String> = tx
+                .query_row(
+                    "SELECT serial FROM enrolled WHERE host = ?1",
+                    [host.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            tx.execute(
+                "INSERT INTO enrolled (host, serial, enrolled_unix) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(host) DO UPDATE SET serial = excluded.serial, enrolled_unix = excluded.enrolled_unix",
+                params![host.to_string(), serial, now_ms() / 1000],
+            )?;
+            tx.commit()?;
+            Ok(before.filter(|b| b != serial))
+        })
+    }
+
+    /// The serial issued to `host` at its last enrollment, if it enrolled here.
+    pub fn enrolled_serial(&self, host: std::net::IpAddr) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT serial FROM enrolled WHERE host = ?1",
+                [host.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    /// The host a serial was issued to at enrollment, if it was.
+    pub fn enrolled_host(&self, serial: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT host FROM enrolled WHERE serial = ?1",
+                [serial],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+}
+
+fn revocation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Revocation> {
+    Ok(Revocation {
+        serial: r.get(0)?,
+        subject: r.get(1)?,
+        reason: r.get(2)?,
+        revoked_unix: r.get(3)?,
+    })
+}
+
 fn holder_of(c: &Connection, lock: &str) -> Result<Option<(String, String)>, StoreError> {
     Ok(c.query_row(
         "SELECT l.run_id, r.state FROM locks l JOIN runs r ON r.id = l.run_id WHERE l.cluster = ?1",
@@ -690,6 +798,80 @@ mod tests {
         assert!(store.get_run("r1")?.finished_ms >= before);
         store.set_run_state("r1", run_state::RUNNING, "")?;
         assert_eq!(store.get_run("r1")?.finished_ms, 0, "resumed: no end yet");
+        Ok(())
+    }
+
+    #[test]
+    fn the_deny_list_keeps_the_first_revocation_and_survives_a_reopen(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("runs.sqlite");
+        let first = Revocation {
+            serial: "1a2b".into(),
+            subject: "agent 10.0.0.1".into(),
+            reason: "lost laptop".into(),
+            revoked_unix: 100,
+        };
+        {
+            let store = Store::open(&path)?;
+            assert_eq!(store.revocations()?, vec![]);
+            assert_eq!(store.revoke(&first)?, first);
+            // Again, with other words: the first stays.
+            let again = Revocation {
+                reason: "other".into(),
+                revoked_unix: 200,
+                ..first.clone()
+            };
+            assert_eq!(store.revoke(&again)?, first);
+            let other = Revocation {
+                serial: "ff".into(),
+                revoked_unix: 300,
+                ..first.clone()
+            };
+            store.revoke(&other)?;
+        }
+        let store = Store::open(&path)?;
+        let serials: Vec<String> = store.revocations()?.into_iter().map(|r| r.serial).collect();
+        assert_eq!(serials, ["1a2b", "ff"]);
+        Ok(())
+    }
+
+    #[test]
+    fn an_enrollment_returns_the_serial_it_supersedes() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("runs.sqlite");
+        let host: std::net::IpAddr = "10.0.0.1".parse()?;
+        let other: std::net::IpAddr = "10.0.0.2".parse()?;
+        {
+            let store = Store::open(&path)?;
+            assert_eq!(store.record_enrollment(host, "aa")?, None);
+            assert_eq!(store.record_enrollment(other, "cc")?, None);
+            assert_eq!(store.record_enrollment(host, "bb")?, Some("aa".into()));
+            // The same serial recorded twice supersedes nothing.
+            assert_eq!(store.record_enrollment(host, "bb")?, None);
+        }
+        let store = Store::open(&path)?;
+        assert_eq!(store.enrolled_serial(host)?, Some("bb".into()));
+        assert_eq!(store.enrolled_host("cc")?, Some("10.0.0.2".into()));
+        assert_eq!(store.enrolled_host("aa")?, None);
+        Ok(())
+    }
+
+    /// A store written before the deny list existed opens and gains it, runs intact.
+    #[test]
+    fn a_store_of_0_3_gains_the_deny_list() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("runs.sqlite");
+        {
+            let store = Store::open(&path)?;
+            store.create_run(&run("r1", "etcd"))?;
+            let c = Connection::open(&path)?;
+            c.execute_batch("DROP TABLE revoked; DROP TABLE enrolled;")?;
+        }
+        let store = Store::open(&path)?;
+        assert_eq!(store.get_run("r1")?.id, "r1");
+        assert_eq!(store.revocations()?, vec![]);
+        assert_eq!(store.enrolled_serial("10.0.0.1".parse()?)?, None);
         Ok(())
     }
 
