@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::model::config::{DEFAULT_CA_DIR, DEFAULT_COORDINATOR_CONFIG, DEFAULT_LEAF_DAYS};
 /// Validity of a CA Quorum creates (Pigsty's CA: 100 years).
 const CA_DAYS: i64 = 36500;
+/// How long a CRL from `quorum pki crl` is valid (its nextUpdate): export it again before.
+pub const CRL_VALID_DAYS: i64 = 7;
 /// Name of the file beside the CA that records the trust domain.
 const TRUST_DOMAIN_FILE: &str = "trust-domain";
 
@@ -662,6 +664,47 @@ impl Ca {
         Ok(cert.pem())
     }
 
+    /// A CRL listing `revoked` (serial as lowercase hex, revocation time in Unix seconds),
+    /// signed by this CA, PEM. Issued now, valid for [`CRL_VALID_DAYS`]; its number is the
+    /// issue time, so a later CRL always has a larger one.
+    pub fn crl(&self, revoked: &[(String, i64)]) -> Result<String, PkiError> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut entries = Vec::with_capacity(revoked.len());
+        for (serial, at) in revoked {
+            let bytes = serial_bytes(serial).ok_or_else(|| {
+                PkiError::Usage(format!(
+                    "the deny list holds {serial:?}, which is not a hex serial number"
+                ))
+            })?;
+            entries.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: time::OffsetDateTime::from_unix_timestamp(*at).unwrap_or(now),
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+        // The CRL's authority key id must be the CA certificate's subject key id, or
+        // consumers that match them (OpenSSL does) find no issuer.
+        let key_identifier_method = cert_subject_key_id(&self.cert_pem)
+            .map_or(rcgen::KeyIdMethod::Sha256, rcgen::KeyIdMethod::PreSpecified);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(CRL_VALID_DAYS),
+            crl_number: SerialNumber::from_slice(&now.unix_timestamp().to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: entries,
+            key_identifier_method,
+        };
+        let crl = params.signed_by(&self.issuer()?).map_err(|e| match e {
+            rcgen::Error::IssuerNotCrlSigner => PkiError::BadCa {
+                path: self.crt.clone(),
+                why: "its key usage does not allow signing CRLs (cRLSign); the deny list still works inside Quorum, but no CRL can be exported for other consumers".into(),
+            },
+            other => PkiError::Generate(other),
+        })?;
+        Ok(crl.pem()?)
+    }
+
     fn token_key(&self) -> hmac::Key {
         // Derived from the CA key, so only holders of the CA key can mint tokens and no
         // second secret has to be distributed to the coordinator.
@@ -738,6 +781,30 @@ fn san_text(san: &SanType) -> String {
 
 /// The raw subject public key of a PEM certificate (the bytes `KeyPair::public_key_raw`
 /// gives for its key).
+/// The subject key identifier of a PEM certificate, if it has one.
+fn cert_subject_key_id(pem: &str) -> Option<Vec<u8>> {
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let id = cert
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                Some(id.0.to_vec())
+            }
+            _ => None,
+        });
+    id
+}
+
+/// The bytes of a serial written as [`quorum_proto::identity::normalize_serial`] does.
+fn serial_bytes(hex: &str) -> Option<Vec<u8>> {
+    let hex = quorum_proto::identity::normalize_serial(hex)?;
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 fn cert_public_key(pem: &str) -> Option<Vec<u8>> {
     let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
@@ -846,6 +913,35 @@ mod tests {
         assert_eq!(der_len(5), vec![5]);
         assert_eq!(der_len(0x80), vec![0x81, 0x80]);
         assert_eq!(der_len(0x1234), vec![0x82, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn a_crl_lists_the_revoked_serials_under_the_cas_name() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (_dir, ca) = test_ca()?;
+        let (cert_pem, _) = ca.issue(LeafKind::Admin, &[], Some("alice"), 1)?;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
+        let serial = quorum_proto::identity::serial_from_der(&der)?;
+        let pem = ca.crl(&[
+            (serial.clone(), 1_700_000_000),
+            ("0abc".into(), 1_700_000_100),
+        ])?;
+        let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())?;
+        let (_, crl) = x509_parser::parse_x509_crl(&der)?;
+        let listed: Vec<String> = crl
+            .iter_revoked_certificates()
+            .map(|r| {
+                let hex: String = r.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
+                quorum_proto::identity::normalize_serial(&hex).unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(listed, [serial, "0abc".to_string()]);
+        let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())?;
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der)?;
+        assert_eq!(crl.issuer(), ca_cert.subject());
+        assert!(crl.next_update().is_some());
+        assert!(ca.crl(&[("not hex".into(), 0)]).is_err());
+        Ok(())
     }
 
     fn test_ca() -> Result<(tempfile::TempDir, Ca), Box<dyn std::error::Error>> {
