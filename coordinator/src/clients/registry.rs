@@ -46,6 +46,9 @@ struct Entry {
     /// When the certificate of its last session stops being valid, Unix seconds (0: none
     /// since the coordinator started).
     cert_not_after: i64,
+    /// The serial of that certificate, lowercase hex ("" : none since the coordinator
+    /// started), so `quorum agents revoke IP` can name it.
+    cert_serial: String,
 }
 
 impl Entry {
@@ -60,6 +63,7 @@ impl Entry {
             silent_since: None,
             queued_at: HashMap::new(),
             cert_not_after: 0,
+            cert_serial: String::new(),
         }
     }
 }
@@ -212,15 +216,26 @@ impl Registry {
         });
     }
 
-    /// Records when the certificate `agent` opened a session with stops being valid.
-    pub fn certificate(&self, agent: IpAddr, not_after: i64) {
+    /// Records the certificate `agent` opened a session with: when it stops being valid, and
+    /// its serial.
+    pub fn certificate(&self, agent: IpAddr, not_after: i64, serial: &str) {
+        self.with(|inner| {
+            let e = inner.agents.entry(agent).or_insert_with(Entry::new);
+            e.cert_not_after = not_after;
+            e.cert_serial = serial.to_string();
+        });
+    }
+
+    /// The serial of the certificate of `agent`'s last session, if it had one since the
+    /// coordinator started.
+    pub fn cert_serial(&self, agent: IpAddr) -> Option<String> {
         self.with(|inner| {
             inner
                 .agents
-                .entry(agent)
-                .or_insert_with(Entry::new)
-                .cert_not_after = not_after;
-        });
+                .get(&agent)
+                .map(|e| e.cert_serial.clone())
+                .filter(|s| !s.is_empty())
+        })
     }
 
     /// Notes that `agent` left a facts request made at `asked` unanswered (it is silent until
@@ -431,6 +446,7 @@ impl Registry {
                             state: self.state_of(e, now).as_str().to_string(),
                             facts: Some(e.facts.clone()),
                             cert_not_after_unix: e.cert_not_after,
+                            cert_serial: e.cert_serial.clone(),
                         },
                     )
                 })

@@ -6,4 +6,5 @@ pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod monitoring;
+pub mod revocation;
 pub mod server;

@@ -26,8 +26,9 @@ use crate::sop::request::SopRequest;
 use crate::sop::runner::{Runner, Timeouts};
 use crate::sop::store::{run_state, Store, StoreError};
 
-/// Reads the caller's role from its TLS client certificate.
-pub fn authenticate<T>(req: &Request<T>, trust_domain: &str) -> Result<Peer, Status> {
+/// Reads the caller's role and certificate serial from its TLS client certificate, and
+/// refuses a certificate on the deny list.
+fn identify<T>(req: &Request<T>, c: &Coordinator) -> Result<(Peer, String), Status> {
     let certs = req.peer_certs().ok_or_else(|| {
         Status::unauthenticated(
             "no client certificate was presented; this call needs a certificate from the Pigsty CA (see `quorum pki issue`)",
@@ -36,48 +37,64 @@ pub fn authenticate<T>(req: &Request<T>, trust_domain: &str) -> Result<Peer, Sta
     let first = certs.first().ok_or_else(|| {
         Status::unauthenticated("no client certificate was presented; this call needs one")
     })?;
-    cached_peer(first.as_ref(), trust_domain)
+    let (peer, serial) = cached_peer(first.as_ref(), c.td())?;
+    // Checked on every call, after the cache: a revoked certificate's role stays cached.
+    if let Some(r) = c.deny.get(&serial) {
+        return Err(crate::daemon::revocation::refusal(&peer, &r));
+    }
+    Ok((peer, serial))
+}
+
+/// Reads the caller's role from its TLS client certificate; a revoked certificate is refused.
+pub fn authenticate<T>(req: &Request<T>, c: &Coordinator) -> Result<Peer, Status> {
+    identify(req, c).map(|(peer, _)| peer)
 }
 
 /// Certificates already read, by DER: every poll, report and admin call presents the same
 /// certificate again, and parsing it each time cost ~9% of the coordinator's CPU in the
-/// fan-out benchmark. rustls has verified the chain before this runs; only the role mapping is
-/// cached. Bounded: cleared when it holds more certificates than a large fleet has.
-fn cached_peer(der: &[u8], trust_domain: &str) -> Result<Peer, Status> {
-    type Cache = std::collections::HashMap<Vec<u8>, (String, Peer)>;
+/// fan-out benchmark. rustls has verified the chain before this runs; only the role mapping
+/// and the serial are cached (the deny list is checked after, on every call). Bounded:
+/// cleared when it holds more certificates than a large fleet has.
+fn cached_peer(der: &[u8], trust_domain: &str) -> Result<(Peer, String), Status> {
+    type Cache = std::collections::HashMap<Vec<u8>, (String, Peer, String)>;
     static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
     const MAX: usize = 50_000;
     let cache = CACHE.get_or_init(Default::default);
     if let Ok(c) = cache.lock() {
-        if let Some((td, peer)) = c.get(der) {
+        if let Some((td, peer, serial)) = c.get(der) {
             if td == trust_domain {
-                return Ok(peer.clone());
+                return Ok((peer.clone(), serial.clone()));
             }
         }
     }
     let peer =
         peer_from_der(der, trust_domain).map_err(|e| Status::permission_denied(e.to_string()))?;
+    let serial = quorum_proto::identity::serial_from_der(der)
+        .map_err(|e| Status::permission_denied(e.to_string()))?;
     if let Ok(mut c) = cache.lock() {
         if c.len() >= MAX {
             c.clear();
         }
-        c.insert(der.to_vec(), (trust_domain.to_string(), peer.clone()));
+        c.insert(
+            der.to_vec(),
+            (trust_domain.to_string(), peer.clone(), serial.clone()),
+        );
     }
-    Ok(peer)
+    Ok((peer, serial))
 }
 
 /// Demands that the caller is the agent named `agent_id`.
-fn authorize_agent<T>(req: &Request<T>, td: &str, agent_id: &str) -> Result<IpAddr, Status> {
-    let ip = agent_peer(req, td)?;
+fn authorize_agent<T>(req: &Request<T>, c: &Coordinator, agent_id: &str) -> Result<IpAddr, Status> {
+    let (ip, _) = agent_peer(req, c)?;
     same_agent(ip, agent_id)?;
     Ok(ip)
 }
 
-/// Demands an agent caller; returns the host its certificate names.
-fn agent_peer<T>(req: &Request<T>, td: &str) -> Result<IpAddr, Status> {
-    match authenticate(req, td)? {
-        Peer::Agent(ip) => Ok(ip),
-        other => Err(Status::permission_denied(format!(
+/// Demands an agent caller; returns the host its certificate names and the serial.
+fn agent_peer<T>(req: &Request<T>, c: &Coordinator) -> Result<(IpAddr, String), Status> {
+    match identify(req, c)? {
+        (Peer::Agent(ip), serial) => Ok((ip, serial)),
+        (other, _) => Err(Status::permission_denied(format!(
             "{other} may not call the agent service; only agent certificates may"
         ))),
     }
@@ -97,8 +114,8 @@ fn same_agent(ip: IpAddr, agent_id: &str) -> Result<(), Status> {
 }
 
 /// Demands an admin caller; returns the admin's name for the audit trail.
-fn authorize_admin<T>(req: &Request<T>, td: &str) -> Result<String, Status> {
-    match authenticate(req, td)? {
+fn authorize_admin<T>(req: &Request<T>, c: &Coordinator) -> Result<String, Status> {
+    match authenticate(req, c)? {
         Peer::Admin(name) => Ok(name),
         other => Err(Status::permission_denied(format!(
             "{other} may not call the admin service; use an admin certificate (`quorum pki issue admin --name NAME`)"
@@ -174,6 +191,8 @@ pub struct Coordinator {
     enroll_buckets: IpBuckets,
     /// Refused enrollments are logged, at a limited rate.
     enroll_log: LogLimit,
+    /// Revoked certificate serials: refused on every call, and their sessions end.
+    deny: crate::daemon::revocation::DenyList,
 }
 
 /// `Enroll` attempts one IP may make at once, then per second: enough for a few hosts behind
@@ -231,6 +250,7 @@ impl Coordinator {
         for id in store.mark_interrupted()? {
             tracing::warn!(run = %id, "run was interrupted by a coordinator stop; continue it with `quorum run resume {id}`");
         }
+        let deny = crate::daemon::revocation::DenyList::new(store.revocations()?);
         let registry = Registry::new(Duration::from_secs(config.stale_after_secs));
         let etcd = EtcdAccess::new(tls);
         let runner = Runner::new(
@@ -271,6 +291,7 @@ impl Coordinator {
             stopping: tokio::sync::watch::Sender::new(false),
             enroll_buckets: IpBuckets::new(ENROLL_BURST, ENROLL_PER_SEC),
             enroll_log: LogLimit::new(20, Duration::from_secs(10)),
+            deny,
         }))
     }
 
@@ -426,11 +447,110 @@ impl Coordinator {
                 )))
             }
         }
+        self.supersede_enrollment(claims.host, &cert_pem)?;
         tracing::info!(host = %claims.host, "enrolled agent");
         Ok(pb::EnrollResponse {
             cert_pem,
             ca_pem: ca.cert_pem().to_string(),
         })
+    }
+
+    /// Records the certificate just issued to `host` at enrollment and revokes the one issued
+    /// to it before: a host has one enrolled certificate, and an old copy of its key (a
+    /// backup, a decommissioned disk) stops working the moment it enrolls again.
+    fn supersede_enrollment(&self, host: IpAddr, cert_pem: &str) -> Result<(), Status> {
+        let spent = |what: String| {
+            Status::internal(format!(
+                "{what}; the token is spent: mint a new one with `quorum pki token --host {host}` and enroll again once the state dir is writable"
+            ))
+        };
+        let serial = quorum_proto::tls::first_cert_der(cert_pem.as_bytes())
+            .ok_or_else(|| spent("the certificate just signed cannot be read back".into()))
+            .and_then(|der| {
+                quorum_proto::identity::serial_from_der(der.as_ref())
+                    .map_err(|e| spent(format!("the certificate just signed: {e}")))
+            })?;
+        let store = &self.runner.store;
+        let before = store
+            .record_enrollment(host, &serial)
+            .map_err(|e| spent(format!("cannot record the enrollment: {e}")))?;
+        if let Some(old) = before {
+            self.revoke_serial(
+                &old,
+                format!("agent {host}"),
+                "superseded by a new enrollment".into(),
+            )
+            .map_err(|e| spent(format!("cannot revoke the previous certificate {old}: {e}")))?;
+            tracing::info!(%host, serial = %old, "revoked the certificate of the host's previous enrollment");
+        }
+        Ok(())
+    }
+
+    /// Puts `serial` on the deny list (the store first, so a restart keeps it; then memory,
+    /// which ends its open session). A serial revoked before keeps its first record.
+    fn revoke_serial(
+        &self,
+        serial: &str,
+        subject: String,
+        reason: String,
+    ) -> Result<crate::sop::store::Revocation, StoreError> {
+        let stored = self.runner.store.revoke(&crate::sop::store::Revocation {
+            serial: serial.to_string(),
+            subject,
+            reason,
+            revoked_unix: crate::sop::store::now_ms() / 1000,
+        })?;
+        self.deny.add(stored.clone());
+        Ok(stored)
+    }
+
+    /// The serials `Revoke` targets, each with whose it is.
+    fn revoke_targets(
+        &self,
+        target: Option<pb::revoke_request::Target>,
+    ) -> Result<Vec<(String, String)>, Status> {
+        use pb::revoke_request::Target;
+        match target {
+            None => Err(Status::invalid_argument(
+                "name what to revoke: an agent's IP (`quorum agents revoke IP`) or a serial (`quorum pki revoke --serial HEX`)",
+            )),
+            Some(Target::AgentIp(ip)) => {
+                let ip: IpAddr = ip.trim().parse().map_err(|_| {
+                    Status::invalid_argument(format!("{ip:?} is not an IP address; name the agent by its host IP (see `quorum agents`)"))
+                })?;
+                let mut serials = Vec::new();
+                let enrolled = self.runner.store.enrolled_serial(ip).map_err(store_status)?;
+                for serial in enrolled.into_iter().chain(self.registry.cert_serial(ip)) {
+                    if !serials.contains(&serial) {
+                        serials.push(serial);
+                    }
+                }
+                if serials.is_empty() {
+                    return Err(Status::not_found(format!(
+                        "no certificate is known for agent {ip}: it did not enroll with this coordinator and has not connected since the coordinator started; revoke its certificate by serial (`openssl x509 -noout -serial -in agent.crt`, then `quorum pki revoke --serial HEX`). Nothing was revoked"
+                    )));
+                }
+                Ok(serials.into_iter().map(|s| (s, format!("agent {ip}"))).collect())
+            }
+            Some(Target::Serial(given)) => {
+                let serial = quorum_proto::identity::normalize_serial(&given).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{given:?} is not a hex serial number; read one with `openssl x509 -noout -serial -in CERT`. Nothing was revoked"
+                    ))
+                })?;
+                let subject = match self.runner.store.enrolled_host(&serial).map_err(store_status)? {
+                    Some(host) => format!("agent {host}"),
+                    None => self
+                        .registry
+                        .list()
+                        .into_iter()
+                        .find(|a| a.cert_serial == serial)
+                        .map(|a| format!("agent {}", a.agent_id))
+                        .unwrap_or_default(),
+                };
+                Ok(vec![(serial, subject)])
+            }
+        }
     }
 
     /// Queues `task` for each of `ips` (ids `<task id or a new one>-<ip>`) and streams each
@@ -548,18 +668,25 @@ impl AgentService for AgentSvc {
         &self,
         req: Request<pb::PollRequest>,
     ) -> Result<Response<pb::PollResponse>, Status> {
-        let ip = authorize_agent(&req, self.0.td(), &req.get_ref().agent_id)?;
+        let (ip, serial) = agent_peer(&req, &self.0)?;
+        same_agent(ip, &req.get_ref().agent_id)?;
         let facts = req.into_inner().facts;
         let hold = Duration::from_secs(self.0.config.poll_hold_secs);
-        let tasks = self.0.registry.poll(ip, facts, hold).await;
-        Ok(Response::new(pb::PollResponse { tasks }))
+        // A held poll ends at once when its certificate is revoked meanwhile.
+        let mut revocations = self.0.deny.subscribe();
+        tokio::select! {
+            tasks = self.0.registry.poll(ip, facts, hold) => Ok(Response::new(pb::PollResponse { tasks })),
+            r = self.0.deny.revoked(&serial, &mut revocations) => {
+                Err(crate::daemon::revocation::refusal(&Peer::Agent(ip), &r))
+            }
+        }
     }
 
     async fn report(
         &self,
         req: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
-        let ip = authorize_agent(&req, self.0.td(), &req.get_ref().agent_id)?;
+        let ip = authorize_agent(&req, &self.0, &req.get_ref().agent_id)?;
         self.0.take_report(ip, req.into_inner());
         Ok(Response::new(pb::ReportResponse {}))
     }
@@ -572,16 +699,20 @@ impl AgentService for AgentSvc {
         &self,
         req: Request<tonic::Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let ip = agent_peer(&req, self.0.td())?;
+        // Subscribed before the check, so a revocation in between is not missed.
+        let revocations = self.0.deny.subscribe();
+        let (ip, serial) = agent_peer(&req, &self.0)?;
         if let Some(not_after) = req
             .peer_certs()
             .and_then(|certs| certs.first().cloned())
             .and_then(|der| quorum_proto::identity::validity_from_der(der.as_ref()).ok())
             .map(|(_, not_after)| not_after)
         {
-            self.0.registry.certificate(ip, not_after);
+            self.0.registry.certificate(ip, not_after, &serial);
         }
         let session = Session {
+            serial,
+            revocations,
             stopping: self.0.stopping.subscribe(),
             c: self.0.clone(),
             ip,
@@ -606,10 +737,14 @@ impl AgentService for AgentSvc {
 
 /// One agent's session: each poll is held in the registry exactly as a unary `Poll` is and
 /// answered with one `PollResponse`; each report closes its task as a unary `Report` does. The
-/// session ends when the agent closes its side, breaks the protocol, or the coordinator stops.
+/// session ends when the agent closes its side, breaks the protocol, its certificate is
+/// revoked, or the coordinator stops.
 struct Session {
     c: Arc<Coordinator>,
     ip: IpAddr,
+    /// The serial of the agent's certificate, watched on the deny list.
+    serial: String,
+    revocations: tokio::sync::watch::Receiver<u64>,
     inbound: tonic::Streaming<pb::AgentMessage>,
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -623,6 +758,9 @@ impl Session {
         loop {
             let message = tokio::select! {
                 _ = self.stopping.wait_for(|s| *s) => return Err(Some(stopping_status())),
+                r = self.c.deny.revoked(&self.serial, &mut self.revocations) => {
+                    return Err(Some(revoked_session(self.ip, &r)))
+                }
                 m = self.inbound.message() => m,
             };
             // None: the agent closed its side (it is stopping) or the connection broke.
@@ -641,6 +779,9 @@ impl Session {
                     return tokio::select! {
                         tasks = self.c.registry.poll(self.ip, p.facts, hold) => Ok(tasks),
                         _ = self.stopping.wait_for(|s| *s) => Err(Some(stopping_status())),
+                        r = self.c.deny.revoked(&self.serial, &mut self.revocations) => {
+                            Err(Some(revoked_session(self.ip, &r)))
+                        }
                         m = self.inbound.message() => match m {
                             Ok(Some(_)) => Err(Some(Status::failed_precondition(
                                 "the agent sent a message while its poll was held; a session agent waits for the answer to each poll (is this a Quorum agent?)",
@@ -657,6 +798,12 @@ impl Session {
     }
 }
 
+/// The end of the session of agent `ip` whose certificate was revoked, logged: it is cut off.
+fn revoked_session(ip: IpAddr, r: &crate::sop::store::Revocation) -> Status {
+    tracing::warn!(agent = %ip, serial = %r.serial, reason = %r.reason, "closed the session of a revoked certificate");
+    crate::daemon::revocation::refusal(&Peer::Agent(ip), r)
+}
+
 fn stopping_status() -> Status {
     Status::unavailable("the coordinator is stopping; the agent reconnects by itself")
 }
@@ -671,7 +818,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        authorize_admin(&req, self.0.td())?;
+        authorize_admin(&req, &self.0)?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: self.0.registry.list(),
         }))
@@ -681,7 +828,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::RunTaskRequest>,
     ) -> Result<Response<pb::TaskResult>, Status> {
-        let admin = authorize_admin(&req, self.0.td())?;
+        let admin = authorize_admin(&req, &self.0)?;
         let r = req.into_inner();
         let mut task = given_task(r.task)?;
         if let Some(kind) = &task.kind {
@@ -719,7 +866,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::RunTasksRequest>,
     ) -> Result<Response<Self::RunTasksStream>, Status> {
-        let admin = authorize_admin(&req, self.0.td())?;
+        let admin = authorize_admin(&req, &self.0)?;
         let r = req.into_inner();
         let task = given_task(r.task)?;
         if let Some(kind) = &task.kind {
@@ -749,7 +896,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::MonitoringRequest>,
     ) -> Result<Response<Self::MonitoringStream>, Status> {
-        let admin = authorize_admin(&req, self.0.td())?;
+        let admin = authorize_admin(&req, &self.0)?;
         let r = req.into_inner();
         let inv = sop::load_inventory(&self.0.config.inventory).await?;
         let (ips, task) = crate::daemon::monitoring::plan(&inv, &r, self.0.config.metrics_listen)?;
@@ -765,7 +912,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::RunView>, Status> {
-        let admin = authorize_admin(&req, self.0.td())?;
+        let admin = authorize_admin(&req, &self.0)?;
         let r = crate::sop::request::Request::from_pb(req.get_ref())?;
         let c = &self.0;
         // A host re-added before its pending cleanup ran is refused for that first (its agent
@@ -812,7 +959,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::RunView>, Status> {
-        authorize_admin(&req, self.0.td())?;
+        authorize_admin(&req, &self.0)?;
         let run = self
             .0
             .runner
@@ -830,7 +977,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::GetRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        authorize_admin(&req, self.0.td())?;
+        authorize_admin(&req, &self.0)?;
         let id = req.into_inner().run_id;
         let store = self.0.runner.store.clone();
         // Subscribed before the first read, so no write in between goes unseen.
@@ -856,7 +1003,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        authorize_admin(&req, self.0.td())?;
+        authorize_admin(&req, &self.0)?;
         let limit = match req.get_ref().limit {
             0 => 50,
             n => n as usize,
@@ -873,7 +1020,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::RunView>, Status> {
-        let admin = authorize_admin(&req, self.0.td())?;
+        let admin = authorize_admin(&req, &self.0)?;
         let id = req.into_inner().run_id;
         let runner = &self.0.runner;
         let run = runner.store.get_run(&id).map_err(store_status)?;
@@ -920,7 +1067,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::RunView>, Status> {
-        let admin = authorize_admin(&req, self.0.td())?;
+        let admin = authorize_admin(&req, &self.0)?;
         let id = req.into_inner().run_id;
         let store = &self.0.runner.store;
         let run = store.get_run(&id).map_err(store_status)?;
@@ -946,7 +1093,7 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
-        let admin = authorize_admin(&req, self.0.td())?;
+        let admin = authorize_admin(&req, &self.0)?;
         let c = &self.0;
         crate::sop::snapshot::answer(
             req.into_inner(),
@@ -965,6 +1112,61 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         self.cluster_status_of(req).await
     }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let admin = authorize_admin(&req, &self.0)?;
+        let r = req.into_inner();
+        let reason = match r.reason.trim() {
+            "" => format!("revoked by {admin}"),
+            given => format!("{given}, revoked by {admin}"),
+        };
+        let mut revoked = Vec::new();
+        for (serial, subject) in self.0.revoke_targets(r.target)? {
+            let stored = self
+                .0
+                .revoke_serial(&serial, subject, reason.clone())
+                .map_err(store_status)?;
+            tracing::warn!(serial = %stored.serial, subject = %stored.subject, reason = %stored.reason, %admin, "certificate revoked");
+            revoked.push(pb::RevokedCertificate {
+                serial: stored.serial,
+                subject: stored.subject,
+                reason: stored.reason,
+                revoked_unix: stored.revoked_unix,
+            });
+        }
+        Ok(Response::new(pb::RevokeResponse { revoked }))
+    }
+
+    async fn crl(&self, req: Request<pb::CrlRequest>) -> Result<Response<pb::CrlResponse>, Status> {
+        authorize_admin(&req, &self.0)?;
+        let ca = self.0.ca.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this coordinator has no CA key configured (tls.ca_key), so it cannot sign a CRL; set tls.ca_key in the coordinator config",
+            )
+        })?;
+        let list: Vec<(String, i64)> = self
+            .0
+            .runner
+            .store
+            .revocations()
+            .map_err(store_status)?
+            .into_iter()
+            .map(|r| (r.serial, r.revoked_unix))
+            .collect();
+        let pem = ca.crl(&list).map_err(|e| match e {
+            crate::model::pki::PkiError::BadCa { .. } | crate::model::pki::PkiError::Usage(_) => {
+                Status::failed_precondition(e.to_string())
+            }
+            other => Status::internal(other.to_string()),
+        })?;
+        Ok(Response::new(pb::CrlResponse {
+            pem,
+            entries: list.len() as u32,
+        }))
+    }
 }
 
 impl AdminSvc {
@@ -973,7 +1175,7 @@ impl AdminSvc {
         &self,
         req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        authorize_admin(&req, self.0.td())?;
+        authorize_admin(&req, &self.0)?;
         let c = &self.0;
         let status = crate::sop::status::cluster_status(
             &c.config.inventory,

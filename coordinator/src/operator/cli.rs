@@ -104,8 +104,10 @@ enum Command {
     /// Certificates from the Pigsty CA.
     #[command(subcommand)]
     Pki(PkiCommand),
-    /// List agents: IP, version, last seen, state.
+    /// List agents: IP, version, last seen, state (`agents revoke IP`: cut one off).
     Agents {
+        #[command(subcommand)]
+        command: Option<AgentsCommand>,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
@@ -437,6 +439,19 @@ enum RunCommand {
 }
 
 #[derive(Subcommand)]
+enum AgentsCommand {
+    /// Revoke the agent's certificate: its open session ends at once and every later call
+    /// with it is refused, until the host enrolls again with a new token.
+    Revoke {
+        /// The agent's host IP.
+        ip: IpAddr,
+        /// Why, for the deny list and the refusal the agent sees.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum PkiCommand {
     /// Create the CA (ca.crt, ca.key) unless one exists; an existing Pigsty CA is used as is.
     Init {
@@ -482,6 +497,25 @@ enum PkiCommand {
         /// Replace an existing certificate and key in --out.
         #[arg(long)]
         force: bool,
+    },
+    /// Revoke a certificate by serial (any role): the coordinator refuses it from now on.
+    Revoke {
+        /// The serial, hex (`openssl x509 -noout -serial -in CERT`; colons are fine).
+        #[arg(long)]
+        serial: String,
+        /// Why, for the deny list and the refusal its holder sees.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print (or write) the coordinator's deny list as a CRL signed by the CA, PEM.
+    Crl {
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        conn: ConnArgs,
     },
     /// Mint a one-time, short-lived bootstrap token for `quorum-agent enroll` on one host.
     Token {
@@ -763,8 +797,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
             crate::daemon::server::serve(cfg).await?;
             Ok(Exit::Ok)
         }
-        Command::Pki(cmd) => pki_command(cmd),
-        Command::Agents { output, conn } => agents(output, &conn).await,
+        Command::Pki(cmd) => pki_command(cmd).await,
+        Command::Agents {
+            command: Some(AgentsCommand::Revoke { ip, reason }),
+            conn,
+            ..
+        } => {
+            revoke(
+                pb::revoke_request::Target::AgentIp(ip.to_string()),
+                reason,
+                &conn,
+            )
+            .await
+        }
+        Command::Agents {
+            command: None,
+            output,
+            conn,
+        } => agents(output, &conn).await,
         Command::Inventory(InventoryCommand::Check {
             inventory,
             output,
@@ -989,8 +1039,14 @@ async fn run_command(cmd: RunCommand) -> anyhow::Result<Exit> {
     }
 }
 
-fn pki_command(cmd: PkiCommand) -> anyhow::Result<Exit> {
+async fn pki_command(cmd: PkiCommand) -> anyhow::Result<Exit> {
     match cmd {
+        PkiCommand::Revoke {
+            serial,
+            reason,
+            conn,
+        } => revoke(pb::revoke_request::Target::Serial(serial), reason, &conn).await,
+        PkiCommand::Crl { out, conn } => crl(out, &conn).await,
         PkiCommand::Init {
             dir,
             config,
@@ -1085,6 +1141,59 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<Exit> {
     }
 }
 
+/// `quorum agents revoke IP` and `quorum pki revoke --serial HEX`.
+async fn revoke(
+    target: pb::revoke_request::Target,
+    reason: String,
+    conn: &ConnArgs,
+) -> anyhow::Result<Exit> {
+    let mut client = client::admin_client(&conn.resolve()?).await?;
+    let revoked = client
+        .revoke(pb::RevokeRequest {
+            target: Some(target),
+            reason,
+        })
+        .await?
+        .into_inner()
+        .revoked;
+    for r in &revoked {
+        let whose = if r.subject.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.subject)
+        };
+        println!(
+            "revoked certificate serial {}{whose} at {}: {}",
+            r.serial,
+            crate::operator::runs::local_time(r.revoked_unix.saturating_mul(1000)),
+            r.reason
+        );
+    }
+    println!(
+        "the coordinator refuses these certificates from now on and has closed their open sessions; a revoked agent's host can enroll again with a new token (`quorum pki token --host IP`)"
+    );
+    Ok(Exit::Ok)
+}
+
+/// `quorum pki crl`: the deny list as a CRL signed by the CA.
+async fn crl(out: Option<PathBuf>, conn: &ConnArgs) -> anyhow::Result<Exit> {
+    let mut client = client::admin_client(&conn.resolve()?).await?;
+    let crl = client.crl(pb::CrlRequest {}).await?.into_inner();
+    match out {
+        None => print!("{}", crl.pem),
+        Some(path) => {
+            pki::write_replace(&path, crl.pem.as_bytes(), 0o644)?;
+            eprintln!(
+                "wrote {} ({} revoked serials, valid {} days)",
+                path.display(),
+                crl.entries,
+                pki::CRL_VALID_DAYS
+            );
+        }
+    }
+    Ok(Exit::Ok)
+}
+
 fn facts_json(f: &pb::Facts) -> serde_json::Value {
     let services: serde_json::Map<String, serde_json::Value> = f
         .services
@@ -1147,6 +1256,7 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
                         "state": a.state,
                         "last_seen_unix": a.last_seen_unix,
                         "cert_not_after_unix": a.cert_not_after_unix,
+                        "cert_serial": a.cert_serial,
                         "facts": a.facts.as_ref().map(facts_json),
                         // The facts are the last the agent sent; a stale agent's say nothing of now.
                         "facts_stale": a.state == "stale",
