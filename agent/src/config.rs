@@ -215,6 +215,9 @@ impl Default for Services {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MonitoringPaths {
+    /// The metrics stack's own directory: both files must be below it, and every write stays
+    /// inside it as it really is (Pigsty v4: `/infra`, a link to `/data/infra`).
+    pub root: PathBuf,
     /// Quorum's scrape target file (in the `infra` job's directory).
     pub targets: PathBuf,
     /// Quorum's alert rules file.
@@ -238,6 +241,7 @@ impl Default for Monitoring {
     fn default() -> Self {
         Self {
             victoria: MonitoringPaths {
+                root: "/infra".into(),
                 targets: "/infra/targets/infra/quorum.yml".into(),
                 rules: "/infra/rules/quorum.yml".into(),
                 owner: Owner {
@@ -246,6 +250,7 @@ impl Default for Monitoring {
                 },
             },
             prometheus: MonitoringPaths {
+                root: "/etc/prometheus".into(),
                 targets: "/etc/prometheus/targets/infra/quorum.yml".into(),
                 rules: "/etc/prometheus/rules/quorum.yml".into(),
                 owner: Owner {
@@ -513,21 +518,40 @@ impl AgentConfig {
         // so whether they lie inside allowed_prefixes is decided where they really are, when
         // a monitoring task writes them (and an agent.yml from before `monitoring:` existed
         // must still load).
-        let m = &cfg.monitoring;
-        for (key, path) in [
-            ("monitoring.victoria.targets", &m.victoria.targets),
-            ("monitoring.victoria.rules", &m.victoria.rules),
-            ("monitoring.prometheus.targets", &m.prometheus.targets),
-            ("monitoring.prometheus.rules", &m.prometheus.rules),
+        for (layout, m) in [
+            ("victoria", &cfg.monitoring.victoria),
+            ("prometheus", &cfg.monitoring.prometheus),
         ] {
-            if !plain_absolute(path) || path.parent().is_none_or(|d| d == Path::new("/")) {
+            if !plain_absolute(&m.root) || m.root == Path::new("/") {
                 return Err(invalid(
-                    key,
+                    &format!("monitoring.{layout}.root"),
                     format!(
-                        "{} is not a plain absolute path of a file in a directory other than /; give one without '..'",
-                        path.display()
+                        "{} is not a plain absolute directory other than /; give the metrics stack's own directory, such as /infra",
+                        m.root.display()
                     ),
                 ));
+            }
+            for (file, path) in [("targets", &m.targets), ("rules", &m.rules)] {
+                let key = format!("monitoring.{layout}.{file}");
+                if !plain_absolute(path) || path.parent().is_none_or(|d| d == Path::new("/")) {
+                    return Err(invalid(
+                        &key,
+                        format!(
+                            "{} is not a plain absolute path of a file in a directory other than /; give one without '..'",
+                            path.display()
+                        ),
+                    ));
+                }
+                if !path.starts_with(&m.root) || path == &m.root {
+                    return Err(invalid(
+                        &key,
+                        format!(
+                            "{} is not below monitoring.{layout}.root ({}); the agent writes only inside it",
+                            path.display(),
+                            m.root.display()
+                        ),
+                    ));
+                }
             }
         }
         for (service, svc) in &cfg.exec {
@@ -643,11 +667,15 @@ mod tests {
             ("exec: { etcd: { restart: [] } }", "exec.etcd.restart"),
             ("exec: { postgres: { start: [x] } }", "exec"),
             (
-                "monitoring: { victoria: { targets: infra/quorum.yml, rules: /infra/rules/quorum.yml, owner: { user: victoria, group: infra } } }",
+                "monitoring: { victoria: { root: /infra, targets: infra/quorum.yml, rules: /infra/rules/quorum.yml, owner: { user: victoria, group: infra } } }",
                 "monitoring.victoria.targets",
             ),
             (
-                "monitoring: { prometheus: { targets: /etc/prometheus/targets/quorum.yml, rules: /etc/../rules.yml, owner: { user: prometheus, group: prometheus } } }",
+                "monitoring: { victoria: { root: /infra, targets: /etc/quorum.yml, rules: /infra/rules/quorum.yml, owner: { user: victoria, group: infra } } }",
+                "monitoring.victoria.targets",
+            ),
+            (
+                "monitoring: { prometheus: { root: /etc/prometheus, targets: /etc/prometheus/targets/quorum.yml, rules: /etc/../rules.yml, owner: { user: prometheus, group: prometheus } } }",
                 "monitoring.prometheus.rules",
             ),
         ] {

@@ -134,7 +134,7 @@ pub async fn enroll(args: &EnrollArgs) -> anyhow::Result<Exit> {
     write_atomic(&args.key, key_pem.as_bytes(), 0o600)?;
     write_atomic(&args.cert, resp.cert_pem.as_bytes(), 0o644)?;
     println!(
-        "enrolled {}: certificate {} and key {} (0600)",
+        "enrolled {}: certificate {} and key {} (0600); a quorum-agent already running here switches to them by itself when the coordinator refuses its previous certificate",
         args.host_ip,
         args.cert.display(),
         args.key.display()

@@ -43,12 +43,36 @@ fn cert_not_after(path: &Path) -> Option<i64> {
 /// sends updates every 5 s), before it may be reloaded.
 const PROMETHEUS_SD_SETTLE: std::time::Duration = std::time::Duration::from_secs(6);
 
-/// What a partial monitoring change did before it stopped.
-fn out_or_nothing(done: &[String]) -> String {
+/// What a partial monitoring change did before it stopped, to append to its error.
+fn done_before(done: &[String]) -> String {
     if done.is_empty() {
-        "nothing was changed".into()
+        String::new()
     } else {
-        format!("done before that: {}", done.join("; "))
+        format!(" (before that: {})", done.join("; "))
+    }
+}
+
+/// `path`, a regular file (never a link) whose directory must really lie inside `root`.
+fn inside<'a>(path: &'a Path, root: &'a [std::path::PathBuf]) -> Managed<'a> {
+    Managed {
+        path,
+        prefixes: root,
+        links: Links::Refuse,
+    }
+}
+
+/// The report of a write of `path`.
+fn written(path: &Path, result: Result<Written, files::FileError>) -> TaskReport {
+    match result {
+        Ok(Written::Changed) => {
+            TaskReport::new(pb::Outcome::Changed, format!("wrote {}", path.display()))
+        }
+        Ok(Written::Unchanged) => TaskReport::new(
+            pb::Outcome::Unchanged,
+            format!("{} already up to date", path.display()),
+        ),
+        Err(e) if e.is_refusal() => TaskReport::refused(format!("{e}; it was not written")),
+        Err(e) => TaskReport::failed(e.to_string()),
     }
 }
 
@@ -360,7 +384,9 @@ impl Executor {
     /// file and Quorum's rules, where `monitoring.<layout>` says), or removes both; reloads
     /// the rule engine when the rules changed and it runs. The directories must already be
     /// there: Pigsty's infra role makes them, and a host without them is no infra node of
-    /// that layout.
+    /// that layout. Every write and removal stays inside the layout's `root` as it really is
+    /// (the directories below it belong to the metrics stack's user, who could otherwise
+    /// swap one for a link elsewhere).
     async fn write_monitoring(&self, t: &pb::WriteMonitoring) -> TaskReport {
         let (paths, svc, targets_mode, stack) = match pb::MonitoringLayout::try_from(t.layout) {
             Ok(pb::MonitoringLayout::Victoria) => (
@@ -387,6 +413,7 @@ impl Executor {
         } else {
             "monitoring.prometheus"
         };
+        let cfg = self.cfg.source.display();
         let targets = if t.remove {
             None
         } else {
@@ -395,6 +422,31 @@ impl Executor {
                 Err(e) => return TaskReport::refused(format!("{e}; nothing was written")),
             }
         };
+        let root = match std::fs::canonicalize(&paths.root) {
+            Ok(real) if files::under_prefixes(&real, &self.cfg.allowed_prefixes, true) => real,
+            Ok(real) => {
+                return TaskReport::refused(format!(
+                    "{} ({key}.root in {cfg}) resolves to {}, outside every allowed prefix; nothing was changed",
+                    paths.root.display(),
+                    real.display()
+                ))
+            }
+            Err(_) if t.remove => {
+                return TaskReport::new(
+                    pb::Outcome::Unchanged,
+                    format!("{} does not exist: nothing to remove", paths.root.display()),
+                )
+            }
+            Err(e) => {
+                return TaskReport::refused(format!(
+                    "{} cannot be resolved ({e}), so this host is no infra node of {stack}, whose infra role makes it (or {key}.root in {cfg} names another place); nothing was written",
+                    paths.root.display()
+                ))
+            }
+        };
+        let confined = [root];
+
+        let marker = self.cfg.paths.journal_dir.join("monitoring-reload-pending");
         let mut out = Vec::new();
         let mut changed = false;
         let mut rules_changed = false;
@@ -407,7 +459,7 @@ impl Executor {
                     // reload waits until the removal has been passed on.
                     tokio::time::sleep(PROMETHEUS_SD_SETTLE).await;
                 }
-                match self.managed(path).remove() {
+                match inside(path, &confined).remove() {
                     Ok(true) => {
                         changed = true;
                         rules_changed |= what == "rules";
@@ -415,9 +467,9 @@ impl Executor {
                     }
                     Ok(false) => out.push(format!("{} was not there", path.display())),
                     Err(e) if e.is_refusal() => {
-                        return TaskReport::refused(format!("{e}; {}", out_or_nothing(&out)))
+                        return TaskReport::refused(format!("{e}{}", done_before(&out)))
                     }
-                    Err(e) => return TaskReport::failed(format!("{e}; {}", out_or_nothing(&out))),
+                    Err(e) => return TaskReport::failed(format!("{e}{}", done_before(&out))),
                 }
             }
         } else {
@@ -425,9 +477,8 @@ impl Executor {
                 let dir = path.parent().unwrap_or(Path::new("/"));
                 if !dir.is_dir() {
                     return TaskReport::refused(format!(
-                        "{} does not exist, so this host is no infra node of {stack}, whose infra role makes that directory (or {key} in {} names another place); nothing was written",
+                        "{} does not exist, so this host is no infra node of {stack}, whose infra role makes that directory (or {key} in {cfg} names another place); nothing was written",
                         dir.display(),
-                        self.cfg.source.display()
                     ));
                 }
             }
@@ -435,8 +486,7 @@ impl Executor {
                 Ok(ids) => ids,
                 Err(e) => {
                     return TaskReport::refused(format!(
-                        "{key}.owner in {}: {e}; nothing was written",
-                        self.cfg.source.display()
+                        "{key}.owner in {cfg}: {e}; nothing was written"
                     ))
                 }
             };
@@ -445,7 +495,10 @@ impl Executor {
                 ("targets", &paths.targets, text.as_str(), targets_mode),
                 ("rules", &paths.rules, render::QUORUM_RULES, 0o644),
             ] {
-                let r = self.write(path, content, mode, owner);
+                let r = written(
+                    path,
+                    inside(path, &confined).write(content.as_bytes(), mode, Some(owner)),
+                );
                 match r.outcome {
                     pb::Outcome::Changed => {
                         changed = true;
@@ -455,15 +508,31 @@ impl Executor {
                     _ => {
                         return TaskReport::new(
                             r.outcome,
-                            format!("{}; {}", r.output, out_or_nothing(&out)),
+                            format!("{}{}", r.output, done_before(&out)),
                         )
                     }
                 }
                 out.push(r.output);
             }
         }
-        if rules_changed {
-            out.push(self.reload_rule_engine(svc).await);
+        // A reload that failed before is tried again, also when nothing changed now.
+        if rules_changed || marker.exists() {
+            match self.reload_rule_engine(svc).await {
+                Ok(said) => {
+                    let _ = std::fs::remove_file(&marker);
+                    out.push(said);
+                }
+                Err(why) => {
+                    if let Err(e) = std::fs::write(&marker, b"") {
+                        tracing::warn!(
+                            "cannot mark the rule engine's reload as pending ({}): {e}",
+                            marker.display()
+                        );
+                    }
+                    out.push(why);
+                    return TaskReport::failed(out.join("\n"));
+                }
+            }
         }
         let outcome = if changed {
             pb::Outcome::Changed
@@ -473,24 +542,27 @@ impl Executor {
         TaskReport::new(outcome, out.join("\n"))
     }
 
-    /// Reloads the rule engine so it reads the rules now, when it runs; says what happened.
-    async fn reload_rule_engine(&self, svc: Svc) -> String {
+    /// Reloads the rule engine so it reads the rules now, when it runs. `Ok` says what
+    /// happened (also when there was nothing to reload); `Err` that the reload failed.
+    async fn reload_rule_engine(&self, svc: Svc) -> Result<String, String> {
         let name = svc.fact_key();
         if !self.backend.manages(svc) {
-            return format!(
+            return Ok(format!(
                 "{name} is not managed by this agent (no exec.{} in {}): reload it to load the rules",
                 svc.exec_key(),
                 self.cfg.source.display()
-            );
+            ));
         }
         match self.backend.status(svc).await {
             pb::ServiceState::Active => match self.backend.run(svc, "reload").await {
-                Ok(_) => format!("reloaded {name}: the rules are loaded"),
-                Err(e) => format!(
-                    "the files are written, but reloading {name} failed ({e}): it loads the rules at its next reload or start"
-                ),
+                Ok(_) => Ok(format!("reloaded {name}: the rules are loaded")),
+                Err(e) => Err(format!(
+                    "the files are in place, but reloading {name} failed: {e}; fix that, then run `quorum monitor register` (or deregister) again: it retries the reload"
+                )),
             },
-            _ => format!("{name} is not running here: it loads the rules when it starts"),
+            _ => Ok(format!(
+                "{name} is not running here: it loads the rules when it starts"
+            )),
         }
     }
 
@@ -502,20 +574,11 @@ impl Executor {
                 path.display()
             ));
         }
-        match self
-            .managed(path)
-            .write(content.as_bytes(), mode, Some(owner))
-        {
-            Ok(Written::Changed) => {
-                TaskReport::new(pb::Outcome::Changed, format!("wrote {}", path.display()))
-            }
-            Ok(Written::Unchanged) => TaskReport::new(
-                pb::Outcome::Unchanged,
-                format!("{} already up to date", path.display()),
-            ),
-            Err(e) if e.is_refusal() => TaskReport::refused(format!("{e}; nothing was written")),
-            Err(e) => TaskReport::failed(e.to_string()),
-        }
+        written(
+            path,
+            self.managed(path)
+                .write(content.as_bytes(), mode, Some(owner)),
+        )
     }
 
     /// The etcdctl profile, with the owner and mode of its Pigsty generation. Its root

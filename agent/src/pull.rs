@@ -105,20 +105,13 @@ fn check_own_identity(cfg: &AgentConfig, tls: &TlsMaterial) -> Result<String, Ba
 /// The loop itself; returns when `stop` turns true.
 pub async fn run(
     cfg: Arc<AgentConfig>,
-    tls: TlsMaterial,
+    mut tls: TlsMaterial,
     trust_domain: &str,
     executor: Executor,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    // The server must prove it is the coordinator: any CA-signed certificate (an etcd
-    // member's) would otherwise be able to hand this host tasks.
-    let endpoint = tls.coordinator_endpoint(&cfg.coordinator, trust_domain)?;
-    // A lazy channel reconnects by itself; the loop only paces the retries.
-    let channel: Channel = endpoint.connect_lazy();
     let mut puller = Puller {
-        client: AgentServiceClient::new(channel)
-            .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(quorum_proto::MAX_MESSAGE_BYTES),
+        client: client_for(&cfg, &tls, trust_domain)?,
         agent_id: cfg.host_ip.to_string(),
         executor,
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
@@ -133,6 +126,17 @@ pub async fn run(
             puller.executor.counters.connect_failed();
         }
         puller.connected = false;
+        // Refused: perhaps the host enrolled again (which revokes the certificate this loop
+        // was started with) and a new certificate is on disk. Use it, without a restart.
+        if matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ) {
+            if let Some(client) = renewed_client(&cfg, &mut tls, trust_domain) {
+                puller.client = client;
+                puller.backoff.reset();
+            }
+        }
         let delay = puller.backoff.next_delay();
         match (quorum_proto::tls::not_coordinator(&status), status.code()) {
             (Some(refused), _) => {
@@ -158,6 +162,62 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// A client of the coordinator that presents `tls`. The server must prove it is the
+/// coordinator: any CA-signed certificate (an etcd member's) would otherwise be able to hand
+/// this host tasks.
+fn client_for(
+    cfg: &AgentConfig,
+    tls: &TlsMaterial,
+    trust_domain: &str,
+) -> anyhow::Result<AgentServiceClient<Channel>> {
+    let endpoint = tls.coordinator_endpoint(&cfg.coordinator, trust_domain)?;
+    // A lazy channel reconnects by itself; the loop only paces the retries.
+    let channel: Channel = endpoint.connect_lazy();
+    Ok(AgentServiceClient::new(channel)
+        .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(quorum_proto::MAX_MESSAGE_BYTES))
+}
+
+/// A client with the certificate and key now on disk, when they differ from `tls` and are a
+/// usable pair for this host (`quorum-agent enroll` ran meanwhile); `tls` becomes them.
+/// `None` when nothing changed or the new files are not usable yet (enroll writes the key
+/// first, then the certificate): the loop keeps what it has and looks again next time.
+fn renewed_client(
+    cfg: &AgentConfig,
+    tls: &mut TlsMaterial,
+    trust_domain: &str,
+) -> Option<AgentServiceClient<Channel>> {
+    let on_disk = std::fs::read(&cfg.tls.cert).ok()?;
+    if on_disk == tls.cert_pem {
+        return None;
+    }
+    let fresh = match TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("the certificate on disk changed but cannot be used yet: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = check_own_identity(cfg, &fresh) {
+        tracing::warn!("the certificate on disk changed but cannot be used: {e}");
+        return None;
+    }
+    match client_for(cfg, &fresh, trust_domain) {
+        Ok(client) => {
+            tracing::info!(
+                cert = %cfg.tls.cert.display(),
+                "the certificate on disk changed (the host enrolled again): using it from now on"
+            );
+            *tls = fresh;
+            Some(client)
+        }
+        Err(e) => {
+            tracing::warn!("the certificate on disk changed but cannot be used: {e}");
+            None
+        }
+    }
 }
 
 /// Ends a session on SIGTERM so that nothing sent is lost: closes the agent's side and waits

@@ -1044,9 +1044,9 @@ async fn monitoring_files_land_where_pigsty_reads_them_and_leave_on_deregistrati
     std::os::unix::fs::symlink(h.p("data/infra"), h.p("infra"))?;
     let m = h.s("log/marker");
     let exec = format!(
-        "  vmalert:\n    status: ['true']\n    reload: [/bin/sh, -c, 'echo vmalert-reload >> {m}']\n\
-         monitoring:\n  victoria: {{ targets: {r}/infra/targets/infra/quorum.yml, rules: {r}/infra/rules/quorum.yml, owner: {{ user: root, group: root }} }}\n  \
-         prometheus: {{ targets: {r}/etc/prometheus/targets/infra/quorum.yml, rules: {r}/etc/prometheus/rules/quorum.yml, owner: {{ user: root, group: root }} }}\n",
+        "  vmalert:\n    status: ['true']\n    reload: [/bin/sh, -c, 'test ! -e {r}/log/reload-fails && echo vmalert-reload >> {m}']\n\
+         monitoring:\n  victoria: {{ root: {r}/infra, targets: {r}/infra/targets/infra/quorum.yml, rules: {r}/infra/rules/quorum.yml, owner: {{ user: root, group: root }} }}\n  \
+         prometheus: {{ root: {r}/etc/prometheus, targets: {r}/etc/prometheus/targets/infra/quorum.yml, rules: {r}/etc/prometheus/rules/quorum.yml, owner: {{ user: root, group: root }} }}\n",
         r = h.dir.path().display()
     );
     let ex = h.executor(false, &exec)?;
@@ -1114,12 +1114,28 @@ async fn monitoring_files_land_where_pigsty_reads_them_and_leave_on_deregistrati
         .await;
     assert_eq!(r.outcome, pb::Outcome::Refused, "{}", r.output);
     assert!(
-        r.output
-            .contains("etc/prometheus/targets/infra does not exist")
+        r.output.contains("etc/prometheus cannot be resolved")
             && r.output.contains("no infra node of Pigsty v3 (Prometheus)"),
         "{}",
         r.output
     );
+    // A directory of the metrics stack's user swapped for a link that leads out of its root
+    // (here to etcd's config dir, inside allowed_prefixes): refused where it really is.
+    let real = h.p("data/infra/targets/infra.real");
+    std::fs::rename(h.p("data/infra/targets/infra"), &real)?;
+    std::os::unix::fs::symlink(h.p("etc/etcd"), h.p("data/infra/targets/infra"))?;
+    let r = ex
+        .execute(&task("m5b", monitoring(v4, 9808, "quorum-1", false)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{}", r.output);
+    assert!(
+        r.output.contains("outside every allowed prefix"),
+        "{}",
+        r.output
+    );
+    assert!(!h.p("etc/etcd/quorum.yml").exists());
+    std::fs::remove_file(h.p("data/infra/targets/infra"))?;
+    std::fs::rename(&real, h.p("data/infra/targets/infra"))?;
 
     // Deregistration removes both files and their .bak, and reloads vmalert.
     let r = ex.execute(&task("m6", monitoring(v4, 0, "", true))).await;
@@ -1134,10 +1150,38 @@ async fn monitoring_files_land_where_pigsty_reads_them_and_leave_on_deregistrati
     let r = ex.execute(&task("m7", monitoring(v4, 0, "", true))).await;
     assert_eq!(r.outcome, pb::Outcome::Unchanged, "{}", r.output);
 
+    // A reload that fails fails the task, and the next registration retries it even though
+    // the files are already in place; after a success nothing is reloaded again.
+    std::fs::write(h.p("log/reload-fails"), "")?;
+    let r = ex
+        .execute(&task("m7b", monitoring(v4, 9808, "quorum-1", false)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Failed, "{}", r.output);
+    assert!(
+        r.output.contains("reloading vmalert failed") && r.output.contains("retries the reload"),
+        "{}",
+        r.output
+    );
+    assert!(rules.exists() && targets.exists());
+    std::fs::remove_file(h.p("log/reload-fails"))?;
+    let r = ex
+        .execute(&task("m7c", monitoring(v4, 9808, "quorum-1", false)))
+        .await;
+    assert_eq!(r.outcome, pb::Outcome::Unchanged, "{}", r.output);
+    assert!(r.output.contains("reloaded vmalert"), "{}", r.output);
+    let r = ex
+        .execute(&task("m7d", monitoring(v4, 9808, "quorum-1", false)))
+        .await;
+    assert!(!r.output.contains("reloaded"), "{}", r.output);
+    let r = ex.execute(&task("m7e", monitoring(v4, 0, "", true))).await;
+    assert_eq!(r.outcome, pb::Outcome::Changed, "{}", r.output);
+    assert_eq!(h.marker().len(), 4, "{:?}", h.marker());
+
     // The agent counted what it ran, and says so in its facts.
     let counters = ex.facts().await.counters.context("counters")?;
-    assert_eq!(counters.tasks.get("changed"), Some(&3), "{counters:?}");
-    assert_eq!(counters.tasks.get("refused"), Some(&2), "{counters:?}");
+    assert_eq!(counters.tasks.get("changed"), Some(&4), "{counters:?}");
+    assert_eq!(counters.tasks.get("refused"), Some(&3), "{counters:?}");
+    assert_eq!(counters.tasks.get("failed"), Some(&1), "{counters:?}");
     assert!(counters.journal_bytes > 0 && counters.started_unix > 0);
 
     // /infra leading outside allowed_prefixes: refused where it really is.

@@ -77,7 +77,7 @@ async fn prometheus_scrapes_runs_steps_gates_tasks_and_agents_after_a_rolling_re
     let prom_pid = w.dir.path().join("prometheus.pid");
     let monitoring_config = format!(
         "  prometheus:\n    status: [/bin/sh, -c, 'kill -0 \"$(cat {pid})\"']\n    reload: [/bin/sh, -c, 'kill -HUP \"$(cat {pid})\"']\n\
-         monitoring:\n  prometheus: {{ targets: {p}/targets/infra/quorum.yml, rules: {p}/rules/quorum.yml, owner: {{ user: root, group: root }} }}\n",
+         monitoring:\n  prometheus: {{ root: {p}, targets: {p}/targets/infra/quorum.yml, rules: {p}/rules/quorum.yml, owner: {{ user: root, group: root }} }}\n",
         pid = prom_pid.display(),
         p = etc_prometheus.display()
     );

@@ -25,6 +25,9 @@ pub fn set_ready(ready: bool) {
     READY.store(ready, Ordering::SeqCst);
 }
 
+/// The outcomes an agent counts its tasks by.
+const OUTCOMES: [&str; 6] = ["changed", "unchanged", "skipped", "refused", "failed", "ok"];
+
 /// The exposition now, with the state gauges read from `registry`, the runs store and the
 /// snapshots.
 pub fn render(registry: &Registry, runner: &Runner) -> String {
@@ -44,8 +47,14 @@ pub fn render(registry: &Registry, runner: &Runner) -> String {
             .iter()
             .filter_map(|a| {
                 let c = a.facts.as_ref()?.counters.as_ref()?;
-                let mut tasks: Vec<(String, u64)> =
-                    c.tasks.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                // The agent names the outcomes; only the known ones become series, so an
+                // agent cannot make the coordinator export labels of its choosing.
+                let mut tasks: Vec<(String, u64)> = c
+                    .tasks
+                    .iter()
+                    .filter(|(k, _)| OUTCOMES.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
                 tasks.sort();
                 Some(crate::model::metrics::AgentCounts {
                     agent: a.agent_id.clone(),

@@ -20,8 +20,8 @@ pub fn plan(
 ) -> Result<(Vec<IpAddr>, pb::Task), Status> {
     let infra = inv.infra();
     if infra.hosts.is_empty() {
-        return Err(Status::failed_precondition(format!(
-            "{} has no `infra` group with hosts: Pigsty's metrics stack runs on the infra nodes it lists, and Quorum registers there; add them (as Pigsty's own inventories do), or pass --hosts; nothing was changed",
+        return Err(Status::invalid_argument(format!(
+            "{} has no `infra` group with hosts: Pigsty's metrics stack runs on the infra nodes it lists, and Quorum registers there; list them in an `infra` group with infra_seq, as Pigsty's own inventories do; nothing was changed",
             inv.file()
         )));
     }
@@ -76,13 +76,13 @@ fn target(
     hosts: &[IpAddr],
 ) -> Result<pb::MonitorTarget, Status> {
     let Some(listen) = metrics_listen else {
-        return Err(Status::failed_precondition(
+        return Err(Status::invalid_argument(
             "the coordinator serves no metrics: metrics_listen is not set in its config; set it to the admin node's address and a port (for example `metrics_listen: 10.10.10.10:9808`), restart quorum, then register again; nothing was changed",
         ));
     };
     let ip = if listen.ip().is_unspecified() {
         inv.infra().admin_ip.ok_or_else(|| {
-            Status::failed_precondition(format!(
+            Status::invalid_argument(format!(
                 "metrics_listen is {listen}, which names no address Prometheus can scrape, and {} sets no admin_ip to use instead; bind metrics_listen to the admin node's address, or set admin_ip in all.vars; nothing was changed",
                 inv.file()
             ))
@@ -92,7 +92,7 @@ fn target(
     };
     if ip.is_loopback() {
         if let Some(far) = hosts.iter().find(|h| !h.is_loopback()) {
-            return Err(Status::failed_precondition(format!(
+            return Err(Status::invalid_argument(format!(
                 "metrics_listen is {listen}, a loopback address that the metrics stack on infra host {far} cannot reach; bind it to the admin node's address, restart quorum, then register again; nothing was changed"
             )));
         }
@@ -204,6 +204,8 @@ mod tests {
         ];
         for (inventory, r, listen, want) in cases {
             let err = plan(&inventory, &r, listen).expect_err(want);
+            // Inventory, flag or config mistakes: the CLI's exit 2.
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{want}");
             assert!(err.message().contains(want), "{want}: {}", err.message());
             assert!(
                 err.message().contains("nothing was changed") || want.contains("IP"),

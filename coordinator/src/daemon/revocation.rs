@@ -68,6 +68,9 @@ impl DenyList {
     }
 }
 
+/// The reason recorded when a host's enrollment supersedes its previous certificate.
+pub const SUPERSEDED: &str = "superseded by a new enrollment";
+
 /// The refusal of a call or session made with the revoked certificate of `peer`: which
 /// certificate, when and why, and what to do instead.
 pub fn refusal(peer: &Peer, r: &Revocation) -> Status {
@@ -75,6 +78,9 @@ pub fn refusal(peer: &Peer, r: &Revocation) -> Status {
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|| format!("{} (Unix time)", r.revoked_unix));
     let what_now = match peer {
+        Peer::Agent(ip) if r.reason.starts_with(SUPERSEDED) => format!(
+            "{ip} enrolled again: a running quorum-agent switches to the new certificate on disk by itself (else restart it on {ip})"
+        ),
         Peer::Agent(ip) => format!(
             "enroll the host again with a new token (`quorum pki token --host {ip}` on the admin node, then `quorum-agent enroll` on {ip})"
         ),
@@ -82,7 +88,7 @@ pub fn refusal(peer: &Peer, r: &Revocation) -> Status {
             "use another admin certificate, or issue a new one (`quorum pki issue admin --name {name} --out DIR --force`)"
         ),
         Peer::Coordinator => {
-            "issue a new coordinator certificate (`quorum pki issue coordinator --ip ...`)".into()
+            "issue a new coordinator certificate (`quorum pki issue coordinator --ip ...`); note that agents do not consult the deny list, so a revoked coordinator certificate is refused only by this coordinator".into()
         }
     };
     Status::permission_denied(format!(

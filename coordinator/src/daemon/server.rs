@@ -470,18 +470,14 @@ impl Coordinator {
                 quorum_proto::identity::serial_from_der(der.as_ref())
                     .map_err(|e| spent(format!("the certificate just signed: {e}")))
             })?;
-        let store = &self.runner.store;
-        let before = store
-            .record_enrollment(host, &serial)
+        let superseded = self
+            .runner
+            .store
+            .record_enrollment(host, &serial, crate::daemon::revocation::SUPERSEDED)
             .map_err(|e| spent(format!("cannot record the enrollment: {e}")))?;
-        if let Some(old) = before {
-            self.revoke_serial(
-                &old,
-                format!("agent {host}"),
-                "superseded by a new enrollment".into(),
-            )
-            .map_err(|e| spent(format!("cannot revoke the previous certificate {old}: {e}")))?;
-            tracing::info!(%host, serial = %old, "revoked the certificate of the host's previous enrollment");
+        if let Some(old) = superseded {
+            tracing::info!(%host, serial = %old.serial, "revoked the certificate of the host's previous enrollment");
+            self.deny.add(old);
         }
         Ok(())
     }

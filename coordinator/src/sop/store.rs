@@ -530,13 +530,15 @@ impl Store {
         })
     }
 
-    /// Records `serial` as the certificate issued to `host` at its enrollment; returns the
-    /// serial issued to it before, if any (re-enrollment revokes that one).
+    /// Records `serial` as the certificate issued to `host` at its enrollment and, in the same
+    /// transaction, revokes the serial issued to it before (for `reason`): a crash between the
+    /// two can leave neither the old serial unrecorded nor unrevoked. Returns that revocation.
     pub fn record_enrollment(
         &self,
         host: std::net::IpAddr,
         serial: &str,
-    ) -> Result<Option<String>, StoreError> {
+        reason: &str,
+    ) -> Result<Option<Revocation>, StoreError> {
         self.write("enroll", |c| {
             let tx = c.transaction()?;
             let before: Option<String> = tx
@@ -551,8 +553,20 @@ impl Store {
                  ON CONFLICT(host) DO UPDATE SET serial = excluded.serial, enrolled_unix = excluded.enrolled_unix",
                 params![host.to_string(), serial, now_ms() / 1000],
             )?;
+            let mut revoked = None;
+            if let Some(old) = before.filter(|b| b != serial) {
+                tx.execute(
+                    "INSERT OR IGNORE INTO revoked (serial, subject, reason, revoked_unix) VALUES (?1, ?2, ?3, ?4)",
+                    params![old, format!("agent {host}"), reason, now_ms() / 1000],
+                )?;
+                revoked = Some(tx.query_row(
+                    "SELECT serial, subject, reason, revoked_unix FROM revoked WHERE serial = ?1",
+                    [&old],
+                    revocation_row,
+                )?);
+            }
             tx.commit()?;
-            Ok(before.filter(|b| b != serial))
+            Ok(revoked)
         })
     }
 
@@ -837,18 +851,25 @@ mod tests {
     }
 
     #[test]
-    fn an_enrollment_returns_the_serial_it_supersedes() -> Result<(), Box<dyn std::error::Error>> {
+    fn an_enrollment_revokes_the_certificate_it_supersedes_in_the_same_write(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("runs.sqlite");
         let host: std::net::IpAddr = "10.0.0.1".parse()?;
         let other: std::net::IpAddr = "10.0.0.2".parse()?;
         {
             let store = Store::open(&path)?;
-            assert_eq!(store.record_enrollment(host, "aa")?, None);
-            assert_eq!(store.record_enrollment(other, "cc")?, None);
-            assert_eq!(store.record_enrollment(host, "bb")?, Some("aa".into()));
+            let why = "superseded by a new enrollment";
+            assert_eq!(store.record_enrollment(host, "aa", why)?, None);
+            assert_eq!(store.record_enrollment(other, "cc", why)?, None);
+            let superseded = store.record_enrollment(host, "bb", why)?;
+            assert_eq!(
+                superseded.map(|r| (r.serial, r.reason)),
+                Some(("aa".into(), why.into()))
+            );
+            assert!(store.revocations()?.iter().any(|r| r.serial == "aa"));
             // The same serial recorded twice supersedes nothing.
-            assert_eq!(store.record_enrollment(host, "bb")?, None);
+            assert_eq!(store.record_enrollment(host, "bb", why)?, None);
         }
         let store = Store::open(&path)?;
         assert_eq!(store.enrolled_serial(host)?, Some("bb".into()));
