@@ -1060,6 +1060,8 @@ fn monitoring_registers_on_a_pigsty_v4_infra_node_and_leaves_on_deregistration()
         "echo 'metrics_listen: 0.0.0.0:9808' >> /etc/quorum/coordinator.yml && systemctl restart quorum.service",
     )?;
     f.wait_listening()?;
+    // The restarted coordinator knows the agent again once it has reconnected (its backoff).
+    f.wait_agent(infra)?;
     f.write_inventory(
         &[(infra, 1)],
         "version: v4.5.0",
