@@ -163,15 +163,25 @@ pub fn check_validity(path: &Path, pem: &[u8]) -> Result<(), TlsError> {
 impl TlsMaterial {
     /// Reads CA, certificate and key, and checks the certificate is valid now.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        let ca_pem = read_cert_pem(ca, "CA certificate")?;
-        let cert_pem = read_cert_pem(cert, "certificate")?;
-        check_validity(cert, &cert_pem)?;
-        let key_pem = read_key_pem(key)?;
+        let m = Self::read(ca, cert, key)?;
+        check_validity(cert, &m.cert_pem)?;
+        Ok(m)
+    }
+
+    /// Reads CA, certificate and key, whether or not the certificate is valid now (an agent
+    /// whose certificate expired still starts, says so, and waits for a new one).
+    pub fn read(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         Ok(Self {
-            ca_pem,
-            cert_pem,
-            key_pem,
+            ca_pem: read_cert_pem(ca, "CA certificate")?,
+            cert_pem: read_cert_pem(cert, "certificate")?,
+            key_pem: read_key_pem(key)?,
         })
+    }
+
+    /// When this side's certificate is valid: (not before, not after), Unix seconds.
+    pub fn validity(&self) -> Option<(i64, i64)> {
+        let der = first_cert_der(&self.cert_pem)?;
+        crate::identity::validity_from_der(&der).ok()
     }
 
     /// The coordinator's server TLS: this side's identity, ALPN h2; client certificates from
@@ -179,6 +189,20 @@ impl TlsMaterial {
     /// that `Enroll` can be called by a host that has no certificate yet. Every other call
     /// demands one.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let identity = Arc::new(ServerIdentity::new(
+            certified_key(&self.cert_pem, &self.key_pem)?,
+            self.cert_pem.clone(),
+            self.key_pem.clone(),
+        ));
+        self.server_config_with(identity)
+    }
+
+    /// As [`TlsMaterial::server_config`], presenting whatever `identity` holds at each
+    /// handshake (it can be replaced while the server runs).
+    pub fn server_config_with(
+        &self,
+        identity: Arc<ServerIdentity>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = Arc::new(root_store(&self.ca_pem)?);
         let clients =
@@ -186,21 +210,11 @@ impl TlsMaterial {
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| TlsError::Transport(format!("client certificate verifier: {e}")))?;
-        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::Transport(format!("own certificate: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
-            .map_err(|e| TlsError::Transport(format!("own private key: {e}")))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Transport(e.to_string()))?
             .with_client_cert_verifier(clients)
-            .with_single_cert(chain, key)
-            .map_err(|e| {
-                TlsError::Transport(format!(
-                    "the certificate and key do not go together or are unusable: {e}"
-                ))
-            })?;
+            .with_cert_resolver(identity);
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
@@ -214,6 +228,90 @@ impl TlsMaterial {
     ) -> Result<Endpoint, TlsError> {
         let identity = Identity::from_pem(&self.cert_pem, &self.key_pem);
         verified_endpoint(url, &self.ca_pem, Some(identity), trust_domain)
+    }
+}
+
+/// A certificate chain and its private key as rustls presents them, checked to go together.
+pub fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Transport(format!("own certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(TlsError::Transport(
+            "own certificate: no certificate in the file".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| TlsError::Transport(format!("own private key: {e}")))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = rustls::sign::CertifiedKey::new(
+        chain,
+        provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::Transport(format!("own private key is unusable: {e}")))?,
+    );
+    certified.keys_match().map_err(|e| {
+        TlsError::Transport(format!(
+            "the certificate and key do not go together ({e}); give the key the certificate was issued for"
+        ))
+    })?;
+    Ok(certified)
+}
+
+/// The identity a server presents, replaceable while it runs: the coordinator reads its
+/// certificate and key again when they change on disk, and new handshakes present the new
+/// pair (connections already open keep theirs).
+pub struct ServerIdentity {
+    current: std::sync::RwLock<(Vec<u8>, Vec<u8>, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerIdentity")
+    }
+}
+
+impl ServerIdentity {
+    /// An identity presenting `key` (read from `cert_pem` and `key_pem`).
+    pub fn new(key: rustls::sign::CertifiedKey, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
+        Self {
+            current: std::sync::RwLock::new((cert_pem, key_pem, Arc::new(key))),
+        }
+    }
+
+    /// Whether `cert_pem` and `key_pem` are what it presents now.
+    pub fn is_current(&self, cert_pem: &[u8], key_pem: &[u8]) -> bool {
+        let cur = match self.current.read() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        cur.0 == cert_pem && cur.1 == key_pem
+    }
+
+    /// Presents `key` from the next handshake on.
+    pub fn replace(&self, key: rustls::sign::CertifiedKey, cert_pem: Vec<u8>, key_pem: Vec<u8>) {
+        let mut cur = match self.current.write() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        *cur = (cert_pem, key_pem, Arc::new(key));
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerIdentity {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let cur = match self.current.read() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        Some(cur.2.clone())
     }
 }
 
@@ -395,6 +493,37 @@ impl ServerCertVerifier for CoordinatorVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+/// Whether `err` (a failed connection, anywhere in its chain) is this side refusing the
+/// server's certificate because it expired (or is not valid yet: a clock is off).
+pub fn server_cert_expired(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(rustls::Error::InvalidCertificate(c)) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                c,
+                CertificateError::Expired
+                    | CertificateError::ExpiredContext { .. }
+                    | CertificateError::NotValidYet
+                    | CertificateError::NotValidYetContext { .. }
+            );
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if server_cert_expired(inner) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// What to do about a coordinator whose certificate expired, for the messages of the CLI
+/// and the agent.
+pub const COORDINATOR_CERT_EXPIRED: &str = "the coordinator's certificate has expired (or a clock is off): on the admin node issue a new one with `quorum pki issue coordinator --ip IP --out DIR --force` into the files tls.cert and tls.key of coordinator.yml name; the running coordinator presents it within seconds";
 
 /// The refusal of a server that is not the coordinator, if that is why `err` (a connection
 /// error, or a call's status) happened. rustls's error has no `source()`, and `io::Error`
