@@ -794,7 +794,12 @@ mod tests {
         crate::model::pki::init_ca(dir, "quorum.test")?;
         let ca = crate::model::pki::Ca::load(dir, None)?;
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let (cert, key) = ca.issue(crate::model::pki::LeafKind::Coordinator, &[ip], None, 1)?;
+        let (cert, key) = ca.issue(
+            crate::model::pki::LeafKind::Coordinator,
+            &[ip],
+            None,
+            std::time::Duration::from_secs(86_400),
+        )?;
         Ok(TlsMaterial {
             ca_pem: ca.cert_pem().as_bytes().to_vec(),
             cert_pem: cert.into_bytes(),

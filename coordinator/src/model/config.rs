@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -10,8 +11,53 @@ use serde::Deserialize;
 pub const DEFAULT_CA_DIR: &str = "files/pki/ca";
 /// The coordinator config `quorum pki` reads the CA's location from when it exists.
 pub const DEFAULT_COORDINATOR_CONFIG: &str = "/etc/quorum/coordinator.yml";
-/// Pigsty's leaf certificate validity (`cert_validity: 7300d`).
+/// Pigsty's leaf certificate validity (`cert_validity: 7300d`): etcd members' certificates,
+/// which Pigsty's own playbooks would issue the same way.
 pub const DEFAULT_LEAF_DAYS: u32 = 7300;
+/// [`DEFAULT_LEAF_DAYS`] as a lifetime.
+pub const PIGSTY_LEAF_TTL: Duration = Duration::from_secs(DEFAULT_LEAF_DAYS as u64 * 86_400);
+/// Quorum's own identities are short-lived (a stolen key works only until it expires): agents
+/// renew theirs by themselves at 60–75 % of this lifetime.
+pub const DEFAULT_AGENT_CERT_TTL: Duration = Duration::from_secs(90 * 86_400);
+/// Operators' certificates: issued again by hand, so a month.
+pub const DEFAULT_ADMIN_CERT_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// The coordinator's certificate: replaced by hand (`quorum pki issue coordinator --force`),
+/// picked up from disk without a restart; Prometheus warns 30 days ahead.
+pub const DEFAULT_COORDINATOR_CERT_TTL: Duration = Duration::from_secs(365 * 86_400);
+/// The longest lifetime a certificate may be given (Pigsty's CA lives 100 years).
+const MAX_CERT_TTL: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// Reads a lifetime written as a number and a unit: `30s`, `15m`, `1h`, `90d` (no unit:
+/// seconds). Zero and more than 100 years are refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m, 1h or 90d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    let d = Duration::from_secs(n.saturating_mul(mult));
+    if d.is_zero() {
+        return Err(format!("{s:?}: a lifetime must be at least one second"));
+    }
+    if d > MAX_CERT_TTL {
+        return Err(format!("{s:?} is longer than 100 years (36500d)"));
+    }
+    Ok(d)
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
 
 /// Errors reading the coordinator config.
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +118,15 @@ pub struct CoordinatorConfig {
     /// An agent not seen for this long (and not in a poll) is stale, seconds.
     #[serde(default = "default_stale_after")]
     pub stale_after_secs: u64,
-    /// Validity of certificates signed at enrollment, days.
-    #[serde(default = "default_enroll_days")]
-    pub enroll_cert_days: u32,
+    /// Lifetime of the agent certificates this coordinator signs, at enrollment and at every
+    /// renewal (`90d`, `12h`, `30s`): agents renew at 60–75 % of it.
+    /// Unset: [`DEFAULT_AGENT_CERT_TTL`]; read it with [`CoordinatorConfig::agent_cert_ttl`].
+    #[serde(default, deserialize_with = "de_duration")]
+    pub agent_cert_ttl: Option<Duration>,
+    /// The lifetime key of 0.3.0 and older, in days; `agent_cert_ttl` replaces it (both at
+    /// once is refused).
+    #[serde(default)]
+    pub enroll_cert_days: Option<u32>,
     /// How long an ad-hoc or SOP task may take before its step fails, seconds.
     #[serde(default = "default_task_timeout")]
     pub task_timeout_secs: u64,
@@ -119,9 +171,6 @@ fn default_poll_hold() -> u64 {
 fn default_stale_after() -> u64 {
     90
 }
-fn default_enroll_days() -> u32 {
-    DEFAULT_LEAF_DAYS
-}
 fn default_task_timeout() -> u64 {
     120
 }
@@ -151,10 +200,11 @@ impl CoordinatorConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Self = quorum_proto::yaml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut config: Self =
+            quorum_proto::yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         let invalid = |message: &str| ConfigError::Parse {
             path: path.to_path_buf(),
             message: message.to_string(),
@@ -179,6 +229,91 @@ impl CoordinatorConfig {
                 "anonymous_connection_secs: 0 would close every enrollment before it is answered; give a few seconds (default 30)",
             ));
         }
+        if let Some(days) = config.enroll_cert_days {
+            if config.agent_cert_ttl.is_some() {
+                return Err(invalid(
+                    "both enroll_cert_days and agent_cert_ttl are set; keep agent_cert_ttl (e.g. `agent_cert_ttl: 90d`) and remove enroll_cert_days",
+                ));
+            }
+            config.agent_cert_ttl = Some(
+                parse_duration(&format!("{days}d"))
+                    .map_err(|e| invalid(&format!("enroll_cert_days: {e}")))?,
+            );
+        }
         Ok(config)
+    }
+
+    /// The lifetime of the agent certificates this coordinator signs.
+    pub fn agent_cert_ttl(&self) -> Duration {
+        self.agent_cert_ttl.unwrap_or(DEFAULT_AGENT_CERT_TTL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> Result<CoordinatorConfig, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|source| ConfigError::Read {
+            path: PathBuf::from("tempdir"),
+            source,
+        })?;
+        let path = dir.path().join("coordinator.yml");
+        let text = format!(
+            "listen: 127.0.0.1:9000\ntls: {{ ca_cert: ca.crt, cert: c.crt, key: c.key }}\n{extra}"
+        );
+        std::fs::write(&path, text).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        CoordinatorConfig::load(&path)
+    }
+
+    #[test]
+    fn agent_certificates_live_90_days_unless_configured() -> Result<(), ConfigError> {
+        assert_eq!(load("")?.agent_cert_ttl(), DEFAULT_AGENT_CERT_TTL);
+        assert_eq!(
+            load("agent_cert_ttl: 30s")?.agent_cert_ttl(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            load("agent_cert_ttl: 12h")?.agent_cert_ttl(),
+            Duration::from_secs(43_200)
+        );
+        // The key of 0.3.0, in days, still works.
+        assert_eq!(
+            load("enroll_cert_days: 7300")?.agent_cert_ttl(),
+            Duration::from_secs(7300 * 86_400)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_or_doubled_lifetime_is_refused_naming_the_key() {
+        for (text, want) in [
+            ("agent_cert_ttl: 90x", "unknown unit"),
+            ("agent_cert_ttl: 0d", "at least one second"),
+            ("agent_cert_ttl: 40000d", "longer than 100 years"),
+            (
+                "agent_cert_ttl: 90d\nenroll_cert_days: 90",
+                "both enroll_cert_days and agent_cert_ttl",
+            ),
+        ] {
+            match load(text) {
+                Err(ConfigError::Parse { message, .. }) => {
+                    assert!(message.contains(want), "{text}: {message}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn durations_read_as_operators_write_them() {
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_duration(" 15m "), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("-1d").is_err());
     }
 }

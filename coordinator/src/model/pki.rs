@@ -19,7 +19,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::config::{DEFAULT_CA_DIR, DEFAULT_COORDINATOR_CONFIG, DEFAULT_LEAF_DAYS};
+pub use crate::model::config::{
+    DEFAULT_AGENT_CERT_TTL, DEFAULT_CA_DIR, DEFAULT_COORDINATOR_CONFIG, DEFAULT_LEAF_DAYS,
+};
 /// Validity of a CA Quorum creates (Pigsty's CA: 100 years).
 const CA_DAYS: i64 = 36500;
 /// How long a CRL from `quorum pki crl` is valid (its nextUpdate): export it again before.
@@ -368,6 +370,13 @@ pub fn write_replace(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError
     Ok(())
 }
 
+/// How far before now a certificate's validity starts, for hosts whose clock is a little
+/// behind: five minutes, or a quarter of a short lifetime (a certificate that lives seconds,
+/// in tests, would otherwise be mostly in the past and due for renewal at once).
+fn backdate(ttl: std::time::Duration) -> time::Duration {
+    time::Duration::seconds((ttl.as_secs() / 4).min(300) as i64)
+}
+
 fn dn(parts: &[(DnType, &str)]) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     for (t, v) in parts {
@@ -516,10 +525,10 @@ impl Ca {
         kind: LeafKind,
         ips: &[IpAddr],
         name: Option<&str>,
-        days: u32,
+        ttl: std::time::Duration,
     ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let params = self.leaf_params(kind, ips, name, days)?;
+        let params = self.leaf_params(kind, ips, name, ttl)?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
@@ -529,13 +538,13 @@ impl Ca {
         kind: LeafKind,
         ips: &[IpAddr],
         name: Option<&str>,
-        days: u32,
+        ttl: std::time::Duration,
     ) -> Result<CertificateParams, PkiError> {
         let td = &self.trust_domain;
         let mut p = CertificateParams::default();
         let now = time::OffsetDateTime::now_utc();
-        p.not_before = now - time::Duration::minutes(5);
-        p.not_after = now + time::Duration::days(i64::from(days));
+        p.not_before = now - backdate(ttl);
+        p.not_after = now + time::Duration::try_from(ttl).unwrap_or(time::Duration::days(CA_DAYS));
         p.serial_number = Some(random_serial());
         p.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -636,7 +645,12 @@ impl Ca {
 
     /// Signs an agent's CSR for exactly `ip`: the CSR may ask only for the IP SAN `ip` and the
     /// URI `spiffe://<td>/agent/<ip>`; the certificate is built from Quorum's own template.
-    pub fn sign_agent_csr(&self, csr_pem: &str, ip: IpAddr, days: u32) -> Result<String, PkiError> {
+    pub fn sign_agent_csr(
+        &self,
+        csr_pem: &str,
+        ip: IpAddr,
+        ttl: std::time::Duration,
+    ) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             PkiError::CsrRefused(format!(
                 "it is not a valid, self-signed PKCS#10 request ({e})"
@@ -659,7 +673,7 @@ impl Ca {
         if !matches!(csr.params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa) {
             return Err(PkiError::CsrRefused("it asks to be a CA".into()));
         }
-        let params = self.leaf_params(LeafKind::Agent, &[ip], None, days)?;
+        let params = self.leaf_params(LeafKind::Agent, &[ip], None, ttl)?;
         let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
         Ok(cert.pem())
     }
@@ -919,7 +933,7 @@ mod tests {
     fn a_crl_lists_the_revoked_serials_under_the_cas_name() -> Result<(), Box<dyn std::error::Error>>
     {
         let (_dir, ca) = test_ca()?;
-        let (cert_pem, _) = ca.issue(LeafKind::Admin, &[], Some("alice"), 1)?;
+        let (cert_pem, _) = ca.issue(LeafKind::Admin, &[], Some("alice"), DAY)?;
         let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
         let serial = quorum_proto::identity::serial_from_der(&der)?;
         let pem = ca.crl(&[
@@ -943,6 +957,8 @@ mod tests {
         assert!(ca.crl(&[("not hex".into(), 0)]).is_err());
         Ok(())
     }
+
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
     fn test_ca() -> Result<(tempfile::TempDir, Ca), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
@@ -975,7 +991,7 @@ mod tests {
             params.subject_alt_names = vec![san];
             let csr = params.serialize_request(&key)?.pem()?;
             let err = ca
-                .sign_agent_csr(&csr, ip, 1)
+                .sign_agent_csr(&csr, ip, DAY)
                 .err()
                 .ok_or("the CSR was signed")?
                 .to_string();
@@ -993,17 +1009,17 @@ mod tests {
         let (_dir, ca) = test_ca()?;
         // `pki issue admin --name` refuses what the server would refuse.
         let err = ca
-            .issue(LeafKind::Admin, &[], Some("alice?x=1#frag"), 1)
+            .issue(LeafKind::Admin, &[], Some("alice?x=1#frag"), DAY)
             .err()
             .ok_or("issued")?;
         assert!(matches!(err, PkiError::Usage(_)), "{err}");
         assert!(err.to_string().contains("found '?'"), "{err}");
         assert!(ca
-            .issue(LeafKind::Admin, &[], Some("alice.ops-1"), 1)
+            .issue(LeafKind::Admin, &[], Some("alice.ops-1"), DAY)
             .is_ok());
         // A CA-signed certificate that names such an admin anyway is not an admin.
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = ca.leaf_params(LeafKind::Admin, &[], Some("alice"), 1)?;
+        let mut params = ca.leaf_params(LeafKind::Admin, &[], Some("alice"), DAY)?;
         params.subject_alt_names = vec![SanType::URI(
             "spiffe://pigsty/admin/alice?x=1#frag".try_into()?,
         )];

@@ -479,9 +479,14 @@ enum PkiCommand {
         /// Admin name, or etcd member name (etcd-N).
         #[arg(long)]
         name: Option<String>,
-        /// Validity in days.
-        #[arg(long, default_value_t = pki::DEFAULT_LEAF_DAYS)]
-        days: u32,
+        /// Lifetime: 30s, 15m, 12h, 90d. Default: agent 90d (agents renew by themselves),
+        /// admin 30d, coordinator 365d (replace it with --force; the coordinator picks the new
+        /// files up without a restart), etcd 7300d (Pigsty's `cert_validity`).
+        #[arg(long, value_parser = parse_lifetime)]
+        ttl: Option<std::time::Duration>,
+        /// Lifetime in days (0.3.0's flag; --ttl replaces it).
+        #[arg(long, hide = true, conflicts_with = "ttl")]
+        days: Option<u32>,
         /// CA directory (ca.crt, ca.key). Default: the CA the coordinator config names
         /// (tls.ca_cert, tls.ca_key), else files/pki/ca under the current directory (Pigsty's
         /// home on the admin node).
@@ -685,6 +690,10 @@ enum TaskCommand {
         #[arg(long)]
         purge: bool,
     },
+}
+
+fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
+    crate::model::config::parse_duration(s)
 }
 
 fn parse_ttl(s: &str) -> Result<u64, String> {
@@ -1093,6 +1102,7 @@ async fn pki_command(cmd: PkiCommand) -> anyhow::Result<Exit> {
             kind,
             ips,
             name,
+            ttl,
             days,
             dir,
             config,
@@ -1116,7 +1126,17 @@ async fn pki_command(cmd: PkiCommand) -> anyhow::Result<Exit> {
                 ))
                 .into());
             }
-            let (cert_pem, key_pem) = ca.issue(kind, &ips, name.as_deref(), days)?;
+            let ttl = match (ttl, days) {
+                (Some(ttl), _) => ttl,
+                (None, Some(days)) => parse_lifetime(&format!("{days}d")).map_err(BadInput)?,
+                (None, None) => match kind {
+                    LeafKind::Agent => pki::DEFAULT_AGENT_CERT_TTL,
+                    LeafKind::Admin => crate::model::config::DEFAULT_ADMIN_CERT_TTL,
+                    LeafKind::Coordinator => crate::model::config::DEFAULT_COORDINATOR_CERT_TTL,
+                    LeafKind::Etcd => crate::model::config::PIGSTY_LEAF_TTL,
+                },
+            };
+            let (cert_pem, key_pem) = ca.issue(kind, &ips, name.as_deref(), ttl)?;
             std::fs::create_dir_all(&out)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
             pki::write_replace(&key, key_pem.as_bytes(), 0o600)?;
@@ -1125,7 +1145,17 @@ async fn pki_command(cmd: PkiCommand) -> anyhow::Result<Exit> {
             if !ca_out.exists() {
                 pki::write_replace(&ca_out, ca.cert_pem().as_bytes(), 0o644)?;
             }
-            println!("wrote {} and {}", crt.display(), key.display());
+            let until = quorum_proto::tls::first_cert_der(cert_pem.as_bytes())
+                .and_then(|der| quorum_proto::identity::validity_from_der(&der).ok())
+                .map(|(_, not_after)| {
+                    crate::operator::runs::local_time(not_after.saturating_mul(1000))
+                })
+                .unwrap_or_default();
+            println!(
+                "wrote {} and {} (valid until {until})",
+                crt.display(),
+                key.display()
+            );
             Ok(Exit::Ok)
         }
         PkiCommand::Token {
@@ -1238,6 +1268,71 @@ fn facts_json(f: &pb::Facts) -> serde_json::Value {
 }
 
 /// The word for a service state.
+/// Agents whose certificate expires within this many days are warned about.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// Where an agent's certificate is in its renewal cycle: `ok` before 60 % of its lifetime,
+/// `due` between 60 and 75 % (it renews at a random point there), `overdue` past 75 % (it
+/// tried and could not: unreachable or refused), `expired`; `-` when the coordinator has not
+/// seen its certificate. The count of renewals since its enrollment follows.
+fn renewal_state(a: &pb::AgentView, now: i64) -> String {
+    let (nb, na) = (a.cert_not_before_unix, a.cert_not_after_unix);
+    if na == 0 {
+        return "-".into();
+    }
+    let word = if now >= na {
+        "expired"
+    } else if nb <= 0 || na <= nb {
+        "ok"
+    } else {
+        let elapsed = (now - nb) as f64 / (na - nb) as f64;
+        if elapsed < 0.60 {
+            "ok"
+        } else if elapsed <= 0.75 {
+            "due"
+        } else {
+            "overdue"
+        }
+    };
+    format!("{word} ({})", a.cert_renewals)
+}
+
+/// A span of seconds in its largest whole unit: 45s, 12m, 5h, 89d.
+fn span(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 3 * 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Warns (on standard error, so JSON output stays clean) about agents whose certificate
+/// expires within [`EXPIRY_WARNING_DAYS`] or has expired.
+fn expiry_warning(agents: &[pb::AgentView], now: i64) {
+    let soon: Vec<String> = agents
+        .iter()
+        .filter(|a| {
+            a.cert_not_after_unix > 0 && a.cert_not_after_unix - now < EXPIRY_WARNING_DAYS * 86_400
+        })
+        .map(|a| {
+            if a.cert_not_after_unix <= now {
+                format!("{} (expired)", a.agent_id)
+            } else {
+                format!("{} (in {})", a.agent_id, span(a.cert_not_after_unix - now))
+            }
+        })
+        .collect();
+    if soon.is_empty() {
+        return;
+    }
+    eprintln!(
+        "warning: {} agent certificate(s) expire within {EXPIRY_WARNING_DAYS} days: {}. Agents renew by themselves at 60-75 % of the lifetime (agent_cert_ttl in coordinator.yml); one listed here is short-lived by configuration, or cannot renew: see RENEWAL above and `journalctl -u quorum-agent` on the host. An expired one needs a new enrollment: `quorum pki token --host IP`, then `quorum-agent enroll` on the host",
+        soon.len(),
+        soon.join(", ")
+    );
+}
+
 async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
     let mut client = client::admin_client(&conn.resolve()?).await?;
     let agents = client
@@ -1256,7 +1351,10 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
                         "state": a.state,
                         "last_seen_unix": a.last_seen_unix,
                         "cert_not_after_unix": a.cert_not_after_unix,
+                        "cert_not_before_unix": a.cert_not_before_unix,
                         "cert_serial": a.cert_serial,
+                        "cert_renewals": a.cert_renewals,
+                        "cert_renewal": renewal_state(a, quorum_proto::tls::unix_now()),
                         "facts": a.facts.as_ref().map(facts_json),
                         // The facts are the last the agent sent; a stale agent's say nothing of now.
                         "facts_stale": a.state == "stale",
@@ -1268,8 +1366,8 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
         Format::Table => {
             let now = quorum_proto::tls::unix_now();
             println!(
-                "{:<16} {:<10} {:<10} {:>10}  {:<9} ETCD",
-                "AGENT", "VERSION", "STATE", "LAST SEEN", "SAFEGUARD"
+                "{:<16} {:<10} {:<10} {:>10}  {:<9} {:<12} {:<9} ETCD",
+                "AGENT", "VERSION", "STATE", "LAST SEEN", "SAFEGUARD", "CERT EXPIRES", "RENEWAL"
             );
             for a in &agents {
                 // A stale agent's last facts say nothing of now.
@@ -1288,13 +1386,22 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
                         .to_string()
                 };
                 let safeguard = a.facts.as_ref().map(|f| f.safeguard).unwrap_or(false);
+                let expires = if a.cert_not_after_unix == 0 {
+                    "-".to_string()
+                } else if a.cert_not_after_unix <= now {
+                    "expired".to_string()
+                } else {
+                    format!("in {}", span(a.cert_not_after_unix - now))
+                };
                 println!(
-                    "{:<16} {:<10} {:<10} {:>9}s  {:<9} {}",
+                    "{:<16} {:<10} {:<10} {:>9}s  {:<9} {:<12} {:<9} {}",
                     a.agent_id,
                     a.version,
                     a.state,
                     (now - a.last_seen_unix).max(0),
                     if safeguard { "on" } else { "off" },
+                    expires,
+                    renewal_state(a, now),
                     etcd
                 );
             }
@@ -1332,6 +1439,7 @@ async fn agents(output: Format, conn: &ConnArgs) -> anyhow::Result<Exit> {
             }
         }
     }
+    expiry_warning(&agents, quorum_proto::tls::unix_now());
     Ok(Exit::Ok)
 }
 
@@ -1521,6 +1629,30 @@ async fn monitor_command(deregister: bool, args: MonitorArgs) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(not_before: i64, not_after: i64, renewals: u32) -> pb::AgentView {
+        pb::AgentView {
+            cert_not_before_unix: not_before,
+            cert_not_after_unix: not_after,
+            cert_renewals: renewals,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_renewal_state_follows_the_lifetime() {
+        // Valid from 1000 to 1100: renews between 1060 and 1075.
+        let v = view(1000, 1100, 2);
+        assert_eq!(renewal_state(&v, 1010), "ok (2)");
+        assert_eq!(renewal_state(&v, 1070), "due (2)");
+        assert_eq!(renewal_state(&v, 1080), "overdue (2)");
+        assert_eq!(renewal_state(&v, 1100), "expired (2)");
+        assert_eq!(renewal_state(&view(0, 0, 0), 10), "-");
+        assert_eq!(span(59), "59s");
+        assert_eq!(span(600), "10m");
+        assert_eq!(span(36_000), "10h");
+        assert_eq!(span(90 * 86_400), "90d");
+    }
 
     fn io(what: &str) -> std::io::Error {
         std::io::Error::other(what.to_string())

@@ -665,7 +665,7 @@ impl Runner {
                     LeafKind::Etcd,
                     &[host],
                     Some(member),
-                    crate::model::pki::DEFAULT_LEAF_DAYS,
+                    crate::model::config::PIGSTY_LEAF_TTL,
                 )
                 .map_err(|e| e.to_string())?;
             crate::model::pki::write_replace(&key, k.as_bytes(), 0o600)
