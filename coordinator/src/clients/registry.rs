@@ -46,6 +46,8 @@ struct Entry {
     /// When the certificate of its last session stops being valid, Unix seconds (0: none
     /// since the coordinator started).
     cert_not_after: i64,
+    /// When it became valid, Unix seconds (0 as above).
+    cert_not_before: i64,
     /// The serial of that certificate, lowercase hex ("" : none since the coordinator
     /// started), so `quorum agents revoke IP` can name it.
     cert_serial: String,
@@ -63,6 +65,7 @@ impl Entry {
             silent_since: None,
             queued_at: HashMap::new(),
             cert_not_after: 0,
+            cert_not_before: 0,
             cert_serial: String::new(),
         }
     }
@@ -216,14 +219,27 @@ impl Registry {
         });
     }
 
-    /// Records the certificate `agent` opened a session with: when it stops being valid, and
-    /// its serial.
-    pub fn certificate(&self, agent: IpAddr, not_after: i64, serial: &str) {
+    /// Records the certificate `agent` opened a session with: when it is valid, and its
+    /// serial.
+    pub fn certificate(&self, agent: IpAddr, (not_before, not_after): (i64, i64), serial: &str) {
         self.with(|inner| {
             let e = inner.agents.entry(agent).or_insert_with(Entry::new);
+            e.cert_not_before = not_before;
             e.cert_not_after = not_after;
             e.cert_serial = serial.to_string();
         });
+    }
+
+    /// When the certificate `serial` expires, if an agent opened a session with it since the
+    /// coordinator started.
+    pub fn cert_not_after_of(&self, serial: &str) -> Option<i64> {
+        self.with(|inner| {
+            inner
+                .agents
+                .values()
+                .find(|e| e.cert_serial == serial && e.cert_not_after > 0)
+                .map(|e| e.cert_not_after)
+        })
     }
 
     /// The serial of the certificate of `agent`'s last session, if it had one since the
@@ -446,6 +462,9 @@ impl Registry {
                             state: self.state_of(e, now).as_str().to_string(),
                             facts: Some(e.facts.clone()),
                             cert_not_after_unix: e.cert_not_after,
+                            cert_not_before_unix: e.cert_not_before,
+                            // The store knows renewals; the caller fills them in.
+                            cert_renewals: 0,
                             cert_serial: e.cert_serial.clone(),
                         },
                     )

@@ -274,6 +274,9 @@ fn refusal(e: &io::Error) -> Option<String> {
     };
     Some(match tls {
         rustls::Error::InvalidCertificate(c) => client_cert_refusal(c),
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired) => {
+            "the client refused this server's certificate as expired (or its clock is off): issue a new one with `quorum pki issue coordinator --ip ... --out DIR --force` into the files tls.cert and tls.key name; this coordinator presents it within seconds".to_string()
+        }
         rustls::Error::AlertReceived(alert) => format!(
             "the client aborted the handshake ({alert:?}); if it is a Quorum agent or CLI, it refused this server's certificate: check that its CA is the one that signed tls.cert and that tls.cert names the coordinator"
         ),
@@ -292,7 +295,7 @@ fn client_cert_refusal(c: &CertificateError) -> String {
             "is not signed by this coordinator's CA (tls.ca_cert): its issuer is unknown or its signature does not verify".to_string()
         }
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-            "has expired".to_string()
+            "has expired: an agent's did not renew in time (enroll it again: `quorum pki token --host IP`, then `quorum-agent enroll` there); an operator's is issued again with `quorum pki issue admin`".to_string()
         }
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             "is not valid yet (check the clocks)".to_string()

@@ -22,6 +22,7 @@ pub struct DenyList {
 impl DenyList {
     /// A deny list holding `list` (the store's).
     pub fn new(list: Vec<Revocation>) -> Self {
+        crate::model::metrics::metrics().set_revoked(list.len());
         Self {
             by_serial: RwLock::new(list.into_iter().map(|r| (r.serial.clone(), r)).collect()),
             changed: watch::Sender::new(0),
@@ -45,8 +46,36 @@ impl DenyList {
                 Err(p) => p.into_inner(),
             };
             map.insert(r.serial.clone(), r);
+            crate::model::metrics::metrics().set_revoked(map.len());
         }
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Drops the revocations of certificates that expired more than a day before `now_unix`
+    /// (their expiry refuses them); returns how many.
+    pub fn prune(&self, now_unix: i64) -> usize {
+        let cutoff = now_unix - crate::sop::store::REVOCATION_AFTER_EXPIRY_SECS;
+        let mut map = match self.by_serial.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let before = map.len();
+        map.retain(|_, r| r.not_after_unix == 0 || r.not_after_unix >= cutoff);
+        crate::model::metrics::metrics().set_revoked(map.len());
+        before - map.len()
+    }
+
+    /// How many serials are on the list.
+    pub fn len(&self) -> usize {
+        match self.by_serial.read() {
+            Ok(m) => m.len(),
+            Err(p) => p.into_inner().len(),
+        }
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A receiver that sees a change after every addition.
@@ -78,6 +107,14 @@ pub fn refusal(peer: &Peer, r: &Revocation) -> Status {
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|| format!("{} (Unix time)", r.revoked_unix));
     let what_now = match peer {
+        Peer::Agent(ip)
+            if r.reason == crate::sop::store::RENEWED
+                || r.reason == crate::sop::store::NOT_TAKEN_UP =>
+        {
+            format!(
+                "the agent on {ip} renewed its certificate and uses the new one; this is an old copy of its key (if the agent itself is refused, enroll it again: `quorum pki token --host {ip}`, then `quorum-agent enroll` on {ip})"
+            )
+        }
         Peer::Agent(ip) if r.reason.starts_with(SUPERSEDED) => format!(
             "{ip} enrolled again: a running quorum-agent switches to the new certificate on disk by itself (else restart it on {ip})"
         ),
@@ -107,6 +144,7 @@ mod tests {
             subject: "agent 10.0.0.1".into(),
             reason: "lost".into(),
             revoked_unix: 0,
+            not_after_unix: 0,
         }
     }
 
@@ -128,6 +166,41 @@ mod tests {
             .ok()
             .and_then(Result::ok);
         assert_eq!(r.map(|r| r.serial), Some("aa".into()));
+    }
+
+    #[test]
+    fn pruning_drops_only_revocations_of_certificates_expired_over_a_day_ago() {
+        let now = 1_000_000;
+        let day = crate::sop::store::REVOCATION_AFTER_EXPIRY_SECS;
+        let with_expiry = |serial: &str, not_after_unix| Revocation {
+            not_after_unix,
+            ..revocation(serial)
+        };
+        let list = DenyList::new(vec![
+            with_expiry("old", now - day - 1),
+            with_expiry("recent", now - 10),
+            with_expiry("valid", now + 10),
+            revocation("unknown"),
+        ]);
+        assert_eq!(list.prune(now), 1);
+        assert_eq!(list.len(), 3);
+        assert!(list.get("old").is_none());
+        assert!(list.get("recent").is_some() && list.get("unknown").is_some());
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_refused_as_an_old_copy() {
+        let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+        let renewed = Revocation {
+            reason: crate::sop::store::RENEWED.into(),
+            ..revocation("aa")
+        };
+        let m = refusal(&Peer::Agent(ip), &renewed).message().to_string();
+        assert!(
+            m.contains("renewed its certificate and uses the new one"),
+            "{m}"
+        );
+        assert!(m.contains("quorum pki token --host 10.0.0.1"), "{m}");
     }
 
     #[test]

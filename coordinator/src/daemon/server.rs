@@ -83,6 +83,27 @@ fn cached_peer(der: &[u8], trust_domain: &str) -> Result<(Peer, String), Status>
     Ok((peer, serial))
 }
 
+/// When the caller's certificate is valid (not before, not after), Unix seconds.
+fn peer_validity<T>(req: &Request<T>) -> Option<(i64, i64)> {
+    req.peer_certs()
+        .and_then(|certs| certs.first().cloned())
+        .and_then(|der| quorum_proto::identity::validity_from_der(der.as_ref()).ok())
+}
+
+/// The serial and expiry of a certificate just signed.
+fn issued_of(cert_pem: &[u8]) -> Result<crate::sop::store::Issued, String> {
+    let der = quorum_proto::tls::first_cert_der(cert_pem)
+        .ok_or("the certificate just signed cannot be read back")?;
+    let serial = quorum_proto::identity::serial_from_der(der.as_ref())
+        .map_err(|e| format!("the certificate just signed: {e}"))?;
+    let (_, not_after_unix) = quorum_proto::identity::validity_from_der(der.as_ref())
+        .map_err(|e| format!("the certificate just signed: {e}"))?;
+    Ok(crate::sop::store::Issued {
+        serial,
+        not_after_unix,
+    })
+}
+
 /// Demands that the caller is the agent named `agent_id`.
 fn authorize_agent<T>(req: &Request<T>, c: &Coordinator, agent_id: &str) -> Result<IpAddr, Status> {
     let (ip, _) = agent_peer(req, c)?;
@@ -432,7 +453,7 @@ impl Coordinator {
             ));
         }
         let cert_pem = ca
-            .sign_agent_csr(&body.csr_pem, claims.host, self.config.enroll_cert_days)
+            .sign_agent_csr(&body.csr_pem, claims.host, self.config.agent_cert_ttl())
             .map_err(|e| Status::permission_denied(e.to_string()))?;
         match self.used_tokens.mark(&claims.nonce, claims.exp) {
             Ok(true) => {}
@@ -455,8 +476,8 @@ impl Coordinator {
         })
     }
 
-    /// Records the certificate just issued to `host` at enrollment and revokes the one issued
-    /// to it before: a host has one enrolled certificate, and an old copy of its key (a
+    /// Records the certificate just issued to `host` at enrollment and revokes the ones
+    /// issued to it before: a host has one enrolled certificate, and an old copy of its key (a
     /// backup, a decommissioned disk) stops working the moment it enrolls again.
     fn supersede_enrollment(&self, host: IpAddr, cert_pem: &str) -> Result<(), Status> {
         let spent = |what: String| {
@@ -464,22 +485,111 @@ impl Coordinator {
                 "{what}; the token is spent: mint a new one with `quorum pki token --host {host}` and enroll again once the state dir is writable"
             ))
         };
-        let serial = quorum_proto::tls::first_cert_der(cert_pem.as_bytes())
-            .ok_or_else(|| spent("the certificate just signed cannot be read back".into()))
-            .and_then(|der| {
-                quorum_proto::identity::serial_from_der(der.as_ref())
-                    .map_err(|e| spent(format!("the certificate just signed: {e}")))
-            })?;
+        let issued = issued_of(cert_pem.as_bytes()).map_err(spent)?;
         let superseded = self
             .runner
             .store
-            .record_enrollment(host, &serial, crate::daemon::revocation::SUPERSEDED)
+            .record_enrollment(host, &issued, crate::daemon::revocation::SUPERSEDED)
             .map_err(|e| spent(format!("cannot record the enrollment: {e}")))?;
-        if let Some(old) = superseded {
-            tracing::info!(%host, serial = %old.serial, "revoked the certificate of the host's previous enrollment");
+        for old in superseded {
+            tracing::info!(%host, serial = %old.serial, "revoked a certificate of the host's previous enrollment");
             self.deny.add(old);
         }
         Ok(())
+    }
+
+    /// Signs a new certificate for the agent `ip` calling with the certificate `caller`
+    /// (checked: not revoked, the host's own). The caller's certificate is revoked once a
+    /// session opens with the new one ([`Coordinator::took_up`]).
+    fn renew(
+        &self,
+        ip: IpAddr,
+        caller: crate::sop::store::Issued,
+        csr_pem: &str,
+    ) -> Result<pb::EnrollResponse, Status> {
+        if let Err(wait) = self.enroll_buckets.take(ip) {
+            return Err(Status::resource_exhausted(format!(
+                "too many enrollments and renewals from {ip}; retry in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        let ca = self.ca.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this coordinator has no CA key configured (tls.ca_key), so it cannot renew certificates; the agent keeps its certificate until it expires: configure tls.ca_key, or issue a new certificate with `quorum pki issue agent` before then",
+            )
+        })?;
+        let cert_pem = ca
+            .sign_agent_csr(csr_pem, ip, self.config.agent_cert_ttl())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let issued = issued_of(cert_pem.as_bytes()).map_err(Status::internal)?;
+        let revoked = self
+            .runner
+            .store
+            .record_renewal(ip, &caller, &issued)
+            .map_err(|e| {
+                Status::internal(format!(
+                    "cannot record the renewal: {e}; the current certificate stays valid, the agent retries"
+                ))
+            })?;
+        for old in revoked {
+            tracing::info!(host = %ip, serial = %old.serial, "revoked a renewed certificate its agent never used");
+            self.deny.add(old);
+        }
+        crate::model::metrics::metrics().cert_renewed();
+        tracing::info!(host = %ip, old = %caller.serial, new = %issued.serial, not_after = issued.not_after_unix, "renewed agent certificate");
+        Ok(pb::EnrollResponse {
+            cert_pem,
+            ca_pem: ca.cert_pem().to_string(),
+        })
+    }
+
+    /// Agent `ip` opened a session with the certificate `serial`: if a renewal issued it, the
+    /// certificate it replaced is revoked now.
+    fn took_up(&self, ip: IpAddr, serial: &str) {
+        match self.runner.store.take_up(ip, serial) {
+            Ok(Some(old)) => {
+                tracing::info!(host = %ip, serial = %old.serial, "revoked the certificate a renewal replaced");
+                self.deny.add(old);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                host = %ip,
+                "cannot record that the agent uses its renewed certificate: {e}; the one it replaced stays valid until it expires or the next session records it"
+            ),
+        }
+    }
+
+    /// Whether an agent certificate valid `(not_before, not_after)` lives far longer than
+    /// `agent_cert_ttl` (issued before the lifetime was shortened): then the seconds within
+    /// which its agent should renew it (a tenth of the lifetime, at most ten minutes, so a
+    /// fleet upgraded at once renews spread out), else 0. Never without a CA key to sign with.
+    fn renewal_due_now(&self, (not_before, not_after): (i64, i64)) -> u32 {
+        let ttl = i64::try_from(self.config.agent_cert_ttl().as_secs()).unwrap_or(i64::MAX / 4);
+        if self.ca.is_none() || not_after - not_before <= ttl.saturating_mul(3) / 2 + 600 {
+            return 0;
+        }
+        u32::try_from((ttl / 10).clamp(1, 600)).unwrap_or(600)
+    }
+
+    /// Drops revocations of certificates long expired (refused by their expiry alone), from
+    /// the store and the deny list.
+    fn prune_revocations(&self) {
+        let now = quorum_proto::tls::unix_now();
+        match self.runner.store.prune_revocations(now) {
+            Ok(n) => {
+                let dropped = self.deny.prune(now);
+                if n > 0 || dropped > 0 {
+                    tracing::info!(
+                        store = n,
+                        memory = dropped,
+                        "dropped revocations of certificates that expired over a day ago"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot prune the deny list: {e}; it is tried again in an hour")
+            }
+        }
     }
 
     /// Puts `serial` on the deny list (the store first, so a restart keeps it; then memory,
@@ -490,11 +600,17 @@ impl Coordinator {
         subject: String,
         reason: String,
     ) -> Result<crate::sop::store::Revocation, StoreError> {
+        // Its expiry, where known, lets the revocation be dropped once it no longer matters.
+        let not_after_unix = match self.runner.store.not_after_of(serial)? {
+            Some(t) => t,
+            None => self.registry.cert_not_after_of(serial).unwrap_or(0),
+        };
         let stored = self.runner.store.revoke(&crate::sop::store::Revocation {
             serial: serial.to_string(),
             subject,
             reason,
             revoked_unix: crate::sop::store::now_ms() / 1000,
+            not_after_unix,
         })?;
         self.deny.add(stored.clone());
         Ok(stored)
@@ -671,7 +787,7 @@ impl AgentService for AgentSvc {
         // A held poll ends at once when its certificate is revoked meanwhile.
         let mut revocations = self.0.deny.subscribe();
         tokio::select! {
-            tasks = self.0.registry.poll(ip, facts, hold) => Ok(Response::new(pb::PollResponse { tasks })),
+            tasks = self.0.registry.poll(ip, facts, hold) => Ok(Response::new(pb::PollResponse { tasks, renew_within_secs: 0 })),
             r = self.0.deny.revoked(&serial, &mut revocations) => {
                 Err(crate::daemon::revocation::refusal(&Peer::Agent(ip), &r))
             }
@@ -687,6 +803,23 @@ impl AgentService for AgentSvc {
         Ok(Response::new(pb::ReportResponse {}))
     }
 
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let (ip, serial) = agent_peer(&req, &self.0)?;
+        let not_after_unix = peer_validity(&req).map_or(0, |(_, not_after)| not_after);
+        let caller = crate::sop::store::Issued {
+            serial,
+            not_after_unix,
+        };
+        let result = self.0.renew(ip, caller, &req.get_ref().csr_pem);
+        if let Err(status) = &result {
+            tracing::warn!(host = %ip, "renewal refused ({:?}): {}", status.code(), status.message());
+        }
+        result.map(Response::new)
+    }
+
     type SessionStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<pb::PollResponse, Status>> + Send + 'static>,
     >;
@@ -698,15 +831,21 @@ impl AgentService for AgentSvc {
         // Subscribed before the check, so a revocation in between is not missed.
         let revocations = self.0.deny.subscribe();
         let (ip, serial) = agent_peer(&req, &self.0)?;
-        if let Some(not_after) = req
-            .peer_certs()
-            .and_then(|certs| certs.first().cloned())
-            .and_then(|der| quorum_proto::identity::validity_from_der(der.as_ref()).ok())
-            .map(|(_, not_after)| not_after)
-        {
-            self.0.registry.certificate(ip, not_after, &serial);
+        let validity = peer_validity(&req);
+        if let Some(validity) = validity {
+            self.0.registry.certificate(ip, validity, &serial);
+        }
+        self.0.took_up(ip, &serial);
+        // A session outlives no certificate: it ends when the one it opened with expires.
+        let left = validity.map_or(i64::MAX / 4, |(_, na)| na - quorum_proto::tls::unix_now());
+        let renew_within_secs = validity.map_or(0, |v| self.0.renewal_due_now(v));
+        if renew_within_secs > 0 {
+            tracing::info!(agent = %ip, %serial, "the agent's certificate outlives agent_cert_ttl: asking it to renew within {renew_within_secs} s");
         }
         let session = Session {
+            renew_within_secs,
+            expires: tokio::time::Instant::now()
+                + Duration::from_secs(u64::try_from(left).unwrap_or(0).min(100 * 365 * 86_400)),
             serial,
             revocations,
             stopping: self.0.stopping.subscribe(),
@@ -719,7 +858,17 @@ impl AgentService for AgentSvc {
         let answers = futures_util::stream::unfold(Some(session), |session| async move {
             let mut session = session?;
             match session.next_answer().await {
-                Ok(tasks) => Some((Ok(pb::PollResponse { tasks }), Some(session))),
+                Ok(tasks) => {
+                    // Asked once, on the session's first answer.
+                    let renew_within_secs = std::mem::take(&mut session.renew_within_secs);
+                    Some((
+                        Ok(pb::PollResponse {
+                            tasks,
+                            renew_within_secs,
+                        }),
+                        Some(session),
+                    ))
+                }
                 Err(Some(why)) => {
                     tracing::debug!(agent = %session.ip, "session ended: {}", why.message());
                     Some((Err(why), None))
@@ -740,6 +889,10 @@ struct Session {
     ip: IpAddr,
     /// The serial of the agent's certificate, watched on the deny list.
     serial: String,
+    /// When that certificate expires.
+    expires: tokio::time::Instant,
+    /// Sent with the first answer: renew within this many seconds (0: no need).
+    renew_within_secs: u32,
     revocations: tokio::sync::watch::Receiver<u64>,
     inbound: tonic::Streaming<pb::AgentMessage>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -757,6 +910,7 @@ impl Session {
                 r = self.c.deny.revoked(&self.serial, &mut self.revocations) => {
                     return Err(Some(revoked_session(self.ip, &r)))
                 }
+                _ = tokio::time::sleep_until(self.expires) => return Err(Some(expired_session(self.ip))),
                 m = self.inbound.message() => m,
             };
             // None: the agent closed its side (it is stopping) or the connection broke.
@@ -778,6 +932,7 @@ impl Session {
                         r = self.c.deny.revoked(&self.serial, &mut self.revocations) => {
                             Err(Some(revoked_session(self.ip, &r)))
                         }
+                        _ = tokio::time::sleep_until(self.expires) => Err(Some(expired_session(self.ip))),
                         m = self.inbound.message() => match m {
                             Ok(Some(_)) => Err(Some(Status::failed_precondition(
                                 "the agent sent a message while its poll was held; a session agent waits for the answer to each poll (is this a Quorum agent?)",
@@ -800,6 +955,13 @@ fn revoked_session(ip: IpAddr, r: &crate::sop::store::Revocation) -> Status {
     crate::daemon::revocation::refusal(&Peer::Agent(ip), r)
 }
 
+fn expired_session(ip: IpAddr) -> Status {
+    tracing::warn!(agent = %ip, "closed the session of an agent whose certificate expired meanwhile (it did not renew)");
+    Status::unauthenticated(format!(
+        "the certificate of agent {ip} expired during its session; it renews at 60-75 % of its lifetime, so it could not reach the coordinator or its renewals were refused (see its log): enroll it again with a token (`quorum pki token --host {ip}`, then `quorum-agent enroll` on {ip})"
+    ))
+}
+
 fn stopping_status() -> Status {
     Status::unavailable("the coordinator is stopping; the agent reconnects by itself")
 }
@@ -815,9 +977,20 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         authorize_admin(&req, &self.0)?;
-        Ok(Response::new(pb::ListAgentsResponse {
-            agents: self.0.registry.list(),
-        }))
+        let mut agents = self.0.registry.list();
+        for a in &mut agents {
+            let Ok(ip) = a.agent_id.parse::<IpAddr>() else {
+                continue;
+            };
+            // Counted since the last enrollment, and only while the agent still holds the
+            // certificate the store recorded last.
+            if let Ok(Some(e)) = self.0.runner.store.enrollment(ip) {
+                if e.serial == a.cert_serial {
+                    a.cert_renewals = u32::try_from(e.renewals).unwrap_or(u32::MAX);
+                }
+            }
+        }
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
 
     async fn run_task(
@@ -1266,10 +1439,104 @@ fn warn_unless_coordinator(config: &CoordinatorConfig, tls: &TlsMaterial) {
     }
 }
 
+/// How often revocations of long-expired certificates are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the coordinator looks at its own certificate and key on disk.
+const OWN_CERT_EVERY: Duration = Duration::from_secs(5);
+
+/// Presents a new certificate of the coordinator's from the next handshake on once
+/// `tls.cert` and `tls.key` change on disk (`quorum pki issue coordinator --force`), without
+/// a restart. A new pair that is expired, not for the coordinator, or whose key does not go
+/// with the certificate is not used; that is logged once the files stay so for two looks
+/// (`pki issue` writes the key, then the certificate).
+async fn watch_own_certificate(
+    config: CoordinatorConfig,
+    identity: Arc<quorum_proto::tls::ServerIdentity>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(OWN_CERT_EVERY);
+    let mut refused: Option<(Vec<u8>, Vec<u8>)> = None;
+    let mut reported: Option<(Vec<u8>, Vec<u8>)> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let (Ok(cert_pem), Ok(key_pem)) = (
+            std::fs::read(&config.tls.cert),
+            std::fs::read(&config.tls.key),
+        ) else {
+            // Being replaced, or gone: the pair in use stays, and is looked for again.
+            continue;
+        };
+        if identity.is_current(&cert_pem, &key_pem) {
+            refused = None;
+            continue;
+        }
+        let checked = quorum_proto::tls::check_validity(&config.tls.cert, &cert_pem)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let der = quorum_proto::tls::first_cert_der(&cert_pem)
+                    .ok_or_else(|| "it holds no certificate".to_string())?;
+                match peer_from_der(der.as_ref(), &config.trust_domain) {
+                    Ok(Peer::Coordinator) => Ok(der),
+                    Ok(other) => Err(format!(
+                        "it is a certificate for {other}, not for the coordinator"
+                    )),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .and_then(|der| {
+                quorum_proto::tls::certified_key(&cert_pem, &key_pem)
+                    .map(|k| (der, k))
+                    .map_err(|e| e.to_string())
+            });
+        match checked {
+            Ok((der, key)) => {
+                let (not_after, serial) = (
+                    quorum_proto::identity::validity_from_der(der.as_ref()).map_or(0, |v| v.1),
+                    quorum_proto::identity::serial_from_der(der.as_ref()).unwrap_or_default(),
+                );
+                identity.replace(key, cert_pem, key_pem);
+                crate::model::metrics::metrics().cert_expires(
+                    "coordinator",
+                    &config.tls.cert.display().to_string(),
+                    not_after,
+                );
+                tracing::info!(
+                    cert = %config.tls.cert.display(),
+                    %serial,
+                    not_after,
+                    "the coordinator's certificate changed on disk: new connections get it from now on"
+                );
+                refused = None;
+                reported = None;
+            }
+            Err(why) => {
+                let pair = (cert_pem, key_pem);
+                if refused.as_ref() == Some(&pair) && reported.as_ref() != Some(&pair) {
+                    tracing::error!(
+                        cert = %config.tls.cert.display(),
+                        key = %config.tls.key.display(),
+                        "the coordinator's certificate or key changed on disk but cannot be used: {why}; the previous pair stays in use: issue a new one with `quorum pki issue coordinator --ip ... --out DIR --force`"
+                    );
+                    reported = Some(pair.clone());
+                }
+                refused = Some(pair);
+            }
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
-    let server_tls = tls.server_config()?;
+    let identity = Arc::new(quorum_proto::tls::ServerIdentity::new(
+        quorum_proto::tls::certified_key(&tls.cert_pem, &tls.key_pem)?,
+        tls.cert_pem.clone(),
+        tls.key_pem.clone(),
+    ));
+    let server_tls = tls.server_config_with(identity.clone())?;
     warn_unless_coordinator(&config, &tls);
     let listen = config.listen;
     let limits = crate::daemon::listener::Limits {
@@ -1300,6 +1567,24 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
             }
         });
     }
+    {
+        let c = coordinator.clone();
+        let mut stopping = c.stopping.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => c.prune_revocations(),
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
+    tokio::spawn(watch_own_certificate(
+        coordinator.config.clone(),
+        identity,
+        coordinator.stopping.subscribe(),
+    ));
     let agent = AgentServiceServer::new(AgentSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminSvc(coordinator.clone()))

@@ -130,6 +130,8 @@ pub struct Metrics {
     snapshot_duration: Family<Cluster, Gauge<f64, AtomicU64>>,
     snapshot_failures: Family<Cluster, Counter>,
     cert_expiry: Family<Role, Gauge<f64, AtomicU64>>,
+    cert_renewals: Counter,
+    revoked: Gauge,
     /// The agent certificates set at the last scrape (removed at the next, so an agent that
     /// is gone leaves no series).
     agent_certs: Mutex<Vec<Role>>,
@@ -280,6 +282,8 @@ impl Metrics {
             snapshot_duration: Family::default(),
             snapshot_failures: Family::default(),
             cert_expiry: Family::default(),
+            cert_renewals: Counter::default(),
+            revoked: Gauge::default(),
             agent_certs: Mutex::new(Vec::new()),
             agent_reported: std::sync::Arc::new(AgentReported::default()),
         };
@@ -392,6 +396,16 @@ impl Metrics {
             "quorum_certificate_expiry_timestamp_seconds",
             "When a certificate in use expires, Unix time, by role (coordinator; agent, with the agent's IP as subject, from its last session) and subject",
             m.cert_expiry.clone(),
+        );
+        r.register(
+            "quorum_agent_certificate_renewals",
+            "Agent certificates this coordinator renewed since it started",
+            m.cert_renewals.clone(),
+        );
+        r.register(
+            "quorum_revoked_certificates",
+            "Serials on the deny list (revocations of certificates expired over a day ago are dropped)",
+            m.revoked.clone(),
         );
         r.register_collector(Box::new(m.agent_reported.clone()));
         if let Ok(mut reg) = m.registry.lock() {
@@ -507,6 +521,16 @@ impl Metrics {
                 .get_or_create(&c)
                 .set(i64::try_from(size).unwrap_or(i64::MAX));
         }
+    }
+
+    /// An agent certificate was renewed.
+    pub fn cert_renewed(&self) {
+        self.cert_renewals.inc();
+    }
+
+    /// The deny list holds `n` serials (at a scrape).
+    pub fn set_revoked(&self, n: usize) {
+        self.revoked.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A certificate in use by `role` (`subject`) expires at `not_after` (Unix seconds).

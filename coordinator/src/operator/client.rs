@@ -98,6 +98,12 @@ pub async fn admin_client(conn: &Connection) -> anyhow::Result<AdminServiceClien
         .map_err(|e| {
             let why = match quorum_proto::tls::not_coordinator(&e) {
                 Some(refused) => refused.to_string(),
+                None if quorum_proto::tls::server_cert_expired(&e) => format!(
+                    "refusing the server at {}: {}; {}",
+                    conn.coordinator,
+                    error_chain(&e),
+                    quorum_proto::tls::COORDINATOR_CERT_EXPIRED
+                ),
                 None => format!(
                     "cannot reach the coordinator at {}: {}; is `quorum serve` running there, and is the CA right?",
                     conn.coordinator,

@@ -199,6 +199,31 @@ pub struct Revocation {
     pub reason: String,
     /// When, Unix seconds.
     pub revoked_unix: i64,
+    /// When the certificate expires, Unix seconds; 0 when unknown. An expired certificate is
+    /// refused by its expiry alone, so its revocation is dropped a day after (the deny list
+    /// of a fleet that renews stays as long as one lifetime's renewals).
+    pub not_after_unix: i64,
+}
+
+/// How long after a revoked certificate expired its revocation is kept.
+pub const REVOCATION_AFTER_EXPIRY_SECS: i64 = 86_400;
+
+/// The certificate a host holds, as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Enrollment {
+    /// The serial issued last (at enrollment or renewal).
+    pub serial: String,
+    /// When it expires, Unix seconds (0: unknown, from a store of 0.3.1).
+    pub not_after_unix: i64,
+    /// When it was issued, Unix seconds.
+    pub issued_unix: i64,
+    /// The serial a renewal replaced, still valid until the agent first uses the new one
+    /// (a renewal whose answer was lost must not lock the agent out); "" when none.
+    pub previous: String,
+    /// When `previous` expires, Unix seconds (0: unknown).
+    pub previous_not_after: i64,
+    /// How many times this host renewed since it enrolled.
+    pub renewals: i64,
 }
 
 /// Now, Unix ms.
@@ -242,6 +267,27 @@ impl Store {
              CREATE TABLE IF NOT EXISTS enrolled (
                 host TEXT PRIMARY KEY, serial TEXT NOT NULL, enrolled_unix INTEGER NOT NULL);",
         )?;
+        // Stores of 0.3.1 know no expiry and no renewal.
+        for (table, column, decl) in [
+            ("revoked", "not_after_unix", "INTEGER NOT NULL DEFAULT 0"),
+            ("enrolled", "not_after_unix", "INTEGER NOT NULL DEFAULT 0"),
+            ("enrolled", "previous", "TEXT NOT NULL DEFAULT ''"),
+            (
+                "enrolled",
+                "previous_not_after",
+                "INTEGER NOT NULL DEFAULT 0",
+            ),
+            ("enrolled", "renewals", "INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            let exists: bool = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+                ))?
+                .exists([])?;
+            if !exists {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl};"))?;
+            }
+        }
         let scrubbed = scrub_stored_credentials(&conn)?;
         if scrubbed > 0 {
             tracing::warn!(
@@ -505,14 +551,18 @@ impl Store {
     /// Returns the revocation as stored.
     pub fn revoke(&self, r: &Revocation) -> Result<Revocation, StoreError> {
         self.write("revoke", |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO revoked (serial, subject, reason, revoked_unix) VALUES (?1, ?2, ?3, ?4)",
-                params![r.serial, r.subject, r.reason, r.revoked_unix],
-            )?;
-            Ok(c.query_row(
-                "SELECT serial, subject, reason, revoked_unix FROM revoked WHERE serial = ?1",
-                [&r.serial],
-                revocation_row,
+            insert_revocation(c, r)?;
+            read_revocation(c, &r.serial)
+        })
+    }
+
+    /// Drops the revocations of certificates that expired more than
+    /// [`REVOCATION_AFTER_EXPIRY_SECS`] before `now_unix`; returns how many.
+    pub fn prune_revocations(&self, now_unix: i64) -> Result<usize, StoreError> {
+        self.write("prune_revocations", |c| {
+            Ok(c.execute(
+                "DELETE FROM revoked WHERE not_after_unix > 0 AND not_after_unix < ?1",
+                [now_unix - REVOCATION_AFTER_EXPIRY_SECS],
             )?)
         })
     }
@@ -521,7 +571,7 @@ impl Store {
     pub fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT serial, subject, reason, revoked_unix FROM revoked ORDER BY revoked_unix, serial",
+                "SELECT serial, subject, reason, revoked_unix, not_after_unix FROM revoked ORDER BY revoked_unix, serial",
             )?;
             let rows = stmt
                 .query_map([], revocation_row)?
@@ -530,44 +580,126 @@ impl Store {
         })
     }
 
-    /// Records `serial` as the certificate issued to `host` at its enrollment and, in the same
-    /// transaction, revokes the serial issued to it before (for `reason`): a crash between the
-    /// two can leave neither the old serial unrecorded nor unrevoked. Returns that revocation.
+    /// Records `issued` as the certificate of `host` after an enrollment with a token and, in
+    /// the same transaction, revokes every certificate issued to it before (for `reason`),
+    /// a renewal's previous one included: a crash between the two can leave neither the old
+    /// serial unrecorded nor unrevoked. Returns those revocations.
     pub fn record_enrollment(
         &self,
         host: std::net::IpAddr,
-        serial: &str,
+        issued: &Issued,
         reason: &str,
-    ) -> Result<Option<Revocation>, StoreError> {
+    ) -> Result<Vec<Revocation>, StoreError> {
         self.write("enroll", |c| {
             let tx = c.transaction()?;
-            let before: Option<String> = tx
-                .query_row(
-                    "SELECT serial FROM enrolled WHERE host = ?1",
-                    [host.to_string()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            tx.execute(
-                "INSERT INTO enrolled (host, serial, enrolled_unix) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(host) DO UPDATE SET serial = excluded.serial, enrolled_unix = excluded.enrolled_unix",
-                params![host.to_string(), serial, now_ms() / 1000],
-            )?;
-            let mut revoked = None;
-            if let Some(old) = before.filter(|b| b != serial) {
-                tx.execute(
-                    "INSERT OR IGNORE INTO revoked (serial, subject, reason, revoked_unix) VALUES (?1, ?2, ?3, ?4)",
-                    params![old, format!("agent {host}"), reason, now_ms() / 1000],
-                )?;
-                revoked = Some(tx.query_row(
-                    "SELECT serial, subject, reason, revoked_unix FROM revoked WHERE serial = ?1",
-                    [&old],
-                    revocation_row,
-                )?);
+            let before = enrollment_of(&tx, host)?;
+            let mut revoked = Vec::new();
+            if let Some(b) = before {
+                for (serial, not_after) in [(b.serial, b.not_after_unix), (b.previous, b.previous_not_after)] {
+                    if !serial.is_empty() && serial != issued.serial {
+                        revoked.push(revoke_in(&tx, host, &serial, not_after, reason)?);
+                    }
+                }
             }
+            tx.execute(
+                "INSERT INTO enrolled (host, serial, enrolled_unix, not_after_unix, previous, previous_not_after, renewals)
+                 VALUES (?1, ?2, ?3, ?4, '', 0, 0)
+                 ON CONFLICT(host) DO UPDATE SET serial = excluded.serial, enrolled_unix = excluded.enrolled_unix,
+                   not_after_unix = excluded.not_after_unix, previous = '', previous_not_after = 0, renewals = 0",
+                params![host.to_string(), issued.serial, now_ms() / 1000, issued.not_after_unix],
+            )?;
             tx.commit()?;
             Ok(revoked)
         })
+    }
+
+    /// Records `issued` as the certificate `host` renewed into, calling with the certificate
+    /// `caller`. The caller's certificate stays valid until the host first uses the new one
+    /// ([`Store::take_up`]): an answer lost on the way must not lock the agent out. Any other
+    /// certificate recorded for the host (a renewal it never took up) is revoked now, in the
+    /// same transaction; returns those revocations.
+    pub fn record_renewal(
+        &self,
+        host: std::net::IpAddr,
+        caller: &Issued,
+        issued: &Issued,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        self.write("renew", |c| {
+            let tx = c.transaction()?;
+            let before = enrollment_of(&tx, host)?.unwrap_or_default();
+            let mut revoked = Vec::new();
+            for (serial, not_after) in [
+                (before.serial, before.not_after_unix),
+                (before.previous, before.previous_not_after),
+            ] {
+                if !serial.is_empty() && serial != caller.serial && serial != issued.serial {
+                    revoked.push(revoke_in(&tx, host, &serial, not_after, NOT_TAKEN_UP)?);
+                }
+            }
+            tx.execute(
+                "INSERT INTO enrolled (host, serial, enrolled_unix, not_after_unix, previous, previous_not_after, renewals)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(host) DO UPDATE SET serial = excluded.serial, enrolled_unix = excluded.enrolled_unix,
+                   not_after_unix = excluded.not_after_unix, previous = excluded.previous,
+                   previous_not_after = excluded.previous_not_after, renewals = excluded.renewals",
+                params![
+                    host.to_string(),
+                    issued.serial,
+                    now_ms() / 1000,
+                    issued.not_after_unix,
+                    caller.serial,
+                    caller.not_after_unix,
+                    before.renewals + 1
+                ],
+            )?;
+            tx.commit()?;
+            Ok(revoked)
+        })
+    }
+
+    /// `host` used the certificate `serial`: when that is the one it renewed into, the one the
+    /// renewal replaced is revoked now. Returns that revocation. Reads only, unless a renewal
+    /// is pending.
+    pub fn take_up(
+        &self,
+        host: std::net::IpAddr,
+        serial: &str,
+    ) -> Result<Option<Revocation>, StoreError> {
+        let pending = self.with(|c| enrollment_of(c, host))?;
+        let Some(e) = pending.filter(|e| e.serial == serial && !e.previous.is_empty()) else {
+            return Ok(None);
+        };
+        self.write("take_up", |c| {
+            let tx = c.transaction()?;
+            let r = revoke_in(&tx, host, &e.previous, e.previous_not_after, RENEWED)?;
+            tx.execute(
+                "UPDATE enrolled SET previous = '', previous_not_after = 0 WHERE host = ?1 AND serial = ?2",
+                params![host.to_string(), serial],
+            )?;
+            tx.commit()?;
+            Ok(Some(r))
+        })
+    }
+
+    /// When the certificate `serial` expires, if it was issued here at an enrollment or a
+    /// renewal and is still recorded (0 stays unknown: `None`).
+    pub fn not_after_of(&self, serial: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT not_after_unix FROM enrolled WHERE serial = ?1 AND not_after_unix > 0
+                 UNION ALL
+                 SELECT previous_not_after FROM enrolled WHERE previous = ?1 AND previous_not_after > 0
+                 LIMIT 1",
+                [serial],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    /// What the store knows of the certificate of `host`, if it enrolled here.
+    pub fn enrollment(&self, host: std::net::IpAddr) -> Result<Option<Enrollment>, StoreError> {
+        self.with(|c| enrollment_of(c, host))
     }
 
     /// The serial issued to `host` at its last enrollment, if it enrolled here.
@@ -595,13 +727,85 @@ impl Store {
     }
 }
 
+/// A certificate just signed: its serial and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// Expiry, Unix seconds (0: unknown).
+    pub not_after_unix: i64,
+}
+
+/// The reason recorded when a renewal's new certificate was first used.
+pub const RENEWED: &str = "superseded by a renewal";
+/// The reason recorded for a renewed certificate its agent never used (the answer was lost,
+/// and the agent renewed again with the one before).
+pub const NOT_TAKEN_UP: &str = "a renewal its agent did not take up";
+
 fn revocation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Revocation> {
     Ok(Revocation {
         serial: r.get(0)?,
         subject: r.get(1)?,
         reason: r.get(2)?,
         revoked_unix: r.get(3)?,
+        not_after_unix: r.get(4)?,
     })
+}
+
+fn insert_revocation(c: &Connection, r: &Revocation) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT OR IGNORE INTO revoked (serial, subject, reason, revoked_unix, not_after_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![r.serial, r.subject, r.reason, r.revoked_unix, r.not_after_unix],
+    )?;
+    Ok(())
+}
+
+fn read_revocation(c: &Connection, serial: &str) -> Result<Revocation, StoreError> {
+    Ok(c.query_row(
+        "SELECT serial, subject, reason, revoked_unix, not_after_unix FROM revoked WHERE serial = ?1",
+        [serial],
+        revocation_row,
+    )?)
+}
+
+/// Revokes `serial` of agent `host` inside a transaction; returns the revocation as stored
+/// (an earlier one of the same serial is kept).
+fn revoke_in(
+    c: &Connection,
+    host: std::net::IpAddr,
+    serial: &str,
+    not_after_unix: i64,
+    reason: &str,
+) -> Result<Revocation, StoreError> {
+    insert_revocation(
+        c,
+        &Revocation {
+            serial: serial.to_string(),
+            subject: format!("agent {host}"),
+            reason: reason.to_string(),
+            revoked_unix: now_ms() / 1000,
+            not_after_unix,
+        },
+    )?;
+    read_revocation(c, serial)
+}
+
+fn enrollment_of(c: &Connection, host: std::net::IpAddr) -> Result<Option<Enrollment>, StoreError> {
+    Ok(c.query_row(
+        "SELECT serial, not_after_unix, enrolled_unix, previous, previous_not_after, renewals FROM enrolled WHERE host = ?1",
+        [host.to_string()],
+        |r| {
+            Ok(Enrollment {
+                serial: r.get(0)?,
+                not_after_unix: r.get(1)?,
+                issued_unix: r.get(2)?,
+                previous: r.get(3)?,
+                previous_not_after: r.get(4)?,
+                renewals: r.get(5)?,
+            })
+        },
+    )
+    .optional()?)
 }
 
 fn holder_of(c: &Connection, lock: &str) -> Result<Option<(String, String)>, StoreError> {
@@ -825,6 +1029,7 @@ mod tests {
             subject: "agent 10.0.0.1".into(),
             reason: "lost laptop".into(),
             revoked_unix: 100,
+            not_after_unix: 0,
         };
         {
             let store = Store::open(&path)?;
@@ -850,6 +1055,17 @@ mod tests {
         Ok(())
     }
 
+    fn issued(serial: &str, not_after_unix: i64) -> Issued {
+        Issued {
+            serial: serial.into(),
+            not_after_unix,
+        }
+    }
+
+    fn revoked_serials(store: &Store) -> Result<Vec<String>, StoreError> {
+        Ok(store.revocations()?.into_iter().map(|r| r.serial).collect())
+    }
+
     #[test]
     fn an_enrollment_revokes_the_certificate_it_supersedes_in_the_same_write(
     ) -> Result<(), Box<dyn std::error::Error>> {
@@ -860,16 +1076,28 @@ mod tests {
         {
             let store = Store::open(&path)?;
             let why = "superseded by a new enrollment";
-            assert_eq!(store.record_enrollment(host, "aa", why)?, None);
-            assert_eq!(store.record_enrollment(other, "cc", why)?, None);
-            let superseded = store.record_enrollment(host, "bb", why)?;
             assert_eq!(
-                superseded.map(|r| (r.serial, r.reason)),
-                Some(("aa".into(), why.into()))
+                store.record_enrollment(host, &issued("aa", 10), why)?,
+                vec![]
             );
-            assert!(store.revocations()?.iter().any(|r| r.serial == "aa"));
+            assert_eq!(
+                store.record_enrollment(other, &issued("cc", 10), why)?,
+                vec![]
+            );
+            let superseded = store.record_enrollment(host, &issued("bb", 20), why)?;
+            assert_eq!(
+                superseded
+                    .into_iter()
+                    .map(|r| (r.serial, r.reason, r.not_after_unix))
+                    .collect::<Vec<_>>(),
+                vec![("aa".to_string(), why.to_string(), 10)]
+            );
+            assert!(revoked_serials(&store)?.contains(&"aa".to_string()));
             // The same serial recorded twice supersedes nothing.
-            assert_eq!(store.record_enrollment(host, "bb", why)?, None);
+            assert_eq!(
+                store.record_enrollment(host, &issued("bb", 20), why)?,
+                vec![]
+            );
         }
         let store = Store::open(&path)?;
         assert_eq!(store.enrolled_serial(host)?, Some("bb".into()));
@@ -877,6 +1105,86 @@ mod tests {
         assert_eq!(store.enrolled_host("aa")?, None);
         Ok(())
     }
+
+    /// A renewal keeps the caller's certificate valid until the new one is used (its answer
+    /// may be lost); a renewal never taken up is revoked by the next one; an enrollment with
+    /// a token revokes both a host's certificates.
+    #[test]
+    fn a_renewal_revokes_the_old_certificate_when_the_new_one_is_first_used(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("runs.sqlite"))?;
+        let host: std::net::IpAddr = "10.0.0.1".parse()?;
+        store.record_enrollment(host, &issued("a1", 100), SUPERSEDED_FOR_TEST)?;
+        // Renewed into b2; the answer is lost, the agent still holds a1.
+        assert_eq!(
+            store.record_renewal(host, &issued("a1", 100), &issued("b2", 200))?,
+            vec![]
+        );
+        assert_eq!(
+            store.take_up(host, "a1")?,
+            None,
+            "the old one is not the new one"
+        );
+        assert_eq!(revoked_serials(&store)?, Vec::<String>::new());
+        // It renews again with a1: b2 was never used and goes now.
+        let gone = store.record_renewal(host, &issued("a1", 100), &issued("c3", 300))?;
+        assert_eq!(
+            gone.iter()
+                .map(|r| (r.serial.as_str(), r.reason.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("b2", NOT_TAKEN_UP)]
+        );
+        let e = store.enrollment(host)?.ok_or("no enrollment")?;
+        assert_eq!(
+            (e.serial.as_str(), e.previous.as_str(), e.renewals),
+            ("c3", "a1", 2)
+        );
+        // First use of c3 revokes a1, once.
+        let r = store.take_up(host, "c3")?.ok_or("a1 not revoked")?;
+        assert_eq!(
+            (r.serial.as_str(), r.reason.as_str(), r.not_after_unix),
+            ("a1", RENEWED, 100)
+        );
+        assert_eq!(store.take_up(host, "c3")?, None);
+        // A pending renewal and a token enrollment: both of the host's certificates go.
+        store.record_renewal(host, &issued("c3", 300), &issued("d4", 400))?;
+        let gone = store.record_enrollment(host, &issued("e5", 500), SUPERSEDED_FOR_TEST)?;
+        let mut serials: Vec<_> = gone.into_iter().map(|r| r.serial).collect();
+        serials.sort();
+        assert_eq!(serials, ["c3", "d4"]);
+        assert_eq!(store.enrollment(host)?.map(|e| e.renewals), Some(0));
+        Ok(())
+    }
+
+    #[test]
+    fn revocations_of_long_expired_certificates_are_pruned_unknown_expiries_stay(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("runs.sqlite"))?;
+        let now = 10 * REVOCATION_AFTER_EXPIRY_SECS;
+        for (serial, not_after_unix) in [
+            ("expired-long-ago", now - REVOCATION_AFTER_EXPIRY_SECS - 1),
+            ("expired-just-now", now - 1),
+            ("valid", now + 100),
+            ("unknown", 0),
+        ] {
+            store.revoke(&Revocation {
+                serial: serial.into(),
+                subject: String::new(),
+                reason: "test".into(),
+                revoked_unix: 1,
+                not_after_unix,
+            })?;
+        }
+        assert_eq!(store.prune_revocations(now)?, 1);
+        let mut left = revoked_serials(&store)?;
+        left.sort();
+        assert_eq!(left, ["expired-just-now", "unknown", "valid"]);
+        Ok(())
+    }
+
+    const SUPERSEDED_FOR_TEST: &str = "superseded by a new enrollment";
 
     /// A store written before the deny list existed opens and gains it, runs intact.
     #[test]
