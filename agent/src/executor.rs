@@ -128,6 +128,7 @@ pub struct Counters {
     journal_answers: AtomicU64,
     sessions: AtomicU64,
     connect_failures: AtomicU64,
+    renewals: AtomicU64,
 }
 
 impl Counters {
@@ -138,6 +139,7 @@ impl Counters {
             journal_answers: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            renewals: AtomicU64::new(0),
         }
     }
 
@@ -165,6 +167,11 @@ impl Counters {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The agent renewed its certificate.
+    pub fn renewed(&self) {
+        self.renewals.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn report(&self) -> pb::AgentCounters {
         let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         pb::AgentCounters {
@@ -175,6 +182,7 @@ impl Counters {
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             journal_bytes: 0,
             cert_not_after_unix: 0,
+            cert_renewals: self.renewals.load(Ordering::Relaxed),
         }
     }
 }

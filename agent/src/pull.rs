@@ -2,6 +2,12 @@
 //! each task it is handed through the executor and reports it, then polls again; when the
 //! session ends for any reason it reconnects with exponential backoff and jitter. SIGTERM
 //! ends the loop between tasks (a running task finishes and is reported first).
+//!
+//! The loop also renews the agent's certificate, at 60–75 % of its lifetime: between tasks it
+//! closes the session, asks the coordinator to sign a CSR made with a new key (the call
+//! authenticated by the current certificate), writes the new pair, and opens the next session
+//! with it. A certificate that expired (the coordinator was away too long) cannot renew; the
+//! agent says how to recover, and uses the certificate `quorum-agent enroll` writes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +29,64 @@ const POLL_DEADLINE: Duration = Duration::from_secs(75);
 
 /// How long a stopping agent waits for the coordinator to take its last reports.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a renewal call may take.
+const RENEW_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why a session ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The agent is stopping.
+    Stopped,
+    /// The certificate is due for renewal.
+    Renew,
+}
+
+/// When to renew a certificate valid from `not_before` to `not_after` (Unix seconds): at a
+/// random point between 60 % and 75 % of its lifetime, so a fleet enrolled together does
+/// not renew together; one already past that point renews within a minute (a fleet coming
+/// back from a coordinator outage spreads over that minute).
+pub fn renewal_time(validity: Option<(i64, i64)>, now_unix: f64) -> Duration {
+    let Some((nb, na)) = validity.filter(|(nb, na)| na > nb) else {
+        return Duration::from_secs(365 * 86_400);
+    };
+    let lifetime = (na - nb) as f64;
+    let at = nb as f64 + lifetime * rand::random_range(0.60..0.75);
+    if at > now_unix {
+        Duration::from_secs_f64(at - now_unix)
+    } else {
+        let spread = (lifetime * 0.05).clamp(1.0, 60.0);
+        Duration::from_secs_f64(rand::random_range(0.0..spread))
+    }
+}
+
+/// How long to wait before trying a failed renewal again: a tenth of what is left of the
+/// certificate's life, at least `floor` and at most `cap`.
+fn renewal_retry(validity: Option<(i64, i64)>, floor: Duration, cap: Duration) -> Duration {
+    let left = validity
+        .map_or(0, |(_, na)| na - quorum_proto::tls::unix_now())
+        .max(0);
+    Duration::from_secs((left / 10) as u64).clamp(floor, cap)
+}
+
+fn now_unix_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// When the certificate of `tls` expired, if it has.
+fn expired_at(tls: &TlsMaterial) -> Option<i64> {
+    let (_, na) = tls.validity()?;
+    (quorum_proto::tls::unix_now() > na).then_some(na)
+}
+
+fn utc(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("{unix} (Unix time)"))
+}
 
 /// Exponential backoff with full jitter, so a fleet reconnecting after a coordinator
 /// restart does not arrive in one wave.
@@ -62,12 +126,20 @@ impl Backoff {
 /// start-up (the loop itself retries until stopped).
 pub async fn run_from_config(path: &Path) -> anyhow::Result<Exit> {
     let cfg = Arc::new(AgentConfig::load(path)?);
-    let tls = TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key).map_err(|e| {
+    if let Some(done) = crate::enroll::finish_identity(&cfg.tls.cert, &cfg.tls.key) {
+        tracing::warn!("{done}");
+    }
+    // An expired certificate still starts the agent: it says how to recover and waits for
+    // the certificate `quorum-agent enroll` writes.
+    let tls = TlsMaterial::read(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key).map_err(|e| {
         BadInput(format!(
             "{e} (a new host gets its certificate with `quorum-agent enroll`)"
         ))
     })?;
     let trust_domain = check_own_identity(&cfg, &tls)?;
+    if let Err(e) = quorum_proto::tls::check_validity(&cfg.tls.cert, &tls.cert_pem) {
+        tracing::error!("{e}; {}", recovery_hint(&cfg));
+    }
     let executor = Executor::new(cfg.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -102,6 +174,14 @@ fn check_own_identity(cfg: &AgentConfig, tls: &TlsMaterial) -> Result<String, Ba
     }
 }
 
+/// What to do about an expired certificate, said where the agent notices it.
+fn recovery_hint(cfg: &AgentConfig) -> String {
+    format!(
+        "the coordinator refuses an expired certificate and it cannot renew itself: on the admin node mint a token with `quorum pki token --host {ip}`, then run `quorum-agent enroll --token-file FILE` here; this running agent uses the new certificate by itself",
+        ip = cfg.host_ip
+    )
+}
+
 /// The loop itself; returns when `stop` turns true.
 pub async fn run(
     cfg: Arc<AgentConfig>,
@@ -117,44 +197,113 @@ pub async fn run(
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
         connected: false,
     };
+    let mut renew_at = tokio::time::Instant::now() + renewal_time(tls.validity(), now_unix_f64());
     tracing::info!(coordinator = %cfg.coordinator, agent = %puller.agent_id, "agent starting");
     while !*stop.borrow() {
-        let Err(status) = puller.session(&mut stop).await else {
-            break;
+        // A certificate written meanwhile (`quorum-agent enroll` after an expiry or a
+        // revocation) replaces the one in use.
+        if let Some(client) = renewed_client(&cfg, &mut tls, trust_domain) {
+            puller.client = client;
+            puller.backoff.reset();
+            renew_at = tokio::time::Instant::now() + renewal_time(tls.validity(), now_unix_f64());
+        }
+        if tokio::time::Instant::now() >= renew_at && expired_at(&tls).is_some() {
+            // Nothing renews an expired certificate; a new one from `quorum-agent enroll`
+            // (picked up above) sets the next renewal.
+            renew_at = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
+        }
+        if tokio::time::Instant::now() >= renew_at {
+            renew_at = match renew(&cfg, &tls, &mut puller.client).await {
+                Ok(fresh) => match client_for(&cfg, &fresh, trust_domain) {
+                    Ok(client) => {
+                        let (_, not_after) = fresh.validity().unwrap_or_default();
+                        tracing::info!(
+                            cert = %cfg.tls.cert.display(),
+                            valid_until = %utc(not_after),
+                            "renewed this agent's certificate (new key); the next session uses it"
+                        );
+                        puller.client = client;
+                        puller.executor.counters.renewed();
+                        tls = fresh;
+                        tokio::time::Instant::now() + renewal_time(tls.validity(), now_unix_f64())
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "the renewed certificate is written but cannot be used: {e}"
+                        );
+                        tokio::time::Instant::now()
+                            + renewal_retry(
+                                tls.validity(),
+                                Duration::from_secs(1),
+                                Duration::from_secs(300),
+                            )
+                    }
+                },
+                Err(failure) => {
+                    let retry = if failure.coordinator_cannot {
+                        renewal_retry(
+                            tls.validity(),
+                            Duration::from_secs(60),
+                            Duration::from_secs(3600),
+                        )
+                    } else {
+                        renewal_retry(
+                            tls.validity(),
+                            Duration::from_secs(1),
+                            Duration::from_secs(300),
+                        )
+                    };
+                    let (_, not_after) = tls.validity().unwrap_or_default();
+                    tracing::warn!(
+                        "cannot renew this agent's certificate (valid until {}): {}; the current one stays in use, trying again in {retry:?}",
+                        utc(not_after),
+                        failure.why
+                    );
+                    tokio::time::Instant::now() + retry
+                }
+            };
+        }
+        let status = match puller.session(&mut stop, &mut renew_at).await {
+            Ok(Ended::Stopped) => break,
+            Ok(Ended::Renew) => continue,
+            Err(status) => status,
         };
         if !puller.connected {
             puller.executor.counters.connect_failed();
         }
         puller.connected = false;
-        // Refused: perhaps the host enrolled again (which revokes the certificate this loop
-        // was started with) and a new certificate is on disk. Use it, without a restart.
-        if matches!(
-            status.code(),
-            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-        ) {
-            if let Some(client) = renewed_client(&cfg, &mut tls, trust_domain) {
-                puller.client = client;
-                puller.backoff.reset();
-            }
-        }
         let delay = puller.backoff.next_delay();
-        match (quorum_proto::tls::not_coordinator(&status), status.code()) {
-            (Some(refused), _) => {
-                tracing::error!("refusing the server: {refused}; retrying in {delay:?}")
+        if let Some(at) = expired_at(&tls) {
+            tracing::error!(
+                "this agent's certificate {} expired at {}: {}; retrying in {delay:?}",
+                cfg.tls.cert.display(),
+                utc(at),
+                recovery_hint(&cfg)
+            );
+        } else {
+            match (quorum_proto::tls::not_coordinator(&status), status.code()) {
+                (Some(refused), _) => {
+                    tracing::error!("refusing the server: {refused}; retrying in {delay:?}")
+                }
+                (None, _) if quorum_proto::tls::server_cert_expired(&status) => tracing::error!(
+                    "refusing the server at {}: {}; retrying in {delay:?}",
+                    cfg.coordinator,
+                    quorum_proto::tls::COORDINATOR_CERT_EXPIRED
+                ),
+                (None, tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => tracing::error!(
+                    "the coordinator refused this agent: {}; retrying in {delay:?}",
+                    status.message()
+                ),
+                (None, tonic::Code::Unimplemented) => tracing::error!(
+                    "the coordinator does not offer the session call ({}); it is older than this agent: upgrade quorum on the coordinator host first; retrying in {delay:?}",
+                    status.message()
+                ),
+                (None, _) => tracing::warn!(
+                    "session with the coordinator ended ({:?}: {}); retrying in {delay:?}",
+                    status.code(),
+                    status.message()
+                ),
             }
-            (None, tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => tracing::error!(
-                "the coordinator refused this agent: {}; retrying in {delay:?}",
-                status.message()
-            ),
-            (None, tonic::Code::Unimplemented) => tracing::error!(
-                "the coordinator does not offer the session call ({}); it is older than this agent: upgrade quorum on the coordinator host first; retrying in {delay:?}",
-                status.message()
-            ),
-            (None, _) => tracing::warn!(
-                "session with the coordinator ended ({:?}: {}); retrying in {delay:?}",
-                status.code(),
-                status.message()
-            ),
         }
         tokio::select! {
             _ = stop.changed() => break,
@@ -162,6 +311,80 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// A renewal that did not happen.
+struct RenewFailure {
+    why: String,
+    /// The coordinator cannot renew at all (too old, or no CA key): try again less often.
+    coordinator_cannot: bool,
+}
+
+impl RenewFailure {
+    fn new(why: impl std::fmt::Display) -> Self {
+        Self {
+            why: why.to_string(),
+            coordinator_cannot: false,
+        }
+    }
+}
+
+/// Renews the certificate of `tls`: a new key and CSR made here, signed by the coordinator
+/// over a call authenticated by the current certificate; the new pair is checked (this
+/// host's, valid now, the key's) and written in place of the old. Returns it.
+async fn renew(
+    cfg: &AgentConfig,
+    tls: &TlsMaterial,
+    client: &mut AgentServiceClient<Channel>,
+) -> Result<TlsMaterial, RenewFailure> {
+    // Only the certificate this loop holds is replaced: one written meanwhile is newer.
+    if std::fs::read(&cfg.tls.cert).ok().as_deref() != Some(tls.cert_pem.as_slice()) {
+        return Err(RenewFailure::new(format!(
+            "{} changed on disk since it was loaded",
+            cfg.tls.cert.display()
+        )));
+    }
+    let (key_pem, csr_pem) = crate::enroll::make_csr(cfg.host_ip).map_err(RenewFailure::new)?;
+    let answer = tokio::time::timeout(RENEW_DEADLINE, client.renew(pb::RenewRequest { csr_pem }))
+        .await
+        .map_err(|_| RenewFailure::new(format!("no answer in {RENEW_DEADLINE:?}")))?;
+    let resp = match answer {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let coordinator_cannot = matches!(
+                status.code(),
+                tonic::Code::Unimplemented | tonic::Code::FailedPrecondition
+            );
+            let why = if status.code() == tonic::Code::Unimplemented {
+                "the coordinator is older than this agent and does not renew certificates: upgrade quorum on the coordinator host".to_string()
+            } else {
+                format!(
+                    "the coordinator refused ({:?}): {}",
+                    status.code(),
+                    status.message()
+                )
+            };
+            return Err(RenewFailure {
+                why,
+                coordinator_cannot,
+            });
+        }
+    };
+    let fresh = TlsMaterial {
+        ca_pem: tls.ca_pem.clone(),
+        cert_pem: resp.cert_pem.into_bytes(),
+        key_pem: key_pem.into_bytes(),
+    };
+    check_own_identity(cfg, &fresh).map_err(|e| {
+        RenewFailure::new(format!(
+            "the coordinator answered with a certificate that is not this host's: {e}"
+        ))
+    })?;
+    quorum_proto::tls::check_validity(&cfg.tls.cert, &fresh.cert_pem).map_err(RenewFailure::new)?;
+    quorum_proto::tls::certified_key(&fresh.cert_pem, &fresh.key_pem).map_err(RenewFailure::new)?;
+    crate::enroll::write_identity(&cfg.tls.cert, &cfg.tls.key, &fresh.cert_pem, &fresh.key_pem)
+        .map_err(|e| RenewFailure::new(format!("{e}; the previous certificate stays in use")))?;
+    Ok(fresh)
 }
 
 /// A client of the coordinator that presents `tls`. The server must prove it is the
@@ -248,7 +471,11 @@ struct Puller {
 impl Puller {
     /// One `Session` stream: poll, run each task handed out, report it, poll again. Returns
     /// Ok when `stop` turns true (between tasks) and the reason when the session ends.
-    async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), tonic::Status> {
+    async fn session(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+        renew_at: &mut tokio::time::Instant,
+    ) -> Result<Ended, tonic::Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let gone = || tonic::Status::unavailable("the session closed while the agent was sending");
         let facts = self.executor.facts().await;
@@ -257,16 +484,37 @@ impl Puller {
             .client
             .session(tokio_stream::wrappers::ReceiverStream::new(rx));
         let mut inbound = tokio::select! {
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return Ok(Ended::Stopped),
             r = call => r?.into_inner(),
         };
         loop {
+            // Due for renewal while waiting for work: end the session (tasks handed out in
+            // that moment go back to the coordinator's queue, and come on the next one).
             let answer = tokio::select! {
-                _ = stop.changed() => return close(tx, inbound).await,
+                _ = stop.changed() => return close(tx, inbound).await.map(|()| Ended::Stopped),
+                _ = tokio::time::sleep_until(*renew_at) => {
+                    return close(tx, inbound).await.map(|()| Ended::Renew)
+                }
                 r = tokio::time::timeout(POLL_DEADLINE, inbound.message()) => r,
             };
             let tasks = match answer {
-                Ok(Ok(Some(resp))) => resp.tasks,
+                Ok(Ok(Some(resp))) => {
+                    if resp.renew_within_secs > 0 {
+                        // The coordinator wants a shorter-lived certificate than this one.
+                        let within = Duration::from_secs(u64::from(resp.renew_within_secs));
+                        let at = tokio::time::Instant::now()
+                            + Duration::from_secs_f64(rand::random_range(
+                                0.0..within.as_secs_f64(),
+                            ));
+                        if at < *renew_at {
+                            tracing::info!(
+                                "the coordinator asks for a certificate of its shorter lifetime: renewing within {within:?}"
+                            );
+                            *renew_at = at;
+                        }
+                    }
+                    resp.tasks
+                }
                 Ok(Ok(None)) => {
                     return Err(tonic::Status::unavailable(
                         "the coordinator ended the session",
@@ -303,8 +551,12 @@ impl Puller {
                     .await
                     .map_err(|_| gone())?;
                 if *stop.borrow() {
-                    return close(tx, inbound).await;
+                    return close(tx, inbound).await.map(|()| Ended::Stopped);
                 }
+            }
+            // Between tasks is where a renewal may end the session: nothing runs now.
+            if tokio::time::Instant::now() >= *renew_at {
+                return close(tx, inbound).await.map(|()| Ended::Renew);
             }
             // After reports the coordinator has facts milliseconds old; computing them again
             // (service status commands, file hashes) would double the agent's share of
@@ -348,5 +600,38 @@ mod tests {
         );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn renewal_falls_between_60_and_75_percent_of_the_lifetime() {
+        // Valid from 1000 to 2000, looked at when issued.
+        for _ in 0..200 {
+            let at = 1000.0 + renewal_time(Some((1000, 2000)), 1000.0).as_secs_f64();
+            assert!((1600.0..1750.0).contains(&at), "renews at {at}");
+        }
+        // Past the window (a coordinator outage): within a minute, spread.
+        let late: Vec<f64> = (0..200)
+            .map(|_| renewal_time(Some((0, 100_000)), 90_000.0).as_secs_f64())
+            .collect();
+        assert!(late.iter().all(|d| (0.0..60.0).contains(d)), "{late:?}");
+        assert!(late.iter().any(|d| *d > 1.0), "not spread: {late:?}");
+        // Short lifetimes spread over 5 % of them.
+        assert!(renewal_time(Some((0, 40)), 35.0) <= Duration::from_secs(2));
+        // Unreadable validity: nothing to schedule soon.
+        assert!(renewal_time(None, 0.0) > Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn a_failed_renewal_is_retried_sooner_as_expiry_nears() {
+        let now = quorum_proto::tls::unix_now();
+        let floor = Duration::from_secs(1);
+        let cap = Duration::from_secs(300);
+        assert_eq!(
+            renewal_retry(Some((0, now + 20)), floor, cap),
+            Duration::from_secs(2)
+        );
+        assert_eq!(renewal_retry(Some((0, now + 86_400)), floor, cap), cap);
+        assert_eq!(renewal_retry(Some((0, now - 5)), floor, cap), floor);
+        assert_eq!(renewal_retry(None, floor, cap), floor);
     }
 }
