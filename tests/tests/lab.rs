@@ -1132,3 +1132,94 @@ fn monitoring_registers_on_a_pigsty_v4_infra_node_and_leaves_on_deregistration()
     assert_eq!(f.unit_state(infra, "quorum-agent")?, "active");
     Ok(())
 }
+
+/// Certificate lifetimes under the packaged units: an agent enrolled on the packaged 90-day
+/// lifetime is asked to renew once the coordinator's `agent_cert_ttl` is shortened, and then
+/// renews by itself again and again, writing its new certificate and key to /etc/quorum under
+/// the unit's sandbox, without a restart. A coordinator certificate replaced on disk with `pki
+/// issue --force` is presented without a restart of quorum.service.
+#[test]
+fn agents_renew_under_their_unit_and_the_coordinator_takes_a_new_certificate_from_disk(
+) -> Result<()> {
+    let _one = lock();
+    let f = Fleet::new(&[11], None)?;
+    let (admin, host) = (f.admin, f.hosts[0]);
+    let serial = |ip: IpAddr, path: &str| -> Result<String> {
+        Ok(f.lab
+            .sh_ok(
+                ip,
+                &format!("openssl x509 -noout -serial -in {path} 2>/dev/null || sha256sum {path}"),
+            )?
+            .stdout
+            .trim()
+            .to_string())
+    };
+    let enrolled = serial(host, "/etc/quorum/agent.crt")?;
+    let agent_pid = f.main_pid(host, "quorum-agent")?;
+    f.lab.sh_ok(
+        admin,
+        "echo 'agent_cert_ttl: 30s' >> /etc/quorum/coordinator.yml && systemctl restart quorum.service",
+    )?;
+    f.wait_listening()?;
+    f.wait_agent(host)?;
+    let renewals = || -> usize {
+        f.lab
+            .journal(host, "quorum-agent", 400)
+            .matches("renewed this agent's certificate")
+            .count()
+    };
+    // Asked at once (its 90-day certificate outlives 30 s by far), then every ~20 s.
+    wait_for(
+        "three renewals under the unit",
+        Duration::from_secs(120),
+        || (renewals() >= 3).then_some(()),
+    )
+    .with_context(|| f.lab.journal(host, "quorum-agent", 60))?;
+    assert_ne!(serial(host, "/etc/quorum/agent.crt")?, enrolled);
+    let stat = f.lab.sh_ok(
+        host,
+        "stat -c '%U %a' /etc/quorum/agent.key /etc/quorum/agent.crt",
+    )?;
+    assert_eq!(
+        stat.stdout.lines().collect::<Vec<_>>(),
+        vec!["root 600", "root 644"],
+        "{stat:?}"
+    );
+    assert_eq!(
+        f.main_pid(host, "quorum-agent")?,
+        agent_pid,
+        "the agent restarted"
+    );
+    let journal = f.lab.journal(host, "quorum-agent", 400);
+    assert!(!journal.contains("cannot renew"), "{journal}");
+    f.wait_agent(host)?;
+
+    // The coordinator's certificate, replaced on disk.
+    let coordinator_pid = f.main_pid(admin, "quorum")?;
+    let before = serial(admin, "/etc/quorum/coordinator.crt")?;
+    f.lab.sh_ok(
+        admin,
+        &format!(
+            "quorum pki issue coordinator --ip {admin} --dir {} --out /etc/quorum --force",
+            f.ca_dir()
+        ),
+    )?;
+    assert_ne!(serial(admin, "/etc/quorum/coordinator.crt")?, before);
+    wait_for(
+        "the coordinator to take its new certificate",
+        Duration::from_secs(30),
+        || {
+            f.lab
+                .journal(admin, "quorum", 200)
+                .contains("the coordinator's certificate changed on disk")
+                .then_some(())
+        },
+    )?;
+    assert_eq!(
+        f.main_pid(admin, "quorum")?,
+        coordinator_pid,
+        "quorum.service restarted"
+    );
+    f.wait_agent(host)?;
+    Ok(())
+}
