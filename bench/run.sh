@@ -14,6 +14,10 @@
 #      the leader last, until it serves a linearizable read; summed)
 #   5. CPU profiles (perf record) of the coordinator during a fan-out and of the agent during
 #      a dispatch loop, from an unstripped build of the same code; reports in bench/out/
+#   6. certificate renewal: for each N in RENEW, N simulated agents renew once each, all at
+#      once (Renew, then a new connection and session on the new certificate, which revokes
+#      the old one): the coordinator's CPU and memory per renewal cycle of the fleet, and the
+#      deny list and CRL it leaves
 #
 # Settings (environment):
 #   FLEET="1000 5000 10000"  fleet sizes          DISPATCHES=1000   timed round trips
@@ -23,6 +27,7 @@
 #   SOP_ROUNDS=5             floor + SOP pairs in step 4
 #   KEEP=1                   keep the temp dir (configs, logs) instead of removing it
 #   PROTOCOL=session         the simulated agents' calls; `unary` plays 0.1 agents (Poll+Report)
+#   RENEW="10000"            fleet sizes of step 6 (empty skips it)
 #
 # Needs: etcd and start-stop-daemon (Debian's etcd-server, dpkg), perf for step 5
 # (linux-perf; skipped with a note when it does not work). Every process it starts is killed
@@ -33,6 +38,7 @@ ROOT=$PWD
 START=$(date +%s)
 
 FLEET=${FLEET-1000 5000 10000}
+RENEW=${RENEW-10000}
 PROTOCOL=${PROTOCOL:-session}
 DISPATCHES=${DISPATCHES:-1000}
 AGENT_IDLE_SECS=${AGENT_IDLE_SECS:-60}
@@ -58,7 +64,7 @@ done
 # 10,000 agents are 10,000 sockets in the coordinator and as many in the load generator
 # (each a process of its own, so each needs the largest N plus some spare).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-biggest=$(printf '%s\n' $FLEET "$PROFILE_FLEET" | sort -n | tail -1)
+biggest=$(printf '%s\n' $FLEET $RENEW "$PROFILE_FLEET" | sort -n | tail -1)
 [ "$(ulimit -n)" -ge $((biggest + 1000)) ] \
   || die "open files limit $(ulimit -n) is too low for $biggest agents; raise the hard limit (ulimit -Hn) to $((biggest + 1000))"
 
@@ -297,6 +303,16 @@ for n in $FLEET; do
   $L fleet --coordinator "$COORD_URL" "${ADMIN_ARGS[@]}" --ca-key "$CAKEY" --agents "$n" \
     --coordinator-pid "$COORD_PID" --idle-secs "$FLEET_IDLE_SECS" --protocol "$PROTOCOL" \
     --out "$RES" >&2
+  stop_pid "$COORD_PID"
+done
+
+# ---------------------------------------------------------------- 6: renewals
+put renew.list "$RENEW"
+for n in $RENEW; do
+  say "6. $n simulated agents renew their certificates once, against a fresh coordinator"
+  start_coordinator "renew-$n" "$Q"
+  $L renew --coordinator "$COORD_URL" "${ADMIN_ARGS[@]}" --ca-key "$CAKEY" --agents "$n" \
+    --coordinator-pid "$COORD_PID" --state-dir "$D/renew-$n-state" --out "$RES" >&2
   stop_pid "$COORD_PID"
 done
 

@@ -12,6 +12,8 @@
 //! - `floor`: the physical floor of a rolling restart (the members' own restarts, leader
 //!   last, until each serves a linearizable read).
 //! - `sop`: a rolling restart against that floor, and its step timings.
+//! - `renew`: N simulated agents renew their certificates once, as quorum-agent does: the
+//!   coordinator's CPU and memory for a whole fleet's renewal cycle, and the deny list left.
 //! - `table`: the results as one Markdown table.
 
 #![warn(missing_docs)]
@@ -23,6 +25,7 @@ mod fleet;
 mod floor;
 mod perf;
 mod procfs;
+mod renew;
 mod results;
 mod sim;
 mod sop;
@@ -218,6 +221,39 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// N simulated agents renew their certificates once each (Renew, then a session on the
+    /// new certificate): one renewal cycle of the whole fleet at once.
+    Renew {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The CA key, to sign the simulated agents' first certificates.
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// Trust domain of the role URIs.
+        #[arg(long, default_value = "pigsty")]
+        trust_domain: String,
+        /// How many agents.
+        #[arg(long)]
+        agents: usize,
+        /// The coordinator's pid (read from /proc).
+        #[arg(long)]
+        coordinator_pid: u32,
+        /// The coordinator's state dir (its store is sized before and after).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// First simulated host address.
+        #[arg(long, default_value = "127.2.0.1")]
+        ip_base: Ipv4Addr,
+        /// Renewals (and connections) in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Key prefix in the results file (default renew.<N>).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// The results file to append to.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the results as one Markdown table.
     Table {
         /// The results file.
@@ -342,6 +378,32 @@ async fn run(cli: Cli) -> Result<()> {
                 key: read(&key)?,
             };
             floor::run(members, tls, &prefix, &Results::new(&out)).await
+        }
+        Command::Renew {
+            admin,
+            ca_key,
+            trust_domain,
+            agents,
+            coordinator_pid,
+            state_dir,
+            ip_base,
+            concurrency,
+            prefix,
+            out,
+        } => {
+            let args = renew::RenewArgs {
+                ca_cert: admin.ca_cert.clone(),
+                admin: admin.load()?,
+                ca_key,
+                trust_domain,
+                agents,
+                ip_base,
+                concurrency,
+                coordinator_pid,
+                state_dir,
+                prefix: prefix.unwrap_or_else(|| format!("renew.{agents}")),
+            };
+            renew::run(args, &Results::new(&out)).await
         }
         Command::Table { results } => {
             print!("{}", table::render(&Results::load(&results)?));

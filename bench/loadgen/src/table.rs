@@ -248,6 +248,66 @@ pub fn render(r: &BTreeMap<String, String>) -> String {
         );
     }
 
+    let renewals: Vec<String> = t
+        .get("renew.list")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    for n in &renewals {
+        let k = |s: &str| format!("renew.{n}.{s}");
+        let area = format!("6 renewal N={n}");
+        let round = format!(
+            "{} ({} a second, {} in flight; {} errors)",
+            t.val(&k("wall_s"), "s"),
+            t.val(&k("per_s"), ""),
+            t.val(&k("concurrency"), ""),
+            t.val(&k("errors"), ""),
+        );
+        t.row(
+            &area,
+            "every agent renews once, all at once",
+            round,
+            "",
+            String::new(),
+        );
+        let cpu = format!(
+            "{} per renewal ({} for all; loadgen {})",
+            t.val(&k("coord_cpu_per_renewal_ms"), "ms"),
+            t.val(&k("coord_cpu_ms"), "ms"),
+            t.val(&k("loadgen_cpu_ms"), "ms"),
+        );
+        t.row(
+            &area,
+            "coordinator CPU (sign, store, new connection, session)",
+            cpu,
+            "",
+            String::new(),
+        );
+        let lat = format!(
+            "{} / {} ms; new connection + session {} / {} ms",
+            t.val(&k("renew_p50_ms"), ""),
+            t.val(&k("renew_p99_ms"), ""),
+            t.val(&k("take_up_p50_ms"), ""),
+            t.val(&k("take_up_p99_ms"), ""),
+        );
+        t.row(&area, "`Renew` call p50 / p99", lat, "", String::new());
+        let mem = format!(
+            "{} before, {} after; store +{}",
+            t.val(&k("coord_rss_before_mib"), "MiB"),
+            t.val(&k("coord_rss_after_mib"), "MiB"),
+            t.val(&k("store_growth_kib"), "KiB"),
+        );
+        t.row(&area, "coordinator VmRSS", mem, "", String::new());
+        let deny = format!(
+            "{} serials; CRL {} exported in {}",
+            t.val(&k("revoked"), ""),
+            t.val(&k("crl_kib"), "KiB"),
+            t.val(&k("crl_ms"), "ms"),
+        );
+        t.row(&area, "deny list after the round", deny, "", String::new());
+    }
+
     let members: Vec<String> = r
         .iter()
         .filter_map(|(key, v)| {
