@@ -196,6 +196,7 @@ pub async fn run(
         executor,
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
         connected: false,
+        renewal_failing: false,
     };
     let mut renew_at = tokio::time::Instant::now() + renewal_time(tls.validity(), now_unix_f64());
     tracing::info!(coordinator = %cfg.coordinator, agent = %puller.agent_id, "agent starting");
@@ -224,6 +225,7 @@ pub async fn run(
                         );
                         puller.client = client;
                         puller.executor.counters.renewed();
+                        puller.renewal_failing = false;
                         tls = fresh;
                         tokio::time::Instant::now() + renewal_time(tls.validity(), now_unix_f64())
                     }
@@ -240,6 +242,8 @@ pub async fn run(
                     }
                 },
                 Err(failure) => {
+                    // The retry below paces the next attempt, not the coordinator's asking.
+                    puller.renewal_failing = true;
                     let retry = if failure.coordinator_cannot {
                         renewal_retry(
                             tls.validity(),
@@ -383,7 +387,7 @@ async fn renew(
     quorum_proto::tls::check_validity(&cfg.tls.cert, &fresh.cert_pem).map_err(RenewFailure::new)?;
     quorum_proto::tls::certified_key(&fresh.cert_pem, &fresh.key_pem).map_err(RenewFailure::new)?;
     crate::enroll::write_identity(&cfg.tls.cert, &cfg.tls.key, &fresh.cert_pem, &fresh.key_pem)
-        .map_err(|e| RenewFailure::new(format!("{e}; the previous certificate stays in use")))?;
+        .map_err(RenewFailure::new)?;
     Ok(fresh)
 }
 
@@ -466,6 +470,8 @@ struct Puller {
     executor: Executor,
     backoff: Backoff,
     connected: bool,
+    /// The last renewal failed: its retry time stands, whatever the coordinator asks.
+    renewal_failing: bool,
 }
 
 impl Puller {
@@ -499,7 +505,7 @@ impl Puller {
             };
             let tasks = match answer {
                 Ok(Ok(Some(resp))) => {
-                    if resp.renew_within_secs > 0 {
+                    if resp.renew_within_secs > 0 && !self.renewal_failing {
                         // The coordinator wants a shorter-lived certificate than this one.
                         let within = Duration::from_secs(u64::from(resp.renew_within_secs));
                         let at = tokio::time::Instant::now()

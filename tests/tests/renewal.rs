@@ -120,6 +120,10 @@ async fn agents_renew_again_and_again_while_rolling_reloads_run() -> Result<()> 
         .iter()
         .map(|ip| serial_of(&w.dir.path().join(format!("agent-{ip}/agent.crt"))))
         .collect::<Result<_>>()?;
+    let key_of = |w: &World, ip: &str| {
+        std::fs::read(w.dir.path().join(format!("agent-{ip}/agent.key"))).unwrap_or_default()
+    };
+    let first_keys: Vec<Vec<u8>> = IPS.iter().map(|ip| key_of(&w, ip)).collect();
     w.start_coordinator()?;
     fleet.start_agents(&mut w)?;
     let out = w.admin(&["cluster", "create", "--yes"])?;
@@ -161,12 +165,11 @@ async fn agents_renew_again_and_again_while_rolling_reloads_run() -> Result<()> 
     eprintln!("renewal: {runs} reloads until every agent had renewed during one");
 
     // Several cycles each, with no operator action.
-    let mut renewed_serials = Vec::new();
     for (i, ip) in IPS.iter().enumerate() {
         wait_for(
-            &format!("agent {ip} to renew twice"),
-            Duration::from_secs(90),
-            || (renewals(&mut w, ip) >= 2).then_some(()),
+            &format!("agent {ip} to renew three times"),
+            Duration::from_secs(120),
+            || (renewals(&mut w, ip) >= 3).then_some(()),
         )?;
         let crt = w.dir.path().join(format!("agent-{ip}/agent.crt"));
         let serial = serial_of(&crt)?;
@@ -174,10 +177,15 @@ async fn agents_renew_again_and_again_while_rolling_reloads_run() -> Result<()> 
             serial, first_serials[i],
             "{ip} still has its first certificate"
         );
-        renewed_serials.push(serial);
-        // The key on the host is new too (not the one the first certificate was issued for).
-        let key = std::fs::read_to_string(w.dir.path().join(format!("agent-{ip}/agent.key")))?;
-        assert!(key.contains("PRIVATE KEY"), "{key}");
+        // The key on the host is new too (made there for the renewal), and private.
+        let key = key_of(&w, ip);
+        assert!(
+            !key.is_empty() && key != first_keys[i],
+            "{ip} kept its first key"
+        );
+        let mode = std::fs::metadata(w.dir.path().join(format!("agent-{ip}/agent.key")))
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)?;
+        assert_eq!(mode, 0o600, "{ip}'s key");
     }
     // The coordinator lists each agent on its current certificate, with its renewals, and
     // the agent's own count agrees.
@@ -191,7 +199,7 @@ async fn agents_renew_again_and_again_while_rolling_reloads_run() -> Result<()> 
                     agents.iter().any(|a| {
                         a["agent_id"] == *ip
                             && a["state"] != "stale"
-                            && a["cert_renewals"].as_u64().unwrap_or(0) >= 2
+                            && a["cert_renewals"].as_u64().unwrap_or(0) >= 3
                             && a["facts"]["counters"]["cert_not_after_unix"].as_i64() > Some(0)
                     })
                 })
@@ -522,5 +530,65 @@ fn an_agent_on_a_long_lived_certificate_moves_to_the_short_lifetime_by_itself() 
         Duration::from_secs(30),
         || crl_serials(&w).ok()?.contains(&long).then_some(()),
     )?;
+    Ok(())
+}
+
+/// A renewal that cannot be written (here: the staging path of the new key is taken by a
+/// directory) fails, says why, and is retried at its own pace (a tenth of the remaining
+/// lifetime, at most 5 minutes) even though the coordinator keeps asking on every session;
+/// the agent stays connected on its current certificate meanwhile.
+#[test]
+fn a_renewal_that_cannot_be_written_is_retried_at_its_pace_and_the_agent_keeps_working(
+) -> Result<()> {
+    let mut w = World::new()?;
+    // Short holds: a session's first answer (where the coordinator asks) comes every 2 s.
+    w.coordinator_extra = "agent_cert_ttl: 2m\npoll_hold_secs: 2\n".into();
+    let ip = "127.0.0.17";
+    w.quorum(&[
+        "pki",
+        "issue",
+        "agent",
+        "--ip",
+        ip,
+        "--ttl",
+        "1d",
+        "--dir",
+        &w.p("ca"),
+        "--out",
+        &w.p(&format!("agent-{ip}")),
+    ])?
+    .ok()?;
+    std::fs::create_dir(w.dir.path().join(format!("agent-{ip}/agent.key.new")))?;
+    let crt = w.dir.path().join(format!("agent-{ip}/agent.crt"));
+    let serial = serial_of(&crt)?;
+    w.start_coordinator()?;
+    w.start_agent(ip, "")?;
+    let failures = |w: &mut World| {
+        w.agent(ip)
+            .map(|a| {
+                a.log_text()
+                    .matches("cannot renew this agent's certificate")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for("the renewal to fail", Duration::from_secs(60), || {
+        (failures(&mut w) >= 1).then_some(())
+    })?;
+    // Polls are answered every 2 s; the retry is 5 minutes away.
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(
+        failures(&mut w),
+        1,
+        "the renewal was retried before its time"
+    );
+    let log = w.agent(ip).map(|a| a.log_text()).unwrap_or_default();
+    assert!(
+        log.contains("agent.key.new"),
+        "the failure does not say what: {log}"
+    );
+    assert!(log.contains("trying again in 300s"), "{log}");
+    assert_eq!(serial_of(&crt)?, serial);
+    w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(10))?;
     Ok(())
 }
