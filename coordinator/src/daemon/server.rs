@@ -631,8 +631,20 @@ impl Coordinator {
                     Status::invalid_argument(format!("{ip:?} is not an IP address; name the agent by its host IP (see `quorum agents`)"))
                 })?;
                 let mut serials = Vec::new();
-                let enrolled = self.runner.store.enrolled_serial(ip).map_err(store_status)?;
-                for serial in enrolled.into_iter().chain(self.registry.cert_serial(ip)) {
+                // The host's last certificate, the one a renewal replaced if the agent has not
+                // used the new one yet (still valid until then), and its session's.
+                let enrolled = self
+                    .runner
+                    .store
+                    .enrollment(ip)
+                    .map_err(store_status)?
+                    .map(|e| [e.serial, e.previous])
+                    .unwrap_or_default();
+                for serial in enrolled
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .chain(self.registry.cert_serial(ip))
+                {
                     if !serials.contains(&serial) {
                         serials.push(serial);
                     }
@@ -1538,6 +1550,12 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     ));
     let server_tls = tls.server_config_with(identity.clone())?;
     warn_unless_coordinator(&config, &tls);
+    if config.agent_cert_ttl() > Duration::from_secs(365 * 86_400) {
+        tracing::warn!(
+            days = config.agent_cert_ttl().as_secs() / 86_400,
+            "agent certificates are signed for more than a year (agent_cert_ttl, or enroll_cert_days of an older coordinator.yml): a stolen agent key works that long; agents renew by themselves, so `agent_cert_ttl: 90d` costs nothing"
+        );
+    }
     let listen = config.listen;
     let limits = crate::daemon::listener::Limits {
         max_connections: config.max_connections,

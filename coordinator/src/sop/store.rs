@@ -702,18 +702,6 @@ impl Store {
         self.with(|c| enrollment_of(c, host))
     }
 
-    /// The serial issued to `host` at its last enrollment, if it enrolled here.
-    pub fn enrolled_serial(&self, host: std::net::IpAddr) -> Result<Option<String>, StoreError> {
-        self.with(|c| {
-            Ok(c.query_row(
-                "SELECT serial FROM enrolled WHERE host = ?1",
-                [host.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?)
-        })
-    }
-
     /// The host a serial was issued to at enrollment, if it was.
     pub fn enrolled_host(&self, serial: &str) -> Result<Option<String>, StoreError> {
         self.with(|c| {
@@ -1100,7 +1088,7 @@ mod tests {
             );
         }
         let store = Store::open(&path)?;
-        assert_eq!(store.enrolled_serial(host)?, Some("bb".into()));
+        assert_eq!(store.enrollment(host)?.map(|e| e.serial), Some("bb".into()));
         assert_eq!(store.enrolled_host("cc")?, Some("10.0.0.2".into()));
         assert_eq!(store.enrolled_host("aa")?, None);
         Ok(())
@@ -1200,7 +1188,7 @@ mod tests {
         let store = Store::open(&path)?;
         assert_eq!(store.get_run("r1")?.id, "r1");
         assert_eq!(store.revocations()?, vec![]);
-        assert_eq!(store.enrolled_serial("10.0.0.1".parse()?)?, None);
+        assert_eq!(store.enrollment("10.0.0.1".parse()?)?, None);
         Ok(())
     }
 
