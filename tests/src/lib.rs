@@ -430,17 +430,59 @@ impl World {
 
     /// Issues an agent certificate for `ip` into `agent-<ip>/`.
     pub fn issue_agent_cert(&self, ip: &str) -> Result<()> {
+        self.issue_agent_cert_for(ip, "90d")
+    }
+
+    /// Issues an agent certificate for `ip` living `ttl` (`45s`, `1d`) into `agent-<ip>/`.
+    pub fn issue_agent_cert_for(&self, ip: &str, ttl: &str) -> Result<()> {
         self.quorum(&[
             "pki",
             "issue",
             "agent",
             "--ip",
             ip,
+            "--ttl",
+            ttl,
             "--dir",
             &self.p("ca"),
             "--out",
             &self.p(&format!("agent-{ip}")),
+            "--force",
         ])?
+        .ok()?;
+        Ok(())
+    }
+
+    /// Enrolls host `ip` with a new one-time token, as an operator does: `quorum pki token`,
+    /// then `quorum-agent enroll`, writing `agent-<ip>/agent.{crt,key}`.
+    pub fn enroll_agent(&self, ip: &str) -> Result<()> {
+        let token = self
+            .quorum(&["pki", "token", "--host", ip, "--dir", &self.p("ca")])?
+            .ok()?
+            .stdout
+            .trim()
+            .to_string();
+        let dir = format!("agent-{ip}");
+        std::fs::create_dir_all(self.dir.path().join(&dir))?;
+        run(
+            "quorum-agent",
+            &[
+                "enroll",
+                "--coordinator",
+                &self.url(),
+                "--token",
+                &token,
+                "--ca-cert",
+                &self.p("ca/ca.crt"),
+                "--cert",
+                &self.p(&format!("{dir}/agent.crt")),
+                "--key",
+                &self.p(&format!("{dir}/agent.key")),
+                "--host-ip",
+                ip,
+            ],
+            &[],
+        )?
         .ok()?;
         Ok(())
     }

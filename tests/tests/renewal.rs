@@ -53,39 +53,6 @@ fn crl_serials(w: &World) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Enrolls `ip` with a fresh one-time token, writing `agent-<ip>/agent.{crt,key}`.
-fn enroll(w: &World, ip: &str) -> Result<()> {
-    let token = w
-        .quorum(&["pki", "token", "--host", ip, "--dir", &w.p("ca")])?
-        .ok()?
-        .stdout
-        .trim()
-        .to_string();
-    let dir = format!("agent-{ip}");
-    std::fs::create_dir_all(w.dir.path().join(&dir))?;
-    run(
-        "quorum-agent",
-        &[
-            "enroll",
-            "--coordinator",
-            &w.url(),
-            "--token",
-            &token,
-            "--ca-cert",
-            &w.p("ca/ca.crt"),
-            "--cert",
-            &w.p(&format!("{dir}/agent.crt")),
-            "--key",
-            &w.p(&format!("{dir}/agent.key")),
-            "--host-ip",
-            ip,
-        ],
-        &[],
-    )?
-    .ok()?;
-    Ok(())
-}
-
 /// Agents on 45-second certificates renew (at 60-75 % of that, every 20-30 s) while rolling
 /// reloads restart every member: reloads run back to back until each agent has renewed
 /// during one, and
@@ -101,20 +68,7 @@ async fn agents_renew_again_and_again_while_rolling_reloads_run() -> Result<()> 
     let fleet = Fleet::new(&w, &IPS)?;
     fleet.write_inventory(&w, &[(IPS[0], 1), (IPS[1], 2), (IPS[2], 3)], "")?;
     for ip in IPS {
-        w.quorum(&[
-            "pki",
-            "issue",
-            "agent",
-            "--ip",
-            ip,
-            "--ttl",
-            "45s",
-            "--dir",
-            &w.p("ca"),
-            "--out",
-            &w.p(&format!("agent-{ip}")),
-        ])?
-        .ok()?;
+        w.issue_agent_cert_for(ip, "45s")?;
     }
     let first_serials: Vec<String> = IPS
         .iter()
@@ -255,7 +209,7 @@ fn an_agent_whose_certificate_expired_comes_back_with_one_token() -> Result<()> 
     w.coordinator_extra = "agent_cert_ttl: 12s\n".into();
     w.start_coordinator()?;
     let ip = "127.0.0.14";
-    enroll(&w, ip)?;
+    w.enroll_agent(ip)?;
     let crt = w.dir.path().join(format!("agent-{ip}/agent.crt"));
     w.start_agent(ip, "")?;
     w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(20))?;
@@ -308,7 +262,7 @@ fn an_agent_whose_certificate_expired_comes_back_with_one_token() -> Result<()> 
     w.coordinator_extra = "agent_cert_ttl: 1h\n".into();
     w.kill_coordinator();
     w.start_coordinator()?;
-    enroll(&w, ip)?;
+    w.enroll_agent(ip)?;
     let fresh = serial_of(&crt)?;
     assert_ne!(fresh, expired_serial);
     wait_for(
@@ -492,20 +446,7 @@ fn an_agent_on_a_long_lived_certificate_moves_to_the_short_lifetime_by_itself() 
     w.coordinator_extra = "agent_cert_ttl: 2m\n".into();
     let ip = "127.0.0.16";
     // `pki issue agent` with the lifetime 0.3.1 gave every enrollment.
-    w.quorum(&[
-        "pki",
-        "issue",
-        "agent",
-        "--ip",
-        ip,
-        "--ttl",
-        "7300d",
-        "--dir",
-        &w.p("ca"),
-        "--out",
-        &w.p(&format!("agent-{ip}")),
-    ])?
-    .ok()?;
+    w.issue_agent_cert_for(ip, "7300d")?;
     let crt = w.dir.path().join(format!("agent-{ip}/agent.crt"));
     let long = serial_of(&crt)?;
     w.start_coordinator()?;
@@ -544,20 +485,7 @@ fn a_renewal_that_cannot_be_written_is_retried_at_its_pace_and_the_agent_keeps_w
     // Short holds: a session's first answer (where the coordinator asks) comes every 2 s.
     w.coordinator_extra = "agent_cert_ttl: 2m\npoll_hold_secs: 2\n".into();
     let ip = "127.0.0.17";
-    w.quorum(&[
-        "pki",
-        "issue",
-        "agent",
-        "--ip",
-        ip,
-        "--ttl",
-        "1d",
-        "--dir",
-        &w.p("ca"),
-        "--out",
-        &w.p(&format!("agent-{ip}")),
-    ])?
-    .ok()?;
+    w.issue_agent_cert_for(ip, "1d")?;
     std::fs::create_dir(w.dir.path().join(format!("agent-{ip}/agent.key.new")))?;
     let crt = w.dir.path().join(format!("agent-{ip}/agent.crt"));
     let serial = serial_of(&crt)?;

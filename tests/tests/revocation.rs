@@ -286,37 +286,8 @@ fn enrolling_a_host_again_revokes_its_previous_certificate() -> Result<()> {
     let mut w = World::new()?;
     w.start_coordinator()?;
     let ip = "127.0.0.12";
-    let enroll = |w: &World, dir: &str| -> Result<()> {
-        let token = w
-            .quorum(&["pki", "token", "--host", ip, "--dir", &w.p("ca")])?
-            .ok()?
-            .stdout
-            .trim()
-            .to_string();
-        run(
-            "quorum-agent",
-            &[
-                "enroll",
-                "--coordinator",
-                &w.url(),
-                "--token",
-                &token,
-                "--ca-cert",
-                &w.p("ca/ca.crt"),
-                "--cert",
-                &w.p(&format!("{dir}/agent.crt")),
-                "--key",
-                &w.p(&format!("{dir}/agent.key")),
-                "--host-ip",
-                ip,
-            ],
-            &[],
-        )?
-        .ok()?;
-        Ok(())
-    };
     let dir = format!("agent-{ip}");
-    enroll(&w, &dir)?;
+    w.enroll_agent(ip)?;
     w.start_agent(ip, "")?;
     let first = session_serial(&w, ip)?;
     let agent_pid = |w: &World| -> Result<u32> {
@@ -339,7 +310,7 @@ fn enrolling_a_host_again_revokes_its_previous_certificate() -> Result<()> {
     // The host enrolls again while its agent runs (a rotated key; the files the agent uses
     // are replaced): the first certificate is revoked, and the running agent, refused with
     // it, switches to the new one on disk by itself.
-    enroll(&w, &dir)?;
+    w.enroll_agent(ip)?;
     let second = serial_of(&w.dir.path().join(&dir).join("agent.crt"))?;
     assert_ne!(first, second);
     wait_for(

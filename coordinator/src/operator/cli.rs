@@ -696,23 +696,9 @@ fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
     crate::model::config::parse_duration(s)
 }
 
+/// A token's time to live: a lifetime as `parse_duration` reads it, in seconds.
 fn parse_ttl(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m, 1h or 2d"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h or d")),
-    };
-    if n == 0 {
-        return Err("a token must live at least one second".into());
-    }
-    Ok(n * mult)
+    parse_lifetime(s).map(|d| d.as_secs())
 }
 
 /// Runs the CLI; returns the process exit code.
