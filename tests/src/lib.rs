@@ -5,6 +5,7 @@
 pub mod etcd;
 pub mod lab;
 pub mod pg;
+pub mod postgres;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,9 @@
 //! its steps, guarded and gated.
 
 pub mod agreement;
+pub mod db;
 pub mod gates;
+pub mod lease;
 pub mod plan;
 pub mod planning;
 pub mod request;
@@ -10,4 +12,6 @@ pub mod runner;
 pub mod snapshot;
 pub mod status;
 pub mod store;
+#[doc(hidden)]
+pub mod store_suite;
 pub mod wait;

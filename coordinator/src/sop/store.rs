@@ -7,10 +7,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::sop::db::{PgEngine, PgTarget, Row, Sql, P};
 use crate::sop::plan::StepKind;
 
 /// Store errors.
@@ -38,6 +39,23 @@ pub enum StoreError {
     /// The store file could not be created.
     #[error("run store: {0}; check the state dir's disk and permissions")]
     Io(#[from] std::io::Error),
+    /// PostgreSQL failed.
+    #[error("run store (PostgreSQL): {0}; check that the database is up and reachable, and the role's rights on schema quorum")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A column was not what the store wrote.
+    #[error("run store: a row is unreadable: {0}")]
+    Column(String),
+    /// The store's settings are wrong.
+    #[error("run store: {0}")]
+    Config(String),
+    /// This coordinator's lease is not the current one: it must change nothing.
+    #[error("this coordinator's lease (epoch {epoch}) is not the current one: {why}; it changes nothing and steps down")]
+    Fenced {
+        /// The epoch it held.
+        epoch: i64,
+        /// Why.
+        why: String,
+    },
 }
 
 /// The state of a run.
@@ -168,9 +186,11 @@ pub struct RunRecord {
 
 /// The SQLite store.
 pub struct Store {
-    conn: Mutex<Connection>,
+    engine: Engine,
     /// Bumped after every write of a run or a step.
     changes: watch::Sender<u64>,
+    /// The lease writes are fenced with (the shared store refuses writes without one).
+    fence: Mutex<Option<Fence>>,
 }
 
 /// A run stopped part-way, as [`Store::halted_runs`] lists it.
@@ -265,7 +285,9 @@ impl Store {
                 serial TEXT PRIMARY KEY, subject TEXT NOT NULL, reason TEXT NOT NULL,
                 revoked_unix INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS enrolled (
-                host TEXT PRIMARY KEY, serial TEXT NOT NULL, enrolled_unix INTEGER NOT NULL);",
+                host TEXT PRIMARY KEY, serial TEXT NOT NULL, enrolled_unix INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS epochs (
+                epoch INTEGER PRIMARY KEY, holder TEXT NOT NULL, acquired_ms INTEGER NOT NULL);",
         )?;
         // Stores of 0.3.1 know no expiry and no renewal.
         for (table, column, decl) in [
@@ -305,9 +327,50 @@ impl Store {
             )?;
         }
         Ok(Self {
-            conn: Mutex::new(conn),
+            engine: Engine::Sqlite(Mutex::new(conn)),
             changes: watch::Sender::new(0),
+            fence: Mutex::new(None),
         })
+    }
+
+    /// Opens the shared store in PostgreSQL: connects, creates schema `quorum` and applies
+    /// the migrations it lacks. Writes are refused until [`Store::fence_with`] gives it the
+    /// lease this coordinator holds.
+    pub fn open_postgres(target: &PgTarget) -> Result<Self, StoreError> {
+        let mut client = target.connect()?;
+        crate::sop::db::pg_migrate(&mut client)?;
+        Ok(Self {
+            engine: Engine::Postgres(PgEngine {
+                client: Mutex::new(client),
+                target: target.clone(),
+            }),
+            changes: watch::Sender::new(0),
+            fence: Mutex::new(None),
+        })
+    }
+
+    /// Whether this store is the shared one in PostgreSQL.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.engine, Engine::Postgres(_))
+    }
+
+    /// From now on every write of the shared store commits only while `fence` is the lease
+    /// in the database: a coordinator whose lease was taken over changes nothing.
+    pub fn fence_with(&self, fence: Fence) {
+        *lock(&self.fence) = Some(fence);
+    }
+
+    /// The holder id writes are fenced with ("" before any).
+    pub fn holder(&self) -> String {
+        lock(&self.fence)
+            .as_ref()
+            .map(|f| f.holder.clone())
+            .unwrap_or_default()
+    }
+
+    /// The epoch writes are fenced with (0 before any).
+    pub fn epoch(&self) -> i64 {
+        lock(&self.fence).as_ref().map(|f| f.epoch).unwrap_or(0)
     }
 
     /// A receiver that sees a change after every write of any run or step: a follower
@@ -320,39 +383,75 @@ impl Store {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// As [`Store::with`] for a write, timed as `op` in the metrics.
+    /// Runs `f` in one transaction, committed when it returns Ok, timed as `op` in the
+    /// metrics. In the shared store the transaction first checks, holding the lease row
+    /// against a takeover until it commits, that this coordinator's lease is still the
+    /// current one.
     fn write<R>(
         &self,
         op: &str,
-        f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
+        f: impl FnOnce(&dyn Sql) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let start = std::time::Instant::now();
-        let r = self.with(f);
+        let r = match &self.engine {
+            Engine::Sqlite(conn) => {
+                let mut c = lock(conn);
+                let tx = c.transaction()?;
+                let r = f(&*tx)?;
+                tx.commit()?;
+                Ok(r)
+            }
+            Engine::Postgres(pg) => {
+                let fence = lock(&self.fence).clone();
+                let Some(fence) = fence else {
+                    return Err(StoreError::Fenced {
+                        epoch: 0,
+                        why: "this coordinator holds no lease".into(),
+                    });
+                };
+                let mut c = pg_client(pg)?;
+                crate::sop::db::pg_transaction(&mut c, |tx| {
+                    let held = tx.first(
+                        "SELECT epoch FROM lease WHERE id = 1 AND epoch = ?1 AND holder = ?2 AND expires_at > now() FOR SHARE",
+                        &[P::I(fence.epoch), P::T(&fence.holder)],
+                    )?;
+                    if held.is_none() {
+                        return Err(StoreError::Fenced {
+                            epoch: fence.epoch,
+                            why: "its lease lapsed or another coordinator took over".into(),
+                        });
+                    }
+                    f(tx)
+                })
+            }
+        };
         crate::model::metrics::metrics().store_write(op, start.elapsed());
         r
     }
 
-    fn with<R>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let mut guard = match self.conn.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        f(&mut guard)
+    /// Runs `f` on the store outside a transaction (reads).
+    fn read<R>(&self, f: impl FnOnce(&dyn Sql) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        match &self.engine {
+            Engine::Sqlite(conn) => f(&*lock(conn)),
+            Engine::Postgres(pg) => f(&*pg_client(pg)?),
+        }
     }
 
-    /// Marks runs that were running when the coordinator stopped as interrupted.
+    /// Marks runs that were running when the coordinator stopped (or when the leader before
+    /// this one lost its lease) as interrupted.
     pub fn mark_interrupted(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare("SELECT id FROM runs WHERE state = ?1")?;
-            let ids: Vec<String> = stmt
-                .query_map([run_state::RUNNING], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+        self.write("mark_interrupted", |c| {
+            let ids = c
+                .query(
+                    "SELECT id FROM runs WHERE state = ?1 ORDER BY created_ms, id",
+                    &[P::T(run_state::RUNNING)],
+                )?
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<Result<Vec<_>, _>>()?;
             c.execute(
                 "UPDATE runs SET state = ?1 WHERE state = ?2",
-                params![run_state::INTERRUPTED, run_state::RUNNING],
+                &[P::T(run_state::INTERRUPTED), P::T(run_state::RUNNING)],
             )?;
             Ok(ids)
         })
@@ -368,40 +467,40 @@ impl Store {
     /// Stores a new run holding the lock `lock` (a cluster name, or [`host_lock`]).
     pub fn create_run_locked(&self, run: &RunRecord, lock: &str) -> Result<(), StoreError> {
         self.write("create_run", |c| {
-            let tx = c.transaction()?;
-            if let Some((holder, state)) = holder_of(&tx, lock)? {
+            if let Some((holder, state)) = holder_of(c, lock)? {
                 return Err(StoreError::Locked {
                     cluster: lock.to_string(),
                     holder,
                     state,
                 });
             }
-            tx.execute(
+            c.execute(
                 "INSERT INTO runs (id, sop, cluster, context, state, started_by, inventory_digest, created_ms, error)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    run.id,
-                    run.sop,
-                    run.cluster,
-                    run.context,
-                    run.state,
-                    run.started_by,
-                    run.inventory_digest,
-                    run.created_ms,
-                    run.error
+                &[
+                    P::T(&run.id),
+                    P::T(&run.sop),
+                    P::T(&run.cluster),
+                    P::T(&run.context),
+                    P::T(&run.state),
+                    P::T(&run.started_by),
+                    P::T(&run.inventory_digest),
+                    P::I(run.created_ms),
+                    P::T(&run.error),
                 ],
             )?;
             for s in &run.steps {
-                tx.execute(
+                let record = serde_json::to_string(s)?;
+                c.execute(
                     "INSERT INTO steps (run_id, idx, record) VALUES (?1, ?2, ?3)",
-                    params![run.id, s.index as i64, serde_json::to_string(s)?],
+                    &[P::T(&run.id), P::I(s.index as i64), P::T(&record)],
                 )?;
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO locks (cluster, run_id) VALUES (?1, ?2)",
-                params![lock, run.id],
+            c.execute(
+                "INSERT INTO locks (cluster, run_id) VALUES (?1, ?2)
+                 ON CONFLICT(cluster) DO UPDATE SET run_id = excluded.run_id",
+                &[P::T(lock), P::T(&run.id)],
             )?;
-            tx.commit()?;
             Ok(())
         })
         .inspect(|_| self.changed())
@@ -409,10 +508,11 @@ impl Store {
 
     /// Writes one step's record (durably, before the runner goes on).
     pub fn put_step(&self, run_id: &str, step: &StepRecord) -> Result<(), StoreError> {
+        let record = serde_json::to_string(step)?;
         self.write("put_step", |c| {
             c.execute(
                 "UPDATE steps SET record = ?3 WHERE run_id = ?1 AND idx = ?2",
-                params![run_id, step.index as i64, serde_json::to_string(step)?],
+                &[P::T(run_id), P::I(step.index as i64), P::T(&record)],
             )?;
             Ok(())
         })
@@ -427,17 +527,21 @@ impl Store {
             _ => 0,
         };
         self.write("set_run_state", |c| {
-            let tx = c.transaction()?;
             // An abort is final: a step that was still running when the operator aborted
             // must not turn the run back into failed or succeeded when it ends.
-            tx.execute(
+            c.execute(
                 "UPDATE runs SET state = ?2, error = ?3, finished_ms = ?5 WHERE id = ?1 AND (state != ?4 OR ?2 = ?4)",
-                params![run_id, state, error, run_state::ABORTED, finished_ms],
+                &[
+                    P::T(run_id),
+                    P::T(state),
+                    P::T(error),
+                    P::T(run_state::ABORTED),
+                    P::I(finished_ms),
+                ],
             )?;
             if state == run_state::SUCCEEDED || state == run_state::ABORTED {
-                tx.execute("DELETE FROM locks WHERE run_id = ?1", [run_id])?;
+                c.execute("DELETE FROM locks WHERE run_id = ?1", &[P::T(run_id)])?;
             }
-            tx.commit()?;
             Ok(())
         })
         .inspect(|_| self.changed())
@@ -445,35 +549,31 @@ impl Store {
 
     /// A run with its steps.
     pub fn get_run(&self, run_id: &str) -> Result<RunRecord, StoreError> {
-        self.with(|c| {
-            let mut run = c
-                .query_row(
+        self.read(|c| {
+            let r = c
+                .first(
                     "SELECT id, sop, cluster, context, state, started_by, inventory_digest, created_ms, error, finished_ms FROM runs WHERE id = ?1",
-                    [run_id],
-                    |r| {
-                        Ok(RunRecord {
-                            id: r.get(0)?,
-                            sop: r.get(1)?,
-                            cluster: r.get(2)?,
-                            context: r.get(3)?,
-                            state: r.get(4)?,
-                            started_by: r.get(5)?,
-                            inventory_digest: r.get(6)?,
-                            created_ms: r.get(7)?,
-                            error: r.get(8)?,
-                            finished_ms: r.get(9)?,
-                            steps: Vec::new(),
-                        })
-                    },
-                )
-                .optional()?
+                    &[P::T(run_id)],
+                )?
                 .ok_or_else(|| StoreError::NoRun(run_id.to_string()))?;
-            let mut stmt = c.prepare("SELECT record FROM steps WHERE run_id = ?1 ORDER BY idx")?;
-            let records: Vec<String> = stmt
-                .query_map([run_id], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            for rec in records {
-                run.steps.push(serde_json::from_str(&rec)?);
+            let mut run = RunRecord {
+                id: r.text(0)?,
+                sop: r.text(1)?,
+                cluster: r.text(2)?,
+                context: r.text(3)?,
+                state: r.text(4)?,
+                started_by: r.text(5)?,
+                inventory_digest: r.text(6)?,
+                created_ms: r.int(7)?,
+                error: r.text(8)?,
+                finished_ms: r.int(9)?,
+                steps: Vec::new(),
+            };
+            for rec in c.query(
+                "SELECT record FROM steps WHERE run_id = ?1 ORDER BY idx",
+                &[P::T(run_id)],
+            )? {
+                run.steps.push(serde_json::from_str(&rec.text(0)?)?);
             }
             Ok(run)
         })
@@ -481,69 +581,216 @@ impl Store {
 
     /// The run holding `lock` and its state, if one does.
     pub fn lock_holder(&self, lock: &str) -> Result<Option<(String, String)>, StoreError> {
-        self.with(|c| holder_of(c, lock))
+        self.read(|c| holder_of(c, lock))
     }
 
     /// Ids of the runs waiting for their host's agent, oldest first.
     pub fn waiting_runs(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT id FROM runs WHERE state = ?1 ORDER BY created_ms, id")?;
-            let ids = stmt
-                .query_map([run_state::WAITING], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            Ok(ids)
+        self.read(|c| {
+            c.query(
+                "SELECT id FROM runs WHERE state = ?1 ORDER BY created_ms, id",
+                &[P::T(run_state::WAITING)],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
         })
     }
 
     /// How many runs are in each state.
     pub fn run_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare("SELECT state, COUNT(*) FROM runs GROUP BY state")?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            Ok(rows)
+        self.read(|c| {
+            c.query("SELECT state, COUNT(*) FROM runs GROUP BY state", &[])?
+                .iter()
+                .map(|r| Ok((r.text(0)?, r.int(1)?)))
+                .collect()
         })
     }
 
     /// Runs stopped part-way (failed, interrupted, waiting), which hold their lock until
     /// resumed or aborted; `since_ms` is when they stopped (their creation when not recorded).
     pub fn halted_runs(&self) -> Result<Vec<HaltedRun>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
+        self.read(|c| {
+            c.query(
                 "SELECT id, sop, cluster, state, CASE WHEN finished_ms > 0 THEN finished_ms ELSE created_ms END \
                  FROM runs WHERE state IN (?1, ?2, ?3) ORDER BY created_ms",
-            )?;
-            let rows = stmt
-                .query_map(
-                    [run_state::FAILED, run_state::INTERRUPTED, run_state::WAITING],
-                    |r| {
-                        Ok(HaltedRun {
-                            id: r.get(0)?,
-                            sop: r.get(1)?,
-                            cluster: r.get(2)?,
-                            state: r.get(3)?,
-                            since_ms: r.get(4)?,
-                        })
-                    },
-                )?
-                .collect::<Result<_, _>>()?;
-            Ok(rows)
+                &[
+                    P::T(run_state::FAILED),
+                    P::T(run_state::INTERRUPTED),
+                    P::T(run_state::WAITING),
+                ],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(HaltedRun {
+                    id: r.text(0)?,
+                    sop: r.text(1)?,
+                    cluster: r.text(2)?,
+                    state: r.text(3)?,
+                    since_ms: r.int(4)?,
+                })
+            })
+            .collect()
         })
     }
 
     /// Run ids, newest first.
     pub fn list_runs(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT id FROM runs ORDER BY created_ms DESC, id DESC LIMIT ?1")?;
-            let ids = stmt
-                .query_map([limit as i64], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            Ok(ids)
+        self.read(|c| {
+            c.query(
+                "SELECT id FROM runs ORDER BY created_ms DESC, id DESC LIMIT ?1",
+                &[P::I(limit as i64)],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
         })
     }
+
+    /// Every run with its steps, oldest first: what `quorum store export` copies.
+    pub fn all_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut ids = self.list_runs(usize::MAX >> 1)?;
+        ids.reverse();
+        ids.iter().map(|id| self.get_run(id)).collect()
+    }
+
+    /// Copies a run (with its steps, and its lock when it holds one of `locks`) from another
+    /// store, as it is. Refused when this store has a run of that id.
+    pub fn import_run(&self, run: &RunRecord, lock: Option<&str>) -> Result<bool, StoreError> {
+        self.write("import_run", |c| {
+            if c.first("SELECT 1 FROM runs WHERE id = ?1", &[P::T(&run.id)])?
+                .is_some()
+            {
+                return Ok(false);
+            }
+            if let Some(l) = lock {
+                if let Some((holder, state)) = holder_of(c, l)? {
+                    return Err(StoreError::Locked {
+                        cluster: l.to_string(),
+                        holder,
+                        state,
+                    });
+                }
+            }
+            c.execute(
+                "INSERT INTO runs (id, sop, cluster, context, state, started_by, inventory_digest, created_ms, error, finished_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                &[
+                    P::T(&run.id),
+                    P::T(&run.sop),
+                    P::T(&run.cluster),
+                    P::T(&run.context),
+                    P::T(&run.state),
+                    P::T(&run.started_by),
+                    P::T(&run.inventory_digest),
+                    P::I(run.created_ms),
+                    P::T(&run.error),
+                    P::I(run.finished_ms),
+                ],
+            )?;
+            for s in &run.steps {
+                let record = serde_json::to_string(s)?;
+                c.execute(
+                    "INSERT INTO steps (run_id, idx, record) VALUES (?1, ?2, ?3)",
+                    &[P::T(&run.id), P::I(s.index as i64), P::T(&record)],
+                )?;
+            }
+            if let Some(l) = lock {
+                c.execute(
+                    "INSERT INTO locks (cluster, run_id) VALUES (?1, ?2)",
+                    &[P::T(l), P::T(&run.id)],
+                )?;
+            }
+            Ok(true)
+        })
+        .inspect(|_| self.changed())
+    }
+
+    /// The lock `run_id` holds, if any.
+    pub fn lock_of(&self, run_id: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            c.first(
+                "SELECT cluster FROM locks WHERE run_id = ?1",
+                &[P::T(run_id)],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
+        })
+    }
+
+    /// The highest epoch this SQLite store has recorded (0 when none).
+    pub fn last_local_epoch(&self) -> Result<i64, StoreError> {
+        match &self.engine {
+            Engine::Sqlite(_) => self.read(|c| {
+                c.first("SELECT COALESCE(MAX(epoch), 0) FROM epochs", &[])?
+                    .map(|r| r.int(0))
+                    .transpose()
+                    .map(|e| e.unwrap_or(0))
+            }),
+            Engine::Postgres(_) => Ok(0),
+        }
+    }
+
+    /// Takes the next epoch of a coordinator on SQLite: above every epoch it recorded and
+    /// above `at_least`, recorded before any run is walked with it.
+    pub fn take_local_epoch(&self, holder: &str, at_least: i64) -> Result<i64, StoreError> {
+        let Engine::Sqlite(conn) = &self.engine else {
+            return Err(StoreError::Config(
+                "a shared store's epoch comes from its lease".into(),
+            ));
+        };
+        let mut c = lock(conn);
+        let tx = c.transaction()?;
+        let last = Sql::first(&*tx, "SELECT COALESCE(MAX(epoch), 0) FROM epochs", &[])?
+            .map(|r| r.int(0))
+            .transpose()?
+            .unwrap_or(0);
+        let epoch = last.max(at_least) + 1;
+        Sql::execute(
+            &*tx,
+            "INSERT INTO epochs (epoch, holder, acquired_ms) VALUES (?1, ?2, ?3)",
+            &[P::I(epoch), P::T(holder), P::I(now_ms())],
+        )?;
+        tx.commit()?;
+        drop(c);
+        self.fence_with(Fence {
+            epoch,
+            holder: holder.to_string(),
+        });
+        Ok(epoch)
+    }
+}
+
+/// The lease a coordinator's writes are fenced with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The epoch of the lease.
+    pub epoch: i64,
+    /// Who holds it (this coordinator's holder id).
+    pub holder: String,
+}
+
+enum Engine {
+    Sqlite(Mutex<Connection>),
+    Postgres(PgEngine),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// The shared store's client, reconnected when its connection has ended.
+fn pg_client(
+    pg: &PgEngine,
+) -> Result<std::sync::MutexGuard<'_, tokio_postgres::Client>, StoreError> {
+    let mut c = lock(&pg.client);
+    if c.is_closed() {
+        *c = pg.target.connect()?;
+    }
+    Ok(c)
 }
 
 impl Store {
@@ -562,21 +809,21 @@ impl Store {
         self.write("prune_revocations", |c| {
             Ok(c.execute(
                 "DELETE FROM revoked WHERE not_after_unix > 0 AND not_after_unix < ?1",
-                [now_unix - REVOCATION_AFTER_EXPIRY_SECS],
-            )?)
+                &[P::I(now_unix - REVOCATION_AFTER_EXPIRY_SECS)],
+            )? as usize)
         })
     }
 
     /// The whole deny list, oldest first.
     pub fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
+        self.read(|c| {
+            c.query(
                 "SELECT serial, subject, reason, revoked_unix, not_after_unix FROM revoked ORDER BY revoked_unix, serial",
-            )?;
-            let rows = stmt
-                .query_map([], revocation_row)?
-                .collect::<Result<_, _>>()?;
-            Ok(rows)
+                &[],
+            )?
+            .iter()
+            .map(revocation_row)
+            .collect()
         })
     }
 
@@ -591,24 +838,23 @@ impl Store {
         reason: &str,
     ) -> Result<Vec<Revocation>, StoreError> {
         self.write("enroll", |c| {
-            let tx = c.transaction()?;
-            let before = enrollment_of(&tx, host)?;
+            let before = enrollment_of(c, host)?;
             let mut revoked = Vec::new();
             if let Some(b) = before {
                 for (serial, not_after) in [(b.serial, b.not_after_unix), (b.previous, b.previous_not_after)] {
                     if !serial.is_empty() && serial != issued.serial {
-                        revoked.push(revoke_in(&tx, host, &serial, not_after, reason)?);
+                        revoked.push(revoke_in(c, host, &serial, not_after, reason)?);
                     }
                 }
             }
-            tx.execute(
+            let h = host.to_string();
+            c.execute(
                 "INSERT INTO enrolled (host, serial, enrolled_unix, not_after_unix, previous, previous_not_after, renewals)
                  VALUES (?1, ?2, ?3, ?4, '', 0, 0)
                  ON CONFLICT(host) DO UPDATE SET serial = excluded.serial, enrolled_unix = excluded.enrolled_unix,
                    not_after_unix = excluded.not_after_unix, previous = '', previous_not_after = 0, renewals = 0",
-                params![host.to_string(), issued.serial, now_ms() / 1000, issued.not_after_unix],
+                &[P::T(&h), P::T(&issued.serial), P::I(now_ms() / 1000), P::I(issued.not_after_unix)],
             )?;
-            tx.commit()?;
             Ok(revoked)
         })
     }
@@ -625,34 +871,33 @@ impl Store {
         issued: &Issued,
     ) -> Result<Vec<Revocation>, StoreError> {
         self.write("renew", |c| {
-            let tx = c.transaction()?;
-            let before = enrollment_of(&tx, host)?.unwrap_or_default();
+            let before = enrollment_of(c, host)?.unwrap_or_default();
             let mut revoked = Vec::new();
             for (serial, not_after) in [
                 (before.serial, before.not_after_unix),
                 (before.previous, before.previous_not_after),
             ] {
                 if !serial.is_empty() && serial != caller.serial && serial != issued.serial {
-                    revoked.push(revoke_in(&tx, host, &serial, not_after, NOT_TAKEN_UP)?);
+                    revoked.push(revoke_in(c, host, &serial, not_after, NOT_TAKEN_UP)?);
                 }
             }
-            tx.execute(
+            let h = host.to_string();
+            c.execute(
                 "INSERT INTO enrolled (host, serial, enrolled_unix, not_after_unix, previous, previous_not_after, renewals)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(host) DO UPDATE SET serial = excluded.serial, enrolled_unix = excluded.enrolled_unix,
                    not_after_unix = excluded.not_after_unix, previous = excluded.previous,
                    previous_not_after = excluded.previous_not_after, renewals = excluded.renewals",
-                params![
-                    host.to_string(),
-                    issued.serial,
-                    now_ms() / 1000,
-                    issued.not_after_unix,
-                    caller.serial,
-                    caller.not_after_unix,
-                    before.renewals + 1
+                &[
+                    P::T(&h),
+                    P::T(&issued.serial),
+                    P::I(now_ms() / 1000),
+                    P::I(issued.not_after_unix),
+                    P::T(&caller.serial),
+                    P::I(caller.not_after_unix),
+                    P::I(before.renewals + 1),
                 ],
             )?;
-            tx.commit()?;
             Ok(revoked)
         })
     }
@@ -665,18 +910,16 @@ impl Store {
         host: std::net::IpAddr,
         serial: &str,
     ) -> Result<Option<Revocation>, StoreError> {
-        let pending = self.with(|c| enrollment_of(c, host))?;
+        let pending = self.read(|c| enrollment_of(c, host))?;
         let Some(e) = pending.filter(|e| e.serial == serial && !e.previous.is_empty()) else {
             return Ok(None);
         };
         self.write("take_up", |c| {
-            let tx = c.transaction()?;
-            let r = revoke_in(&tx, host, &e.previous, e.previous_not_after, RENEWED)?;
-            tx.execute(
+            let r = revoke_in(c, host, &e.previous, e.previous_not_after, RENEWED)?;
+            c.execute(
                 "UPDATE enrolled SET previous = '', previous_not_after = 0 WHERE host = ?1 AND serial = ?2",
-                params![host.to_string(), serial],
+                &[P::T(&host.to_string()), P::T(serial)],
             )?;
-            tx.commit()?;
             Ok(Some(r))
         })
     }
@@ -684,33 +927,33 @@ impl Store {
     /// When the certificate `serial` expires, if it was issued here at an enrollment or a
     /// renewal and is still recorded (0 stays unknown: `None`).
     pub fn not_after_of(&self, serial: &str) -> Result<Option<i64>, StoreError> {
-        self.with(|c| {
-            Ok(c.query_row(
+        self.read(|c| {
+            c.first(
                 "SELECT not_after_unix FROM enrolled WHERE serial = ?1 AND not_after_unix > 0
                  UNION ALL
                  SELECT previous_not_after FROM enrolled WHERE previous = ?1 AND previous_not_after > 0
                  LIMIT 1",
-                [serial],
-                |r| r.get(0),
-            )
-            .optional()?)
+                &[P::T(serial)],
+            )?
+            .map(|r| r.int(0))
+            .transpose()
         })
     }
 
     /// What the store knows of the certificate of `host`, if it enrolled here.
     pub fn enrollment(&self, host: std::net::IpAddr) -> Result<Option<Enrollment>, StoreError> {
-        self.with(|c| enrollment_of(c, host))
+        self.read(|c| enrollment_of(c, host))
     }
 
     /// The host a serial was issued to at enrollment, if it was.
     pub fn enrolled_host(&self, serial: &str) -> Result<Option<String>, StoreError> {
-        self.with(|c| {
-            Ok(c.query_row(
+        self.read(|c| {
+            c.first(
                 "SELECT host FROM enrolled WHERE serial = ?1",
-                [serial],
-                |r| r.get(0),
-            )
-            .optional()?)
+                &[P::T(serial)],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
         })
     }
 }
@@ -730,36 +973,44 @@ pub const RENEWED: &str = "superseded by a renewal";
 /// and the agent renewed again with the one before).
 pub const NOT_TAKEN_UP: &str = "a renewal its agent did not take up";
 
-fn revocation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Revocation> {
+fn revocation_row(r: &Row) -> Result<Revocation, StoreError> {
     Ok(Revocation {
-        serial: r.get(0)?,
-        subject: r.get(1)?,
-        reason: r.get(2)?,
-        revoked_unix: r.get(3)?,
-        not_after_unix: r.get(4)?,
+        serial: r.text(0)?,
+        subject: r.text(1)?,
+        reason: r.text(2)?,
+        revoked_unix: r.int(3)?,
+        not_after_unix: r.int(4)?,
     })
 }
 
-fn insert_revocation(c: &Connection, r: &Revocation) -> Result<(), StoreError> {
+fn insert_revocation(c: &dyn Sql, r: &Revocation) -> Result<(), StoreError> {
     c.execute(
-        "INSERT OR IGNORE INTO revoked (serial, subject, reason, revoked_unix, not_after_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![r.serial, r.subject, r.reason, r.revoked_unix, r.not_after_unix],
+        "INSERT INTO revoked (serial, subject, reason, revoked_unix, not_after_unix) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(serial) DO NOTHING",
+        &[
+            P::T(&r.serial),
+            P::T(&r.subject),
+            P::T(&r.reason),
+            P::I(r.revoked_unix),
+            P::I(r.not_after_unix),
+        ],
     )?;
     Ok(())
 }
 
-fn read_revocation(c: &Connection, serial: &str) -> Result<Revocation, StoreError> {
-    Ok(c.query_row(
+fn read_revocation(c: &dyn Sql, serial: &str) -> Result<Revocation, StoreError> {
+    c.first(
         "SELECT serial, subject, reason, revoked_unix, not_after_unix FROM revoked WHERE serial = ?1",
-        [serial],
-        revocation_row,
-    )?)
+        &[P::T(serial)],
+    )?
+    .ok_or_else(|| StoreError::Column(format!("revocation of {serial} not found after writing it")))
+    .and_then(|r| revocation_row(&r))
 }
 
 /// Revokes `serial` of agent `host` inside a transaction; returns the revocation as stored
 /// (an earlier one of the same serial is kept).
 fn revoke_in(
-    c: &Connection,
+    c: &dyn Sql,
     host: std::net::IpAddr,
     serial: &str,
     not_after_unix: i64,
@@ -778,31 +1029,31 @@ fn revoke_in(
     read_revocation(c, serial)
 }
 
-fn enrollment_of(c: &Connection, host: std::net::IpAddr) -> Result<Option<Enrollment>, StoreError> {
-    Ok(c.query_row(
+fn enrollment_of(c: &dyn Sql, host: std::net::IpAddr) -> Result<Option<Enrollment>, StoreError> {
+    c.first(
         "SELECT serial, not_after_unix, enrolled_unix, previous, previous_not_after, renewals FROM enrolled WHERE host = ?1",
-        [host.to_string()],
-        |r| {
-            Ok(Enrollment {
-                serial: r.get(0)?,
-                not_after_unix: r.get(1)?,
-                issued_unix: r.get(2)?,
-                previous: r.get(3)?,
-                previous_not_after: r.get(4)?,
-                renewals: r.get(5)?,
-            })
-        },
-    )
-    .optional()?)
+        &[P::T(&host.to_string())],
+    )?
+    .map(|r| {
+        Ok(Enrollment {
+            serial: r.text(0)?,
+            not_after_unix: r.int(1)?,
+            issued_unix: r.int(2)?,
+            previous: r.text(3)?,
+            previous_not_after: r.int(4)?,
+            renewals: r.int(5)?,
+        })
+    })
+    .transpose()
 }
 
-fn holder_of(c: &Connection, lock: &str) -> Result<Option<(String, String)>, StoreError> {
-    Ok(c.query_row(
+fn holder_of(c: &dyn Sql, lock: &str) -> Result<Option<(String, String)>, StoreError> {
+    c.first(
         "SELECT l.run_id, r.state FROM locks l JOIN runs r ON r.id = l.run_id WHERE l.cluster = ?1",
-        [lock],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()?)
+        &[P::T(lock)],
+    )?
+    .map(|r| Ok((r.text(0)?, r.text(1)?)))
+    .transpose()
 }
 
 /// Removes the `pg_auth` map (Patroni REST user and password) that 0.2.0 stored in run
@@ -827,7 +1078,7 @@ fn scrub_stored_credentials(conn: &Connection) -> Result<usize, StoreError> {
         }
         conn.execute(
             "UPDATE runs SET context = ?1 WHERE id = ?2",
-            params![v.to_string(), id],
+            rusqlite::params![v.to_string(), id],
         )?;
     }
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -837,6 +1088,26 @@ fn scrub_stored_credentials(conn: &Connection) -> Result<usize, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sop::store_suite::run;
+
+    /// The engine-independent checks, on SQLite (tests/tests/store.rs runs them on PostgreSQL).
+    #[test]
+    fn the_store_suite_passes_on_sqlite() -> Result<(), Box<dyn std::error::Error>> {
+        struct Sqlite(tempfile::TempDir, std::cell::Cell<usize>);
+        impl crate::sop::store_suite::Maker for Sqlite {
+            fn fresh(&self) -> Result<Store, Box<dyn std::error::Error>> {
+                self.1.set(self.1.get() + 1);
+                self.reopen()
+            }
+            fn reopen(&self) -> Result<Store, Box<dyn std::error::Error>> {
+                let path = self.0.path().join(format!("runs-{}.sqlite", self.1.get()));
+                Ok(Store::open(&path)?)
+            }
+        }
+        let n = crate::sop::store_suite::all(&Sqlite(tempfile::tempdir()?, 0.into()))?;
+        assert!(n >= 10, "{n} checks");
+        Ok(())
+    }
 
     #[test]
     fn the_stores_words_are_the_words_the_wire_enums_read() {
@@ -860,32 +1131,6 @@ mod tests {
         ] {
             assert_ne!(words::step_state(w), pb::StepState::Unspecified, "{w}");
         }
-    }
-
-    #[test]
-    fn a_host_lock_is_apart_from_the_cluster_lock_and_released_by_an_abort(
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("runs.sqlite"))?;
-        let host: std::net::IpAddr = "10.10.10.12".parse()?;
-        let mut cleanup = run("r1-cleanup", "etcd");
-        cleanup.state = run_state::WAITING.into();
-        store.create_run_locked(&cleanup, &host_lock(host))?;
-        // The cluster stays free for other SOPs; the host does not.
-        store.create_run(&run("r2", "etcd"))?;
-        assert_eq!(
-            store.lock_holder(&host_lock(host))?,
-            Some(("r1-cleanup".into(), "waiting".into()))
-        );
-        assert!(matches!(
-            store.create_run_locked(&run("r3", "etcd"), &host_lock(host)),
-            Err(StoreError::Locked { .. })
-        ));
-        assert_eq!(store.waiting_runs()?, vec!["r1-cleanup".to_string()]);
-        store.set_run_state("r1-cleanup", run_state::ABORTED, "forgotten")?;
-        assert_eq!(store.lock_holder(&host_lock(host))?, None);
-        assert!(store.waiting_runs()?.is_empty());
-        Ok(())
     }
 
     /// Probe L2: runs of 0.2.0 kept the Patroni REST password in the store (0644). Opening
@@ -925,255 +1170,6 @@ mod tests {
         Ok(())
     }
 
-    fn run(id: &str, cluster: &str) -> RunRecord {
-        RunRecord {
-            id: id.into(),
-            sop: "config-reload".into(),
-            cluster: cluster.into(),
-            context: "{}".into(),
-            state: run_state::RUNNING.into(),
-            started_by: "tester".into(),
-            inventory_digest: "00".into(),
-            created_ms: now_ms(),
-            finished_ms: 0,
-            error: String::new(),
-            steps: vec![StepRecord {
-                index: 0,
-                kind: StepKind::ClusterHealthGate,
-                description: "gate".into(),
-                host: String::new(),
-                state: step_state::PENDING.into(),
-                task_ids: vec![],
-                attempt: 0,
-                outcome: String::new(),
-                output: String::new(),
-                started_ms: 0,
-                finished_ms: 0,
-                journal: None,
-            }],
-        }
-    }
-
-    #[test]
-    fn one_run_per_cluster_until_it_succeeds_or_is_aborted(
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("runs.sqlite"))?;
-        store.create_run(&run("r1", "etcd"))?;
-        match store.create_run(&run("r2", "etcd")) {
-            Err(StoreError::Locked { holder, .. }) => assert_eq!(holder, "r1"),
-            other => panic!("{other:?}"),
-        }
-        store.create_run(&run("r3", "other"))?;
-        // A failed run keeps the lock: resume or abort it first.
-        store.set_run_state("r1", run_state::FAILED, "boom")?;
-        assert!(store.create_run(&run("r4", "etcd")).is_err());
-        store.set_run_state("r1", run_state::ABORTED, "by tester")?;
-        // An abort is final even if the walker reports its last step afterwards.
-        store.set_run_state("r1", run_state::SUCCEEDED, "")?;
-        assert_eq!(store.get_run("r1")?.state, run_state::ABORTED);
-        store.create_run(&run("r5", "etcd"))?;
-        Ok(())
-    }
-
-    #[test]
-    fn end_times_are_kept_and_every_write_is_signalled() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("runs.sqlite"))?;
-        let mut changes = store.subscribe();
-        let mut seen = || -> bool {
-            let changed = changes.has_changed().unwrap_or(false);
-            changes.mark_unchanged();
-            changed
-        };
-        store.create_run(&run("r1", "etcd"))?;
-        assert!(seen(), "create");
-        assert!(!seen(), "nothing written since");
-        let mut step = store.get_run("r1")?.steps[0].clone();
-        step.journal = Some(RanBefore {
-            started_ms: 1,
-            finished_ms: 2,
-        });
-        store.put_step("r1", &step)?;
-        assert!(seen(), "a step");
-        assert_eq!(store.get_run("r1")?.steps[0].journal, step.journal);
-        assert_eq!(store.get_run("r1")?.finished_ms, 0, "still running");
-        let before = now_ms();
-        store.set_run_state("r1", run_state::FAILED, "boom")?;
-        assert!(seen(), "a state");
-        assert!(store.get_run("r1")?.finished_ms >= before);
-        store.set_run_state("r1", run_state::RUNNING, "")?;
-        assert_eq!(store.get_run("r1")?.finished_ms, 0, "resumed: no end yet");
-        Ok(())
-    }
-
-    #[test]
-    fn the_deny_list_keeps_the_first_revocation_and_survives_a_reopen(
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("runs.sqlite");
-        let first = Revocation {
-            serial: "1a2b".into(),
-            subject: "agent 10.0.0.1".into(),
-            reason: "lost laptop".into(),
-            revoked_unix: 100,
-            not_after_unix: 0,
-        };
-        {
-            let store = Store::open(&path)?;
-            assert_eq!(store.revocations()?, vec![]);
-            assert_eq!(store.revoke(&first)?, first);
-            // Again, with other words: the first stays.
-            let again = Revocation {
-                reason: "other".into(),
-                revoked_unix: 200,
-                ..first.clone()
-            };
-            assert_eq!(store.revoke(&again)?, first);
-            let other = Revocation {
-                serial: "ff".into(),
-                revoked_unix: 300,
-                ..first.clone()
-            };
-            store.revoke(&other)?;
-        }
-        let store = Store::open(&path)?;
-        let serials: Vec<String> = store.revocations()?.into_iter().map(|r| r.serial).collect();
-        assert_eq!(serials, ["1a2b", "ff"]);
-        Ok(())
-    }
-
-    fn issued(serial: &str, not_after_unix: i64) -> Issued {
-        Issued {
-            serial: serial.into(),
-            not_after_unix,
-        }
-    }
-
-    fn revoked_serials(store: &Store) -> Result<Vec<String>, StoreError> {
-        Ok(store.revocations()?.into_iter().map(|r| r.serial).collect())
-    }
-
-    #[test]
-    fn an_enrollment_revokes_the_certificate_it_supersedes_in_the_same_write(
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("runs.sqlite");
-        let host: std::net::IpAddr = "10.0.0.1".parse()?;
-        let other: std::net::IpAddr = "10.0.0.2".parse()?;
-        {
-            let store = Store::open(&path)?;
-            let why = "superseded by a new enrollment";
-            assert_eq!(
-                store.record_enrollment(host, &issued("aa", 10), why)?,
-                vec![]
-            );
-            assert_eq!(
-                store.record_enrollment(other, &issued("cc", 10), why)?,
-                vec![]
-            );
-            let superseded = store.record_enrollment(host, &issued("bb", 20), why)?;
-            assert_eq!(
-                superseded
-                    .into_iter()
-                    .map(|r| (r.serial, r.reason, r.not_after_unix))
-                    .collect::<Vec<_>>(),
-                vec![("aa".to_string(), why.to_string(), 10)]
-            );
-            assert!(revoked_serials(&store)?.contains(&"aa".to_string()));
-            // The same serial recorded twice supersedes nothing.
-            assert_eq!(
-                store.record_enrollment(host, &issued("bb", 20), why)?,
-                vec![]
-            );
-        }
-        let store = Store::open(&path)?;
-        assert_eq!(store.enrollment(host)?.map(|e| e.serial), Some("bb".into()));
-        assert_eq!(store.enrolled_host("cc")?, Some("10.0.0.2".into()));
-        assert_eq!(store.enrolled_host("aa")?, None);
-        Ok(())
-    }
-
-    /// A renewal keeps the caller's certificate valid until the new one is used (its answer
-    /// may be lost); a renewal never taken up is revoked by the next one; an enrollment with
-    /// a token revokes both a host's certificates.
-    #[test]
-    fn a_renewal_revokes_the_old_certificate_when_the_new_one_is_first_used(
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("runs.sqlite"))?;
-        let host: std::net::IpAddr = "10.0.0.1".parse()?;
-        store.record_enrollment(host, &issued("a1", 100), SUPERSEDED_FOR_TEST)?;
-        // Renewed into b2; the answer is lost, the agent still holds a1.
-        assert_eq!(
-            store.record_renewal(host, &issued("a1", 100), &issued("b2", 200))?,
-            vec![]
-        );
-        assert_eq!(
-            store.take_up(host, "a1")?,
-            None,
-            "the old one is not the new one"
-        );
-        assert_eq!(revoked_serials(&store)?, Vec::<String>::new());
-        // It renews again with a1: b2 was never used and goes now.
-        let gone = store.record_renewal(host, &issued("a1", 100), &issued("c3", 300))?;
-        assert_eq!(
-            gone.iter()
-                .map(|r| (r.serial.as_str(), r.reason.as_str()))
-                .collect::<Vec<_>>(),
-            vec![("b2", NOT_TAKEN_UP)]
-        );
-        let e = store.enrollment(host)?.ok_or("no enrollment")?;
-        assert_eq!(
-            (e.serial.as_str(), e.previous.as_str(), e.renewals),
-            ("c3", "a1", 2)
-        );
-        // First use of c3 revokes a1, once.
-        let r = store.take_up(host, "c3")?.ok_or("a1 not revoked")?;
-        assert_eq!(
-            (r.serial.as_str(), r.reason.as_str(), r.not_after_unix),
-            ("a1", RENEWED, 100)
-        );
-        assert_eq!(store.take_up(host, "c3")?, None);
-        // A pending renewal and a token enrollment: both of the host's certificates go.
-        store.record_renewal(host, &issued("c3", 300), &issued("d4", 400))?;
-        let gone = store.record_enrollment(host, &issued("e5", 500), SUPERSEDED_FOR_TEST)?;
-        let mut serials: Vec<_> = gone.into_iter().map(|r| r.serial).collect();
-        serials.sort();
-        assert_eq!(serials, ["c3", "d4"]);
-        assert_eq!(store.enrollment(host)?.map(|e| e.renewals), Some(0));
-        Ok(())
-    }
-
-    #[test]
-    fn revocations_of_long_expired_certificates_are_pruned_unknown_expiries_stay(
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("runs.sqlite"))?;
-        let now = 10 * REVOCATION_AFTER_EXPIRY_SECS;
-        for (serial, not_after_unix) in [
-            ("expired-long-ago", now - REVOCATION_AFTER_EXPIRY_SECS - 1),
-            ("expired-just-now", now - 1),
-            ("valid", now + 100),
-            ("unknown", 0),
-        ] {
-            store.revoke(&Revocation {
-                serial: serial.into(),
-                subject: String::new(),
-                reason: "test".into(),
-                revoked_unix: 1,
-                not_after_unix,
-            })?;
-        }
-        assert_eq!(store.prune_revocations(now)?, 1);
-        let mut left = revoked_serials(&store)?;
-        left.sort();
-        assert_eq!(left, ["expired-just-now", "unknown", "valid"]);
-        Ok(())
-    }
-
-    const SUPERSEDED_FOR_TEST: &str = "superseded by a new enrollment";
-
     /// A store written before the deny list existed opens and gains it, runs intact.
     #[test]
     fn a_store_of_0_3_gains_the_deny_list() -> Result<(), Box<dyn std::error::Error>> {
@@ -1212,58 +1208,6 @@ mod tests {
         // Opening it again finds the column there.
         drop(store);
         Store::open(&path)?;
-        Ok(())
-    }
-
-    /// A run as 0.2 stored it (untyped `args` in its context, a refused step as words) loads,
-    /// its context still reads, and it shows with the typed states and outcome.
-    #[test]
-    fn a_run_stored_by_0_2_loads_and_shows_typed() -> Result<(), Box<dyn std::error::Error>> {
-        use quorum_proto::pb;
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("runs.sqlite"))?;
-        let mut old = run("old", "etcd");
-        old.sop = "member-remove".into();
-        old.context = r#"{"endpoints":["https://10.10.10.11:2379"],"args":{"host":"10.10.10.13","confirmed":"true"},"notes":[]}"#.into();
-        old.state = run_state::FAILED.into();
-        old.steps[0].state = step_state::FAILED.into();
-        old.steps[0].outcome = "refused".into();
-        store.create_run(&old)?;
-        let loaded = store.get_run("old")?;
-        let ctx: crate::sop::runner::RunContext = serde_json::from_str(&loaded.context)?;
-        assert_eq!(ctx.request, None);
-        assert_eq!(
-            ctx.args.get("host").map(String::as_str),
-            Some("10.10.10.13")
-        );
-        assert_eq!(ctx.endpoints, vec!["https://10.10.10.11:2379".to_string()]);
-        let view = crate::sop::planning::run_view(&loaded);
-        assert_eq!(view.state(), pb::RunState::Failed);
-        assert_eq!(view.steps[0].state(), pb::StepState::Failed);
-        assert_eq!(view.steps[0].outcome(), pb::Outcome::Refused);
-        Ok(())
-    }
-
-    #[test]
-    fn steps_and_interruptions_survive_a_reopen() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("runs.sqlite");
-        {
-            let store = Store::open(&path)?;
-            store.create_run(&run("r1", "etcd"))?;
-            let mut step = store.get_run("r1")?.steps[0].clone();
-            step.state = step_state::RUNNING.into();
-            step.task_ids = vec!["r1-s0-a1-127.0.0.1".into()];
-            store.put_step("r1", &step)?;
-        }
-        let store = Store::open(&path)?;
-        assert_eq!(store.mark_interrupted()?, vec!["r1".to_string()]);
-        let r = store.get_run("r1")?;
-        assert_eq!(r.state, run_state::INTERRUPTED);
-        assert_eq!(r.steps[0].state, step_state::RUNNING);
-        assert_eq!(r.steps[0].task_ids, vec!["r1-s0-a1-127.0.0.1".to_string()]);
-        assert_eq!(store.list_runs(10)?, vec!["r1".to_string()]);
-        assert!(matches!(store.get_run("nope"), Err(StoreError::NoRun(_))));
         Ok(())
     }
 }
