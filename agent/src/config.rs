@@ -285,12 +285,31 @@ pub struct ExecService {
     pub commands: BTreeMap<String, Vec<String>>,
 }
 
+/// The most coordinators an agent's config may list.
+pub const MAX_COORDINATORS: usize = 9;
+
+/// One URL, or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// The agent's configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The coordinator's URL, `https://IP:PORT`.
-    pub coordinator: String,
+    /// The coordinator's URL, `https://IP:PORT`, or a list of them: coordinators running
+    /// active/standby on a shared store, among which the agent finds the active one.
+    #[serde(deserialize_with = "one_or_many")]
+    pub coordinator: Vec<String>,
     /// This host's IP: the agent id, and the IP its certificate names.
     pub host_ip: IpAddr,
     /// TLS material.
@@ -437,14 +456,30 @@ impl AgentConfig {
             key: key.to_string(),
             message,
         };
-        if !cfg.coordinator.starts_with("https://") {
+        if cfg.coordinator.is_empty() || cfg.coordinator.len() > MAX_COORDINATORS {
             return Err(invalid(
                 "coordinator",
                 format!(
-                    "{:?} is not an https:// URL; give the coordinator as https://IP:PORT",
-                    cfg.coordinator
+                    "lists {} URLs; give one coordinator URL, or the URLs of up to {MAX_COORDINATORS} coordinators running active/standby",
+                    cfg.coordinator.len()
                 ),
             ));
+        }
+        for (i, url) in cfg.coordinator.iter().enumerate() {
+            if !url.starts_with("https://") {
+                return Err(invalid(
+                    "coordinator",
+                    format!(
+                        "{url:?} is not an https:// URL; give the coordinator as https://IP:PORT"
+                    ),
+                ));
+            }
+            if cfg.coordinator[..i].contains(url) {
+                return Err(invalid(
+                    "coordinator",
+                    format!("{url} is listed twice; list each coordinator once"),
+                ));
+            }
         }
         for p in &cfg.allowed_prefixes {
             if !p.is_absolute() || p == Path::new("/") {
@@ -618,6 +653,30 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_coordinator_or_a_list_of_them() {
+        let with = |coordinator: &str| {
+            AgentConfig::parse(
+                Path::new("agent.yml"),
+                &format!("coordinator: {coordinator}\nhost_ip: 10.10.10.11\nexec:\n  etcd:\n    status: ['true']\n"),
+            )
+        };
+        let one = with("https://10.10.10.10:7443").map(|c| c.coordinator);
+        assert_eq!(one.ok(), Some(vec!["https://10.10.10.10:7443".to_string()]));
+        let three =
+            with("[https://10.10.10.10:7443, https://10.10.10.11:7443, https://10.10.10.12:7443]")
+                .map(|c| c.coordinator.len());
+        assert_eq!(three.ok(), Some(3));
+        for bad in [
+            "[]",
+            "[https://10.10.10.10:7443, http://10.10.10.11:7443]",
+            "[https://10.10.10.10:7443, https://10.10.10.10:7443]",
+        ] {
+            let e = with(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("coordinator"), "{bad}: {e}");
+        }
+    }
 
     fn parse(extra: &str) -> Result<AgentConfig, ConfigError> {
         AgentConfig::parse(

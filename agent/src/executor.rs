@@ -277,6 +277,11 @@ impl Executor {
         }
     }
 
+    /// The highest coordinator epoch a task was taken from (0: none yet).
+    pub fn epoch(&self) -> u64 {
+        self.journal.epoch()
+    }
+
     /// Runs `task` once: a task id already finished is answered from the journal.
     pub async fn execute(&self, task: &pb::Task) -> TaskReport {
         if task.id.is_empty() || task.id.len() > 256 {
@@ -291,6 +296,32 @@ impl Executor {
                 env!("CARGO_PKG_VERSION")
             ));
         };
+        // Fencing: a coordinator that lost its lease to a newer one acts through no agent.
+        // Read-only tasks included: its view of the fleet is not to be trusted either.
+        match self.journal.admit_epoch(task.epoch) {
+            Ok(Ok(())) => {}
+            Ok(Err(stale)) => {
+                tracing::error!(
+                    task = %task.id,
+                    task_epoch = stale.task,
+                    highest_epoch = stale.highest,
+                    "refused a task from a fenced coordinator: its epoch {} is below {}, the highest this agent took a task from; a newer coordinator holds the lease",
+                    stale.task,
+                    stale.highest
+                );
+                self.counters.ran(pb::Outcome::Refused);
+                return TaskReport::refused(format!(
+                    "task {} comes from coordinator epoch {}, below epoch {} this agent already took tasks from: that coordinator lost its lease to a newer one and is fenced; nothing was done",
+                    task.id, stale.task, stale.highest
+                ));
+            }
+            Err(e) => {
+                return TaskReport::failed(format!(
+                    "cannot record the coordinator's epoch {}: {e}; nothing was done",
+                    task.epoch
+                ))
+            }
+        }
         if read_only(kind) {
             let report = self.run(kind).await;
             self.counters.ran(report.outcome);

@@ -82,6 +82,20 @@ struct Inner {
 pub struct Journal {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// The highest coordinator epoch a task was taken from, kept in `epoch` beside the
+    /// journal (written whole and renamed into place before the task runs).
+    epoch_path: PathBuf,
+    epoch: Mutex<u64>,
+}
+
+/// A task from a coordinator whose epoch is below the highest this agent has taken a task
+/// from: that coordinator lost its lease to a newer one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleEpoch {
+    /// The task's epoch.
+    pub task: u64,
+    /// The highest epoch seen.
+    pub highest: u64,
 }
 
 /// Journal I/O errors.
@@ -169,10 +183,71 @@ impl Journal {
                 inner.started.insert(line.id, line.started_ms);
             }
         }
+        let epoch_path = dir.join("epoch");
+        let epoch = match std::fs::read_to_string(&epoch_path) {
+            Ok(t) => t.trim().parse::<u64>().map_err(|e| JournalError {
+                path: epoch_path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not an epoch ({e}); it holds the highest coordinator epoch this agent took a task from: restore it, or write the epoch `quorum status` shows"),
+                ),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                return Err(JournalError {
+                    path: epoch_path,
+                    source: e,
+                })
+            }
+        };
         Ok(Self {
             path,
             inner: Mutex::new(inner),
+            epoch_path,
+            epoch: Mutex::new(epoch),
         })
+    }
+
+    /// The highest coordinator epoch a task was taken from (0: none yet).
+    pub fn epoch(&self) -> u64 {
+        match self.epoch.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    /// Takes a task of coordinator epoch `epoch`: refused when it is below the highest seen;
+    /// a higher one is recorded durably first.
+    pub fn admit_epoch(&self, epoch: u64) -> Result<Result<(), StaleEpoch>, JournalError> {
+        let mut highest = match self.epoch.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if epoch < *highest {
+            return Ok(Err(StaleEpoch {
+                task: epoch,
+                highest: *highest,
+            }));
+        }
+        if epoch > *highest {
+            let err = |source| JournalError {
+                path: self.epoch_path.clone(),
+                source,
+            };
+            let tmp = self.epoch_path.with_extension("tmp");
+            {
+                let mut f = std::fs::File::create(&tmp).map_err(err)?;
+                f.write_all(format!("{epoch}\n").as_bytes())
+                    .and_then(|_| f.sync_all())
+                    .map_err(err)?;
+            }
+            std::fs::rename(&tmp, &self.epoch_path).map_err(err)?;
+            if let Some(dir) = self.epoch_path.parent() {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+            *highest = epoch;
+        }
+        Ok(Ok(()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -190,8 +190,10 @@ pub async fn run(
     executor: Executor,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // Coordinators running active/standby are tried in turn; a standby names the leader.
+    let mut at = 0usize;
     let mut puller = Puller {
-        client: client_for(&cfg, &tls, trust_domain)?,
+        client: client_for(&cfg.coordinator[at], &tls, trust_domain)?,
         agent_id: cfg.host_ip.to_string(),
         executor,
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
@@ -199,11 +201,11 @@ pub async fn run(
         renewal_failing: false,
     };
     let mut renew_at = tokio::time::Instant::now() + renewal_time(tls.validity(), now_unix_f64());
-    tracing::info!(coordinator = %cfg.coordinator, agent = %puller.agent_id, "agent starting");
+    tracing::info!(coordinator = %cfg.coordinator.join(","), agent = %puller.agent_id, "agent starting");
     while !*stop.borrow() {
         // A certificate written meanwhile (`quorum-agent enroll` after an expiry or a
         // revocation) replaces the one in use.
-        if let Some(client) = renewed_client(&cfg, &mut tls, trust_domain) {
+        if let Some(client) = renewed_client(&cfg, &cfg.coordinator[at], &mut tls, trust_domain) {
             puller.client = client;
             puller.backoff.reset();
             renew_at = tokio::time::Instant::now() + renewal_time(tls.validity(), now_unix_f64());
@@ -215,7 +217,7 @@ pub async fn run(
         }
         if tokio::time::Instant::now() >= renew_at {
             renew_at = match renew(&cfg, &tls, &mut puller.client).await {
-                Ok(fresh) => match client_for(&cfg, &fresh, trust_domain) {
+                Ok(fresh) => match client_for(&cfg.coordinator[at], &fresh, trust_domain) {
                     Ok(client) => {
                         let (_, not_after) = fresh.validity().unwrap_or_default();
                         tracing::info!(
@@ -276,7 +278,47 @@ pub async fn run(
             puller.executor.counters.connect_failed();
         }
         puller.connected = false;
-        let delay = puller.backoff.next_delay();
+        let url = cfg.coordinator[at].clone();
+        let hint = quorum_proto::leader::leader_hint(&status);
+        let delay = if hint.is_some() {
+            // A standby answered: it is up, and names the leader (or none, during a
+            // takeover). Look again soon, whatever the failures before.
+            puller.backoff.reset();
+            Duration::from_millis(rand::random_range(300..800))
+        } else {
+            puller.backoff.next_delay()
+        };
+        if cfg.coordinator.len() > 1 {
+            at = match hint.as_deref() {
+                Some(leader) if !leader.is_empty() && leader != url => {
+                    match cfg.coordinator.iter().position(|u| u == leader) {
+                        Some(i) => i,
+                        None => {
+                            tracing::warn!(leader, "the standby at {url} names a leader that is not in this agent's `coordinator:` list; add it there");
+                            (at + 1) % cfg.coordinator.len()
+                        }
+                    }
+                }
+                _ => (at + 1) % cfg.coordinator.len(),
+            };
+            puller.client = client_for(&cfg.coordinator[at], &tls, trust_domain)?;
+        }
+        if let Some(leader) = &hint {
+            tracing::info!(
+                "the coordinator at {url} is a standby ({}); trying {} in {delay:?}",
+                if leader.is_empty() {
+                    "no leader yet".to_string()
+                } else {
+                    format!("the leader is {leader}")
+                },
+                cfg.coordinator[at]
+            );
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            continue;
+        }
         if let Some(at) = expired_at(&tls) {
             tracing::error!(
                 "this agent's certificate {} expired at {}: {}; retrying in {delay:?}",
@@ -291,7 +333,7 @@ pub async fn run(
                 }
                 (None, _) if quorum_proto::tls::server_cert_expired(&status) => tracing::error!(
                     "refusing the server at {}: {}; retrying in {delay:?}",
-                    cfg.coordinator,
+                    url,
                     quorum_proto::tls::COORDINATOR_CERT_EXPIRED
                 ),
                 (None, tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => tracing::error!(
@@ -395,11 +437,11 @@ async fn renew(
 /// coordinator: any CA-signed certificate (an etcd member's) would otherwise be able to hand
 /// this host tasks.
 fn client_for(
-    cfg: &AgentConfig,
+    url: &str,
     tls: &TlsMaterial,
     trust_domain: &str,
 ) -> anyhow::Result<AgentServiceClient<Channel>> {
-    let endpoint = tls.coordinator_endpoint(&cfg.coordinator, trust_domain)?;
+    let endpoint = tls.coordinator_endpoint(url, trust_domain)?;
     // A lazy channel reconnects by itself; the loop only paces the retries.
     let channel: Channel = endpoint.connect_lazy();
     Ok(AgentServiceClient::new(channel)
@@ -413,6 +455,7 @@ fn client_for(
 /// first, then the certificate): the loop keeps what it has and looks again next time.
 fn renewed_client(
     cfg: &AgentConfig,
+    url: &str,
     tls: &mut TlsMaterial,
     trust_domain: &str,
 ) -> Option<AgentServiceClient<Channel>> {
@@ -431,7 +474,7 @@ fn renewed_client(
         tracing::warn!("the certificate on disk changed but cannot be used: {e}");
         return None;
     }
-    match client_for(cfg, &fresh, trust_domain) {
+    match client_for(url, &fresh, trust_domain) {
         Ok(client) => {
             tracing::info!(
                 cert = %cfg.tls.cert.display(),
@@ -581,6 +624,7 @@ impl Puller {
             kind: Some(pb::agent_message::Kind::Poll(pb::PollRequest {
                 agent_id: self.agent_id.clone(),
                 facts,
+                highest_epoch: self.executor.epoch(),
             })),
         }
     }

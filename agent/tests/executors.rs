@@ -84,6 +84,7 @@ const NO_START_CHECK: &str = "start_check_secs: 0\n";
 fn task(id: &str, kind: Kind) -> pb::Task {
     pb::Task {
         id: id.into(),
+        epoch: 0,
         kind: Some(kind),
     }
 }
@@ -379,6 +380,7 @@ async fn bad_tasks_are_refused_and_touch_nothing() -> Result<()> {
     let r = ex
         .execute(&pb::Task {
             id: "b1".into(),
+            epoch: 0,
             kind: None,
         })
         .await;
@@ -1203,5 +1205,67 @@ async fn monitoring_files_land_where_pigsty_reads_them_and_leave_on_deregistrati
         r.output
     );
     assert!(!outside.path().join("targets/infra/quorum.yml").exists());
+    Ok(())
+}
+
+/// Fencing (invariant 9): once a task of coordinator epoch 5 was taken, a task of epoch 4
+/// (a coordinator whose lease was taken over) is refused and runs nothing, read-only tasks
+/// included, also after the agent restarts; epoch 5 and above still run.
+#[tokio::test]
+async fn a_task_from_a_lower_epoch_is_refused_across_restarts() -> Result<()> {
+    let h = Host::new()?;
+    let restart = |id: &str, epoch: u64| pb::Task {
+        id: id.into(),
+        epoch,
+        kind: Some(Kind::ServiceAction(pb::ServiceAction {
+            service: pb::Service::Patroni as i32,
+            action: pb::Action::Reload as i32,
+            force: true,
+            ..Default::default()
+        })),
+    };
+    {
+        let ex = h.executor(false, &h.marker_exec())?;
+        assert_eq!(ex.epoch(), 0);
+        assert_eq!(
+            ex.execute(&restart("e0", 0)).await.outcome,
+            pb::Outcome::Changed
+        );
+        assert_eq!(
+            ex.execute(&restart("e5", 5)).await.outcome,
+            pb::Outcome::Changed
+        );
+        assert_eq!(ex.epoch(), 5);
+        let r = ex.execute(&restart("e4", 4)).await;
+        assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+        assert!(
+            r.output.contains("epoch 4") && r.output.contains("fenced"),
+            "{}",
+            r.output
+        );
+        let facts = pb::Task {
+            id: "f4".into(),
+            epoch: 4,
+            kind: Some(Kind::CollectFacts(pb::CollectFacts {})),
+        };
+        assert_eq!(ex.execute(&facts).await.outcome, pb::Outcome::Refused);
+    }
+    assert_eq!(h.marker(), vec!["patroni-reload", "patroni-reload"]);
+    // A restarted agent remembers epoch 5.
+    let ex = h.executor(false, &h.marker_exec())?;
+    assert_eq!(ex.epoch(), 5);
+    assert_eq!(
+        ex.execute(&restart("e4b", 4)).await.outcome,
+        pb::Outcome::Refused
+    );
+    assert_eq!(
+        ex.execute(&restart("e0b", 0)).await.outcome,
+        pb::Outcome::Refused
+    );
+    assert_eq!(
+        ex.execute(&restart("e6", 6)).await.outcome,
+        pb::Outcome::Changed
+    );
+    assert_eq!(h.marker().len(), 3);
     Ok(())
 }

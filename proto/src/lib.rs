@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod exit;
 pub mod identity;
+pub mod leader;
 pub mod logging;
 pub mod patch;
 pub mod render;

@@ -42,6 +42,7 @@ fn task(w: &World, ip: &str, args: &[&str]) -> Result<CliOutput> {
 fn agent_start_check(w: &World, config: &str) -> Result<CliOutput> {
     let t = pb::Task {
         id: "start-check".into(),
+        epoch: 0,
         kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
     };
     let file = w.dir.path().join("facts.pb");

@@ -258,6 +258,7 @@ async fn refusals_each_say_why() -> Result<()> {
         .poll(pb::PollRequest {
             agent_id: "127.0.0.12".into(),
             facts: None,
+            highest_epoch: 0,
         })
         .await
         .err()
@@ -289,6 +290,7 @@ async fn refusals_each_say_why() -> Result<()> {
         .poll(pb::PollRequest {
             agent_id: "127.0.0.11".into(),
             facts: None,
+            highest_epoch: 0,
         })
         .await
         .err()
@@ -343,6 +345,7 @@ async fn refusals_each_say_why() -> Result<()> {
             hostname: "x".repeat(2 * 1024 * 1024),
             ..Default::default()
         }),
+        highest_epoch: 0,
     };
     let err = AgentServiceClient::new(channel(&w, &agent_crt, &agent_key).await?)
         .max_encoding_message_size(8 * 1024 * 1024)
@@ -604,6 +607,7 @@ fn poll_msg(agent: &str) -> pb::AgentMessage {
         kind: Some(pb::agent_message::Kind::Poll(pb::PollRequest {
             agent_id: agent.into(),
             facts: None,
+            highest_epoch: 0,
         })),
     }
 }
@@ -720,6 +724,7 @@ async fn an_agent_of_0_1_still_polls_and_reports_with_unary_calls() -> Result<()
     let poll = pb::PollRequest {
         agent_id: "127.0.0.11".into(),
         facts: Some(facts),
+        highest_epoch: 0,
     };
     // The poll is held until the admin's task arrives.
     let held = tokio::spawn({
@@ -755,6 +760,7 @@ async fn an_agent_of_0_1_still_polls_and_reports_with_unary_calls() -> Result<()
                 agent_id: "127.0.0.11".into(),
                 task: Some(pb::Task {
                     id: "t-unary".into(),
+                    epoch: 0,
                     kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
                 }),
                 timeout_secs: 20,

@@ -62,6 +62,7 @@ async fn raw_admin(w: &World) -> Result<AdminServiceClient<Channel>> {
 fn restart_etcd() -> pb::Task {
     pb::Task {
         id: String::new(),
+        epoch: 0,
         kind: Some(pb::task::Kind::ServiceAction(pb::ServiceAction {
             service: pb::Service::Etcd as i32,
             action: pb::Action::Restart as i32,

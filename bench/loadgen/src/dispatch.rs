@@ -67,6 +67,7 @@ fn start_simulated(
 fn facts_task() -> pb::Task {
     pb::Task {
         id: String::new(),
+        epoch: 0,
         kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
     }
 }

@@ -93,6 +93,7 @@ async fn fan_out(
         agent_ids: ips.iter().map(|ip| ip.to_string()).collect(),
         task: Some(pb::Task {
             id: String::new(),
+            epoch: 0,
             kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
         }),
         timeout_secs: 120,

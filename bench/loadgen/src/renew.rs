@@ -121,6 +121,7 @@ async fn renew_one(
         kind: Some(pb::agent_message::Kind::Poll(pb::PollRequest {
             agent_id: ip.to_string(),
             facts: None,
+            highest_epoch: 0,
         })),
     })
     .await

@@ -202,6 +202,7 @@ impl Sim {
             let mut req = tonic::Request::new(pb::PollRequest {
                 agent_id: self.agent_id.clone(),
                 facts: Some(self.facts.clone()),
+                highest_epoch: 0,
             });
             req.set_timeout(POLL_DEADLINE);
             let answer = tokio::select! {
@@ -247,6 +248,7 @@ impl Sim {
             kind: Some(Kind::Poll(pb::PollRequest {
                 agent_id: self.agent_id.clone(),
                 facts: facts.then(|| self.facts.clone()),
+                highest_epoch: 0,
             })),
         };
         if tx.send(poll(true)).await.is_err() {

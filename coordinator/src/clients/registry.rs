@@ -507,6 +507,7 @@ pub async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) -> Vec<String>
                 *h,
                 pb::Task {
                     id: id.clone(),
+                    epoch: 0,
                     kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
                 },
             );
@@ -561,6 +562,7 @@ mod tests {
     fn write_conf(id: &str) -> pb::Task {
         pb::Task {
             id: id.into(),
+            epoch: 0,
             kind: Some(pb::task::Kind::WriteEtcdConf(pb::WriteEtcdConf::default())),
         }
     }
@@ -569,10 +571,12 @@ mod tests {
     fn agents_older_than_the_coordinators_minor_get_only_reads() {
         let facts = pb::Task {
             id: "f".into(),
+            epoch: 0,
             kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts::default())),
         };
         let status = pb::Task {
             id: "s".into(),
+            epoch: 0,
             kind: Some(pb::task::Kind::ServiceAction(pb::ServiceAction {
                 action: pb::Action::Status as i32,
                 ..Default::default()
