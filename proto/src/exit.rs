@@ -26,16 +26,22 @@ pub enum Exit {
     /// a coordinator (for the agent: at `enroll`, before the token is sent); or it went away
     /// while the CLI followed a run (left `interrupted`).
     Unreachable = 4,
+    /// 5: `quorum serve` stepped down: it lost the lease of the shared store (another
+    /// coordinator took over, or PostgreSQL was out of reach for as long as the lease lasts)
+    /// and stopped before the lease could lapse. Its service manager starts it again; it
+    /// comes back as a standby.
+    SteppedDown = 5,
 }
 
 impl Exit {
     /// Every exit code, in order.
-    pub const ALL: [Exit; 5] = [
+    pub const ALL: [Exit; 6] = [
         Exit::Ok,
         Exit::Failed,
         Exit::Usage,
         Exit::Refused,
         Exit::Unreachable,
+        Exit::SteppedDown,
     ];
 
     /// The process exit status.
@@ -71,6 +77,7 @@ mod tests {
             Exit::Usage => "bad input",
             Exit::Refused => "refused",
             Exit::Unreachable => "the coordinator could not be reached",
+            Exit::SteppedDown => "`serve` stepped down",
         }
     }
 
@@ -85,7 +92,7 @@ mod tests {
         }
         assert_eq!(
             Exit::ALL.iter().map(|e| e.code()).collect::<Vec<_>>(),
-            vec![0, 1, 2, 3, 4]
+            vec![0, 1, 2, 3, 4, 5]
         );
     }
 

@@ -2,6 +2,7 @@
 //! answers; the TLS listener and its limits.
 
 pub mod adhoc;
+pub mod leader;
 pub mod limit;
 pub mod listener;
 pub mod metrics;

@@ -21,6 +21,7 @@ use crate::daemon::adhoc;
 use crate::daemon::limit::{IpBuckets, LogLimit};
 use crate::model::config::CoordinatorConfig;
 use crate::model::pki::Ca;
+use crate::sop::lease::Leadership;
 use crate::sop::planning as sop;
 use crate::sop::request::SopRequest;
 use crate::sop::runner::{Runner, Timeouts};
@@ -214,6 +215,8 @@ pub struct Coordinator {
     enroll_log: LogLimit,
     /// Revoked certificate serials: refused on every call, and their sessions end.
     deny: crate::daemon::revocation::DenyList,
+    /// The epoch this coordinator acts under, and whether its lease still holds.
+    leadership: Arc<Leadership>,
 }
 
 /// `Enroll` attempts one IP may make at once, then per second: enough for a few hosts behind
@@ -223,7 +226,12 @@ const ENROLL_PER_SEC: f64 = 2.0;
 
 impl Coordinator {
     /// Builds the coordinator state from its config (the state dir is created if missing).
-    pub fn new(config: CoordinatorConfig, tls: TlsMaterial) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        config: CoordinatorConfig,
+        tls: TlsMaterial,
+        store: Arc<Store>,
+        leadership: Arc<Leadership>,
+    ) -> anyhow::Result<Arc<Self>> {
         let changes = crate::model::statedir::prepare(&config.state_dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot prepare state dir {}: {e}; set state_dir in the config to a writable directory",
@@ -267,15 +275,12 @@ impl Coordinator {
         for a in adopted {
             tracing::info!("{a}");
         }
-        let store = Arc::new(Store::open(&config.state_dir.join("runs.sqlite"))?);
-        for id in store.mark_interrupted()? {
-            tracing::warn!(run = %id, "run was interrupted by a coordinator stop; continue it with `quorum run resume {id}`");
-        }
         let deny = crate::daemon::revocation::DenyList::new(store.revocations()?);
         let registry = Registry::new(Duration::from_secs(config.stale_after_secs));
         let etcd = EtcdAccess::new(tls);
         let runner = Runner::new(
             store,
+            leadership.clone(),
             registry.clone(),
             etcd.clone(),
             ca.clone(),
@@ -313,6 +318,7 @@ impl Coordinator {
             enroll_buckets: IpBuckets::new(ENROLL_BURST, ENROLL_PER_SEC),
             enroll_log: LogLimit::new(20, Duration::from_secs(10)),
             deny,
+            leadership,
         }))
     }
 
@@ -541,6 +547,55 @@ impl Coordinator {
             cert_pem,
             ca_pem: ca.cert_pem().to_string(),
         })
+    }
+
+    /// Tasks leave for an agent only while this coordinator's lease holds, each stamped with
+    /// its epoch (the agent refuses an epoch below the highest it has seen).
+    fn hand_out(&self, mut tasks: Vec<pb::Task>) -> Result<Vec<pb::Task>, Status> {
+        self.leadership.check().map_err(|why| {
+            Status::unavailable(format!(
+                "this coordinator stopped dispatching: {why}; agents look for the leader among the coordinators they know"
+            ))
+        })?;
+        let epoch = u64::try_from(self.leadership.epoch()).unwrap_or(0);
+        for t in &mut tasks {
+            t.epoch = epoch;
+        }
+        Ok(tasks)
+    }
+
+    /// Agent `ip` has taken tasks up to epoch `highest`. Above ours: a coordinator on the
+    /// shared store was fenced by a newer leader and steps down; one on its own SQLite store
+    /// (one coordinator, or `serve --standalone`) moves its epoch above it.
+    fn agent_epoch(&self, ip: IpAddr, highest: u64) -> Result<(), Status> {
+        let ours = self.leadership.epoch();
+        let Ok(highest) = i64::try_from(highest) else {
+            return Err(Status::invalid_argument(format!(
+                "agent {ip} reports epoch {highest}, out of range"
+            )));
+        };
+        if highest <= ours {
+            return Ok(());
+        }
+        let store = &self.runner.store;
+        if store.is_shared() {
+            let why = format!(
+                "agent {ip} has taken tasks from epoch {highest}, above this coordinator's {ours}: a newer coordinator holds the lease"
+            );
+            self.leadership.lose(why.clone());
+            return Err(Status::unavailable(why));
+        }
+        let epoch = store
+            .take_local_epoch(&store.holder(), highest)
+            .map_err(store_status)?;
+        self.leadership.set_epoch(epoch);
+        tracing::warn!(
+            agent = %ip,
+            agent_epoch = highest,
+            epoch,
+            "an agent has taken tasks from a higher epoch than this coordinator's (another coordinator, or this one's store was replaced): moved to epoch {epoch}"
+        );
+        Ok(())
     }
 
     /// Agent `ip` opened a session with the certificate `serial`: if a renewal issued it, the
@@ -794,12 +849,17 @@ impl AgentService for AgentSvc {
     ) -> Result<Response<pb::PollResponse>, Status> {
         let (ip, serial) = agent_peer(&req, &self.0)?;
         same_agent(ip, &req.get_ref().agent_id)?;
-        let facts = req.into_inner().facts;
+        let pb::PollRequest {
+            facts,
+            highest_epoch,
+            ..
+        } = req.into_inner();
+        self.0.agent_epoch(ip, highest_epoch)?;
         let hold = Duration::from_secs(self.0.config.poll_hold_secs);
         // A held poll ends at once when its certificate is revoked meanwhile.
         let mut revocations = self.0.deny.subscribe();
         tokio::select! {
-            tasks = self.0.registry.poll(ip, facts, hold) => Ok(Response::new(pb::PollResponse { tasks, renew_within_secs: 0 })),
+            tasks = self.0.registry.poll(ip, facts, hold) => Ok(Response::new(pb::PollResponse { tasks: self.0.hand_out(tasks)?, renew_within_secs: 0 })),
             r = self.0.deny.revoked(&serial, &mut revocations) => {
                 Err(crate::daemon::revocation::refusal(&Peer::Agent(ip), &r))
             }
@@ -934,12 +994,13 @@ impl Session {
                 }
                 Some(Kind::Poll(p)) => {
                     same_agent(self.ip, &p.agent_id).map_err(Some)?;
+                    self.c.agent_epoch(self.ip, p.highest_epoch).map_err(Some)?;
                     // Hold the poll while watching the stream: a closed stream ends it (the
                     // registry then counts the agent as between polls, then stale). Tasks
                     // handed out stay in flight until reported: if the answer never reaches
                     // the agent, its next poll gets them again.
                     return tokio::select! {
-                        tasks = self.c.registry.poll(self.ip, p.facts, hold) => Ok(tasks),
+                        tasks = self.c.registry.poll(self.ip, p.facts, hold) => self.c.hand_out(tasks).map_err(Some),
                         _ = self.stopping.wait_for(|s| *s) => Err(Some(stopping_status())),
                         r = self.c.deny.revoked(&self.serial, &mut self.revocations) => {
                             Err(Some(revoked_session(self.ip, &r)))
@@ -1426,6 +1487,7 @@ impl RunWatch {
 
 fn store_status(e: StoreError) -> Status {
     match e {
+        StoreError::Fenced { .. } => Status::unavailable(e.to_string()),
         StoreError::Locked { .. } => Status::failed_precondition(e.to_string()),
         StoreError::NoRun(_) => Status::not_found(e.to_string()),
         other => Status::internal(other.to_string()),
@@ -1540,8 +1602,19 @@ async fn watch_own_certificate(
     }
 }
 
-/// Runs the daemon until SIGTERM or Ctrl-C.
-pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
+/// How `quorum serve` was started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Break-glass: the local SQLite store even when `store:` names PostgreSQL.
+    pub standalone: bool,
+    /// With `standalone`: start even while the shared store shows a live lease.
+    pub force: bool,
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C. With a shared store it is a standby until it
+/// takes the lease, then the leader until it stops or loses the lease (then the process
+/// exits with [`quorum_proto::exit::Exit::SteppedDown`]).
+pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Result<()> {
     let tls = TlsMaterial::load(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
     let identity = Arc::new(quorum_proto::tls::ServerIdentity::new(
         quorum_proto::tls::certified_key(&tls.cert_pem, &tls.key_pem)?,
@@ -1571,7 +1644,86 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
             not_after,
         );
     }
-    let coordinator = Coordinator::new(config, tls)?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {listen}: {e}; is the address in use or not local?")
+    })?;
+    // TLS is done by the listener (handshake timeout, connection cap, refusals logged), so
+    // tonic gets finished TLS streams and no TLS config of its own. The relay hands the
+    // connections to the standby's server first (shared store), then to the leader's.
+    let incoming = crate::daemon::listener::incoming(listener, server_tls, limits);
+    let (relay, first) = crate::daemon::leader::Relay::start(incoming);
+    let mut signalled = watch_signal();
+    let holder = crate::sop::lease::holder_id();
+    let shared = config.store.clone().filter(|_| !opts.standalone);
+    let mut keep = None;
+    let (store, leadership) = match shared {
+        Some(sc) => {
+            let target = pg_target(&config, &sc)?;
+            let t = target.clone();
+            let store = tokio::task::spawn_blocking(move || Store::open_postgres(&t))
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the shared store failed: {e}"))??;
+            let settings = crate::daemon::leader::LeaseSettings {
+                ttl: sc.lease_ttl(),
+                renew_every: sc.renew_every(),
+                retry: Duration::from_secs(1),
+                holder: holder.clone(),
+                url: config.advertise_url(),
+            };
+            let (seen_tx, seen_rx) = tokio::sync::watch::channel(None);
+            let (end_standby, standby_ended) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(crate::daemon::leader::Standby::<true>::new(seen_rx.clone()))
+                    .add_service(crate::daemon::leader::Standby::<false>::new(seen_rx))
+                    .serve_with_incoming_shutdown(first, async move {
+                        let _ = standby_ended.await;
+                    }),
+            );
+            tracing::info!(%listen, url = %settings.url, "standby: answering calls with the leader's URL until this coordinator takes the lease");
+            let won = crate::daemon::leader::campaign(&target, &settings, &seen_tx, &mut signalled)
+                .await?;
+            let _ = end_standby.send(());
+            let Some(won) = won else {
+                tracing::info!("coordinator stopped (standby)");
+                return Ok(());
+            };
+            remember_shared_epoch(&config, won.epoch);
+            store.fence_with(crate::sop::store::Fence {
+                epoch: won.epoch,
+                holder: holder.clone(),
+            });
+            let leadership = Leadership::leased(won.epoch, won.deadline);
+            tracing::info!(epoch = won.epoch, holder = %holder, "took the lease of the shared store: this coordinator is the leader");
+            keep = Some((won.conn, settings));
+            (Arc::new(store), leadership)
+        }
+        None => {
+            let at_least = if opts.standalone {
+                standalone_epoch(&config, opts.force).await?
+            } else {
+                0
+            };
+            let store = Store::open(&config.state_dir.join("runs.sqlite"))?;
+            let epoch = store.take_local_epoch(&holder, at_least)?;
+            tracing::info!(epoch, "run store: SQLite in the state dir");
+            (Arc::new(store), Leadership::unbounded(epoch))
+        }
+    };
+    let interrupted = store.mark_interrupted()?;
+    let shared = store.is_shared();
+    let coordinator = Coordinator::new(config, tls, store, leadership.clone())?;
+    for id in interrupted {
+        if shared {
+            // A takeover: the run was walked by the leader before this one. It goes on from
+            // its store record as `quorum run resume` would: an interrupted step keeps its
+            // task ids (agents answer from their journals), and every guard runs again.
+            tracing::warn!(run = %id, "taking over a run the previous leader was walking");
+            coordinator.runner.start(id);
+        } else {
+            tracing::warn!(run = %id, "run was interrupted by a coordinator stop; continue it with `quorum run resume {id}`");
+        }
+    }
     {
         let c = coordinator.clone();
         let mut stopping = c.stopping.subscribe();
@@ -1603,13 +1755,35 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         identity,
         coordinator.stopping.subscribe(),
     ));
+    let keeper = keep.map(|(conn, settings)| {
+        let keeper = tokio::spawn(crate::daemon::leader::keep(
+            conn,
+            settings,
+            leadership.clone(),
+            coordinator.stopping.subscribe(),
+        ));
+        // The step-down: before the lease can lapse in the database, stop everything at once.
+        let l = leadership.clone();
+        let stopping = coordinator.stopping.subscribe();
+        tokio::spawn(async move {
+            let why = crate::daemon::leader::lost(&l).await;
+            if *stopping.borrow() {
+                return;
+            }
+            crate::daemon::metrics::set_ready(false);
+            tracing::error!(
+                epoch = l.epoch(),
+                "stepping down: {why}; this coordinator dispatches nothing more and exits (code {}); started again, it is a standby",
+                quorum_proto::exit::Exit::SteppedDown.code()
+            );
+            std::process::exit(i32::from(quorum_proto::exit::Exit::SteppedDown.code()));
+        });
+        keeper
+    });
     let agent = AgentServiceServer::new(AgentSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {listen}: {e}; is the address in use or not local?")
-    })?;
     if let Some(addr) = coordinator.config.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             anyhow::anyhow!(
@@ -1629,23 +1803,128 @@ pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         tls_handshake_timeout = ?limits.handshake_timeout,
         "coordinator listening"
     );
-    // TLS is done by the listener (handshake timeout, connection cap, refusals logged), so
-    // tonic gets finished TLS streams and no TLS config of its own.
-    let incoming = crate::daemon::listener::incoming(listener, server_tls, limits);
+    let incoming = relay.next_server();
     crate::daemon::metrics::set_ready(true);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(agent)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, async move {
-            quorum_proto::shutdown::signal().await;
-            crate::daemon::metrics::set_ready(false);
-            // Sessions last as long as their agents; end them, or the drain never finishes.
-            coordinator.stopping.send_replace(true);
+        .serve_with_incoming_shutdown(incoming, {
+            let coordinator = coordinator.clone();
+            async move {
+                let _ = signalled.wait_for(|s| *s).await;
+                crate::daemon::metrics::set_ready(false);
+                // Sessions last as long as their agents; end them, or the drain never finishes.
+                coordinator.stopping.send_replace(true);
+            }
         })
         .await
         .map_err(|e| anyhow::anyhow!("the server on {listen} failed: {e}"))?;
+    if let Some(keeper) = keeper {
+        // Nothing more is dispatched or written under this lease; a standby takes it now.
+        leadership.lose("the coordinator is stopping".into());
+        if let Ok(Some(conn)) = keeper.await {
+            crate::daemon::leader::release(conn, holder, leadership.epoch()).await;
+        }
+    }
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// Turns true at SIGTERM or Ctrl-C.
+fn watch_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        quorum_proto::shutdown::signal().await;
+        tx.send_replace(true);
+    });
+    rx
+}
+
+/// The PostgreSQL target of `store.postgres`, its password read from its file.
+fn pg_target(
+    config: &CoordinatorConfig,
+    sc: &crate::model::config::StoreConfig,
+) -> anyhow::Result<crate::sop::db::PgTarget> {
+    let password = match &sc.postgres.password_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| crate::model::config::ConfigError::Parse {
+                    path: f.clone(),
+                    message: format!("store.postgres.password_file cannot be read: {e}"),
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(crate::sop::db::PgTarget {
+        conninfo: sc.postgres.conninfo.clone(),
+        ca_cert: Some(
+            sc.postgres
+                .ca_cert
+                .clone()
+                .unwrap_or_else(|| config.tls.ca_cert.clone()),
+        ),
+        password,
+    })
+}
+
+/// Where a coordinator on the shared store notes the last epoch it saw, for a later
+/// `serve --standalone` when PostgreSQL is out of reach.
+fn shared_epoch_file(config: &CoordinatorConfig) -> PathBuf {
+    config.state_dir.join("shared-epoch")
+}
+
+fn remember_shared_epoch(config: &CoordinatorConfig, epoch: i64) {
+    if let Err(e) = crate::model::statedir::prepare(&config.state_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|_| {
+            std::fs::write(shared_epoch_file(config), format!("{epoch}\n")).map_err(Into::into)
+        })
+    {
+        tracing::warn!(
+            "cannot note epoch {epoch} in {}: {e}",
+            shared_epoch_file(config).display()
+        );
+    }
+}
+
+/// The epoch a standalone coordinator must take one above: the lease's, when PostgreSQL
+/// answers (refused while that lease is live, unless forced), else the last one noted here.
+async fn standalone_epoch(config: &CoordinatorConfig, force: bool) -> anyhow::Result<i64> {
+    let noted = std::fs::read_to_string(shared_epoch_file(config))
+        .ok()
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    let Some(sc) = &config.store else {
+        tracing::warn!("--standalone: this coordinator has no shared store configured; it runs on its SQLite store as always");
+        return Ok(noted);
+    };
+    let target = pg_target(config, sc)?;
+    let seen = tokio::task::spawn_blocking(move || {
+        crate::sop::lease::LeaseConn::connect(&target).and_then(|mut c| c.current())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match seen {
+        Ok(Some(lease)) if lease.live() && !force => Err(quorum_proto::exit::BadInput(format!(
+            "--standalone refused: the shared store shows a live lease of epoch {} held by {} at {} ({} ms left): a leader is running. Stop it first, or add --force if it cannot act (this coordinator takes a higher epoch, which agents prefer)",
+            lease.epoch, lease.holder, lease.url, lease.left_ms
+        ))
+        .into()),
+        Ok(lease) => {
+            let epoch = lease.map_or(0, |l| l.epoch).max(noted);
+            tracing::warn!(epoch, "--standalone: running on the local SQLite store above epoch {epoch}; export its runs to the shared store later with `quorum store export`");
+            Ok(epoch)
+        }
+        Err(e) => {
+            tracing::warn!(
+                noted,
+                "--standalone: the shared store is out of reach ({e}); running on the local SQLite store above epoch {noted}, the last one this host saw"
+            );
+            Ok(noted)
+        }
+    }
 }

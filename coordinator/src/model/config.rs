@@ -154,7 +154,50 @@ pub struct CoordinatorConfig {
     /// address or loopback, for Prometheus); unset: no such listener.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where runs, locks and the deny list are kept: the embedded SQLite file in the state
+    /// dir (unset), or PostgreSQL shared by coordinators running active/standby.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+    /// The URL agents and the CLI reach this coordinator at, which standbys name when they
+    /// refuse a call (default: `https://` and `listen`).
+    #[serde(default)]
+    pub advertise_url: Option<String>,
 }
+
+/// The shared store (`store:` in coordinator.yml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// PostgreSQL (Pigsty's pg-meta).
+    pub postgres: PostgresConfig,
+    /// How long the leader's lease lasts without a renewal (default 12s).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub lease_ttl: Option<Duration>,
+    /// How often the leader renews it (default 3s; at most a third of lease_ttl).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub renew_every: Option<Duration>,
+}
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A libpq connection string or postgresql:// URL: Pigsty's `default` service
+    /// (`host=VIP-or-infra port=5436 dbname=meta user=dbuser_quorum sslmode=verify-full`)
+    /// or the primary; never pgbouncer (6432).
+    pub conninfo: String,
+    /// A file holding the role's password (0600), kept out of this file.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The CA PostgreSQL's server certificate chains to (default: tls.ca_cert, Pigsty's CA).
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// The default lease of the shared store's leader.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(12);
+/// How often the leader renews it by default.
+pub const DEFAULT_RENEW_EVERY: Duration = Duration::from_secs(3);
 
 fn default_trust_domain() -> String {
     quorum_proto::identity::DEFAULT_TRUST_DOMAIN.to_string()
@@ -240,12 +283,46 @@ impl CoordinatorConfig {
                     .map_err(|e| invalid(&format!("enroll_cert_days: {e}")))?,
             );
         }
+        if let Some(store) = &config.store {
+            let (ttl, every) = (store.lease_ttl(), store.renew_every());
+            if ttl < Duration::from_secs(3) || every.is_zero() || every * 3 > ttl {
+                return Err(invalid(&format!(
+                    "store.lease_ttl {ttl:?} with store.renew_every {every:?}: the lease must last at least 3s and three renewals; keep the defaults (12s, 3s) unless you know why"
+                )));
+            }
+        }
+        if let Some(url) = &config.advertise_url {
+            if !url.starts_with("https://") {
+                return Err(invalid(&format!(
+                    "advertise_url {url:?} is not an https:// URL; give this coordinator's URL as agents reach it, https://IP:PORT"
+                )));
+            }
+        }
         Ok(config)
+    }
+
+    /// The URL standbys name for this coordinator.
+    pub fn advertise_url(&self) -> String {
+        self.advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.listen))
     }
 
     /// The lifetime of the agent certificates this coordinator signs.
     pub fn agent_cert_ttl(&self) -> Duration {
         self.agent_cert_ttl.unwrap_or(DEFAULT_AGENT_CERT_TTL)
+    }
+}
+
+impl StoreConfig {
+    /// The lease's lifetime.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL)
+    }
+
+    /// How often it is renewed.
+    pub fn renew_every(&self) -> Duration {
+        self.renew_every.unwrap_or(DEFAULT_RENEW_EVERY)
     }
 }
 

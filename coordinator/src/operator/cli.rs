@@ -100,6 +100,15 @@ enum Command {
         /// The coordinator config file.
         #[arg(long, short = 'c', default_value = "/etc/quorum/coordinator.yml")]
         config: PathBuf,
+        /// Break-glass: run on the local SQLite store even though `store:` names PostgreSQL
+        /// (when pg-meta is down, say because etcd lost quorum under it). Refused while the
+        /// shared store shows a live lease, unless --force; takes an epoch above the last one
+        /// seen, so agents refuse the old leader.
+        #[arg(long)]
+        standalone: bool,
+        /// With --standalone: start even while a live lease is visible.
+        #[arg(long, requires = "standalone")]
+        force: bool,
     },
     /// Certificates from the Pigsty CA.
     #[command(subcommand)]
@@ -785,11 +794,19 @@ fn classify(e: &anyhow::Error) -> Exit {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            standalone,
+            force,
+        } => {
             // Everything the daemon creates (run store, used tokens, member keys) is its own.
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             let cfg = crate::model::config::CoordinatorConfig::load(&config)?;
-            crate::daemon::server::serve(cfg).await?;
+            crate::daemon::server::serve(
+                cfg,
+                crate::daemon::server::ServeOptions { standalone, force },
+            )
+            .await?;
             Ok(Exit::Ok)
         }
         Command::Pki(cmd) => pki_command(cmd).await,
@@ -1554,6 +1571,7 @@ async fn ad_hoc_task(
         agent_id: host.to_string(),
         task: Some(pb::Task {
             id: String::new(),
+            epoch: 0,
             kind: Some(kind),
         }),
         timeout_secs: timeout,

@@ -85,14 +85,60 @@ pub fn resolve(
 }
 
 /// Connects as admin, to a server that proves it is the coordinator of the admin
-/// certificate's trust domain.
+/// certificate's trust domain. `conn.coordinator` may list several coordinators running
+/// active/standby (`https://a:7443,https://b:7443`): the leader among them is found (a
+/// standby names it).
 pub async fn admin_client(conn: &Connection) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let urls = quorum_proto::leader::split_urls(&conn.coordinator);
+    if urls.len() <= 1 {
+        return connect_one(conn, urls.first().unwrap_or(&conn.coordinator)).await;
+    }
+    let mut queue: std::collections::VecDeque<String> = urls.iter().cloned().collect();
+    let mut tried: Vec<String> = Vec::new();
+    let mut why: Vec<String> = Vec::new();
+    while let Some(url) = queue.pop_front() {
+        if tried.contains(&url) || tried.len() > 2 * urls.len() {
+            continue;
+        }
+        tried.push(url.clone());
+        let mut client = match connect_one(conn, &url).await {
+            Ok(c) => c,
+            Err(e) => {
+                why.push(e.to_string());
+                continue;
+            }
+        };
+        match client
+            .list_runs(quorum_proto::pb::ListRunsRequest { limit: 1 })
+            .await
+        {
+            Err(status) => match quorum_proto::leader::leader_hint(&status) {
+                Some(leader) => {
+                    why.push(format!("{url} is a standby"));
+                    if !leader.is_empty() {
+                        queue.push_front(leader);
+                    }
+                }
+                // Any other answer comes from the leader; the call itself says what it is.
+                None => return Ok(client),
+            },
+            Ok(_) => return Ok(client),
+        }
+    }
+    Err(anyhow::Error::new(Unreachable(format!(
+        "no leader among the coordinators {}: {}; during a takeover one takes the lease within seconds: try again",
+        urls.join(", "),
+        why.join("; ")
+    ))))
+}
+
+async fn connect_one(conn: &Connection, url: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
     let tls = TlsMaterial::load(&conn.cacert, &conn.cert, &conn.key)?;
     let trust_domain = quorum_proto::tls::first_cert_der(&tls.cert_pem)
         .and_then(|der| quorum_proto::identity::trust_domain_of(&der))
         .unwrap_or_else(|| quorum_proto::identity::DEFAULT_TRUST_DOMAIN.to_string());
     let channel = tls
-        .coordinator_endpoint(&conn.coordinator, &trust_domain)?
+        .coordinator_endpoint(url, &trust_domain)?
         .connect()
         .await
         .map_err(|e| {
@@ -100,13 +146,13 @@ pub async fn admin_client(conn: &Connection) -> anyhow::Result<AdminServiceClien
                 Some(refused) => refused.to_string(),
                 None if quorum_proto::tls::server_cert_expired(&e) => format!(
                     "refusing the server at {}: {}; {}",
-                    conn.coordinator,
+                    url,
                     error_chain(&e),
                     quorum_proto::tls::COORDINATOR_CERT_EXPIRED
                 ),
                 None => format!(
                     "cannot reach the coordinator at {}: {}; is `quorum serve` running there, and is the CA right?",
-                    conn.coordinator,
+                    url,
                     error_chain(&e)
                 ),
             };

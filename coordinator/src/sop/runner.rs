@@ -176,6 +176,8 @@ impl StepEnd {
 pub struct Runner {
     /// The run store.
     pub store: Arc<Store>,
+    /// The epoch this coordinator acts under; checked right before each change it makes.
+    leadership: Arc<crate::sop::lease::Leadership>,
     registry: Registry,
     etcd: EtcdAccess,
     ca: Option<Arc<Ca>>,
@@ -214,6 +216,7 @@ impl Runner {
     /// A runner over `store`, keeping its files where `places` says.
     pub fn new(
         store: Arc<Store>,
+        leadership: Arc<crate::sop::lease::Leadership>,
         registry: Registry,
         etcd: EtcdAccess,
         ca: Option<Arc<Ca>>,
@@ -222,6 +225,7 @@ impl Runner {
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            leadership,
             registry,
             etcd,
             ca,
@@ -313,6 +317,11 @@ impl Runner {
             step.finished_ms = 0;
             step.journal = None;
             self.store.put_step(run_id, &step)?;
+            // The write above committed under the lease; a coordinator paused since then
+            // (SIGSTOP, a frozen VM) finds it lapsed here and acts no more.
+            if let Err(why) = self.leadership.check() {
+                anyhow::bail!("stopped before step {} of run {run_id}: {why}", i + 1);
+            }
             let end = self.exec_step(&run, &ctx, &step).await;
             step.state = if end.ok {
                 step_state::DONE.into()
@@ -681,8 +690,12 @@ impl Runner {
 
     /// Queues one task and waits for its report; a stale agent or a timeout fails the step.
     async fn agent_task(&self, host: IpAddr, id: String, kind: pb::task::Kind) -> StepEnd {
+        if let Err(end) = self.may_act() {
+            return end;
+        }
         let task = pb::Task {
             id: id.clone(),
+            epoch: 0,
             kind: Some(kind),
         };
         let mut rx = self.registry.queue(host, task);
@@ -731,6 +744,16 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Whether this coordinator may still change anything (its lease holds): checked right
+    /// before each etcd membership change and each task queued.
+    fn may_act(&self) -> Result<(), StepEnd> {
+        self.leadership.check().map_err(|why| {
+            StepEnd::failed(format!(
+                "this coordinator lost its lease and changes nothing more: {why}"
+            ))
+        })
     }
 
     async fn members(&self, ctx: &RunContext) -> Result<Vec<MemberInfo>, String> {
@@ -970,6 +993,9 @@ impl Runner {
                 l.peer_urls.join(",")
             )));
         }
+        if let Err(end) = self.may_act() {
+            return Ok(end);
+        }
         let id = self
             .retry_unhealthy_typed(|| self.etcd.add_learner(&ctx.endpoints, peer_url))
             .await?;
@@ -995,6 +1021,9 @@ impl Runner {
                     pb::Outcome::Unchanged,
                     format!("{:x} is already a voting member", m.id),
                 ));
+            }
+            if let Err(end) = self.may_act() {
+                return Try::Done(end);
             }
             // A learner still catching up is tried again; anything else is final.
             match gates::promotion(self.etcd.promote(&ctx.endpoints, m.id).await, m.id) {
@@ -1103,6 +1132,9 @@ impl Runner {
                 why_not.join("; ")
             ));
         };
+        if let Err(end) = self.may_act() {
+            return end;
+        }
         match self.etcd.move_leader(url, target).await {
             Ok(()) => StepEnd::ok(pb::Outcome::Changed,
                 format!(
@@ -1152,6 +1184,9 @@ impl Runner {
             ));
         }
         let id = gone.id;
+        if let Err(end) = self.may_act() {
+            return end;
+        }
         match self
             .retry_unhealthy(|| self.etcd.remove(&ctx.endpoints, id))
             .await
