@@ -341,6 +341,9 @@ fn verified_endpoint(
         .map_err(|e| TlsError::Transport(e.to_string()))
 }
 
+/// How often a client pings the coordinator on an idle connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The URL check and the connection settings every client shares; keepalives detect a dead
 /// peer during a held poll.
 fn base_endpoint(url: &str) -> Result<Endpoint, TlsError> {
@@ -360,7 +363,7 @@ fn base_endpoint(url: &str) -> Result<Endpoint, TlsError> {
         // A poll crosses the connection every 30 s anyway; a ping more often only costs
         // the coordinator CPU across a large fleet (BENCHMARKS.md, idle fleet). A dead
         // coordinator is still noticed within 35 s.
-        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true))
 }

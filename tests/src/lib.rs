@@ -238,6 +238,9 @@ pub struct World {
     pub coordinator_extra: String,
     /// Extra flags for `quorum serve` (`--log-format json`, say).
     pub coordinator_args: Vec<String>,
+    /// More coordinators on the same shared store (active/standby), by index from 1: their
+    /// address and process. Agents and the CLI are given every coordinator's URL.
+    pub others: Vec<(SocketAddr, Option<Proc>)>,
 }
 
 impl World {
@@ -266,6 +269,7 @@ impl World {
             agents: Vec::new(),
             coordinator_extra: String::new(),
             coordinator_args: Vec::new(),
+            others: Vec::new(),
         };
         w.quorum(&["pki", "init", "--dir", &w.p("ca")])?.ok()?;
         w.quorum(&[
@@ -307,6 +311,53 @@ impl World {
         format!("https://{}", self.listen)
     }
 
+    /// Every coordinator's URL, the first one's first.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(self.listen)
+            .chain(self.others.iter().map(|(a, _)| *a))
+            .map(|a| format!("https://{a}"))
+            .collect()
+    }
+
+    /// What the CLI is given as QUORUM_COORDINATOR: every coordinator's URL.
+    fn admin_url(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// Adds a coordinator (started with [`World::start_coordinator_at`]); returns its index.
+    pub fn add_coordinator(&mut self) -> Result<usize> {
+        let ip = self.listen.ip();
+        self.others.push((SocketAddr::new(ip, free_port(ip)?), None));
+        Ok(self.others.len())
+    }
+
+    /// Coordinator `i`'s address (0: the first).
+    pub fn listen_at(&self, i: usize) -> Result<SocketAddr> {
+        if i == 0 {
+            return Ok(self.listen);
+        }
+        self.others
+            .get(i - 1)
+            .map(|(a, _)| *a)
+            .with_context(|| format!("no coordinator {i}"))
+    }
+
+    /// Coordinator `i`'s process, if started.
+    pub fn coordinator_at(&mut self, i: usize) -> Option<&mut Proc> {
+        if i == 0 {
+            return self.coordinator.as_mut();
+        }
+        self.others.get_mut(i - 1).and_then(|(_, p)| p.as_mut())
+    }
+
+    /// Coordinator `i`'s log file.
+    pub fn coordinator_log(&self, i: usize) -> PathBuf {
+        match i {
+            0 => self.dir.path().join("coordinator.log"),
+            i => self.dir.path().join(format!("coordinator-{i}.log")),
+        }
+    }
+
     /// Runs `quorum` without admin credentials.
     pub fn quorum(&self, args: &[&str]) -> Result<CliOutput> {
         run("quorum", args, &[])
@@ -314,7 +365,7 @@ impl World {
 
     /// Runs `quorum` as the admin.
     pub fn admin(&self, args: &[&str]) -> Result<CliOutput> {
-        let url = self.url();
+        let url = self.admin_url();
         let cert = self.p("admin/admin.crt");
         let key = self.p("admin/admin.key");
         let ca = self.p("ca/ca.crt");
@@ -332,7 +383,7 @@ impl World {
 
     /// Runs `quorum` as the admin with extra environment (`TZ=UTC`, say).
     pub fn admin_env(&self, args: &[&str], env: &[(&str, &str)]) -> Result<CliOutput> {
-        let url = self.url();
+        let url = self.admin_url();
         let cert = self.p("admin/admin.crt");
         let key = self.p("admin/admin.key");
         let ca = self.p("ca/ca.crt");
@@ -358,7 +409,7 @@ impl World {
         let mut cmd = Command::new(bin("quorum")?);
         cmd.args(args)
             .env("PATH", etcd_path())
-            .env("QUORUM_COORDINATOR", self.url())
+            .env("QUORUM_COORDINATOR", self.admin_url())
             .env("QUORUM_CERT", self.p("admin/admin.crt"))
             .env("QUORUM_KEY", self.p("admin/admin.key"))
             .env("QUORUM_CACERT", self.p("ca/ca.crt"))
@@ -383,26 +434,36 @@ impl World {
 
     /// Writes coordinator.yml and starts the coordinator; waits until it accepts connections.
     pub fn start_coordinator(&mut self) -> Result<()> {
+        self.start_coordinator_at(0)
+    }
+
+    /// Writes coordinator `i`'s config (`coordinator.yml`, `coordinator-I.yml`; its own state
+    /// dir) and starts it; waits until it accepts connections (a standby does too).
+    pub fn start_coordinator_at(&mut self, i: usize) -> Result<()> {
+        let listen = self.listen_at(i)?;
+        let (name, state) = match i {
+            0 => ("coordinator.yml".to_string(), "state".to_string()),
+            i => (format!("coordinator-{i}.yml"), format!("state-{i}")),
+        };
         let cfg = format!(
-            "listen: {listen}\ntls:\n  ca_cert: {ca}\n  cert: {crt}\n  key: {key}\n  ca_key: {cakey}\nstate_dir: {state}\ninventory: {inv}\n{extra}",
-            listen = self.listen,
+            "listen: {listen}\nadvertise_url: https://{listen}\ntls:\n  ca_cert: {ca}\n  cert: {crt}\n  key: {key}\n  ca_key: {cakey}\nstate_dir: {state}\ninventory: {inv}\n{extra}",
             ca = self.p("ca/ca.crt"),
             crt = self.p("coordinator/coordinator.crt"),
             key = self.p("coordinator/coordinator.key"),
             cakey = self.p("ca/ca.key"),
-            state = self.p("state"),
+            state = self.p(&state),
             inv = self.p("pigsty.yml"),
             extra = self.coordinator_extra,
         );
-        std::fs::write(self.dir.path().join("coordinator.yml"), cfg)?;
+        std::fs::write(self.dir.path().join(&name), cfg)?;
         let mut cmd = Command::new(bin("quorum")?);
         // Its snapshots are checked with the selected etcdctl.
-        cmd.args(["serve", "--config", &self.p("coordinator.yml")])
+        cmd.args(["serve", "--config", &self.p(&name)])
             .args(&self.coordinator_args)
             .env("PATH", etcd_path());
-        let log = self.dir.path().join("coordinator.log");
-        let mut proc = Proc::spawn("coordinator", cmd, &log)?;
-        let addr = self.listen;
+        let log = self.coordinator_log(i);
+        let mut proc = Proc::spawn(&format!("coordinator {i}"), cmd, &log)?;
+        let addr = listen;
         wait_for("the coordinator to listen", Duration::from_secs(20), || {
             if !proc.running() {
                 return Some(false);
@@ -418,13 +479,25 @@ impl World {
                 bail!("the coordinator exited at start:\n{}", proc.log_text())
             }
         })?;
-        self.coordinator = Some(proc);
+        match i {
+            0 => self.coordinator = Some(proc),
+            i => self.others[i - 1].1 = Some(proc),
+        }
         Ok(())
     }
 
     /// Stops the coordinator with SIGKILL.
     pub fn kill_coordinator(&mut self) {
-        if let Some(mut c) = self.coordinator.take() {
+        self.kill_coordinator_at(0);
+    }
+
+    /// Stops coordinator `i` with SIGKILL.
+    pub fn kill_coordinator_at(&mut self, i: usize) {
+        let proc = match i {
+            0 => self.coordinator.take(),
+            i => self.others.get_mut(i - 1).and_then(|(_, p)| p.take()),
+        };
+        if let Some(mut c) = proc {
             c.kill();
         }
     }
@@ -493,7 +566,10 @@ impl World {
         let d = format!("agent-{ip}");
         let cfg = format!(
             "coordinator: {url}\nhost_ip: {ip}\ntls:\n  ca_cert: {ca}\n  cert: {crt}\n  key: {key}\n{extra}",
-            url = self.url(),
+            url = match self.urls().as_slice() {
+                [one] => one.clone(),
+                all => format!("[{}]", all.join(", ")),
+            },
             ca = self.p("ca/ca.crt"),
             crt = self.p(&format!("{d}/agent.crt")),
             key = self.p(&format!("{d}/agent.key")),

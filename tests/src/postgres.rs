@@ -225,8 +225,9 @@ impl Postgres {
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
+impl Postgres {
+    /// Stops the server (fast shutdown), as a crashed pg-meta would be gone.
+    pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             // Fast shutdown: the postmaster ends its backends and removes its shared memory.
             let _ = p.signal(nix::sys::signal::Signal::SIGINT);
@@ -234,5 +235,11 @@ impl Drop for Postgres {
                 p.kill();
             }
         }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

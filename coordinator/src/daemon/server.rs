@@ -1644,6 +1644,12 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
             not_after,
         );
     }
+    // Break-glass is checked before anything is bound or opened.
+    let at_least = if opts.standalone {
+        standalone_epoch(&config, opts.force).await?
+    } else {
+        0
+    };
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {listen}: {e}; is the address in use or not local?")
     })?;
@@ -1671,6 +1677,19 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
                 url: config.advertise_url(),
             };
             let (seen_tx, seen_rx) = tokio::sync::watch::channel(None);
+            {
+                // The epochs a standby sees are noted too, for a later --standalone.
+                let mut seen = seen_rx.clone();
+                let config = config.clone();
+                tokio::spawn(async move {
+                    while seen.changed().await.is_ok() {
+                        let epoch = seen.borrow_and_update().as_ref().map(|(_, e)| *e);
+                        if let Some(epoch) = epoch {
+                            remember_shared_epoch(&config, epoch);
+                        }
+                    }
+                });
+            }
             let (end_standby, standby_ended) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(
                 tonic::transport::Server::builder()
@@ -1699,11 +1718,6 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
             (Arc::new(store), leadership)
         }
         None => {
-            let at_least = if opts.standalone {
-                standalone_epoch(&config, opts.force).await?
-            } else {
-                0
-            };
             let store = Store::open(&config.state_dir.join("runs.sqlite"))?;
             let epoch = store.take_local_epoch(&holder, at_least)?;
             tracing::info!(epoch, "run store: SQLite in the state dir");

@@ -101,17 +101,27 @@ pub async fn admin_client(conn: &Connection) -> anyhow::Result<AdminServiceClien
             continue;
         }
         tried.push(url.clone());
-        let mut client = match connect_one(conn, &url).await {
-            Ok(c) => c,
-            Err(e) => {
+        // A coordinator that accepts and then says nothing (a stopped process, a frozen
+        // host) must not hold the CLI: each is given a few seconds.
+        let probe = async {
+            let mut client = connect_one(conn, &url).await?;
+            let answer = client
+                .list_runs(quorum_proto::pb::ListRunsRequest { limit: 1 })
+                .await;
+            Ok::<_, anyhow::Error>((client, answer))
+        };
+        let (client, answer) = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
                 why.push(e.to_string());
                 continue;
             }
+            Err(_) => {
+                why.push(format!("{url} did not answer within {PROBE_TIMEOUT:?}"));
+                continue;
+            }
         };
-        match client
-            .list_runs(quorum_proto::pb::ListRunsRequest { limit: 1 })
-            .await
-        {
+        match answer {
             Err(status) => match quorum_proto::leader::leader_hint(&status) {
                 Some(leader) => {
                     why.push(format!("{url} is a standby"));
@@ -131,6 +141,9 @@ pub async fn admin_client(conn: &Connection) -> anyhow::Result<AdminServiceClien
         why.join("; ")
     ))))
 }
+
+/// How long the CLI gives each of several coordinators to say whether it leads.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn connect_one(conn: &Connection, url: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
     let tls = TlsMaterial::load(&conn.cacert, &conn.cert, &conn.key)?;

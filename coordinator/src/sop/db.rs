@@ -221,6 +221,10 @@ pub struct PgTarget {
     pub password: Option<String>,
 }
 
+/// How long PostgreSQL lets a store session sit idle inside a transaction (the store's
+/// transactions run their statements back to back, in milliseconds).
+pub const IDLE_IN_TRANSACTION_MS: u64 = 5_000;
+
 /// pgbouncer's port in Pigsty: its transaction pooling breaks the session state the lease
 /// and the transactions rely on.
 pub const PGBOUNCER_PORT: u16 = 6432;
@@ -317,6 +321,13 @@ impl PgTarget {
             .recv()
             .map_err(|_| StoreError::Config("the PostgreSQL connection thread ended".into()))??;
         Sql::execute(&client, "SET search_path TO quorum", &[])?;
+        // A coordinator stopped (SIGSTOP, a frozen VM) inside a write transaction holds the
+        // lease row against takeovers; the server ends such a session instead of waiting.
+        Sql::execute(
+            &client,
+            &format!("SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}"),
+            &[],
+        )?;
         Ok(client)
     }
 

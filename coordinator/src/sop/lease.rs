@@ -153,14 +153,23 @@ impl LeaseConn {
     /// Connects.
     pub fn connect(target: &PgTarget) -> Result<Self, StoreError> {
         Ok(Self {
-            client: target.connect()?,
+            client: Self::session(target)?,
             target: target.clone(),
         })
     }
 
+    /// A session whose lease statements never wait long for the row: a store transaction
+    /// holds it for milliseconds, and one of a stopped coordinator is ended by the server
+    /// ([`crate::sop::db::IDLE_IN_TRANSACTION_MS`]); the next try comes soon anyway.
+    fn session(target: &PgTarget) -> Result<tokio_postgres::Client, StoreError> {
+        let client = target.connect()?;
+        Sql::execute(&client, "SET lock_timeout = 1000", &[])?;
+        Ok(client)
+    }
+
     fn client(&mut self) -> Result<&tokio_postgres::Client, StoreError> {
         if self.client.is_closed() {
-            self.client = self.target.connect()?;
+            self.client = Self::session(&self.target)?;
         }
         Ok(&self.client)
     }
