@@ -18,6 +18,10 @@
 #      once (Renew, then a new connection and session on the new certificate, which revokes
 #      the old one): the coordinator's CPU and memory per renewal cycle of the fleet, and the
 #      deny list and CRL it leaves
+#   7. coordinator failover: two coordinators on a PostgreSQL 15 of its own (default lease,
+#      12 s renewed every 3 s) and a real 3-member etcd cluster; FAILOVERS rounds of a rolling
+#      reload whose leader is killed (SIGKILL) after three steps: the time from the kill to the
+#      standby holding the lease, and to the next step it starts (tests/benches/failover.rs)
 #
 # Settings (environment):
 #   FLEET="1000 5000 10000"  fleet sizes          DISPATCHES=1000   timed round trips
@@ -28,6 +32,7 @@
 #   KEEP=1                   keep the temp dir (configs, logs) instead of removing it
 #   PROTOCOL=session         the simulated agents' calls; `unary` plays 0.1 agents (Poll+Report)
 #   RENEW="10000"            fleet sizes of step 6 (empty skips it)
+#   FAILOVERS=5              rounds of step 7 (0 skips it; needs PostgreSQL 15 and root)
 #
 # Needs: etcd and start-stop-daemon (Debian's etcd-server, dpkg), perf for step 5
 # (linux-perf; skipped with a note when it does not work). Every process it starts is killed
@@ -39,6 +44,7 @@ START=$(date +%s)
 
 FLEET=${FLEET-1000 5000 10000}
 RENEW=${RENEW-10000}
+FAILOVERS=${FAILOVERS:-5}
 PROTOCOL=${PROTOCOL:-session}
 DISPATCHES=${DISPATCHES:-1000}
 AGENT_IDLE_SECS=${AGENT_IDLE_SECS:-60}
@@ -315,6 +321,13 @@ for n in $RENEW; do
     --coordinator-pid "$COORD_PID" --state-dir "$D/renew-$n-state" --out "$RES" >&2
   stop_pid "$COORD_PID"
 done
+
+# ---------------------------------------------------------------- 7: failover
+if [ "$FAILOVERS" -gt 0 ]; then
+  say "7. $FAILOVERS failovers of the leader during a rolling reload (two coordinators on PostgreSQL 15)"
+  QUORUM_BIN_DIR=$ROOT/target/release cargo bench -q -p quorum-tests --bench failover -- \
+    --rounds "$FAILOVERS" --out "$RES" >&2
+fi
 
 # ---------------------------------------------------------------- 5: profiles
 # top_frames FILE PID: the three hottest functions of process PID by self time.

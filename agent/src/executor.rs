@@ -16,7 +16,7 @@ use crate::backend::{Backend, Svc};
 use crate::config::AgentConfig;
 use crate::datadir::DataDir;
 use crate::files::{self, Ids, Links, Managed, Written};
-use crate::journal::{Journal, Seen};
+use crate::journal::{Journal, Seen, StaleEpoch};
 use crate::wal;
 
 /// Largest content a write task may carry.
@@ -298,8 +298,26 @@ impl Executor {
         };
         // Fencing: a coordinator that lost its lease to a newer one acts through no agent.
         // Read-only tasks included: its view of the fleet is not to be trusted either.
-        match self.journal.admit_epoch(task.epoch) {
+        match self.journal.admit_epoch(task.epoch, &task.epoch_holder) {
             Ok(Ok(())) => {}
+            Ok(Err(StaleEpoch {
+                other_holder: Some((theirs, ours)),
+                task: epoch,
+                ..
+            })) => {
+                tracing::error!(
+                    task = %task.id,
+                    epoch,
+                    holder = %theirs,
+                    known_holder = %ours,
+                    "refused a task of epoch {epoch} from {theirs}: this agent took that epoch's tasks from {ours}; two coordinators claim one epoch (a standalone one beside the shared store's leader?)"
+                );
+                self.counters.ran(pb::Outcome::Refused);
+                return TaskReport::refused(format!(
+                    "task {} comes from coordinator {theirs} with epoch {epoch}, which this agent took from coordinator {ours}: two coordinators claim one epoch; stop the one that should not run (a `serve --standalone` beside the shared store's leader?) and run `quorum store export`; nothing was done",
+                    task.id
+                ));
+            }
             Ok(Err(stale)) => {
                 tracing::error!(
                     task = %task.id,

@@ -85,17 +85,20 @@ pub struct Journal {
     /// The highest coordinator epoch a task was taken from, kept in `epoch` beside the
     /// journal (written whole and renamed into place before the task runs).
     epoch_path: PathBuf,
-    epoch: Mutex<u64>,
+    epoch: Mutex<(u64, String)>,
 }
 
 /// A task from a coordinator whose epoch is below the highest this agent has taken a task
-/// from: that coordinator lost its lease to a newer one.
+/// from (that coordinator lost its lease to a newer one), or of that epoch from another
+/// coordinator than the one holding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleEpoch {
     /// The task's epoch.
     pub task: u64,
     /// The highest epoch seen.
     pub highest: u64,
+    /// Set when the epoch is the highest but its holder is not the one seen.
+    pub other_holder: Option<(String, String)>,
 }
 
 /// Journal I/O errors.
@@ -185,14 +188,22 @@ impl Journal {
         }
         let epoch_path = dir.join("epoch");
         let epoch = match std::fs::read_to_string(&epoch_path) {
-            Ok(t) => t.trim().parse::<u64>().map_err(|e| JournalError {
-                path: epoch_path.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("not an epoch ({e}); it holds the highest coordinator epoch this agent took a task from: restore it, or write the epoch `quorum status` shows"),
-                ),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Ok(t) => {
+                let mut words = t.split_whitespace();
+                let epoch = words
+                    .next()
+                    .unwrap_or_default()
+                    .parse::<u64>()
+                    .map_err(|e| JournalError {
+                        path: epoch_path.clone(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("not an epoch ({e}); it holds the highest coordinator epoch this agent took a task from and its holder: restore it, or remove it if no coordinator of a higher epoch can be running"),
+                        ),
+                    })?;
+                (epoch, words.next().unwrap_or_default().to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, String::new()),
             Err(e) => {
                 return Err(JournalError {
                     path: epoch_path,
@@ -211,25 +222,45 @@ impl Journal {
     /// The highest coordinator epoch a task was taken from (0: none yet).
     pub fn epoch(&self) -> u64 {
         match self.epoch.lock() {
-            Ok(g) => *g,
-            Err(p) => *p.into_inner(),
+            Ok(g) => g.0,
+            Err(p) => p.into_inner().0,
         }
     }
 
-    /// Takes a task of coordinator epoch `epoch`: refused when it is below the highest seen;
-    /// a higher one is recorded durably first.
-    pub fn admit_epoch(&self, epoch: u64) -> Result<Result<(), StaleEpoch>, JournalError> {
+    /// Takes a task of coordinator epoch `epoch` held by `holder`: refused when it is below
+    /// the highest seen, or is that epoch from another holder; a higher one is recorded
+    /// durably first.
+    pub fn admit_epoch(
+        &self,
+        epoch: u64,
+        holder: &str,
+    ) -> Result<Result<(), StaleEpoch>, JournalError> {
         let mut highest = match self.epoch.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if epoch < *highest {
+        if epoch < highest.0 {
             return Ok(Err(StaleEpoch {
                 task: epoch,
-                highest: *highest,
+                highest: highest.0,
+                other_holder: None,
             }));
         }
-        if epoch > *highest {
+        if epoch == highest.0 && epoch > 0 && !highest.1.is_empty() && highest.1 != holder {
+            return Ok(Err(StaleEpoch {
+                task: epoch,
+                highest: highest.0,
+                other_holder: Some((holder.to_string(), highest.1.clone())),
+            }));
+        }
+        if epoch > highest.0 || (epoch == highest.0 && highest.1.is_empty() && !holder.is_empty()) {
+            if holder.chars().any(|c| c.is_whitespace() || c.is_control()) || holder.len() > 256 {
+                return Ok(Err(StaleEpoch {
+                    task: epoch,
+                    highest: highest.0,
+                    other_holder: Some((holder.escape_debug().to_string(), highest.1.clone())),
+                }));
+            }
             let err = |source| JournalError {
                 path: self.epoch_path.clone(),
                 source,
@@ -237,7 +268,7 @@ impl Journal {
             let tmp = self.epoch_path.with_extension("tmp");
             {
                 let mut f = std::fs::File::create(&tmp).map_err(err)?;
-                f.write_all(format!("{epoch}\n").as_bytes())
+                f.write_all(format!("{epoch} {holder}\n").as_bytes())
                     .and_then(|_| f.sync_all())
                     .map_err(err)?;
             }
@@ -245,7 +276,7 @@ impl Journal {
             if let Some(dir) = self.epoch_path.parent() {
                 let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
             }
-            *highest = epoch;
+            *highest = (epoch, holder.to_string());
         }
         Ok(Ok(()))
     }

@@ -85,6 +85,7 @@ fn task(id: &str, kind: Kind) -> pb::Task {
     pb::Task {
         id: id.into(),
         epoch: 0,
+        epoch_holder: String::new(),
         kind: Some(kind),
     }
 }
@@ -381,6 +382,7 @@ async fn bad_tasks_are_refused_and_touch_nothing() -> Result<()> {
         .execute(&pb::Task {
             id: "b1".into(),
             epoch: 0,
+            epoch_holder: String::new(),
             kind: None,
         })
         .await;
@@ -1217,6 +1219,7 @@ async fn a_task_from_a_lower_epoch_is_refused_across_restarts() -> Result<()> {
     let restart = |id: &str, epoch: u64| pb::Task {
         id: id.into(),
         epoch,
+        epoch_holder: format!("coordinator-{epoch}"),
         kind: Some(Kind::ServiceAction(pb::ServiceAction {
             service: pb::Service::Patroni as i32,
             action: pb::Action::Reload as i32,
@@ -1246,6 +1249,7 @@ async fn a_task_from_a_lower_epoch_is_refused_across_restarts() -> Result<()> {
         let facts = pb::Task {
             id: "f4".into(),
             epoch: 4,
+            epoch_holder: "coordinator-4".into(),
             kind: Some(Kind::CollectFacts(pb::CollectFacts {})),
         };
         assert_eq!(ex.execute(&facts).await.outcome, pb::Outcome::Refused);
@@ -1266,6 +1270,22 @@ async fn a_task_from_a_lower_epoch_is_refused_across_restarts() -> Result<()> {
         ex.execute(&restart("e6", 6)).await.outcome,
         pb::Outcome::Changed
     );
-    assert_eq!(h.marker().len(), 3);
+    // Epoch 6 from another coordinator than the one that holds it: refused too.
+    let twin = pb::Task {
+        epoch_holder: "standalone".into(),
+        ..restart("e6b", 6)
+    };
+    let r = ex.execute(&twin).await;
+    assert_eq!(r.outcome, pb::Outcome::Refused, "{r:?}");
+    assert!(
+        r.output.contains("two coordinators claim one epoch"),
+        "{}",
+        r.output
+    );
+    assert_eq!(
+        ex.execute(&restart("e6c", 6)).await.outcome,
+        pb::Outcome::Changed
+    );
+    assert_eq!(h.marker().len(), 4);
     Ok(())
 }

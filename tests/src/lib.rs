@@ -327,7 +327,8 @@ impl World {
     /// Adds a coordinator (started with [`World::start_coordinator_at`]); returns its index.
     pub fn add_coordinator(&mut self) -> Result<usize> {
         let ip = self.listen.ip();
-        self.others.push((SocketAddr::new(ip, free_port(ip)?), None));
+        self.others
+            .push((SocketAddr::new(ip, free_port(ip)?), None));
         Ok(self.others.len())
     }
 

@@ -26,6 +26,7 @@ pub struct Postgres {
     pub dir: PathBuf,
     /// The file holding role quorum's password (for `password_file`).
     pub password_file: PathBuf,
+    log: PathBuf,
 }
 
 fn postgres_ids() -> Result<(u32, u32)> {
@@ -118,12 +119,41 @@ impl Postgres {
         )?;
         own(&data.join("pg_hba.conf"), 0o600)?;
         let port = free_port("127.0.0.1".parse()?)?;
+        let log = world.dir.path().join("postgres.log");
+        let mut me = Self {
+            proc: None,
+            port,
+            dir,
+            password_file: world.dir.path().join("quorum-pg.pw"),
+            log: log.clone(),
+        };
+        me.proc = Some(Proc::spawn("postgres", me.command()?, &log)?);
+        me.wait_up()?;
+        me.psql(
+            "postgres",
+            &format!("CREATE ROLE quorum LOGIN PASSWORD '{QUORUM_PASSWORD}'"),
+        )?;
+        me.create_db("meta")?;
+        std::fs::write(&me.password_file, format!("{QUORUM_PASSWORD}\n"))?;
+        Ok(me)
+    }
+
+    /// Starts the server again on its data dir (after [`Postgres::stop`]).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let log = self.log.with_extension("restarted.log");
+        self.proc = Some(Proc::spawn("postgres", self.command()?, &log)?);
+        self.wait_up()
+    }
+
+    fn command(&self) -> Result<Command> {
         let mut cmd = as_postgres(&format!("{PG_BIN}/postgres"))?;
-        cmd.arg("-D").arg(&data).args([
+        let dir = &self.dir;
+        cmd.arg("-D").arg(dir.join("data")).args([
             "-c",
             "listen_addresses=127.0.0.1",
             "-c",
-            &format!("port={port}"),
+            &format!("port={}", self.port),
             "-c",
             &format!("unix_socket_directories={}", dir.display()),
             "-c",
@@ -138,42 +168,29 @@ impl Postgres {
             "-c",
             "max_connections=200",
         ]);
-        let proc = Proc::spawn("postgres", cmd, &world.dir.path().join("postgres.log"))?;
-        let mut me = Self {
-            proc: Some(proc),
-            port,
-            dir,
-            password_file: world.dir.path().join("quorum-pg.pw"),
-        };
-        wait_for(
+        Ok(cmd)
+    }
+
+    fn wait_up(&mut self) -> Result<()> {
+        let up = wait_for(
             "PostgreSQL to accept connections",
             Duration::from_secs(60),
             || {
-                if let Some(p) = me.proc.as_mut() {
+                if let Some(p) = self.proc.as_mut() {
                     if !p.running() {
                         return Some(false);
                     }
                 }
-                me.psql("postgres", "SELECT 1").ok().map(|_| true)
+                self.psql("postgres", "SELECT 1").ok().map(|_| true)
             },
-        )
-        .and_then(|up| {
-            if up {
-                Ok(())
-            } else {
-                bail!(
-                    "PostgreSQL exited at start:\n{}",
-                    me.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
-                )
-            }
-        })?;
-        me.psql(
-            "postgres",
-            &format!("CREATE ROLE quorum LOGIN PASSWORD '{QUORUM_PASSWORD}'"),
         )?;
-        me.create_db("meta")?;
-        std::fs::write(&me.password_file, format!("{QUORUM_PASSWORD}\n"))?;
-        Ok(me)
+        if !up {
+            bail!(
+                "PostgreSQL exited at start:\n{}",
+                self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
+            );
+        }
+        Ok(())
     }
 
     /// A database owned by role quorum.

@@ -43,6 +43,7 @@ fn agent_start_check(w: &World, config: &str) -> Result<CliOutput> {
     let t = pb::Task {
         id: "start-check".into(),
         epoch: 0,
+        epoch_holder: String::new(),
         kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
     };
     let file = w.dir.path().join("facts.pb");

@@ -761,6 +761,7 @@ async fn an_agent_of_0_1_still_polls_and_reports_with_unary_calls() -> Result<()
                 task: Some(pb::Task {
                     id: "t-unary".into(),
                     epoch: 0,
+                    epoch_holder: String::new(),
                     kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
                 }),
                 timeout_secs: 20,

@@ -70,9 +70,17 @@ impl Ha {
     }
 
     fn wait_leader(&self, i: usize, timeout: Duration) -> Result<i64> {
-        wait_for(&format!("coordinator {i} to hold the lease"), timeout, || {
-            self.leader().ok().flatten().filter(|(l, _)| *l == i).map(|(_, e)| e)
-        })
+        wait_for(
+            &format!("coordinator {i} to hold the lease"),
+            timeout,
+            || {
+                self.leader()
+                    .ok()
+                    .flatten()
+                    .filter(|(l, _)| *l == i)
+                    .map(|(_, e)| e)
+            },
+        )
     }
 
     fn newest_run(&self) -> Option<String> {
@@ -86,7 +94,12 @@ impl Ha {
         Ok(serde_json::from_str(&out.stdout)?)
     }
 
-    fn wait_run_state(&self, id: &str, state: &str, timeout: Duration) -> Result<serde_json::Value> {
+    fn wait_run_state(
+        &self,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
         wait_for(&format!("run {id} to be {state}"), timeout, || {
             self.run_json(id).ok().filter(|r| r["state"] == state)
         })
@@ -95,13 +108,37 @@ impl Ha {
     /// Starts `args` (a SOP), waits until `boundary` steps of its run are done, kills the
     /// leader, and waits for the standby to finish the run. Returns the run and how long the
     /// takeover took from the kill to the next step's start.
-    fn kill_leader_at(&mut self, args: &[&str], sop: &str, boundary: usize) -> Result<(serde_json::Value, Option<Duration>)> {
+    fn kill_leader_at(
+        &mut self,
+        args: &[&str],
+        sop: &str,
+        boundary: usize,
+    ) -> Result<(serde_json::Value, Option<Duration>)> {
         let (leader, epoch) = self.leader()?.context("no leader before the run")?;
+        // After the last takeover every agent has found the new leader (a SOP is refused
+        // while one of its hosts has no connected agent).
+        for h in &self.f.hosts {
+            self.w.wait_agent_state(
+                &h.ip.to_string(),
+                &["connected", "idle"],
+                Duration::from_secs(60),
+            )?;
+        }
         let previous = self.newest_run();
-        let mut child = self.w.spawn_admin(args)?;
-        wait_for("the new run", Duration::from_secs(60), || {
+        let mut child = self.w.spawn_admin_output(args)?;
+        let started = wait_for("the new run", Duration::from_secs(60), || {
             self.newest_run().filter(|r| Some(r) != previous.as_ref())
-        })?;
+        });
+        if let Err(e) = started {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "{e}: `quorum {}` said {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let run_id = self.w.wait_steps_done(
             sop,
             boundary,
@@ -118,14 +155,23 @@ impl Ha {
         assert_eq!(new_epoch, epoch + 1, "one takeover, one epoch");
         // The time to the next step the new leader starts.
         let mut takeover = None;
-        let run = wait_for(&format!("run {run_id} to succeed on the standby"), Duration::from_secs(120), || {
-            let r = self.run_json(&run_id).ok()?;
-            if takeover.is_none() && started_steps(&r) > started_before {
-                takeover = Some(killed.elapsed());
-            }
-            (r["state"] == "succeeded").then_some(r)
-        })
-        .with_context(|| format!("{sop} boundary {boundary}:\n{}", std::fs::read_to_string(self.w.coordinator_log(standby)).unwrap_or_default()))?;
+        let run = wait_for(
+            &format!("run {run_id} to succeed on the standby"),
+            Duration::from_secs(120),
+            || {
+                let r = self.run_json(&run_id).ok()?;
+                if takeover.is_none() && started_steps(&r) > started_before {
+                    takeover = Some(killed.elapsed());
+                }
+                (r["state"] == "succeeded").then_some(r)
+            },
+        )
+        .with_context(|| {
+            format!(
+                "{sop} boundary {boundary}:\n{}",
+                std::fs::read_to_string(self.w.coordinator_log(standby)).unwrap_or_default()
+            )
+        })?;
         // The killed one comes back, as a standby.
         self.w.start_coordinator_at(leader)?;
         Ok((run, takeover))
@@ -147,7 +193,8 @@ fn a_standby_names_the_leader_and_the_cli_and_agents_find_it() -> Result<()> {
     assert_eq!(leader, 0);
     let urls = ha.w.urls();
     // The standby alone: refused, naming the leader; exit 4 (not reachable as a leader).
-    let only_standby = ha.w.admin_env(&["run", "list"], &[("QUORUM_COORDINATOR", &urls[1])])?;
+    let only_standby =
+        ha.w.admin_env(&["run", "list"], &[("QUORUM_COORDINATOR", &urls[1])])?;
     assert_eq!(only_standby.code, 4, "{only_standby:?}");
     assert!(
         only_standby.stderr.contains("not the leader")
@@ -173,14 +220,19 @@ fn a_standby_names_the_leader_and_the_cli_and_agents_find_it() -> Result<()> {
 /// lease (epoch + 1), resumes the run from the store and finishes it; every member restarts
 /// exactly once per run (the agents' journals answer a redelivered restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_killed_at_every_step_of_a_rolling_reload_leaves_the_run_to_the_standby() -> Result<()> {
+async fn the_leader_killed_at_every_step_of_a_rolling_reload_leaves_the_run_to_the_standby(
+) -> Result<()> {
     let mut ha = setup(3, 3)?;
     let steps = ha.w.plan_len(&["config", "reload", "--restart"])?;
     assert_eq!(steps, 14);
     let mut takeovers = Vec::new();
     for boundary in 0..steps {
         let before: Vec<usize> = ha.f.hosts.iter().map(|h| h.restart_count()).collect();
-        let (run, took) = ha.kill_leader_at(&["config", "reload", "--restart"], "config-reload", boundary)?;
+        let (run, took) = ha.kill_leader_at(
+            &["config", "reload", "--restart"],
+            "config-reload",
+            boundary,
+        )?;
         assert_eq!(run["state"], "succeeded", "boundary {boundary}: {run}");
         for (h, b) in ha.f.hosts.iter().zip(&before) {
             assert_eq!(
@@ -202,18 +254,28 @@ async fn the_leader_killed_at_every_step_of_a_rolling_reload_leaves_the_run_to_t
 /// kill -9 of the leader at every step boundary of a member add: the standby finishes each
 /// add, never with more than one learner, and the cluster ends with the member voting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_killed_at_every_step_of_a_member_add_leaves_the_run_to_the_standby() -> Result<()> {
+async fn the_leader_killed_at_every_step_of_a_member_add_leaves_the_run_to_the_standby(
+) -> Result<()> {
     let mut ha = setup(4, 3)?;
-    let all: Vec<(&str, u32)> = IPS.iter().enumerate().map(|(i, ip)| (*ip, i as u32 + 1)).collect();
+    let all: Vec<(&str, u32)> = IPS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (*ip, i as u32 + 1))
+        .collect();
     ha.f.write_inventory(&ha.w, &all, "")?;
     let steps = ha.w.plan_len(&["member", "add", IPS[3]])?;
     assert!(steps >= 10, "add plan has {steps} steps");
     for boundary in 0..steps {
         ha.f.write_inventory(&ha.w, &all, "")?;
-        let (run, _) = ha.kill_leader_at(&["member", "add", IPS[3], "--yes"], "member-add", boundary)?;
+        let (run, _) =
+            ha.kill_leader_at(&["member", "add", IPS[3], "--yes"], "member-add", boundary)?;
         assert_eq!(run["state"], "succeeded", "boundary {boundary}: {run}");
         let members = member_names(&ha.w, &ha.f).await?;
-        assert_eq!(members, vec!["etcd-1", "etcd-2", "etcd-3", "etcd-4"], "boundary {boundary}");
+        assert_eq!(
+            members,
+            vec!["etcd-1", "etcd-2", "etcd-3", "etcd-4"],
+            "boundary {boundary}"
+        );
         ha.f.write_inventory(&ha.w, &all[..3], "")?;
         let out = ha.w.admin(&["member", "remove", IPS[3], "--yes"])?;
         assert_eq!(out.code, 0, "boundary {boundary}: {out:?}");
@@ -230,7 +292,8 @@ fn a_paused_leader_is_fenced_and_changes_nothing_when_it_resumes() -> Result<()>
     let (leader, epoch) = ha.leader()?.context("a leader")?;
     let before: Vec<usize> = ha.f.hosts.iter().map(|h| h.restart_count()).collect();
     let mut child = ha.w.spawn_admin(&["config", "reload", "--restart"])?;
-    let run_id = ha.w.wait_steps_done("config-reload", 5, &["running"], Duration::from_secs(90))?;
+    let run_id =
+        ha.w.wait_steps_done("config-reload", 5, &["running"], Duration::from_secs(90))?;
     let pid = ha.w.coordinator_at(leader).context("the leader")?.pid();
     let pid = nix::unistd::Pid::from_raw(pid as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
@@ -253,28 +316,42 @@ fn a_paused_leader_is_fenced_and_changes_nothing_when_it_resumes() -> Result<()>
     for (h, b) in ha.f.hosts.iter().zip(&before) {
         assert_eq!(h.restart_count(), b + 1, "{} restarted once", h.ip);
     }
-    let runs_before = ha.pg.psql("meta", "SELECT string_agg(id || state || finished_ms, ',' ORDER BY id) FROM quorum.runs")?;
-    let steps_before = ha.pg.psql("meta", "SELECT md5(string_agg(record, '' ORDER BY run_id, idx)) FROM quorum.steps")?;
+    let runs_before = ha.pg.psql(
+        "meta",
+        "SELECT string_agg(id || state || finished_ms, ',' ORDER BY id) FROM quorum.runs",
+    )?;
+    let steps_before = ha.pg.psql(
+        "meta",
+        "SELECT md5(string_agg(record, '' ORDER BY run_id, idx)) FROM quorum.steps",
+    )?;
     let log_len = std::fs::metadata(ha.w.coordinator_log(leader))?.len() as usize;
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
-    let code = ha
-        .w
-        .coordinator_at(leader)
-        .context("the old leader")?
-        .wait_exit(Duration::from_secs(20))?;
+    let code =
+        ha.w.coordinator_at(leader)
+            .context("the old leader")?
+            .wait_exit(Duration::from_secs(20))?;
     assert_eq!(code, Some(5), "the old leader steps down with code 5");
     let log = std::fs::read_to_string(ha.w.coordinator_log(leader))?;
     let after = &log[log_len.min(log.len())..];
     assert!(after.contains("stepping down"), "{after}");
-    assert!(!after.contains("step finished"), "the old leader went on walking:\n{after}");
+    assert!(
+        !after.contains("step finished"),
+        "the old leader went on walking:\n{after}"
+    );
     // Nothing it could have written is there, and no member restarted again.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        ha.pg.psql("meta", "SELECT string_agg(id || state || finished_ms, ',' ORDER BY id) FROM quorum.runs")?,
+        ha.pg.psql(
+            "meta",
+            "SELECT string_agg(id || state || finished_ms, ',' ORDER BY id) FROM quorum.runs"
+        )?,
         runs_before
     );
     assert_eq!(
-        ha.pg.psql("meta", "SELECT md5(string_agg(record, '' ORDER BY run_id, idx)) FROM quorum.steps")?,
+        ha.pg.psql(
+            "meta",
+            "SELECT md5(string_agg(record, '' ORDER BY run_id, idx)) FROM quorum.steps"
+        )?,
         steps_before
     );
     for (h, b) in ha.f.hosts.iter().zip(&before) {
@@ -282,20 +359,22 @@ fn a_paused_leader_is_fenced_and_changes_nothing_when_it_resumes() -> Result<()>
     }
     assert_eq!(run["state"], "succeeded");
     // The agents the new leader gave tasks to hold its epoch (the others, the old one's).
-    let mut seen = Vec::new();
-    for h in &ha.f.hosts {
-        let e: i64 = std::fs::read_to_string(h.journal().join("epoch"))?.trim().parse()?;
-        assert!(e == epoch || e == epoch + 1, "{}: epoch {e}", h.ip);
-        seen.push(e);
+    let seen = agent_epochs(&ha.f)?;
+    for e in &seen {
+        assert!(*e == epoch || *e == epoch + 1, "epoch {e}");
     }
-    assert!(seen.contains(&(epoch + 1)), "no agent took a task from the new leader: {seen:?}");
+    assert!(
+        seen.contains(&(epoch + 1)),
+        "no agent took a task from the new leader: {seen:?}"
+    );
     Ok(())
 }
 
 /// Break-glass: with PostgreSQL down, `serve --standalone` runs on SQLite above the last
 /// epoch it saw, and agents follow it; while a live lease is visible it is refused.
 #[test]
-fn standalone_refuses_a_live_lease_and_runs_above_the_last_epoch_when_postgres_is_down() -> Result<()> {
+fn standalone_refuses_a_live_lease_and_runs_above_the_last_epoch_when_postgres_is_down(
+) -> Result<()> {
     let mut ha = setup(3, 3)?;
     let (leader, epoch) = ha.leader()?.context("a leader")?;
     let standby = 1 - leader;
@@ -317,11 +396,58 @@ fn standalone_refuses_a_live_lease_and_runs_above_the_last_epoch_when_postgres_i
     }
     let out = ha.w.admin(&["env", "refresh"])?;
     assert_eq!(out.code, 0, "{out:?}");
-    for h in &ha.f.hosts {
-        let seen: i64 = std::fs::read_to_string(h.journal().join("epoch"))?.trim().parse()?;
-        assert!(seen > epoch, "{}: epoch {seen}, the shared leader's was {epoch}", h.ip);
+    let standalone_epoch = agent_epochs(&ha.f)?.into_iter().max().unwrap_or(0);
+    assert!(
+        standalone_epoch > epoch,
+        "standalone epoch {standalone_epoch}, the shared leader's was {epoch}"
+    );
+    // pg-meta is back, no coordinator holds the lease: the export copies the standalone
+    // run, and the shared leaders come back above its epoch.
+    ha.w.kill_coordinator_at(standby);
+    ha.pg.restart()?;
+    let out = quorum_tests::run("quorum", &["store", "export", "--config", &cfg], &[])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("exported 1 runs"), "{}", out.stdout);
+    let again = quorum_tests::run("quorum", &["store", "export", "--config", &cfg], &[])?;
+    assert!(
+        again
+            .stdout
+            .contains("exported 0 runs (1 were there already)"),
+        "{again:?}"
+    );
+    ha.w.coordinator_args.clear();
+    ha.w.start_coordinator_at(leader)?;
+    let back = ha.wait_leader(leader, Duration::from_secs(30))?;
+    assert!(
+        back > standalone_epoch,
+        "shared epoch {back} after the export, standalone {standalone_epoch}"
+    );
+    ha.w.start_coordinator_at(standby)?;
+    // While a coordinator holds the lease, the export is refused (exit 3).
+    let refused = quorum_tests::run("quorum", &["store", "export", "--config", &cfg], &[])?;
+    assert_eq!(refused.code, 3, "{refused:?}");
+    for ip in &IPS[..3] {
+        ha.w.wait_agent_state(ip, &["connected", "idle"], Duration::from_secs(60))?;
     }
+    let runs = ha.w.admin(&["run", "list", "-o", "json"])?.ok()?;
+    assert!(runs.stdout.contains("env-refresh"), "{}", runs.stdout);
+    let out = ha.w.admin(&["env", "refresh"])?;
+    assert_eq!(
+        out.code, 0,
+        "the agents take the shared leader's tasks again: {out:?}"
+    );
+    assert!(agent_epochs(&ha.f)?.contains(&back));
     Ok(())
+}
+
+fn agent_epochs(f: &Fleet) -> Result<Vec<i64>> {
+    f.hosts
+        .iter()
+        .map(|h| {
+            let text = std::fs::read_to_string(h.journal().join("epoch"))?;
+            Ok(text.split_whitespace().next().unwrap_or_default().parse()?)
+        })
+        .collect()
 }
 
 /// The voting members' names, sorted, asked of one member at a time (a client over several

@@ -63,6 +63,7 @@ fn restart_etcd() -> pb::Task {
     pb::Task {
         id: String::new(),
         epoch: 0,
+        epoch_holder: String::new(),
         kind: Some(pb::task::Kind::ServiceAction(pb::ServiceAction {
             service: pb::Service::Etcd as i32,
             action: pb::Action::Restart as i32,

@@ -78,11 +78,11 @@ fn the_store_suite_passes_on_postgresql() -> Result<()> {
     )?;
     assert_eq!(
         tables,
-        "enrolled:p,leaders:p,lease:p,locks:p,migrations:p,revoked:p,runs:p,steps:p"
+        "enrolled:p,leaders:p,lease:p,locks:p,migrations:p,revoked:p,runs:p,steps:p,used_tokens:p"
     );
     assert_eq!(
         pg.psql("suite1", "SELECT max(version) FROM quorum.migrations")?,
-        "1"
+        "2"
     );
     Ok(())
 }

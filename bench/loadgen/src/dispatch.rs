@@ -68,6 +68,7 @@ fn facts_task() -> pb::Task {
     pb::Task {
         id: String::new(),
         epoch: 0,
+        epoch_holder: String::new(),
         kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
     }
 }

@@ -94,6 +94,7 @@ async fn fan_out(
         task: Some(pb::Task {
             id: String::new(),
             epoch: 0,
+            epoch_holder: String::new(),
             kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
         }),
         timeout_secs: 120,

@@ -308,6 +308,40 @@ pub fn render(r: &BTreeMap<String, String>) -> String {
         t.row(&area, "deny list after the round", deny, "", String::new());
     }
 
+    if t.get("failover.rounds").is_some() {
+        let area = format!(
+            "7 failover ({} rounds)",
+            t.get("failover.rounds").unwrap_or("?")
+        );
+        let lease = format!(
+            "{} / {} (lease {} s, renewed every {} s)",
+            t.val("failover.lease_p50_ms", "ms"),
+            t.val("failover.lease_max_ms", "ms"),
+            t.get("failover.lease_ttl_s").unwrap_or("?"),
+            t.get("failover.renew_s").unwrap_or("?"),
+        );
+        t.row(
+            &area,
+            "kill -9 of the leader -> standby holds the lease: p50 / max",
+            lease,
+            "",
+            String::new(),
+        );
+        let step = format!(
+            "{} / {}",
+            t.val("failover.step_p50_ms", "ms"),
+            t.val("failover.step_max_ms", "ms"),
+        );
+        let ok = t.verdict("failover.step_max_ms", Check::Below(20_000.0));
+        t.row(
+            &area,
+            "kill -9 of the leader -> next step started by the standby: p50 / max",
+            step,
+            "max < 20 s",
+            ok,
+        );
+    }
+
     let members: Vec<String> = r
         .iter()
         .filter_map(|(key, v)| {

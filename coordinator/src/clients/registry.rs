@@ -508,6 +508,7 @@ pub async fn refresh_facts(registry: &Registry, hosts: &[IpAddr]) -> Vec<String>
                 pb::Task {
                     id: id.clone(),
                     epoch: 0,
+                    epoch_holder: String::new(),
                     kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts {})),
                 },
             );
@@ -563,6 +564,7 @@ mod tests {
         pb::Task {
             id: id.into(),
             epoch: 0,
+            epoch_holder: String::new(),
             kind: Some(pb::task::Kind::WriteEtcdConf(pb::WriteEtcdConf::default())),
         }
     }
@@ -572,11 +574,13 @@ mod tests {
         let facts = pb::Task {
             id: "f".into(),
             epoch: 0,
+            epoch_holder: String::new(),
             kind: Some(pb::task::Kind::CollectFacts(pb::CollectFacts::default())),
         };
         let status = pb::Task {
             id: "s".into(),
             epoch: 0,
+            epoch_holder: String::new(),
             kind: Some(pb::task::Kind::ServiceAction(pb::ServiceAction {
                 action: pb::Action::Status as i32,
                 ..Default::default()

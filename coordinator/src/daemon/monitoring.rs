@@ -60,6 +60,7 @@ pub fn plan(
     let task = pb::Task {
         id: String::new(),
         epoch: 0,
+        epoch_holder: String::new(),
         kind: Some(pb::task::Kind::WriteMonitoring(pb::WriteMonitoring {
             layout: layout as i32,
             targets,

@@ -453,7 +453,16 @@ impl Coordinator {
         let claims = ca
             .verify_token(&body.token)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
-        if self.used_tokens.is_used(&claims.nonce) {
+        let shared = self.runner.store.is_shared();
+        let used = if shared {
+            self.runner
+                .store
+                .token_used(&claims.nonce)
+                .map_err(store_status)?
+        } else {
+            self.used_tokens.is_used(&claims.nonce)
+        };
+        if used {
             return Err(Status::permission_denied(
                 "enrollment token refused: it was already used (tokens work once); mint a new one with `quorum pki token --host IP`",
             ));
@@ -461,7 +470,16 @@ impl Coordinator {
         let cert_pem = ca
             .sign_agent_csr(&body.csr_pem, claims.host, self.config.agent_cert_ttl())
             .map_err(|e| Status::permission_denied(e.to_string()))?;
-        match self.used_tokens.mark(&claims.nonce, claims.exp) {
+        // On the shared store a token is used once across every coordinator.
+        let marked = if shared {
+            self.runner
+                .store
+                .use_token(&claims.nonce, claims.exp)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        } else {
+            self.used_tokens.mark(&claims.nonce, claims.exp)
+        };
+        match marked {
             Ok(true) => {}
             Ok(false) => {
                 return Err(Status::permission_denied(
@@ -558,8 +576,10 @@ impl Coordinator {
             ))
         })?;
         let epoch = u64::try_from(self.leadership.epoch()).unwrap_or(0);
+        let holder = self.runner.store.holder();
         for t in &mut tasks {
             t.epoch = epoch;
+            t.epoch_holder.clone_from(&holder);
         }
         Ok(tasks)
     }
@@ -589,6 +609,7 @@ impl Coordinator {
             .take_local_epoch(&store.holder(), highest)
             .map_err(store_status)?;
         self.leadership.set_epoch(epoch);
+        crate::model::metrics::metrics().set_epoch(epoch, false);
         tracing::warn!(
             agent = %ip,
             agent_epoch = highest,
@@ -1665,10 +1686,8 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
     let (store, leadership) = match shared {
         Some(sc) => {
             let target = pg_target(&config, &sc)?;
-            let t = target.clone();
-            let store = tokio::task::spawn_blocking(move || Store::open_postgres(&t))
-                .await
-                .map_err(|e| anyhow::anyhow!("opening the shared store failed: {e}"))??;
+            // Settings are checked before anything waits on the database.
+            target.config()?;
             let settings = crate::daemon::leader::LeaseSettings {
                 ttl: sc.lease_ttl(),
                 renew_every: sc.renew_every(),
@@ -1700,6 +1719,26 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
                     }),
             );
             tracing::info!(%listen, url = %settings.url, "standby: answering calls with the leader's URL until this coordinator takes the lease");
+            // PostgreSQL may be down at start (pg-meta after etcd lost quorum): wait for it
+            // as a standby, which agents and the CLI get an answer from meanwhile.
+            let store = loop {
+                let t = target.clone();
+                let opened = tokio::task::spawn_blocking(move || Store::open_postgres(&t))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening the shared store failed: {e}"))?;
+                match opened {
+                    Ok(store) => break store,
+                    Err(e @ StoreError::Config(_)) => return Err(e.into()),
+                    Err(e) => tracing::warn!("standby: cannot open the shared store: {e}; trying again in 5 s (`quorum serve --standalone` runs without it)"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = signalled.wait_for(|s| *s) => {
+                        tracing::info!("coordinator stopped (standby)");
+                        return Ok(());
+                    }
+                }
+            };
             let won = crate::daemon::leader::campaign(&target, &settings, &seen_tx, &mut signalled)
                 .await?;
             let _ = end_standby.send(());
@@ -1726,6 +1765,7 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
     };
     let interrupted = store.mark_interrupted()?;
     let shared = store.is_shared();
+    crate::model::metrics::metrics().set_epoch(leadership.epoch(), shared);
     let coordinator = Coordinator::new(config, tls, store, leadership.clone())?;
     for id in interrupted {
         if shared {
@@ -1845,6 +1885,84 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
     tracing::info!("coordinator stopped");
     Ok(())
 }
+
+/// `quorum store export`: the runs (with the locks of the unfinished ones) and the deny list
+/// of the local SQLite store, copied into the shared store under a lease of its own.
+pub async fn export_store(config: CoordinatorConfig) -> anyhow::Result<String> {
+    let Some(sc) = config.store.clone() else {
+        return Err(quorum_proto::exit::BadInput(
+            "store export: the coordinator config has no `store:` section naming PostgreSQL; add it (see packaging/coordinator.yml) and run again".into(),
+        )
+        .into());
+    };
+    let path = config.state_dir.join("runs.sqlite");
+    if !path.exists() {
+        return Err(quorum_proto::exit::BadInput(format!(
+            "store export: {} does not exist: this host has no local store to export",
+            path.display()
+        ))
+        .into());
+    }
+    let target = pg_target(&config, &sc)?;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let local = Store::open(&path)?;
+        let shared = Store::open_postgres(&target)?;
+        let mut lease = crate::sop::lease::LeaseConn::connect(&target)?;
+        let holder = format!("export/{}", crate::sop::lease::holder_id());
+        let Some(epoch) = lease.acquire(&holder, "", Duration::from_secs(60))? else {
+            let who = lease
+                .current()?
+                .map(|l| format!("{} at {} (epoch {})", l.holder, l.url, l.epoch))
+                .unwrap_or_default();
+            return Err(anyhow::Error::new(ExportRefused(format!(
+                "store export refused: a coordinator holds the lease of the shared store ({who}); stop the shared coordinators, export, then start them again"
+            ))));
+        };
+        shared.fence_with(crate::sop::store::Fence {
+            epoch,
+            holder: holder.clone(),
+        });
+        let result = (|| -> anyhow::Result<String> {
+            let (mut copied, mut there) = (0, 0);
+            for run in local.all_runs()? {
+                let lock = match run.state.as_str() {
+                    run_state::SUCCEEDED | run_state::ABORTED => None,
+                    _ => local.lock_of(&run.id)?,
+                };
+                if shared.import_run(&run, lock.as_deref())? {
+                    copied += 1;
+                } else {
+                    there += 1;
+                }
+            }
+            let revocations = local.revocations()?;
+            for r in &revocations {
+                shared.revoke(r)?;
+            }
+            Ok(format!(
+                "exported {copied} runs ({there} were there already) and {} revocations from {} to the shared store",
+                revocations.len(),
+                config.state_dir.join("runs.sqlite").display()
+            ))
+        })();
+        let mut held = epoch;
+        if result.is_ok() {
+            // The next shared leader's epoch comes above every epoch used here.
+            let local_epoch = local.last_local_epoch()?;
+            lease.raise_epoch(&holder, local_epoch)?;
+            held = held.max(local_epoch);
+        }
+        lease.release(&holder, held)?;
+        result
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("store export failed: {e}"))?
+}
+
+/// `store export` found the lease held.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ExportRefused(pub String);
 
 /// Turns true at SIGTERM or Ctrl-C.
 fn watch_signal() -> tokio::sync::watch::Receiver<bool> {

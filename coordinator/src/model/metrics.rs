@@ -132,6 +132,8 @@ pub struct Metrics {
     cert_expiry: Family<Role, Gauge<f64, AtomicU64>>,
     cert_renewals: Counter,
     revoked: Gauge,
+    epoch: Gauge,
+    shared_store: Gauge,
     /// The agent certificates set at the last scrape (removed at the next, so an agent that
     /// is gone leaves no series).
     agent_certs: Mutex<Vec<Role>>,
@@ -284,6 +286,8 @@ impl Metrics {
             cert_expiry: Family::default(),
             cert_renewals: Counter::default(),
             revoked: Gauge::default(),
+            epoch: Gauge::default(),
+            shared_store: Gauge::default(),
             agent_certs: Mutex::new(Vec::new()),
             agent_reported: std::sync::Arc::new(AgentReported::default()),
         };
@@ -407,6 +411,16 @@ impl Metrics {
             "Serials on the deny list (revocations of certificates expired over a day ago are dropped)",
             m.revoked.clone(),
         );
+        r.register(
+            "quorum_coordinator_epoch",
+            "The fencing epoch this coordinator acts under (its lease's, on a shared store); it serves metrics only while it acts",
+            m.epoch.clone(),
+        );
+        r.register(
+            "quorum_coordinator_shared_store",
+            "1 when the runs are in the shared PostgreSQL store (active/standby), 0 on the local SQLite store",
+            m.shared_store.clone(),
+        );
         r.register_collector(Box::new(m.agent_reported.clone()));
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;
@@ -526,6 +540,12 @@ impl Metrics {
     /// An agent certificate was renewed.
     pub fn cert_renewed(&self) {
         self.cert_renewals.inc();
+    }
+
+    /// The epoch this coordinator acts under, and whether its store is the shared one.
+    pub fn set_epoch(&self, epoch: i64, shared: bool) {
+        self.epoch.set(epoch);
+        self.shared_store.set(i64::from(shared));
     }
 
     /// The deny list holds `n` serials (at a scrape).

@@ -113,6 +113,9 @@ enum Command {
     /// Certificates from the Pigsty CA.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// The run store: copy a standalone coordinator's runs to the shared store.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// List agents: IP, version, last seen, state (`agents revoke IP`: cut one off).
     Agents {
         #[command(subcommand)]
@@ -461,6 +464,20 @@ enum AgentsCommand {
 }
 
 #[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the runs, locks and revocations of this host's SQLite store (what `serve
+    /// --standalone` wrote) into the shared PostgreSQL store of `store:`. Run it before the
+    /// shared coordinators start again: it takes the lease for the copy and is refused while
+    /// a coordinator holds it. Runs already there are left as they are.
+    Export {
+        /// The coordinator config (its state_dir holds the SQLite store; `store:` names
+        /// PostgreSQL).
+        #[arg(long, short = 'c', default_value = "/etc/quorum/coordinator.yml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum PkiCommand {
     /// Create the CA (ca.crt, ca.key) unless one exists; an existing Pigsty CA is used as is.
     Init {
@@ -748,6 +765,14 @@ fn classify(e: &anyhow::Error) -> Exit {
     if e.is::<client::Unreachable>() {
         return Exit::Unreachable;
     }
+    if e.is::<crate::daemon::server::ExportRefused>() {
+        return Exit::Refused;
+    }
+    match e.downcast_ref::<crate::sop::store::StoreError>() {
+        Some(crate::sop::store::StoreError::Locked { .. }) => return Exit::Refused,
+        Some(crate::sop::store::StoreError::Config(_)) => return Exit::Usage,
+        _ => {}
+    }
     if let Some(status) = e.downcast_ref::<tonic::Status>() {
         if is_transport_failure(status) {
             return Exit::Unreachable;
@@ -810,6 +835,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         Command::Pki(cmd) => pki_command(cmd).await,
+        Command::Store(StoreCommand::Export { config }) => {
+            let cfg = crate::model::config::CoordinatorConfig::load(&config)?;
+            let summary = crate::daemon::server::export_store(cfg).await?;
+            println!("{summary}");
+            Ok(Exit::Ok)
+        }
         Command::Agents {
             command: Some(AgentsCommand::Revoke { ip, reason }),
             conn,
@@ -1572,6 +1603,7 @@ async fn ad_hoc_task(
         task: Some(pb::Task {
             id: String::new(),
             epoch: 0,
+            epoch_holder: String::new(),
             kind: Some(kind),
         }),
         timeout_secs: timeout,

@@ -392,6 +392,9 @@ pub const PG_MIGRATIONS: &[&str] = &[
      CREATE TABLE leaders (
         epoch BIGINT PRIMARY KEY, holder TEXT NOT NULL, url TEXT NOT NULL,
         acquired_at TIMESTAMPTZ NOT NULL DEFAULT now());",
+    // 2: enrollment tokens used, shared by every coordinator (a token works once, whichever
+    // coordinator it is shown to).
+    "CREATE TABLE used_tokens (nonce TEXT PRIMARY KEY, exp_unix BIGINT NOT NULL);",
 ];
 
 /// Creates schema `quorum` and applies the migrations it lacks.

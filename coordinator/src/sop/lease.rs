@@ -209,6 +209,18 @@ impl LeaseConn {
         Ok(n == 1)
     }
 
+    /// Raises the epoch of the lease `holder` holds to at least `at_least` (after a
+    /// standalone coordinator's runs were exported: the next leader's epoch is above every
+    /// epoch the standalone one used).
+    pub fn raise_epoch(&mut self, holder: &str, at_least: i64) -> Result<(), StoreError> {
+        Sql::execute(
+            self.client()?,
+            "UPDATE lease SET epoch = GREATEST(epoch, ?2) WHERE id = 1 AND holder = ?1 AND expires_at > now()",
+            &[P::T(holder), P::I(at_least)],
+        )?;
+        Ok(())
+    }
+
     /// Gives the lease up (a clean stop): a standby takes it at its next try.
     pub fn release(&mut self, holder: &str, epoch: i64) -> Result<(), StoreError> {
         Sql::execute(

@@ -696,6 +696,7 @@ impl Runner {
         let task = pb::Task {
             id: id.clone(),
             epoch: 0,
+            epoch_holder: String::new(),
             kind: Some(kind),
         };
         let mut rx = self.registry.queue(host, task);

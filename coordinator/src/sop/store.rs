@@ -286,6 +286,7 @@ impl Store {
                 revoked_unix INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS enrolled (
                 host TEXT PRIMARY KEY, serial TEXT NOT NULL, enrolled_unix INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS used_tokens (nonce TEXT PRIMARY KEY, exp_unix INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS epochs (
                 epoch INTEGER PRIMARY KEY, holder TEXT NOT NULL, acquired_ms INTEGER NOT NULL);",
         )?;
@@ -715,6 +716,27 @@ impl Store {
             )?
             .map(|r| r.text(0))
             .transpose()
+        })
+    }
+
+    /// Whether the enrollment token `nonce` was used.
+    pub fn token_used(&self, nonce: &str) -> Result<bool, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.first("SELECT 1 FROM used_tokens WHERE nonce = ?1", &[P::T(nonce)])?
+                    .is_some(),
+            )
+        })
+    }
+
+    /// Records the enrollment token `nonce` (valid until `exp_unix`) as used; false when it
+    /// was already.
+    pub fn use_token(&self, nonce: &str, exp_unix: i64) -> Result<bool, StoreError> {
+        self.write("use_token", |c| {
+            Ok(c.execute(
+                "INSERT INTO used_tokens (nonce, exp_unix) VALUES (?1, ?2) ON CONFLICT(nonce) DO NOTHING",
+                &[P::T(nonce), P::I(exp_unix)],
+            )? == 1)
         })
     }
 

@@ -67,6 +67,7 @@ pub fn all(m: &dyn Maker) -> Result<usize, String> {
             "an_imported_run_keeps_its_steps_and_lock",
             an_imported_run_keeps_its_steps_and_lock,
         ),
+        ("a_token_is_used_once", a_token_is_used_once),
     ];
     for (name, check) in checks {
         check(m).map_err(|e| format!("{name}: {e}"))?;
@@ -380,6 +381,16 @@ pub fn interrupted_runs_are_listed_as_halted_and_counted(m: &dyn Maker) -> R {
     );
     ensure!(store.list_runs(1)?.len() == 1, "limit");
     ensure!(store.lock_of("r1")? == Some("etcd".into()), "r1 holds etcd");
+    Ok(())
+}
+
+pub fn a_token_is_used_once(m: &dyn Maker) -> R {
+    let store = m.fresh()?;
+    ensure!(!store.token_used("n1")?, "new");
+    ensure!(store.use_token("n1", 100)?, "first use");
+    ensure!(!store.use_token("n1", 100)?, "second use refused");
+    let store = m.reopen()?;
+    ensure!(store.token_used("n1")?, "remembered");
     Ok(())
 }
 
