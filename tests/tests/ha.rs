@@ -83,6 +83,19 @@ impl Ha {
         )
     }
 
+    /// After a takeover, until every agent has found the new leader (a SOP is refused while
+    /// one of its hosts has no connected agent).
+    fn wait_agents(&self) -> Result<()> {
+        for h in &self.f.hosts {
+            self.w.wait_agent_state(
+                &h.ip.to_string(),
+                &["connected", "idle"],
+                Duration::from_secs(60),
+            )?;
+        }
+        Ok(())
+    }
+
     fn newest_run(&self) -> Option<String> {
         let out = self.w.admin(&["run", "list", "-o", "json"]).ok()?;
         let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
@@ -115,15 +128,7 @@ impl Ha {
         boundary: usize,
     ) -> Result<(serde_json::Value, Option<Duration>)> {
         let (leader, epoch) = self.leader()?.context("no leader before the run")?;
-        // After the last takeover every agent has found the new leader (a SOP is refused
-        // while one of its hosts has no connected agent).
-        for h in &self.f.hosts {
-            self.w.wait_agent_state(
-                &h.ip.to_string(),
-                &["connected", "idle"],
-                Duration::from_secs(60),
-            )?;
-        }
+        self.wait_agents()?;
         let previous = self.newest_run();
         let mut child = self.w.spawn_admin_output(args)?;
         let started = wait_for("the new run", Duration::from_secs(60), || {
@@ -277,6 +282,7 @@ async fn the_leader_killed_at_every_step_of_a_member_add_leaves_the_run_to_the_s
             "boundary {boundary}"
         );
         ha.f.write_inventory(&ha.w, &all[..3], "")?;
+        ha.wait_agents()?;
         let out = ha.w.admin(&["member", "remove", IPS[3], "--yes"])?;
         assert_eq!(out.code, 0, "boundary {boundary}: {out:?}");
     }
