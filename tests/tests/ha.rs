@@ -177,9 +177,35 @@ impl Ha {
                 std::fs::read_to_string(self.w.coordinator_log(standby)).unwrap_or_default()
             )
         })?;
+        self.journals_ran_each_task_once(&run_id)?;
         // The killed one comes back, as a standby.
         self.w.start_coordinator_at(leader)?;
         Ok((run, takeover))
+    }
+}
+
+impl Ha {
+    /// The agents' journals: no task of `run_id` was started twice on a host (a redelivered
+    /// task is answered from the journal, never run again).
+    fn journals_ran_each_task_once(&self, run_id: &str) -> Result<()> {
+        for h in &self.f.hosts {
+            let text =
+                std::fs::read_to_string(h.journal().join("journal.jsonl")).unwrap_or_default();
+            let mut started = std::collections::HashMap::<String, usize>::new();
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let id = v["id"].as_str().unwrap_or_default();
+                if v["state"] == "started" && id.starts_with(run_id) {
+                    *started.entry(id.to_string()).or_default() += 1;
+                }
+            }
+            if let Some((id, n)) = started.iter().find(|(_, n)| **n > 1) {
+                bail!("{}: task {id} was started {n} times", h.ip);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -364,6 +390,7 @@ fn a_paused_leader_is_fenced_and_changes_nothing_when_it_resumes() -> Result<()>
         assert_eq!(h.restart_count(), b + 1, "{} restarted again", h.ip);
     }
     assert_eq!(run["state"], "succeeded");
+    ha.journals_ran_each_task_once(&run_id)?;
     // The agents the new leader gave tasks to hold its epoch (the others, the old one's).
     let seen = agent_epochs(&ha.f)?;
     for e in &seen {

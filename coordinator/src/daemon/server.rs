@@ -225,22 +225,14 @@ const ENROLL_BURST: u32 = 10;
 const ENROLL_PER_SEC: f64 = 2.0;
 
 impl Coordinator {
-    /// Builds the coordinator state from its config (the state dir is created if missing).
+    /// Builds the coordinator state from its config, over `store`, acting as `leadership`
+    /// says (the state dir is prepared by [`serve`] first).
     pub fn new(
         config: CoordinatorConfig,
         tls: TlsMaterial,
         store: Arc<Store>,
         leadership: Arc<Leadership>,
     ) -> anyhow::Result<Arc<Self>> {
-        let changes = crate::model::statedir::prepare(&config.state_dir).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot prepare state dir {}: {e}; set state_dir in the config to a writable directory",
-                config.state_dir.display()
-            )
-        })?;
-        for c in changes {
-            tracing::warn!("{c}");
-        }
         // The key from exactly the file tls.ca_key names, the certificate from tls.ca_cert.
         let ca = match &config.tls.ca_key {
             Some(key) => Some(Arc::new(
@@ -1665,6 +1657,17 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
             not_after,
         );
     }
+    // The state dir (created if missing) holds the SQLite store, the member certificates,
+    // and on a shared store the last epoch seen.
+    let changes = crate::model::statedir::prepare(&config.state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot prepare state dir {}: {e}; set state_dir in the config to a writable directory",
+            config.state_dir.display()
+        )
+    })?;
+    for c in changes {
+        tracing::warn!("{c}");
+    }
     // Break-glass is checked before anything is bound or opened.
     let at_least = if opts.standalone {
         standalone_epoch(&config, opts.force).await?
@@ -2010,12 +2013,7 @@ fn shared_epoch_file(config: &CoordinatorConfig) -> PathBuf {
 }
 
 fn remember_shared_epoch(config: &CoordinatorConfig, epoch: i64) {
-    if let Err(e) = crate::model::statedir::prepare(&config.state_dir)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .and_then(|_| {
-            std::fs::write(shared_epoch_file(config), format!("{epoch}\n")).map_err(Into::into)
-        })
-    {
+    if let Err(e) = std::fs::write(shared_epoch_file(config), format!("{epoch}\n")) {
         tracing::warn!(
             "cannot note epoch {epoch} in {}: {e}",
             shared_epoch_file(config).display()

@@ -166,45 +166,44 @@ fn wait<F: std::future::Future>(f: F) -> F::Output {
     futures_executor::block_on(f)
 }
 
+/// A statement on a client or in a transaction (tokio-postgres' `GenericClient`).
+fn pg_execute<C: tokio_postgres::GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[P<'_>],
+) -> Result<u64, StoreError> {
+    let sql = dollar_placeholders(sql);
+    Ok(wait(c.execute(sql.as_str(), &pg_params(params)))?)
+}
+
+/// A query on a client or in a transaction.
+fn pg_query<C: tokio_postgres::GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[P<'_>],
+) -> Result<Vec<Row>, StoreError> {
+    let sql = dollar_placeholders(sql);
+    let rows = wait(c.query(sql.as_str(), &pg_params(params)))?;
+    rows.iter().map(pg_row).collect()
+}
+
 impl Sql for tokio_postgres::Client {
     fn execute(&self, sql: &str, params: &[P<'_>]) -> Result<u64, StoreError> {
-        let sql = dollar_placeholders(sql);
-        Ok(wait(tokio_postgres::Client::execute(
-            self,
-            sql.as_str(),
-            &pg_params(params),
-        ))?)
+        pg_execute(self, sql, params)
     }
 
     fn query(&self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>, StoreError> {
-        let sql = dollar_placeholders(sql);
-        let rows = wait(tokio_postgres::Client::query(
-            self,
-            sql.as_str(),
-            &pg_params(params),
-        ))?;
-        rows.iter().map(pg_row).collect()
+        pg_query(self, sql, params)
     }
 }
 
 impl Sql for tokio_postgres::Transaction<'_> {
     fn execute(&self, sql: &str, params: &[P<'_>]) -> Result<u64, StoreError> {
-        let sql = dollar_placeholders(sql);
-        Ok(wait(tokio_postgres::Transaction::execute(
-            self,
-            sql.as_str(),
-            &pg_params(params),
-        ))?)
+        pg_execute(self, sql, params)
     }
 
     fn query(&self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>, StoreError> {
-        let sql = dollar_placeholders(sql);
-        let rows = wait(tokio_postgres::Transaction::query(
-            self,
-            sql.as_str(),
-            &pg_params(params),
-        ))?;
-        rows.iter().map(pg_row).collect()
+        pg_query(self, sql, params)
     }
 }
 
