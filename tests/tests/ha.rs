@@ -14,7 +14,7 @@ const IPS: [&str; 4] = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"];
 
 /// Short leases keep the failovers of these tests quick; the defaults (12s, 3s) are measured
 /// by the benchmark.
-const LEASE: (&str, &str) = ("4s", "1s");
+const LEASE: (&str, &str) = ("6s", "1s");
 
 struct Ha {
     w: World,

@@ -12,7 +12,49 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::sop::store::StoreError;
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("run store: {0}; check the state dir's disk and permissions")]
+    Sql(#[from] rusqlite::Error),
+    /// A step could not be encoded or decoded.
+    #[error("run store: a step record is unreadable: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// Another run holds the cluster.
+    #[error("cluster {cluster} is locked by run {holder} ({state}); wait for it, or `quorum run resume {holder}` / `quorum run abort {holder}`")]
+    Locked {
+        /// The cluster.
+        cluster: String,
+        /// The run holding it.
+        holder: String,
+        /// Its state.
+        state: String,
+    },
+    /// No such run.
+    #[error("no run {0}; see `quorum run list`")]
+    NoRun(String),
+    /// The store file could not be created.
+    #[error("run store: {0}; check the state dir's disk and permissions")]
+    Io(#[from] std::io::Error),
+    /// PostgreSQL failed.
+    #[error("run store (PostgreSQL): {0}; check that the database is up and reachable, and the role's rights on schema quorum")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A column was not what the store wrote.
+    #[error("run store: a row is unreadable: {0}")]
+    Column(String),
+    /// The store's settings are wrong.
+    #[error("run store: {0}")]
+    Config(String),
+    /// This coordinator's lease is not the current one: it must change nothing.
+    #[error("this coordinator's lease (epoch {epoch}) is not the current one: {why}; it changes nothing and steps down")]
+    Fenced {
+        /// The epoch it held.
+        epoch: i64,
+        /// Why.
+        why: String,
+    },
+}
 
 /// A statement parameter: the store binds only integers and text.
 #[derive(Debug, Clone, Copy)]
