@@ -438,6 +438,10 @@ fn standalone_refuses_a_live_lease_and_runs_above_the_last_epoch_when_postgres_i
     // run, and the shared leaders come back above its epoch.
     ha.w.kill_coordinator_at(standby);
     ha.pg.restart()?;
+    // The killed leader's lease runs out first (an export is refused while one is live).
+    wait_for("the old lease to lapse", Duration::from_secs(30), || {
+        matches!(ha.leader(), Ok(None)).then_some(())
+    })?;
     let out = quorum_tests::run("quorum", &["store", "export", "--config", &cfg], &[])?;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("exported 1 runs"), "{}", out.stdout);

@@ -362,6 +362,8 @@ impl PgTarget {
             .recv()
             .map_err(|_| StoreError::Config("the PostgreSQL connection thread ended".into()))??;
         Sql::execute(&client, "SET search_path TO quorum", &[])?;
+        // The migrations' "already exists, skipping" notices are not news.
+        Sql::execute(&client, "SET client_min_messages = warning", &[])?;
         // A coordinator stopped (SIGSTOP, a frozen VM) inside a write transaction holds the
         // lease row against takeovers; the server ends such a session instead of waiting.
         Sql::execute(
