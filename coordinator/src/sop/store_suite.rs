@@ -436,20 +436,7 @@ pub fn run(id: &str, cluster: &str) -> RunRecord {
         created_ms: now_ms(),
         finished_ms: 0,
         error: String::new(),
-        steps: vec![StepRecord {
-            index: 0,
-            kind: StepKind::ClusterHealthGate,
-            description: "gate".into(),
-            host: String::new(),
-            state: step_state::PENDING.into(),
-            task_ids: vec![],
-            attempt: 0,
-            outcome: String::new(),
-            output: String::new(),
-            started_ms: 0,
-            finished_ms: 0,
-            journal: None,
-        }],
+        steps: vec![StepRecord::pending(0, &StepKind::ClusterHealthGate)],
     }
 }
 
