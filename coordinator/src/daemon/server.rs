@@ -1674,14 +1674,20 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
     } else {
         0
     };
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {listen}: {e}; is the address in use or not local?")
-    })?;
     // TLS is done by the listener (handshake timeout, connection cap, refusals logged), so
     // tonic gets finished TLS streams and no TLS config of its own. The relay hands the
-    // connections to the standby's server first (shared store), then to the leader's.
-    let incoming = crate::daemon::listener::incoming(listener, server_tls, limits);
-    let (relay, first) = crate::daemon::leader::Relay::start(incoming);
+    // connections to the standby's server first (shared store), then to the leader's. On its
+    // own store the coordinator listens once it is built, as before: an open port means
+    // ready.
+    let bind = || async {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {listen}: {e}; is the address in use or not local?")
+        })?;
+        let incoming =
+            crate::daemon::listener::incoming(listener, server_tls.clone(), limits.clone());
+        Ok::<_, anyhow::Error>(crate::daemon::leader::Relay::start(incoming))
+    };
+    let mut relay = None;
     let mut signalled = watch_signal();
     let holder = crate::sop::lease::holder_id();
     let shared = config.store.clone().filter(|_| !opts.standalone);
@@ -1691,6 +1697,8 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
             let target = pg_target(&config, &sc)?;
             // Settings are checked before anything waits on the database.
             target.config()?;
+            let (r, first) = bind().await?;
+            relay = Some(r);
             let settings = crate::daemon::leader::LeaseSettings {
                 ttl: sc.lease_ttl(),
                 renew_every: sc.renew_every(),
@@ -1837,6 +1845,15 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
         });
         keeper
     });
+    // The leader's server takes the connections from now on (the relay is kept alive with
+    // it); on its own store it is the first and only server.
+    let (_relay, incoming) = match relay {
+        Some(r) => {
+            let next = r.next_server();
+            (r, next)
+        }
+        None => bind().await?,
+    };
     let agent = AgentServiceServer::new(AgentSvc(coordinator.clone()))
         .max_decoding_message_size(quorum_proto::MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminSvc(coordinator.clone()))
@@ -1860,7 +1877,6 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
         tls_handshake_timeout = ?limits.handshake_timeout,
         "coordinator listening"
     );
-    let incoming = relay.next_server();
     crate::daemon::metrics::set_ready(true);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
