@@ -1683,8 +1683,7 @@ pub async fn serve(config: CoordinatorConfig, opts: ServeOptions) -> anyhow::Res
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on {listen}: {e}; is the address in use or not local?")
         })?;
-        let incoming =
-            crate::daemon::listener::incoming(listener, server_tls.clone(), limits.clone());
+        let incoming = crate::daemon::listener::incoming(listener, server_tls.clone(), limits);
         Ok::<_, anyhow::Error>(crate::daemon::leader::Relay::start(incoming))
     };
     let mut relay = None;
