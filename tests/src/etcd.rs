@@ -332,6 +332,28 @@ impl Drop for Fleet {
     }
 }
 
+/// The voting members' names, sorted, asked of one member at a time (a client over several
+/// fails when one is down).
+pub async fn voting_members(world: &World, fleet: &Fleet) -> Result<Vec<String>> {
+    for h in &fleet.hosts {
+        let Ok(mut c) = client(world, &[fleet.client_url(h.ip)]).await else {
+            continue;
+        };
+        let Ok(list) = c.member_list().await else {
+            continue;
+        };
+        let mut names: Vec<String> = list
+            .members()
+            .iter()
+            .filter(|m| !m.is_learner())
+            .map(|m| m.name().to_string())
+            .collect();
+        names.sort();
+        return Ok(names);
+    }
+    bail!("no member answered the member list")
+}
+
 /// An etcd client with the world's admin-side certificate (the coordinator's, which has
 /// clientAuth), for sampling and writing from the test.
 pub async fn client(world: &World, endpoints: &[String]) -> Result<etcd_client::Client> {

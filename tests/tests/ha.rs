@@ -301,7 +301,7 @@ async fn the_leader_killed_at_every_step_of_a_member_add_leaves_the_run_to_the_s
         let (run, _) =
             ha.kill_leader_at(&["member", "add", IPS[3], "--yes"], "member-add", boundary)?;
         assert_eq!(run["state"], "succeeded", "boundary {boundary}: {run}");
-        let members = member_names(&ha.w, &ha.f).await?;
+        let members = quorum_tests::etcd::voting_members(&ha.w, &ha.f).await?;
         assert_eq!(
             members,
             vec!["etcd-1", "etcd-2", "etcd-3", "etcd-4"],
@@ -485,26 +485,4 @@ fn agent_epochs(f: &Fleet) -> Result<Vec<i64>> {
             Ok(text.split_whitespace().next().unwrap_or_default().parse()?)
         })
         .collect()
-}
-
-/// The voting members' names, sorted, asked of one member at a time (a client over several
-/// fails when one is down).
-async fn member_names(w: &World, f: &Fleet) -> Result<Vec<String>> {
-    for h in &f.hosts {
-        let Ok(mut c) = quorum_tests::etcd::client(w, &[f.client_url(h.ip)]).await else {
-            continue;
-        };
-        let Ok(list) = c.member_list().await else {
-            continue;
-        };
-        let mut names: Vec<String> = list
-            .members()
-            .iter()
-            .filter(|m| !m.is_learner())
-            .map(|m| m.name().to_string())
-            .collect();
-        names.sort();
-        return Ok(names);
-    }
-    bail!("no member answered the member list")
 }

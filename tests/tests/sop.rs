@@ -33,16 +33,7 @@ fn endpoints(f: &Fleet) -> Vec<String> {
 }
 
 async fn voting_members(w: &World, f: &Fleet) -> Result<Vec<String>> {
-    let mut c = quorum_tests::etcd::client(w, &endpoints(f)).await?;
-    let list = c.member_list().await?;
-    let mut names: Vec<String> = list
-        .members()
-        .iter()
-        .filter(|m| !m.is_learner())
-        .map(|m| m.name().to_string())
-        .collect();
-    names.sort();
-    Ok(names)
+    quorum_tests::etcd::voting_members(w, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
